@@ -1,0 +1,318 @@
+"""
+Configuration: a TOML file turned into frozen, validated dataclasses.
+
+Every option has a default, so an empty file (or no file) is a working
+server for C{localhost}. A wrong option stops start-up with a L{ConfigError}
+naming the key and the file. C{conf/invitesrv.example.toml} documents every
+option; C{tests/test_config.py} checks that the example and these defaults
+agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from twisted.words.protocols.jabber import jid
+
+DEFAULT_MODULES = (
+    "roster",
+    "presence",
+    "messages",
+    "offline",
+    "disco",
+    "ping",
+    "version",
+    "time",
+    "adhoc",
+    "adhoc_admin",
+    "register",
+    "invites",
+    "invites_register",
+    "invites_adhoc",
+)
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the key and the file."""
+
+
+class Duration(float):
+    """
+    A number of seconds, written in the config as a number or as a string such
+    as C{"90s"}, C{"15m"}, C{"1h"}, C{"7d"} or C{"4w"}.
+    """
+
+    _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+    @classmethod
+    def parse(cls, value: object) -> "Duration":
+        if isinstance(value, bool):
+            raise ValueError("expected a duration such as 30, '15m', '7d'")
+        if isinstance(value, (int, float)):
+            if value < 0:
+                raise ValueError("a duration cannot be negative")
+            return cls(value)
+        if isinstance(value, str):
+            match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", value)
+            if match:
+                return cls(float(match.group(1)) * cls._UNITS[match.group(2) or "s"])
+        raise ValueError(f"expected a duration such as 30, '15m', '7d', not {value!r}")
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """Options of one virtual host; C{[host_defaults]} sets them for every host."""
+
+    admins: tuple[str, ...] = ()
+    allow_registration: bool = False
+    registration_invite_only: bool = True
+    offline_max_messages: int = 500
+    password_min_length: int = 8
+    password_max_length: int = 1024
+    # Invites.
+    invite_expiry: Duration = Duration(7 * 86400)
+    reset_invite_expiry: Duration = Duration(86400)
+    allow_contact_invites: bool = True
+    allow_user_invites: bool = False
+    max_pending_invites: int = 20
+    invitee_invite_delay: Duration = Duration(0)
+    invites_page: str = ""
+    notify_inviter: bool = True
+    welcome_message: str = ""
+    # Registration throttle (per client address).
+    min_seconds_between_registrations: Duration = Duration(0)
+    registration_throttle_max: int = 0
+    registration_throttle_period: Duration = Duration(3600)
+    registration_allowlist: tuple[str, ...] = ("127.0.0.1", "::1")
+    registration_blocklist: tuple[str, ...] = ()
+    allowlist_registration_only: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection limits that protect the server from hostile peers."""
+
+    stanza_size_preauth: int = 10_000
+    stanza_size: int = 262_144
+    auth_timeout: Duration = Duration(60)
+    max_depth: int = 100
+    max_attributes: int = 64
+    max_attribute_length: int = 8192
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole server configuration."""
+
+    hosts: dict[str, HostOptions] = field(default_factory=lambda: {"localhost": HostOptions()})
+    data_dir: Path = Path("data")
+    c2s: tuple[str, ...] = ("tcp:5222",)
+    c2s_direct_tls: tuple[str, ...] = ()
+    http: tuple[str, ...] = ()
+    public_url: str = ""
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    require_encryption: bool = True
+    scram_iterations: int = 4096
+    modules: tuple[str, ...] = DEFAULT_MODULES
+    limits: Limits = Limits()
+    source: str = "<defaults>"
+
+    @property
+    def certificatePath(self) -> Path:
+        """Where the certificate is read from (or generated, if unset)."""
+        return self.tls_certificate or self.data_dir / "tls" / "server.crt"
+
+    @property
+    def keyPath(self) -> Path:
+        return self.tls_key or self.data_dir / "tls" / "server.key"
+
+    @property
+    def databasePath(self) -> Path:
+        return self.data_dir / "invitesrv.sqlite3"
+
+
+# Keys of the top-level tables and where they go in Config.
+_SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url"}
+_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "http"}
+_TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key"}
+
+
+def _convert(value: object, annotation: object, key: str) -> object:
+    """Check C{value} against a dataclass field's type and convert it."""
+    if annotation is Duration:
+        return Duration.parse(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected a whole number")
+        if value < 0:
+            raise ValueError("expected a number of 0 or more")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    if annotation == tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of strings")
+        return tuple(value)
+    if annotation == Path or annotation == (Path | None):
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a file or directory path")
+        return Path(value)
+    raise ValueError(f"unsupported option type {annotation!r}")  # pragma: no cover
+
+
+def _fieldTypes(cls: type) -> dict[str, object]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _build(cls: type, table: object, where: str, source: str, base: object = None):
+    """Build dataclass C{cls} from a TOML table, every key checked."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{where}] must be a table")
+    types = _fieldTypes(cls)
+    values = {}
+    for key, value in table.items():
+        if key not in types:
+            raise ConfigError(f"{source}: unknown option {where}.{key}")
+        try:
+            values[key] = _convert(value, types[key], key)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {where}.{key}: {e}") from None
+    return replace(base, **values) if base is not None else cls(**values)
+
+
+def _checkHostName(name: str, source: str) -> str:
+    try:
+        prepared = jid.JID(name)
+    except Exception:
+        prepared = None
+    if prepared is None or prepared.user or prepared.resource or not name:
+        raise ConfigError(f"{source}: hosts.{name!r} is not a valid domain name")
+    return prepared.host
+
+
+def _checkAdmins(host: str, options: HostOptions, source: str) -> HostOptions:
+    admins = []
+    for admin in options.admins:
+        try:
+            admins.append(jid.JID(admin).userhost())
+        except Exception:
+            raise ConfigError(f"{source}: hosts.{host}.admins: {admin!r} is not a JID") from None
+    return replace(options, admins=tuple(admins))
+
+
+def parseConfig(data: dict, source: str = "<config>") -> Config:
+    """Turn a parsed TOML document into a L{Config}."""
+    known = {"server", "listen", "tls", "limits", "host_defaults", "hosts"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown section or option {key!r}")
+
+    values: dict[str, object] = {"source": source}
+    types = _fieldTypes(Config)
+
+    def take(section: str, mapping: dict[str, str]) -> None:
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        for key, value in table.items():
+            if key not in mapping:
+                raise ConfigError(f"{source}: unknown option {section}.{key}")
+            target = mapping[key]
+            try:
+                values[target] = _convert(value, types[target], key)
+            except ValueError as e:
+                raise ConfigError(f"{source}: {section}.{key}: {e}") from None
+
+    take("server", {k: k for k in _SERVER_KEYS})
+    take("listen", {k: k for k in _LISTEN_KEYS})
+    take("tls", _TLS_KEYS)
+    if "limits" in data:
+        values["limits"] = _build(Limits, data["limits"], "limits", source)
+
+    defaults = _build(HostOptions, data.get("host_defaults", {}), "host_defaults", source)
+    hostTables = data.get("hosts", {"localhost": {}})
+    if not isinstance(hostTables, dict) or not hostTables:
+        raise ConfigError(f"{source}: [hosts] must name at least one virtual host")
+    hosts = {}
+    for name, table in hostTables.items():
+        host = _checkHostName(name, source)
+        options = _build(HostOptions, table, f"hosts.{name}", source, base=defaults)
+        hosts[host] = _checkAdmins(host, options, source)
+    values["hosts"] = hosts
+
+    config = Config(**values)
+    if config.scram_iterations < 4096:
+        raise ConfigError(f"{source}: server.scram_iterations must be at least 4096")
+    if bool(config.tls_certificate) != bool(config.tls_key):
+        raise ConfigError(f"{source}: tls.certificate and tls.key go together")
+    return config
+
+
+def loadConfig(path: str | Path | None) -> Config:
+    """Read the TOML file at C{path}, or return the defaults when it is None."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parseConfig(data, str(path))
+
+
+def withOverrides(
+    config: Config,
+    dataDir: str | None = None,
+    domains: typing.Sequence[str] = (),
+    c2s: typing.Sequence[str] = (),
+    admins: typing.Sequence[str] = (),
+    http: typing.Sequence[str] = (),
+    publicURL: str | None = None,
+) -> Config:
+    """Apply the command-line overrides (C{--data-dir}, C{--domain}, ...)."""
+    changes: dict[str, object] = {}
+    source = "command line"
+    if dataDir:
+        changes["data_dir"] = Path(dataDir)
+    hosts = dict(config.hosts)
+    if domains:
+        template = next(iter(config.hosts.values()))
+        hosts = {}
+        for name in domains:
+            host = _checkHostName(name, source)
+            hosts[host] = config.hosts.get(host, template)
+    if admins:
+        for admin in admins:
+            try:
+                adminJID = jid.JID(admin)
+            except Exception:
+                raise ConfigError(f"{source}: --admin {admin!r} is not a JID") from None
+            if not adminJID.user or adminJID.host not in hosts:
+                raise ConfigError(f"{source}: --admin {admin!r} is not an account of a served host")
+            options = hosts[adminJID.host]
+            if adminJID.userhost() not in options.admins:
+                hosts[adminJID.host] = replace(options, admins=options.admins + (adminJID.userhost(),))
+    changes["hosts"] = hosts
+    if c2s:
+        changes["c2s"] = tuple(c2s)
+    if http:
+        changes["http"] = tuple(http)
+    if publicURL:
+        changes["public_url"] = publicURL
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,81 @@
+"""
+Named hooks: the few places where modules cooperate without knowing each other.
+
+A module adds a callback to a hook on its virtual host; whoever owns the event
+runs the hook. Callbacks run in priority order (higher first). For
+L{Hooks.fire}, a callback may return a Deferred, which is waited for before the
+next one runs, and an exception stops the chain: that is how a module vetoes a
+registration. These are all the hooks, with what they are given:
+
+C{stream-features} (session, features)
+    Synchronous. Add feature elements to the C{<stream:features/>} being sent;
+    C{session.authenticated} and C{session.encrypted} say which stage it is.
+C{preauth-iq} (session, iq) -> Deferred or None
+    An IQ on an unauthenticated stream. The first callback that returns a
+    Deferred owns the IQ; it fires with the response element.
+C{stream-closed} (session)
+    An unauthenticated or authenticated stream ended: free what C{session.state} holds.
+C{user-registering} (registration)
+    Before an account is created; raise a C{StanzaError} to refuse. May add to
+    C{registration.rosterItems}, C{registration.roles} and the like.
+C{user-registered} (registration)
+    After the account, and everything written with it, is committed.
+C{password-changed} (host, username)
+C{user-deleting} (host, username)
+    Before the account and its data go: tell contacts, close sessions.
+C{user-deleted} (host, username)
+C{session-bound} (session)
+C{session-closed} (session)
+C{initial-presence} (session)
+    The session has just become available (its first available presence).
+C{offline-message} (username, stanza) -> Deferred[bool]
+    A message for a local user with no available resource; fire True if kept.
+C{invite-created} (invite, links)
+C{invite-used} (invite, username, path)
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from typing import Any, Callable
+
+from twisted.internet import defer
+
+
+class Hooks:
+    """A registry of named hooks."""
+
+    def __init__(self) -> None:
+        self._hooks: dict[str, list[tuple[int, int, Callable]]] = {}
+        self._counter = 0
+
+    def add(self, name: str, callback: Callable, priority: int = 0) -> None:
+        """Run C{callback} when hook C{name} fires; higher priorities run first."""
+        self._counter += 1
+        insort(self._hooks.setdefault(name, []), (-priority, self._counter, callback))
+
+    def remove(self, name: str, callback: Callable) -> None:
+        self._hooks[name] = [entry for entry in self._hooks.get(name, []) if entry[2] != callback]
+
+    def callbacks(self, name: str) -> list[Callable]:
+        return [entry[2] for entry in self._hooks.get(name, ())]
+
+    def run(self, name: str, *args: Any) -> list[Any]:
+        """Run the callbacks synchronously and return their results."""
+        return [callback(*args) for callback in self.callbacks(name)]
+
+    def first(self, name: str, *args: Any) -> Any:
+        """Return the first result that is not None, running callbacks until then."""
+        for callback in self.callbacks(name):
+            result = callback(*args)
+            if result is not None:
+                return result
+        return None
+
+    @defer.inlineCallbacks
+    def fire(self, name: str, *args: Any):
+        """Run the callbacks one after the other, waiting on each; fire with their results."""
+        results = []
+        for callback in self.callbacks(name):
+            results.append((yield defer.maybeDeferred(callback, *args)))
+        return results

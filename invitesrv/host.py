@@ -1,0 +1,188 @@
+"""
+A virtual host: its options, its hooks, and its modules.
+
+Modules are Wokkel L{XMPPHandler}s, one set per host shared by every session
+(as in Wokkel's C{InternalComponent}): they observe the host's L{HostStream}
+and answer through it. Stanzas reach the host from the router; the host offers
+each one to its modules and, where none handled it, applies RFC 6121's rules.
+Modules are found by name in the C{invitesrv.modules} entry-point group, so a
+third-party package adds one exactly as the built-in ones are added.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import entry_points
+
+from twisted.logger import Logger
+from twisted.words.protocols.jabber import jid
+from twisted.words.xish import utility
+from wokkel.subprotocols import XMPPHandlerCollection
+
+from invitesrv.config import Config, HostOptions
+from invitesrv.hooks import Hooks
+from invitesrv.xmpp.router import Router, bounce
+
+log = Logger()
+
+NS_CLIENT = "jabber:client"
+SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
+
+
+class ModuleError(Exception):
+    """A module named in the config cannot be found or loaded."""
+
+
+def findModule(name: str):
+    """The handler class registered as C{name} in the C{invitesrv.modules} group."""
+    for entry in entry_points(group="invitesrv.modules"):
+        if entry.name == name:
+            return entry.load()
+    raise ModuleError(f"no module named {name!r} (entry-point group invitesrv.modules)")
+
+
+class HostStream(utility.EventDispatcher):
+    """
+    The stream a host's modules are connected to: what they observe is what
+    the host receives, and what they send goes to the router.
+    """
+
+    def __init__(self, host: "VirtualHost"):
+        utility.EventDispatcher.__init__(self)
+        self.host = host
+
+    def send(self, obj) -> None:
+        self.host.send(obj)
+
+
+class VirtualHost(XMPPHandlerCollection):
+    """
+    One served domain. Modules reach what they share through it: C{options},
+    C{store}, C{hooks}, C{router}, C{registrar}, C{clock} and C{config}.
+    """
+
+    def __init__(self, name: str, options: HostOptions, config: Config, store, router: Router,
+                 clock=None):
+        XMPPHandlerCollection.__init__(self)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.name = name
+        self.jid = jid.JID(name)
+        self.options = options
+        self.config = config
+        self.store = store
+        self.router = router
+        self.clock = clock
+        self.hooks = Hooks()
+        self.stream = HostStream(self)
+        self.modules: dict[str, object] = {}
+        self.started = False
+        from invitesrv.registrar import Registrar
+        self.registrar = Registrar(self)
+        router.addHost(self)
+
+    def now(self) -> float:
+        """Wall-clock seconds from the injected clock (a L{Clock} in tests)."""
+        return self.clock.seconds() if hasattr(self.clock, "seconds") else time.time()
+
+    def isAdmin(self, who: jid.JID | str) -> bool:
+        bare = who.userhost() if isinstance(who, jid.JID) else jid.JID(who).userhost()
+        return bare in self.options.admins
+
+    # -- modules ------------------------------------------------------------
+
+    def loadModules(self, names) -> None:
+        for name in names:
+            self.addModule(name, findModule(name)())
+
+    def addModule(self, name: str, module) -> None:
+        self.modules[name] = module
+        module.setHandlerParent(self)
+
+    def addHandler(self, handler) -> None:
+        XMPPHandlerCollection.addHandler(self, handler)
+        if self.started:
+            handler.makeConnection(self.stream)
+            handler.connectionInitialized()
+
+    def start(self) -> None:
+        self.started = True
+        for handler in list(self):
+            handler.makeConnection(self.stream)
+            handler.connectionInitialized()
+
+    def stop(self) -> None:
+        self.started = False
+        for handler in list(self):
+            handler.connectionLost(None)
+
+    def send(self, obj) -> None:
+        """Stanzas from the host's modules go out through the router."""
+        self.router.route(obj)
+
+    # -- delivery -----------------------------------------------------------
+
+    def dispatch(self, stanza) -> bool:
+        """Offer a stanza to the modules; True if one handled it."""
+        stanza.handled = False
+        self.stream.dispatch(stanza)
+        return stanza.handled
+
+    def receive(self, stanza, target: jid.JID) -> None:
+        """Deliver a stanza addressed to this host, one of its accounts or sessions."""
+        name = stanza.name
+        if target.user is None:
+            if not self.dispatch(stanza) and name == "iq":
+                self._refuse(stanza, "service-unavailable")
+            return
+        if target.resource is not None:
+            session = self.router.session(target)
+            if session is not None and not (
+                    name == "presence" and stanza.getAttribute("type") in SUBSCRIPTION_TYPES):
+                session.send(stanza)
+                return
+            if name == "iq":
+                self._refuse(stanza, "service-unavailable")
+                return
+            if name == "presence" and stanza.getAttribute("type") not in SUBSCRIPTION_TYPES:
+                return  # directed presence to a resource that is gone
+            if name == "message" and stanza.getAttribute("type") in ("groupchat", "headline", "error"):
+                if stanza.getAttribute("type") == "groupchat":
+                    self._refuse(stanza, "service-unavailable")
+                return
+        if self.dispatch(stanza):
+            return
+        if name == "message":
+            self.deliverToAccount(stanza, target)
+        elif name == "iq":
+            self._refuse(stanza, "service-unavailable")
+
+    def deliverToAccount(self, message, target: jid.JID) -> None:
+        """RFC 6121 section 8.5.2: a message to a bare JID (or a gone resource)."""
+        kind = message.getAttribute("type", "normal")
+        if kind == "error":
+            return
+        if kind == "groupchat":
+            self._refuse(message, "service-unavailable")
+            return
+        sessions = [s for s in self.router.resourcesOf(target.userhost()).values()
+                    if s.available and s.priority >= 0]
+        if sessions:
+            if kind != "headline":
+                top = max(s.priority for s in sessions)
+                sessions = [s for s in sessions if s.priority == top]
+            for session in sessions:
+                session.send(message)
+            return
+        if kind == "headline":
+            return
+        stored = self.hooks.first("offline-message", target.user, message)
+        if stored is None:
+            self._refuse(message, "service-unavailable")
+        else:
+            stored.addCallback(lambda kept: kept or self._refuse(message, "service-unavailable"))
+
+    def _refuse(self, stanza, condition: str, text: str | None = None) -> None:
+        reply = bounce(stanza, condition, text=text)
+        if reply is not None:
+            self.router.route(reply)

@@ -1,0 +1,1 @@
+"""Features, one module per file, each a Wokkel XMPPHandler."""

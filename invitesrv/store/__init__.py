@@ -1,0 +1,1 @@
+"""Persistent storage: interfaces and the embedded SQLite backend."""

@@ -1,0 +1,267 @@
+"""
+What the server needs from persistent storage, as zope.interface declarations.
+
+Every method returns a Deferred, so that a networked backend (PostgreSQL, for
+several nodes) fits without touching the modules. Values cross this boundary
+as the small frozen dataclasses below, never as rows or cursors.
+C{tests/store_behaviour.py} is the behaviour suite every backend must pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zope.interface import Attribute, Interface
+
+SUBSCRIPTIONS = ("none", "to", "from", "both")
+
+
+class StoreError(Exception):
+    """Base class of the store's expected failures."""
+
+
+class AccountExists(StoreError):
+    """The username is taken on that host."""
+
+
+class UsernameReserved(StoreError):
+    """A pending invite holds that username for somebody else."""
+
+
+class InviteUnavailable(StoreError):
+    """The invite is gone, used up, revoked or expired."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be written now (disk full, locked); try later."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The SCRAM secrets of one mechanism: never the password itself."""
+
+    mechanism: str  # "SCRAM-SHA-1" or "SCRAM-SHA-256"
+    salt: bytes
+    iterations: int
+    storedKey: bytes
+    serverKey: bytes
+
+
+@dataclass(frozen=True)
+class RosterItem:
+    """One contact on a user's roster (RFC 6121 section 2.1.2)."""
+
+    contact: str  # bare JID
+    name: str | None = None
+    subscription: str = "none"
+    ask: bool = False  # pending-out: we asked the contact for a subscription
+    approved: bool = False  # pre-approved: the contact's request will be granted at once
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Roster:
+    """A whole roster, or the changes since a version when C{removed} says so."""
+
+    version: int
+    items: tuple[RosterItem, ...]
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OfflineMessage:
+    stamp: float
+    stanza: str  # serialised XML
+
+
+@dataclass(frozen=True)
+class InviteUse:
+    """One registration or reset done with an invite, for the audit."""
+
+    inviteId: str
+    path: str  # "ibr", "web", "api", "cli", "contact"
+    address: str = ""
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    """
+    Everything an account creation writes, applied in one transaction: the
+    account, its credentials and roles, the invite use (consumption and audit),
+    and roster items on both sides.
+    """
+
+    host: str
+    username: str
+    credentials: tuple[Credentials, ...]
+    roles: tuple[str, ...] = ()
+    inviteUse: InviteUse | None = None
+    rosterItems: tuple[tuple[str, RosterItem], ...] = ()  # (owner username, item)
+    now: float = 0.0
+
+
+@dataclass(frozen=True)
+class Invite:
+    """An invite as stored; the secret token itself is never stored."""
+
+    id: str
+    host: str
+    kind: str  # "account", "contact" or "reset"
+    created: float
+    expires: float
+    username: str | None = None
+    inviter: str | None = None
+    allowRegistration: bool = True
+    usesAllowed: int | None = 1  # None: unlimited
+    uses: int = 0
+    reserved: int = 0
+    revoked: float | None = None
+    roles: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    note: str = ""
+    source: str = ""
+    uses_log: tuple[dict, ...] = field(default=(), compare=False)
+
+    def status(self, now: float) -> str:
+        """C{pending}, C{used}, C{expired} or C{revoked}."""
+        if self.revoked is not None:
+            return "revoked"
+        if self.usesAllowed is not None and self.uses >= self.usesAllowed:
+            return "used"
+        if now >= self.expires:
+            return "expired"
+        return "pending"
+
+
+class IAccounts(Interface):
+    """Accounts and their SCRAM credentials."""
+
+    def createAccount(account: NewAccount):
+        """
+        Create an account with everything in L{NewAccount}, in one transaction.
+        Fails with L{AccountExists}, L{UsernameReserved} or L{InviteUnavailable}
+        and then writes nothing.
+        """
+
+    def accountExists(host: str, username: str):
+        """Fire with a bool."""
+
+    def listAccounts(host: str):
+        """Fire with the sorted usernames of C{host}."""
+
+    def getCredentials(host: str, username: str, mechanism: str):
+        """Fire with L{Credentials} or None."""
+
+    def setCredentials(host: str, username: str, credentials, inviteUse=None, now: float = 0.0):
+        """
+        Replace the credentials of an existing account, consuming
+        C{inviteUse} (a reset invite) in the same transaction. Fire with
+        True, or False when there is no such account.
+        """
+
+    def deleteAccount(host: str, username: str):
+        """Delete the account and everything it owns; fire with a bool."""
+
+    def getRoles(host: str, username: str):
+        """Fire with the account's roles as a frozenset."""
+
+
+class IRosters(Interface):
+    """Rosters, with versions for XEP-0237, and pending subscription requests."""
+
+    def getRoster(host: str, username: str):
+        """Fire with the whole L{Roster}."""
+
+    def getRosterChanges(host: str, username: str, since: int):
+        """Fire with a L{Roster} of changes since C{since}, or None if unknown."""
+
+    def getRosterItem(host: str, username: str, contact: str):
+        """Fire with a L{RosterItem} or None."""
+
+    def setRosterItem(host: str, username: str, item: RosterItem):
+        """Add or replace an item; fire with the new roster version."""
+
+    def removeRosterItem(host: str, username: str, contact: str):
+        """Remove an item; fire with the new version, or None if it was absent."""
+
+    def getPendingIn(host: str, username: str):
+        """Fire with a list of (contact, stanza XML) subscription requests."""
+
+    def setPendingIn(host: str, username: str, contact: str, stanza: str):
+        """Remember an inbound subscription request until it is answered."""
+
+    def removePendingIn(host: str, username: str, contact: str):
+        """Forget an inbound request; fire with True if there was one."""
+
+
+class IOfflineMessages(Interface):
+    """Messages kept for users who are offline (XEP-0160)."""
+
+    def storeOffline(host: str, username: str, message: OfflineMessage, cap: int):
+        """Keep a message; fire with False when the user already has C{cap}."""
+
+    def popOffline(host: str, username: str):
+        """Fire with the user's messages, oldest first, and forget them."""
+
+
+class IInvites(Interface):
+    """Invites, keyed by the hash of their token, with an audit of each use."""
+
+    def createInvite(invite: Invite, tokenHash: bytes):
+        """Store a new invite."""
+
+    def getInvite(inviteId: str):
+        """Fire with an L{Invite} (with its uses) or None."""
+
+    def findInvite(tokenHash: bytes):
+        """Fire with the L{Invite} for a token hash, or None."""
+
+    def listInvites(host: str, inviter: str | None = None):
+        """Fire with the host's invites, newest first."""
+
+    def reserveInvite(tokenHash: bytes, host: str, now: float):
+        """
+        Atomically take one use of a pending invite for an attempt under way.
+        Fire with the L{Invite}, or None when it is not usable.
+        """
+
+    def releaseInvite(inviteId: str):
+        """Give back a use taken by L{reserveInvite} for an attempt that failed."""
+
+    def consumeInvite(use: InviteUse, now: float, rosterItems=()):
+        """
+        Record a use of an invite that needs no account creation (a contact
+        invite redeemed by a subscription), with the roster changes it makes,
+        in one transaction. Fails with L{InviteUnavailable}.
+        """
+
+    def updateInvite(inviteId: str, **changes):
+        """Change expires, usesAllowed or note; fire with the new L{Invite} or None."""
+
+    def revokeInvite(inviteId: str, now: float):
+        """Fire with True when a pending invite was revoked."""
+
+    def sweepInvites(now: float):
+        """Delete invites that can no longer be used; keep the audit. Fire with a count."""
+
+
+class IApiKeys(Interface):
+    """Keys for the admin HTTP API, stored hashed."""
+
+    def createApiKey(keyId: str, secretHash: bytes, host: str, name: str, now: float):
+        """Store a new key."""
+
+    def getApiKey(keyId: str):
+        """Fire with (secretHash, host, name, created) or None."""
+
+    def listApiKeys():
+        """Fire with a list of (keyId, host, name, created)."""
+
+    def deleteApiKey(keyId: str):
+        """Fire with True if it existed."""
+
+
+class IStore(IAccounts, IRosters, IOfflineMessages, IInvites, IApiKeys):
+    """Everything the server stores."""
+
+    path = Attribute("Where the data lives, for log lines.")

@@ -1,0 +1,466 @@
+"""
+The embedded default store: one SQLite file, used from one dedicated thread.
+
+All statements run on a single worker thread, one transaction per call, so the
+reactor never waits on the disk and every multi-row change (an account with its
+invite use and roster rows) is atomic. WAL mode lets C{invitesrvctl} work on the
+same file while the server runs. The schema is a series of numbered SQL files
+in C{schema/}; C{PRAGMA user_version} says how many have been applied, and an
+upgrade copies the file aside first.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import re
+import shutil
+import sqlite3
+from pathlib import Path
+
+from twisted.internet import threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from invitesrv.store.interfaces import (
+    AccountExists,
+    Credentials,
+    Invite,
+    InviteUnavailable,
+    InviteUse,
+    IStore,
+    NewAccount,
+    OfflineMessage,
+    Roster,
+    RosterItem,
+    StoreUnavailable,
+    UsernameReserved,
+)
+
+log = Logger()
+
+_TRANSIENT = ("locked", "busy", "full", "disk i/o", "readonly", "unable to open")
+
+
+def schemaScripts() -> list[tuple[int, str]]:
+    """The numbered schema files shipped with the package, in order."""
+    folder = importlib.resources.files("invitesrv.store") / "schema"
+    scripts = []
+    for entry in folder.iterdir():
+        match = re.fullmatch(r"(\d+)-[\w-]+\.sql", entry.name)
+        if match:
+            scripts.append((int(match.group(1)), entry.read_text("utf-8")))
+    return sorted(scripts)
+
+
+def openDatabase(path: str, scripts: list[tuple[int, str]] | None = None) -> sqlite3.Connection:
+    """
+    Open (creating or upgrading) the database at C{path}; C{":memory:"} works.
+    Before an upgrade of an existing file it is copied to C{<file>.v<N>.bak}.
+    """
+    scripts = schemaScripts() if scripts is None else scripts
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.execute("PRAGMA foreign_keys = ON")
+    if path != ":memory:":
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    latest = scripts[-1][0] if scripts else 0
+    if version > latest:
+        conn.close()
+        raise RuntimeError(f"{path}: schema version {version} is newer than this invitesrv ({latest})")
+    if 0 < version < latest and path != ":memory:":
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        backup = f"{path}.v{version}.bak"
+        shutil.copyfile(path, backup)
+        log.info("Database {path} is at schema {old}; upgrading to {new} (copy kept in {backup})",
+                 path=path, old=version, new=latest, backup=backup)
+    for number, script in scripts:
+        if number <= version:
+            continue
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    return conn
+
+
+def _item(row) -> RosterItem:
+    return RosterItem(contact=row[0], name=row[1], subscription=row[2], ask=bool(row[3]),
+                      approved=bool(row[4]), groups=tuple(json.loads(row[5])))
+
+
+_INVITE_COLUMNS = ("id, host, kind, created, expires, username, inviter, allow_registration, "
+                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source")
+
+
+def _invite(row, uses=()) -> Invite:
+    return Invite(id=row[0], host=row[1], kind=row[2], created=row[3], expires=row[4],
+                  username=row[5], inviter=row[6], allowRegistration=bool(row[7]),
+                  usesAllowed=row[8], uses=row[9], reserved=row[10], revoked=row[11],
+                  roles=tuple(json.loads(row[12])), groups=tuple(json.loads(row[13])),
+                  note=row[14], source=row[15], uses_log=tuple(uses))
+
+
+@implementer(IStore)
+class SQLiteStore:
+    """L{IStore} over one SQLite file (or C{":memory:"})."""
+
+    def __init__(self, path: str | Path, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.path = str(path)
+        self._reactor = reactor
+        self._pool = ThreadPool(1, 1, name="invitesrv-db")
+        self._conn: sqlite3.Connection | None = None
+
+    # -- life cycle ---------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the database (creating or upgrading it) and start the worker."""
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = openDatabase(self.path)
+        # No registration can be in flight after a start: free leaked reservations.
+        self._conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
+        self._pool.start()
+
+    def close(self) -> None:
+        self._pool.stop()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run(self, fn, *args):
+        """Run C{fn(conn, *args)} in one transaction on the worker thread."""
+        return threads.deferToThreadPool(self._reactor, self._pool, self._transaction, fn, args)
+
+    def _transaction(self, fn, args):
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn, *args)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        except sqlite3.OperationalError as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if any(word in str(e).lower() for word in _TRANSIENT):
+                raise StoreUnavailable(str(e)) from e
+            raise
+
+    # -- accounts -----------------------------------------------------------
+
+    def createAccount(self, account: NewAccount):
+        return self._run(self._createAccount, account)
+
+    @staticmethod
+    def _createAccount(conn, a: NewAccount):
+        if conn.execute("SELECT 1 FROM accounts WHERE host = ? AND username = ?",
+                        (a.host, a.username)).fetchone():
+            raise AccountExists(a.username)
+        inviteId = a.inviteUse.inviteId if a.inviteUse else None
+        reserved = conn.execute(
+            "SELECT 1 FROM invites WHERE host = ? AND username = ? AND kind != 'reset'"
+            " AND id IS NOT ? AND revoked IS NULL AND expires > ?"
+            " AND (uses_allowed IS NULL OR uses < uses_allowed)",
+            (a.host, a.username, inviteId, a.now)).fetchone()
+        if reserved:
+            raise UsernameReserved(a.username)
+        conn.execute("INSERT INTO accounts (host, username, created) VALUES (?, ?, ?)",
+                     (a.host, a.username, a.now))
+        SQLiteStore._writeCredentials(conn, a.host, a.username, a.credentials)
+        conn.executemany("INSERT INTO roles (host, username, role) VALUES (?, ?, ?)",
+                         [(a.host, a.username, role) for role in a.roles])
+        if a.inviteUse:
+            SQLiteStore._useInvite(conn, a.inviteUse, a.host, a.username, a.now)
+        for owner, item in a.rosterItems:
+            if conn.execute("SELECT 1 FROM accounts WHERE host = ? AND username = ?",
+                            (a.host, owner)).fetchone():
+                SQLiteStore._setRosterItem(conn, a.host, owner, item)
+
+    @staticmethod
+    def _useInvite(conn, use: InviteUse, host: str, username: str, now: float):
+        """Turn a reservation into a use and write the audit row."""
+        cursor = conn.execute(
+            "UPDATE invites SET uses = uses + 1, reserved = MAX(reserved - 1, 0)"
+            " WHERE id = ? AND host = ? AND revoked IS NULL"
+            " AND (uses_allowed IS NULL OR uses < uses_allowed)", (use.inviteId, host))
+        if cursor.rowcount != 1:
+            raise InviteUnavailable(use.inviteId)
+        conn.execute("INSERT INTO invite_uses (invite_id, host, used_at, username, path, address)"
+                     " VALUES (?, ?, ?, ?, ?, ?)",
+                     (use.inviteId, host, now, username, use.path, use.address))
+
+    @staticmethod
+    def _writeCredentials(conn, host, username, credentials):
+        conn.executemany(
+            "INSERT OR REPLACE INTO credentials (host, username, mechanism, salt, iterations,"
+            " stored_key, server_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(host, username, c.mechanism, c.salt, c.iterations, c.storedKey, c.serverKey)
+             for c in credentials])
+
+    def accountExists(self, host, username):
+        return self._run(lambda conn: conn.execute(
+            "SELECT 1 FROM accounts WHERE host = ? AND username = ?", (host, username)
+        ).fetchone() is not None)
+
+    def listAccounts(self, host):
+        return self._run(lambda conn: [row[0] for row in conn.execute(
+            "SELECT username FROM accounts WHERE host = ? ORDER BY username", (host,))])
+
+    def getCredentials(self, host, username, mechanism):
+        def get(conn):
+            row = conn.execute(
+                "SELECT salt, iterations, stored_key, server_key FROM credentials"
+                " WHERE host = ? AND username = ? AND mechanism = ?",
+                (host, username, mechanism)).fetchone()
+            return Credentials(mechanism, *row) if row else None
+        return self._run(get)
+
+    def setCredentials(self, host, username, credentials, inviteUse=None, now=0.0):
+        def set_(conn):
+            if not conn.execute("SELECT 1 FROM accounts WHERE host = ? AND username = ?",
+                                (host, username)).fetchone():
+                return False
+            self._writeCredentials(conn, host, username, credentials)
+            if inviteUse:
+                self._useInvite(conn, inviteUse, host, username, now)
+            return True
+        return self._run(set_)
+
+    def deleteAccount(self, host, username):
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM accounts WHERE host = ? AND username = ?", (host, username)
+        ).rowcount == 1)
+
+    def getRoles(self, host, username):
+        return self._run(lambda conn: frozenset(row[0] for row in conn.execute(
+            "SELECT role FROM roles WHERE host = ? AND username = ?", (host, username))))
+
+    # -- rosters ------------------------------------------------------------
+
+    def getRoster(self, host, username):
+        def get(conn):
+            version = conn.execute("SELECT roster_version FROM accounts WHERE host = ? AND username = ?",
+                                   (host, username)).fetchone()
+            rows = conn.execute(
+                "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
+                " WHERE host = ? AND username = ? AND subscription != 'remove' ORDER BY contact",
+                (host, username))
+            return Roster(version[0] if version else 0, tuple(_item(row) for row in rows))
+        return self._run(get)
+
+    def getRosterChanges(self, host, username, since):
+        def get(conn):
+            row = conn.execute("SELECT roster_version FROM accounts WHERE host = ? AND username = ?",
+                               (host, username)).fetchone()
+            if row is None or since > row[0] or since < 0:
+                return None
+            rows = conn.execute(
+                "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
+                " WHERE host = ? AND username = ? AND version > ? ORDER BY version",
+                (host, username, since)).fetchall()
+            items = tuple(_item(r) for r in rows if r[2] != "remove")
+            removed = tuple(r[0] for r in rows if r[2] == "remove")
+            return Roster(row[0], items, removed)
+        return self._run(get)
+
+    def getRosterItem(self, host, username, contact):
+        def get(conn):
+            row = conn.execute(
+                "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
+                " WHERE host = ? AND username = ? AND contact = ? AND subscription != 'remove'",
+                (host, username, contact)).fetchone()
+            return _item(row) if row else None
+        return self._run(get)
+
+    @staticmethod
+    def _bumpVersion(conn, host, username) -> int:
+        conn.execute("UPDATE accounts SET roster_version = roster_version + 1"
+                     " WHERE host = ? AND username = ?", (host, username))
+        row = conn.execute("SELECT roster_version FROM accounts WHERE host = ? AND username = ?",
+                           (host, username)).fetchone()
+        if row is None:
+            raise KeyError(f"no account {username}@{host}")
+        return row[0]
+
+    @staticmethod
+    def _setRosterItem(conn, host, username, item: RosterItem) -> int:
+        version = SQLiteStore._bumpVersion(conn, host, username)
+        conn.execute(
+            "INSERT OR REPLACE INTO roster_items (host, username, contact, name, subscription,"
+            " ask, approved, groups, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (host, username, item.contact, item.name, item.subscription, int(item.ask),
+             int(item.approved), json.dumps(list(item.groups)), version))
+        return version
+
+    def setRosterItem(self, host, username, item):
+        return self._run(self._setRosterItem, host, username, item)
+
+    def removeRosterItem(self, host, username, contact):
+        def remove(conn):
+            if not conn.execute(
+                    "SELECT 1 FROM roster_items WHERE host = ? AND username = ? AND contact = ?"
+                    " AND subscription != 'remove'", (host, username, contact)).fetchone():
+                return None
+            version = self._bumpVersion(conn, host, username)
+            conn.execute(
+                "UPDATE roster_items SET subscription = 'remove', name = NULL, ask = 0,"
+                " approved = 0, groups = '[]', version = ?"
+                " WHERE host = ? AND username = ? AND contact = ?", (version, host, username, contact))
+            return version
+        return self._run(remove)
+
+    def getPendingIn(self, host, username):
+        return self._run(lambda conn: conn.execute(
+            "SELECT contact, stanza FROM pending_in WHERE host = ? AND username = ? ORDER BY contact",
+            (host, username)).fetchall())
+
+    def setPendingIn(self, host, username, contact, stanza):
+        return self._run(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO pending_in (host, username, contact, stanza)"
+            " SELECT ?, ?, ?, ? WHERE EXISTS"
+            " (SELECT 1 FROM accounts WHERE host = ? AND username = ?)",
+            (host, username, contact, stanza, host, username)) and None)
+
+    def removePendingIn(self, host, username, contact):
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM pending_in WHERE host = ? AND username = ? AND contact = ?",
+            (host, username, contact)).rowcount == 1)
+
+    # -- offline messages ---------------------------------------------------
+
+    def storeOffline(self, host, username, message: OfflineMessage, cap):
+        def store(conn):
+            count = conn.execute("SELECT COUNT(*) FROM offline_messages WHERE host = ? AND username = ?",
+                                 (host, username)).fetchone()[0]
+            if count >= cap:
+                return False
+            conn.execute("INSERT INTO offline_messages (host, username, stamp, stanza)"
+                         " VALUES (?, ?, ?, ?)", (host, username, message.stamp, message.stanza))
+            return True
+        return self._run(store)
+
+    def popOffline(self, host, username):
+        def pop(conn):
+            rows = conn.execute("SELECT stamp, stanza FROM offline_messages"
+                                " WHERE host = ? AND username = ? ORDER BY id",
+                                (host, username)).fetchall()
+            if rows:
+                conn.execute("DELETE FROM offline_messages WHERE host = ? AND username = ?",
+                             (host, username))
+            return [OfflineMessage(*row) for row in rows]
+        return self._run(pop)
+
+    # -- invites ------------------------------------------------------------
+
+    def createInvite(self, invite: Invite, tokenHash: bytes):
+        return self._run(lambda conn: conn.execute(
+            "INSERT INTO invites (id, host, token_hash, kind, username, inviter,"
+            " allow_registration, uses_allowed, uses, reserved, created, expires, revoked,"
+            " roles, groups, note, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?)",
+            (invite.id, invite.host, tokenHash, invite.kind, invite.username, invite.inviter,
+             int(invite.allowRegistration), invite.usesAllowed, invite.created, invite.expires,
+             json.dumps(list(invite.roles)), json.dumps(list(invite.groups)), invite.note,
+             invite.source)) and None)
+
+    @staticmethod
+    def _getInvite(conn, where: str, value):
+        row = conn.execute(f"SELECT {_INVITE_COLUMNS} FROM invites WHERE {where} = ?",
+                           (value,)).fetchone()
+        if row is None:
+            return None
+        uses = [dict(zip(("used_at", "username", "path", "address"), u)) for u in conn.execute(
+            "SELECT used_at, username, path, address FROM invite_uses WHERE invite_id = ?"
+            " ORDER BY id", (row[0],))]
+        return _invite(row, uses)
+
+    def getInvite(self, inviteId):
+        return self._run(self._getInvite, "id", inviteId)
+
+    def findInvite(self, tokenHash):
+        return self._run(self._getInvite, "token_hash", tokenHash)
+
+    def listInvites(self, host, inviter=None):
+        def list_(conn):
+            rows = conn.execute(
+                f"SELECT {_INVITE_COLUMNS} FROM invites WHERE host = ?"
+                " AND (? IS NULL OR inviter = ?) ORDER BY created DESC, id",
+                (host, inviter, inviter)).fetchall()
+            return [_invite(row) for row in rows]
+        return self._run(list_)
+
+    def reserveInvite(self, tokenHash, host, now):
+        def reserve(conn):
+            cursor = conn.execute(
+                "UPDATE invites SET reserved = reserved + 1 WHERE token_hash = ? AND host = ?"
+                " AND revoked IS NULL AND expires > ?"
+                " AND (uses_allowed IS NULL OR uses + reserved < uses_allowed)",
+                (tokenHash, host, now))
+            return self._getInvite(conn, "token_hash", tokenHash) if cursor.rowcount == 1 else None
+        return self._run(reserve)
+
+    def releaseInvite(self, inviteId):
+        return self._run(lambda conn: conn.execute(
+            "UPDATE invites SET reserved = reserved - 1 WHERE id = ? AND reserved > 0",
+            (inviteId,)) and None)
+
+    def consumeInvite(self, use: InviteUse, now: float, rosterItems=()):
+        def consume(conn):
+            row = conn.execute("SELECT host, expires FROM invites WHERE id = ?",
+                               (use.inviteId,)).fetchone()
+            if row is None or row[1] <= now:
+                raise InviteUnavailable(use.inviteId)
+            host = row[0]
+            # A use without a prior reservation: take it directly.
+            conn.execute("UPDATE invites SET reserved = reserved + 1 WHERE id = ?", (use.inviteId,))
+            owner = rosterItems[0][0] if rosterItems else ""
+            self._useInvite(conn, use, host, owner, now)
+            for username, item in rosterItems:
+                self._setRosterItem(conn, host, username, item)
+        return self._run(consume)
+
+    def updateInvite(self, inviteId, **changes):
+        columns = {"expires": "expires", "usesAllowed": "uses_allowed", "note": "note"}
+        unknown = set(changes) - set(columns)
+        if unknown:
+            raise TypeError(f"cannot change {sorted(unknown)}")
+
+        def update(conn):
+            for key, value in changes.items():
+                conn.execute(f"UPDATE invites SET {columns[key]} = ? WHERE id = ?", (value, inviteId))
+            return self._getInvite(conn, "id", inviteId)
+        return self._run(update)
+
+    def revokeInvite(self, inviteId, now):
+        return self._run(lambda conn: conn.execute(
+            "UPDATE invites SET revoked = ? WHERE id = ? AND revoked IS NULL", (now, inviteId)
+        ).rowcount == 1)
+
+    def sweepInvites(self, now):
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM invites WHERE reserved = 0 AND (expires <= ? OR revoked IS NOT NULL"
+            " OR (uses_allowed IS NOT NULL AND uses >= uses_allowed))", (now,)).rowcount)
+
+    # -- API keys -----------------------------------------------------------
+
+    def createApiKey(self, keyId, secretHash, host, name, now):
+        return self._run(lambda conn: conn.execute(
+            "INSERT INTO api_keys (key_id, secret_hash, host, name, created) VALUES (?, ?, ?, ?, ?)",
+            (keyId, secretHash, host, name, now)) and None)
+
+    def getApiKey(self, keyId):
+        return self._run(lambda conn: conn.execute(
+            "SELECT secret_hash, host, name, created FROM api_keys WHERE key_id = ?",
+            (keyId,)).fetchone())
+
+    def listApiKeys(self):
+        return self._run(lambda conn: conn.execute(
+            "SELECT key_id, host, name, created FROM api_keys ORDER BY created").fetchall())
+
+    def deleteApiKey(self, keyId):
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM api_keys WHERE key_id = ?", (keyId,)).rowcount == 1)

@@ -1,0 +1,62 @@
+"""
+The twistd plugin's options and service: C{twistd -n invitesrv [options]}.
+
+With no options at all this serves C{localhost} on C{tcp:5222}, keeping its
+database and a self-signed certificate under C{./data}. The command-line
+overrides are for trying it out and for scripts; everything else is in the
+TOML file named by C{--config}.
+"""
+
+from __future__ import annotations
+
+from twisted.python import usage
+
+from invitesrv.config import ConfigError, loadConfig, withOverrides
+from invitesrv.service import makeService as _makeService
+
+
+class Options(usage.Options):
+    """Command-line options of C{twistd invitesrv}."""
+
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (see conf/invitesrv.example.toml)."],
+        ["data-dir", "d", None, "Directory for the database, certificate and secrets."],
+        ["public-url", None, None, "Public base URL of the HTTP listener, for invite links."],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["domain"] = []
+        self["c2s"] = []
+        self["admin"] = []
+        self["http"] = []
+
+    def opt_domain(self, name):
+        """Serve this virtual host (repeatable; replaces the configured hosts)."""
+        self["domain"].append(name)
+
+    def opt_c2s(self, endpoint):
+        """Client listener endpoint, e.g. tcp:5222:interface=:: (repeatable)."""
+        self["c2s"].append(endpoint)
+
+    def opt_admin(self, address):
+        """Make this JID an admin of its host (repeatable)."""
+        self["admin"].append(address)
+
+    def opt_http(self, endpoint):
+        """HTTP listener endpoint for invite pages and the API, e.g. tcp:5280 (repeatable)."""
+        self["http"].append(endpoint)
+
+    def postOptions(self):
+        try:
+            config = loadConfig(self["config"])
+            self.config = withOverrides(config, dataDir=self["data-dir"], domains=self["domain"],
+                                        c2s=self["c2s"], admins=self["admin"], http=self["http"],
+                                        publicURL=self["public-url"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options):
+    """Build the server for twistd."""
+    return _makeService(options.config)

@@ -1,0 +1,1 @@
+"""The client-to-server stream layer: no feature logic lives here."""

@@ -1,0 +1,440 @@
+"""
+The server side of stream negotiation (RFC 6120): stream headers, STARTTLS,
+SASL (SCRAM-SHA-256, SCRAM-SHA-1 through scramp, and PLAIN once encrypted),
+resource binding, and the IQs that modules answer before authentication
+(in-band registration, invite tokens) through the C{preauth-iq} hook.
+
+One L{C2SAuthenticator} per connection. Until a resource is bound the
+connection is on a timer; after that its stanzas go to the bound L{Session}.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+
+import scramp
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.words.protocols.jabber import error, jid, xmlstream
+from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep, resourceprep
+from twisted.words.xish import domish
+
+from invitesrv.credentials import MECHANISMS, checkPassword, fakeCredentials
+from invitesrv.xmpp.c2s import NS_CLIENT, NS_SESSION, Session
+
+log = Logger()
+
+NS_STREAMS = "http://etherx.jabber.org/streams"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+
+
+class SASLFailure(Exception):
+    """Ends a SASL exchange with C{<failure><condition/></failure>}."""
+
+    def __init__(self, condition: str, text: str | None = None):
+        Exception.__init__(self, condition)
+        self.condition = condition
+        self.text = text
+
+
+def decodeSASL(element) -> bytes | None:
+    """The base64 payload of a SASL element; None when absent, b'' for '='."""
+    text = str(element).strip()
+    if not text:
+        return None
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SASLFailure("incorrect-encoding") from None
+
+
+def scramUsername(clientFirst: str) -> str:
+    """The username of a SCRAM client-first message (RFC 5802 section 5.1)."""
+    try:
+        gs2, authzid, bare = clientFirst.split(",", 2)
+    except ValueError:
+        raise SASLFailure("malformed-request") from None
+    if gs2 not in ("n", "y") and not gs2.startswith("p="):
+        raise SASLFailure("malformed-request")
+    if gs2.startswith("p="):
+        raise SASLFailure("malformed-request", "Channel binding is not offered")
+    for attribute in bare.split(","):
+        if attribute.startswith("n="):
+            return attribute[2:].replace("=2C", ",").replace("=3D", "=")
+    raise SASLFailure("malformed-request")
+
+
+class ScramExchange:
+    """One SCRAM login: server-first from stored keys, then the proof check."""
+
+    def __init__(self, authenticator, mechanism: str):
+        self.authenticator = authenticator
+        self.mechanism = mechanism
+        self.username: str | None = None
+        self.server = None
+
+    @defer.inlineCallbacks
+    def start(self, clientFirst: bytes):
+        auth = self.authenticator
+        host = auth.host
+        try:
+            text = clientFirst.decode("utf-8")
+        except UnicodeError:
+            raise SASLFailure("malformed-request") from None
+        name = scramUsername(text)
+        try:
+            self.username = nodeprep.prepare(name) or None
+        except UnicodeError:
+            self.username = None
+        credentials = None
+        if self.username:
+            credentials = yield host.store.getCredentials(host.name, self.username, self.mechanism)
+        if credentials is None:
+            self.username = None
+            credentials = fakeCredentials(auth.server.secret, name, self.mechanism,
+                                          host.config.scram_iterations)
+        keys = (credentials.salt, credentials.storedKey, credentials.serverKey, credentials.iterations)
+        self.server = scramp.ScramMechanism(self.mechanism).make_server(lambda user: keys)
+        try:
+            self.server.set_client_first(text)
+        except scramp.ScramException:
+            raise SASLFailure("malformed-request") from None
+        return self.server.get_server_first().encode("utf-8")
+
+    def finish(self, clientFinal: bytes) -> bytes:
+        try:
+            self.server.set_client_final(clientFinal.decode("utf-8"))
+        except (scramp.ScramException, UnicodeError):
+            raise SASLFailure("not-authorized") from None
+        if self.username is None:
+            raise SASLFailure("not-authorized")
+        return self.server.get_server_final().encode("utf-8")
+
+
+class C2SAuthenticator(xmlstream.ListenAuthenticator):
+    """
+    Negotiates one client stream. Modules see it as the C{session} of the
+    C{stream-features} and C{preauth-iq} hooks: C{host}, C{address},
+    C{encrypted}, C{authenticated} and a C{state} dict they may keep
+    per-connection data in (an invite reserved by a preauth, for example).
+    """
+
+    namespace = NS_CLIENT
+
+    def __init__(self, server, encrypted: bool = False):
+        xmlstream.ListenAuthenticator.__init__(self)
+        self.server = server
+        self.host = None
+        self.address = ""
+        self.encrypted = encrypted
+        self.authenticated = False
+        self.username: str | None = None
+        self.session: Session | None = None
+        self.state: dict = {}
+        self._sasl = None
+        self._saslBusy = False
+        self._failures = 0
+        self._timer = None
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self):
+        peer = self.xmlstream.transport.getPeer()
+        self.address = getattr(peer, "host", "")
+        self.xmlstream.factory.streams.add(self.xmlstream)
+        self._timer = self.server.clock.callLater(self.server.config.limits.auth_timeout,
+                                                  self._timedOut)
+
+    def _timedOut(self):
+        self._timer = None
+        if self.session is None:
+            log.info("Closing unauthenticated connection from {address}: too slow",
+                     address=self.address)
+            self.xmlstream.closeWithError("connection-timeout")
+
+    def connectionLost(self, reason):
+        self.xmlstream.factory.streams.discard(self.xmlstream)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.session is not None:
+            self.session.close()
+        if self.host is not None:
+            self.host.hooks.run("stream-closed", self)
+
+    # -- stream header ------------------------------------------------------
+
+    def streamStarted(self, root):
+        xs = self.xmlstream
+        xs.namespace = NS_CLIENT
+        xs.sid = secrets.token_hex(8)
+        if self.host is not None:
+            xs.thisEntity = self.host.jid
+        if root.uri != NS_STREAMS or root.name != "stream" or root.defaultUri != NS_CLIENT:
+            xs.closeWithError("invalid-namespace")
+            return
+        to = root.getAttribute("to")
+        host = None
+        if to is not None:
+            try:
+                host = self.server.router.hosts.get(jid.JID(to).host) if "@" not in to else None
+            except (jid.InvalidFormat, UnicodeError):
+                host = None
+        if host is None or (self.host is not None and host is not self.host):
+            xs.closeWithError("host-unknown")
+            return
+        self.host = host
+        xs.thisEntity = host.jid
+        version = root.getAttribute("version", "0.0")
+        try:
+            major, minor = (int(part) for part in version.split("."))
+        except ValueError:
+            major, minor = 0, 0
+        if (major, minor) < (1, 0):
+            xs.closeWithError("unsupported-version")
+            return
+        xs.sendHeader()
+        xs.send(self.features())
+
+    def features(self):
+        features = domish.Element((NS_STREAMS, "features"))
+        config = self.server.config
+        if not self.authenticated:
+            if not self.encrypted and self.server.tls is not None:
+                starttls = features.addElement((NS_TLS, "starttls"))
+                if config.require_encryption:
+                    starttls.addElement("required")
+            if self.encrypted or not config.require_encryption:
+                mechanisms = features.addElement((NS_SASL, "mechanisms"))
+                for name in self.mechanisms():
+                    mechanisms.addElement("mechanism", content=name)
+        else:
+            features.addElement((NS_BIND, "bind"))
+            features.addElement((NS_SESSION, "session")).addElement("optional")
+        self.host.hooks.run("stream-features", self, features)
+        return features
+
+    def mechanisms(self) -> tuple[str, ...]:
+        return MECHANISMS + ("PLAIN",) if self.encrypted else MECHANISMS
+
+    @property
+    def preauthAllowed(self) -> bool:
+        """May this stream register or redeem invites now (encryption rule)?"""
+        return self.encrypted or not self.server.config.require_encryption
+
+    # -- elements -----------------------------------------------------------
+
+    def elementReceived(self, element):
+        if self.session is not None:
+            self.session.stanzaReceived(element)
+            return
+        uri = element.uri
+        if uri == NS_STREAMS:
+            self.xmlstream.close() if element.name == "error" else \
+                self.xmlstream.closeWithError("unsupported-stanza-type")
+        elif self.authenticated:
+            self._beforeBind(element)
+        elif uri == NS_TLS and element.name == "starttls":
+            self._startTLS()
+        elif uri == NS_SASL:
+            self._sasl_(element)
+        elif uri == NS_CLIENT and element.name == "iq":
+            self._preauthIQ(element)
+        else:
+            self.xmlstream.closeWithError("not-authorized")
+
+    def _startTLS(self):
+        xs = self.xmlstream
+        if self.encrypted or self.server.tls is None:
+            xs.send(domish.Element((NS_TLS, "failure")))
+            xs.close()
+            return
+        xs.send(domish.Element((NS_TLS, "proceed")))
+        xs.transport.startTLS(self.server.tls)
+        self.encrypted = True
+        xs.reset()
+
+    # -- SASL ---------------------------------------------------------------
+
+    def _sasl_(self, element):
+        if self._saslBusy:
+            self.xmlstream.closeWithError("policy-violation", "SASL exchange already in progress")
+            return
+        self._saslBusy = True
+        name = element.name
+        if name == "auth":
+            d = defer.maybeDeferred(self._saslAuth, element)
+        elif name == "response" and self._sasl is not None:
+            d = defer.maybeDeferred(self._saslResponse, element)
+        elif name == "abort":
+            self._sasl = None
+            d = defer.fail(SASLFailure("aborted"))
+        else:
+            d = defer.fail(SASLFailure("malformed-request"))
+        d.addErrback(self._saslFailed)
+        d.addBoth(self._saslDone)
+
+    def _saslDone(self, _):
+        self._saslBusy = False
+
+    def _saslAuth(self, element):
+        if self._sasl is not None:
+            raise SASLFailure("malformed-request", "A SASL exchange is already under way")
+        if self.server.config.require_encryption and not self.encrypted:
+            raise SASLFailure("encryption-required")
+        mechanism = element.getAttribute("mechanism")
+        if not mechanism:
+            raise SASLFailure("malformed-request")
+        if mechanism not in self.mechanisms():
+            raise SASLFailure("invalid-mechanism")
+        initial = decodeSASL(element)
+        if mechanism == "PLAIN":
+            return self._plain(initial)
+        self._sasl = ScramExchange(self, mechanism)
+        if initial is None:
+            self._sendSASL("challenge", b"")
+            return None
+        return self._scramFirst(initial)
+
+    def _saslResponse(self, element):
+        data = decodeSASL(element) or b""
+        exchange = self._sasl
+        if exchange.server is None:
+            return self._scramFirst(data)
+        try:
+            serverFinal = exchange.finish(data)
+        except SASLFailure:
+            self._sasl = None
+            raise
+        self._sasl = None
+        self._authenticated(exchange.username, serverFinal)
+
+    @defer.inlineCallbacks
+    def _scramFirst(self, data: bytes):
+        serverFirst = yield self._sasl.start(data)
+        self._sendSASL("challenge", serverFirst)
+
+    @defer.inlineCallbacks
+    def _plain(self, data: bytes | None):
+        if data is None:
+            self._sasl = None
+            raise SASLFailure("malformed-request", "PLAIN needs an initial response")
+        parts = data.split(b"\0")
+        if len(parts) != 3:
+            raise SASLFailure("malformed-request")
+        try:
+            authzid, authcid, password = (part.decode("utf-8") for part in parts)
+            username = nodeprep.prepare(authcid)
+        except UnicodeError:
+            raise SASLFailure("not-authorized") from None
+        host = self.host
+        credentials = yield host.store.getCredentials(host.name, username, MECHANISMS[0])
+        if credentials is None:
+            credentials = fakeCredentials(self.server.secret, authcid, MECHANISMS[0],
+                                          host.config.scram_iterations)
+            username = None
+        valid = yield threads.deferToThread(checkPassword, password, credentials)
+        if not valid or username is None:
+            raise SASLFailure("not-authorized")
+        if authzid and authzid != f"{username}@{host.name}":
+            raise SASLFailure("invalid-authzid")
+        self._authenticated(username, None)
+
+    def _sendSASL(self, name: str, data: bytes | None):
+        element = domish.Element((NS_SASL, name))
+        if data is not None:
+            element.addContent(base64.b64encode(data).decode("ascii") if data else "=")
+        self.xmlstream.send(element)
+
+    def _saslFailed(self, failure):
+        self._sasl = None
+        if failure.check(SASLFailure):
+            reason = failure.value
+        else:
+            log.failure("SASL exchange with {address} failed", failure, address=self.address)
+            reason = SASLFailure("temporary-auth-failure")
+        if reason.condition == "not-authorized":
+            self._failures += 1
+            log.info("SASL authentication failed for {address}", address=self.address)
+        element = domish.Element((NS_SASL, "failure"))
+        element.addElement(reason.condition)
+        if reason.text:
+            element.addElement("text", content=reason.text)
+        self.xmlstream.send(element)
+        if self._failures >= 5:
+            self.xmlstream.closeWithError("policy-violation", "Too many failed authentication attempts")
+
+    def _authenticated(self, username: str, serverFinal: bytes | None):
+        self.authenticated = True
+        self.username = username
+        self._sendSASL("success", serverFinal)
+        self.xmlstream.reset()
+
+    # -- binding ------------------------------------------------------------
+
+    def _beforeBind(self, element):
+        if element.uri != NS_CLIENT or element.name != "iq" or element.getAttribute("type") != "set":
+            self.xmlstream.closeWithError("not-authorized")
+            return
+        child = next(element.elements(), None)
+        if child is not None and child.uri == NS_SESSION:
+            self.xmlstream.send(xmlstream.toResponse(element, "result"))
+        elif child is not None and child.uri == NS_BIND and child.name == "bind":
+            self._bind(element, child)
+        else:
+            self.xmlstream.closeWithError("not-authorized")
+
+    def _bind(self, iq, bind):
+        requested = str(bind.resource or "").strip() if bind.resource else ""
+        try:
+            resource = resourceprep.prepare(requested) if requested else ""
+        except UnicodeError:
+            resource = None
+        if resource is None or len(resource.encode("utf-8")) > 1023:
+            self.xmlstream.send(error.StanzaError("bad-request", "modify").toResponse(iq))
+            return
+        host = self.host
+        resource = resource or secrets.token_hex(6)
+        full = jid.JID(tuple=(self.username, host.name, resource))
+        session = Session(self.xmlstream, host, full, self.address)
+        old = host.router.session(full)
+        if old is not None:
+            old.close("conflict", "Replaced by a new connection")
+        host.router.bind(session)
+        self.session = session
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        reply = xmlstream.toResponse(iq, "result")
+        reply.addElement((NS_BIND, "bind")).addElement("jid", content=full.full())
+        self.xmlstream.send(reply)
+        host.hooks.run("session-bound", session)
+
+    # -- IQs before authentication ------------------------------------------
+
+    def _preauthIQ(self, iq):
+        kind = iq.getAttribute("type")
+        if kind not in ("get", "set"):
+            return
+        to = iq.getAttribute("to")
+        if to is not None and to != self.host.name:
+            self.xmlstream.send(error.StanzaError("service-unavailable").toResponse(iq))
+            return
+        d = self.host.hooks.first("preauth-iq", self, iq)
+        if d is None:
+            self.xmlstream.send(error.StanzaError("service-unavailable").toResponse(iq))
+            return
+        d.addErrback(self._preauthError, iq)
+        d.addCallback(self.xmlstream.send)
+
+    def _preauthError(self, failure, iq):
+        if failure.check(error.StanzaError):
+            return failure.value.toResponse(iq)
+        log.failure("Error answering an iq before authentication", failure)
+        return error.StanzaError("internal-server-error").toResponse(iq)

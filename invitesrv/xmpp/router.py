@@ -1,0 +1,85 @@
+"""
+Who is online where, and how a stanza reaches its addressee.
+
+The router knows the virtual hosts and the bound sessions. A stanza for a
+local domain is handed to that host (L{invitesrv.host.VirtualHost.receive}),
+which applies RFC 6121's delivery rules; a stanza for any other domain goes to
+the default route, which is where server-to-server streams will plug in. Until
+then other domains get C{remote-server-not-found}.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from twisted.logger import Logger
+from twisted.words.protocols.jabber import error, jid
+
+log = Logger()
+
+
+@lru_cache(maxsize=8192)
+def parseJID(text: str) -> jid.JID:
+    """Parse and stringprep a JID, cached (bounded, unlike Twisted's internJID)."""
+    return jid.JID(text)
+
+
+def bounce(stanza, condition: str, errorType: str | None = None, text: str | None = None):
+    """The error reply to C{stanza}, or None where RFC 6120 forbids one."""
+    if stanza.getAttribute("type") in ("error", "result") or not stanza.getAttribute("from"):
+        return None
+    return error.StanzaError(condition, errorType, text).toResponse(stanza)
+
+
+class Router:
+    """Routes stanzas between sessions, local hosts and the default route."""
+
+    def __init__(self) -> None:
+        self.hosts: dict = {}
+        self.sessions: dict[str, dict[str, object]] = {}  # bare JID -> resource -> session
+
+    def addHost(self, host) -> None:
+        self.hosts[host.name] = host
+
+    def bind(self, session):
+        """Register a bound session; return the session it replaces, if any."""
+        resources = self.sessions.setdefault(session.bare, {})
+        old = resources.get(session.resource)
+        resources[session.resource] = session
+        return old
+
+    def unbind(self, session) -> None:
+        resources = self.sessions.get(session.bare)
+        if resources and resources.get(session.resource) is session:
+            del resources[session.resource]
+            if not resources:
+                del self.sessions[session.bare]
+
+    def resourcesOf(self, bare: str) -> dict:
+        """The bound sessions of an account, by resource (do not modify)."""
+        return self.sessions.get(bare, {})
+
+    def session(self, full: jid.JID):
+        return self.sessions.get(full.userhost(), {}).get(full.resource)
+
+    def route(self, stanza) -> None:
+        """Deliver a stanza that carries a C{to}, from a session or from the server."""
+        try:
+            target = parseJID(stanza["to"])
+        except (KeyError, jid.InvalidFormat, UnicodeError):
+            reply = bounce(stanza, "jid-malformed")
+            if reply is not None:
+                del reply["from"]
+                self.route(reply)
+            return
+        host = self.hosts.get(target.host)
+        if host is not None:
+            host.receive(stanza, target)
+        else:
+            self.routeRemote(stanza, target)
+
+    def routeRemote(self, stanza, target: jid.JID) -> None:
+        """The default route: no server-to-server streams yet."""
+        reply = bounce(stanza, "remote-server-not-found")
+        if reply is not None:
+            self.route(reply)

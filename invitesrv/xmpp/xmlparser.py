@@ -1,0 +1,150 @@
+"""
+The restricted XML parser every client stream is read with.
+
+RFC 6120 section 11.1 forbids comments, processing instructions, DTDs and
+entity declarations in XMPP; accepting them invites entity-expansion and
+parser-confusion attacks. This parser refuses them the moment expat reports
+them, and it bounds what a peer can make the server hold: stanza size, element
+depth and attribute count and length. Each violation raises L{StreamViolation}
+carrying the stream error condition to send. It builds the same
+L{domish.Element} trees as Twisted's own expat stream, so handlers are unaware
+of it.
+"""
+
+from __future__ import annotations
+
+import pyexpat
+
+from twisted.words.xish import domish
+
+_STREAM_HEADER = "http://etherx.jabber.org/streams stream"
+
+
+class StreamViolation(Exception):
+    """The peer broke a rule of the stream; C{condition} is the stream error."""
+
+    def __init__(self, condition: str, text: str):
+        Exception.__init__(self, text)
+        self.condition = condition
+        self.text = text
+
+
+class RestrictedElementStream:
+    """
+    Incremental parser for one XML stream, emitting each top-level stanza.
+
+    @ivar DocumentStartEvent: called with the root element (the stream header).
+    @ivar ElementEvent: called with each complete stanza.
+    @ivar DocumentEndEvent: called when the root element closes.
+    """
+
+    def __init__(self, maxStanzaSize: int, maxDepth: int = 100, maxAttributes: int = 64,
+                 maxAttributeLength: int = 8192):
+        self.maxStanzaSize = maxStanzaSize
+        self.maxDepth = maxDepth
+        self.maxAttributes = maxAttributes
+        self.maxAttributeLength = maxAttributeLength
+        self.DocumentStartEvent = None
+        self.ElementEvent = None
+        self.DocumentEndEvent = None
+
+        parser = pyexpat.ParserCreate("UTF-8", " ")
+        parser.buffer_text = True
+        parser.StartElementHandler = self._onStartElement
+        parser.EndElementHandler = self._onEndElement
+        parser.CharacterDataHandler = self._onCdata
+        parser.StartNamespaceDeclHandler = self._onStartNamespace
+        parser.EndNamespaceDeclHandler = self._onEndNamespace
+        parser.StartDoctypeDeclHandler = self._refuse("a DOCTYPE")
+        parser.EntityDeclHandler = self._refuse("an entity declaration")
+        parser.CommentHandler = self._refuse("a comment")
+        parser.ProcessingInstructionHandler = self._refuse("a processing instruction")
+        parser.SetParamEntityParsing(pyexpat.XML_PARAM_ENTITY_PARSING_NEVER)
+        self._parser = parser
+
+        self._current: domish.Element | None = None
+        self._depth = 0
+        self._defaultNs = [""]
+        self._localPrefixes: dict[str, str] = {}
+        self._fed = 0  # bytes given to the parser
+        self._boundary = 0  # byte offset where the current stanza may begin
+        self._stanzaStart = 0
+
+    @staticmethod
+    def _refuse(what: str):
+        def refuse(*args):
+            raise StreamViolation("restricted-xml", f"XMPP does not allow {what}")
+        return refuse
+
+    def parse(self, data: bytes) -> None:
+        """Feed bytes; raise L{StreamViolation} on any error."""
+        self._fed += len(data)
+        try:
+            self._parser.Parse(data)
+        except pyexpat.ExpatError as e:
+            raise StreamViolation("not-well-formed", str(e)) from None
+        if self._fed - self._boundary > self.maxStanzaSize and self._depth > 0:
+            raise StreamViolation("policy-violation",
+                                  f"Stanza larger than {self.maxStanzaSize} bytes")
+
+    def _onStartNamespace(self, prefix, uri):
+        if prefix is None:
+            self._defaultNs.append(uri)
+        else:
+            self._localPrefixes[prefix] = uri
+
+    def _onEndNamespace(self, prefix):
+        if prefix is None:
+            self._defaultNs.pop()
+
+    def _onStartElement(self, name, attrs):
+        depth = self._depth = self._depth + 1
+        if depth > self.maxDepth:
+            raise StreamViolation("policy-violation", f"Elements nested deeper than {self.maxDepth}")
+        if len(attrs) > self.maxAttributes:
+            raise StreamViolation("policy-violation", f"More than {self.maxAttributes} attributes")
+        for key in list(attrs):
+            value = attrs[key]
+            if len(value) > self.maxAttributeLength:
+                raise StreamViolation("policy-violation", "Attribute value too long")
+            if " " in key:
+                del attrs[key]
+                attrs[tuple(key.rsplit(" ", 1))] = value
+        uri, _, local = name.rpartition(" ")
+        element = domish.Element((uri, local), self._defaultNs[-1], attrs, self._localPrefixes)
+        self._localPrefixes = {}
+        if depth == 1:
+            self.DocumentStartEvent(element)
+            self._boundary = self._parser.CurrentByteIndex
+            return
+        if depth == 2:
+            if name == _STREAM_HEADER:
+                raise StreamViolation("unsupported-stanza-type", "A stream header inside an open stream")
+            self._stanzaStart = self._parser.CurrentByteIndex
+        elif self._parser.CurrentByteIndex - self._stanzaStart > self.maxStanzaSize:
+            raise StreamViolation("policy-violation", f"Stanza larger than {self.maxStanzaSize} bytes")
+        else:
+            element.parent = self._current
+            self._current.children.append(element)
+        self._current = element
+
+    def _onEndElement(self, name):
+        depth = self._depth
+        self._depth = depth - 1
+        if depth == 1:
+            self.DocumentEndEvent()
+            return
+        element = self._current
+        if depth == 2:
+            index = self._parser.CurrentByteIndex
+            if index - self._stanzaStart > self.maxStanzaSize:
+                raise StreamViolation("policy-violation", f"Stanza larger than {self.maxStanzaSize} bytes")
+            self._boundary = index
+            self._current = None
+            self.ElementEvent(element)
+        else:
+            self._current = element.parent
+
+    def _onCdata(self, data):
+        if self._current is not None:
+            self._current.addContent(data)

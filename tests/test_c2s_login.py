@@ -1,0 +1,46 @@
+"""End to end: a real server process, real TLS, real SQLite, slixmpp logging in."""
+
+import pytest
+
+from slix import Client, run
+
+from rawxmpp import RawClient
+
+
+@pytest.fixture(scope="module")
+def server(sharedServer):
+    sharedServer.adduser("alice@localhost", "correct horse")
+    return sharedServer
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"])
+def test_slixmppLogsIn(server, mechanism):
+    """slixmpp logs in over STARTTLS with each mechanism and gets a ping answered."""
+    async def scenario():
+        client = Client("alice@localhost/phone", "correct horse", mechanism)
+        assert await client.login(server.port)
+        assert str(client.boundjid) == "alice@localhost/phone"
+        await client.plugin["xep_0199"].ping("localhost", timeout=5)
+        await client.logout()
+    run(scenario())
+
+
+def test_wrongPasswordFails(server):
+    """A wrong password is refused and a fresh client still logs in afterwards."""
+    async def scenario():
+        bad = Client("alice@localhost/x", "wrong horse", "SCRAM-SHA-256")
+        assert not await bad.login(server.port)
+        await bad.logout()
+        good = Client("alice@localhost/x", "correct horse")
+        assert await good.login(server.port)
+        await good.logout()
+    run(scenario())
+
+
+def test_rawLoginAndPing(server):
+    """The raw client negotiates STARTTLS, SCRAM and bind, and pings the server."""
+    with RawClient(server.port) as client:
+        assert client.login("alice", "correct horse", "desk") == "alice@localhost/desk"
+        client.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        reply = client.recvUntil(r"<iq[^>]*id='p1'[^>]*/>")
+        assert "type='result'" in reply
