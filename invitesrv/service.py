@@ -10,11 +10,12 @@ C{"store"}, C{"hosts"}, C{"c2s"}, C{"c2s-direct-tls"} and C{"timers"}.
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 from pathlib import Path
 
 from twisted.application import internet, service
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -39,6 +40,20 @@ def loadSecret(path: Path) -> bytes:
         with os.fdopen(fd, "wb") as f:
             f.write(secret)
         return secret
+
+
+def raiseFileLimit() -> tuple[int, int]:
+    """Raise the open-files limit to the hard limit: every client is a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        log.info("Open files limit raised from {old} to {new}", old=soft, new=target)
+        return soft, target
+    return soft, soft
 
 
 class InviteServer:
@@ -136,6 +151,21 @@ class ListenerService(internet.StreamServerEndpointService):
         internet.StreamServerEndpointService.privilegedStartService(self)
         self._waitingForPort.addCallback(self._listening)
 
+    def stopService(self):
+        """Stop accepting, then tell every client why the stream ends and let it go."""
+        d = internet.StreamServerEndpointService.stopService(self)
+        factory = getattr(self.factory, "wrappedFactory", self.factory)
+        streams = list(factory.streams)
+        for stream in streams:
+            stream.closeWithError("system-shutdown")
+        closed = [stream.closed for stream in streams if not stream.closed.called]
+        if not closed:
+            return d
+        everyone = defer.DeferredList(closed)
+        timeout = factory.server.clock.callLater(5, everyone.cancel)
+        everyone.addBoth(lambda _: timeout.active() and timeout.cancel())
+        return defer.DeferredList([d, everyone])
+
     def _listening(self, port):
         self.port = port
         address = port.getHost()
@@ -148,6 +178,7 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
     """Build the whole server as a MultiService of named children."""
     if reactor is None:
         from twisted.internet import reactor
+    raiseFileLimit()
     server = InviteServer(config, store, reactor)
     server.loadTLS()
     top = service.MultiService()

@@ -10,7 +10,7 @@ to its host or the router. No feature logic lives here.
 
 from __future__ import annotations
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 
@@ -36,6 +36,7 @@ class C2SStream(xmlstream.XmlStream):
         self.limits = limits
         xmlstream.XmlStream.__init__(self, authenticator)
         self.closing = False
+        self.closed = defer.Deferred()  # fires when the connection is gone
 
     def _initializeStream(self):
         limits = self.limits
@@ -87,6 +88,7 @@ class C2SStream(xmlstream.XmlStream):
         self.closing = True
         xmlstream.XmlStream.connectionLost(self, reason)
         self.authenticator.connectionLost(reason)
+        self.closed.callback(None)
 
 
 class Session:
