@@ -116,6 +116,10 @@ def buildParser() -> argparse.ArgumentParser:
     command = commands.add_parser("users", help="list accounts")
     command.add_argument("host", nargs="?")
     command.set_defaults(run=users)
+    from invitesrv.ctl_invites import addInviteCommands
+    addInviteCommands(commands)
+    from invitesrv.ctl_apikeys import addApiKeyCommands
+    addApiKeyCommands(commands)
     return parser
 
 
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     @defer.inlineCallbacks
     def run(reactor):
         server = InviteServer(config, reactor=reactor, loadModules=False)
-        server.store.open()
+        server.store.open(serving=False)
         try:
             yield args.run(server, args)
         except CommandError as e:
@@ -141,4 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     task.react(run)
 
 if __name__ == "__main__":
-    main()
+    # Run the package's copy of this module, whose classes (CommandError) the
+    # command modules import, rather than this __main__ copy.
+    from invitesrv.ctl import main as packageMain
+    packageMain()

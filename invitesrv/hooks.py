@@ -27,11 +27,38 @@ C{user-deleted} (host, username)
 C{session-bound} (session)
 C{session-closed} (session)
 C{initial-presence} (session)
-    The session has just become available (its first available presence).
+    The session has just become available: its first available presence, or
+    the first after an unavailable one.
+C{client-presence} (session, presence) -> True or None
+    A presence stanza from a bound client (C{from} already stamped), before
+    any routing. A callback that returns True has processed it: the user's
+    server side of RFC 6121 (broadcast, directed presence, outbound
+    subscription state) is done there, whatever domain the C{to} names.
+C{subscription-request} (host, username, contact, stanza) -> Deferred[bool] or None
+    An inbound C{subscribe} from C{contact} (a bare JID) for the local user
+    C{username}, run with L{Hooks.first} just before the request would be
+    stored and delivered to the user (not when the server answers it itself:
+    the contact is already subscribed or was pre-approved). A callback that
+    fires True has dealt with the request (e.g. approved it with
+    L{invitesrv.modules.presence.PresenceModule.approveSubscription}); nothing
+    more is done for it. False or None: the request goes to the user as usual.
 C{offline-message} (username, stanza) -> Deferred[bool]
-    A message for a local user with no available resource; fire True if kept.
+    A message for a local user with no available resource; fire True if kept
+    (or deliberately dropped, e.g. a bare chat-state notification), False to
+    have the sender told C{service-unavailable}.
+C{adhoc-commands} (host) -> list[AdHocCommand]
+    Synchronous, run at every XEP-0050 request: the ad-hoc commands a module
+    offers now (L{invitesrv.modules.adhoc.AdHocCommand}; a
+    L{invitesrv.modules.adhoc.CommandProvider} module adds this callback itself).
 C{invite-created} (invite, links)
+    After an invite is stored; C{links} is a dict (C{uri}, C{landing}, C{token})
+    a callback may change, e.g. to point C{landing} elsewhere.
 C{invite-used} (invite, username, path)
+    After an invite was spent: a registration, a reset, or (path C{contact},
+    username then the contact's JID) a pre-authorised subscription.
+C{invite-preauth} (session, token) -> Deferred[Invite] or None
+    A token presented on an unauthenticated stream: reserve its invite for
+    the stream (C{session.state["invite"]}) or fail with a C{StanzaError}.
 """
 
 from __future__ import annotations

@@ -169,6 +169,8 @@ class Registrar:
         hook = "password-changed" if registration.reset else "user-registered"
         args = (self.host.name, name) if registration.reset else (registration,)
         yield self._runAfter(hook, *args)
+        if invite is not None:
+            yield self._runAfter("invite-used", invite, name, path)
         return registration
 
     @defer.inlineCallbacks

@@ -66,6 +66,9 @@ class Roster:
     version: int
     items: tuple[RosterItem, ...]
     removed: tuple[str, ...] = ()
+    # A change set also lists (contact, version) of every change, oldest first,
+    # so that each interim roster push carries the version of its own change.
+    changes: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -228,11 +231,12 @@ class IInvites(Interface):
     def releaseInvite(inviteId: str):
         """Give back a use taken by L{reserveInvite} for an attempt that failed."""
 
-    def consumeInvite(use: InviteUse, now: float, rosterItems=()):
+    def consumeInvite(use: InviteUse, now: float, rosterItems=(), usedBy: str = ""):
         """
         Record a use of an invite that needs no account creation (a contact
         invite redeemed by a subscription), with the roster changes it makes,
-        in one transaction. Fails with L{InviteUnavailable}.
+        in one transaction; C{usedBy} (the contact's JID) goes in the audit.
+        Fails with L{InviteUnavailable}.
         """
 
     def updateInvite(inviteId: str, **changes):
@@ -243,6 +247,12 @@ class IInvites(Interface):
 
     def sweepInvites(now: float):
         """Delete invites that can no longer be used; keep the audit. Fire with a count."""
+
+    def accountInvitedAt(host: str, username: str):
+        """
+        Fire with when the account was created with an invite (from the
+        audit), or None: throttles keep new invitees from inviting at once.
+        """
 
 
 class IApiKeys(Interface):

@@ -114,13 +114,18 @@ class SQLiteStore:
 
     # -- life cycle ---------------------------------------------------------
 
-    def open(self) -> None:
-        """Open the database (creating or upgrading it) and start the worker."""
+    def open(self, serving: bool = True) -> None:
+        """
+        Open the database (creating or upgrading it) and start the worker.
+        C{serving} is False for a tool (C{invitesrvctl}) that may run beside
+        the server, whose reservations it must leave alone.
+        """
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = openDatabase(self.path)
-        # No registration can be in flight after a start: free leaked reservations.
-        self._conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
+        if serving:
+            # No registration can be in flight after a start: free leaked reservations.
+            self._conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
         self._pool.start()
 
     def close(self) -> None:
@@ -260,12 +265,13 @@ class SQLiteStore:
             if row is None or since > row[0] or since < 0:
                 return None
             rows = conn.execute(
-                "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
+                "SELECT contact, name, subscription, ask, approved, groups, version"
+                " FROM roster_items"
                 " WHERE host = ? AND username = ? AND version > ? ORDER BY version",
                 (host, username, since)).fetchall()
             items = tuple(_item(r) for r in rows if r[2] != "remove")
             removed = tuple(r[0] for r in rows if r[2] == "remove")
-            return Roster(row[0], items, removed)
+            return Roster(row[0], items, removed, tuple((r[0], r[6]) for r in rows))
         return self._run(get)
 
     def getRosterItem(self, host, username, contact):
@@ -408,7 +414,7 @@ class SQLiteStore:
             "UPDATE invites SET reserved = reserved - 1 WHERE id = ? AND reserved > 0",
             (inviteId,)) and None)
 
-    def consumeInvite(self, use: InviteUse, now: float, rosterItems=()):
+    def consumeInvite(self, use: InviteUse, now: float, rosterItems=(), usedBy=""):
         def consume(conn):
             row = conn.execute("SELECT host, expires FROM invites WHERE id = ?",
                                (use.inviteId,)).fetchone()
@@ -417,7 +423,7 @@ class SQLiteStore:
             host = row[0]
             # A use without a prior reservation: take it directly.
             conn.execute("UPDATE invites SET reserved = reserved + 1 WHERE id = ?", (use.inviteId,))
-            owner = rosterItems[0][0] if rosterItems else ""
+            owner = usedBy or (rosterItems[0][0] if rosterItems else "")
             self._useInvite(conn, use, host, owner, now)
             for username, item in rosterItems:
                 self._setRosterItem(conn, host, username, item)
@@ -444,6 +450,13 @@ class SQLiteStore:
         return self._run(lambda conn: conn.execute(
             "DELETE FROM invites WHERE reserved = 0 AND (expires <= ? OR revoked IS NOT NULL"
             " OR (uses_allowed IS NOT NULL AND uses >= uses_allowed))", (now,)).rowcount)
+
+    def accountInvitedAt(self, host, username):
+        return self._run(lambda conn: conn.execute(
+            "SELECT MAX(u.used_at) FROM invite_uses u JOIN accounts a"
+            " ON a.host = u.host AND a.username = u.username"
+            " WHERE u.host = ? AND u.username = ? AND u.used_at = a.created",
+            (host, username)).fetchone()[0])
 
     # -- API keys -----------------------------------------------------------
 

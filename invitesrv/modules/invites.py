@@ -1,0 +1,54 @@
+"""
+The invites of a host, kept tidy: a timer deletes the invites that can no
+longer be used (used up, expired, revoked), keeping the audit of their uses.
+
+The model and its rules live in L{invitesrv.invites} (no XML there); the
+protocol surfaces are separate modules: C{invites_register} (preauth tokens,
+XEP-0379) and C{invites_adhoc} (XEP-0050 commands).
+"""
+
+from __future__ import annotations
+
+from twisted.internet import task
+from twisted.logger import Logger
+from wokkel.subprotocols import XMPPHandler
+
+from invitesrv.invites import InviteManager
+
+log = Logger()
+
+
+class InvitesModule(XMPPHandler):
+    """Sweeps the host's dead invites every L{sweepInterval} seconds, on the host's clock."""
+
+    sweepInterval = 3600.0
+
+    def __init__(self):
+        XMPPHandler.__init__(self)
+        self.manager: InviteManager | None = None
+        self._sweeper: task.LoopingCall | None = None
+
+    def connectionInitialized(self):
+        self.manager = InviteManager(self.parent)
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = self.parent.clock
+        self._sweeper.start(self.sweepInterval, now=False)
+
+    def connectionLost(self, reason):
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+        XMPPHandler.connectionLost(self, reason)
+
+    def sweep(self):
+        """One sweep; a failure is logged and the next one still runs."""
+        d = self.manager.sweep()
+        d.addCallback(self._swept)
+        d.addErrback(lambda failure: log.failure("Sweeping the invites of {host} failed", failure,
+                                                 host=self.parent.name))
+        return d
+
+    def _swept(self, count: int) -> None:
+        if count:
+            log.info("Deleted {count} used or expired invites of {host}", count=count,
+                     host=self.parent.name)

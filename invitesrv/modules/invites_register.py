@@ -1,0 +1,245 @@
+"""
+Invite tokens on the wire: XEP-0401/XEP-0445 preauth before registration, and
+XEP-0379 pre-authenticated subscriptions.
+
+Before authentication a client presents the token of an C{xmpp:} invite URI
+in C{<preauth xmlns='urn:xmpp:pars:0' token='…'/>}. One use of the invite is
+then reserved for the stream, atomically in the store, so twenty streams
+racing on a single-use token get one reservation between them; the registrar
+turns it into a use when the account is written, and the reservation is given
+back when the stream ends without one. Features and answers are Prosody's
+(C{spec/invites-prosody-0.12.md}, sections 3.1, 3.2, 3.6 and 3.7), minus its
+holes: no preauth before TLS where TLS is required, no token in the logs,
+tokens bound to their host.
+
+After a registration with an invite, whoever made it gets a note (the roster
+module pushes the mutual subscription that the registrar wrote with the
+account), and every new account gets the host's C{welcome_message}. A subscription request that
+carries a valid contact token of the addressed user is approved at once, and
+answered with a subscription of the user's own, so both sides end at C{both}.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.words.protocols.jabber import error
+from twisted.words.protocols.jabber.xmlstream import toResponse
+from twisted.words.xish import domish
+from wokkel.subprotocols import XMPPHandler
+
+from invitesrv.invites import InviteManager, hashToken
+from invitesrv.store.interfaces import InviteUnavailable, InviteUse
+
+log = Logger()
+
+NS_INVITE = "urn:xmpp:invite"
+NS_IBR_TOKEN = "urn:xmpp:ibr-token:0"
+NS_PARS = "urn:xmpp:pars:0"
+NS_CLIENT = "jabber:client"
+INVALID_TOKEN = "The invite token is invalid or expired"
+
+
+def invalidToken() -> error.StanzaError:
+    return error.StanzaError("forbidden", "cancel", INVALID_TOKEN)
+
+
+class InvitesRegisterModule(XMPPHandler):
+    """Redeems invite tokens: preauth on unauthenticated streams, and XEP-0379."""
+
+    _hooks = (
+        ("stream-features", "onStreamFeatures"),
+        ("preauth-iq", "onPreauthIQ"),
+        ("invite-preauth", "redeem"),
+        ("stream-closed", "onStreamClosed"),
+        ("session-bound", "onSessionBound"),
+        ("user-registered", "onUserRegistered"),
+        ("invite-used", "onInviteUsed"),
+        ("subscription-request", "onSubscriptionRequest"),
+    )
+
+    def __init__(self):
+        XMPPHandler.__init__(self)
+        self.manager: InviteManager | None = None
+
+    def connectionInitialized(self):
+        self.manager = InviteManager(self.parent)
+        for name, method in self._hooks:
+            self.parent.hooks.add(name, getattr(self, method))
+
+    def connectionLost(self, reason):
+        for name, method in self._hooks:
+            self.parent.hooks.remove(name, getattr(self, method))
+        XMPPHandler.connectionLost(self, reason)
+
+    def registrationAvailable(self) -> bool:
+        """Is there an in-band registration for a token to open? (No point advertising otherwise.)"""
+        from invitesrv.modules.register import RegisterModule
+        return any(isinstance(handler, RegisterModule) and handler.available()
+                   for handler in self.parent)
+
+    # -- before authentication ------------------------------------------------
+
+    def onStreamFeatures(self, session, features) -> None:
+        """Both namespaces: Conversations and Siskin look for the first, Borogove the second."""
+        if not session.authenticated and session.preauthAllowed and self.registrationAvailable():
+            features.addElement((NS_INVITE, "register"))
+            features.addElement((NS_IBR_TOKEN, "register"))
+
+    def onPreauthIQ(self, session, iq):
+        """The preauth IQ (get or set, as Prosody accepts both): an empty result or an error."""
+        preauth = next(iq.elements(), None)
+        if preauth is None or preauth.uri != NS_PARS or preauth.name != "preauth":
+            return None
+        d = self.redeem(session, preauth.getAttribute("token"))
+        d.addCallback(lambda invite: toResponse(iq, "result"))
+        return d
+
+    @defer.inlineCallbacks
+    def redeem(self, session, token: str | None):
+        """
+        Reserve the invite of C{token} for this stream (hook C{invite-preauth});
+        fire with it, or fail with C{forbidden}. An earlier reservation of the
+        stream is given back once the new one is held; a failed attempt keeps it.
+        """
+        state = session.state
+        if not session.preauthAllowed:
+            raise error.StanzaError("policy-violation", "modify", "Encryption is required")
+        tokenHash = hashToken(token)
+        if tokenHash is None:
+            raise invalidToken()
+        held = state.get("invite")
+        if held is not None and state.get("inviteHash") == tokenHash:
+            return held
+        invite = yield self.manager.reserve(token)
+        if invite is None:
+            log.info("Refused an invite token from {address}", address=session.address)
+            raise invalidToken()
+        if state.get("closed"):
+            yield self.manager.release(invite)
+            raise invalidToken()
+        held = state.get("invite")
+        state["invite"] = invite
+        state["inviteHash"] = tokenHash
+        log.info("Invite {id} reserved by a stream from {address}", id=invite.id,
+                 address=session.address)
+        if held is not None:
+            yield self.manager.release(held)
+        return invite
+
+    def onSessionBound(self, session) -> None:
+        """A stream that logged in will not register: its reservation goes back now."""
+        authenticator = getattr(session.stream, "authenticator", None)
+        if authenticator is not None:
+            self._release(authenticator.state)
+
+    def onStreamClosed(self, session) -> None:
+        """Give back the stream's reservation: its registration will not come."""
+        session.state["closed"] = True
+        self._release(session.state)
+
+    def _release(self, state: dict) -> None:
+        """
+        Give back the stream's reservation. One taken by a registration in
+        flight is no longer on the stream: that attempt spends it or gives
+        it back.
+        """
+        invite = state.pop("invite", None)
+        if invite is None:
+            return
+        d = self.manager.release(invite)
+        d.addErrback(lambda failure: log.failure("Releasing invite {id} failed", failure,
+                                                 id=invite.id))
+
+    # -- after a registration -------------------------------------------------
+
+    def onUserRegistered(self, registration) -> None:
+        """Every new account gets the welcome message, if the host has one."""
+        host = self.parent
+        if host.options.welcome_message:
+            text = (host.options.welcome_message.replace("{username}", registration.username)
+                    .replace("{host}", host.name))
+            self.sendMessage(f"{registration.username}@{host.name}", text)
+
+    def onInviteUsed(self, invite, username: str, path: str) -> None:
+        """
+        A chat message from the host to whoever made the invite, if a local
+        user did and C{notify_inviter} is on. A contact redeeming a contact
+        invite (path C{contact}) shows up as a roster change instead.
+        """
+        host = self.parent
+        if path == "contact" or not host.options.notify_inviter:
+            return
+        newJID = f"{username}@{host.name}"
+        if invite.inviter:
+            recipient = f"{invite.inviter}@{host.name}"
+        elif invite.source.endswith("@" + host.name) and "/" not in invite.source:
+            recipient = invite.source
+        else:
+            return
+        if invite.kind == "reset":
+            text = f"The password of {newJID} was reset with invite {invite.id}."
+        elif invite.inviter:
+            text = f"{newJID} accepted your invite and is now one of your contacts."
+        else:
+            text = f"{newJID} registered with your invite {invite.id}."
+        self.sendMessage(recipient, text)
+
+    def sendMessage(self, to: str, text: str) -> None:
+        message = domish.Element((NS_CLIENT, "message"))
+        message["from"] = self.parent.name
+        message["to"] = to
+        message["type"] = "chat"
+        message["id"] = secrets.token_hex(8)
+        message.addElement("body", content=text)
+        self.send(message)
+
+    # -- XEP-0379 -------------------------------------------------------------
+
+    def onSubscriptionRequest(self, host, username: str, contact: str, stanza):
+        """
+        An inbound subscribe to C{username} from C{contact}: if it carries a
+        valid contact token of C{username}'s, spend it and approve, and ask
+        for the reverse subscription. Fire True when done that way; None
+        (no token) or False (a token that does not apply) leaves the request
+        to the normal flow.
+        """
+        preauth = next(stanza.elements(NS_PARS, "preauth"), None)
+        if preauth is None:
+            return None
+        return self._preauthorisedSubscription(username, contact, preauth.getAttribute("token"))
+
+    @defer.inlineCallbacks
+    def _preauthorisedSubscription(self, username: str, contact: str, token: str | None):
+        host = self.parent
+        invite = yield self.manager.findContactInvite(token, username)
+        if invite is None:
+            log.info("Ignored an invalid contact token from {contact} to {user}", contact=contact,
+                     user=username)
+            return False
+        item = yield host.store.getRosterItem(host.name, username, contact)
+        if item is not None and item.subscription in ("from", "both"):
+            return False  # already approved: the token stays unspent
+        presence = self._presence()
+        if presence is None:
+            return False
+        try:
+            yield host.store.consumeInvite(InviteUse(invite.id, "contact"), host.now(),
+                                            usedBy=contact)
+        except InviteUnavailable:
+            return False
+        log.info("Invite {id}: {contact} is now a contact of {user}", id=invite.id,
+                 contact=contact, user=username)
+        yield presence.approveSubscription(username, contact)
+        yield presence.requestSubscription(username, contact)
+        yield host.hooks.fire("invite-used", invite, contact, "contact")
+        return True
+
+    def _presence(self):
+        """The host's presence engine, which owns subscription states."""
+        for handler in self.parent:
+            if hasattr(handler, "approveSubscription") and hasattr(handler, "requestSubscription"):
+                return handler
+        return None
