@@ -146,6 +146,8 @@ class Session:
         stanza["from"] = self.full
         if name == "iq" and not self._validIQ(stanza):
             return
+        if name == "presence" and self.host.hooks.first("client-presence", self, stanza):
+            return
         to = stanza.getAttribute("to")
         if to is None:
             self.host.receive(stanza, self.bareJID)

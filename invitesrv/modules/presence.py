@@ -1,0 +1,573 @@
+"""
+Presence (RFC 6121 sections 3 and 4): subscriptions, broadcast, probes and
+directed presence for the users of one virtual host.
+
+The user's server and the contact's server each do their half of every
+exchange. Outbound presence (what a user's own client sends) reaches this
+module through the C{client-presence} hook before any routing, so the user's
+half (roster state, broadcast, stamping the bare JID) is done whatever domain
+the C{to} names. Inbound presence (addressed to a local user, from a local or
+a remote sender) arrives through the host's stream like any stanza, and gets
+the contact's half. The halves only talk through routed stanzas: a local
+contact and a remote one take the same path, and only the router tells them
+apart.
+
+Subscription state follows the tables of RFC 6121 Appendix A. The roster
+item holds C{subscription}, C{ask} (pending out) and C{approved} (a
+pre-approval, section 3.4); a pending-in request is kept whole in the store
+until the user answers it, and is delivered again each time a resource of
+the user becomes available. Every state change runs under the user's roster
+lock (L{RosterModule.locked}).
+
+What other modules may call: L{PresenceModule.approveSubscription},
+L{PresenceModule.requestSubscription} and
+L{PresenceModule.sendCurrentPresence}; and hook C{subscription-request}
+lets a module answer an inbound request itself (XEP-0379 pre-authenticated
+subscriptions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.words.protocols.jabber import jid
+from twisted.words.xish import domish
+from wokkel.subprotocols import XMPPHandler
+
+from invitesrv.modules.roster import FROM, TO, RosterModule
+from invitesrv.store.interfaces import RosterItem
+from invitesrv.xmpp.router import bounce, parseJID
+from invitesrv.xmpp.xmlparser import RestrictedElementStream
+
+log = Logger()
+
+NS_CLIENT = "jabber:client"
+NS_PREAPPROVAL = "urn:xmpp:features:pre-approval"
+SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
+PRESENCE_TYPES = SUBSCRIPTION_TYPES | {None, "unavailable", "probe", "error"}
+
+
+def makePresence(kind: str | None, sender: str, to: str | None = None,
+                 stanzaId: str | None = None) -> domish.Element:
+    """A new presence stanza with no content."""
+    presence = domish.Element((NS_CLIENT, "presence"))
+    if kind is not None:
+        presence["type"] = kind
+    presence["from"] = sender
+    if to is not None:
+        presence["to"] = to
+    if stanzaId:
+        presence["id"] = stanzaId
+    return presence
+
+
+def addressed(stanza: domish.Element, to: str, sender: str | None = None) -> domish.Element:
+    """
+    A copy of C{stanza} for one recipient: the same content, C{to} set (and
+    C{from} when given). Children are shared, not copied: a broadcast makes
+    one of these per recipient and nothing changes them afterwards.
+    """
+    copy = domish.Element((stanza.uri, stanza.name), stanza.defaultUri,
+                          dict(stanza.attributes), dict(stanza.localPrefixes))
+    copy.children = list(stanza.children)
+    copy["to"] = to
+    if sender is not None:
+        copy["from"] = sender
+    return copy
+
+
+def parsePriority(presence: domish.Element) -> int:
+    """The C{<priority/>} of an available presence (RFC 6121 4.7.2.3): 0 if absent or invalid."""
+    for child in presence.elements(presence.uri, "priority"):
+        try:
+            value = int(str(child).strip())
+        except ValueError:
+            return 0
+        return max(-128, min(127, value))
+    return 0
+
+
+def parseStored(xml: str) -> domish.Element:
+    """A stanza this server serialised into the store, read back with the restricted parser."""
+    data = f"<stored xmlns='{NS_CLIENT}'>{xml}</stored>".encode()
+    elements: list[domish.Element] = []
+    parser = RestrictedElementStream(len(data) + 1)
+    parser.DocumentStartEvent = lambda root: None
+    parser.ElementEvent = elements.append
+    parser.DocumentEndEvent = lambda: None
+    parser.parse(data)
+    return elements[0]
+
+
+class PresenceModule(XMPPHandler):
+    """The presence half of an instant-messaging server, for one virtual host."""
+
+    def __init__(self) -> None:
+        XMPPHandler.__init__(self)
+        self._roster: RosterModule | None = None
+
+    @property
+    def roster(self) -> RosterModule:
+        """The host's roster module, which holds the per-user locks and sends pushes."""
+        if self._roster is None:
+            self._roster = self._findRoster()
+        return self._roster
+
+    def _findRoster(self) -> RosterModule:
+        for handler in self.parent:
+            if isinstance(handler, RosterModule):
+                return handler
+        raise RuntimeError("the presence module needs the roster module on the same host")
+
+    def _hooks(self):
+        return (("client-presence", self.onClientPresence, 0),
+                ("session-closed", self.onSessionClosed, 0),
+                ("stream-features", self.onStreamFeatures, 0),
+                ("user-deleting", self.onUserDeleting, 0),
+                ("user-registered", self.onUserRegistered, 0))
+
+    def connectionInitialized(self) -> None:
+        self._roster = self._findRoster()  # fail at start-up, not at the first stanza
+        self.xmlstream.addObserver("/presence", self.onInboundPresence)
+        for name, callback, priority in self._hooks():
+            self.parent.hooks.add(name, callback, priority)
+
+    def connectionLost(self, reason) -> None:
+        self.xmlstream.removeObserver("/presence", self.onInboundPresence)
+        for name, callback, _ in self._hooks():
+            self.parent.hooks.remove(name, callback)
+        XMPPHandler.connectionLost(self, reason)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _bare(self, username: str) -> str:
+        return f"{username}@{self.parent.name}"
+
+    def _sessions(self, username: str) -> list:
+        return list(self.parent.router.resourcesOf(self._bare(username)).values())
+
+    def _available(self, username: str) -> list:
+        return [s for s in self._sessions(username) if s.available and s.presence is not None]
+
+    def _watch(self, d: defer.Deferred, what: str, **fields) -> None:
+        d.addErrback(lambda failure: log.failure(what, failure, **fields))
+
+    def _deliver(self, username: str, stanza: domish.Element, interested: bool = False) -> None:
+        """Hand an inbound stanza to the user's available (or also interested) resources."""
+        for session in self._sessions(username):
+            if session.available or (interested and session.interested):
+                session.send(stanza)
+
+    def sendCurrentPresence(self, username: str, contact: str) -> None:
+        """Send the last presence of each of the user's available resources to C{contact}."""
+        for session in self._available(username):
+            self.send(addressed(session.presence, contact))
+
+    def _sendUnavailable(self, username: str, contact: str) -> None:
+        for session in self._available(username):
+            self.send(makePresence("unavailable", session.full, contact))
+
+    # -- outbound: what the user's own clients send ---------------------------
+
+    def onClientPresence(self, session, presence) -> bool:
+        """Hook C{client-presence}: the user's server's part for every presence a client sends."""
+        kind = presence.getAttribute("type")
+        to = presence.getAttribute("to")
+        if kind not in PRESENCE_TYPES:
+            self._refuse(session, presence, "bad-request", "Unknown presence type")
+        elif to is None:
+            if kind is None:
+                self._becomeAvailable(session, presence)
+            elif kind == "unavailable":
+                self._goOffline(session, presence)
+            elif kind != "error":
+                self._refuse(session, presence, "bad-request",
+                             f"A presence of type {kind} needs a 'to'")
+        else:
+            try:
+                target = parseJID(to)
+            except (jid.InvalidFormat, UnicodeError):
+                self._refuse(session, presence, "jid-malformed")
+                return True
+            if kind in SUBSCRIPTION_TYPES:
+                contact = target.userhost()
+                if contact != session.bare:
+                    self._watch(self.roster.locked(session.user, self._outbound, session.user,
+                                                   contact, kind, presence),
+                                "Outbound {kind} from {user} failed", kind=kind, user=session.bare)
+            elif kind in (None, "unavailable"):
+                self._directed(session, presence, target)
+            else:  # probe (RFC 6121 4.3: routed, answered by the contact's server) or error
+                self.send(presence)
+        return True
+
+    def _refuse(self, session, presence, condition: str, text: str | None = None) -> None:
+        reply = bounce(presence, condition, text=text)
+        if reply is not None:
+            session.send(reply)
+
+    def _becomeAvailable(self, session, presence) -> None:
+        """Initial or subsequent available presence (RFC 6121 4.2.2, 4.4.2)."""
+        initial = not session.available
+        session.available = True
+        session.priority = parsePriority(presence)
+        session.presence = presence
+        if initial:
+            self._watch(defer.maybeDeferred(self.parent.hooks.run, "initial-presence", session),
+                        "An initial-presence callback failed for {session}", session=session)
+        d = self.roster.getRoster(session.user)
+        d.addCallback(self._broadcastAvailable, session, presence, initial)
+        self._watch(d, "Presence broadcast for {session} failed", session=session)
+
+    @defer.inlineCallbacks
+    def _broadcastAvailable(self, roster, session, presence, initial: bool):
+        for item in roster.items:
+            if item.subscription in FROM:
+                self.send(addressed(presence, item.contact))
+        for other in self._sessions(session.user):
+            if other.available:
+                other.send(addressed(presence, other.full))
+        if not initial:
+            return
+        for item in roster.items:
+            if item.subscription in TO:
+                self.send(makePresence("probe", session.bare, item.contact))
+        for other in self._available(session.user):
+            if other is not session:
+                session.send(addressed(other.presence, session.full))
+        pending = yield self.parent.store.getPendingIn(self.parent.name, session.user)
+        for _, xml in pending:
+            session.send(parseStored(xml))
+
+    def _goOffline(self, session, presence) -> None:
+        """
+        Unavailable presence, sent by the client or generated for a closed
+        session (RFC 6121 4.5.2): to subscribers, to the user's available
+        resources, and to whoever got directed presence and no broadcast.
+        """
+        wasAvailable = session.available
+        directed = set(session.directed)
+        session.available = False
+        session.presence = None
+        session.priority = 0
+        session.directed.clear()
+        if not wasAvailable and not directed:
+            return
+        d = self.roster.getRoster(session.user) if wasAvailable else defer.succeed(None)
+        d.addCallback(self._broadcastUnavailable, session, presence, directed)
+        self._watch(d, "Unavailable broadcast for {session} failed", session=session)
+
+    def _broadcastUnavailable(self, roster, session, presence, directed: set[str]) -> None:
+        subscribers = set()
+        if roster is not None:
+            for item in roster.items:
+                if item.subscription in FROM:
+                    subscribers.add(item.contact)
+                    self.send(addressed(presence, item.contact))
+            for other in self._sessions(session.user):
+                if other is session or (other.available and other.full != session.full):
+                    # (A session that replaced this one has the same JID: not told.)
+                    other.send(addressed(presence, other.full))
+        for target in directed:
+            if parseJID(target).userhost() not in subscribers:
+                self.send(addressed(presence, target))
+
+    def _directed(self, session, presence, target: jid.JID) -> None:
+        """
+        Directed presence (RFC 6121 4.6.3): routed as is, and remembered so
+        that the entity hears when this resource goes away.
+        """
+        self.send(presence)
+        if target.userhost() == session.bare:
+            return
+        if presence.getAttribute("type") == "unavailable":
+            session.directed.discard(target.full())
+        else:
+            session.directed.add(target.full())
+
+    @defer.inlineCallbacks
+    def _outbound(self, username: str, contact: str, kind: str, presence=None, force: bool = False):
+        """
+        The user's server's part of an outbound subscription stanza (RFC 6121
+        3.1.2, 3.1.5, 3.2.2, 3.3.2, 3.4.2 and Appendix A.2), run under the
+        user's roster lock. C{force} approves a C{subscribed} even with no
+        stored request (see L{approveSubscription}).
+        """
+        store, host = self.parent.store, self.parent.name
+        user = self._bare(username)
+        if presence is None:
+            presence = makePresence(kind, user, contact)
+        else:
+            presence["from"] = user
+            presence["to"] = contact
+        item: RosterItem | None = yield self.roster.getItem(username, contact)
+        subscription = item.subscription if item is not None else "none"
+        if kind == "subscribe":
+            if subscription not in TO and not (item is not None and item.ask):
+                yield self.roster.saveItem(username, replace(item or RosterItem(contact), ask=True))
+            self.send(presence)
+        elif kind == "subscribed":
+            pendingIn = yield store.removePendingIn(host, username, contact)
+            if subscription in FROM:
+                if force:  # answer the request in flight, as for one already granted
+                    self.send(presence)
+                    self.sendCurrentPresence(username, contact)
+            elif pendingIn or force:
+                yield self._approve(username, item or RosterItem(contact), presence)
+            elif item is None or not item.approved:
+                yield self.roster.saveItem(username,
+                                           replace(item or RosterItem(contact), approved=True))
+        elif kind == "unsubscribe":
+            if item is not None and (subscription in TO or item.ask):
+                yield self.roster.saveItem(username, replace(
+                    item, subscription={"to": "none", "both": "from"}.get(subscription, subscription),
+                    ask=False))
+            self.send(presence)
+        else:  # unsubscribed: cancel the contact's subscription, deny or cancel a pre-approval
+            pendingIn = yield store.removePendingIn(host, username, contact)
+            if subscription in FROM:
+                self._sendUnavailable(username, contact)
+                self.send(presence)
+                yield self.roster.saveItem(username, replace(
+                    item, subscription="none" if subscription == "from" else "to", approved=False))
+            else:
+                if pendingIn:
+                    self.send(presence)
+                if item is not None and item.approved:
+                    yield self.roster.saveItem(username, replace(item, approved=False))
+
+    @defer.inlineCallbacks
+    def _approve(self, username: str, item: RosterItem, subscribed=None):
+        """The contact now has a subscription to the user (RFC 6121 3.1.5); under the lock."""
+        contact = item.contact
+        self.send(subscribed if subscribed is not None
+                  else makePresence("subscribed", self._bare(username), contact))
+        yield self.roster.saveItem(username, replace(
+            item, subscription="both" if item.subscription == "to" else "from", approved=False))
+        self.sendCurrentPresence(username, contact)
+
+    # -- inbound: presence addressed to a local user --------------------------
+
+    def onInboundPresence(self, presence) -> None:
+        """The contact's server's part for presence addressed to a local account."""
+        presence.handled = True
+        try:
+            target = parseJID(presence["to"])
+            origin = parseJID(presence["from"])
+        except (KeyError, jid.InvalidFormat, UnicodeError):
+            return
+        if target.user is None:
+            return  # presence to the server itself: nothing to do with it
+        kind = presence.getAttribute("type")
+        username = target.user
+        if kind in SUBSCRIPTION_TYPES:
+            contact = origin.userhost()
+            if contact == target.userhost():
+                return
+            presence["to"] = target.userhost()
+            self._watch(self._inbound(username, contact, kind, presence),
+                        "Inbound {kind} for {user} failed", kind=kind, user=target.userhost())
+        elif kind == "probe":
+            self._watch(self._answerProbe(username, origin, presence),
+                        "Probe of {user} failed", user=target.userhost())
+        elif kind in (None, "unavailable", "error") and target.resource is None:
+            self._deliver(username, presence)
+
+    def _inbound(self, username: str, contact: str, kind: str, presence) -> defer.Deferred:
+        if kind == "subscribe":
+            return self._inboundSubscribe(username, contact, presence)
+        # Taken at once (not after a yield): work queued on the lock before
+        # this stanza was routed also runs before it.
+        return self.roster.locked(username, self._inboundChange, username, contact, kind, presence)
+
+    @defer.inlineCallbacks
+    def _inboundSubscribe(self, username: str, contact: str, presence):
+        """
+        An inbound subscription request (RFC 6121 3.1.3, Appendix A.3.1):
+        answered by the server when it can, else offered to the
+        C{subscription-request} hook, else stored and delivered.
+        """
+        answered = yield self.roster.locked(username, self._answerSubscribe, username, contact)
+        if answered:
+            return
+        hooked = defer.maybeDeferred(self.parent.hooks.first, "subscription-request",
+                                     self.parent.name, username, contact, presence)
+        hooked.addErrback(self._hookFailed, username)
+        if (yield hooked):
+            return
+        yield self.roster.locked(username, self._storeRequest, username, contact, presence)
+
+    def _hookFailed(self, failure, username: str) -> bool:
+        log.failure("A subscription-request callback failed for {user}", failure,
+                    user=self._bare(username))
+        return False
+
+    @defer.inlineCallbacks
+    def _answerSubscribe(self, username: str, contact: str):
+        """True when the server answers the request itself (or ignores it)."""
+        item = yield self.roster.getItem(username, contact)
+        if item is not None and item.subscription in FROM:
+            self.send(makePresence("subscribed", self._bare(username), contact))
+            self.sendCurrentPresence(username, contact)
+            return True
+        if item is not None and item.approved:
+            yield self._approve(username, item)
+            return True
+        if item is None:
+            exists = yield self.parent.store.accountExists(self.parent.name, username)
+            return not exists  # RFC 6121 8.5.1: silently ignored
+        return False
+
+    @defer.inlineCallbacks
+    def _storeRequest(self, username: str, contact: str, presence):
+        store, host = self.parent.store, self.parent.name
+        item = yield self.roster.getItem(username, contact)
+        if item is not None and item.subscription in FROM:  # granted in the meantime
+            self.send(makePresence("subscribed", self._bare(username), contact))
+            return
+        pending = yield store.getPendingIn(host, username)
+        if any(other == contact for other, _ in pending):
+            return  # RFC 6121 3.1.3: one request per contact, not delivered again now
+        yield store.setPendingIn(host, username, contact, presence.toXml())
+        self._deliver(username, presence)
+
+    @defer.inlineCallbacks
+    def _inboundChange(self, username: str, contact: str, kind: str, presence):
+        """Inbound subscribed, unsubscribe, unsubscribed (RFC 6121 Appendix A.3.2-A.3.4)."""
+        item = yield self.roster.getItem(username, contact)
+        subscription = item.subscription if item is not None else "none"
+        if kind == "subscribed":
+            if item is None or not item.ask or subscription in TO:
+                return
+            self._deliver(username, presence, interested=True)
+            yield self.roster.saveItem(username, replace(
+                item, subscription="to" if subscription == "none" else "both", ask=False))
+        elif kind == "unsubscribed":
+            if item is None or not (item.ask or subscription in TO):
+                return
+            self._deliver(username, presence, interested=True)
+            yield self.roster.saveItem(username, replace(
+                item, subscription={"to": "none", "both": "from"}.get(subscription, subscription),
+                ask=False))
+        else:  # unsubscribe: the contact no longer wants the user's presence
+            pendingIn = yield self.parent.store.removePendingIn(self.parent.name, username, contact)
+            if subscription in FROM:
+                self._deliver(username, presence, interested=True)
+                yield self.roster.saveItem(username, replace(
+                    item, subscription="none" if subscription == "from" else "to"))
+                self._sendUnavailable(username, contact)
+            elif pendingIn:
+                self._deliver(username, presence, interested=True)
+
+    @defer.inlineCallbacks
+    def _answerProbe(self, username: str, origin: jid.JID, probe):
+        """A presence probe for a local user (RFC 6121 4.3.2)."""
+        user, prober = self._bare(username), origin.userhost()
+        stanzaId = probe.getAttribute("id")
+        if prober != user:
+            item = yield self.roster.getItem(username, prober)
+            if item is None or item.subscription not in FROM:
+                # Not subscribed: say so, unless it is a request still waiting
+                # for the user's answer (that would cancel it).
+                pending = yield self.parent.store.getPendingIn(self.parent.name, username)
+                if not any(contact == prober for contact, _ in pending):
+                    self.send(makePresence("unsubscribed", user, prober, stanzaId))
+                return
+        sessions = self._available(username)
+        if not sessions:
+            self.send(makePresence("unavailable", user, probe["from"], stanzaId))
+        for session in sessions:
+            self.send(addressed(session.presence, probe["from"]))
+
+    # -- session and account life cycle ---------------------------------------
+
+    def onSessionClosed(self, session) -> None:
+        """Hook C{session-closed}: a resource gone, gracefully or not, is unavailable."""
+        if session.available or session.directed:
+            self._goOffline(session, makePresence("unavailable", session.full))
+
+    def onStreamFeatures(self, session, features) -> None:
+        """Advertise subscription pre-approval (RFC 6121 3.4) once authenticated."""
+        if session.authenticated:
+            features.addElement((NS_PREAPPROVAL, "sub"))
+
+    @defer.inlineCallbacks
+    def onUserDeleting(self, host: str, username: str):
+        """
+        Hook C{user-deleting}: cancel the account's subscriptions both ways,
+        deny its pending requests, and take it off local contacts' rosters.
+        """
+        if host != self.parent.name:
+            return
+        user = self._bare(username)
+        roster = yield self.roster.getRoster(username)
+        pending = yield self.parent.store.getPendingIn(host, username)
+        contacts = {item.contact for item in roster.items} | {contact for contact, _ in pending}
+        waiting = {contact for contact, _ in pending}
+        for item in roster.items:
+            if item.subscription in TO or item.ask:
+                self.send(makePresence("unsubscribe", user, item.contact))
+            if item.subscription in FROM:
+                self._sendUnavailable(username, item.contact)
+                self.send(makePresence("unsubscribed", user, item.contact))
+                waiting.discard(item.contact)
+        for contact in waiting:
+            self.send(makePresence("unsubscribed", user, contact))
+        for contact in sorted(contacts):
+            other = parseJID(contact)
+            if other.host == host and other.user is not None and other.resource is None:
+                yield self.roster.locked(other.user, self._forget, other.user, user)
+
+    @defer.inlineCallbacks
+    def _forget(self, username: str, contact: str):
+        yield self.parent.store.removePendingIn(self.parent.name, username, contact)
+        yield self.roster.removeItem(username, contact)
+
+    def onUserRegistered(self, registration) -> None:
+        """
+        Hook C{user-registered}: roster rows written with an account (an
+        inviter and the invitee) start a presence exchange like an approval.
+        """
+        if registration.host != self.parent.name:
+            return
+        for owner, item in registration.rosterItems:
+            if item.subscription in FROM:
+                self.sendCurrentPresence(owner, item.contact)
+
+    # -- for other modules ----------------------------------------------------
+
+    def approveSubscription(self, username: str, contact: str) -> defer.Deferred:
+        """
+        Act as if local user C{username} had answered a subscription request
+        from C{contact} (a bare JID) with C{subscribed}: the contact gains a
+        subscription to the user's presence (the item becomes C{from} or
+        C{both}), C{subscribed} and the user's current presence go to the
+        contact, and the user's interested resources get the push. Unlike a
+        client's C{subscribed} this needs no stored request, so a
+        C{subscription-request} callback may approve the request it is
+        handling. Fires when done.
+        """
+        contact = parseJID(contact).userhost()
+        return self.roster.locked(username, self._outbound, username, contact, "subscribed",
+                                  None, True)
+
+    def requestSubscription(self, username: str, contact: str) -> defer.Deferred:
+        """
+        Send a subscription request from local user C{username} to C{contact}
+        (a bare JID), as if the user's client had sent C{subscribe}: the item
+        gets C{ask='subscribe'} and is pushed. Does nothing when the user is
+        already subscribed or already waiting for an answer. Fires with True
+        if a request was sent.
+        """
+        contact = parseJID(contact).userhost()
+        return self.roster.locked(username, self._request, username, contact)
+
+    @defer.inlineCallbacks
+    def _request(self, username: str, contact: str):
+        item = yield self.roster.getItem(username, contact)
+        if item is not None and (item.subscription in TO or item.ask):
+            return False
+        yield self._outbound(username, contact, "subscribe")
+        return True
