@@ -11,6 +11,7 @@ agree.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 import typing
@@ -22,7 +23,6 @@ from twisted.words.protocols.jabber import jid
 DEFAULT_MODULES = (
     "roster",
     "presence",
-    "messages",
     "offline",
     "disco",
     "ping",
@@ -82,6 +82,7 @@ class HostOptions:
     max_pending_invites: int = 20
     invitee_invite_delay: Duration = Duration(0)
     invites_page: str = ""
+    site_name: str = ""
     notify_inviter: bool = True
     welcome_message: str = ""
     # Registration throttle (per client address).
@@ -114,7 +115,11 @@ class Config:
     c2s: tuple[str, ...] = ("tcp:5222",)
     c2s_direct_tls: tuple[str, ...] = ()
     http: tuple[str, ...] = ()
+    https: tuple[str, ...] = ()
     public_url: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+    app_catalogue: str = ""
+    hide_apps: tuple[str, ...] = ()
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     require_encryption: bool = True
@@ -138,8 +143,9 @@ class Config:
 
 
 # Keys of the top-level tables and where they go in Config.
-_SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url"}
-_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "http"}
+_SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url",
+                "trusted_proxies", "app_catalogue", "hide_apps"}
+_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "http", "https"}
 _TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key"}
 
 
@@ -207,9 +213,13 @@ def _checkAdmins(host: str, options: HostOptions, source: str) -> HostOptions:
     admins = []
     for admin in options.admins:
         try:
-            admins.append(jid.JID(admin).userhost())
-        except Exception:
-            raise ConfigError(f"{source}: hosts.{host}.admins: {admin!r} is not a JID") from None
+            adminJID = jid.JID(admin)
+        except (jid.InvalidFormat, UnicodeError):
+            adminJID = None
+        if adminJID is None or not adminJID.user:
+            raise ConfigError(f"{source}: hosts.{host}.admins: {admin!r} is not an account JID"
+                              " (user@host)")
+        admins.append(adminJID.userhost())
     return replace(options, admins=tuple(admins))
 
 
@@ -258,6 +268,12 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: server.scram_iterations must be at least 4096")
     if bool(config.tls_certificate) != bool(config.tls_key):
         raise ConfigError(f"{source}: tls.certificate and tls.key go together")
+    for proxy in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"{source}: server.trusted_proxies: {proxy!r} is not an address"
+                              " or network") from None
     return config
 
 

@@ -4,7 +4,8 @@ Assembly: from a L{Config} to a running server, with or without twistd.
 L{InviteServer} holds what one process shares (config, store, router,
 virtual hosts, TLS). L{makeService} wraps it in a C{MultiService} of named
 children, so an embedding application can take the pieces it wants:
-C{"store"}, C{"hosts"}, C{"c2s"}, C{"c2s-direct-tls"} and C{"timers"}.
+C{"store"}, C{"hosts"}, C{"c2s"}, C{"c2s-direct-tls"}, C{"http"} (invite pages,
+web registration and the admin API) and C{"timers"}.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from invitesrv.config import Config
 from invitesrv.host import VirtualHost
 from invitesrv.store.sqlite import SQLiteStore
 from invitesrv.tls import loadContextFactory
+from invitesrv.web.site import httpsFactory, makeSite
 from invitesrv.xmpp.c2s import C2SFactory
 from invitesrv.xmpp.router import Router
 
@@ -155,7 +157,7 @@ class ListenerService(internet.StreamServerEndpointService):
         """Stop accepting, then tell every client why the stream ends and let it go."""
         d = internet.StreamServerEndpointService.stopService(self)
         factory = getattr(self.factory, "wrappedFactory", self.factory)
-        streams = list(factory.streams)
+        streams = list(getattr(factory, "streams", ()))  # an HTTP site has none
         for stream in streams:
             stream.closeWithError("system-shutdown")
         closed = [stream.closed for stream in streams if not stream.closed.called]
@@ -195,4 +197,15 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
             endpoint = endpoints.serverFromString(reactor, description)
             label = "Direct TLS clients (XEP-0368)" if directTLS else "Clients"
             ListenerService(endpoint, server.c2sFactory(directTLS), label).setServiceParent(group)
+    http = service.MultiService()
+    http.setName("http")
+    http.setServiceParent(top)
+    if config.http or config.https:
+        site = makeSite(server)
+        for description in config.http:
+            endpoint = endpoints.serverFromString(reactor, description)
+            ListenerService(endpoint, site, "HTTP").setServiceParent(http)
+        for description in config.https:
+            endpoint = endpoints.serverFromString(reactor, description)
+            ListenerService(endpoint, httpsFactory(server, site), "HTTPS").setServiceParent(http)
     return top

@@ -12,6 +12,7 @@ from __future__ import annotations
 from twisted.python import usage
 
 from invitesrv.config import ConfigError, loadConfig, withOverrides
+from invitesrv.host import ModuleError, findModule
 from invitesrv.service import makeService as _makeService
 
 
@@ -55,6 +56,11 @@ class Options(usage.Options):
                                         publicURL=self["public-url"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        for name in self.config.modules:
+            try:
+                findModule(name)
+            except ModuleError as e:
+                raise usage.UsageError(f"{self.config.source}: server.modules: {e}") from None
 
 
 def makeService(options: Options):

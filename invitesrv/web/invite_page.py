@@ -1,0 +1,252 @@
+"""
+The invite landing page, C{GET /invite/TOKEN}: the link people share.
+
+It tells the visitor who invited them and to which service, recommends apps
+for their platform (guessed from the User-Agent; C{?apps=all} lists every
+app), and offers the invite's C{xmpp:} URI as a button and as a QR code to
+scan with a phone. Apps that cannot open invite links get the web
+registration form instead. The page also carries the URI in a
+C{Link: <xmpp:…>; rel="alternate"} header, which apps that fetch the page
+read instead of the HTML.
+
+Looking at the page never uses or changes the invite: link previews of chat
+apps and curious visitors fetch it too. An unknown token gets a 404 page; a
+used, expired or revoked one a 410 page.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+from twisted.internet import defer
+from twisted.web import resource
+from twisted.web.template import Element, renderer, tags
+
+from invitesrv.web.apps import PLATFORMS, App, detectPlatform, recommended
+from invitesrv.web.pages import (
+    Page,
+    gone,
+    linkHeader,
+    notFound,
+    qrCode,
+    rootOf,
+    servePage,
+    template,
+)
+
+
+def humanTime(seconds: float) -> str:
+    """A moment as people read it: C{3 March 2025, 14:05 UTC}."""
+    moment = time.gmtime(seconds)
+    return f"{moment.tm_mday} {time.strftime('%B %Y, %H:%M', moment)} UTC"
+
+
+def inviterOf(invite, host) -> str | None:
+    """Who invited: the contact invite's user, or the local user who created the invite."""
+    if invite.inviter:
+        return f"{invite.inviter}@{host.name}"
+    if "@" in invite.source:
+        return invite.source
+    return None
+
+
+def tokenOf(segment: bytes) -> str | None:
+    """The token in a path segment, or None when it cannot be one."""
+    try:
+        return segment.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class AppCard(Element):
+    """One app of the list, with its download buttons."""
+
+    loader = template("app.xml")
+
+    def __init__(self, app: App, uri: str, registerLink: str | None):
+        Element.__init__(self)
+        self.app = app
+        self.uri = uri
+        self.registerLink = registerLink
+
+    @renderer
+    def card(self, request, tag):
+        app = self.app
+        links = [(download.text, download.url) for download in app.downloads]
+        if app.magicLink:
+            links[0] = (links[0][0], app.installLink(self.uri))
+        buttons = [tags.a(text, class_="button small", href=url, rel="noopener noreferrer")
+                   for text, url in links]
+        if not app.supportsPreauth and self.registerLink:
+            buttons.append(tags.a("Create your account first", class_="button small secondary",
+                                  href=f"{self.registerLink}?app={quote(app.id)}"))
+        if app.supportsPreauth:
+            badge, badgeClass = "Opens invite links", "badge ok"
+        else:
+            badge, badgeClass = "Register on the web first", "badge"
+        return tag.fillSlots(name=app.name, text=app.text, platforms=app.platformNames,
+                             badge=badge, badgeClass=badgeClass, downloads=buttons)
+
+
+class InviteBody(Element):
+    """The landing page of one valid invite, for each kind of invite."""
+
+    loader = template("invite.xml")
+
+    def __init__(self, context, host, invite, token: str, uri: str, platform: str | None,
+                 showAll: bool):
+        Element.__init__(self)
+        self.context = context
+        self.host = host
+        self.invite = invite
+        self.token = token
+        self.uri = uri
+        self.platform = platform
+        self.showAll = showAll
+        self.siteName = context.siteName(host)
+        self.inviter = inviterOf(invite, host)
+        self.contactOnly = invite.kind == "contact" and not invite.allowRegistration
+        self.registers = invite.kind != "reset" and invite.allowRegistration
+
+    def texts(self) -> dict[str, str]:
+        """The words of the page, which depend on the kind of invite."""
+        site, inviter, invite = self.siteName, self.inviter, self.invite
+        otherDevice = "Or scan this code with your app on another device."
+        if invite.kind == "reset":
+            return {
+                "eyebrow": site,
+                "heading": "Choose a new password",
+                "intro": (f"This link sets a new password for the account "
+                          f"{invite.username}@{self.host.name}. It works once."),
+                "actionHeading": "Set your new password",
+                "actionText": ("Choose it on the web, or open the link in an app that supports "
+                               "invites and pick it there."),
+                "primaryText": "Choose a new password",
+                "qrText": otherDevice,
+            }
+        if self.contactOnly:
+            return {
+                "eyebrow": site,
+                "heading": f"{inviter} invites you to chat",
+                "intro": (f"Open this invite in your XMPP app to add {inviter} to your contacts: "
+                          "you will see each other online right away, without asking again."),
+                "actionHeading": "Add them in your app",
+                "actionText": "Tap the button on the device where your XMPP app is installed.",
+                "primaryText": f"Add {inviter}",
+                "qrText": otherDevice,
+            }
+        if invite.kind == "contact":
+            heading = f"{inviter} invites you to chat"
+            intro = (f"Create your free account on {site} and {inviter} is in your contacts "
+                     "right away.")
+        else:
+            heading = f"You are invited to {site}"
+            intro = (f"{inviter} has invited you to join {site}" if inviter
+                     else f"You have been invited to join {site}")
+            intro += ", a private and secure chat service that works with many apps."
+        return {
+            "eyebrow": "Invitation",
+            "heading": heading,
+            "intro": intro,
+            "actionHeading": "Accept the invite",
+            "actionText": ("If your app opens invite links, tap the button on the device where "
+                           "it is installed: the app creates your account and you are done."),
+            "primaryText": "Open the invite in your app",
+            "qrText": "Setting up an app on another device? Scan this code with it.",
+        }
+
+    @renderer
+    def page(self, request, tag):
+        apps = self.context.apps
+        shown = apps if self.showAll else recommended(apps, self.platform)
+        registerLink = f"../register/{quote(self.token, safe='')}"
+        if self.showAll or len(shown) == len(apps):
+            platformNote = "Apps for every platform:"
+            otherLink, otherText = "?", "Show the apps for this device only"
+        else:
+            platformNote = f"Recommended for {PLATFORMS[self.platform]}:"
+            otherLink, otherText = "?apps=all", "See apps for all platforms"
+        webApps = [app.name for app in apps if not app.supportsPreauth]
+        webAppsText = ((", ".join(webApps) + " and other apps" if webApps else "Some apps")
+                       + " cannot open invite links: create your account here first, then log "
+                         "in with the app.")
+        return tag.fillSlots(
+            **self.texts(),
+            address=f"{self.invite.username}@{self.host.name}" if self.invite.username else "",
+            apps=[AppCard(app, self.uri, registerLink if self.registers else None)
+                  for app in shown],
+            platformNote=platformNote, otherAppsLink=otherLink, otherAppsText=otherText,
+            qr=qrCode(self.uri, "QR code of the invite"), webAppsText=webAppsText,
+            registerLink=registerLink, inviter=self.inviter or "",
+            expires=humanTime(self.invite.expires))
+
+    @renderer
+    def address(self, request, tag):
+        return tag if self.invite.username and self.invite.kind == "account" else ""
+
+    @renderer
+    def ifApps(self, request, tag):
+        return tag if self.registers else ""
+
+    @renderer
+    def ifWebRegister(self, request, tag):
+        return tag if self.registers else ""
+
+    @renderer
+    def ifAlreadyHaveAccount(self, request, tag):
+        return tag if self.invite.kind == "contact" and self.registers else ""
+
+    @renderer
+    def primaryAction(self, request, tag):
+        if self.invite.kind == "reset":
+            return tag(href=f"../register/{quote(self.token, safe='')}")
+        return tag(href=self.uri)
+
+
+class InvitePage(resource.Resource):
+    """C{/invite/TOKEN}: one invite's landing page."""
+
+    isLeaf = True
+
+    def __init__(self, context, token: str | None):
+        resource.Resource.__init__(self)
+        self.context = context
+        self.token = token
+
+    def render_GET(self, request):
+        return servePage(request, self.page(request))
+
+    @defer.inlineCallbacks
+    def page(self, request):
+        context = self.context
+        root = rootOf(request)
+        if request.postpath:
+            return notFound(context.siteName(), root)
+        host, invite = yield context.lookup(self.token)
+        if invite is None:
+            return notFound(context.siteName(), root)
+        siteName = context.siteName(host)
+        if invite.status(host.now()) != "pending":
+            return gone(siteName, root)
+        uri = context.managers[host.name].uri(invite, self.token)
+        agent = (request.getHeader(b"user-agent") or b"").decode("latin-1")
+        showAll = request.args.get(b"apps") == [b"all"]
+        body = InviteBody(context, host, invite, self.token, uri, detectPlatform(agent), showAll)
+        title = body.texts()["heading"]
+        return Page(title, body, alternate=uri, root=root, siteName=siteName, headers={
+            "link": linkHeader(uri),
+            "access-control-allow-origin": "*",
+            "access-control-expose-headers": "Link",
+        })
+
+
+class InviteResource(resource.Resource):
+    """C{/invite/}: hands each token to an L{InvitePage}."""
+
+    def __init__(self, context):
+        resource.Resource.__init__(self)
+        self.context = context
+
+    def getChild(self, name, request):
+        return InvitePage(self.context, tokenOf(name) if name else None)

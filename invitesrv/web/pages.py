@@ -1,0 +1,218 @@
+"""
+HTML pages: the shared layout, the friendly error pages, and the one way a
+resource answers with a page.
+
+Every page is a L{twisted.web.template} element loaded from C{templates/},
+so whatever comes from users or the database (names, JIDs, notes) is escaped
+by the flattener. A page is flattened to a string before anything is sent,
+so that a failure while rendering becomes a proper 500 page instead of half a
+page. Links between pages are relative (C{../register/TOKEN}), so the site
+also works when a reverse proxy mounts it under a sub-path.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import segno
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+from twisted.web.error import FlattenerError
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.template import (
+    Element,
+    XMLFile,
+    XMLString,
+    flattenString,
+    renderer,
+    tags,
+)
+
+log = Logger()
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+HTML = b"text/html; charset=utf-8"
+
+
+@cache
+def template(name: str) -> XMLFile:
+    """The loader of C{templates/NAME}, parsed once."""
+    return XMLFile(FilePath(str(TEMPLATES / name)))
+
+
+def rootOf(request) -> str:
+    """The relative path from the requested page back to the site's root (C{../} for C{/a/b})."""
+    return "../" * max(request.path.count(b"/") - 1, 0)
+
+
+def qrCode(data: str, label: str) -> list:
+    """
+    An inline SVG QR code of C{data}, as template tags. segno writes only
+    numbers into the drawing and escapes the title, and the result goes
+    through the XML parser and the flattener again: nothing from C{data}
+    can become markup.
+    """
+    svg = segno.make(data, error="m").svg_inline(scale=1, border=2, omitsize=True, svgclass="qr",
+                                                  title=label, dark="#111", light="#fff")
+    return XMLString(svg).load()
+
+
+def linkHeader(uri: str) -> str:
+    """
+    C{Link: <xmpp:…>; rel="alternate"}, with the URI made ASCII: a header
+    cannot carry raw UTF-8 (a Unicode username), and C{<} or C{>} cannot
+    occur in a valid JID.
+    """
+    ascii = "".join(c if 0x20 < ord(c) < 0x7f else
+                    "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in uri)
+    return f'<{ascii}>; rel="alternate"'
+
+
+@dataclass
+class Page:
+    """
+    What a resource answers: a body element inside the layout, its title,
+    the HTTP status, the C{xmpp:} URI of the invite it shows (for the
+    C{Link} header), and C{root}, the relative path back to the site's root.
+    """
+
+    title: str
+    body: object
+    code: int = 200
+    alternate: str | None = None
+    root: str = "../"
+    siteName: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Layout(Element):
+    """The frame of every page: head, viewport, stylesheet, header and footer."""
+
+    loader = template("layout.xml")
+
+    def __init__(self, page: Page):
+        Element.__init__(self)
+        self.page = page
+
+    @renderer
+    def frame(self, request, tag):
+        page = self.page
+        return tag.fillSlots(title=page.title, root=page.root, body=page.body,
+                             siteName=page.siteName or "XMPP invites")
+
+    @renderer
+    def alternate(self, request, tag):
+        if not self.page.alternate:
+            return ""
+        return tag(href=self.page.alternate)
+
+
+class MessageBody(Element):
+    """A short page that says what happened and what to do next."""
+
+    loader = template("message.xml")
+
+    def __init__(self, heading: str, lines: list[str], kind: str = "info"):
+        Element.__init__(self)
+        self.heading = heading
+        self.lines = lines
+        self.kind = kind
+
+    @renderer
+    def message(self, request, tag):
+        return tag.fillSlots(heading=self.heading, kind=f"card message {self.kind}",
+                             lines=[tags.p(line) for line in self.lines])
+
+
+def notFound(siteName: str = "", root: str = "../") -> Page:
+    """The page for an invite link that is not (or never was) valid: 404."""
+    return Page("Invite not found", MessageBody(
+        "This invite link is not valid",
+        [("Check that you opened the whole link you were sent: it is easy to miss a few characters "
+         "when copying it."),
+         "If it still does not work, ask the person who invited you for a new invite."], "warning"),
+        404, root=root, siteName=siteName)
+
+
+def gone(siteName: str = "", root: str = "../") -> Page:
+    """The page for an invite that was used up, expired or revoked: 410."""
+    return Page("Invite expired", MessageBody(
+        "This invite has expired",
+        ["The invite was already used, has expired, or was withdrawn by the person who sent it.",
+         ("Ask them for a new invite. If you already created your account with it, just open "
+         "your app and log in.")], "warning"),
+        410, root=root, siteName=siteName)
+
+
+def watchConnection(request) -> list[bool]:
+    """A flag that turns True when the client goes away before the answer is sent."""
+    lost = [False]
+    request.notifyFinish().addErrback(lambda _: lost.__setitem__(0, True))
+    return lost
+
+
+def finishWith(request, lost: list[bool], code: int, body: bytes, contentType: bytes,
+               headers: dict) -> None:
+    """Send a whole answer, unless the client is already gone."""
+    if lost[0] or request.finished:
+        return
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", contentType)
+    for name, value in headers.items():
+        request.setHeader(name.encode("ascii"), value.encode("ascii"))
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
+
+
+@defer.inlineCallbacks
+def _flatten(page: Page):
+    html = yield flattenString(None, Layout(page))
+    return b"<!DOCTYPE html>\n" + html
+
+
+def logFailure(failure, request) -> None:
+    """
+    Log why a page failed. A flattener error describes the whole tree being
+    rendered, tokens included, so only the exception inside it and where it
+    was raised are logged.
+    """
+    method = request.method.decode("ascii", "replace")
+    if failure.check(FlattenerError):
+        error = failure.value
+        where = "".join(traceback.format_list(getattr(error, "_traceback", [])))
+        log.error("Rendering a {method} page failed: {error!r}\n{where}", method=method,
+                  error=getattr(error, "_exception", None), where=where)
+    else:
+        log.failure("Rendering a {method} page failed", failure, method=method)
+
+
+def servePage(request, pending) -> object:
+    """
+    Answer C{request} with the L{Page} that Deferred C{pending} fires with;
+    a failure is logged (without the request's path, which may hold a
+    token) and answered with a plain 500 page. Returns C{NOT_DONE_YET}.
+    """
+    lost = watchConnection(request)
+
+    def render(page: Page):
+        d = _flatten(page)
+        d.addCallback(lambda html: finishWith(request, lost, page.code, html, HTML, page.headers))
+        return d
+
+    def failed(failure):
+        logFailure(failure, request)
+        sorry = MessageBody("Something went wrong", [
+            "The server could not complete this request. Please try again in a moment."], "warning")
+        d = _flatten(Page("Something went wrong", sorry, 500, root=rootOf(request)))
+        d.addCallback(lambda html: finishWith(request, lost, 500, html, HTML, {}))
+        d.addErrback(lambda f: log.failure("Rendering the error page failed", f))
+
+    d = defer.maybeDeferred(lambda: pending)
+    d.addCallback(render)
+    d.addErrback(failed)
+    return NOT_DONE_YET

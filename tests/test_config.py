@@ -1,0 +1,245 @@
+"""
+Configuration: the example file is the documentation, so it is checked
+against the dataclasses (every option present, with its real default); wrong
+values stop start-up with a message naming the key and the file; the
+command-line overrides of C{twistd invitesrv} apply on top of the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import TWISTD
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.python import usage
+
+from invitesrv.config import (
+    Config,
+    ConfigError,
+    Duration,
+    HostOptions,
+    Limits,
+    loadConfig,
+    parseConfig,
+    withOverrides,
+)
+from invitesrv.tap import Options
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "invitesrv.example.toml"
+OPTION_LINE = re.compile(r"^#(?=[a-z][a-z0-9_]* = )", re.MULTILINE)
+
+# Config fields that are not options of a [server]/[listen]/[tls] table.
+STRUCTURE = {"hosts", "limits", "source"}
+
+
+def documentedOptions() -> dict[str, dict[str, object]]:
+    """The example with every "#name = value" line uncommented, parsed: section -> options."""
+    return tomllib.loads(OPTION_LINE.sub("", EXAMPLE.read_text("utf-8")))
+
+
+def writeConfig(directory: Path, text: str, name: str = "invitesrv.toml") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def configError(directory: Path, text: str) -> str:
+    """The message of the L{ConfigError} that loading C{text} raises."""
+    path = writeConfig(directory, text)
+    with pytest.raises(ConfigError) as caught:
+        loadConfig(path)
+    message = str(caught.value)
+    assert str(path) in message, message
+    return message
+
+
+# -- the example file --------------------------------------------------------
+
+
+def test_exampleAsShippedIsTheDefaults():
+    """The example, with everything commented out, is a working default config."""
+    config = loadConfig(EXAMPLE)
+    assert dataclasses.replace(config, source="<defaults>") == Config()
+
+
+def test_exampleDocumentsEveryOption():
+    """Every dataclass field has a "#name = value" line in its section of the example."""
+    documented = documentedOptions()
+    missing = []
+    for field in dataclasses.fields(Config):
+        if field.name in STRUCTURE:
+            continue
+        if field.name.startswith("tls_"):
+            where = ("tls", field.name[len("tls_"):])
+        elif field.name in documented["listen"]:
+            where = ("listen", field.name)
+        else:
+            where = ("server", field.name)
+        if where[1] not in documented[where[0]]:
+            missing.append(".".join(where))
+    missing += [f"limits.{f.name}" for f in dataclasses.fields(Limits)
+                if f.name not in documented["limits"]]
+    missing += [f"host_defaults.{f.name}" for f in dataclasses.fields(HostOptions)
+                if f.name not in documented["host_defaults"]]
+    assert not missing, f"options missing from {EXAMPLE.name}: {missing}"
+
+
+def test_exampleShowsTheDefaultValues():
+    """
+    Uncommenting every option line gives exactly the defaults, except the
+    certificate and key, which are unset by default and shown with example paths.
+    """
+    config = parseConfig(documentedOptions(), str(EXAMPLE))
+    assert config.tls_certificate is not None and config.tls_key is not None
+    shown = dataclasses.replace(config, tls_certificate=None, tls_key=None, source="<defaults>")
+    defaults = Config()
+    for field in dataclasses.fields(Config):
+        assert getattr(shown, field.name) == getattr(defaults, field.name), field.name
+    assert Config().tls_certificate is None and Config().tls_key is None
+
+
+def test_exampleHostDefaultsApplyToHosts():
+    """A [host_defaults] value reaches every host, and a host table overrides it."""
+    config = parseConfig({"host_defaults": {"offline_max_messages": 7},
+                          "hosts": {"localhost": {}, "example.org": {"offline_max_messages": 9}}})
+    assert config.hosts["localhost"].offline_max_messages == 7
+    assert config.hosts["example.org"].offline_max_messages == 9
+
+
+# -- errors name the key and the file ----------------------------------------
+
+
+def test_unknownOption(tmp_path):
+    """A misspelt option is refused, not ignored."""
+    assert "server.requre_encryption" in configError(tmp_path, "[server]\nrequre_encryption = true\n")
+    assert "limits.stanza_sise" in configError(tmp_path, "[limits]\nstanza_sise = 1\n")
+    assert "hosts.localhost.admin" in configError(tmp_path, '[hosts."localhost"]\nadmin = []\n')
+    assert "'listener'" in configError(tmp_path, "[listener]\nc2s = []\n")
+
+
+def test_wrongType(tmp_path):
+    """A value of the wrong type names the key and what was expected."""
+    message = configError(tmp_path, '[server]\nrequire_encryption = "yes"\n')
+    assert "server.require_encryption" in message and "true or false" in message
+    message = configError(tmp_path, '[listen]\nc2s = "tcp:5222"\n')
+    assert "listen.c2s" in message and "list of strings" in message
+    message = configError(tmp_path, "[limits]\nstanza_size = -1\n")
+    assert "limits.stanza_size" in message
+    message = configError(tmp_path, "[host_defaults]\noffline_max_messages = 1.5\n")
+    assert "host_defaults.offline_max_messages" in message and "whole number" in message
+
+
+def test_badDuration(tmp_path):
+    """A duration must be a number or a number with one unit letter."""
+    message = configError(tmp_path, '[host_defaults]\ninvite_expiry = "7 days"\n')
+    assert "host_defaults.invite_expiry" in message and "'7 days'" in message
+    message = configError(tmp_path, "[limits]\nauth_timeout = -5\n")
+    assert "limits.auth_timeout" in message and "negative" in message
+    assert "limits.auth_timeout" in configError(tmp_path, "[limits]\nauth_timeout = true\n")
+
+
+def test_badHostName(tmp_path):
+    """A host table must be named after a domain, not an account or a phrase."""
+    assert "'alice@example.org'" in configError(tmp_path, '[hosts."alice@example.org"]\n')
+    assert "'exa mple.org'" in configError(tmp_path, '[hosts."exa mple.org"]\n')
+    assert "at least one" in configError(tmp_path, "hosts = {}\n")
+
+
+def test_badAdminJID(tmp_path):
+    """An admin must be an account address; "alice" alone is a domain, not an admin."""
+    for admin in ("alice@", "a@b@c", "alice"):
+        message = configError(tmp_path, f'[hosts."localhost"]\nadmins = ["{admin}"]\n')
+        assert "hosts.localhost.admins" in message and repr(admin) in message
+
+
+def test_adminsArePrepared(tmp_path):
+    """Admin JIDs are stringprepped and reduced to the bare JID."""
+    config = loadConfig(writeConfig(tmp_path, '[host_defaults]\nadmins = ["Alice@LocalHost/phone"]\n'))
+    assert config.hosts["localhost"].admins == ("alice@localhost",)
+
+
+def test_otherChecks(tmp_path):
+    """Rules across options, and files that are not TOML or not there."""
+    assert "4096" in configError(tmp_path, "[server]\nscram_iterations = 1000\n")
+    assert "go together" in configError(tmp_path, '[tls]\ncertificate = "a.pem"\n')
+    assert "not valid TOML" in configError(tmp_path, "[server\n")
+    with pytest.raises(ConfigError, match="nowhere.toml: cannot read"):
+        loadConfig(tmp_path / "nowhere.toml")
+
+
+@given(st.integers(0, 10**6), st.sampled_from([("", 1), ("s", 1), ("m", 60), ("h", 3600),
+                                                ("d", 86400), ("w", 604800)]))
+def test_durationUnits(number, unit):
+    """Every unit multiplies: "15m" is 900 seconds."""
+    suffix, seconds = unit
+    assert Duration.parse(f"{number}{suffix}") == number * seconds
+    assert Duration.parse(number) == number
+
+
+# -- command-line overrides ----------------------------------------------------
+
+
+def test_overrides():
+    """--data-dir, --domain, --c2s and --admin replace or extend the file's values."""
+    base = parseConfig({"host_defaults": {"offline_max_messages": 3}})
+    config = withOverrides(base, dataDir="/srv/xmpp", domains=["Example.org"],
+                           c2s=["tcp:5223"], admins=["Boss@example.org"])
+    assert config.data_dir == Path("/srv/xmpp")
+    assert list(config.hosts) == ["example.org"]
+    assert config.hosts["example.org"].offline_max_messages == 3
+    assert config.hosts["example.org"].admins == ("boss@example.org",)
+    assert config.c2s == ("tcp:5223",)
+    assert withOverrides(base) == base
+
+
+def test_tapOptions(tmp_path):
+    """The twistd options load the file and apply the overrides in postOptions."""
+    path = writeConfig(tmp_path, '[listen]\nc2s = ["tcp:5999"]\n')
+    options = Options()
+    options.parseOptions(["--config", str(path), "--data-dir", str(tmp_path / "d"),
+                          "--domain", "chat.example", "--domain", "localhost",
+                          "--admin", "root@chat.example", "--c2s", "tcp:0"])
+    config = options.config
+    assert config.source == str(path)
+    assert config.data_dir == tmp_path / "d"
+    assert sorted(config.hosts) == ["chat.example", "localhost"]
+    assert config.hosts["chat.example"].admins == ("root@chat.example",)
+    assert config.hosts["localhost"].admins == ()
+    assert config.c2s == ("tcp:0",)
+
+
+def test_tapOptionsRefuse(tmp_path):
+    """Wrong overrides and wrong files are usage errors with the reason."""
+    with pytest.raises(usage.UsageError, match="--admin 'root@elsewhere' is not an account of a"):
+        Options().parseOptions(["--admin", "root@elsewhere"])
+    with pytest.raises(usage.UsageError, match="--admin 'localhost' is not an account"):
+        Options().parseOptions(["--admin", "localhost"])
+    with pytest.raises(usage.UsageError, match="'a b' is not a valid domain"):
+        Options().parseOptions(["--domain", "a b"])
+    path = writeConfig(tmp_path, "[limits]\nauth_timeout = 'soon'\n")
+    with pytest.raises(usage.UsageError, match=re.escape(f"{path}: limits.auth_timeout")):
+        Options().parseOptions(["--config", str(path)])
+
+
+def test_twistdStopsOnBadConfig(tmp_path):
+    """
+    twistd with a wrong config exits non-zero before listening, and says
+    which key of which file is wrong.
+    """
+    for text, key in (("[server]\nbogus = 1\n", "server.bogus"),
+                      ("[limits]\nauth_timeout = 'soon'\n", "limits.auth_timeout"),
+                      ('[server]\nmodules = ["roster", "nosuchmodule"]\n', "server.modules")):
+        path = writeConfig(tmp_path, text, "bad.toml")
+        result = subprocess.run([TWISTD, "-n", "--pidfile=", "invitesrv", "--config", str(path)],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                                check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        assert str(path) in output and key in output, output
+        assert "listening" not in output
