@@ -19,7 +19,8 @@ from twisted.words.protocols.jabber import jid
 
 from invitesrv.config import Duration
 from invitesrv.ctl import CommandError
-from invitesrv.invites import ADMIN_ROLE, STATUSES, InviteError, InviteManager, isoTime
+from invitesrv.host import ADMIN_ROLE
+from invitesrv.invites import STATUSES, InviteError, InviteManager, isoTime
 from invitesrv.registrar import RegistrationError, prepareUsername
 
 MAX_EXPIRY = 365 * 86400

@@ -26,6 +26,7 @@ from invitesrv.xmpp.router import Router, bounce
 log = Logger()
 
 NS_CLIENT = "jabber:client"
+ADMIN_ROLE = "admin"  # the role an admin invite grants
 SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
 
 
@@ -47,7 +48,7 @@ class HostStream(utility.EventDispatcher):
     the host receives, and what they send goes to the router.
     """
 
-    def __init__(self, host: "VirtualHost"):
+    def __init__(self, host: VirtualHost):
         utility.EventDispatcher.__init__(self)
         self.host = host
 
@@ -77,6 +78,9 @@ class VirtualHost(XMPPHandlerCollection):
         self.stream = HostStream(self)
         self.modules: dict[str, object] = {}
         self.started = False
+        self.roleAdmins: set[str] = set()
+        self.hooks.add("user-registered", self._registered)
+        self.hooks.add("user-deleted", self._deleted)
         from invitesrv.registrar import Registrar
         self.registrar = Registrar(self)
         router.addHost(self)
@@ -86,8 +90,22 @@ class VirtualHost(XMPPHandlerCollection):
         return self.clock.seconds() if hasattr(self.clock, "seconds") else time.time()
 
     def isAdmin(self, who: jid.JID | str) -> bool:
+        """Admins are named in the config, or hold the admin role (from an admin invite)."""
         bare = who.userhost() if isinstance(who, jid.JID) else jid.JID(who).userhost()
-        return bare in self.options.admins
+        return bare in self.options.admins or bare in self.roleAdmins
+
+    def _loadRoleAdmins(self):
+        d = self.store.listRoleHolders(self.name, ADMIN_ROLE)
+        d.addCallback(lambda names: self.roleAdmins.update(f"{n}@{self.name}" for n in names))
+        d.addErrback(lambda failure: log.failure("Cannot read the admins of {host}", failure,
+                                                 host=self.name))
+
+    def _registered(self, registration) -> None:
+        if ADMIN_ROLE in registration.roles:
+            self.roleAdmins.add(f"{registration.username}@{self.name}")
+
+    def _deleted(self, host: str, username: str) -> None:
+        self.roleAdmins.discard(f"{username}@{self.name}")
 
     # -- modules ------------------------------------------------------------
 
@@ -107,6 +125,7 @@ class VirtualHost(XMPPHandlerCollection):
 
     def start(self) -> None:
         self.started = True
+        self._loadRoleAdmins()
         for handler in list(self):
             handler.makeConnection(self.stream)
             handler.connectionInitialized()

@@ -31,7 +31,6 @@ log = Logger()
 
 TOKEN_BYTES = 18  # 24 characters of base64url: what Prosody's util.id.medium() gives
 MAX_TOKEN_LENGTH = 64  # longer presented tokens are refused before any lookup
-ADMIN_ROLE = "admin"
 STATUSES = ("pending", "used", "expired", "revoked")
 
 

@@ -168,6 +168,9 @@ class IAccounts(Interface):
     def getRoles(host: str, username: str):
         """Fire with the account's roles as a frozenset."""
 
+    def listRoleHolders(host: str, role: str):
+        """Fire with the sorted usernames of C{host} that hold C{role}."""
+
 
 class IRosters(Interface):
     """Rosters, with versions for XEP-0237, and pending subscription requests."""

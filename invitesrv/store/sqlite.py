@@ -245,6 +245,10 @@ class SQLiteStore:
         return self._run(lambda conn: frozenset(row[0] for row in conn.execute(
             "SELECT role FROM roles WHERE host = ? AND username = ?", (host, username))))
 
+    def listRoleHolders(self, host, role):
+        return self._run(lambda conn: [row[0] for row in conn.execute(
+            "SELECT username FROM roles WHERE host = ? AND role = ? ORDER BY username", (host, role))])
+
     # -- rosters ------------------------------------------------------------
 
     def getRoster(self, host, username):
