@@ -31,6 +31,7 @@ DEFAULT_MODULES = (
     "adhoc",
     "adhoc_admin",
     "register",
+    "register_limits",
     "invites",
     "invites_register",
     "invites_adhoc",

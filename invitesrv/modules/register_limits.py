@@ -1,0 +1,109 @@
+"""
+Registration limits per client address, as Prosody's mod_register_limits
+has them: a blocklist, an allowlist (exempt from the throttle, or the only
+addresses allowed with C{allowlist_registration_only}), and a throttle of
+C{registration_throttle_max} accounts per C{registration_throttle_period}
+with at least C{min_seconds_between_registrations} between two.
+
+It vetoes through the registrar's C{user-registering} hook, so in-band
+registration and the web form are both held to it; an admin's own actions
+(command line, admin API) are trusted and exempt. Only registrations that
+succeed count against the throttle: a typo in a form costs nothing. A refused
+attempt keeps its invite reserved on the stream, and the invite stays usable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+
+from wokkel.subprotocols import XMPPHandler
+
+from invitesrv.config import ConfigError
+from invitesrv.registrar import Registration, RegistrationError
+
+THROTTLED = "Too many registrations from this IP address recently"
+
+
+def parseNetworks(entries, key: str) -> tuple:
+    """Addresses or CIDR networks from the config, checked once at start."""
+    try:
+        return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def inNetworks(address: str, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+class RegisterLimitsModule(XMPPHandler):
+    """Vetoes registrations from blocked or too eager addresses."""
+
+    maxAddresses = 10_000  # remembered addresses; the oldest are forgotten first
+
+    def connectionInitialized(self):
+        options = self.parent.options
+        self.allowlist = parseNetworks(options.registration_allowlist, "registration_allowlist")
+        self.blocklist = parseNetworks(options.registration_blocklist, "registration_blocklist")
+        self.history: OrderedDict[str, deque[float]] = OrderedDict()
+        self.parent.hooks.add("user-registering", self.check, priority=10)
+        self.parent.hooks.add("user-registered", self.record)
+
+    def connectionLost(self, reason):
+        self.parent.hooks.remove("user-registering", self.check)
+        self.parent.hooks.remove("user-registered", self.record)
+        XMPPHandler.connectionLost(self, reason)
+
+    def _window(self) -> float:
+        options = self.parent.options
+        return max(options.registration_throttle_period, options.min_seconds_between_registrations)
+
+    def _recent(self, address: str) -> deque[float]:
+        """The address's registrations still inside the throttle window."""
+        history = self.history.get(address)
+        if history is None:
+            return deque()
+        horizon = self.parent.now() - self._window()
+        while history and history[0] <= horizon:
+            history.popleft()
+        if not history:
+            del self.history[address]
+        return history
+
+    def check(self, registration: Registration) -> None:
+        if registration.trusted:
+            return
+        options = self.parent.options
+        address = registration.address
+        if inNetworks(address, self.blocklist):
+            raise RegistrationError("forbidden", "Your IP address is blocklisted", "auth")
+        allowed = inNetworks(address, self.allowlist)
+        if options.allowlist_registration_only and not allowed:
+            raise RegistrationError("forbidden", "Your IP address is not allowlisted", "auth")
+        if allowed:
+            return
+        recent = self._recent(address)
+        now = self.parent.now()
+        minimum = options.min_seconds_between_registrations
+        tooSoon = minimum and recent and now - recent[-1] < minimum
+        tooMany = options.registration_throttle_max and len(
+            [t for t in recent if t > now - options.registration_throttle_period]
+        ) >= options.registration_throttle_max
+        if tooSoon or tooMany:
+            raise RegistrationError("policy-violation", THROTTLED, "wait")
+
+    def record(self, registration: Registration) -> None:
+        if registration.trusted or not registration.address:
+            return
+        history = self.history.pop(registration.address, None) or deque()
+        history.append(self.parent.now())
+        self.history[registration.address] = history
+        while len(self.history) > self.maxAddresses:
+            self.history.popitem(last=False)
