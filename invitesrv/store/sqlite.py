@@ -43,9 +43,10 @@ log = Logger()
 _TRANSIENT = ("locked", "busy", "full", "disk i/o", "readonly", "unable to open")
 
 
-def schemaScripts() -> list[tuple[int, str]]:
-    """The numbered schema files shipped with the package, in order."""
-    folder = importlib.resources.files("invitesrv.store") / "schema"
+def schemaScripts(folder=None) -> list[tuple[int, str]]:
+    """The numbered schema files in C{folder} (default: shipped with the package), in order."""
+    if folder is None:
+        folder = importlib.resources.files("invitesrv.store") / "schema"
     scripts = []
     for entry in folder.iterdir():
         match = re.fullmatch(r"(\d+)-[\w-]+\.sql", entry.name)
@@ -76,10 +77,17 @@ def openDatabase(path: str, scripts: list[tuple[int, str]] | None = None) -> sql
         shutil.copyfile(path, backup)
         log.info("Database {path} is at schema {old}; upgrading to {new} (copy kept in {backup})",
                  path=path, old=version, new=latest, backup=backup)
-    for number, script in scripts:
-        if number <= version:
-            continue
-        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    try:
+        for number, script in scripts:
+            if number <= version:
+                continue
+            conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    except BaseException:
+        # A failed step leaves the file at the previous version, and unlocked.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
+        raise
     return conn
 
 
@@ -426,7 +434,11 @@ class SQLiteStore:
                 raise InviteUnavailable(use.inviteId)
             host = row[0]
             # A use without a prior reservation: take it directly.
-            conn.execute("UPDATE invites SET reserved = reserved + 1 WHERE id = ?", (use.inviteId,))
+            taken = conn.execute(
+                "UPDATE invites SET reserved = reserved + 1 WHERE id = ?"
+                " AND (uses_allowed IS NULL OR uses + reserved < uses_allowed)", (use.inviteId,))
+            if taken.rowcount != 1:  # every use left is reserved by attempts under way
+                raise InviteUnavailable(use.inviteId)
             owner = usedBy or (rosterItems[0][0] if rosterItems else "")
             self._useInvite(conn, use, host, owner, now)
             for username, item in rosterItems:

@@ -69,6 +69,7 @@ class RestrictedElementStream:
         self._fed = 0  # bytes given to the parser
         self._boundary = 0  # byte offset where the current stanza may begin
         self._stanzaStart = 0
+        self._between = 0  # bytes of text (keepalives) since the last stanza ended
 
     @staticmethod
     def _refuse(what: str):
@@ -83,7 +84,7 @@ class RestrictedElementStream:
             self._parser.Parse(data)
         except pyexpat.ExpatError as e:
             raise StreamViolation("not-well-formed", str(e)) from None
-        if self._fed - self._boundary > self.maxStanzaSize and self._depth > 0:
+        if self._fed - self._boundary - self._between > self.maxStanzaSize and self._depth > 0:
             raise StreamViolation("policy-violation",
                                   f"Stanza larger than {self.maxStanzaSize} bytes")
 
@@ -140,6 +141,7 @@ class RestrictedElementStream:
             if index - self._stanzaStart > self.maxStanzaSize:
                 raise StreamViolation("policy-violation", f"Stanza larger than {self.maxStanzaSize} bytes")
             self._boundary = index
+            self._between = 0
             self._current = None
             self.ElementEvent(element)
         else:
@@ -148,3 +150,6 @@ class RestrictedElementStream:
     def _onCdata(self, data):
         if self._current is not None:
             self._current.addContent(data)
+        else:
+            # Whitespace keepalives between stanzas are no stanza's bytes.
+            self._between += len(data.encode("utf-8"))

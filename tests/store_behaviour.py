@@ -1,0 +1,458 @@
+"""
+The behaviour every L{IStore} implementation must have, as one test mixin
+(in the manner of Idavoll's storage tests): a backend's test module
+subclasses L{StoreBehaviour}, provides a C{store} fixture (an open, empty
+store) and L{StoreBehaviour.inviteAudit}, and inherits every test.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from zope.interface.verify import verifyObject
+
+from invitesrv.store.interfaces import (
+    AccountExists,
+    Credentials,
+    Invite,
+    InviteUnavailable,
+    InviteUse,
+    IStore,
+    NewAccount,
+    OfflineMessage,
+    RosterItem,
+    UsernameReserved,
+)
+
+HOST = "example.org"
+NOW = 1_700_000_000.0
+
+
+def credentials(seed: bytes = b"1") -> tuple[Credentials, ...]:
+    """Plausible SCRAM secrets without the cost of deriving them."""
+    return (Credentials("SCRAM-SHA-256", b"salt" + seed, 4096, seed * 32, seed * 32),
+            Credentials("SCRAM-SHA-1", b"salt" + seed, 4096, seed * 20, seed * 20))
+
+
+def account(username: str, host: str = HOST, **kwargs) -> NewAccount:
+    kwargs.setdefault("credentials", credentials())
+    kwargs.setdefault("now", NOW)
+    return NewAccount(host, username, **kwargs)
+
+
+def invite(inviteId: str, **kwargs) -> Invite:
+    """An invite created at NOW, pending for an hour unless told otherwise."""
+    kwargs.setdefault("host", HOST)
+    kwargs.setdefault("kind", "account")
+    kwargs.setdefault("created", NOW)
+    kwargs.setdefault("expires", NOW + 3600)
+    return Invite(id=inviteId, **kwargs)
+
+
+def token(inviteId: str) -> bytes:
+    """The token hash stored for C{inviteId} in these tests."""
+    return f"hash-of-{inviteId}".encode()
+
+
+class StoreBehaviour:
+    """Tests every store passes; subclasses give the C{store} fixture."""
+
+    def inviteAudit(self, store, inviteId: str) -> defer.Deferred:
+        """
+        Fire with the audit rows kept for C{inviteId} as (username, path,
+        address) tuples, read directly from the backend: the audit must
+        outlive the invite, and no interface method reads a deleted invite.
+        """
+        raise NotImplementedError
+
+    @defer.inlineCallbacks
+    def createInvite(self, store, inviteId: str, **kwargs):
+        created = invite(inviteId, **kwargs)
+        yield store.createInvite(created, token(inviteId))
+        return created
+
+    def test_providesIStore(self, store):
+        """The store declares and implements the whole interface."""
+        assert verifyObject(IStore, store)
+
+    # -- accounts ----------------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_createAccount(self, store):
+        """An account exists once created, on its host only, with its credentials and roles."""
+        assert not (yield store.accountExists(HOST, "alice"))
+        yield store.createAccount(account("alice", roles=("admin", "staff")))
+        assert (yield store.accountExists(HOST, "alice"))
+        assert not (yield store.accountExists("other.example", "alice"))
+        secrets = {c.mechanism: c for c in credentials()}
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-1"):
+            assert (yield store.getCredentials(HOST, "alice", mechanism)) == secrets[mechanism]
+        assert (yield store.getCredentials(HOST, "alice", "SCRAM-SHA-512")) is None
+        assert (yield store.getCredentials(HOST, "bob", "SCRAM-SHA-256")) is None
+        assert (yield store.getRoles(HOST, "alice")) == frozenset({"admin", "staff"})
+        assert (yield store.getRoles(HOST, "bob")) == frozenset()
+        assert (yield store.listRoleHolders(HOST, "admin")) == ["alice"]
+
+    @pytest_twisted.inlineCallbacks
+    def test_listAccounts(self, store):
+        for name in ("zoe", "alice", "mike"):
+            yield store.createAccount(account(name))
+        yield store.createAccount(account("bob", host="other.example"))
+        assert (yield store.listAccounts(HOST)) == ["alice", "mike", "zoe"]
+        assert (yield store.listAccounts("other.example")) == ["bob"]
+        assert (yield store.listAccounts("nowhere.example")) == []
+
+    @pytest_twisted.inlineCallbacks
+    def test_accountConflict(self, store):
+        """A second account of the same name fails and changes nothing."""
+        yield store.createAccount(account("alice"))
+        yield self.createInvite(store, "i1")
+        reserved = yield store.reserveInvite(token("i1"), HOST, NOW)
+        with pytest.raises(AccountExists):
+            yield store.createAccount(account("alice", credentials=credentials(b"2"),
+                                              roles=("admin",), inviteUse=InviteUse(reserved.id, "ibr")))
+        assert (yield store.getCredentials(HOST, "alice", "SCRAM-SHA-1")) == credentials()[1]
+        assert (yield store.getRoles(HOST, "alice")) == frozenset()
+        assert (yield store.getInvite("i1")).uses == 0
+
+    @pytest_twisted.inlineCallbacks
+    def test_setCredentials(self, store):
+        yield store.createAccount(account("alice"))
+        assert (yield store.setCredentials(HOST, "alice", credentials(b"2")))
+        assert (yield store.getCredentials(HOST, "alice", "SCRAM-SHA-256")) == credentials(b"2")[0]
+        assert not (yield store.setCredentials(HOST, "bob", credentials(b"2")))
+        assert not (yield store.accountExists(HOST, "bob"))
+
+    @pytest_twisted.inlineCallbacks
+    def test_deleteCascades(self, store):
+        """Deleting an account deletes everything it owns; a new account of that name starts empty."""
+        yield store.createAccount(account("alice", roles=("admin",)))
+        yield store.setRosterItem(HOST, "alice", RosterItem("bob@example.org", subscription="both"))
+        yield store.setPendingIn(HOST, "alice", "eve@example.org", "<presence type='subscribe'/>")
+        yield store.storeOffline(HOST, "alice", OfflineMessage(NOW, "<message/>"), 10)
+        assert (yield store.deleteAccount(HOST, "alice"))
+        assert not (yield store.deleteAccount(HOST, "alice"))
+        assert not (yield store.accountExists(HOST, "alice"))
+        assert (yield store.getCredentials(HOST, "alice", "SCRAM-SHA-256")) is None
+        assert (yield store.getRoles(HOST, "alice")) == frozenset()
+        yield store.createAccount(account("alice"))
+        roster = yield store.getRoster(HOST, "alice")
+        assert roster.items == ()
+        assert (yield store.getPendingIn(HOST, "alice")) == []
+        assert (yield store.popOffline(HOST, "alice")) == []
+        assert (yield store.getRoles(HOST, "alice")) == frozenset()
+
+    @pytest_twisted.inlineCallbacks
+    def test_accountWithRosterItems(self, store):
+        """Roster items created with an account are written for existing owners only."""
+        yield store.createAccount(account("bob"))
+        yield store.createAccount(account("alice", rosterItems=(
+            ("alice", RosterItem("bob@example.org", subscription="both")),
+            ("bob", RosterItem("alice@example.org", subscription="both", groups=("Friends",))),
+            ("ghost", RosterItem("alice@example.org")),
+        )))
+        assert (yield store.getRosterItem(HOST, "alice", "bob@example.org")).subscription == "both"
+        item = yield store.getRosterItem(HOST, "bob", "alice@example.org")
+        assert item.groups == ("Friends",)
+        assert not (yield store.accountExists(HOST, "ghost"))
+
+    # -- rosters -------------------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_rosterItemsRoundTrip(self, store):
+        """Every field of a roster item is kept."""
+        yield store.createAccount(account("alice"))
+        item = RosterItem("bob@example.org", name="Bob ☃", subscription="to", ask=True,
+                          approved=True, groups=("Work", "Friends"))
+        yield store.setRosterItem(HOST, "alice", item)
+        assert (yield store.getRosterItem(HOST, "alice", "bob@example.org")) == item
+        assert (yield store.getRoster(HOST, "alice")).items == (item,)
+        assert (yield store.getRosterItem(HOST, "alice", "carol@example.org")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_rosterVersions(self, store):
+        """Each change bumps the version; changes since a version list items and tombstones."""
+        yield store.createAccount(account("alice"))
+        assert (yield store.getRoster(HOST, "alice")).version == 0
+        bob, carol = RosterItem("bob@example.org"), RosterItem("carol@example.org")
+        assert (yield store.setRosterItem(HOST, "alice", bob)) == 1
+        assert (yield store.setRosterItem(HOST, "alice", carol)) == 2
+        renamed = RosterItem("bob@example.org", name="Bobby")
+        assert (yield store.setRosterItem(HOST, "alice", renamed)) == 3
+        roster = yield store.getRoster(HOST, "alice")
+        assert roster.version == 3 and roster.items == (renamed, carol)
+
+        changes = yield store.getRosterChanges(HOST, "alice", 2)
+        assert (changes.version, changes.items, changes.removed) == (3, (renamed,), ())
+        assert (yield store.removeRosterItem(HOST, "alice", "carol@example.org")) == 4
+        assert (yield store.removeRosterItem(HOST, "alice", "carol@example.org")) is None
+        changes = yield store.getRosterChanges(HOST, "alice", 3)
+        assert (changes.version, changes.items, changes.removed) == (4, (), ("carol@example.org",))
+        assert [contact for contact, _ in changes.changes] == ["carol@example.org"]
+        assert (yield store.getRoster(HOST, "alice")).items == (renamed,)
+        assert (yield store.getRosterItem(HOST, "alice", "carol@example.org")) is None
+
+        current = yield store.getRosterChanges(HOST, "alice", 4)
+        assert (current.version, current.items, current.removed) == (4, (), ())
+        assert (yield store.getRosterChanges(HOST, "alice", 5)) is None
+        assert (yield store.getRosterChanges(HOST, "nobody", 0)) is None
+
+        yield store.setRosterItem(HOST, "alice", carol)
+        changes = yield store.getRosterChanges(HOST, "alice", 3)
+        assert (changes.items, changes.removed) == ((carol,), ())
+
+    @pytest_twisted.inlineCallbacks
+    def test_rostersAreSeparate(self, store):
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        yield store.setRosterItem(HOST, "alice", RosterItem("carol@example.org"))
+        assert (yield store.getRoster(HOST, "bob")).items == ()
+        assert (yield store.getRoster(HOST, "bob")).version == 0
+
+    @pytest_twisted.inlineCallbacks
+    def test_pendingIn(self, store):
+        """Inbound subscription requests are kept per contact until removed."""
+        yield store.createAccount(account("alice"))
+        yield store.setPendingIn(HOST, "alice", "bob@example.org", "<presence id='1'/>")
+        yield store.setPendingIn(HOST, "alice", "bob@example.org", "<presence id='2'/>")
+        yield store.setPendingIn(HOST, "alice", "carol@example.org", "<presence id='3'/>")
+        assert [tuple(row) for row in (yield store.getPendingIn(HOST, "alice"))] == [
+            ("bob@example.org", "<presence id='2'/>"), ("carol@example.org", "<presence id='3'/>")]
+        assert (yield store.removePendingIn(HOST, "alice", "bob@example.org"))
+        assert not (yield store.removePendingIn(HOST, "alice", "bob@example.org"))
+        assert len((yield store.getPendingIn(HOST, "alice"))) == 1
+        yield store.setPendingIn(HOST, "nobody", "bob@example.org", "<presence/>")
+        assert (yield store.getPendingIn(HOST, "nobody")) == []
+
+    # -- offline messages -----------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_offlineCap(self, store):
+        """Messages are kept up to the cap, returned oldest first, and forgotten once popped."""
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        for number in range(3):
+            kept = yield store.storeOffline(HOST, "alice", OfflineMessage(NOW + number, f"<m{number}/>"), 3)
+            assert kept
+        assert not (yield store.storeOffline(HOST, "alice", OfflineMessage(NOW + 9, "<m9/>"), 3))
+        assert (yield store.storeOffline(HOST, "bob", OfflineMessage(NOW, "<b/>"), 3))
+        messages = yield store.popOffline(HOST, "alice")
+        assert messages == [OfflineMessage(NOW + n, f"<m{n}/>") for n in range(3)]
+        assert (yield store.popOffline(HOST, "alice")) == []
+        assert (yield store.storeOffline(HOST, "alice", OfflineMessage(NOW, "<again/>"), 3))
+        assert (yield store.popOffline(HOST, "bob")) == [OfflineMessage(NOW, "<b/>")]
+
+    # -- invites ------------------------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_inviteRoundTrip(self, store):
+        """An invite is found by id and by token hash, with every field kept."""
+        created = yield self.createInvite(store, "i1", kind="contact", username=None, inviter="alice",
+                                          allowRegistration=False, usesAllowed=None,
+                                          roles=("staff",), groups=("Team",), note="for the team",
+                                          source="alice@example.org")
+        assert (yield store.getInvite("i1")) == created
+        assert (yield store.findInvite(token("i1"))) == created
+        assert (yield store.getInvite("nope")) is None
+        assert (yield store.findInvite(b"nope")) is None
+        assert created.status(NOW) == "pending"
+
+    @pytest_twisted.inlineCallbacks
+    def test_listInvites(self, store):
+        """Invites of a host, newest first, optionally those of one inviter."""
+        yield self.createInvite(store, "old", created=NOW - 10, inviter="alice")
+        yield self.createInvite(store, "new", created=NOW, inviter="bob")
+        yield self.createInvite(store, "elsewhere", host="other.example")
+        assert [i.id for i in (yield store.listInvites(HOST))] == ["new", "old"]
+        assert [i.id for i in (yield store.listInvites(HOST, "alice"))] == ["old"]
+
+    @pytest_twisted.inlineCallbacks
+    def test_reserveIsAtomic(self, store):
+        """With one use allowed, only one of many simultaneous reservations succeeds."""
+        yield self.createInvite(store, "i1", usesAllowed=1)
+        results = yield defer.gatherResults([store.reserveInvite(token("i1"), HOST, NOW)
+                                             for _ in range(8)])
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1 and winners[0].reserved == 1
+        assert (yield store.reserveInvite(token("i1"), HOST, NOW)) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_reserveCountsUses(self, store):
+        """An invite with three uses allows three reservations; unlimited ones any number."""
+        yield self.createInvite(store, "three", usesAllowed=3)
+        yield self.createInvite(store, "many", usesAllowed=None)
+        results = yield defer.gatherResults([store.reserveInvite(token("three"), HOST, NOW)
+                                             for _ in range(5)])
+        assert sum(r is not None for r in results) == 3
+        for _ in range(10):
+            assert (yield store.reserveInvite(token("many"), HOST, NOW)) is not None
+
+    @pytest_twisted.inlineCallbacks
+    def test_reserveRefusesUnusable(self, store):
+        """Expired, revoked, unknown or other-host invites cannot be reserved."""
+        yield self.createInvite(store, "i1")
+        assert (yield store.reserveInvite(token("i1"), HOST, NOW + 3600)) is None
+        assert (yield store.reserveInvite(token("i1"), "other.example", NOW)) is None
+        assert (yield store.reserveInvite(b"unknown", HOST, NOW)) is None
+        assert (yield store.revokeInvite("i1", NOW))
+        assert (yield store.reserveInvite(token("i1"), HOST, NOW)) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_release(self, store):
+        """A released reservation can be taken again."""
+        yield self.createInvite(store, "i1")
+        reserved = yield store.reserveInvite(token("i1"), HOST, NOW)
+        yield store.releaseInvite(reserved.id)
+        assert (yield store.getInvite("i1")).reserved == 0
+        yield store.releaseInvite(reserved.id)
+        assert (yield store.getInvite("i1")).reserved == 0
+        assert (yield store.reserveInvite(token("i1"), HOST, NOW)) is not None
+
+    @pytest_twisted.inlineCallbacks
+    def test_consumeWithAccount(self, store):
+        """Creating the account turns the reservation into a use, with its audit row."""
+        yield self.createInvite(store, "i1")
+        reserved = yield store.reserveInvite(token("i1"), HOST, NOW)
+        yield store.createAccount(account("carol", inviteUse=InviteUse(reserved.id, "web", "192.0.2.1"),
+                                          now=NOW + 5))
+        used = yield store.getInvite("i1")
+        assert (used.uses, used.reserved, used.status(NOW + 5)) == (1, 0, "used")
+        assert [(u["username"], u["path"], u["address"], u["used_at"]) for u in used.uses_log] == [
+            ("carol", "web", "192.0.2.1", NOW + 5)]
+        assert (yield store.reserveInvite(token("i1"), HOST, NOW)) is None
+        assert (yield store.accountInvitedAt(HOST, "carol")) == NOW + 5
+        yield store.createAccount(account("dave"))
+        assert (yield store.accountInvitedAt(HOST, "dave")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_consumeRevokedFails(self, store):
+        """An invite revoked while a registration was under way creates no account."""
+        yield self.createInvite(store, "i1")
+        reserved = yield store.reserveInvite(token("i1"), HOST, NOW)
+        yield store.revokeInvite("i1", NOW)
+        with pytest.raises(InviteUnavailable):
+            yield store.createAccount(account("carol", inviteUse=InviteUse(reserved.id, "ibr")))
+        assert not (yield store.accountExists(HOST, "carol"))
+        assert (yield store.getInvite("i1")).status(NOW) == "revoked"
+
+    @pytest_twisted.inlineCallbacks
+    def test_resetInvite(self, store):
+        """A reset invite is consumed with the new credentials, in one step."""
+        yield store.createAccount(account("alice"))
+        yield self.createInvite(store, "r1", kind="reset", username="alice")
+        reserved = yield store.reserveInvite(token("r1"), HOST, NOW)
+        assert (yield store.setCredentials(HOST, "alice", credentials(b"2"),
+                                           InviteUse(reserved.id, "web"), NOW))
+        assert (yield store.getInvite("r1")).uses == 1
+        assert (yield store.getCredentials(HOST, "alice", "SCRAM-SHA-1")) == credentials(b"2")[1]
+
+    @pytest_twisted.inlineCallbacks
+    def test_consumeContactInvite(self, store):
+        """A contact invite is consumed with the roster changes it brings, in one step."""
+        yield store.createAccount(account("alice"))
+        yield self.createInvite(store, "c1", kind="contact", inviter="alice", usesAllowed=None)
+        items = (("alice", RosterItem("bob@other.example", subscription="from")),)
+        yield store.consumeInvite(InviteUse("c1", "contact"), NOW, items, usedBy="bob@other.example")
+        used = yield store.getInvite("c1")
+        assert used.uses == 1 and used.reserved == 0
+        assert used.uses_log[0]["username"] == "bob@other.example"
+        assert (yield store.getRosterItem(HOST, "alice", "bob@other.example")).subscription == "from"
+        with pytest.raises(InviteUnavailable):
+            yield store.consumeInvite(InviteUse("c1", "contact"), NOW + 3600, ())
+        yield store.revokeInvite("c1", NOW)
+        with pytest.raises(InviteUnavailable):
+            yield store.consumeInvite(InviteUse("c1", "contact"), NOW, ())
+        with pytest.raises(InviteUnavailable):
+            yield store.consumeInvite(InviteUse("nope", "contact"), NOW, ())
+
+    @pytest_twisted.inlineCallbacks
+    def test_consumeRespectsReservations(self, store):
+        """A direct use never takes the use another attempt has reserved."""
+        yield store.createAccount(account("alice"))
+        yield self.createInvite(store, "c1", kind="contact", inviter="alice", usesAllowed=1)
+        reserved = yield store.reserveInvite(token("c1"), HOST, NOW)
+        with pytest.raises(InviteUnavailable):
+            yield store.consumeInvite(InviteUse("c1", "contact"), NOW,
+                                      (("alice", RosterItem("bob@other.example")),))
+        assert (yield store.getRosterItem(HOST, "alice", "bob@other.example")) is None
+        yield store.createAccount(account("carol", inviteUse=InviteUse(reserved.id, "ibr")))
+        assert (yield store.getInvite("c1")).uses == 1
+
+    @pytest_twisted.inlineCallbacks
+    def test_usernameReservedByInvite(self, store):
+        """
+        A pending invite for a username keeps it for its holder; reset,
+        expired, revoked and used invites reserve nothing.
+        """
+        yield self.createInvite(store, "forCarol", username="carol")
+        with pytest.raises(UsernameReserved):
+            yield store.createAccount(account("carol"))
+        yield self.createInvite(store, "other")
+        other = yield store.reserveInvite(token("other"), HOST, NOW)
+        with pytest.raises(UsernameReserved):
+            yield store.createAccount(account("carol", inviteUse=InviteUse(other.id, "ibr")))
+        assert (yield store.getInvite("other")).uses == 0
+        mine = yield store.reserveInvite(token("forCarol"), HOST, NOW)
+        yield store.createAccount(account("carol", inviteUse=InviteUse(mine.id, "ibr")))
+
+        yield self.createInvite(store, "reset", kind="reset", username="dave")
+        yield store.createAccount(account("dave"))
+        yield self.createInvite(store, "expired", username="erin", expires=NOW - 1)
+        yield store.createAccount(account("erin"))
+        yield self.createInvite(store, "revoked", username="frank")
+        yield store.revokeInvite("revoked", NOW)
+        yield store.createAccount(account("frank"))
+
+    @pytest_twisted.inlineCallbacks
+    def test_revoke(self, store):
+        yield self.createInvite(store, "i1")
+        assert (yield store.revokeInvite("i1", NOW + 1))
+        assert not (yield store.revokeInvite("i1", NOW + 2))
+        assert not (yield store.revokeInvite("nope", NOW))
+        assert (yield store.getInvite("i1")).revoked == NOW + 1
+
+    @pytest_twisted.inlineCallbacks
+    def test_updateInvite(self, store):
+        yield self.createInvite(store, "i1")
+        updated = yield store.updateInvite("i1", expires=NOW + 7200, usesAllowed=5, note="bigger")
+        assert (updated.expires, updated.usesAllowed, updated.note) == (NOW + 7200, 5, "bigger")
+        assert (yield store.getInvite("i1")) == updated
+        assert (yield store.updateInvite("nope", note="x")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_sweepKeepsAudit(self, store):
+        """
+        Sweeping deletes invites that can never be used again (expired,
+        revoked, used up) but keeps pending and in-flight ones, and the audit.
+        """
+        yield self.createInvite(store, "pending")
+        yield self.createInvite(store, "expired", expires=NOW - 1)
+        yield self.createInvite(store, "revoked")
+        yield store.revokeInvite("revoked", NOW)
+        yield self.createInvite(store, "used")
+        used = yield store.reserveInvite(token("used"), HOST, NOW)
+        yield store.createAccount(account("carol", inviteUse=InviteUse(used.id, "ibr", "192.0.2.9")))
+        yield self.createInvite(store, "inflight", expires=NOW + 10)
+        yield store.reserveInvite(token("inflight"), HOST, NOW)
+
+        assert (yield store.sweepInvites(NOW + 20)) == 3
+        remaining = {i.id for i in (yield store.listInvites(HOST))}
+        assert remaining == {"pending", "inflight"}
+        assert (yield self.inviteAudit(store, "used")) == [("carol", "ibr", "192.0.2.9")]
+        assert (yield store.accountInvitedAt(HOST, "carol")) == NOW
+        assert (yield store.sweepInvites(NOW + 20)) == 0
+
+    # -- API keys ----------------------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_apiKeys(self, store):
+        yield store.createApiKey("k1", b"hash1", HOST, "backup job", NOW)
+        yield store.createApiKey("k2", b"hash2", "other.example", "portal", NOW + 1)
+        assert tuple((yield store.getApiKey("k1"))) == (b"hash1", HOST, "backup job", NOW)
+        assert (yield store.getApiKey("nope")) is None
+        assert [tuple(row) for row in (yield store.listApiKeys())] == [
+            ("k1", HOST, "backup job", NOW), ("k2", "other.example", "portal", NOW + 1)]
+        assert (yield store.deleteApiKey("k1"))
+        assert not (yield store.deleteApiKey("k1"))
+        assert (yield store.getApiKey("k1")) is None

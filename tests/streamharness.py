@@ -1,0 +1,208 @@
+"""
+In-memory client connections for unit tests of the stream layer, in the
+manner of Wokkel's C{test_server.py}: a real L{C2SStream} and authenticator
+from L{C2SFactory}, a L{StringTransport}, raw bytes through C{dataReceived},
+and the elements the server wrote parsed back for assertions.
+
+The server is the real L{InviteServer} over an in-memory SQLite store; its
+clock (auth timeout) is a L{task.Clock}, while the store's worker thread
+reports back through the real reactor, which pytest-twisted runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.words.xish import domish
+
+from invitesrv.config import Config, Limits
+from invitesrv.service import InviteServer
+from invitesrv.store.sqlite import SQLiteStore
+from invitesrv.xmpp.c2s import C2SFactory
+
+NS_STREAMS = "http://etherx.jabber.org/streams"
+NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+          "xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>")
+
+
+class TLSStringTransport(StringTransport):
+    """
+    A StringTransport that records a STARTTLS instead of doing one: the
+    bytes after C{<proceed/>} then stand for what the TLS layer decrypted.
+    """
+
+    tlsContext = None
+
+    def startTLS(self, contextFactory) -> None:
+        self.tlsContext = contextFactory
+
+
+class Servers:
+    """
+    Makes in-memory servers for one test and closes their stores after it
+    (the store's worker thread would otherwise keep the process alive).
+    """
+
+    def __init__(self) -> None:
+        self.made: list[InviteServer] = []
+
+    def __call__(self, clock: task.Clock | None = None, **options) -> InviteServer:
+        """
+        An L{InviteServer} for C{localhost} without modules (the stream layer
+        on its own), over an open in-memory store. C{options} are L{Config}
+        fields; C{limits} may be a dict of L{Limits} fields.
+        """
+        limits = options.pop("limits", {})
+        config = Config(modules=(), limits=Limits(**limits), **options)
+        store = SQLiteStore(":memory:")
+        store.open()
+        server = InviteServer(config, store=store, reactor=clock or task.Clock())
+        self.made.append(server)
+        return server
+
+    def closeAll(self) -> None:
+        for server in self.made:
+            server.store.close()
+
+
+class ClientConnection:
+    """
+    One client connection to C{server}. C{received()} lists, in order, the
+    elements the server sent since the last call (its stream headers appear
+    as elements named C{stream}); C{closed} says the server hung up.
+    """
+
+    def __init__(self, server: InviteServer, encrypted: bool = False, address: str = "192.0.2.7"):
+        self.server = server
+        self.factory = C2SFactory(server, directTLS=encrypted)
+        peer = IPv4Address("TCP", address, 40000)
+        self.transport = TLSStringTransport(peerAddress=peer)
+        self.stream = self.factory.buildProtocol(peer)
+        self.stream.makeConnection(self.transport)
+        self.authenticator = self.stream.authenticator
+        self._offset = 0
+        self._parser = None
+        self._pending: list[domish.Element] = []
+        self.ended = False
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.disconnecting
+
+    def send(self, data: str | bytes) -> None:
+        """Bytes from the client, exactly as given."""
+        self.stream.dataReceived(data.encode("utf-8") if isinstance(data, str) else data)
+
+    def openStream(self, to: str = "localhost") -> None:
+        self.send(HEADER.format(to=to))
+
+    # -- what the server wrote -------------------------------------------------
+
+    def _newDocument(self) -> None:
+        self._parser = domish.elementStream()
+        self._parser.DocumentStartEvent = self._pending.append
+        self._parser.ElementEvent = self._pending.append
+        self._parser.DocumentEndEvent = self._documentEnded
+
+    def _documentEnded(self) -> None:
+        self.ended = True
+
+    def _parse(self) -> None:
+        data = self.transport.value()[self._offset:]
+        self._offset += len(data)
+        for index, part in enumerate(data.split(b"<stream:stream ")):
+            if index > 0:
+                self._newDocument()
+                part = b"<stream:stream " + part
+            if part:
+                self._parser.parse(part)
+
+    def received(self) -> list[domish.Element]:
+        """Everything the server sent since the last call, parsed."""
+        self._parse()
+        elements = self._pending[:]
+        self._pending.clear()  # the parser appends to this very list
+        return elements
+
+    @defer.inlineCallbacks
+    def next(self, timeout: float = 5.0):
+        """
+        Fire with the next element the server sends, waiting (on the real
+        reactor) for the store's worker thread or a password check.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self._parse()
+            if self._pending:
+                return self._pending.pop(0)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing sent; output so far: {self.transport.value()!r}")
+            yield task.deferLater(reactor, 0.002, lambda: None)
+
+    @defer.inlineCallbacks
+    def nextNamed(self, name: str, timeout: float = 5.0):
+        """Fire with the next element called C{name}, skipping stream headers and features."""
+        while True:
+            element = yield self.next(timeout)
+            if element.name == name:
+                return element
+            if element.name not in ("stream", "features"):
+                raise AssertionError(f"expected <{name}/>, got {element.toXml()}")
+
+    def streamError(self) -> str | None:
+        """The condition of the stream error the server sent, if it did."""
+        for element in self.received():
+            if element.uri == NS_STREAMS and element.name == "error":
+                condition = next(c for c in element.elements() if c.uri == NS_STREAM_ERRORS
+                                 and c.name != "text")
+                return condition.name
+        return None
+
+    def features(self) -> domish.Element:
+        """The C{<stream:features/>} of the stream just opened."""
+        for element in self.received():
+            if element.uri == NS_STREAMS and element.name == "features":
+                return element
+        raise AssertionError("no stream features sent")
+
+
+def mechanisms(features: domish.Element) -> list[str]:
+    """The SASL mechanism names a C{<stream:features/>} offers."""
+    for child in features.elements(NS_SASL, "mechanisms"):
+        return [str(m) for m in child.elements(NS_SASL, "mechanism")]
+    return []
+
+
+@defer.inlineCallbacks
+def addAccount(server: InviteServer, username: str, password: str, host: str = "localhost"):
+    """Create an account through the registrar, as C{invitesrvctl adduser} does."""
+    yield server.hosts[host].registrar.register(username, password, "cli", trusted=True)
+
+
+@defer.inlineCallbacks
+def login(connection: ClientConnection, username: str, password: str, resource: str = "test"):
+    """
+    Open a stream, authenticate with PLAIN (the connection must be
+    encrypted) and bind C{resource}; fire with the bound full JID.
+    """
+    connection.openStream()
+    connection.received()
+    payload = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
+    connection.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+    success = yield connection.nextNamed("success")
+    assert success.uri == NS_SASL
+    connection.openStream()
+    connection.received()
+    connection.send(f"<iq type='set' id='bind'><bind xmlns='{NS_BIND}'><resource>{resource}"
+                    "</resource></bind></iq>")
+    reply = yield connection.nextNamed("iq")
+    assert reply["type"] == "result", reply.toXml()
+    return str(reply.bind.jid)
