@@ -20,7 +20,7 @@ import pytest_twisted
 from conftest import RunningServer
 from rawxmpp import RawClient
 from slix import Client, run
-from streamharness import ClientConnection, addAccount, login, makeServer
+from streamharness import ClientConnection, Servers, addAccount, login
 from twisted.internet import defer, task
 from twisted.words.xish import domish
 from wokkel import data_form
@@ -289,7 +289,7 @@ class Memory:
 
     def __init__(self) -> None:
         self.clock = task.Clock()
-        self.server = makeServer(self.clock, hosts={"localhost": HostOptions(admins=("admin@localhost",))})
+        self.server = Servers()(self.clock, hosts={"localhost": HostOptions(admins=("admin@localhost",))})
         self.host = self.server.hosts["localhost"]
         self.adhoc = AdHocModule()
         self.host.addModule("adhoc", self.adhoc)
