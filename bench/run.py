@@ -1,0 +1,699 @@
+#!/usr/bin/env python3
+"""
+One command to benchmark invitesrv (and, optionally, a private Prosody in the
+same run): it starts the server with a temporary data directory and config,
+creates the accounts the workloads need, runs each workload with the load
+generator (C{bench/xmppload.py}), prints a table and writes JSON lines.
+
+    python bench/run.py                         # default sizes, all scenarios
+    python bench/run.py --quick                 # tiny sizes: a smoke test
+    python bench/run.py --scenarios login,idle --against prosody
+
+The server is pinned to CPU 0 and the generator to CPU 1 when there are two
+CPUs or more, so that the server's CPU time per operation, the steadiest
+figure, is not blurred by the generator. Every loop is bounded by a count and
+by time; only 127.0.0.1 is used; only the processes started here are stopped,
+by their PID. See C{bench/README.md} for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GENERATOR = HERE / "xmppload.py"
+PROVISION = HERE / "provision.py"
+PROSODY_START = HERE / "prosody" / "start.sh"
+PROSODY_STOP = HERE / "prosody" / "stop.sh"
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+SCENARIOS = ("register", "login", "plain", "login1", "messages", "roster", "idle")
+DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
+DOMAIN = "localhost"
+POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
+LISTENING = re.compile(r"Clients listening on [\d.]+:(\d+)")
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a server does not start, a tool is missing)."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each scenario does; the defaults are those of the reference runs."""
+
+    register_n: int = 2000
+    register_c: int = 50
+    login_n: int = 2000
+    login_c: int = 50
+    plain_n: int = 1000
+    login1_n: int = 300
+    msg_pairs: int = 50
+    msg_m: int = 200
+    msg_w: int = 1
+    roster_u: int = 100
+    roster_r: int = 100
+    roster_gets: int = 20
+    roster_c: int = 50
+    idle_k: int = 2000
+    idle_c: int = 50
+    idle_settle: float = 3.0
+    idle_hold: float = 5.0
+    pause: float = 3.0
+    max_seconds: float = 240.0
+    op_timeout: float = 30.0
+
+    @property
+    def pool(self) -> int:
+        """Accounts the non-register scenarios log in with."""
+        return max(self.login_n, self.plain_n, self.login1_n, self.idle_k, 2 * self.msg_pairs,
+                   self.roster_u + self.roster_r + 1)
+
+
+QUICK = Sizes(register_n=20, register_c=5, login_n=30, login_c=10, plain_n=10, login1_n=5,
+              msg_pairs=2, msg_m=10, roster_u=4, roster_r=5, roster_gets=2, roster_c=4,
+              idle_k=30, idle_c=10, idle_settle=0.5, idle_hold=0.5, pause=0.2, max_seconds=30,
+              op_timeout=10)
+
+
+def cpuPlan() -> tuple[str | None, str | None]:
+    """(server CPU, generator CPU) for taskset, or (None, None) when not pinning."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return None, None
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return None, None
+    return str(cpus[0]), str(cpus[1])
+
+
+def machineInfo() -> dict:
+    """What the figures were measured on, copied into every JSON line."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    versions = {}
+    for package in ("invitesrv", "twisted", "pyOpenSSL", "uvloop"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    try:  # the server's TLS: pyOpenSSL over the OpenSSL that cryptography bundles
+        from OpenSSL import SSL
+        serverOpenSSL = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+    except ImportError:
+        serverOpenSSL = None
+    return {"cpu_model": model, "cpus": os.cpu_count(), "ram_gib": round(memory / 2**30, 1),
+            "python": platform.python_version(), "openssl": ssl.OPENSSL_VERSION,
+            "server_openssl": serverOpenSSL,
+            "kernel": platform.release(), "versions": versions,
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def writeCertificate(certPath: Path, keyPath: Path, keyType: str = "rsa") -> None:
+    """
+    A self-signed certificate: RSA-2048 by default, as the reference servers
+    were measured with, or ECDSA P-256 (C{keyType="ec"}), what invitesrv
+    generates for itself. The server signs once per TLS handshake, so the key
+    type shows in the cost of every login.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    if keyType == "ec":
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN)]), critical=False)
+        .sign(key, hashes.SHA256()))
+    keyPath.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    keyPath.chmod(0o600)
+    certPath.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def freePort() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Invitesrv:
+    """invitesrv under C{twistd -n}, with its own data directory and config."""
+
+    name = "invitesrv"
+
+    def __init__(self, directory: Path, cpu: str | None, certificate: tuple[Path, Path]):
+        self.directory = directory
+        self.cpu = cpu
+        self.configPath = directory / "invitesrv.toml"
+        self.logPath = directory / "server.log"
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self.label = f"invitesrv-{importlib.metadata.version('invitesrv')}"
+        cert, key = certificate
+        directory.mkdir(parents=True, exist_ok=True)
+        # Open registration for the register scenario; the generator's
+        # passwords (pw-<user>) are short, hence the low minimum length.
+        self.configPath.write_text(
+            f'[server]\ndata_dir = "{directory / "data"}"\n'
+            '[listen]\nc2s = ["tcp:0:interface=127.0.0.1"]\n'
+            f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
+            '[host_defaults]\nallow_registration = true\nregistration_invite_only = false\n'
+            'password_min_length = 1\n')
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process else 0
+
+    def provision(self, count: int) -> None:
+        """Create the account pool through the registrar, in a helper process."""
+        log(f"{self.label}: creating {count} accounts through the registrar")
+        result = subprocess.run(
+            [sys.executable, str(PROVISION), "--config", str(self.configPath), "--prefix", POOL,
+             "--count", str(count)], capture_output=True, text=True, timeout=600, check=False)
+        if result.returncode != 0:
+            raise BenchError(f"provisioning accounts failed:\n{result.stderr}")
+        log("  " + result.stderr.strip().splitlines()[-1])
+
+    def start(self, timeout: float = 60.0) -> None:
+        offset = self.logPath.stat().st_size if self.logPath.exists() else 0
+        command = [TWISTD, "-n", "--pidfile=", f"--logfile={self.logPath}", "invitesrv",
+                   "--config", str(self.configPath)]
+        if self.cpu is not None:
+            command = ["taskset", "-c", self.cpu, *command]
+        with (self.directory / "stderr.log").open("ab") as stderr:
+            self.process = subprocess.Popen(command, cwd=self.directory,
+                                            stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.logPath.exists():
+                with self.logPath.open("rb") as f:
+                    f.seek(offset)
+                    found = LISTENING.search(f.read().decode("utf-8", "replace"))
+                if found:
+                    self.port = int(found.group(1))
+                    return
+            if self.process.poll() is not None:
+                raise BenchError(f"invitesrv exited at start (status {self.process.returncode}); "
+                                 f"see {self.logPath} and {self.directory / 'stderr.log'}")
+            time.sleep(0.05)
+        self.stop()
+        raise BenchError(f"invitesrv did not listen within {timeout:.0f}s; see {self.logPath}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Prosody:
+    """A private Prosody on loopback, through C{bench/prosody/start.sh} and C{stop.sh}."""
+
+    name = "prosody"
+
+    def __init__(self, directory: Path, cpu: str | None, certificate: tuple[Path, Path]):
+        self.directory = directory
+        self.cpu = cpu
+        self.port = 0
+        self._pid = 0
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "certs").mkdir(exist_ok=True)
+        shutil.copy(certificate[0], directory / "certs" / f"{DOMAIN}.crt")
+        shutil.copy(certificate[1], directory / "certs" / f"{DOMAIN}.key")
+        version = prosodyVersion()
+        self.label = f"prosody-{version}" if version else "prosody"
+        self.fresh = True
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def _env(self) -> dict:
+        env = dict(os.environ, PROSODY_BENCH_DIR=str(self.directory),
+                   PROSODY_BENCH_PORT=str(self.port), BENCH_DOMAIN=DOMAIN, PYTHON=sys.executable)
+        env.pop("SERVER_CPU", None)
+        if self.cpu is not None:
+            env["SERVER_CPU"] = self.cpu
+        return env
+
+    def provision(self, count: int) -> None:
+        """Prosody's accounts come from in-band registration once it runs (see L{Bench})."""
+
+    def start(self) -> None:
+        self.port = self.port or freePort()
+        env = self._env()
+        env["FRESH"] = "1" if self.fresh else "0"
+        result = subprocess.run([str(PROSODY_START)], env=env, capture_output=True, text=True,
+                                timeout=60, check=False)
+        if result.returncode != 0:
+            raise BenchError(f"prosody did not start: {result.stderr.strip()}")
+        self._pid = int(result.stdout.split()[-1])
+        self.fresh = False
+
+    def stop(self) -> None:
+        if self._pid:
+            subprocess.run([str(PROSODY_STOP)], env=self._env(), capture_output=True, timeout=30,
+                           check=False)
+            self._pid = 0
+
+
+def prosodyVersion() -> str | None:
+    """Prosody's version from the package manager (never by running prosody itself)."""
+    if shutil.which("dpkg-query") is None:
+        return None
+    result = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "prosody"],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not result.stdout:
+        return None
+    return result.stdout.split("-")[0]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Bench:
+    """Runs the chosen scenarios against one server and collects the JSON lines."""
+
+    def __init__(self, server, sizes: Sizes, scenarios: list[str], repeat: int, out: Path,
+                 work: Path, genCPU: str | None, machine: dict, runId: str, keyType: str = "rsa"):
+        self.server = server
+        self.sizes = sizes
+        self.scenarios = scenarios
+        self.repeat = repeat
+        self.out = out
+        self.work = work
+        self.genCPU = genCPU
+        self.machine = machine
+        self.runId = runId
+        self.keyType = keyType
+        self.cache = work / f"{server.name}.scram"
+        self.results: list[dict] = []
+
+    def gen(self, tag: str, run: str, *args: str) -> dict:
+        """One generator call; its JSON line, annotated, is kept and appended to the output."""
+        s = self.sizes
+        command = [sys.executable, str(GENERATOR), "--host", "127.0.0.1",
+                   "--port", str(self.server.port), "--domain", DOMAIN,
+                   "--server-pid", str(self.server.pid), "--scram-cache", str(self.cache),
+                   "--max-seconds", str(s.max_seconds), "--op-timeout", str(s.op_timeout),
+                   "--label", self.server.label, *args]
+        if self.genCPU is not None:
+            command = ["taskset", "-c", self.genCPU, *command]
+        result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                timeout=s.max_seconds + 4 * s.op_timeout + 60)
+        line = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = {"scenario": args[0], "label": self.server.label, "failed_rc": result.returncode,
+                      "stderr": result.stderr.strip()[-500:]}
+        record.update({"tag": tag, "run": run, "run_id": self.runId, "server": self.server.name,
+                       "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+                       "cert_key": self.keyType, "machine": self.machine})
+        with self.out.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if tag != "setup" or errorsOf(record):
+            log(f"  {self.server.label} {tag} {run}: {brief(record)}")
+        self.results.append(record)
+        return record
+
+    def runs(self):
+        return [str(r) for r in range(1, self.repeat + 1)]
+
+    def pause(self) -> None:
+        time.sleep(self.sizes.pause)
+
+    def run(self) -> list[dict]:
+        s = self.sizes
+        server = self.server
+        server.provision(s.pool)
+        server.start()
+        log(f"{server.label}: pid {server.pid} on 127.0.0.1:{server.port}")
+        try:
+            if isinstance(server, Prosody) and any(sc != "register" for sc in self.scenarios):
+                self.gen("register", "setup", "register", "-n", str(s.pool), "-c",
+                         str(s.register_c), "--prefix", POOL)
+            main = [sc for sc in self.scenarios if sc != "idle"]
+            for scenario in main:
+                getattr(self, "scenario_" + scenario)()
+                self.pause()
+            if "idle" in self.scenarios:
+                for run in self.runs():
+                    # RSS growth is only meaningful on a freshly started process:
+                    # a server that already held many connections re-uses freed heap.
+                    server.stop()
+                    server.start()
+                    time.sleep(max(1.0, s.pause))
+                    self.gen("idle", run, "idle", "-k", str(s.idle_k), "-c", str(s.idle_c),
+                             "--settle", str(s.idle_settle), "--hold", str(s.idle_hold),
+                             "--prefix", POOL)
+        finally:
+            server.stop()
+        return self.results
+
+    def scenario_register(self) -> None:
+        s = self.sizes
+        for run in self.runs():
+            self.gen("register", run, "register", "-n", str(s.register_n), "-c",
+                     str(s.register_c), "--prefix", f"br{run}u")
+
+    def scenario_login(self) -> None:
+        s = self.sizes
+        # Untimed warm-up: fills the generator's SCRAM cache (as real clients
+        # keep SaltedPassword) so its PBKDF2 does not load CPU 1 during the runs.
+        self.gen("login", "warmup", "login", "-n", str(s.login_n), "-c", str(s.login_c),
+                 "--prefix", POOL)
+        for run in self.runs():
+            self.gen("login", run, "login", "-n", str(s.login_n), "-c", str(s.login_c),
+                     "--prefix", POOL)
+
+    def scenario_plain(self) -> None:
+        s = self.sizes
+        for run in self.runs():
+            self.gen("plain", run, "login", "--plain", "-n", str(s.plain_n), "-c", str(s.login_c),
+                     "--prefix", POOL)
+
+    def scenario_login1(self) -> None:
+        s = self.sizes
+        for run in self.runs():
+            self.gen("login1", run, "login", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL)
+
+    def scenario_messages(self) -> None:
+        s = self.sizes
+        for run in self.runs():
+            self.gen("messages", run, "messages", "-p", str(s.msg_pairs), "-m", str(s.msg_m),
+                     "-w", str(s.msg_w), "-c", str(s.login_c), "--prefix", POOL)
+
+    def scenario_roster(self) -> None:
+        s = self.sizes
+        common = ("-u", str(s.roster_u), "-r", str(s.roster_r), "-c", str(s.roster_c),
+                  "--pool", str(s.pool), "--prefix", POOL)
+        # Untimed: add the items first, then measure gets only.
+        self.gen("roster", "setup", "roster", "-g", "1", *common)
+        self.pause()
+        for run in self.runs():
+            self.gen("roster", run, "roster", "-g", str(s.roster_gets), *common)
+
+
+# -- figures -----------------------------------------------------------------
+
+
+def errorsOf(r: dict) -> int | None:
+    """Errors of a result; None when the generator gave no result at all."""
+    if "failed_rc" in r:
+        return None
+    return int(r.get("errors") or 0)
+
+
+def figures(r: dict) -> dict:
+    """The comparable figures of one result line: rate, latency, CPU per op, memory."""
+    scenario = r.get("scenario")
+    out = {"rate": None, "p50": None, "p99": None, "cpu_ms_op": None, "bytes_conn": None,
+           "gen_pct": r.get("gen_cpu_pct"), "srv_pct": r.get("server_cpu_pct"),
+           "busy": r.get("cpu_busy_pct")}
+    if "failed_rc" in r:
+        return out
+    if scenario == "idle":
+        ok = r.get("connected") or 0
+        out.update(rate=r.get("login_per_s"), p50=r.get("login_p50_ms"), p99=r.get("login_p99_ms"),
+                   bytes_conn=r.get("bytes_per_conn"), gen_pct=r.get("login_gen_cpu_pct"),
+                   srv_pct=r.get("login_server_cpu_pct"), busy=r.get("login_cpu_busy_pct"))
+        cpu = r.get("login_server_cpu_s")
+    else:
+        ok = {"messages": r.get("messages_ok"), "roster": r.get("gets_ok")}.get(scenario, r.get("ok"))
+        ok = ok or 0
+        if scenario == "messages":
+            out.update(rate=r.get("per_s"), p50=r.get("rtt_p50_ms"), p99=r.get("rtt_p99_ms"))
+        else:
+            out.update(rate=r.get("per_s"), p50=r.get("p50_ms"), p99=r.get("p99_ms"))
+        cpu = r.get("server_cpu_s")
+    if cpu is not None and ok:
+        out["cpu_ms_op"] = round(1000.0 * cpu / ok, 2)
+    return out
+
+
+UNITS = {"register": "accounts/s", "login": "logins/s", "plain": "logins/s",
+         "login1": "logins/s", "messages": "msgs/s", "roster": "gets/s", "idle": "logins/s"}
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int) or (isinstance(value, float) and abs(value) >= 10 ** digits):
+        return f"{value:,.0f}".replace(",", " ")
+    return f"{value:.{digits}g}"
+
+
+def brief(r: dict) -> str:
+    f = figures(r)
+    if "failed_rc" in r:
+        return f"no result (generator exit status {r['failed_rc']}): {r.get('stderr', '')[-200:]}"
+    text = (f"{fmt(f['rate'])} {UNITS.get(r.get('tag'), 'ops/s')}, p50 {fmt(f['p50'])} ms, "
+            f"p99 {fmt(f['p99'])} ms, server {fmt(f['cpu_ms_op'])} ms CPU/op, "
+            f"errors {r.get('errors', 0)}")
+    if f["bytes_conn"] is not None:
+        text += f", {fmt(f['bytes_conn'])} B/conn"
+    if r.get("errors"):
+        text += f" {r.get('error_kinds') or r.get('login_error_kinds')}"
+    return text
+
+
+NOISY = 10.0  # percent of a CPU used by other processes that makes a run suspect
+
+
+def foreignLoad(r: dict) -> float:
+    """
+    The largest share (%) of the server's or the generator's CPU that other
+    processes took during the measured phase: busy % of the CPU minus the
+    pinned process's own %. Zero when nothing was pinned.
+    """
+    f = figures(r)
+    busy = f["busy"] or {}
+    worst = 0.0
+    for cpus, own in ((r.get("server_cpus"), f["srv_pct"]), (r.get("gen_cpus"), f["gen_pct"])):
+        if cpus and len(cpus) == 1 and own is not None and str(cpus[0]) in busy:
+            worst = max(worst, busy[str(cpus[0])] - own)
+    return worst
+
+
+def note(r: dict) -> str:
+    if "failed_rc" in r:
+        return f"no result (exit {r['failed_rc']})"
+    if r.get("errors"):
+        kinds = r.get("error_kinds") or r.get("login_error_kinds") or r.get("setup_error_kinds") or {}
+        return "errors: " + ", ".join(f"{k}×{v}" for k, v in sorted(kinds.items())[:3])
+    foreign = foreignLoad(r)
+    if foreign >= NOISY:
+        return f"noisy: other processes took {foreign:.0f}% of a pinned CPU"
+    if r.get("tag") == "roster" and r.get("run") == "setup":
+        return (f"{r.get('setup_items_added')} roster items added, "
+                f"{fmt(r.get('setup_items_per_s'))}/s")
+    if r.get("tag") == "register" and r.get("run") == "setup":
+        return "account pool, by in-band registration"
+    return ""
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table of every measured run (warm-up and setup passes included, marked)."""
+    lines = [("| server | scenario | run | rate/s | p50 ms | p99 ms | errors | server CPU ms/op "
+              "| B/conn | gen CPU % | server CPU % | CPU busy % | note |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        f = figures(r)
+        busy = "/".join(fmt(v) for _, v in sorted((f["busy"] or {}).items()))
+        errors = errorsOf(r)
+        lines.append(
+            f"| {r.get('label')} | {r.get('tag')} | {r.get('run')} | {fmt(f['rate'])} "
+            f"| {fmt(f['p50'])} | {fmt(f['p99'])} | {'–' if errors is None else errors} "
+            f"| {fmt(f['cpu_ms_op'])} | {fmt(f['bytes_conn'])} | {fmt(f['gen_pct'])} "
+            f"| {fmt(f['srv_pct'])} | {busy or '–'} | {note(r)} |")
+    return "\n".join(lines)
+
+
+def medians(results: list[dict]) -> dict:
+    """{scenario: {figure: median over the measured runs with zero errors}}."""
+    out: dict = {}
+    for tag in SCENARIOS:
+        runs = [figures(r) for r in results
+                if r.get("tag") == tag and r.get("run") not in ("setup", "warmup")
+                and errorsOf(r) == 0]
+        if not runs:
+            continue
+        out[tag] = {key: statistics.median([f[key] for f in runs if f[key] is not None])
+                    for key in ("rate", "p50", "p99", "cpu_ms_op", "bytes_conn")
+                    if any(f[key] is not None for f in runs)}
+    return out
+
+
+def ratioTable(ours: list[dict], theirs: list[dict], ourLabel: str, theirLabel: str) -> str:
+    """Medians side by side with ratios (ours ÷ theirs)."""
+    a, b = medians(ours), medians(theirs)
+    lines = [f"| scenario | figure | {ourLabel} | {theirLabel} | {ourLabel} ÷ {theirLabel} |",
+             "|---|---|---|---|---|"]
+    names = {"rate": "rate/s (higher is better)", "p50": "p50 ms", "p99": "p99 ms",
+             "cpu_ms_op": "server CPU ms/op (lower is better)",
+             "bytes_conn": "bytes per idle connection"}
+    for tag in SCENARIOS:
+        if tag not in a and tag not in b:
+            continue
+        for key, name in names.items():
+            x, y = a.get(tag, {}).get(key), b.get(tag, {}).get(key)
+            if x is None and y is None:
+                continue
+            ratio = f"{x / y:.2f}×" if x is not None and y else "–"
+            lines.append(f"| {tag} | {name} | {fmt(x)} | {fmt(y)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def parseArgs(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, seconds)")
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                        help=f"comma-separated, from {', '.join(SCENARIOS)} "
+                             f"(default: {','.join(DEFAULT_SCENARIOS)})")
+    parser.add_argument("--against", choices=["prosody"], help="also run a private Prosody")
+    parser.add_argument("--repeat", type=int, default=1, help="measured runs per scenario")
+    parser.add_argument("--key-type", choices=["rsa", "ec"], default="rsa",
+                        help="server certificate key: rsa (RSA-2048, as the reference figures) "
+                             "or ec (ECDSA P-256, invitesrv's own default)")
+    parser.add_argument("--out", help="JSON lines file (default: bench/results/<date>.jsonl)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (configs, data, server logs)")
+    parser.add_argument("--table", nargs="+", metavar="JSONL",
+                        help="only print the tables of earlier results files, run nothing")
+    args = parser.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown or not args.scenarios:
+        parser.error(f"unknown scenario(s) {', '.join(unknown) or '(none)'}; "
+                     f"choose from {', '.join(SCENARIOS)}")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if args.against == "prosody" and shutil.which("prosody") is None:
+        parser.error("--against prosody: prosody is not installed (apt-get install prosody)")
+    return args
+
+
+def printTables(results: list[dict]) -> None:
+    """The per-run table, then medians and ratios when exactly two servers took part."""
+    print(table(results))
+    labels = list(dict.fromkeys(r.get("label") for r in results))
+    if len(labels) == 2:
+        print()
+        print(ratioTable([r for r in results if r.get("label") == labels[0]],
+                         [r for r in results if r.get("label") == labels[1]], *labels))
+
+
+def main(argv=None) -> int:
+    args = parseArgs(argv)
+    if args.table:
+        printTables([json.loads(line) for name in args.table
+                     for line in Path(name).read_text().splitlines() if line.strip()])
+        return 0
+    sizes = QUICK if args.quick else Sizes()
+    # Enough file descriptors for K idle connections, for the servers and the generator.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard != resource.RLIM_INFINITY and hard < sizes.idle_k + 256:
+        sizes = replace(sizes, idle_k=max(10, hard - 256))
+        log(f"RLIMIT_NOFILE hard limit {hard}: idle connections lowered to {sizes.idle_k}")
+    serverCPU, genCPU = cpuPlan()
+    machine = machineInfo()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else HERE / "results" / f"{stamp}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="invitesrv-bench-"))
+    log(f"bench: {', '.join(args.scenarios)} ({'quick' if args.quick else 'default'} sizes), "
+        f"server CPU {serverCPU}, generator CPU {genCPU}; results -> {out}; work dir {work}")
+    if serverCPU is None:
+        log("note: fewer than two CPUs (or no taskset): server and generator are not pinned")
+    certificate = (work / "server.crt", work / "server.key")
+    writeCertificate(*certificate, keyType=args.key_type)
+    servers = [Invitesrv(work / "invitesrv", serverCPU, certificate)]
+    if args.against == "prosody":
+        servers.append(Prosody(work / "prosody", serverCPU, certificate))
+    everything: list[tuple[object, list[dict]]] = []
+    try:
+        for server in servers:
+            bench = Bench(server, sizes, args.scenarios, args.repeat, out, work, genCPU, machine,
+                          stamp, args.key_type)
+            try:
+                everything.append((server, bench.run()))
+            except BenchError as e:
+                log(f"{server.label}: {e}")
+                everything.append((server, bench.results))
+    finally:
+        for server in servers:
+            server.stop()
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    m = machine
+    print(f"\nMachine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM; "
+          f"Python {m['python']}, Twisted {m['versions']['twisted']}; server TLS "
+          f"{m['server_openssl']}, generator TLS {m['openssl']}; {m['date']}")
+    print(f"Sizes: {json.dumps(asdict(sizes))}; certificate key: {args.key_type}\n")
+    allResults = [r for _, results in everything for r in results]
+    printTables(allResults)
+    print(f"\nJSON lines: {out}")
+    failed = [r for r in allResults if errorsOf(r) != 0]
+    missing = len(servers) > len(everything) or any(
+        not any(r.get("tag") == sc for r in results)
+        for _, results in everything for sc in args.scenarios)
+    if failed or missing:
+        print("Some runs failed or gave errors (see the note column); errors are not figures.")
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""
+The benchmark must keep working as the server changes: run C{bench/run.py
+--quick} for the login and idle workloads against a real server and check that
+it produced figures with zero errors. No timing is asserted: the machine may
+be busy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def quickRun(tmp_path_factory):
+    """One quick benchmark run: (exit status, stdout, JSON lines)."""
+    out = tmp_path_factory.mktemp("bench") / "results.jsonl"
+    result = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--scenarios", "login,idle", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, check=False)
+    lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return result, lines
+
+
+def measured(lines: list[dict], tag: str) -> list[dict]:
+    return [r for r in lines if r.get("tag") == tag and r.get("run") not in ("warmup", "setup")]
+
+
+def test_exitsCleanly(quickRun):
+    """The run ends with status 0 and prints the table of figures."""
+    result, _ = quickRun
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| server | scenario | run | rate/s |" in result.stdout
+    assert "| invitesrv-" in result.stdout
+
+
+def test_loginFigures(quickRun):
+    """Every login of the measured run succeeded over TLS with SCRAM, and CPU was measured."""
+    _, lines = quickRun
+    [login] = measured(lines, "login")
+    assert login["errors"] == 0, login.get("error_kinds")
+    assert login["ok"] == login["n"] > 0
+    assert login["per_s"] > 0 and login["p50_ms"] > 0
+    assert login["tls"] and login["tls"][0].startswith("TLS")
+    assert login["scram_iterations"]
+    assert login["server_cpu_s"] is not None and login["server_pid"] > 0
+    assert set(login["machine"]) >= {"cpu_model", "cpus", "python", "openssl", "date"}
+
+
+def test_idleFigures(quickRun):
+    """All idle connections stayed up, and the server's memory per connection was read."""
+    _, lines = quickRun
+    [idle] = measured(lines, "idle")
+    assert idle["errors"] == 0, idle.get("error_kinds")
+    assert idle["connected"] == idle["k"] == idle["alive_after_hold"]
+    assert isinstance(idle["bytes_per_conn"], int)
+    assert idle["rss_held_bytes"] > 0
