@@ -107,6 +107,52 @@ class Limits:
     max_attribute_length: int = 8192
 
 
+DEFAULT_S2S_PORT = 5269
+
+
+def parseHostPort(text: str) -> tuple[str, int]:
+    """
+    C{"host:port"}, C{"[v6address]:port"} or a bare C{"host"} (port 5269),
+    as C{[s2s] hosts} values are written.
+    """
+    host, port = text.strip(), DEFAULT_S2S_PORT
+    if host.startswith("["):
+        inside, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not host:port")
+        host, portText = inside, rest[1:]
+    elif host.count(":") == 1:
+        host, portText = host.split(":")
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address as [address]:port")
+    else:
+        portText = ""
+    if portText:
+        if not portText.isdigit() or not 0 < int(portText) < 65536:
+            raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+        port = int(portText)
+    if not host or any(c.isspace() or c in "/@" for c in host):
+        raise ValueError(f"{text!r} is not host:port")
+    return host, port
+
+
+@dataclass(frozen=True)
+class FederationOptions:
+    """
+    Server-to-server options (the C{[s2s]} table). Federation itself is on
+    when C{[listen] s2s} names at least one listener: a peer proving its
+    name by dialback must be able to connect back.
+    """
+
+    hosts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    connect_timeout: Duration = Duration(30)
+    idle_timeout: Duration = Duration(600)
+    require_encryption: bool = True
+    require_valid_certificates: bool = False
+    trust: str = ""
+    max_queued: int = 1000
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole server configuration."""
@@ -115,6 +161,7 @@ class Config:
     data_dir: Path = Path("data")
     c2s: tuple[str, ...] = ("tcp:5222",)
     c2s_direct_tls: tuple[str, ...] = ()
+    s2s: tuple[str, ...] = ()
     http: tuple[str, ...] = ()
     https: tuple[str, ...] = ()
     public_url: str = ""
@@ -127,6 +174,7 @@ class Config:
     scram_iterations: int = 4096
     modules: tuple[str, ...] = DEFAULT_MODULES
     limits: Limits = Limits()
+    federation: FederationOptions = FederationOptions()
     source: str = "<defaults>"
 
     @property
@@ -146,7 +194,7 @@ class Config:
 # Keys of the top-level tables and where they go in Config.
 _SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url",
                 "trusted_proxies", "app_catalogue", "hide_apps"}
-_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "http", "https"}
+_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https"}
 _TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key"}
 
 
@@ -224,9 +272,37 @@ def _checkAdmins(host: str, options: HostOptions, source: str) -> HostOptions:
     return replace(options, admins=tuple(admins))
 
 
+def _federation(table: object, source: str) -> FederationOptions:
+    """The C{[s2s]} table; its C{hosts} map (domain -> "host:port") is checked here."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [s2s] must be a table")
+    rest = dict(table)
+    hosts = rest.pop("hosts", {})
+    if not isinstance(hosts, dict):
+        raise ConfigError(f"{source}: s2s.hosts must be a table of domain = \"host:port\"")
+    options = _build(FederationOptions, rest, "s2s", source)
+    routes = {}
+    for name, address in hosts.items():
+        try:
+            domain = jid.JID(name)
+        except (jid.InvalidFormat, UnicodeError):
+            domain = None
+        if domain is None or domain.user or domain.resource:
+            raise ConfigError(f"{source}: s2s.hosts: {name!r} is not a domain name")
+        if not isinstance(address, str):
+            raise ConfigError(f"{source}: s2s.hosts.{name}: expected a string \"host:port\"")
+        try:
+            routes[domain.host] = parseHostPort(address)
+        except ValueError as e:
+            raise ConfigError(f"{source}: s2s.hosts.{name}: {e}") from None
+    if options.trust and not Path(options.trust).is_file():
+        raise ConfigError(f"{source}: s2s.trust: {options.trust!r} is not a readable file")
+    return replace(options, hosts=routes)
+
+
 def parseConfig(data: dict, source: str = "<config>") -> Config:
     """Turn a parsed TOML document into a L{Config}."""
-    known = {"server", "listen", "tls", "limits", "host_defaults", "hosts"}
+    known = {"server", "listen", "tls", "limits", "s2s", "host_defaults", "hosts"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: unknown section or option {key!r}")
@@ -252,6 +328,8 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
     take("tls", _TLS_KEYS)
     if "limits" in data:
         values["limits"] = _build(Limits, data["limits"], "limits", source)
+    if "s2s" in data:
+        values["federation"] = _federation(data["s2s"], source)
 
     defaults = _build(HostOptions, data.get("host_defaults", {}), "host_defaults", source)
     hostTables = data.get("hosts", {"localhost": {}})

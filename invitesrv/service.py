@@ -4,8 +4,9 @@ Assembly: from a L{Config} to a running server, with or without twistd.
 L{InviteServer} holds what one process shares (config, store, router,
 virtual hosts, TLS). L{makeService} wraps it in a C{MultiService} of named
 children, so an embedding application can take the pieces it wants:
-C{"store"}, C{"hosts"}, C{"c2s"}, C{"c2s-direct-tls"}, C{"http"} (invite pages,
-web registration and the admin API) and C{"timers"}.
+C{"store"}, C{"hosts"}, C{"s2s"} (federation, when C{[listen] s2s} names a
+listener), C{"c2s"}, C{"c2s-direct-tls"}, C{"http"} (invite pages, web
+registration and the admin API) and C{"timers"}.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from invitesrv.tls import loadContextFactory
 from invitesrv.web.site import httpsFactory, makeSite
 from invitesrv.xmpp.c2s import C2SFactory
 from invitesrv.xmpp.router import Router
+from invitesrv.xmpp.s2s import S2SService
 
 log = Logger()
 
@@ -188,6 +190,16 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
     for name, child in (("store", StoreService(server.store)), ("hosts", HostsService(server))):
         child.setName(name)
         child.setServiceParent(top)
+    federation = service.MultiService()
+    federation.setName("s2s")
+    federation.setServiceParent(top)
+    if config.s2s:
+        s2s = S2SService(server, reactor)
+        s2s.setName("federation")
+        s2s.setServiceParent(federation)
+        for description in config.s2s:
+            endpoint = endpoints.serverFromString(reactor, description)
+            ListenerService(endpoint, s2s.listenFactory, "Servers").setServiceParent(federation)
     for name, descriptions, directTLS in (("c2s", config.c2s, False),
                                           ("c2s-direct-tls", config.c2s_direct_tls, True)):
         group = service.MultiService()

@@ -24,7 +24,6 @@ from invitesrv.config import (
     ConfigError,
     Duration,
     HostOptions,
-    Limits,
     loadConfig,
     parseConfig,
     withOverrides,
@@ -35,7 +34,9 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "invitesrv.example.t
 OPTION_LINE = re.compile(r"^#(?=[a-z][a-z0-9_]* = )", re.MULTILINE)
 
 # Config fields that are not options of a [server]/[listen]/[tls] table.
-STRUCTURE = {"hosts", "limits", "source"}
+STRUCTURE = {"hosts", "source"}
+# Config fields that hold a table of their own, and that table's name.
+TABLES = {"limits": "limits", "federation": "s2s"}
 
 
 def documentedOptions() -> dict[str, dict[str, object]]:
@@ -71,20 +72,22 @@ def test_exampleAsShippedIsTheDefaults():
 def test_exampleDocumentsEveryOption():
     """Every dataclass field has a "#name = value" line in its section of the example."""
     documented = documentedOptions()
+    defaults = Config()
     missing = []
     for field in dataclasses.fields(Config):
+        default = getattr(defaults, field.name)
         if field.name in STRUCTURE:
             continue
+        if dataclasses.is_dataclass(default):
+            table = TABLES.get(field.name, field.name)
+            missing += [f"{table}.{f.name}" for f in dataclasses.fields(default)
+                        if f.name not in documented.get(table, {})]
+            continue
         if field.name.startswith("tls_"):
-            where = ("tls", field.name[len("tls_"):])
-        elif field.name in documented["listen"]:
-            where = ("listen", field.name)
-        else:
-            where = ("server", field.name)
-        if where[1] not in documented[where[0]]:
-            missing.append(".".join(where))
-    missing += [f"limits.{f.name}" for f in dataclasses.fields(Limits)
-                if f.name not in documented["limits"]]
+            if field.name[len("tls_"):] not in documented["tls"]:
+                missing.append(f"tls.{field.name[len('tls_'):]}")
+        elif field.name not in documented["server"] and field.name not in documented["listen"]:
+            missing.append(f"server.{field.name} or listen.{field.name}")
     missing += [f"host_defaults.{f.name}" for f in dataclasses.fields(HostOptions)
                 if f.name not in documented["host_defaults"]]
     assert not missing, f"options missing from {EXAMPLE.name}: {missing}"

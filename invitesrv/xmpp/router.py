@@ -4,8 +4,8 @@ Who is online where, and how a stanza reaches its addressee.
 The router knows the virtual hosts and the bound sessions. A stanza for a
 local domain is handed to that host (L{invitesrv.host.VirtualHost.receive}),
 which applies RFC 6121's delivery rules; a stanza for any other domain goes to
-the default route, which is where server-to-server streams will plug in. Until
-then other domains get C{remote-server-not-found}.
+the default route: the server-to-server service (L{invitesrv.xmpp.s2s}) when
+federation is on, else a C{remote-server-not-found} error to the sender.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Router:
     def __init__(self) -> None:
         self.hosts: dict = {}
         self.sessions: dict[str, dict[str, object]] = {}  # bare JID -> resource -> session
+        self.remote = None  # the default route: route(stanza, target), or None (no federation)
 
     def addHost(self, host) -> None:
         self.hosts[host.name] = host
@@ -79,7 +80,10 @@ class Router:
             self.routeRemote(stanza, target)
 
     def routeRemote(self, stanza, target: jid.JID) -> None:
-        """The default route: no server-to-server streams yet."""
+        """The default route: server-to-server streams, or an error when federation is off."""
+        if self.remote is not None:
+            self.remote.route(stanza, target)
+            return
         reply = bounce(stanza, "remote-server-not-found")
         if reply is not None:
             self.route(reply)

@@ -1,0 +1,250 @@
+"""
+Federation with a real Prosody (the Debian package, run privately: its own
+config, data directory and loopback ports, never the system service).
+
+invitesrv serves a.test and Prosody serves prosody.test. Neither looks
+anything up in DNS: invitesrv has prosody.test in its static host map, and
+Prosody loads a small plugin written here that sends its connections for
+a.test to our listener. Both have self-signed certificates, so each proves
+its domain by dialback (Prosody with C{s2s_secure_auth = false}).
+
+Across: chat both ways, a presence subscription reaching C{both} on both
+sides, and an a.test contact invite (XEP-0379) redeemed by a Prosody user.
+Skipped when C{/usr/bin/prosody} is not installed (C{apt-get install -y prosody}).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import RunningServer
+from rawxmpp import RawClient
+from test_roster import PASSWORD, StanzaClient, addUsers
+from test_s2s import chat, eventually, federated, freePort, isPresence, online, subscription
+from twisted.words.xish import domish
+
+from invitesrv.tls import generateSelfSigned
+
+PROSODY = Path("/usr/bin/prosody")
+PROSODYCTL = Path("/usr/bin/prosodyctl")
+DOMAIN = "prosody.test"
+
+pytestmark = pytest.mark.skipif(
+    not (PROSODY.exists() and PROSODYCTL.exists()),
+    reason="Prosody is not installed (apt-get install -y prosody)")
+
+# Sends Prosody's server-to-server connections for the domains in
+# s2s_static_hosts to a fixed address instead of resolving them.
+STATIC_HOSTS_PLUGIN = """\
+local service = require "net.resolvers.service";
+local manual = require "net.resolvers.manual";
+if not service.static_hosts then
+	local resolve = service.new;
+	service.static_hosts = {};
+	service.new = function (hostname, service_name, proto, extra)
+		local target = service.static_hosts[hostname];
+		if target == nil then
+			return resolve(hostname, service_name, proto, extra);
+		end
+		if service_name ~= "xmpp-server" then
+			return manual.new({}, proto, extra);
+		end
+		return manual.new({ { "tcp4", target[1], target[2], extra } }, proto, extra);
+	end
+end
+for host, target in pairs(module:get_option("s2s_static_hosts", {})) do
+	service.static_hosts[host] = target;
+end
+"""
+
+CONFIG = """\
+run_as_root = true
+daemonize = false
+pidfile = "{root}/prosody.pid"
+data_path = "{root}/data"
+certificates = "{root}/certs"
+plugin_paths = {{ "{root}/plugins" }}
+log = {{ info = "{root}/prosody.log" }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {c2s} }}
+s2s_ports = {{ {s2s} }}
+c2s_direct_tls_ports = {{ }}
+s2s_direct_tls_ports = {{ }}
+http_ports = {{ }}
+https_ports = {{ }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "posix";
+                    "s2s_static_hosts" }}
+authentication = "internal_hashed"
+s2s_secure_auth = false
+s2s_static_hosts = {{ ["a.test"] = {{ "127.0.0.1", {ours} }} }}
+ssl = {{ certificate = "{root}/certs/{domain}.crt"; key = "{root}/certs/{domain}.key"; }}
+VirtualHost "{domain}"
+"""
+
+
+class Prosody:
+    """A private Prosody instance on loopback ports."""
+
+    def __init__(self, root: Path, ours: int):
+        self.root = root
+        self.c2s, self.s2s = freePort(), freePort()
+        for name in ("plugins", "data", "certs"):
+            (root / name).mkdir()
+        (root / "plugins" / "mod_s2s_static_hosts.lua").write_text(STATIC_HOSTS_PLUGIN)
+        generateSelfSigned(root / "certs" / f"{DOMAIN}.crt", root / "certs" / f"{DOMAIN}.key", [DOMAIN])
+        self.config = root / "prosody.cfg.lua"
+        self.config.write_text(CONFIG.format(root=root, c2s=self.c2s, s2s=self.s2s, ours=ours,
+                                             domain=DOMAIN))
+        self.process = None
+
+    def register(self, username: str) -> None:
+        subprocess.run([str(PROSODYCTL), "--config", str(self.config), "register", username, DOMAIN,
+                        PASSWORD], check=True, capture_output=True, timeout=30)
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.process = subprocess.Popen([str(PROSODY), "--config", str(self.config), "-F"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prosody exited:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.c2s), 1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"prosody did not start:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        path = self.root / "prosody.log"
+        return path.read_text("utf-8", "replace") if path.exists() else ""
+
+
+class ProsodyClient(StanzaClient):
+    """A L{StanzaClient} that logs in to Prosody, whose stored keys are SCRAM-SHA-1 only."""
+
+    def __init__(self, port: int, username: str, resource: str = "raw"):
+        raw = RawClient(port, DOMAIN)
+        raw.startTLS()
+        assert "<success" in raw.scram(username, PASSWORD, "SCRAM-SHA-1")
+        raw.openStream()
+        raw.send(f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                 f"<resource>{resource}</resource></bind></iq>")
+        bound = raw.recvUntil(r"<iq[^>]*id=.bind1.*?</iq>")
+        self.raw = raw
+        self.jid = re.search(r"<jid>([^<]+)</jid>", bound).group(1)
+        self.bare = self.jid.split("/")[0]
+        self.backlog: list[domish.Element] = []
+        self._parser = domish.elementStream()
+        self._parser.DocumentStartEvent = lambda root: None
+        self._parser.ElementEvent = self.backlog.append
+        self._parser.DocumentEndEvent = lambda: None
+        self._parser.parse(b"<stream:stream xmlns='jabber:client' "
+                           b"xmlns:stream='http://etherx.jabber.org/streams'>")
+        self._ids = 0
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """a.test (invitesrv) and prosody.test (Prosody), mapped to each other."""
+    root = tmp_path_factory.mktemp("prosody-federation")
+    ours = freePort()
+    (root / "prosody").mkdir()
+    prosody = Prosody(root / "prosody", ours)
+    (root / "invitesrv").mkdir()
+    server = RunningServer(root / "invitesrv", federated("a.test", ours, {DOMAIN: prosody.s2s}))
+    try:
+        for name in ("bob", "frank"):
+            prosody.register(name)
+        prosody.start()
+        server.start()
+        addUsers(server, "alice@a.test", "grace@a.test")
+        yield server, prosody
+    finally:
+        server.stop()
+        prosody.stop()
+
+
+def prosodyOnline(prosody: Prosody, username: str, resource: str = "desk") -> ProsodyClient:
+    client = ProsodyClient(prosody.c2s, username, resource)
+    client.rosterGet()
+    client.send("<presence/>")
+    client.expect(isPresence(client.jid), what="own presence")
+    return client
+
+
+def test_chatWithProsody(pair):
+    """Messages cross both ways; each side proved its domain to the other by dialback."""
+    server, prosody = pair
+    alice, bob = online(server, "alice@a.test"), prosodyOnline(prosody, "bob")
+    chat(alice, bob, "hello Prosody")
+    chat(bob, alice, "hello invitesrv")
+    assert "Outgoing stream from a.test to prosody.test authenticated by dialback" in server.log()
+    assert re.search(r"Incoming stream from prosody\.test to a\.test \(127\.0\.0\.1:\d+\) "
+                     r"authenticated by dialback", server.log())
+    log = prosody.log()
+    assert f"Outgoing s2s connection {DOMAIN}->a.test complete" in log
+    assert f"Incoming s2s connection a.test->{DOMAIN} complete" in log
+    alice.close()
+    bob.close()
+
+
+def test_presenceSubscriptionWithProsody(pair):
+    """alice and bob subscribe to each other across: 'both' on both sides, presence seen."""
+    server, prosody = pair
+    alice, bob = online(server, "alice@a.test", "sub"), prosodyOnline(prosody, "bob", "sub")
+    alice.send(f"<presence to='bob@{DOMAIN}' type='subscribe'/>")
+    bob.expect(isPresence("alice@a.test", "subscribe"), timeout=10)
+    bob.send("<presence to='alice@a.test' type='subscribed'/>")
+    bob.send("<presence to='alice@a.test' type='subscribe'/>")
+    alice.expect(isPresence(bob.jid), timeout=10, what="bob's presence")
+    alice.expect(isPresence(f"bob@{DOMAIN}", "subscribe"), timeout=10)
+    alice.send(f"<presence to='bob@{DOMAIN}' type='subscribed'/>")
+    bob.expect(isPresence(alice.jid), timeout=10, what="alice's presence")
+    assert eventually(lambda: subscription(alice, f"bob@{DOMAIN}") == "both")
+    assert eventually(lambda: subscription(bob, "alice@a.test") == "both")
+    bob.close()
+    alice.expect(isPresence(bob.jid, "unavailable"), timeout=10)
+    alice.close()
+
+
+def test_contactInviteRedeemedFromProsody(pair):
+    """
+    grace@a.test's contact invite, redeemed by frank on Prosody (pre-approval
+    and a subscription request carrying the token): both rosters reach 'both'
+    and grace never sees a request.
+    """
+    server, prosody = pair
+    output = server.ctl("invite", "create", "--contact", "grace", "a.test").stdout
+    token = re.search(r"xmpp:grace@a\.test\?roster;preauth=([A-Za-z0-9_-]+)", output).group(1)
+    grace, frank = online(server, "grace@a.test"), prosodyOnline(prosody, "frank")
+    frank.send("<presence to='grace@a.test' type='subscribed'/>")
+    frank.send("<presence to='grace@a.test' type='subscribe'>"
+               f"<preauth xmlns='urn:xmpp:pars:0' token='{token}'/></presence>")
+    assert eventually(lambda: subscription(grace, f"frank@{DOMAIN}") == "both")
+    assert eventually(lambda: subscription(frank, "grace@a.test") == "both")
+    grace.absent(isPresence(f"frank@{DOMAIN}", "subscribe"), wait=0.3, what="subscription request")
+    assert "is now a contact of grace" in server.log()
+    grace.close()
+    frank.close()
+
+
+def test_noTracebacks(pair):
+    """Nothing above left an unhandled error in our log."""
+    server, _ = pair
+    log = server.log()
+    assert "Traceback" not in log and "Unhandled" not in log, log
