@@ -44,8 +44,10 @@ PROVISION = HERE / "provision.py"
 PROSODY_START = HERE / "prosody" / "start.sh"
 PROSODY_STOP = HERE / "prosody" / "stop.sh"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-SCENARIOS = ("register", "login", "plain", "login1", "messages", "roster", "idle")
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "roster", "idle",
+             "idle10k")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
+IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
 DOMAIN = "localhost"
 POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
 LISTENING = re.compile(r"Clients listening on [\d.]+:(\d+)")
@@ -61,6 +63,7 @@ class Sizes:
 
     register_n: int = 2000
     register_c: int = 50
+    invite_n: int = 500
     login_n: int = 2000
     login_c: int = 50
     plain_n: int = 1000
@@ -74,22 +77,23 @@ class Sizes:
     roster_c: int = 50
     idle_k: int = 2000
     idle_c: int = 50
+    idle10k_k: int = 10000
     idle_settle: float = 3.0
     idle_hold: float = 5.0
     pause: float = 3.0
     max_seconds: float = 240.0
     op_timeout: float = 30.0
 
-    @property
-    def pool(self) -> int:
+    def pool(self, scenarios) -> int:
         """Accounts the non-register scenarios log in with."""
         return max(self.login_n, self.plain_n, self.login1_n, self.idle_k, 2 * self.msg_pairs,
-                   self.roster_u + self.roster_r + 1)
+                   self.roster_u + self.roster_r + 1,
+                   self.idle10k_k if "idle10k" in scenarios else 0)
 
 
-QUICK = Sizes(register_n=20, register_c=5, login_n=30, login_c=10, plain_n=10, login1_n=5,
+QUICK = Sizes(register_n=20, register_c=5, invite_n=10, login_n=30, login_c=10, plain_n=10, login1_n=5,
               msg_pairs=2, msg_m=10, roster_u=4, roster_r=5, roster_gets=2, roster_c=4,
-              idle_k=30, idle_c=10, idle_settle=0.5, idle_hold=0.5, pause=0.2, max_seconds=30,
+              idle_k=30, idle_c=10, idle10k_k=60, idle_settle=0.5, idle_hold=0.5, pause=0.2, max_seconds=30,
               op_timeout=10)
 
 
@@ -216,6 +220,15 @@ class Invitesrv:
             raise BenchError(f"provisioning accounts failed:\n{result.stderr}")
         log("  " + result.stderr.strip().splitlines()[-1])
 
+    def makeInvites(self, count: int, path: Path) -> None:
+        """C{count} single-use account invites through the invite manager; tokens to C{path}."""
+        result = subprocess.run(
+            [sys.executable, str(PROVISION), "--config", str(self.configPath), "--invites",
+             str(count), "--token-file", str(path)],
+            capture_output=True, text=True, timeout=600, check=False)
+        if result.returncode != 0:
+            raise BenchError(f"creating invites failed:\n{result.stderr}")
+
     def start(self, timeout: float = 60.0) -> None:
         offset = self.logPath.stat().st_size if self.logPath.exists() else 0
         command = [TWISTD, "-n", "--pidfile=", f"--logfile={self.logPath}", "invitesrv",
@@ -284,6 +297,25 @@ class Prosody:
 
     def provision(self, count: int) -> None:
         """Prosody's accounts come from in-band registration once it runs (see L{Bench})."""
+
+    def makeInvites(self, count: int, path: Path) -> None:
+        """
+        C{count} single-use account invites, the way Prosody's admins make
+        them (C{prosodyctl mod_invites generate}, one call each); the running
+        server reads them from its storage.
+        """
+        config = str(self.directory / "prosody.cfg.lua")
+        tokens = []
+        for _ in range(count):
+            result = subprocess.run(["prosodyctl", "--config", config, "mod_invites", "generate",
+                                     DOMAIN], capture_output=True, text=True, timeout=60,
+                                    check=False)
+            found = re.search(r"preauth=([^;&\s]+)", result.stdout)
+            if result.returncode != 0 or not found:
+                raise BenchError(f"prosodyctl mod_invites generate failed: "
+                                 f"{(result.stderr or result.stdout).strip()[-300:]}")
+            tokens.append(found.group(1))
+        path.write_text("".join(token + "\n" for token in tokens))
 
     def start(self) -> None:
         self.port = self.port or freePort()
@@ -373,25 +405,28 @@ class Bench:
     def run(self) -> list[dict]:
         s = self.sizes
         server = self.server
-        server.provision(s.pool)
+        pool = s.pool(self.scenarios)
+        server.provision(pool)
         server.start()
         log(f"{server.label}: pid {server.pid} on 127.0.0.1:{server.port}")
         try:
             if isinstance(server, Prosody) and any(sc != "register" for sc in self.scenarios):
-                self.gen("register", "setup", "register", "-n", str(s.pool), "-c",
+                self.gen("register", "setup", "register", "-n", str(pool), "-c",
                          str(s.register_c), "--prefix", POOL)
-            main = [sc for sc in self.scenarios if sc != "idle"]
+            main = [sc for sc in self.scenarios if sc not in IDLE_SCENARIOS]
             for scenario in main:
                 getattr(self, "scenario_" + scenario)()
                 self.pause()
-            if "idle" in self.scenarios:
+            for tag, k in (("idle", s.idle_k), ("idle10k", s.idle10k_k)):
+                if tag not in self.scenarios:
+                    continue
                 for run in self.runs():
                     # RSS growth is only meaningful on a freshly started process:
                     # a server that already held many connections re-uses freed heap.
                     server.stop()
                     server.start()
                     time.sleep(max(1.0, s.pause))
-                    self.gen("idle", run, "idle", "-k", str(s.idle_k), "-c", str(s.idle_c),
+                    self.gen(tag, run, "idle", "-k", str(k), "-c", str(s.idle_c),
                              "--settle", str(s.idle_settle), "--hold", str(s.idle_hold),
                              "--prefix", POOL)
         finally:
@@ -403,6 +438,22 @@ class Bench:
         for run in self.runs():
             self.gen("register", run, "register", "-n", str(s.register_n), "-c",
                      str(s.register_c), "--prefix", f"br{run}u")
+
+    def scenario_invite(self) -> None:
+        s = self.sizes
+        # Untimed: every run redeems its own single-use invites (XEP-0401
+        # preauth, then the XEP-0077 set on the same stream).
+        tokens = self.work / f"{self.server.name}.tokens"
+        log(f"{self.server.label}: creating {s.invite_n * self.repeat} invites")
+        self.server.makeInvites(s.invite_n * self.repeat, tokens)
+        everyToken = tokens.read_text().splitlines()
+        for index, run in enumerate(self.runs()):
+            chunk = self.work / f"{self.server.name}-{run}.tokens"
+            chunk.write_text("".join(token + "\n" for token in
+                                     everyToken[index * s.invite_n:(index + 1) * s.invite_n]))
+            self.gen("invite", run, "register", "-n", str(s.invite_n), "-c", str(s.register_c),
+                     "--prefix", f"bi{run}u", "--token-file", str(chunk))
+            self.pause()
 
     def scenario_login(self) -> None:
         s = self.sizes
@@ -434,7 +485,7 @@ class Bench:
     def scenario_roster(self) -> None:
         s = self.sizes
         common = ("-u", str(s.roster_u), "-r", str(s.roster_r), "-c", str(s.roster_c),
-                  "--pool", str(s.pool), "--prefix", POOL)
+                  "--pool", str(s.pool(self.scenarios)), "--prefix", POOL)
         # Untimed: add the items first, then measure gets only.
         self.gen("roster", "setup", "roster", "-g", "1", *common)
         self.pause()
@@ -479,8 +530,9 @@ def figures(r: dict) -> dict:
     return out
 
 
-UNITS = {"register": "accounts/s", "login": "logins/s", "plain": "logins/s",
-         "login1": "logins/s", "messages": "msgs/s", "roster": "gets/s", "idle": "logins/s"}
+UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
+         "login1": "logins/s", "messages": "msgs/s", "roster": "gets/s", "idle": "logins/s",
+         "idle10k": "logins/s"}
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -596,7 +648,7 @@ def parseArgs(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, seconds)")
     parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
-                        help=f"comma-separated, from {', '.join(SCENARIOS)} "
+                        help=f"comma-separated, from {', '.join(SCENARIOS)}, or all "
                              f"(default: {','.join(DEFAULT_SCENARIOS)})")
     parser.add_argument("--against", choices=["prosody"], help="also run a private Prosody")
     parser.add_argument("--repeat", type=int, default=1, help="measured runs per scenario")
@@ -610,6 +662,8 @@ def parseArgs(argv=None) -> argparse.Namespace:
                         help="only print the tables of earlier results files, run nothing")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if args.scenarios == ["all"]:
+        args.scenarios = list(SCENARIOS)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown or not args.scenarios:
         parser.error(f"unknown scenario(s) {', '.join(unknown) or '(none)'}; "
@@ -642,9 +696,13 @@ def main(argv=None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard != resource.RLIM_INFINITY and hard < sizes.idle_k + 256:
-        sizes = replace(sizes, idle_k=max(10, hard - 256))
-        log(f"RLIMIT_NOFILE hard limit {hard}: idle connections lowered to {sizes.idle_k}")
+    # The generator and the servers inherit this limit (invitesrv raises its
+    # own as well); one descriptor per connection, plus some headroom.
+    if hard != resource.RLIM_INFINITY and hard < max(sizes.idle_k, sizes.idle10k_k) + 256:
+        sizes = replace(sizes, idle_k=min(sizes.idle_k, max(10, hard - 256)),
+                        idle10k_k=min(sizes.idle10k_k, max(10, hard - 256)))
+        log(f"RLIMIT_NOFILE hard limit {hard}: idle connections lowered to {sizes.idle_k} "
+            f"and {sizes.idle10k_k}")
     serverCPU, genCPU = cpuPlan()
     machine = machineInfo()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -29,6 +29,19 @@ class StreamViolation(Exception):
         self.text = text
 
 
+def _refuser(what: str):
+    """A handler for an XML construct XMPP forbids (RFC 6120 section 11.1)."""
+    def refuse(*args):
+        raise StreamViolation("restricted-xml", f"XMPP does not allow {what}")
+    return refuse
+
+
+_REFUSE_DOCTYPE = _refuser("a DOCTYPE")
+_REFUSE_ENTITY = _refuser("an entity declaration")
+_REFUSE_COMMENT = _refuser("a comment")
+_REFUSE_PI = _refuser("a processing instruction")
+
+
 class RestrictedElementStream:
     """
     Incremental parser for one XML stream, emitting each top-level stanza.
@@ -48,17 +61,19 @@ class RestrictedElementStream:
         self.ElementEvent = None
         self.DocumentEndEvent = None
 
+        # No buffer_text: its 8 KB buffer per connection costs more than the
+        # rare split of a text node into two addContent calls.
         parser = pyexpat.ParserCreate("UTF-8", " ")
-        parser.buffer_text = True
         parser.StartElementHandler = self._onStartElement
         parser.EndElementHandler = self._onEndElement
         parser.CharacterDataHandler = self._onCdata
         parser.StartNamespaceDeclHandler = self._onStartNamespace
         parser.EndNamespaceDeclHandler = self._onEndNamespace
-        parser.StartDoctypeDeclHandler = self._refuse("a DOCTYPE")
-        parser.EntityDeclHandler = self._refuse("an entity declaration")
-        parser.CommentHandler = self._refuse("a comment")
-        parser.ProcessingInstructionHandler = self._refuse("a processing instruction")
+        # Shared refusers: four closures per parser were 800 bytes a connection.
+        parser.StartDoctypeDeclHandler = _REFUSE_DOCTYPE
+        parser.EntityDeclHandler = _REFUSE_ENTITY
+        parser.CommentHandler = _REFUSE_COMMENT
+        parser.ProcessingInstructionHandler = _REFUSE_PI
         parser.SetParamEntityParsing(pyexpat.XML_PARAM_ENTITY_PARSING_NEVER)
         self._parser = parser
 
@@ -70,12 +85,6 @@ class RestrictedElementStream:
         self._boundary = 0  # byte offset where the current stanza may begin
         self._stanzaStart = 0
         self._between = 0  # bytes of text (keepalives) since the last stanza ended
-
-    @staticmethod
-    def _refuse(what: str):
-        def refuse(*args):
-            raise StreamViolation("restricted-xml", f"XMPP does not allow {what}")
-        return refuse
 
     def parse(self, data: bytes) -> None:
         """Feed bytes; raise L{StreamViolation} on any error."""
