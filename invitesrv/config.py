@@ -35,6 +35,7 @@ DEFAULT_MODULES = (
     "invites",
     "invites_register",
     "invites_adhoc",
+    "watchdog",
 )
 
 
@@ -101,10 +102,36 @@ class Limits:
 
     stanza_size_preauth: int = 10_000
     stanza_size: int = 262_144
-    auth_timeout: Duration = Duration(60)
+    auth_timeout: Duration = Duration(30)
     max_depth: int = 100
     max_attributes: int = 64
     max_attribute_length: int = 8192
+    # Reading and writing (bytes per second; 0: no limit).
+    read_rate_preauth: int = 10_000
+    read_burst_preauth: int = 50_000
+    read_rate: int = 200_000
+    read_burst: int = 1_000_000
+    send_buffer: int = 1_048_576
+    # Idle connections.
+    idle_timeout: Duration = Duration(300)
+    ping_timeout: Duration = Duration(60)
+    tcp_keepalive: Duration = Duration(600)
+    # Connections (0: no limit); the allowlist is exempt from the per-address ones.
+    max_connections: int = 10_000
+    max_connections_per_address: int = 100
+    connection_rate: int = 10
+    connection_burst: int = 50
+    allowlist: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Failed authentications and invite tokens.
+    auth_failures_free: int = 5
+    auth_failures_block: int = 30
+    auth_delay_max: Duration = Duration(30)
+    auth_failure_window: Duration = Duration(900)
+    token_failures_free: int = 5
+    token_failures_block: int = 30
+    # The store.
+    store_busy_timeout: Duration = Duration(5)
+    metrics_interval: Duration = Duration(3600)
 
 
 DEFAULT_S2S_PORT = 5269
@@ -345,6 +372,12 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
     config = Config(**values)
     if config.scram_iterations < 4096:
         raise ConfigError(f"{source}: server.scram_iterations must be at least 4096")
+    for entry in config.limits.allowlist:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"{source}: limits.allowlist: {entry!r} is not an address"
+                              " or network") from None
     if bool(config.tls_certificate) != bool(config.tls_key):
         raise ConfigError(f"{source}: tls.certificate and tls.key go together")
     for proxy in config.trusted_proxies:

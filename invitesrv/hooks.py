@@ -58,7 +58,9 @@ C{invite-used} (invite, username, path)
     username then the contact's JID) a pre-authorised subscription.
 C{invite-preauth} (session, token) -> Deferred[Invite] or None
     A token presented on an unauthenticated stream: reserve its invite for
-    the stream (C{session.state["invite"]}) or fail with a C{StanzaError}.
+    the stream (C{session.state["invite"]}) or fail with a C{StanzaError},
+    after waiting on C{session.tokenRefused()} when the token was not valid
+    (it is counted and logged, and throttled per address).
 """
 
 from __future__ import annotations

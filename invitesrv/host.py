@@ -21,6 +21,7 @@ from wokkel.subprotocols import XMPPHandlerCollection
 
 from invitesrv.config import Config, HostOptions
 from invitesrv.hooks import Hooks
+from invitesrv.limits import Metrics
 from invitesrv.xmpp.router import Router, bounce
 
 log = Logger()
@@ -59,7 +60,8 @@ class HostStream(utility.EventDispatcher):
 class VirtualHost(XMPPHandlerCollection):
     """
     One served domain. Modules reach what they share through it: C{options},
-    C{store}, C{hooks}, C{router}, C{registrar}, C{clock} and C{config}.
+    C{store}, C{hooks}, C{router}, C{registrar}, C{clock}, C{config} and
+    C{metrics} (event counters, L{invitesrv.limits.Metrics}).
     """
 
     def __init__(self, name: str, options: HostOptions, config: Config, store, router: Router,
@@ -77,6 +79,7 @@ class VirtualHost(XMPPHandlerCollection):
         self.hooks = Hooks()
         self.stream = HostStream(self)
         self.modules: dict[str, object] = {}
+        self.metrics = Metrics()  # the server's, when it runs in an InviteServer
         self.started = False
         self.roleAdmins: set[str] = set()
         self.hooks.add("user-registered", self._registered)

@@ -158,9 +158,7 @@ class Registrar:
                                     "cancel") from None
         except InviteUnavailable:
             raise RegistrationError("not-acceptable", INVITE_ONLY, "modify") from None
-        except StoreUnavailable as e:
-            log.error("Registration of {user}@{host} failed: storage unavailable: {e}",
-                      user=name, host=self.host.name, e=e)
+        except StoreUnavailable:  # the store logs the episode, once
             raise RegistrationError("resource-constraint", "The server cannot store this now; "
                                     "try again later", "wait") from None
         log.info("Account {user}@{host} {what} via {path}{invite}", user=name, host=self.host.name,

@@ -6,7 +6,8 @@ virtual hosts, TLS). L{makeService} wraps it in a C{MultiService} of named
 children, so an embedding application can take the pieces it wants:
 C{"store"}, C{"hosts"}, C{"s2s"} (federation, when C{[listen] s2s} names a
 listener), C{"c2s"}, C{"c2s-direct-tls"}, C{"http"} (invite pages, web
-registration and the admin API) and C{"timers"}.
+registration and the admin API), C{"metrics"} (the counters, logged every
+C{limits.metrics_interval}) and C{"timers"}.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from invitesrv.config import Config
 from invitesrv.host import VirtualHost
+from invitesrv.limits import Limiter, Metrics
 from invitesrv.store.sqlite import SQLiteStore
 from invitesrv.tls import loadContextFactory
 from invitesrv.web.site import httpsFactory, makeSite
@@ -61,7 +63,11 @@ def raiseFileLimit() -> tuple[int, int]:
 
 
 class InviteServer:
-    """One server: its virtual hosts with their modules, over one store."""
+    """
+    One server: its virtual hosts with their modules, over one store. The
+    C{limiter} holds its per-address and per-account limits and C{metrics}
+    its event counters (shared by every host as C{host.metrics}).
+    """
 
     def __init__(self, config: Config, store=None, reactor=None, loadModules: bool = True):
         if reactor is None:
@@ -69,12 +75,17 @@ class InviteServer:
         self.config = config
         self.reactor = reactor
         self.clock = reactor
-        self.store = store if store is not None else SQLiteStore(config.databasePath, reactor)
+        self.store = store if store is not None else SQLiteStore(
+            config.databasePath, reactor, busyTimeout=config.limits.store_busy_timeout)
         self.router = Router()
         self.tls = None
         self.secret = secrets.token_bytes(32)
+        self.metrics = Metrics()
+        self.limiter = Limiter(config.limits, reactor, self.metrics)
         self.hosts = {name: VirtualHost(name, options, config, self.store, self.router, reactor)
                       for name, options in config.hosts.items()}
+        for host in self.hosts.values():
+            host.metrics = self.metrics
         if loadModules:
             for host in self.hosts.values():
                 host.loadModules(config.modules)
@@ -182,7 +193,11 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
     """Build the whole server as a MultiService of named children."""
     if reactor is None:
         from twisted.internet import reactor
-    raiseFileLimit()
+    _, files = raiseFileLimit()
+    if config.limits.max_connections > files - 100:
+        log.warn("limits.max_connections is {wanted} but only {files} files may be open: new"
+                 " connections will fail before that limit is reached",
+                 wanted=config.limits.max_connections, files=files)
     server = InviteServer(config, store, reactor)
     server.loadTLS()
     top = service.MultiService()
@@ -209,6 +224,11 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
             endpoint = endpoints.serverFromString(reactor, description)
             label = "Direct TLS clients (XEP-0368)" if directTLS else "Clients"
             ListenerService(endpoint, server.c2sFactory(directTLS), label).setServiceParent(group)
+    if config.limits.metrics_interval:
+        metrics = internet.TimerService(config.limits.metrics_interval, server.metrics.logSummary)
+        metrics.clock = reactor
+        metrics.setName("metrics")
+        metrics.setServiceParent(top)
     http = service.MultiService()
     http.setName("http")
     http.setServiceParent(top)

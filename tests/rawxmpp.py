@@ -20,9 +20,12 @@ NS_STREAM_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
 class RawClient:
     """One TCP connection to the server, spoken to in raw XML."""
 
-    def __init__(self, port: int, host: str = "localhost", timeout: float = 10.0):
+    def __init__(self, port: int, host: str = "localhost", timeout: float = 10.0,
+                 source: str | None = None):
+        """C{source}: the local address to connect from (127.0.0.2, ...: another client address)."""
         self.host = host
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
         self.timeout = timeout

@@ -115,7 +115,7 @@ class InvitesRegisterModule(XMPPHandler):
             return held
         invite = yield self.manager.reserve(token)
         if invite is None:
-            log.info("Refused an invite token from {address}", address=session.address)
+            yield session.tokenRefused()  # logs it; waits when the address keeps guessing
             raise invalidToken()
         if state.get("closed"):
             yield self.manager.release(invite)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from twisted.words.protocols.jabber import error
 from zope.interface import Attribute, Interface
 
 SUBSCRIPTIONS = ("none", "to", "from", "both")
@@ -32,8 +33,22 @@ class InviteUnavailable(StoreError):
     """The invite is gone, used up, revoked or expired."""
 
 
-class StoreUnavailable(StoreError):
-    """The database cannot be written now (disk full, locked); try later."""
+class StoreUnavailable(StoreError, error.StanzaError):
+    """
+    The database cannot be used now (locked by another process, disk full);
+    try later. It is also the stanza error C{wait}/C{resource-constraint}, so
+    a handler that lets it through tells the client to retry, rather than
+    C{internal-server-error} with a traceback per stanza in the log: the
+    store logs the episode once. C{reason} is the database's own message.
+    """
+
+    def __init__(self, reason: str = ""):
+        error.StanzaError.__init__(self, "resource-constraint", "wait",
+                                   "The server cannot use its storage now; try again later")
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason or self.text
 
 
 @dataclass(frozen=True)

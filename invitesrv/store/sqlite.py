@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from invitesrv.limits import EpisodeLog
 from invitesrv.store.interfaces import (
     AccountExists,
     Credentials,
@@ -55,13 +56,15 @@ def schemaScripts(folder=None) -> list[tuple[int, str]]:
     return sorted(scripts)
 
 
-def openDatabase(path: str, scripts: list[tuple[int, str]] | None = None) -> sqlite3.Connection:
+def openDatabase(path: str, scripts: list[tuple[int, str]] | None = None,
+                 timeout: float = 5.0) -> sqlite3.Connection:
     """
     Open (creating or upgrading) the database at C{path}; C{":memory:"} works.
     Before an upgrade of an existing file it is copied to C{<file>.v<N>.bak}.
+    C{timeout} is how long a statement waits for another process's lock.
     """
     scripts = schemaScripts() if scripts is None else scripts
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
     conn.execute("PRAGMA foreign_keys = ON")
     if path != ":memory:":
         conn.execute("PRAGMA journal_mode = WAL")
@@ -110,15 +113,28 @@ def _invite(row, uses=()) -> Invite:
 
 @implementer(IStore)
 class SQLiteStore:
-    """L{IStore} over one SQLite file (or C{":memory:"})."""
+    """
+    L{IStore} over one SQLite file (or C{":memory:"}).
 
-    def __init__(self, path: str | Path, reactor=None):
+    A database that cannot be used (locked by another process beyond
+    C{busyTimeout} seconds, disk full, read-only) fails calls with
+    L{StoreUnavailable}; the transaction is rolled back, so nothing is half
+    written. Such an episode is logged once, when it starts and when it
+    ends; meanwhile calls wait only briefly for a lock, so requests queued
+    behind a fault are answered in milliseconds, not one busy timeout each.
+    """
+
+    def __init__(self, path: str | Path, reactor=None, busyTimeout: float = 5.0):
         if reactor is None:
             from twisted.internet import reactor
         self.path = str(path)
+        self.busyTimeout = busyTimeout
         self._reactor = reactor
         self._pool = ThreadPool(1, 1, name="invitesrv-db")
         self._conn: sqlite3.Connection | None = None
+        self._fault = EpisodeLog(reactor)
+        self._failFast = False  # set in the reactor thread, read by the worker
+        self._waiting = busyTimeout  # the busy timeout the connection has now
 
     # -- life cycle ---------------------------------------------------------
 
@@ -130,7 +146,8 @@ class SQLiteStore:
         """
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = openDatabase(self.path)
+        self._conn = openDatabase(self.path, timeout=self.busyTimeout)
+        self._waiting = self.busyTimeout
         if serving:
             # No registration can be in flight after a start: free leaked reservations.
             self._conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
@@ -144,16 +161,39 @@ class SQLiteStore:
 
     def _run(self, fn, *args):
         """Run C{fn(conn, *args)} in one transaction on the worker thread."""
-        return threads.deferToThreadPool(self._reactor, self._pool, self._transaction, fn, args)
+        d = threads.deferToThreadPool(self._reactor, self._pool, self._transaction, fn, args)
+        d.addCallbacks(self._available, self._unavailable)
+        return d
+
+    def _available(self, result):
+        span = self._fault.ended()
+        if span is not None:
+            self._failFast = False
+            log.info("Store available again after {seconds:.1f} s ({count} requests refused"
+                     " meanwhile)", seconds=span[0], count=span[1])
+        return result
+
+    def _unavailable(self, failure):
+        if failure.check(StoreUnavailable):
+            self._failFast = True
+            if self._fault.event():
+                log.error("Store unavailable: {reason}; requests are answered 'try again later'"
+                          " until it recovers", reason=failure.value.reason)
+        return failure
 
     def _transaction(self, fn, args):
         conn = self._conn
+        waiting = min(self.busyTimeout, 0.05) if self._failFast else self.busyTimeout
+        if waiting != self._waiting:
+            conn.execute(f"PRAGMA busy_timeout = {int(waiting * 1000)}")
+            self._waiting = waiting
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn, *args)
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
             return result

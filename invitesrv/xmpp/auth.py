@@ -22,6 +22,7 @@ from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep, resourcepre
 from twisted.words.xish import domish
 
 from invitesrv.credentials import MECHANISMS, checkPassword, fakeCredentials
+from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.xmpp.c2s import NS_CLIENT, NS_SESSION, Session
 
 log = Logger()
@@ -30,6 +31,7 @@ NS_STREAMS = "http://etherx.jabber.org/streams"
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_LIMITS = "urn:xmpp:stream-limits:0"
 
 
 class SASLFailure(Exception):
@@ -92,6 +94,7 @@ class ScramExchange:
             self.username = nodeprep.prepare(name) or None
         except UnicodeError:
             self.username = None
+        auth.attempted = self.username or ""
         credentials = None
         if self.username:
             credentials = yield host.store.getCredentials(host.name, self.username, self.mechanism)
@@ -122,7 +125,12 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
     Negotiates one client stream. Modules see it as the C{session} of the
     C{stream-features} and C{preauth-iq} hooks: C{host}, C{address},
     C{encrypted}, C{authenticated} and a C{state} dict they may keep
-    per-connection data in (an invite reserved by a preauth, for example).
+    per-connection data in (an invite reserved by a preauth, for example);
+    a module that refuses an invite token reports it with L{tokenRefused}.
+
+    The server's limiter (L{invitesrv.limits.Limiter}) admits the connection
+    or refuses it with a stream error, throttles failed logins per address
+    and per account, and blocks an address that keeps failing.
     """
 
     namespace = NS_CLIENT
@@ -141,12 +149,27 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         self._saslBusy = False
         self._failures = 0
         self._timer = None
+        self._admitted = False
+        self._delayed = None  # an answer held back by a throttle
+        self.attempted = ""  # the username of the SASL attempt under way, prepared
 
     # -- connection ---------------------------------------------------------
 
     def connectionMade(self):
-        peer = self.xmlstream.transport.getPeer()
+        transport = self.xmlstream.transport
+        peer = transport.getPeer()
         self.address = getattr(peer, "host", "")
+        # XMPP is many small request/response writes: Nagle would hold each
+        # one back for the peer's delayed ACK (tens of milliseconds a step).
+        while transport is not None and not hasattr(transport, "setTcpNoDelay"):
+            transport = getattr(transport, "transport", None)
+        if transport is not None:
+            transport.setTcpNoDelay(True)
+        refusal = self.server.limiter.admit(self.address)
+        if refusal is not None:
+            self.xmlstream.closeWithError(refusal.condition, refusal.text)
+            return
+        self._admitted = True
         self.xmlstream.factory.streams.add(self.xmlstream)
         self._timer = self.server.clock.callLater(self.server.config.limits.auth_timeout,
                                                   self._timedOut)
@@ -156,13 +179,18 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if self.session is None:
             log.info("Closing unauthenticated connection from {address}: too slow",
                      address=self.address)
+            self.server.metrics["connections.auth-timeout"] += 1
             self.xmlstream.closeWithError("connection-timeout")
 
     def connectionLost(self, reason):
         self.xmlstream.factory.streams.discard(self.xmlstream)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        if self._admitted:
+            self._admitted = False
+            self.server.limiter.release(self.address)
+        for call in (self._timer, self._delayed):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._delayed = None
         if self.session is not None:
             self.session.close()
         if self.host is not None:
@@ -217,6 +245,9 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         else:
             features.addElement((NS_BIND, "bind"))
             features.addElement((NS_SESSION, "session")).addElement("optional")
+        # XEP-0478: the largest stanza this stream takes (the watchdog adds <idle-seconds/>).
+        size = config.limits.stanza_size if self.authenticated else config.limits.stanza_size_preauth
+        features.addElement((NS_LIMITS, "limits")).addElement("max-bytes", content=str(size))
         self.host.hooks.run("stream-features", self, features)
         return features
 
@@ -266,9 +297,17 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if self._saslBusy:
             self.xmlstream.closeWithError("policy-violation", "SASL exchange already in progress")
             return
-        self._saslBusy = True
         name = element.name
+        if name == "auth" and self.server.limiter.authBlocked(self.address):
+            self.server.metrics["auth.blocked"] += 1
+            log.info('Authentication failure from {address} for user "" (blocked)',
+                     address=self.address)
+            self.xmlstream.closeWithError("policy-violation", "Too many failed authentication"
+                                          " attempts from your address; try again later")
+            return
+        self._saslBusy = True
         if name == "auth":
+            self.attempted = ""
             d = defer.maybeDeferred(self._saslAuth, element)
         elif name == "response" and self._sasl is not None:
             d = defer.maybeDeferred(self._saslResponse, element)
@@ -333,6 +372,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             username = nodeprep.prepare(authcid)
         except UnicodeError:
             raise SASLFailure("not-authorized") from None
+        self.attempted = username
         host = self.host
         credentials = yield host.store.getCredentials(host.name, username, MECHANISMS[0])
         if credentials is None:
@@ -353,19 +393,40 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         self.xmlstream.send(element)
 
     def _saslFailed(self, failure):
+        """
+        Answer a failed exchange. A wrong password (or unknown user: the
+        same to the client) is counted by the limiter and logged in one
+        fixed format for fail2ban; past the free attempts the answer waits.
+        """
         self._sasl = None
         if failure.check(SASLFailure):
             reason = failure.value
         else:
-            log.failure("SASL exchange with {address} failed", failure, address=self.address)
+            if not failure.check(StoreUnavailable):  # the store logs its faults once
+                log.failure("SASL exchange with {address} failed", failure, address=self.address)
             reason = SASLFailure("temporary-auth-failure")
+        delay = 0.0
         if reason.condition == "not-authorized":
             self._failures += 1
-            log.info("SASL authentication failed for {address}", address=self.address)
+            delay = self.server.limiter.authFailed(self.address,
+                                                   f"{self.attempted}@{self.host.name}")
+            log.info('Authentication failure from {address} for user "{user}"{throttled}',
+                     address=self.address, user=self.attempted,
+                     throttled=" (throttled)" if delay else "")
         element = domish.Element((NS_SASL, "failure"))
         element.addElement(reason.condition)
         if reason.text:
             element.addElement("text", content=reason.text)
+        if not delay:
+            self._sendFailure(element)
+            return None
+        d = defer.Deferred()
+        self._delayed = self.server.clock.callLater(delay, d.callback, element)
+        d.addCallback(self._sendFailure)
+        return d
+
+    def _sendFailure(self, element) -> None:
+        self._delayed = None
         self.xmlstream.send(element)
         if self._failures >= 5:
             self.xmlstream.closeWithError("policy-violation", "Too many failed authentication attempts")
@@ -373,6 +434,8 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
     def _authenticated(self, username: str, serverFinal: bytes | None):
         self.authenticated = True
         self.username = username
+        # The account's own failures stop counting: only its owner can log in.
+        self.server.limiter.authByAccount.reset(f"{username}@{self.host.name}")
         self._sendSASL("success", serverFinal)
         self.xmlstream.reset()
 
@@ -422,6 +485,13 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         kind = iq.getAttribute("type")
         if kind not in ("get", "set"):
             return
+        if self.server.limiter.tokenBlocked(self.address):
+            self.server.metrics["tokens.blocked"] += 1
+            log.info("Authentication failure from {address} for an invite token (blocked)",
+                     address=self.address)
+            self.xmlstream.closeWithError("policy-violation", "Too many invalid invite tokens"
+                                          " from your address; try again later")
+            return
         to = iq.getAttribute("to")
         if to is not None and to != self.host.name:
             self.xmlstream.send(error.StanzaError("service-unavailable").toResponse(iq))
@@ -434,7 +504,22 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         d.addCallback(self.xmlstream.send)
 
     def _preauthError(self, failure, iq):
-        if failure.check(error.StanzaError):
+        if failure.check(error.StanzaError):  # StoreUnavailable too: wait/resource-constraint
             return failure.value.toResponse(iq)
         log.failure("Error answering an iq before authentication", failure)
         return error.StanzaError("internal-server-error").toResponse(iq)
+
+    def tokenRefused(self) -> defer.Deferred:
+        """
+        An invite token presented on this stream was refused (called by the
+        module that redeems tokens). Count and log it like a failed login;
+        fire when the refusal may be sent, at once for the first few.
+        """
+        delay = self.server.limiter.tokenFailed(self.address)
+        log.info("Authentication failure from {address} for an invite token{throttled}",
+                 address=self.address, throttled=" (throttled)" if delay else "")
+        if not delay:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._delayed = self.server.clock.callLater(delay, d.callback, None)
+        return d

@@ -1,0 +1,380 @@
+"""
+The bookkeeping behind the server's limits on hostile or faulty peers: token
+buckets, failure counters per address and per account, connection counts and
+the counters admins read. No XML and no sockets here: the stream layer asks
+these objects what to do (admit, delay, refuse) and does it, so every rule is
+tested by advancing a L{task.Clock}.
+
+Addresses are counted by where an attacker's cost lies: an IPv4 address (an
+IPv4-mapped IPv6 address counts as the IPv4 one) or an IPv6 /64, since one
+host usually holds a whole /64. Every table is bounded: when full, the entry
+touched longest ago is forgotten, so a flood of fresh addresses or usernames
+costs memory once, not without end.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+log = Logger()
+
+# Most entries each table keeps (addresses, accounts); beyond it the oldest go.
+MAX_ENTRIES = 100_000
+
+
+def addressKey(address: str) -> str:
+    """The key an address is counted under: itself for IPv4, its /64 for IPv6."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class AddressList:
+    """Addresses and networks (CIDR) from the config, e.g. the allowlist."""
+
+    def __init__(self, entries: Iterable[str]):
+        self.networks = tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+    def __contains__(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.networks)
+
+
+class TokenBucket:
+    """
+    C{burst} units at once, refilled at C{rate} per second, on an injected
+    clock. L{take} always takes, going into debt if need be, and says how long
+    the debt takes to repay: the reader of a stream pauses that long, so a peer
+    gets C{rate} bytes per second on average however it sends them.
+    """
+
+    __slots__ = ("clock", "rate", "burst", "tokens", "stamp")
+
+    def __init__(self, clock, rate: float, burst: float):
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = clock.seconds()
+
+    def configure(self, rate: float, burst: float) -> None:
+        """New rate and burst (after authentication): what the burst grows by is added."""
+        self._refill()
+        self.tokens = min(float(burst), self.tokens + max(0.0, burst - self.burst))
+        self.rate = rate
+        self.burst = burst
+
+    def _refill(self) -> None:
+        now = self.clock.seconds()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def take(self, amount: float) -> float:
+        """Take C{amount}; return 0, or the seconds until the bucket is out of debt."""
+        self._refill()
+        self.tokens -= amount
+        if self.tokens >= 0:
+            return 0.0
+        return -self.tokens / self.rate
+
+    def tryTake(self, amount: float = 1) -> bool:
+        """Take C{amount} if the bucket holds it (no debt); say whether it did."""
+        self._refill()
+        if self.tokens < amount:
+            return False
+        self.tokens -= amount
+        return True
+
+
+class FailureCounter:
+    """
+    Failures per key within a sliding window: a key's count starts again
+    from zero when C{window} seconds pass without a failure.
+    """
+
+    def __init__(self, clock, window: float, maxEntries: int = MAX_ENTRIES):
+        self.clock = clock
+        self.window = window
+        self.maxEntries = maxEntries
+        self._entries: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def count(self, key: str) -> int:
+        """The failures of C{key} in the current window."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return 0
+        if self.clock.seconds() - entry[1] >= self.window:
+            del self._entries[key]
+            return 0
+        return entry[0]
+
+    def add(self, key: str) -> int:
+        """Count one more failure for C{key}; return its count."""
+        count = self.count(key) + 1
+        self._entries.pop(key, None)
+        self._entries[key] = (count, self.clock.seconds())
+        while len(self._entries) > self.maxEntries:
+            self._entries.popitem(last=False)
+        return count
+
+    def reset(self, key: str) -> None:
+        """Forget the failures of C{key}."""
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def failureDelay(count: int, free: int, maximum: float) -> float:
+    """
+    Seconds to wait before answering the C{count}th failure: nothing for the
+    first C{free}, then 1, 2, 4, ... seconds, at most C{maximum}.
+    """
+    if count <= free:
+        return 0.0
+    return float(min(maximum, 2 ** min(count - free - 1, 30)))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a connection is refused: the stream error condition and its text."""
+
+    condition: str
+    text: str
+
+
+class ConnectionLimiter:
+    """
+    Counts connections: open ones in all and per address, and new ones per
+    address over time (a token bucket each). Addresses in the allowlist are
+    held only to the global cap.
+    """
+
+    def __init__(self, clock, maxConnections: int, maxPerAddress: int, rate: float, burst: int,
+                 allowlist: AddressList, maxEntries: int = MAX_ENTRIES):
+        self.clock = clock
+        self.maxConnections = maxConnections
+        self.maxPerAddress = maxPerAddress
+        self.rate = rate
+        self.burst = burst
+        self.allowlist = allowlist
+        self.maxEntries = maxEntries
+        self.total = 0
+        self.open: dict[str, int] = {}
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def admit(self, address: str) -> Refusal | None:
+        """Count a new connection from C{address}, or say why it is refused."""
+        if self.maxConnections and self.total >= self.maxConnections:
+            return Refusal("resource-constraint", "The server is at its connection limit;"
+                                                  " try again later")
+        if address not in self.allowlist:
+            key = addressKey(address)
+            if self.maxPerAddress and self.open.get(key, 0) >= self.maxPerAddress:
+                return Refusal("policy-violation", "Too many connections from your address")
+            if self.rate and not self._bucket(key).tryTake():
+                return Refusal("policy-violation", "Too many new connections from your address;"
+                                                   " slow down")
+            self.open[key] = self.open.get(key, 0) + 1
+        self.total += 1
+        return None
+
+    def release(self, address: str) -> None:
+        """An admitted connection from C{address} has ended."""
+        self.total -= 1
+        if address not in self.allowlist:
+            key = addressKey(address)
+            left = self.open.get(key, 0) - 1
+            if left > 0:
+                self.open[key] = left
+            else:
+                self.open.pop(key, None)
+
+    def _bucket(self, key: str) -> TokenBucket:
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            bucket = TokenBucket(self.clock, self.rate, self.burst)
+        self._buckets[key] = bucket
+        while len(self._buckets) > self.maxEntries:
+            self._buckets.popitem(last=False)
+        return bucket
+
+
+class Metrics(Counter):
+    """
+    Event counters an admin reads (the log, an ad-hoc command): refused
+    connections, timeouts, authentication failures, store faults. Names are
+    dotted, e.g. C{auth.failed}.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        Counter.__init__(self, *args, **kwargs)
+        self._logged = "none"
+
+    def summary(self) -> str:
+        """One line, e.g. C{auth.failed=3, connections.refused=1}, sorted by name."""
+        return ", ".join(f"{name}={value}" for name, value in sorted(self.items())) or "none"
+
+    def logSummary(self) -> None:
+        """Log the counters (periodically, from the server's C{metrics} service) if they moved."""
+        summary = self.summary()
+        if summary != self._logged:
+            self._logged = summary
+            log.info("Counters since start: {summary}", summary=summary)
+
+
+class EpisodeLog:
+    """
+    Logs the start of a bad episode once, not once per event (a locked
+    database refusing every stanza, a flood refused connection by
+    connection), and its end with how many events it spanned. An episode
+    ends when L{ended} is called, or for a C{quiet}-second gap when that is set.
+    """
+
+    def __init__(self, clock, quiet: float | None = None):
+        self.clock = clock
+        self.quiet = quiet
+        self.since: float | None = None
+        self.last = 0.0
+        self.events = 0
+
+    @property
+    def active(self) -> bool:
+        if self.since is None:
+            return False
+        if self.quiet is not None and self.clock.seconds() - self.last >= self.quiet:
+            self.since = None
+            return False
+        return True
+
+    def event(self) -> bool:
+        """Count one event; True when it starts an episode (log it then)."""
+        starting = not self.active
+        now = self.clock.seconds()
+        if starting:
+            self.since = now
+            self.events = 0
+        self.last = now
+        self.events += 1
+        return starting
+
+    def ended(self) -> tuple[float, int] | None:
+        """End the episode; return its length in seconds and its events, if one was on."""
+        if self.since is None:
+            return None
+        span = (self.clock.seconds() - self.since, self.events)
+        self.since = None
+        return span
+
+
+class Limiter:
+    """
+    All the per-address and per-account limits of one server, from
+    C{[limits]} in the config: connection admission, the read rate of each
+    stream, and the throttles of failed authentications and invite tokens.
+    """
+
+    def __init__(self, limits, clock, metrics: Metrics | None = None):
+        self.limits = limits
+        self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.allowlist = AddressList(limits.allowlist)
+        self.connections = ConnectionLimiter(
+            clock, limits.max_connections, limits.max_connections_per_address,
+            limits.connection_rate, limits.connection_burst, self.allowlist)
+        window = limits.auth_failure_window
+        self.authByAddress = FailureCounter(clock, window)
+        self.authByAccount = FailureCounter(clock, window)
+        self.tokensByAddress = FailureCounter(clock, window)
+        self.refusals = EpisodeLog(clock, quiet=60.0)
+
+    def exempt(self, address: str) -> bool:
+        """Is C{address} in the allowlist (no per-address limits)?"""
+        return address in self.allowlist
+
+    # -- connections ------------------------------------------------------------
+
+    def admit(self, address: str) -> Refusal | None:
+        """Admit a new connection, or say why not (and count and log the refusal)."""
+        refusal = self.connections.admit(address)
+        if refusal is not None:
+            self.metrics["connections.refused"] += 1
+            if self.refusals.event():
+                log.warn("Refusing connections: {text} (first from {address}; further"
+                         " refusals are counted, not logged, until a minute passes without one)",
+                         text=refusal.text, address=address)
+        else:
+            self.metrics["connections.accepted"] += 1
+        return refusal
+
+    def release(self, address: str) -> None:
+        self.connections.release(address)
+
+    def readBucket(self, address: str) -> TokenBucket | None:
+        """The read-rate bucket of a new stream from C{address}; None if unlimited."""
+        limits = self.limits
+        if not limits.read_rate_preauth or self.exempt(address):
+            return None
+        return TokenBucket(self.clock, limits.read_rate_preauth, limits.read_burst_preauth)
+
+    def authenticatedRate(self) -> tuple[int, int]:
+        """Read rate and burst once a stream is authenticated."""
+        return self.limits.read_rate, self.limits.read_burst
+
+    # -- authentication ---------------------------------------------------------
+
+    def authBlocked(self, address: str) -> bool:
+        """Has C{address} failed to authenticate so often that it is refused for now?"""
+        blocking = self.limits.auth_failures_block
+        return (bool(blocking) and not self.exempt(address)
+                and self.authByAddress.count(addressKey(address)) >= blocking)
+
+    def authFailed(self, address: str, account: str) -> float:
+        """
+        Count a failed authentication from C{address} for C{account} (whether
+        or not it exists, so the delay tells nothing); return how long to wait
+        before saying so. The account's count only delays: it never blocks,
+        so the real user still logs in from elsewhere.
+        """
+        limits = self.limits
+        self.metrics["auth.failed"] += 1
+        count = self.authByAccount.add(account)
+        if not self.exempt(address):
+            count = max(count, self.authByAddress.add(addressKey(address)))
+        delay = failureDelay(count, limits.auth_failures_free, limits.auth_delay_max)
+        if delay:
+            self.metrics["auth.throttled"] += 1
+        return delay
+
+    def tokenBlocked(self, address: str) -> bool:
+        """Has C{address} presented so many bad invite tokens that it is refused for now?"""
+        blocking = self.limits.token_failures_block
+        return (bool(blocking) and not self.exempt(address)
+                and self.tokensByAddress.count(addressKey(address)) >= blocking)
+
+    def tokenFailed(self, address: str) -> float:
+        """Count a refused invite token from C{address}; return how long to wait."""
+        self.metrics["tokens.refused"] += 1
+        if self.exempt(address):
+            return 0.0
+        count = self.tokensByAddress.add(addressKey(address))
+        delay = failureDelay(count, self.limits.token_failures_free, self.limits.auth_delay_max)
+        if delay:
+            self.metrics["tokens.throttled"] += 1
+        return delay
