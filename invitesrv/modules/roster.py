@@ -261,15 +261,18 @@ class RosterModule(XMPPHandler):
         store, host = self.parent.store, self.parent.name
         query = next(iq.elements(NS_ROSTER, "query"))
         since = parseVersion(query.getAttribute("ver"))
+        # Reads queue behind the user's changes under way, so a get answers
+        # with every change the client sent before it (stanzas keep their order).
         if since is not None:
-            changes: Roster | None = yield store.getRosterChanges(host, sender.user, since)
+            changes: Roster | None = yield self.locked(sender.user, store.getRosterChanges, host,
+                                                       sender.user, since)
             if changes is not None:
                 self.send(xmlstream.toResponse(iq, "result"))
                 items = {item.contact: item for item in changes.items}
                 for contact, version in changes.changes:
                     self._pushTo(sender.full(), contact, items.get(contact), version)
                 return
-        roster = yield store.getRoster(host, sender.user)
+        roster = yield self.locked(sender.user, store.getRoster, host, sender.user)
         reply = xmlstream.toResponse(iq, "result")
         result = reply.addElement((NS_ROSTER, "query"))
         result["ver"] = str(roster.version)
