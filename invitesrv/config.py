@@ -52,7 +52,7 @@ class Duration(float):
     _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
     @classmethod
-    def parse(cls, value: object) -> "Duration":
+    def parse(cls, value: object) -> Duration:
         if isinstance(value, bool):
             raise ValueError("expected a duration such as 30, '15m', '7d'")
         if isinstance(value, (int, float)):

@@ -147,7 +147,7 @@ def listInvites(server, args):
     header = ("ID", "HOST", "WHAT", "USES", "EXPIRES", "STATUS", "NOTE")
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 @defer.inlineCallbacks

@@ -66,7 +66,8 @@ C{invite-preauth} (session, token) -> Deferred[Invite] or None
 from __future__ import annotations
 
 from bisect import insort
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 

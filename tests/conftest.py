@@ -40,7 +40,7 @@ class RunningServer:
     def port(self) -> int:
         return self.ports["Clients"]
 
-    def start(self, timeout: float = 30.0) -> "RunningServer":
+    def start(self, timeout: float = 30.0) -> RunningServer:
         self.ports = {}
         offset = self.logPath.stat().st_size if self.logPath.exists() else 0
         self.process = subprocess.Popen(

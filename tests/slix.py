@@ -49,7 +49,7 @@ class Client(slixmpp.ClientXMPP):
         self.disconnect()
         try:
             await asyncio.wait_for(self.disconnected, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

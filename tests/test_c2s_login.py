@@ -1,10 +1,8 @@
 """End to end: a real server process, real TLS, real SQLite, slixmpp logging in."""
 
 import pytest
-
-from slix import Client, run
-
 from rawxmpp import RawClient
+from slix import Client, run
 
 
 @pytest.fixture(scope="module")

@@ -244,7 +244,7 @@ def formElement(form: data_form.Form) -> domish.Element:
         fields = list(element.elements(data_form.NS_X_DATA, "field"))
         if form.formNamespace is not None:
             fields = fields[1:]  # the FORM_TYPE field Wokkel puts first
-        for child, definition in zip(fields, form.fieldList):
+        for child, definition in zip(fields, form.fieldList, strict=False):
             if definition.label is not None:
                 child["label"] = definition.label
     return element

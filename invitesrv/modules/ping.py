@@ -2,9 +2,9 @@
 
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from wokkel import disco
+from wokkel.iwokkel import IDisco
 from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
-from wokkel.iwokkel import IDisco
 
 NS_PING = "urn:xmpp:ping"
 PING = f"/iq[@type='get']/ping[@xmlns='{NS_PING}']"

@@ -2,10 +2,10 @@
 
 import platform
 
+from twisted.words.xish import domish
 from wokkel import disco
 from wokkel.iwokkel import IDisco
 from wokkel.subprotocols import IQHandlerMixin, XMPPHandler
-from twisted.words.xish import domish
 from zope.interface import implementer
 
 import invitesrv

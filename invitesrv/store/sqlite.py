@@ -431,7 +431,7 @@ class SQLiteStore:
                            (value,)).fetchone()
         if row is None:
             return None
-        uses = [dict(zip(("used_at", "username", "path", "address"), u)) for u in conn.execute(
+        uses = [dict(zip(("used_at", "username", "path", "address"), u, strict=True)) for u in conn.execute(
             "SELECT used_at, username, path, address FROM invite_uses WHERE invite_id = ?"
             " ORDER BY id", (row[0],))]
         return _invite(row, uses)
