@@ -1,5 +1,7 @@
 """End to end: a real server process, real TLS, real SQLite, slixmpp logging in."""
 
+import ssl
+
 import pytest
 from rawxmpp import RawClient
 from slix import Client, run
@@ -42,3 +44,27 @@ def test_rawLoginAndPing(server):
         client.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         reply = client.recvUntil(r"<iq[^>]*id='p1'[^>]*/>")
         assert "type='result'" in reply
+
+
+def test_directTLS(tmp_path):
+    """XEP-0368: on the direct-TLS listener the stream is encrypted from the first byte."""
+    from conftest import RunningServer
+    server = RunningServer(tmp_path)
+    server.configPath.write_text(server.configPath.read_text().replace(
+        '[listen]\n', '[listen]\nc2s_direct_tls = ["tcp:0:interface=127.0.0.1"]\n'))
+    server.start()
+    try:
+        server.adduser("dora@localhost", "direct and secure")
+        port = server.ports["Direct TLS clients (XEP-0368)"]
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols(["xmpp-client"])
+        with RawClient(port) as client:
+            client.sock = context.wrap_socket(client.sock, server_hostname="localhost")
+            assert client.sock.selected_alpn_protocol() == "xmpp-client"
+            features = client.openStream()
+            assert "starttls" not in features and "SCRAM-SHA-256" in features
+            assert "<success" in client.scram("dora", "direct and secure")
+    finally:
+        server.stop()
