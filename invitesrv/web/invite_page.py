@@ -26,6 +26,7 @@ from twisted.web.template import Element, renderer, tags
 from invitesrv.web.apps import PLATFORMS, App, detectPlatform, recommended
 from invitesrv.web.pages import (
     Page,
+    TokenResource,
     gone,
     linkHeader,
     notFound,
@@ -204,15 +205,8 @@ class InviteBody(Element):
         return tag(href=self.uri)
 
 
-class InvitePage(resource.Resource):
+class InvitePage(TokenResource):
     """C{/invite/TOKEN}: one invite's landing page."""
-
-    isLeaf = True
-
-    def __init__(self, context, token: str | None):
-        resource.Resource.__init__(self)
-        self.context = context
-        self.token = token
 
     def render_GET(self, request):
         return servePage(request, self.page(request))

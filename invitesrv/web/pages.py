@@ -21,6 +21,7 @@ import segno
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
+from twisted.web import resource
 from twisted.web.error import FlattenerError
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.template import (
@@ -216,3 +217,14 @@ def servePage(request, pending) -> object:
     d.addCallback(render)
     d.addErrback(failed)
     return NOT_DONE_YET
+
+
+class TokenResource(resource.Resource):
+    """A leaf resource for one invite token: C{/invite/TOKEN}, C{/register/TOKEN}."""
+
+    isLeaf = True
+
+    def __init__(self, context, token: str | None):
+        resource.Resource.__init__(self)
+        self.context = context
+        self.token = token

@@ -32,6 +32,7 @@ from invitesrv.web.invite_page import inviterOf, tokenOf
 from invitesrv.web.pages import (
     MessageBody,
     Page,
+    TokenResource,
     gone,
     notFound,
     rootOf,
@@ -169,15 +170,8 @@ class Registered(Element):
         return "" if self.app or self.invite.kind == "reset" else tag
 
 
-class RegisterPage(resource.Resource):
+class RegisterPage(TokenResource):
     """C{/register/TOKEN}: the form of one invite, and its submission."""
-
-    isLeaf = True
-
-    def __init__(self, context, token: str | None):
-        resource.Resource.__init__(self)
-        self.context = context
-        self.token = token
 
     def render_GET(self, request):
         return servePage(request, self.show(request))

@@ -24,6 +24,7 @@ from twisted.words.xish import domish
 from invitesrv.credentials import MECHANISMS, checkPassword, fakeCredentials
 from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.xmpp.c2s import NS_CLIENT, NS_SESSION, Session
+from invitesrv.xmpp.xmlparser import speaksXMPP1
 
 log = Logger()
 
@@ -219,12 +220,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             return
         self.host = host
         xs.thisEntity = host.jid
-        version = root.getAttribute("version", "0.0")
-        try:
-            major, minor = (int(part) for part in version.split("."))
-        except ValueError:
-            major, minor = 0, 0
-        if (major, minor) < (1, 0):
+        if not speaksXMPP1(root):
             xs.closeWithError("unsupported-version")
             return
         xs.sendHeader()

@@ -49,7 +49,7 @@ from zope.interface import implementer
 from invitesrv.xmpp.dialback import NS_DIALBACK, NS_DIALBACK_FEATURE, checkKey, dialbackKey, dialbackSecret
 from invitesrv.xmpp.resolve import Resolver
 from invitesrv.xmpp.router import bounce, parseJID
-from invitesrv.xmpp.xmlparser import RestrictedElementStream, StreamViolation
+from invitesrv.xmpp.xmlparser import RestrictedElementStream, StreamViolation, speaksXMPP1
 
 log = Logger()
 
@@ -431,12 +431,7 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
             return
         self.remote = remote or self.remote
         xs.otherEntity = jid.JID(self.remote) if self.remote else None
-        version = root.getAttribute("version", "0.0")
-        try:
-            major, minor = (int(part) for part in version.split("."))
-        except ValueError:
-            major, minor = 0, 0
-        if (major, minor) < (1, 0):
+        if not speaksXMPP1(root):
             xs.closeWithError("unsupported-version")
             return
         xs.sid = secrets.token_hex(16)

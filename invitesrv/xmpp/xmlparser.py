@@ -42,6 +42,15 @@ _REFUSE_COMMENT = _refuser("a comment")
 _REFUSE_PI = _refuser("a processing instruction")
 
 
+def speaksXMPP1(root) -> bool:
+    """Does a stream header announce version 1.0 or later (RFC 6120 section 4.7.5)?"""
+    try:
+        major, minor = (int(part) for part in root.getAttribute("version", "0.0").split("."))
+    except ValueError:
+        return False
+    return (major, minor) >= (1, 0)
+
+
 class RestrictedElementStream:
     """
     Incremental parser for one XML stream, emitting each top-level stanza.
