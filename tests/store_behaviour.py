@@ -125,6 +125,22 @@ class StoreBehaviour:
         assert not (yield store.accountExists(HOST, "bob"))
 
     @pytest_twisted.inlineCallbacks
+    def test_deleteLeavesLocalRosters(self, store):
+        """A deleted account leaves the rosters (and pending requests) of its host's users."""
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        yield store.setRosterItem(HOST, "bob", RosterItem(f"alice@{HOST}", subscription="both"))
+        yield store.setRosterItem(HOST, "bob", RosterItem("carol@example.org", subscription="to"))
+        yield store.setPendingIn(HOST, "bob", f"alice@{HOST}", "<presence type='subscribe'/>")
+        before = (yield store.getRoster(HOST, "bob")).version
+        assert (yield store.deleteAccount(HOST, "alice"))
+        roster = yield store.getRoster(HOST, "bob")
+        assert [item.contact for item in roster.items] == ["carol@example.org"]
+        changes = yield store.getRosterChanges(HOST, "bob", before)
+        assert changes.removed == (f"alice@{HOST}",)
+        assert (yield store.getPendingIn(HOST, "bob")) == []
+
+    @pytest_twisted.inlineCallbacks
     def test_deleteCascades(self, store):
         """Deleting an account deletes everything it owns; a new account of that name starts empty."""
         yield store.createAccount(account("alice", roles=("admin",)))

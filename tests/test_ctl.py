@@ -125,3 +125,20 @@ def test_users(server):
     listed = ctl(server, "users", "localhost").stdout.split()
     assert "abby@localhost" in listed and listed == sorted(listed)
     fails(ctl(server, "users", "example.org"), "unknown host 'example.org'")
+
+
+def test_deluserLeavesContactsRosters(server):
+    """An account deleted from the command line is gone from its contacts' rosters too."""
+    server.adduser("gone@localhost", "a password here")
+    server.adduser("stays@localhost", "a password here")
+    with RawClient(server.port) as client:
+        client.login("stays", "a password here")
+        client.send("<iq type='set' id='add'><query xmlns='jabber:iq:roster'>"
+                    "<item jid='gone@localhost' name='Gone'/></query></iq>")
+        client.recvUntil(r"<iq [^>]*id='add'[^>]*/>")
+    ctl(server, "deluser", "gone@localhost")
+    with RawClient(server.port) as client:
+        client.login("stays", "a password here", "again")
+        client.send("<iq type='get' id='get'><query xmlns='jabber:iq:roster'/></iq>")
+        roster = client.recvUntil(r"<iq [^>]*id='get'.*?(</iq>|/>)")
+    assert "type='result'" in roster and "gone@localhost" not in roster

@@ -285,9 +285,21 @@ class SQLiteStore:
         return self._run(set_)
 
     def deleteAccount(self, host, username):
-        return self._run(lambda conn: conn.execute(
-            "DELETE FROM accounts WHERE host = ? AND username = ?", (host, username)
-        ).rowcount == 1)
+        def delete(conn):
+            if conn.execute("DELETE FROM accounts WHERE host = ? AND username = ?",
+                            (host, username)).rowcount != 1:
+                return False
+            # The same host's rosters forget the account too (a running server's
+            # presence module has already done so, with pushes; this covers
+            # deletions made while it was not running).
+            bare = f"{username}@{host}"
+            owners = conn.execute("SELECT username FROM roster_items WHERE host = ? AND contact = ?"
+                                  " AND subscription != 'remove'", (host, bare)).fetchall()
+            for (owner,) in owners:
+                self._removeRosterItem(conn, host, owner, bare)
+            conn.execute("DELETE FROM pending_in WHERE host = ? AND contact = ?", (host, bare))
+            return True
+        return self._run(delete)
 
     def getRoles(self, host, username):
         return self._run(lambda conn: frozenset(row[0] for row in conn.execute(
@@ -358,19 +370,22 @@ class SQLiteStore:
     def setRosterItem(self, host, username, item):
         return self._run(self._setRosterItem, host, username, item)
 
+    @staticmethod
+    def _removeRosterItem(conn, host, username, contact) -> int | None:
+        """Turn an item into a tombstone, so versioned gets report its removal."""
+        if not conn.execute(
+                "SELECT 1 FROM roster_items WHERE host = ? AND username = ? AND contact = ?"
+                " AND subscription != 'remove'", (host, username, contact)).fetchone():
+            return None
+        version = SQLiteStore._bumpVersion(conn, host, username)
+        conn.execute(
+            "UPDATE roster_items SET subscription = 'remove', name = NULL, ask = 0,"
+            " approved = 0, groups = '[]', version = ?"
+            " WHERE host = ? AND username = ? AND contact = ?", (version, host, username, contact))
+        return version
+
     def removeRosterItem(self, host, username, contact):
-        def remove(conn):
-            if not conn.execute(
-                    "SELECT 1 FROM roster_items WHERE host = ? AND username = ? AND contact = ?"
-                    " AND subscription != 'remove'", (host, username, contact)).fetchone():
-                return None
-            version = self._bumpVersion(conn, host, username)
-            conn.execute(
-                "UPDATE roster_items SET subscription = 'remove', name = NULL, ask = 0,"
-                " approved = 0, groups = '[]', version = ?"
-                " WHERE host = ? AND username = ? AND contact = ?", (version, host, username, contact))
-            return version
-        return self._run(remove)
+        return self._run(self._removeRosterItem, host, username, contact)
 
     def getPendingIn(self, host, username):
         return self._run(lambda conn: conn.execute(
