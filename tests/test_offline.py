@@ -164,3 +164,48 @@ def test_deletedWithTheAccount():
         assert (yield store.popOffline("localhost", "gone")) == []
     finally:
         store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_storeFaultRefusedQuietly(tmp_path):
+    """
+    While the database is locked by another process, a message for an
+    offline user is refused (the sender gets an error) and the module logs no
+    traceback of its own: the store reports the episode once.
+    """
+    import sqlite3
+    from dataclasses import replace
+
+    from twisted.logger import globalLogPublisher
+    from twisted.words.xish import domish
+
+    from invitesrv.config import Config, HostOptions
+    from invitesrv.modules.offline import OfflineModule
+    from invitesrv.service import InviteServer
+
+    path = tmp_path / "db.sqlite3"
+    store = SQLiteStore(path, busyTimeout=0.1)
+    store.open()
+    server = InviteServer(Config(hosts={"localhost": replace(HostOptions())}, modules=()),
+                          store=store)
+    host = server.hosts["localhost"]
+    host.addModule("offline", OfflineModule())
+    host.start()
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        message = domish.Element((None, "message"))
+        message["type"] = "chat"
+        message.addElement("body", content="hello")
+        kept = yield host.hooks.first("offline-message", "nobody", message)
+        assert kept is False
+        assert not [e for e in events if e.get("log_failure") is not None
+                    and "offline" in (e.get("log_namespace") or "")]
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+        globalLogPublisher.removeObserver(events.append)
+        host.stop()
+        store.close()

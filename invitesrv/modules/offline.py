@@ -31,7 +31,7 @@ from wokkel.iwokkel import IDisco
 from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
-from invitesrv.store.interfaces import OfflineMessage
+from invitesrv.store.interfaces import OfflineMessage, StoreUnavailable
 
 log = Logger()
 
@@ -102,8 +102,9 @@ class OfflineModule(XMPPHandler):
             host.name, username, entry, host.options.offline_max_messages))
 
         def failed(failure):
-            log.failure("Cannot keep a message for {user}@{host}", failure, user=username,
-                        host=host.name)
+            if not failure.check(StoreUnavailable):  # the store logs those once per episode
+                log.failure("Cannot keep a message for {user}@{host}", failure, user=username,
+                            host=host.name)
             return False
         return d.addErrback(failed)
 
@@ -133,8 +134,8 @@ class OfflineModule(XMPPHandler):
                     session.send(message)
 
         d.addCallback(send)
-        d.addErrback(lambda failure: log.failure("Cannot deliver offline messages to {user}",
-                                                 failure, user=session.bare))
+        d.addErrback(lambda failure: failure.check(StoreUnavailable) or log.failure(
+            "Cannot deliver offline messages to {user}", failure, user=session.bare))
         return d
 
     def getDiscoInfo(self, requestor, target, nodeIdentifier=""):

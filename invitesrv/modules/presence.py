@@ -37,7 +37,7 @@ from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
 from invitesrv.modules.roster import FROM, TO, RosterModule
-from invitesrv.store.interfaces import RosterItem
+from invitesrv.store.interfaces import RosterItem, StoreUnavailable
 from invitesrv.xmpp.router import bounce, parseJID
 from invitesrv.xmpp.xmlparser import RestrictedElementStream
 
@@ -152,7 +152,9 @@ class PresenceModule(XMPPHandler):
         return [s for s in self._sessions(username) if s.available and s.presence is not None]
 
     def _watch(self, d: defer.Deferred, what: str, **fields) -> None:
-        d.addErrback(lambda failure: log.failure(what, failure, **fields))
+        # Store faults are logged by the store, once per episode, not once per stanza.
+        d.addErrback(lambda failure: failure.check(StoreUnavailable) or log.failure(
+            what, failure, **fields))
 
     def _deliver(self, username: str, stanza: domish.Element, interested: bool = False) -> None:
         """Hand an inbound stanza to the user's available (or also interested) resources."""
