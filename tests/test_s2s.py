@@ -534,3 +534,36 @@ def test_retarget():
                             "<markable xmlns='urn:xmpp:chat-markers:0'/></message>")
     assert stanza.uri == body.uri == "jabber:client" and body.parent is stanza
     assert next(copy.elements()).parent is copy
+
+
+def test_serverConnectionsCappedPerAddress(serverFactory):
+    """
+    Incoming server connections go through the same limiter as clients: past
+    the per-address cap a peer is refused with a stream error, and freeing a
+    connection lets the next one in.
+    """
+    server = serverFactory('s2s = ["tcp:0:interface=127.0.0.1"]\n'
+                           '[limits]\nmax_connections_per_address = 2\nallowlist = []\n',
+                           "--domain", "a.test")
+    port = server.ports["Servers"]
+    header = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+              "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+              "to='a.test' from='peer.test' version='1.0'>")
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(header.encode())
+            assert b"<stream:features" in sock.recv(65536)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            refused = b""
+            while chunk := third.recv(65536):
+                refused += chunk
+            assert b"policy-violation" in refused or b"resource-constraint" in refused
+        held.pop().close()
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as again:
+            again.sendall(header.encode())
+            assert b"<stream:features" in again.recv(65536)
+    finally:
+        for sock in held:
+            sock.close()

@@ -363,6 +363,7 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
         self.pending: dict[tuple[str, str], defer.Deferred] = {}
         self.gone = False
         self._timer = None
+        self._admitted: str | None = None  # the address the limiter let in
 
     @property
     def authenticated(self) -> bool:
@@ -375,7 +376,15 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
 
     def connectionMade(self) -> None:
         peer = self.xmlstream.transport.getPeer()
-        self.address = f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}"
+        host = getattr(peer, "host", "")
+        self.address = f"{host}:{getattr(peer, 'port', '')}"
+        # Servers are held to the same connection caps as clients (per
+        # address, overall, new connections per second).
+        refusal = self.federation.server.limiter.admit(host)
+        if refusal is not None:
+            self.xmlstream.closeWithError(refusal.condition, refusal.text)
+            return
+        self._admitted = host
         self.xmlstream.factory.streams.add(self.xmlstream)
         self._timer = self.federation.clock.callLater(self.federation.config.limits.auth_timeout,
                                                       self._timedOut)
@@ -389,6 +398,9 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
     def connectionLost(self, reason) -> None:
         self.gone = True
         self.xmlstream.factory.streams.discard(self.xmlstream)
+        if self._admitted is not None:
+            self.federation.server.limiter.release(self._admitted)
+            self._admitted = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
