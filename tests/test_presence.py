@@ -653,3 +653,35 @@ def test_sessionPresenceState(memory):
     alice.send("<presence/>")
     assert initial == [session, session] and session.priority == 0
     yield alice.settle()
+
+
+def test_pendingRequestsCapped(serverFactory):
+    """
+    Past max_pending_subscriptions unanswered requests for one user, a new
+    requester gets wait/resource-constraint and nothing more is stored; the
+    requests already waiting are still delivered.
+    """
+    server = serverFactory("[hosts.localhost]\nmax_pending_subscriptions = 2\n")
+    addUsers(server, *(f"{name}@localhost" for name in ("target", "one", "two", "three")))
+    senders = {name: online(server.port, name) for name in ("one", "two", "three")}
+    try:
+        for name in ("one", "two"):
+            senders[name].send("<presence to='target@localhost' type='subscribe'/>")
+            senders[name].expect(isPush("target@localhost", "none", ask=True))
+        senders["three"].send("<presence to='target@localhost' type='subscribe'/>")
+        refused = senders["three"].expect(isPresence("target@localhost", "error"),
+                                          what="the refusal")
+        assert refused.error.getAttribute("type") == "wait"
+        assert refused.error.firstChildElement().name == "resource-constraint"
+        target = StanzaClient(server.port, "target", "phone")
+        try:
+            target.send("<presence/>")
+            for name in ("one", "two"):
+                target.expect(isPresence(f"{name}@localhost", "subscribe"), what=f"{name}'s request")
+            target.absent(isPresence("three@localhost", "subscribe"), wait=0.3,
+                          what="a request over the cap")
+        finally:
+            target.close()
+    finally:
+        for client in senders.values():
+            client.close()

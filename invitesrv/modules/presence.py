@@ -432,6 +432,12 @@ class PresenceModule(XMPPHandler):
         pending = yield store.getPendingIn(host, username)
         if any(other == contact for other, _ in pending):
             return  # RFC 6121 3.1.3: one request per contact, not delivered again now
+        if len(pending) >= self.parent.options.max_pending_subscriptions:
+            reply = bounce(presence, "resource-constraint", "wait",
+                           "Too many subscription requests are waiting for this user")
+            if reply is not None:
+                self.send(reply)
+            return
         yield store.setPendingIn(host, username, contact, presence.toXml())
         self._deliver(username, presence)
 
