@@ -18,7 +18,6 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from zope.interface import implementer
 
-from invitesrv.xmpp.router import bounce, parseJID
 from invitesrv.xmpp.xmlparser import RestrictedElementStream, StreamViolation
 
 log = Logger()
@@ -316,24 +315,10 @@ class Session:
             return
         if name == "presence" and self.host.hooks.first("client-presence", self, stanza):
             return
-        to = stanza.getAttribute("to")
-        if to is None:
+        if stanza.getAttribute("to") is None:
             self.host.receive(stanza, self.bareJID)
-            return
-        try:
-            target = parseJID(to)
-        except (jid.InvalidFormat, UnicodeError):
-            reply = bounce(stanza, "jid-malformed")
-            if reply is not None:
-                del reply["from"]
-                self.send(reply)
-            return
-        router = self.host.router
-        host = router.hosts.get(target.host)
-        if host is None:
-            router.routeRemote(stanza, target)
         else:
-            host.receive(stanza, target)
+            self.host.router.route(stanza)
 
     def _validIQ(self, iq) -> bool:
         kind = iq.getAttribute("type")
