@@ -111,3 +111,12 @@ def sharedServer(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def servers():
+    """Make in-memory servers (L{streamharness.Servers}); their stores are closed afterwards."""
+    from streamharness import Servers
+    pool = Servers()
+    yield pool
+    pool.closeAll()

@@ -19,7 +19,6 @@ from streamharness import (
     NS_STREAMS,
     NS_TLS,
     ClientConnection,
-    Servers,
     addAccount,
     login,
     mechanisms,
@@ -29,13 +28,6 @@ from twisted.internet import defer, task
 from invitesrv.tls import loadContextFactory
 
 PASSWORD = "correct horse"
-
-
-@pytest.fixture
-def servers():
-    pool = Servers()
-    yield pool
-    pool.closeAll()
 
 
 @pytest.fixture

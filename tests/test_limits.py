@@ -23,7 +23,7 @@ import pytest
 import pytest_twisted
 from conftest import RunningServer
 from rawxmpp import NS_STREAM_HEADER, RawClient
-from streamharness import HEADER, ClientConnection, Servers, addAccount, login
+from streamharness import HEADER, ClientConnection, addAccount, login
 from twisted.internet import error, task
 from twisted.python import failure
 
@@ -176,13 +176,6 @@ def test_metricsSummary():
 
 
 # -- the stream layer, in memory ------------------------------------------------------
-
-
-@pytest.fixture
-def servers():
-    pool = Servers()
-    yield pool
-    pool.closeAll()
 
 
 def lose(connection: ClientConnection) -> None:

@@ -22,20 +22,13 @@ import pytest
 import pytest_twisted
 from conftest import RunningServer
 from rawxmpp import RawClient
-from streamharness import NS_SASL, ClientConnection, Servers, addAccount, login
+from streamharness import NS_SASL, ClientConnection, addAccount, login
 from twisted.internet import defer, reactor, task
 
 from invitesrv.host import findModule
 
 PASSWORD = "correct horse"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "limits.md"
-
-
-@pytest.fixture
-def servers():
-    pool = Servers()
-    yield pool
-    pool.closeAll()
 
 
 @defer.inlineCallbacks

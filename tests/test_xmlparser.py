@@ -12,17 +12,10 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streamharness import HEADER, NS_STREAMS, ClientConnection, Servers, addAccount, login
+from streamharness import HEADER, NS_STREAMS, ClientConnection, addAccount, login
 from twisted.words.xish import domish
 
 from invitesrv.xmpp.xmlparser import RestrictedElementStream, StreamViolation
-
-
-@pytest.fixture
-def servers():
-    pool = Servers()
-    yield pool
-    pool.closeAll()
 
 
 @pytest.fixture
