@@ -410,6 +410,7 @@ def withOverrides(
     dataDir: str | None = None,
     domains: typing.Sequence[str] = (),
     c2s: typing.Sequence[str] = (),
+    s2s: typing.Sequence[str] = (),
     admins: typing.Sequence[str] = (),
     http: typing.Sequence[str] = (),
     publicURL: str | None = None,
@@ -440,6 +441,8 @@ def withOverrides(
     changes["hosts"] = hosts
     if c2s:
         changes["c2s"] = tuple(c2s)
+    if s2s:
+        changes["s2s"] = tuple(s2s)
     if http:
         changes["http"] = tuple(http)
     if publicURL:

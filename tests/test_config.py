@@ -189,25 +189,27 @@ def test_durationUnits(number, unit):
 
 
 def test_overrides():
-    """--data-dir, --domain, --c2s and --admin replace or extend the file's values."""
+    """--data-dir, --domain, --c2s, --s2s and --admin replace or extend the file's values."""
     base = parseConfig({"host_defaults": {"offline_max_messages": 3}})
     config = withOverrides(base, dataDir="/srv/xmpp", domains=["Example.org"],
-                           c2s=["tcp:5223"], admins=["Boss@example.org"])
+                           c2s=["tcp:5223"], s2s=["tcp:5269"], admins=["Boss@example.org"])
     assert config.data_dir == Path("/srv/xmpp")
     assert list(config.hosts) == ["example.org"]
     assert config.hosts["example.org"].offline_max_messages == 3
     assert config.hosts["example.org"].admins == ("boss@example.org",)
     assert config.c2s == ("tcp:5223",)
+    assert config.s2s == ("tcp:5269",)
     assert withOverrides(base) == base
 
 
 def test_tapOptions(tmp_path):
     """The twistd options load the file and apply the overrides in postOptions."""
-    path = writeConfig(tmp_path, '[listen]\nc2s = ["tcp:5999"]\n')
+    path = writeConfig(tmp_path, '[listen]\nc2s = ["tcp:5999"]\ns2s = ["tcp:5998"]\n')
     options = Options()
     options.parseOptions(["--config", str(path), "--data-dir", str(tmp_path / "d"),
                           "--domain", "chat.example", "--domain", "localhost",
-                          "--admin", "root@chat.example", "--c2s", "tcp:0"])
+                          "--admin", "root@chat.example", "--c2s", "tcp:0",
+                          "--s2s", "tcp:5269:interface=::", "--s2s", "tcp:5270"])
     config = options.config
     assert config.source == str(path)
     assert config.data_dir == tmp_path / "d"
