@@ -217,6 +217,24 @@ def test_tapOptions(tmp_path):
     assert config.hosts["chat.example"].admins == ("root@chat.example",)
     assert config.hosts["localhost"].admins == ()
     assert config.c2s == ("tcp:0",)
+    assert config.s2s == ("tcp:5269:interface=::", "tcp:5270")
+
+
+def test_federationDNSOptions():
+    """[s2s] dns_servers are addresses with optional ports (53); fallback_port is a port."""
+    options = parseConfig({"s2s": {"dns_servers": ["127.0.0.1:5353", "[::1]", "192.0.2.53"],
+                                   "fallback_port": 5999}}).federation
+    assert options.dnsServers == [("127.0.0.1", 5353), ("::1", 53), ("192.0.2.53", 53)]
+    assert options.fallback_port == 5999
+    assert parseConfig({}).federation.dnsServers == []
+    assert parseConfig({}).federation.fallback_port == 5269
+    for table, expected in (({"dns_servers": ["dns.example.org"]}, "'dns.example.org' is not an IP"),
+                            ({"dns_servers": ["::1:53"]}, "s2s.dns_servers"),
+                            ({"dns_servers": "127.0.0.1"}, "list of strings"),
+                            ({"fallback_port": 0}, "s2s.fallback_port must be a port"),
+                            ({"fallback_port": 70000}, "s2s.fallback_port must be a port")):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            parseConfig({"s2s": table})
 
 
 def test_tapOptionsRefuse(tmp_path):

@@ -12,7 +12,7 @@ domain. Refused: a peer claiming a domain it did not prove, garbage, a
 dialback key that does not verify, unknown hosts, stanzas before
 authentication; each is cut off while the real peers keep talking.
 Unreachable and silent servers bounce with C{remote-server-not-found} and
-C{remote-server-timeout}. In process: the C{[s2s]} config and SRV ordering.
+C{remote-server-timeout}. In process: the C{[s2s]} config.
 """
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from rawxmpp import RawClient
 from test_roster import StanzaClient, addUsers, errorCondition, isPush, rosterItems
-from twisted.names import dns
 from twisted.words.xish import domish
 
 from invitesrv.config import ConfigError, FederationOptions, parseConfig
 from invitesrv.xmpp.dialback import dialbackKey, dialbackSecret
-from invitesrv.xmpp.resolve import srvOrder
 from invitesrv.xmpp.s2s.stream import retarget
 
 S2S_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
@@ -507,16 +505,6 @@ def test_federationConfig():
         parseConfig({"s2s": {"trust": "/nonexistent/ca.pem"}})
     with pytest.raises(ConfigError, match="unknown option s2s.timeout"):
         parseConfig({"s2s": {"timeout": 3}})
-
-
-def test_srvOrder():
-    """SRV targets: lower priority first; within one, a draw weighted by weight (RFC 2782)."""
-    records = [dns.Record_SRV(20, 0, 5269, "backup.test"), dns.Record_SRV(10, 1, 5269, "light.test"),
-               dns.Record_SRV(10, 9, 5270, "heavy.test")]
-    assert srvOrder(records, choose=lambda: 0.5) == [("heavy.test", 5270), ("light.test", 5269),
-                                                     ("backup.test", 5269)]
-    assert srvOrder(records, choose=lambda: 0.05) == [("light.test", 5269), ("heavy.test", 5270),
-                                                      ("backup.test", 5269)]
 
 
 def test_retarget():

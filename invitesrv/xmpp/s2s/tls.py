@@ -45,9 +45,12 @@ class PeerTLS:
         context.set_alpn_select_callback(_selectALPN)
         return context
 
-    def client(self, serverName: str) -> PeerCertificate:
-        """The TLS layer of an outgoing stream to C{serverName} (sent as SNI)."""
-        return PeerCertificate(self.clientContext, serverName)
+    def client(self, serverName: str, directTLS: bool = False) -> PeerCertificate:
+        """
+        The TLS layer of an outgoing stream to C{serverName} (sent as SNI);
+        with C{directTLS} (XEP-0368) it offers ALPN C{xmpp-server} too.
+        """
+        return PeerCertificate(self.clientContext, serverName, [b"xmpp-server"] if directTLS else [])
 
     def server(self) -> PeerCertificate:
         """The TLS layer of an incoming stream."""
@@ -62,9 +65,10 @@ def _selectALPN(connection, offered: list[bytes]):
 class PeerCertificate:
     """One stream's TLS layer: it remembers what was wrong with the peer's certificate."""
 
-    def __init__(self, context: SSL.Context, serverName: str | None):
+    def __init__(self, context: SSL.Context, serverName: str | None, alpn: list[bytes] = ()):
         self.context = context
         self.serverName = serverName
+        self.alpn = list(alpn)
         self.connection: SSL.Connection | None = None
         self.problems: list[int] = []
 
@@ -85,6 +89,8 @@ class PeerCertificate:
             connection.set_tlsext_host_name(self.serverName.encode("idna"))
         except UnicodeError:
             pass
+        if self.alpn:
+            connection.set_alpn_protos(self.alpn)
         return connection
 
     def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
