@@ -59,8 +59,12 @@ def federated(domain: str, port: int, peers: dict[str, int], extra: str = "") ->
             f'[hosts."{domain}"]\n')
 
 
-def writeCertificates(directory: Path, domains: list[str]) -> Path:
-    """A test CA and, for each domain, a certificate it signed; return the CA file."""
+def writeCertificates(directory: Path, domains: list[str], names: dict | None = None) -> Path:
+    """
+    A test CA and, for each domain, a certificate it signed (naming the
+    domain as a DNS-ID, or with the subjectAltNames in C{names[domain]});
+    return the CA file.
+    """
     caKey = ec.generate_private_key(ec.SECP256R1())
     caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "invitesrv test CA")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -80,7 +84,8 @@ def writeCertificates(directory: Path, domains: list[str]) -> Path:
             .issuer_name(caName).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(validity[0]).not_valid_after(validity[1])
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName((names or {}).get(domain, [x509.DNSName(domain)])),
+                           critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(caKey, hashes.SHA256()))
         (directory / f"{domain}.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))

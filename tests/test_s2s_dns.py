@@ -14,6 +14,9 @@ loopback port and named in C{[s2s] dns_servers}), with no static host map.
   target: both bounce at once with C{remote-server-not-found}.
 - e.test's DNS server is a UDP socket that never answers: its users get
   C{remote-server-timeout} once the lookups time out.
+- s.test, x.test and h.test require valid certificates from a test CA:
+  s.test's names it only by SRV-ID and x.test's only by XmppAddr (both
+  valid), h.test's only by a DNS-ID of its SRV target (not valid for h.test).
 - A private Prosody 0.12 is found only through DNS too, over XEP-0368 direct
   TLS (C{_xmpps-server._tcp}) ahead of STARTTLS; Prosody reaches us back
   through the small static-hosts plugin of C{test_s2s_prosody.py}.
@@ -29,9 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import RunningServer
+from cryptography import x509
 from dnsserver import Dnsmasq, needsDnsmasq
 from test_roster import addUsers, errorCondition
-from test_s2s import chat, freePort, online
+from test_s2s import chat, freePort, online, writeCertificates
+from test_s2s_identity import srvID, xmppAddr
 from test_s2s_prosody import DOMAIN, PROSODY, Prosody, prosodyOnline
 
 pytestmark = needsDnsmasq
@@ -166,6 +171,63 @@ def test_silentDNSIsATimeout(net):
     assert condition == "remote-server-timeout"
     assert 8 < took < 15, took
     erin.close()
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    """
+    s.test, x.test and h.test, found through SRV records pointing to
+    xmpp.<domain>, requiring valid certificates from a test CA: s.test's
+    names it only by SRV-ID, x.test's only by XmppAddr, and h.test's only by
+    a DNS-ID of its SRV target xmpp.h.test.
+    """
+    root = tmp_path_factory.mktemp("dns-certificates")
+    domains = ("s.test", "x.test", "h.test")
+    ca = writeCertificates(root, list(domains), {"s.test": [srvID("_xmpp-server.s.test")],
+                                                 "x.test": [xmppAddr("x.test")],
+                                                 "h.test": [x509.DNSName("xmpp.h.test")]})
+    ports = {domain: freePort() for domain in domains}
+    dns = Dnsmasq(root, [line for domain in domains for line in (
+        f"srv-host=_xmpp-server._tcp.{domain},xmpp.{domain},{ports[domain]},0,0",
+        f"host-record=xmpp.{domain},127.0.0.1")])
+    servers = {}
+    for domain in domains:
+        (root / domain).mkdir()
+        servers[domain] = RunningServer(root / domain, dnsFederated(
+            domain, dns.address, f'trust = "{ca}"\nrequire_valid_certificates = true\n'
+            f'[tls]\ncertificate = "{root / (domain + ".crt")}"\nkey = "{root / (domain + ".key")}"\n',
+            listen=ports[domain]))
+    try:
+        dns.start()
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(RunningServer.start, servers.values()))
+        for domain in domains:
+            addUsers(servers[domain], f"user@{domain}")
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+        dns.stop()
+
+
+def test_certificateNamesFromTheStream(strict):
+    """
+    A certificate naming its domain only by SRV-ID, or only by XmppAddr, is
+    valid (SASL EXTERNAL both ways); one naming only the SRV target host is
+    not valid for the domain, so s.test refuses to talk to h.test.
+    """
+    s, x = online(strict["s.test"], "user@s.test"), online(strict["x.test"], "user@x.test")
+    chat(s, x, "my certificate has an SRV-ID")
+    chat(x, s, "mine an XmppAddr")
+    for server, local, remote in ((strict["s.test"], "s.test", "x.test"),
+                                  (strict["x.test"], "x.test", "s.test")):
+        assert f"Outgoing stream from {local} to {remote} authenticated by SASL EXTERNAL" in server.log()
+    s.send("<message to='user@h.test' id='h'><body>and you?</body></message>")
+    condition, _ = bounced(s, "h")
+    assert condition == "remote-server-not-found"
+    assert "the certificate of h.test is not valid" in strict["s.test"].log()
+    s.close()
+    x.close()
 
 
 @pytest.fixture(scope="module")
