@@ -14,7 +14,7 @@ from twisted.internet import defer, error
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.names import client, dns
+from twisted.names import client, dns, hosts
 from twisted.names import error as dnsError
 
 from invitesrv.xmpp.resolve import (
@@ -51,8 +51,8 @@ class FakeDNS:
     A DNS server in memory, queried the way C{twisted.names.client.Resolver}
     is: names it holds records for answer them (or nothing, for another
     type); other names do not exist (with C{authority} in the answer); names
-    in C{silent} never answer, so the query fails with Twisted's timeout
-    error once its timeouts have passed on the clock.
+    in C{silent} never answer, so the query fails as Twisted's does, with
+    L{defer.TimeoutError}, once its timeouts have passed on the clock.
     """
 
     def __init__(self, clock, records=(), silent=(), authority=()):
@@ -68,7 +68,7 @@ class FakeDNS:
         self.queries.append((name, query.type))
         if name in self.silent:
             d = defer.Deferred()
-            self.clock.callLater(sum(timeout), d.errback, dnsError.DNSQueryTimeoutError(query))
+            self.clock.callLater(sum(timeout), d.errback, defer.TimeoutError(query))
             return d
         known = [record for record in self.records if str(record.name) == name]
         if not known:
@@ -262,15 +262,17 @@ def test_dnsClient():
     """
     The DNS client is made with the injected reactor (the old
     C{createResolver(reactor=...)} call raised a TypeError on current
-    Twisted): [s2s] dns_servers become its servers; without them it reads
-    the system's resolv.conf.
+    Twisted): /etc/hosts first, then [s2s] dns_servers, or without them the
+    servers of the system's resolv.conf.
     """
     clock = Clock()
-    configured = Resolver(clock, {}, servers=[("127.0.0.1", 5353), ("::1", 53)]).dns.resolver
+    hostsFile, cache = Resolver(clock, {}, servers=[("127.0.0.1", 5353), ("::1", 53)]).dns.resolvers
+    assert isinstance(hostsFile, hosts.Resolver) and hostsFile.file == b"/etc/hosts"
+    configured = cache.resolver
     assert isinstance(configured, client.Resolver) and configured._reactor is clock
     assert configured.servers == [("127.0.0.1", 5353), ("::1", 53)] and configured.resolv is None
     assert configured.timeout == DNS_TIMEOUTS
-    system = Resolver(clock, {}).dns.resolver
+    system = Resolver(clock, {}).dns.resolvers[1].resolver
     assert system.resolv == "/etc/resolv.conf" and system.servers == [] and system._reactor is clock
 
 
@@ -332,6 +334,6 @@ def test_cacheNegativeAnswers():
     for _ in range(2):
         d = cache.lookupAddress("slow.test")
         clock.advance(sum(DNS_TIMEOUTS))
-        with pytest.raises(dnsError.DNSQueryTimeoutError):
+        with pytest.raises(defer.TimeoutError):
             resolved(d)
     assert len(fake.queries) == 6

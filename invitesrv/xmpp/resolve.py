@@ -13,9 +13,9 @@ IPv4 next, a new attempt every 0.3 s (happy eyeballs, RFC 8305) by Twisted's
 L{HostnameEndpoint}, fed the addresses found here.
 
 Every lookup goes through one DNS client, built with the injected reactor:
-the system's C{/etc/resolv.conf} by default, the servers of C{[s2s]
-dns_servers} when set (tests point it at a DNS server they start), behind a
-L{BoundedCache}. A lookup that times out fails with L{DNSTimeout}, which
+C{/etc/hosts} first, then the servers of the system's C{/etc/resolv.conf}
+or, when set, of C{[s2s] dns_servers} (tests point it at a DNS server they
+start), behind a L{BoundedCache}. A lookup that times out fails with L{DNSTimeout}, which
 the caller reports as C{remote-server-timeout}, not as a missing server.
 
 Wokkel's C{XMPPServerConnector} does the SRV part as a reconnecting
@@ -33,11 +33,10 @@ import socket
 from dataclasses import dataclass
 
 from twisted.internet import defer, endpoints, error
-from twisted.internet._resolver import HostResolution
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableNameResolver
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IReactorPluggableNameResolver
 from twisted.logger import Logger
-from twisted.names import client, common, dns
+from twisted.names import client, common, dns, hosts, resolve
 from twisted.names import error as dnsError
 from zope.interface import implementer
 
@@ -46,6 +45,7 @@ from invitesrv.config import DEFAULT_S2S_PORT
 log = Logger()
 
 RESOLV_CONF = "/etc/resolv.conf"
+HOSTS = b"/etc/hosts"
 DNS_TIMEOUTS = (1, 3, 5)  # seconds per try of one query: 9 s in all (Twisted's default is a minute)
 CACHE_SIZE = 1000  # answers kept; the least recently used go first
 CACHE_MAX_TTL = 86400  # no answer is kept longer than a day, whatever its TTL says
@@ -160,13 +160,29 @@ class BoundedCache(common.ResolverBase):
             self.entries.popitem(last=False)
 
 
-def makeDNSResolver(reactor, servers=()) -> BoundedCache:
-    """The DNS client for federation: C{servers} ((host, port) pairs), else resolv.conf."""
+def makeDNSResolver(reactor, servers=()) -> resolve.ResolverChain:
+    """
+    The DNS client for federation: C{/etc/hosts} first (as the system's
+    resolver would, for names in C{[s2s] hosts} and private SRV targets),
+    then the DNS servers C{servers} ((address, port) pairs), else those of
+    resolv.conf, behind a L{BoundedCache}.
+    """
     if servers:
         dnsClient = client.Resolver(servers=list(servers), reactor=reactor, timeout=DNS_TIMEOUTS)
     else:
         dnsClient = client.Resolver(resolv=RESOLV_CONF, reactor=reactor, timeout=DNS_TIMEOUTS)
-    return BoundedCache(dnsClient, reactor)
+    return resolve.ResolverChain([hosts.Resolver(HOSTS), BoundedCache(dnsClient, reactor)])
+
+
+@implementer(IHostResolution)
+class _Resolution:
+    """A resolution of known addresses: done as soon as it begins."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
 
 
 @implementer(IHostnameResolver, IReactorPluggableNameResolver)
@@ -189,7 +205,7 @@ class _KnownAddresses:
 
     def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None,
                         transportSemantics="TCP"):
-        resolution = HostResolution(hostName)
+        resolution = _Resolution(hostName)
         receiver.resolutionBegan(resolution)
         for address in self.addresses:
             kind = IPv6Address if ":" in address else IPv4Address
@@ -226,7 +242,7 @@ class Resolver:
         """The answers of one lookup; [] when the name or record does not exist."""
         try:
             answers, _, _ = yield lookup(name, timeout=DNS_TIMEOUTS)
-        except (dnsError.DNSQueryTimeoutError, defer.TimeoutError) as e:
+        except defer.TimeoutError as e:  # Twisted's, once the last try of the query is spent
             raise DNSTimeout(f"the DNS did not answer for {name}") from e
         except dnsError.DomainError as e:
             log.debug("No answer for {name} ({error})", name=name, error=e)
