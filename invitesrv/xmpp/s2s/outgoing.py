@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid, xmlstream
 from twisted.words.xish import domish
@@ -320,8 +320,7 @@ class OutgoingPeer:
         self._connecting = None
         if failure.check(defer.CancelledError):
             return  # the deadline passed: already handled
-        timedOut = failure.check(DNSTimeout, error.TimeoutError)
-        self._failed("remote-server-timeout" if timedOut else "remote-server-not-found",
+        self._failed("remote-server-timeout" if failure.check(DNSTimeout) else "remote-server-not-found",
                      f"cannot connect to {self.remote}: {failure.getErrorMessage()}")
 
     def _timedOut(self) -> None:
