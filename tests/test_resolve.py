@@ -3,8 +3,9 @@ Finding a remote domain's server (L{invitesrv.xmpp.resolve}) in memory, on
 a L{Clock}: SRV order and the C{.} target, XEP-0368 direct TLS records
 mixed in, the A/AAAA fallback, addresses interleaved IPv6 first and fed to
 the connection race without the system resolver, DNS timeouts as their own
-error, and the bounded cache honouring TTLs. The same code against a real
-DNS server is in C{test_s2s_dns.py}.
+error (the sender hears remote-server-timeout), and the bounded cache
+honouring TTLs. The same code against a real DNS server is in
+C{test_s2s_dns.py}.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import client, dns, hosts
 from twisted.names import error as dnsError
+from twisted.words.protocols.jabber import jid
+from twisted.words.xish import domish
 
 from invitesrv.xmpp.resolve import (
     CACHE_MAX_TTL,
@@ -28,6 +31,7 @@ from invitesrv.xmpp.resolve import (
     interleave,
     srvOrder,
 )
+from invitesrv.xmpp.s2s.service import S2SService
 
 
 def srv(name: str, priority: int, weight: int, port: int, target: str, ttl: int = 60) -> dns.RRHeader:
@@ -337,3 +341,33 @@ def test_cacheNegativeAnswers():
         with pytest.raises(defer.TimeoutError):
             resolved(d)
     assert len(fake.queries) == 6
+
+
+# -- what the sender hears --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("silent, after, condition", [
+    ({"_xmpp-server._tcp.far.test", "_xmpps-server._tcp.far.test"}, sum(DNS_TIMEOUTS),
+     "remote-server-timeout"),
+    ((), 0, "remote-server-not-found"),
+])
+def test_federationBounces(servers, silent, after, condition):
+    """
+    A stanza for a domain whose DNS never answers bounces with
+    remote-server-timeout once the lookups time out (9 s, before the 30 s
+    connect_timeout); one for a domain that does not exist bounces with
+    remote-server-not-found at once.
+    """
+    clock = Clock()
+    federation = S2SService(servers(clock), reactor=clock)
+    federation.resolver = Resolver(clock, {}, dnsResolver=BoundedCache(FakeDNS(clock, silent=silent), clock))
+    bounced = []
+    federation.bounce = lambda stanza, condition, text=None: bounced.append(condition)
+    message = domish.Element(("jabber:client", "message"))
+    message["from"], message["to"] = "alice@localhost/desk", "bob@far.test"
+    federation.route(message, jid.JID("bob@far.test"))
+    if after:
+        clock.advance(after - 0.1)
+        assert bounced == []
+        clock.advance(0.2)
+    assert bounced == [condition]
