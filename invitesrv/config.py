@@ -186,6 +186,9 @@ class FederationOptions:
     require_valid_certificates: bool = False
     trust: str = ""
     max_queued: int = 1000
+    # Stanzas per second from one remote domain, and at once (0: no limit).
+    stanza_rate: int = 100
+    stanza_burst: int = 1000
 
 
 @dataclass(frozen=True)
