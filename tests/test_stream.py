@@ -161,6 +161,24 @@ def test_s2sOpeningTagCap(servers):
     assert b"<policy-violation" in transport.value() and transport.disconnecting
 
 
+def test_pauseDuringHandshakeKeepsReading(servers):
+    """
+    Data written during a TLS handshake waits for the peer's handshake
+    answer, and TLS pauses the stream as a producer meanwhile: reading goes
+    on (else the handshake could never finish, as an outgoing s2s stream
+    that sends its header right after STARTTLS found). Once the handshake is
+    done, a pause means the peer does not read, and reading stops.
+    """
+    connection = ClientConnection(servers(task.Clock()))
+    connection.stream.startTLS(object())
+    connection.stream.pauseProducing()  # what TLS does with a write buffered in the handshake
+    assert connection.transport.producerState == "producing"
+    connection.stream.handshakeCompleted()
+    assert connection.transport.producerState == "paused"
+    connection.stream.resumeProducing()
+    assert connection.transport.producerState == "producing"
+
+
 def test_handlerErrorTrapped(servers):
     """
     An exception in a client stream's handler ends that stream with
