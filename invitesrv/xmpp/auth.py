@@ -332,7 +332,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if data is None:
             self._sasl = None
             raise SASLFailure("malformed-request", "PLAIN needs an initial response")
-        parts = data.split(b"\0")
+        parts = data.split(b"\0", 2)  # a NUL inside the password makes it wrong, not malformed
         if len(parts) != 3:
             raise SASLFailure("malformed-request")
         try:

@@ -10,7 +10,6 @@ from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNS_ID, SRV_ID, verify_service_identity
-from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
@@ -33,10 +32,9 @@ class PeerTLS:
 
     @staticmethod
     def _context(options, trust: str) -> SSL.Context:
-        context = ssl.CertificateOptions(
-            privateKey=options.privateKey, certificate=options.certificate,
-            extraCertChain=options.extraCertChain, raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-        ).getContext()
+        # Peers (Prosody) offer ALPN "xmpp-server"; the default selection,
+        # made for HTTP, would end the handshake with an internal error.
+        context = options.derive(selectALPN=_selectALPN).getContext()
         if trust:
             context.load_verify_locations(trust)
         else:
@@ -44,9 +42,6 @@ class PeerTLS:
         # Asking for the peer's certificate makes OpenSSL insist on a session
         # id context, even with session caching off.
         context.set_session_id(b"invitesrv-s2s")
-        # Peers (Prosody) offer ALPN "xmpp-server"; the default selection,
-        # made for HTTP, would end the handshake with an internal error.
-        context.set_alpn_select_callback(_selectALPN)
         return context
 
     def client(self, serverName: str, directTLS: bool = False) -> PeerCertificate:
