@@ -48,6 +48,7 @@ class Dnsmasq:
         self.process = None
 
     def start(self, timeout: float = 10.0) -> Dnsmasq:
+        """Run dnsmasq and wait until it says it serves."""
         with self.logPath.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(DNSMASQ), "--keep-in-foreground", f"--port={self.port}",
@@ -66,6 +67,7 @@ class Dnsmasq:
         raise RuntimeError(f"dnsmasq did not start:\n{self.log()}")
 
     def stop(self) -> None:
+        """Terminate dnsmasq (killed if it lingers)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -75,4 +77,5 @@ class Dnsmasq:
                 self.process.wait()
 
     def log(self) -> str:
+        """What dnsmasq logged, every query included."""
         return self.logPath.read_text("utf-8", "replace") if self.logPath.exists() else ""

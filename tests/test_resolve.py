@@ -35,18 +35,22 @@ from invitesrv.xmpp.s2s.service import S2SService
 
 
 def srv(name: str, priority: int, weight: int, port: int, target: str, ttl: int = 60) -> dns.RRHeader:
+    """An SRV record as a DNS answer carries it."""
     return dns.RRHeader(name, dns.SRV, payload=dns.Record_SRV(priority, weight, port, target, ttl), ttl=ttl)
 
 
 def a(name: str, address: str, ttl: int = 60) -> dns.RRHeader:
+    """An A record."""
     return dns.RRHeader(name, dns.A, payload=dns.Record_A(address, ttl), ttl=ttl)
 
 
 def aaaa(name: str, address: str, ttl: int = 60) -> dns.RRHeader:
+    """An AAAA record."""
     return dns.RRHeader(name, dns.AAAA, payload=dns.Record_AAAA(address, ttl), ttl=ttl)
 
 
 def soa(zone: str, ttl: int, minimum: int) -> dns.RRHeader:
+    """An SOA record, whose TTL and minimum bound how long a negative answer is kept."""
     return dns.RRHeader(zone, dns.SOA, payload=dns.Record_SOA(minimum=minimum, ttl=ttl), ttl=ttl)
 
 
@@ -67,6 +71,7 @@ class FakeDNS:
         self.queries: list[tuple[str, int]] = []
 
     def query(self, query, timeout=None):
+        """Answer as described above, noting the query."""
         timeout = timeout or DNS_TIMEOUTS
         name = str(query.name)
         self.queries.append((name, query.type))
@@ -84,6 +89,7 @@ class FakeDNS:
 
 
 def resolverWith(*records, silent=(), clock=None, **options) -> tuple[Resolver, FakeDNS]:
+    """A L{Resolver} over a L{FakeDNS} holding C{records}, through the real cache."""
     clock = clock or Clock()
     fake = FakeDNS(clock, records, silent)
     return Resolver(clock, {}, dnsResolver=BoundedCache(fake, clock), **options), fake
@@ -242,6 +248,7 @@ def test_connectRacesAddressesFromTheInjectedDNS():
     targets = []
 
     def factoryFor(target):
+        """Note which target each connection attempt is for."""
         targets.append(target)
         return Factory.forProtocol(Protocol)
 

@@ -98,6 +98,7 @@ class DNSNetwork:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
+    """The network of L{DNSNetwork}, one user on each server."""
     network = DNSNetwork(tmp_path_factory.mktemp("dns-federation"))
     try:
         addUsers(network["a.test"], "alice@a.test")

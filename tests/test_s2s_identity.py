@@ -53,6 +53,7 @@ NAMES = {
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory):
+    """The certificates of L{NAMES}, loaded, from one test CA."""
     directory = tmp_path_factory.mktemp("identity")
     writeCertificates(directory, list(NAMES), NAMES)
     return {name: x509.load_pem_x509_certificate((directory / f"{name}.crt").read_bytes())

@@ -120,6 +120,7 @@ class BoundedCache(common.ResolverBase):
         self.entries: collections.OrderedDict = collections.OrderedDict()
 
     def _lookup(self, name, cls, type, timeout):
+        """A kept answer (or "no such name") if still fresh, else the wrapped resolver's."""
         key = (name.lower(), cls, type)
         entry = self.entries.get(key)
         if entry is not None:
@@ -133,6 +134,7 @@ class BoundedCache(common.ResolverBase):
         return d
 
     def _answered(self, result, key):
+        """Keep an answer for its smallest TTL; an empty one for the SOA's negative TTL."""
         answers, authority, _ = result
         ttl = min((record.ttl for record in answers), default=None) if answers \
             else self._negativeTTL(authority)
@@ -140,6 +142,7 @@ class BoundedCache(common.ResolverBase):
         return result
 
     def _failed(self, failure, key):
+        """Keep "no such name" for the SOA's negative TTL; pass every failure on."""
         if failure.check(dnsError.DNSNameError):
             message = failure.value.args[0] if failure.value.args else None
             if isinstance(message, dns.Message):
@@ -148,10 +151,12 @@ class BoundedCache(common.ResolverBase):
 
     @staticmethod
     def _negativeTTL(authority) -> int | None:
+        """How long a negative answer may be kept (RFC 2308 section 5); None without an SOA."""
         soas = [record for record in authority if record.type == dns.SOA]
         return min(soas[0].ttl, soas[0].payload.minimum) if soas else None
 
     def _keep(self, key, result, ttl: int | None) -> None:
+        """Remember C{result} for C{ttl} seconds (capped), dropping the least recently used."""
         if not ttl:
             return
         self.entries[key] = (self.clock.seconds() + min(ttl, CACHE_MAX_TTL), result)
@@ -182,7 +187,7 @@ class _Resolution:
         self.name = name
 
     def cancel(self) -> None:
-        pass
+        """Nothing is in progress to stop."""
 
 
 @implementer(IHostnameResolver, IReactorPluggableNameResolver)
@@ -201,10 +206,12 @@ class _KnownAddresses:
         self.nameResolver = self
 
     def installNameResolver(self, resolver):
+        """Refused: the point of this reactor is that its names are already resolved."""
         raise NotImplementedError("the addresses are fixed")
 
     def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None,
                         transportSemantics="TCP"):
+        """Hand the known addresses to C{receiver} at once, whatever C{hostName} is."""
         resolution = _Resolution(hostName)
         receiver.resolutionBegan(resolution)
         for address in self.addresses:
