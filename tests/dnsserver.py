@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from twisted.names import dns
 
 DNSMASQ = Path("/usr/sbin/dnsmasq")
 
@@ -48,7 +49,7 @@ class Dnsmasq:
         self.process = None
 
     def start(self, timeout: float = 10.0) -> Dnsmasq:
-        """Run dnsmasq and wait until it says it serves."""
+        """Run dnsmasq and wait until it answers."""
         with self.logPath.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(DNSMASQ), "--keep-in-foreground", f"--port={self.port}",
@@ -60,11 +61,22 @@ class Dnsmasq:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"dnsmasq exited:\n{self.log()}")
-            if "started, version" in self.log():
+            if self.answers():
                 return self
-            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"dnsmasq did not start:\n{self.log()}")
+
+    def answers(self) -> bool:
+        """Does dnsmasq answer a query yet (any answer, "no such name" too)?"""
+        query = dns.Message(id=1, recDes=1)
+        query.queries = [dns.Query("ready.test")]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.1)
+            s.sendto(query.toStr(), ("127.0.0.1", self.port))
+            try:
+                return bool(s.recv(512))
+            except OSError:
+                return False
 
     def stop(self) -> None:
         """Terminate dnsmasq (killed if it lingers)."""
