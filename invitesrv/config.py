@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from twisted.internet import endpoints
 from twisted.words.protocols.jabber import jid
 
 DEFAULT_MODULES = (
@@ -286,6 +287,21 @@ def _checkHostName(name: str, source: str) -> str:
     return prepared.host
 
 
+def checkEndpoint(description: str, where: str) -> str:
+    """
+    Parse a listener's endpoint string now, so a typo stops start-up with
+    the option's name rather than a traceback from the listener.
+    """
+    try:
+        endpoints.serverFromString(None, description)
+    except (ValueError, TypeError) as e:
+        hint = ""
+        if description.count(":") > 2 and "\\:" not in description:
+            hint = " (write colons inside a value as \\:, e.g. interface=\\:\\:)"
+        raise ConfigError(f"{where}: {description!r} is not a valid endpoint: {e}{hint}") from None
+    return description
+
+
 def _checkAdmins(host: str, options: HostOptions, source: str) -> HostOptions:
     admins = []
     for admin in options.admins:
@@ -379,6 +395,9 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
         except ValueError:
             raise ConfigError(f"{source}: limits.allowlist: {entry!r} is not an address"
                               " or network") from None
+    for key in sorted(_LISTEN_KEYS):
+        for description in getattr(config, key):
+            checkEndpoint(description, f"{source}: listen.{key}")
     if bool(config.tls_certificate) != bool(config.tls_key):
         raise ConfigError(f"{source}: tls.certificate and tls.key go together")
     for proxy in config.trusted_proxies:
@@ -439,9 +458,9 @@ def withOverrides(
                 hosts[adminJID.host] = replace(options, admins=options.admins + (adminJID.userhost(),))
     changes["hosts"] = hosts
     if c2s:
-        changes["c2s"] = tuple(c2s)
+        changes["c2s"] = tuple(checkEndpoint(d, f"{source}: --c2s") for d in c2s)
     if http:
-        changes["http"] = tuple(http)
+        changes["http"] = tuple(checkEndpoint(d, f"{source}: --http") for d in http)
     if publicURL:
         changes["public_url"] = publicURL
     return dataclasses.replace(config, **changes)

@@ -4,7 +4,8 @@ Assembly: from a L{Config} to a running server, with or without twistd.
 L{InviteServer} holds what one process shares (config, store, router,
 virtual hosts, TLS). L{makeService} wraps it in a C{MultiService} of named
 children, so an embedding application can take the pieces it wants:
-C{"store"}, C{"hosts"}, C{"s2s"} (federation, when C{[listen] s2s} names a
+C{"store"}, C{"hosts"}, C{"control"} (the channel C{invitesrvctl} reaches a
+running server through, L{invitesrv.control}), C{"s2s"} (federation, when C{[listen] s2s} names a
 listener), C{"c2s"}, C{"c2s-direct-tls"}, C{"http"} (invite pages, web
 registration and the admin API), C{"metrics"} (the counters, logged every
 C{limits.metrics_interval}) and C{"timers"}.
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from invitesrv.config import Config
+from invitesrv.control import SOCKET_NAME, ControlFactory, writeRecord
 from invitesrv.host import VirtualHost
 from invitesrv.limits import Limiter, Metrics
 from invitesrv.store.sqlite import SQLiteStore
@@ -154,16 +156,31 @@ class HostsService(service.Service):
             host.stop()
 
 
-class ListenerService(internet.StreamServerEndpointService):
-    """An endpoint listener that logs the address it really got (port 0 too)."""
+class ListenError(Exception):
+    """A listener cannot listen: the server must not run listening on less than it was told."""
 
-    def __init__(self, endpoint, factory, label: str):
+
+class ListenerService(internet.StreamServerEndpointService):
+    """
+    An endpoint listener that logs the address it really got (port 0 too),
+    and stops start-up with L{ListenError} when it cannot listen (a port
+    taken, an address not on this machine).
+    """
+
+    def __init__(self, endpoint, factory, label: str, description: str = ""):
         internet.StreamServerEndpointService.__init__(self, endpoint, factory)
         self.label = label
+        self.description = description
         self.port = None
 
     def privilegedStartService(self):
-        internet.StreamServerEndpointService.privilegedStartService(self)
+        self._raiseSynchronously = True
+        try:
+            internet.StreamServerEndpointService.privilegedStartService(self)
+        except Exception as e:
+            reason = getattr(e, "socketError", None) or e
+            raise ListenError(f"{self.label}: cannot listen on {self.description or self.endpoint}:"
+                              f" {reason}") from None
         self._waitingForPort.addCallback(self._listening)
 
     def stopService(self):
@@ -189,6 +206,51 @@ class ListenerService(internet.StreamServerEndpointService):
         return port
 
 
+class ControlService(ListenerService):
+    """
+    The control channel's Unix socket in the data dir (mode 0600), opened
+    after the store and hosts and before the listeners, with a record of
+    what the server serves. A second server on the same data dir cannot take
+    the socket's lock and stops. A data dir whose path is too long for a
+    Unix socket leaves the server without a channel (the log says so).
+    """
+
+    def __init__(self, server, reactor):
+        self.server = server
+        self.path = server.config.data_dir / SOCKET_NAME
+        endpoint = endpoints.UNIXServerEndpoint(reactor, str(self.path), mode=0o600, wantPID=True)
+        ListenerService.__init__(self, endpoint, ControlFactory(server), "Control channel",
+                                 str(self.path))
+
+    def privilegedStartService(self):
+        writeRecord(self.server)
+        if len(os.fsencode(self.path)) >= 104:  # sun_path holds 104 to 108 bytes
+            log.warn("No control channel: the path {path} is too long for a Unix socket;"
+                     " invitesrvctl will work on the database alone", path=self.path)
+            return
+        ListenerService.privilegedStartService(self)
+
+    def _listening(self, port):
+        self.port = port
+        log.info("Control channel listening on {path}", path=self.path)
+        return port
+
+
+class ServerService(service.MultiService):
+    """
+    The whole server. When a listener cannot listen, the store that start-up
+    opened is closed (its threads would keep the process alive) before the
+    L{ListenError} goes up.
+    """
+
+    def privilegedStartService(self):
+        try:
+            service.MultiService.privilegedStartService(self)
+        except ListenError:
+            self.getServiceNamed("store").stopService()
+            raise
+
+
 def makeService(config: Config, reactor=None, store=None) -> service.MultiService:
     """Build the whole server as a MultiService of named children."""
     if reactor is None:
@@ -200,9 +262,10 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
                  wanted=config.limits.max_connections, files=files)
     server = InviteServer(config, store, reactor)
     server.loadTLS()
-    top = service.MultiService()
+    top = ServerService()
     top.server = server
-    for name, child in (("store", StoreService(server.store)), ("hosts", HostsService(server))):
+    for name, child in (("store", StoreService(server.store)), ("hosts", HostsService(server)),
+                        ("control", ControlService(server, reactor))):
         child.setName(name)
         child.setServiceParent(top)
     federation = service.MultiService()
@@ -214,7 +277,8 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
         s2s.setServiceParent(federation)
         for description in config.s2s:
             endpoint = endpoints.serverFromString(reactor, description)
-            ListenerService(endpoint, s2s.listenFactory, "Servers").setServiceParent(federation)
+            ListenerService(endpoint, s2s.listenFactory, "Servers",
+                            description).setServiceParent(federation)
     for name, descriptions, directTLS in (("c2s", config.c2s, False),
                                           ("c2s-direct-tls", config.c2s_direct_tls, True)):
         group = service.MultiService()
@@ -223,7 +287,8 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
         for description in descriptions:
             endpoint = endpoints.serverFromString(reactor, description)
             label = "Direct TLS clients (XEP-0368)" if directTLS else "Clients"
-            ListenerService(endpoint, server.c2sFactory(directTLS), label).setServiceParent(group)
+            ListenerService(endpoint, server.c2sFactory(directTLS), label,
+                            description).setServiceParent(group)
     if config.limits.metrics_interval:
         metrics = internet.TimerService(config.limits.metrics_interval, server.metrics.logSummary)
         metrics.clock = reactor
@@ -236,8 +301,9 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
         site = makeSite(server)
         for description in config.http:
             endpoint = endpoints.serverFromString(reactor, description)
-            ListenerService(endpoint, site, "HTTP").setServiceParent(http)
+            ListenerService(endpoint, site, "HTTP", description).setServiceParent(http)
         for description in config.https:
             endpoint = endpoints.serverFromString(reactor, description)
-            ListenerService(endpoint, httpsFactory(server, site), "HTTPS").setServiceParent(http)
+            ListenerService(endpoint, httpsFactory(server, site), "HTTPS",
+                            description).setServiceParent(http)
     return top
