@@ -29,9 +29,6 @@ from invitesrv.registrar import RegistrationError, prepareUsername
 from invitesrv.service import InviteServer
 
 DESCRIPTION = "Accounts, invites and API keys of an invitesrv server, from the command line."
-# Commands that may create the database when there is none: a first account
-# before the server's first start (the README's first login).
-CREATES_DATABASE = {"adduser"}
 
 
 class CommandError(Exception):
@@ -185,7 +182,8 @@ def buildParser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("adduser", help="create an account (password from a prompt or stdin)")
     command.add_argument("jid", help="user@host")
-    command.set_defaults(run=adduser)
+    # It may create the database: a first account before the server's first start.
+    command.set_defaults(run=adduser, createsDatabase=True)
     command = commands.add_parser("passwd", help="set a new password")
     command.add_argument("jid")
     command.set_defaults(run=passwd)
@@ -212,6 +210,9 @@ def buildParser() -> argparse.ArgumentParser:
     addInviteCommands(commands)
     from invitesrv.ctl_apikeys import addApiKeyCommands
     addApiKeyCommands(commands)
+    from invitesrv.ctl_backup import addBackupCommands
+    addBackupCommands(commands)
+    parser.set_defaults(opensStore=True, createsDatabase=False)
     return parser
 
 
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         sys.exit(f"invitesrvctl: {e}")
     database = config.databasePath.resolve()
-    if not database.exists() and not (args.create or args.command in CREATES_DATABASE):
+    if not database.exists() and not (args.create or args.createsDatabase):
         sys.exit(f"invitesrvctl: no database in {database.parent}: is that the server's data dir?"
                  " (give --config or --data-dir; --create starts a new one)")
 
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     def run(reactor):
         server = InviteServer(config, reactor=reactor, loadModules=False)
         created = not database.exists()
-        server.store.open(serving=False)
+        if args.opensStore:
+            server.store.open(serving=False)
         args.control = yield control.connect(reactor, config.data_dir)
         state = ("a new database" if created else
                  "server running" if args.control is not None else "server not running")
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             if args.control is not None:
                 args.control.transport.loseConnection()
-            server.store.close()
+            if args.opensStore:
+                server.store.close()
 
     task.react(run)
 

@@ -11,10 +11,13 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from conftest import TWISTD, RunningServer
 from rawxmpp import RawClient
+
+from invitesrv.store.sqlite import checkBackup
 
 
 def twistd(directory, *args: str):
@@ -208,3 +211,50 @@ def test_inviteLinkFromThePublicURLFlag(serverFactory):
     result = ctl(server, "invite", "create", "localhost")
     assert result.returncode == 0, result.stderr
     assert "Link: https://chat.example.test/invite/" in result.stdout, result.stdout
+
+
+def test_backupAndRestore(serverFactory, tmp_path):
+    """
+    A backup taken while the server runs (and registers people) is a whole,
+    private copy; restore refuses while the server runs, and afterwards
+    brings back what the backup held, keeping the database it replaced.
+    """
+    server = serverFactory()
+    for name in ("alice", "bob"):
+        server.adduser(f"{name}@localhost", f"{name}'s long password")
+    busy = threading.Thread(target=lambda: [server.adduser(f"user{n}@localhost", "a long password")
+                                            for n in range(15)])
+    busy.start()
+    copies = [tmp_path / f"copy{n}.sqlite3" for n in range(3)]
+    for copy in copies:
+        result = ctl(server, "backup", str(copy))
+        assert result.returncode == 0, result.stderr
+    busy.join()
+    for copy in copies:
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+        assert checkBackup(str(copy)) >= 1
+    assert "exists" in ctl(server, "backup", str(copies[0])).stderr
+
+    assert ctl(server, "deluser", "bob@localhost").returncode == 0
+    result = ctl(server, "restore", str(copies[0]))
+    assert result.returncode == 1 and "stop it first" in result.stderr
+    server.stop()
+    result = ctl(server, "restore", str(copies[0]))
+    assert result.returncode == 0, result.stderr
+    assert (server.dataDir / "invitesrv.sqlite3.before-restore").exists()
+    server.start()
+    with RawClient(server.port) as client:
+        assert client.login("bob", "bob's long password", resource="r") == "bob@localhost/r"
+
+
+def test_restoreRefusesWhatIsNotABackup(serverFactory, tmp_path):
+    """Restoring a file that is not an invitesrv database says so and changes nothing."""
+    server = serverFactory()
+    server.adduser("alice@localhost", "alice's long password")
+    server.stop()
+    bogus = tmp_path / "bogus.sqlite3"
+    bogus.write_bytes(b"not a database" * 100)
+    result = ctl(server, "restore", str(bogus))
+    assert result.returncode == 1 and "not an SQLite database" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert ctl(server, "users").stdout.split() == ["alice@localhost"]

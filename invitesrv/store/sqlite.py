@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -548,3 +549,79 @@ class SQLiteStore:
     def deleteApiKey(self, keyId):
         return self._run(lambda conn: conn.execute(
             "DELETE FROM api_keys WHERE key_id = ?", (keyId,)).rowcount == 1)
+
+
+def backupDatabase(path: str, target: str) -> None:
+    """
+    Copy the database at C{path} to C{target} (mode 0600) as one consistent
+    snapshot, while the server may be writing: SQLite's online backup copies
+    every page under one read transaction. C{target} appears only when whole.
+    """
+    partial = f"{target}.partial"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        destination = sqlite3.connect(partial)
+        try:
+            source.backup(destination)
+            destination.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            destination.close()
+    except BaseException:
+        os.unlink(partial)
+        raise
+    finally:
+        source.close()
+    os.replace(partial, target)
+
+
+def checkBackup(path: str) -> int:
+    """
+    The schema version of the invitesrv database at C{path}, after checking
+    it is one (readable, intact, of a schema this invitesrv knows).
+    """
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            intact = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master"
+                                                     " WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{path} is not an SQLite database ({e})") from None
+    latest = schemaScripts()[-1][0]
+    if "accounts" not in tables or not 0 < version:
+        raise ValueError(f"{path} is not an invitesrv database")
+    if version > latest:
+        raise ValueError(f"{path} is of schema {version}, newer than this invitesrv's ({latest})")
+    if intact != "ok":
+        raise ValueError(f"{path} is damaged: {intact}")
+    return version
+
+
+def restoreDatabase(backup: str, path: str) -> str | None:
+    """
+    Replace the database at C{path} (no server may be using it) with the
+    checked copy C{backup}; the database it replaces is kept beside it.
+    Return where, or None when there was none.
+    """
+    checkBackup(backup)
+    kept = None
+    if Path(path).exists():
+        kept = f"{path}.before-restore"
+        backupDatabase(path, kept)
+    source = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
+    try:
+        destination = sqlite3.connect(path)
+        try:
+            source.backup(destination)
+        finally:
+            destination.close()
+    finally:
+        source.close()
+    os.chmod(path, 0o600)
+    openDatabase(path).close()  # upgrade an older schema now, with the usual copy
+    return kept
