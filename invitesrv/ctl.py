@@ -212,6 +212,8 @@ def buildParser() -> argparse.ArgumentParser:
     addApiKeyCommands(commands)
     from invitesrv.ctl_backup import addBackupCommands
     addBackupCommands(commands)
+    from invitesrv.ctl_check import addCheckCommands
+    addCheckCommands(commands)
     parser.set_defaults(opensStore=True, createsDatabase=False)
     return parser
 
