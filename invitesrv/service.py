@@ -8,7 +8,8 @@ C{"store"}, C{"hosts"}, C{"control"} (the channel C{invitesrvctl} reaches a
 running server through, L{invitesrv.control}), C{"s2s"} (federation, when C{[listen] s2s} names a
 listener), C{"c2s"}, C{"c2s-direct-tls"}, C{"http"} (invite pages, web
 registration and the admin API), C{"metrics"} (the counters, logged every
-C{limits.metrics_interval}) and C{"timers"}.
+C{limits.metrics_interval}) and C{"systemd"} (readiness and watchdog
+notifications under a C{Type=notify} unit).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from invitesrv.control import SOCKET_NAME, ControlFactory, writeRecord
 from invitesrv.host import VirtualHost
 from invitesrv.limits import Limiter, Metrics
 from invitesrv.store.sqlite import SQLiteStore
+from invitesrv.systemd import NotifyService
 from invitesrv.tls import loadContextFactory
 from invitesrv.web.site import httpsFactory, makeSite
 from invitesrv.xmpp.c2s import C2SFactory
@@ -306,4 +308,7 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
             endpoint = endpoints.serverFromString(reactor, description)
             ListenerService(endpoint, httpsFactory(server, site), "HTTPS",
                             description).setServiceParent(http)
+    notify = NotifyService(reactor)  # last: started once everything listens
+    notify.setName("systemd")
+    notify.setServiceParent(top)
     return top
