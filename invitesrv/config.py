@@ -193,6 +193,7 @@ class Config:
     s2s: tuple[str, ...] = ()
     http: tuple[str, ...] = ()
     https: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
     public_url: str = ""
     trusted_proxies: tuple[str, ...] = ()
     app_catalogue: str = ""
@@ -223,7 +224,7 @@ class Config:
 # Keys of the top-level tables and where they go in Config.
 _SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url",
                 "trusted_proxies", "app_catalogue", "hide_apps"}
-_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https"}
+_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https", "metrics"}
 _TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key"}
 
 

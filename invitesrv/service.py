@@ -28,6 +28,7 @@ from invitesrv.config import Config
 from invitesrv.control import SOCKET_NAME, ControlFactory, writeRecord
 from invitesrv.host import VirtualHost
 from invitesrv.limits import Limiter, Metrics
+from invitesrv.metrics import MetricsService
 from invitesrv.store.sqlite import SQLiteStore
 from invitesrv.systemd import NotifyService
 from invitesrv.tls import loadContextFactory
@@ -82,6 +83,7 @@ class InviteServer:
         self.store = store if store is not None else SQLiteStore(
             config.databasePath, reactor, busyTimeout=config.limits.store_busy_timeout)
         self.router = Router()
+        self.listeners: list[ListenerService] = []  # filled by makeService
         self.tls = None
         self.secret = secrets.token_bytes(32)
         self.metrics = Metrics()
@@ -173,6 +175,7 @@ class ListenerService(internet.StreamServerEndpointService):
         internet.StreamServerEndpointService.__init__(self, endpoint, factory)
         self.label = label
         self.description = description
+        self.kind = ""  # the [listen] key it serves
         self.port = None
 
     def privilegedStartService(self):
@@ -270,44 +273,47 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
                         ("control", ControlService(server, reactor))):
         child.setName(name)
         child.setServiceParent(top)
-    federation = service.MultiService()
-    federation.setName("s2s")
-    federation.setServiceParent(top)
+    def group(name: str) -> service.MultiService:
+        child = service.MultiService()
+        child.setName(name)
+        child.setServiceParent(top)
+        return child
+
+    def listen(parent, key: str, makeFactory, label: str) -> None:
+        """Listen on each endpoint of C{[listen] key}, each with C{makeFactory()}."""
+        for description in getattr(config, key):
+            endpoint = endpoints.serverFromString(reactor, description)
+            listener = ListenerService(endpoint, makeFactory(), label, description)
+            listener.kind = key
+            listener.setServiceParent(parent)
+            server.listeners.append(listener)
+
+    federation = group("s2s")
     if config.s2s:
         s2s = S2SService(server, reactor)
         s2s.setName("federation")
         s2s.setServiceParent(federation)
-        for description in config.s2s:
-            endpoint = endpoints.serverFromString(reactor, description)
-            ListenerService(endpoint, s2s.listenFactory, "Servers",
-                            description).setServiceParent(federation)
-    for name, descriptions, directTLS in (("c2s", config.c2s, False),
-                                          ("c2s-direct-tls", config.c2s_direct_tls, True)):
-        group = service.MultiService()
-        group.setName(name)
-        group.setServiceParent(top)
-        for description in descriptions:
-            endpoint = endpoints.serverFromString(reactor, description)
-            label = "Direct TLS clients (XEP-0368)" if directTLS else "Clients"
-            ListenerService(endpoint, server.c2sFactory(directTLS), label,
-                            description).setServiceParent(group)
+        listen(federation, "s2s", lambda: s2s.listenFactory, "Servers")
+    listen(group("c2s"), "c2s", server.c2sFactory, "Clients")
+    listen(group("c2s-direct-tls"), "c2s_direct_tls", lambda: server.c2sFactory(directTLS=True),
+           "Direct TLS clients (XEP-0368)")
     if config.limits.metrics_interval:
         metrics = internet.TimerService(config.limits.metrics_interval, server.metrics.logSummary)
         metrics.clock = reactor
         metrics.setName("metrics")
         metrics.setServiceParent(top)
-    http = service.MultiService()
-    http.setName("http")
-    http.setServiceParent(top)
+    http = group("http")
     if config.http or config.https:
         site = makeSite(server)
-        for description in config.http:
-            endpoint = endpoints.serverFromString(reactor, description)
-            ListenerService(endpoint, site, "HTTP", description).setServiceParent(http)
-        for description in config.https:
-            endpoint = endpoints.serverFromString(reactor, description)
-            ListenerService(endpoint, httpsFactory(server, site), "HTTPS",
-                            description).setServiceParent(http)
+        listen(http, "http", lambda: site, "HTTP")
+        https = httpsFactory(server, site)
+        listen(http, "https", lambda: https, "HTTPS")
+    prometheus = group("prometheus")
+    if config.metrics:
+        exporter = MetricsService(server, reactor)
+        exporter.setServiceParent(prometheus)
+        scrape = exporter.site()
+        listen(prometheus, "metrics", lambda: scrape, "Metrics")
     notify = NotifyService(reactor)  # last: started once everything listens
     notify.setName("systemd")
     notify.setServiceParent(top)

@@ -136,6 +136,7 @@ class SQLiteStore:
         self._fault = EpisodeLog(reactor)
         self._failFast = False  # set in the reactor thread, read by the worker
         self._waiting = busyTimeout  # the busy timeout the connection has now
+        self.observeLatency = None  # called with each call's seconds (the metrics endpoint's)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -164,7 +165,15 @@ class SQLiteStore:
         """Run C{fn(conn, *args)} in one transaction on the worker thread."""
         d = threads.deferToThreadPool(self._reactor, self._pool, self._transaction, fn, args)
         d.addCallbacks(self._available, self._unavailable)
+        if self.observeLatency is not None:
+            d.addBoth(self._observed, self._reactor.seconds())
         return d
+
+    def _observed(self, result, started: float):
+        """Report how long a call took, as its caller waited for it (the thread hop included)."""
+        if self.observeLatency is not None:
+            self.observeLatency(self._reactor.seconds() - started)
+        return result
 
     def _available(self, result):
         span = self._fault.ended()
