@@ -290,6 +290,7 @@ class AdHocModule(XMPPHandler, IQHandlerMixin):
         self.xmlstream.addObserver(COMMAND, self.onRequest)
 
     def connectionLost(self, reason):
+        self.xmlstream.removeObserver(COMMAND, self.onRequest)
         for session in list(self.sessions.values()):
             self._end(session, canceled=True)
         XMPPHandler.connectionLost(self, reason)

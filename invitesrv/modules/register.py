@@ -114,6 +114,7 @@ class RegisterModule(XMPPHandler, IQHandlerMixin):
         hooks = self.parent.hooks
         hooks.remove("stream-features", self.onStreamFeatures)
         hooks.remove("preauth-iq", self.onPreauthIQ)
+        self.xmlstream.removeObserver(REQUEST, self.onRequest)
         XMPPHandler.connectionLost(self, reason)
 
     def available(self) -> bool:
