@@ -18,7 +18,7 @@ from twisted.words.protocols.jabber import jid
 
 from invitesrv.config import ConfigError, loadConfig, withOverrides
 from invitesrv.registrar import RegistrationError, prepareUsername
-from invitesrv.service import InviteServer
+from invitesrv.service import InviteServer, secureDataDir
 
 
 class CommandError(Exception):
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
     @defer.inlineCallbacks
     def run(reactor):
+        secureDataDir(config.data_dir)  # the command may be the first to create the database
         server = InviteServer(config, reactor=reactor, loadModules=False)
         server.store.open(serving=False)
         try:
