@@ -161,6 +161,9 @@ class InviteManager:
     @defer.inlineCallbacks
     def _checkUsernameFree(self, username: str):
         host = self.host
+        if f"{username}@{host.name}" in host.options.admins:
+            raise InviteError(f"{username}@{host.name} is an admin named in the configuration;"
+                              " only invitesrvctl adduser can create it")
         if (yield host.store.accountExists(host.name, username)):
             raise InviteError(f"The account {username}@{host.name} already exists")
         now = host.now()
@@ -211,7 +214,7 @@ class InviteManager:
         C{invitee_invite_delay} ago. Admins are exempt.
         """
         host = self.host
-        if host.isAdmin(creator):
+        if (yield host.isAdmin(creator)):
             return
         options = host.options
         now = host.now()
