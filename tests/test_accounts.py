@@ -8,7 +8,9 @@ UTS #39), while existing accounts keep logging in.
 
 from __future__ import annotations
 
+import http.client
 import re
+from urllib.parse import urlencode
 
 import pytest
 from rawxmpp import RawClient
@@ -27,8 +29,10 @@ LOOK_ALIKE = "The requested username is too similar to an existing one."
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from conftest import RunningServer
-    running = RunningServer(tmp_path_factory.mktemp("accounts"), CONFIG)
+    running = RunningServer(tmp_path_factory.mktemp("accounts"), CONFIG,
+                            ("--http", "tcp:0:interface=127.0.0.1"))
     running.start()
+    running.key = running.ctl("apikey", "create", HOST).stdout.strip().splitlines()[-1]
     yield running
     running.stop()
 
@@ -86,6 +90,29 @@ def listsResetCommand(client: RawClient) -> bool:
     return RESET in reply(client, "items")
 
 
+def request(server, method: str, path: str, body: bytes = b"", headers=None):
+    """One HTTP request to the server's site; return (status, headers, text)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.ports["HTTP"], timeout=15)
+    try:
+        connection.request(method, path, body or None, headers or {})
+        response = connection.getresponse()
+        return response.status, response.headers, response.read().decode("utf-8")
+    finally:
+        connection.close()
+
+
+def registerOnTheWeb(server, token: str, username: str) -> tuple[int, str]:
+    """Fetch the registration form (and its CSRF cookie), post it; return (status, page)."""
+    path = f"/register/{token}"
+    _, headers, page = request(server, "GET", path)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    fields = {"username": username, "password": PASSWORD, "confirm": PASSWORD, "csrf": csrf}
+    status, _, page = request(server, "POST", path, urlencode(fields).encode(), {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Cookie": headers["Set-Cookie"].split(";", 1)[0]})
+    return status, page
+
+
 def streamError(client: RawClient) -> str:
     """The stream error the server ended the stream with ('' if it is still open)."""
     text = client.recvUntil(r"</stream:stream>|</stream:error>")
@@ -127,6 +154,8 @@ def test_configAdminNameOnlyFromCommandLine(server):
     for token in (createInvite(server, HOST), createInvite(server, "--admin", HOST)):
         answer = register(server, token, "Boss")
         assert "<conflict" in answer and errorText(answer) == ADMIN_NAME, answer
+        status, page = registerOnTheWeb(server, token, "boss")
+        assert status == 409 and ADMIN_NAME in page, page
     refused = server.ctl("invite", "create", "--user", "boss", HOST, check=False)
     assert refused.returncode == 1 and "only invitesrvctl adduser can create it" in refused.stderr
     assert f"boss@{HOST}" not in server.ctl("users", HOST).stdout
@@ -200,8 +229,11 @@ def test_passwordChangeEndsOtherSessions(server):
         client.close()
 
 
-def test_removeEndsEverySession(server):
-    """Removing the account in-band ends its other sessions with <not-authorized/>."""
+def test_deletionEndsEverySession(server):
+    """
+    Removing the account in-band ends its other sessions with
+    <not-authorized/>, and so does deleting one through the admin API.
+    """
     server.adduser(f"kim@{HOST}", PASSWORD)
     other = online(server, "kim", "other")
     with online(server, "kim", "remover") as remover:
@@ -210,6 +242,13 @@ def test_removeEndsEverySession(server):
         ended = streamError(other)
         assert "<not-authorized" in ended and "Account deleted" in ended, ended
     other.close()
+    server.adduser(f"lena@{HOST}", PASSWORD)
+    with online(server, "lena", "phone") as lena:
+        status, _, _ = request(server, "DELETE", "/api/v1/users/lena",
+                               headers={"Authorization": f"Bearer {server.key}"})
+        assert status == 204
+        ended = streamError(lena)
+        assert "<not-authorized" in ended and "Account deleted" in ended, ended
 
 
 # -- usernames ---------------------------------------------------------------------------
