@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from invitesrv.store.interfaces import Invite
+from invitesrv.usernames import precisUsername
 
 log = Logger()
 
@@ -161,6 +162,12 @@ class InviteManager:
     @defer.inlineCallbacks
     def _checkUsernameFree(self, username: str):
         host = self.host
+        try:
+            valid = precisUsername(username) == username
+        except ValueError:
+            valid = False
+        if not valid:
+            raise InviteError(f"{username!r} cannot be the username of a new account")
         if f"{username}@{host.name}" in host.options.admins:
             raise InviteError(f"{username}@{host.name} is an admin named in the configuration;"
                               " only invitesrvctl adduser can create it")

@@ -290,13 +290,17 @@ def test_lookAlikesRefused(server):
 def test_precisRefusesWhatNodeprepTook(server):
     """
     PRECIS UsernameCaseMapped refuses names nodeprep let through (symbols,
-    compatibility characters), with the usual error; an existing account
-    named by the CLI in capitals logs in by any case.
+    compatibility characters), with the usual error, and no invite is made
+    for one; an existing account named by the CLI in capitals logs in by
+    any case.
     """
     token = createInvite(server, "--uses", "unlimited", HOST)
     for name in ("i\u2665xmpp", "\u2168", "x\u00b2"):
         answer = register(server, token, name)
         assert "<not-acceptable" in answer and "username is invalid" in errorText(answer), answer
+    refused = server.ctl("invite", "create", "--user", "i\u2665xmpp", HOST, check=False)
+    assert refused.returncode == 1
+    assert "cannot be the username of a new account" in refused.stderr, refused.stderr
     server.adduser(f"Laura@{HOST}", PASSWORD)
     for login in ("laura", "LAURA"):
         online(server, login, login).close()

@@ -101,6 +101,28 @@ def test_reservationsFreedAtStart(path):
         store.close()
 
 
+@pytest_twisted.inlineCallbacks
+def test_skeletonsRefreshedAtStart(path):
+    """
+    Skeletons stored with older confusables data (here: a wrong one) are
+    computed again when the server opens the store, so look-alikes are
+    still found.
+    """
+    store = SQLiteStore(path)
+    store.open()
+    yield store.createAccount(account("alice"))
+    store.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE accounts SET skeleton = 'stale'")
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        with pytest.raises(UsernameConfusable):
+            yield store.createAccount(account("\u0430lice"))
+    finally:
+        store.close()
+
+
 # -- schema versions ---------------------------------------------------------------------
 
 

@@ -157,6 +157,9 @@ class SQLiteStore:
         if serving:
             # No registration can be in flight after a start: free leaked reservations.
             self._conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
+            # A newer ICU may have newer confusables data than the stored skeletons.
+            self._conn.execute("UPDATE accounts SET skeleton = username_skeleton(username)"
+                               " WHERE skeleton IS NOT username_skeleton(username)")
         self._pool.start()
 
     def close(self) -> None:
