@@ -26,7 +26,7 @@ from twisted.words.protocols.jabber import jid
 from invitesrv import control
 from invitesrv.config import ConfigError, loadConfig, withOverrides
 from invitesrv.registrar import RegistrationError, prepareUsername
-from invitesrv.service import InviteServer
+from invitesrv.service import InviteServer, secureDataDir
 
 DESCRIPTION = "Accounts, invites and API keys of an invitesrv server, from the command line."
 
@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
 
     @defer.inlineCallbacks
     def run(reactor):
+        secureDataDir(config.data_dir)  # the command may be the first to create the database
         server = InviteServer(config, reactor=reactor, loadModules=False)
         created = not database.exists()
         if args.opensStore:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import resource
 import secrets
+import stat
 from pathlib import Path
 
 from twisted.application import internet, service
@@ -38,6 +39,38 @@ from invitesrv.xmpp.router import Router
 from invitesrv.xmpp.s2s import S2SService
 
 log = Logger()
+
+
+PRIVATE_UMASK = 0o077  # what the process creates (database, WAL, key, backups) is the owner's
+
+
+def secureDataDir(path: Path) -> list[Path]:
+    """
+    Keep the data directory to its owner: set the process umask so that
+    every file created from now on (the database, its WAL and shared-memory
+    files, the secret, the generated key, upgrade backups) is 0600 and every
+    directory 0700, create the directory 0700, and take group and other
+    permissions off whatever is already in it (an older installation, a
+    copy made with another umask), with a log line. It holds SCRAM keys, API
+    key hashes and invites. Return the paths whose mode was changed.
+    """
+    os.umask(PRIVATE_UMASK)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    changed = []
+    entries = [(str(path), 0o700)]
+    for directory, subdirectories, files in os.walk(path):
+        entries += [(os.path.join(directory, name), 0o700) for name in subdirectories]
+        entries += [(os.path.join(directory, name), 0o600) for name in files]
+    for name, private in entries:
+        mode = os.lstat(name).st_mode
+        if not stat.S_ISLNK(mode) and mode & 0o077:
+            os.chmod(name, stat.S_IMODE(mode) & private)
+            changed.append(Path(name))
+    if changed:
+        log.warn("Data directory {path} was open to other users: removed their access to"
+                 " {count} entries ({names})", path=path, count=len(changed),
+                 names=", ".join(str(p.relative_to(path)) if p != path else "." for p in changed))
+    return changed
 
 
 def loadSecret(path: Path) -> bytes:
@@ -265,6 +298,7 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
         log.warn("limits.max_connections is {wanted} but only {files} files may be open: new"
                  " connections will fail before that limit is reached",
                  wanted=config.limits.max_connections, files=files)
+    secureDataDir(config.data_dir)
     server = InviteServer(config, store, reactor)
     server.loadTLS()
     top = ServerService()

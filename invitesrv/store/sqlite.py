@@ -37,8 +37,10 @@ from invitesrv.store.interfaces import (
     Roster,
     RosterItem,
     StoreUnavailable,
+    UsernameConfusable,
     UsernameReserved,
 )
+from invitesrv.usernames import looksAlike, skeleton
 
 log = Logger()
 
@@ -66,6 +68,7 @@ def openDatabase(path: str, scripts: list[tuple[int, str]] | None = None,
     """
     scripts = schemaScripts() if scripts is None else scripts
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
+    conn.create_function("username_skeleton", 1, skeleton, deterministic=True)  # schema 2
     conn.execute("PRAGMA foreign_keys = ON")
     if path != ":memory:":
         conn.execute("PRAGMA journal_mode = WAL")
@@ -99,6 +102,9 @@ def _item(row) -> RosterItem:
     return RosterItem(contact=row[0], name=row[1], subscription=row[2], ask=bool(row[3]),
                       approved=bool(row[4]), groups=tuple(json.loads(row[5])))
 
+
+# An invite that can still be used at a time given as the first parameter.
+_PENDING = "revoked IS NULL AND expires > ? AND (uses_allowed IS NULL OR uses < uses_allowed)"
 
 _INVITE_COLUMNS = ("id, host, kind, created, expires, username, inviter, allow_registration, "
                    "uses_allowed, uses, reserved, revoked, roles, groups, note, source")
@@ -153,6 +159,9 @@ class SQLiteStore:
         if serving:
             # No registration can be in flight after a start: free leaked reservations.
             self._conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
+            # A newer ICU may have newer confusables data than the stored skeletons.
+            self._conn.execute("UPDATE accounts SET skeleton = username_skeleton(username)"
+                               " WHERE skeleton IS NOT username_skeleton(username)")
         self._pool.start()
 
     def close(self) -> None:
@@ -224,16 +233,18 @@ class SQLiteStore:
         if conn.execute("SELECT 1 FROM accounts WHERE host = ? AND username = ?",
                         (a.host, a.username)).fetchone():
             raise AccountExists(a.username)
+        shape = skeleton(a.username)
+        if any(looksAlike(a.username, other) for (other,) in conn.execute(
+                "SELECT username FROM accounts WHERE host = ? AND skeleton = ?", (a.host, shape))):
+            raise UsernameConfusable(a.username)
         inviteId = a.inviteUse.inviteId if a.inviteUse else None
         reserved = conn.execute(
-            "SELECT 1 FROM invites WHERE host = ? AND username = ? AND kind != 'reset'"
-            " AND id IS NOT ? AND revoked IS NULL AND expires > ?"
-            " AND (uses_allowed IS NULL OR uses < uses_allowed)",
-            (a.host, a.username, inviteId, a.now)).fetchone()
+            f"SELECT 1 FROM invites WHERE {_PENDING} AND host = ? AND username = ? AND id IS NOT ?",
+            (a.now, a.host, a.username, inviteId)).fetchone()
         if reserved:
             raise UsernameReserved(a.username)
-        conn.execute("INSERT INTO accounts (host, username, created) VALUES (?, ?, ?)",
-                     (a.host, a.username, a.now))
+        conn.execute("INSERT INTO accounts (host, username, created, skeleton) VALUES (?, ?, ?, ?)",
+                     (a.host, a.username, a.now, shape))
         SQLiteStore._writeCredentials(conn, a.host, a.username, a.credentials)
         conn.executemany("INSERT INTO roles (host, username, role) VALUES (?, ?, ?)",
                          [(a.host, a.username, role) for role in a.roles])
@@ -294,11 +305,14 @@ class SQLiteStore:
             return True
         return self._run(set_)
 
-    def deleteAccount(self, host, username):
+    def deleteAccount(self, host, username, now=0.0):
         def delete(conn):
             if conn.execute("DELETE FROM accounts WHERE host = ? AND username = ?",
                             (host, username)).rowcount != 1:
                 return False
+            conn.execute(f"UPDATE invites SET revoked = ? WHERE {_PENDING}"
+                         " AND host = ? AND (username = ? OR inviter = ? OR source = ?)",
+                         (now, now, host, username, username, f"{username}@{host}"))
             # The same host's rosters forget the account too (a running server's
             # presence module has already done so, with pushes; this covers
             # deletions made while it was not running).
