@@ -26,7 +26,7 @@ from twisted.words.protocols.jabber import jid
 from invitesrv import control
 from invitesrv.config import ConfigError, loadConfig, withOverrides
 from invitesrv.registrar import RegistrationError, prepareUsername
-from invitesrv.service import InviteServer, secureDataDir
+from invitesrv.service import PRIVATE_UMASK, InviteServer, secureDataDir
 
 DESCRIPTION = "Accounts, invites and API keys of an invitesrv server, from the command line."
 
@@ -214,7 +214,7 @@ def buildParser() -> argparse.ArgumentParser:
     addBackupCommands(commands)
     from invitesrv.ctl_check import addCheckCommands
     addCheckCommands(commands)
-    parser.set_defaults(opensStore=True, createsDatabase=False)
+    parser.set_defaults(opensStore=True, createsDatabase=False, fixesDataDir=True)
     return parser
 
 
@@ -244,7 +244,10 @@ def main(argv: list[str] | None = None) -> None:
 
     @defer.inlineCallbacks
     def run(reactor):
-        secureDataDir(config.data_dir)  # the command may be the first to create the database
+        if args.fixesDataDir:  # the command may be the first to create the database
+            secureDataDir(config.data_dir)
+        else:
+            os.umask(PRIVATE_UMASK)
         server = InviteServer(config, reactor=reactor, loadModules=False)
         created = not database.exists()
         if args.opensStore:

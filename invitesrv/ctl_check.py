@@ -56,4 +56,4 @@ def addCheckCommands(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser("check", help="find what to fix before running a public server")
     command.add_argument("topics", nargs="*", type=topic, metavar="TOPIC",
                          help=f"only these checks: {', '.join(TOPICS)} (default: all)")
-    command.set_defaults(run=run)
+    command.set_defaults(run=run, fixesDataDir=False)  # report the modes, don't mend them first

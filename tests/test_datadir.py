@@ -19,7 +19,8 @@ def modes(directory: Path) -> dict[str, int]:
     """The permission bits of the directory ('.') and of everything in it, by relative path."""
     found = {".": stat.S_IMODE(directory.stat().st_mode)}
     for path in directory.rglob("*"):
-        found[str(path.relative_to(directory))] = stat.S_IMODE(path.stat().st_mode)
+        if not path.is_symlink():  # the control socket's lock: a link to the server's pid
+            found[str(path.relative_to(directory))] = stat.S_IMODE(path.stat().st_mode)
     return found
 
 

@@ -258,3 +258,23 @@ def test_restoreRefusesWhatIsNotABackup(serverFactory, tmp_path):
     assert result.returncode == 1 and "not an SQLite database" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert ctl(server, "users").stdout.split() == ["alice@localhost"]
+
+
+def test_ctlEndsSessionsOfChangedAndDeletedAccounts(serverFactory):
+    """
+    C{invitesrvctl passwd} and C{deluser} while the server runs go through
+    its registrar: the account's live sessions end at once.
+    """
+    server = serverFactory()
+    for name in ("cleo", "dana"):
+        server.adduser(f"{name}@localhost", f"{name}'s long password")
+    with RawClient(server.port) as cleo, RawClient(server.port) as dana:
+        cleo.login("cleo", "cleo's long password")
+        dana.login("dana", "dana's long password")
+        result = ctl(server, "passwd", "cleo@localhost", input="cleo's new password\n")
+        assert result.returncode == 0, result.stderr
+        assert "not-authorized" in cleo.recvUntil("</stream:stream>")
+        assert ctl(server, "deluser", "dana@localhost").returncode == 0
+        assert "not-authorized" in dana.recvUntil("</stream:stream>")
+    with RawClient(server.port) as cleo:
+        assert cleo.login("cleo", "cleo's new password", resource="r") == "cleo@localhost/r"
