@@ -113,6 +113,7 @@ class Limits:
     read_rate: int = 200_000
     read_burst: int = 1_000_000
     send_buffer: int = 1_048_576
+    send_timeout: Duration = Duration(60)
     # Idle connections.
     idle_timeout: Duration = Duration(300)
     ping_timeout: Duration = Duration(60)

@@ -55,7 +55,11 @@ class C2SStream(xmlstream.XmlStream):
         its transport's streaming producer, so Twisted pauses it when more
         than 64 KiB wait. It then stops reading too (a client that does not
         read gets no more answers queued), counts what it still sends
-        (stanzas from others) and drops the connection past C{send_buffer};
+        (stanzas from others) and drops the connection past C{send_buffer},
+        or when the peer has not taken what waits within C{send_timeout}.
+        Whoever sends much on the server's own account (offline messages)
+        waits for L{whenSent} between stanzas: only the peer's reading is
+        measured, not the server's own burst;
       - TCP keepalive, so that a vanished peer is noticed by the kernel.
 
     C{lastReceived} (clock seconds) is when the peer last sent anything: the
@@ -77,6 +81,8 @@ class C2SStream(xmlstream.XmlStream):
         self.producing = False  # registered as the transport's producer
         self.stalled = False  # the transport paused us: the peer is not reading
         self._backlog = 0  # bytes sent since then
+        self._stallCall = None  # drops the connection if the peer does not read in time
+        self._waitingSent: list[defer.Deferred] = []  # see whenSent
 
     def connectionMade(self) -> None:
         self.lastReceived = self.clock.seconds()
@@ -180,13 +186,42 @@ class C2SStream(xmlstream.XmlStream):
             self._backlog = 0
             self.rawDataOutFn = self._countBacklog
             self._pauseReading(_SEND)
+            if self.limits.send_timeout:
+                self._stallCall = self.clock.callLater(self.limits.send_timeout, self._notReading,
+                                                       "nothing taken in {seconds:.0f} s")
 
     def resumeProducing(self) -> None:
         """The transport has sent what it held."""
         if self.stalled:
             self.stalled = False
             self.rawDataOutFn = None
+            self._cancelStallCall()
             self._resumeReading(_SEND)
+            self._fireSent(True)
+
+    def whenSent(self) -> defer.Deferred:
+        """
+        Fire True once the transport has taken what was sent so far (at once
+        while the peer reads), False if the connection ends first: a sender
+        of many stanzas waits on this between them instead of piling them up.
+        """
+        if self.closing:
+            return defer.succeed(False)
+        if not self.stalled:
+            return defer.succeed(True)
+        d = defer.Deferred()
+        self._waitingSent.append(d)
+        return d
+
+    def _fireSent(self, taken: bool) -> None:
+        waiting, self._waitingSent = self._waitingSent, []
+        for d in waiting:
+            d.callback(taken)
+
+    def _cancelStallCall(self) -> None:
+        if self._stallCall is not None and self._stallCall.active():
+            self._stallCall.cancel()
+        self._stallCall = None
 
     def stopProducing(self) -> None:
         """The connection is gone; L{connectionLost} cleans up."""
@@ -194,13 +229,20 @@ class C2SStream(xmlstream.XmlStream):
     def _countBacklog(self, data: bytes) -> None:
         """Called with every write while the peer is not reading (as C{rawDataOutFn})."""
         self._backlog += len(data)
-        if self._backlog > self.limits.send_buffer and not self.closing:
-            log.info("Dropping the connection from {address}: it does not read what is sent"
-                     " to it ({count} bytes waiting)", address=self.authenticator.address,
-                     count=self._backlog)
-            self.authenticator.server.metrics["connections.unread"] += 1
-            self.closing = True
-            self.transport.abortConnection()
+        if self._backlog > self.limits.send_buffer:
+            self._notReading("{count} bytes waiting")
+
+    def _notReading(self, why: str) -> None:
+        """Drop a peer that does not read what is sent to it; C{why} is a log format."""
+        self._stallCall = None
+        if self.closing:
+            return
+        log.info("Dropping the connection from {address}: it does not read what is sent to it"
+                 f" ({why})", address=self.authenticator.address, count=self._backlog,
+                 seconds=self.limits.send_timeout)
+        self.authenticator.server.metrics["connections.unread"] += 1
+        self.closing = True
+        self.transport.abortConnection()
 
     def onDocumentStart(self, rootElement) -> None:
         self._beforeHeader = None
@@ -253,8 +295,10 @@ class C2SStream(xmlstream.XmlStream):
             if call is not None and call.active():
                 call.cancel()
         self._resumeCall = self._abortCall = None
+        self._cancelStallCall()
         xmlstream.XmlStream.connectionLost(self, reason)
         self.authenticator.connectionLost(reason)
+        self._fireSent(False)  # the session is closed by now
         self.closed.callback(None)
 
 
@@ -287,6 +331,17 @@ class Session:
 
     def send(self, element) -> None:
         self.stream.send(element)
+
+    def whenSent(self) -> defer.Deferred:
+        """
+        Fire True once what was sent to this session so far is delivered as
+        far as the server can tell, False if the session ends first. Without
+        stream management that is when the transport has taken it
+        (L{C2SStream.whenSent}); XEP-0198 would make it the client's ack.
+        """
+        if self.closed:
+            return defer.succeed(False)
+        return self.stream.whenSent()
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """End the session: unavailable to everyone at once, then the stream."""
