@@ -74,6 +74,7 @@ class HostOptions:
     allow_registration: bool = False
     registration_invite_only: bool = True
     offline_max_messages: int = 500
+    offline_max_message_size: int = 262_144
     max_pending_subscriptions: int = 200
     password_min_length: int = 8
     password_max_length: int = 1024
