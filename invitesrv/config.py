@@ -76,6 +76,7 @@ class HostOptions:
     offline_max_messages: int = 500
     offline_max_message_size: int = 262_144
     max_pending_subscriptions: int = 200
+    subscription_request_max_size: int = 4096
     password_min_length: int = 8
     password_max_length: int = 1024
     # Invites.
