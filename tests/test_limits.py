@@ -319,6 +319,25 @@ def test_peerThatTakesNothingIsDropped(servers):
     assert server.metrics["connections.unread"] == 1
 
 
+def test_stallDuringHandshakeIsNotTimed(servers):
+    """
+    A pause while a TLS handshake is under way only means our bytes wait for
+    the peer's answer: send_timeout starts when the handshake is done.
+    """
+    clock = task.Clock()
+    server = servers(clock, limits={"send_timeout": 30, "auth_timeout": 1000})
+    connection = ClientConnection(server)
+    connection.stream.handshaking = True  # STARTTLS under way
+    connection.stream.pauseProducing()
+    clock.advance(100)
+    assert not connection.transport.disconnected
+    connection.stream.handshakeCompleted()
+    clock.advance(29)
+    assert not connection.transport.disconnected
+    clock.advance(1)
+    assert connection.transport.disconnected
+
+
 def test_whenSent(servers):
     """
     whenSent fires True at once while the peer reads, else when the transport
