@@ -75,7 +75,9 @@ class HostOptions:
     allow_registration: bool = False
     registration_invite_only: bool = True
     offline_max_messages: int = 500
+    offline_max_message_size: int = 262_144
     max_pending_subscriptions: int = 200
+    subscription_request_max_size: int = 4096
     password_min_length: int = 8
     password_max_length: int = 1024
     # Invites.
@@ -114,6 +116,7 @@ class Limits:
     read_rate: int = 200_000
     read_burst: int = 1_000_000
     send_buffer: int = 1_048_576
+    send_timeout: Duration = Duration(60)
     # Idle connections.
     idle_timeout: Duration = Duration(300)
     ping_timeout: Duration = Duration(60)

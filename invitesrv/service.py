@@ -36,7 +36,7 @@ from invitesrv.tls import loadContextFactory
 from invitesrv.web.site import httpsFactory, makeSite
 from invitesrv.xmpp.c2s import C2SFactory
 from invitesrv.xmpp.router import Router
-from invitesrv.xmpp.s2s import S2SService
+from invitesrv.xmpp.s2s.service import S2SService
 
 log = Logger()
 

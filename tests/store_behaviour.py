@@ -157,7 +157,7 @@ class StoreBehaviour:
         roster = yield store.getRoster(HOST, "alice")
         assert roster.items == ()
         assert (yield store.getPendingIn(HOST, "alice")) == []
-        assert (yield store.popOffline(HOST, "alice")) == []
+        assert (yield store.getOffline(HOST, "alice")) == []
         assert (yield store.getRoles(HOST, "alice")) == frozenset()
 
     @pytest_twisted.inlineCallbacks
@@ -291,7 +291,7 @@ class StoreBehaviour:
 
     @pytest_twisted.inlineCallbacks
     def test_offlineCap(self, store):
-        """Messages are kept up to the cap, returned oldest first, and forgotten once popped."""
+        """Messages are kept up to the cap, returned oldest first, and count until removed."""
         yield store.createAccount(account("alice"))
         yield store.createAccount(account("bob"))
         for number in range(3):
@@ -299,11 +299,37 @@ class StoreBehaviour:
             assert kept
         assert not (yield store.storeOffline(HOST, "alice", OfflineMessage(NOW + 9, "<m9/>"), 3))
         assert (yield store.storeOffline(HOST, "bob", OfflineMessage(NOW, "<b/>"), 3))
-        messages = yield store.popOffline(HOST, "alice")
+        messages = yield store.getOffline(HOST, "alice")
         assert messages == [OfflineMessage(NOW + n, f"<m{n}/>") for n in range(3)]
-        assert (yield store.popOffline(HOST, "alice")) == []
+        assert (yield store.getOffline(HOST, "alice")) == messages  # reading removes nothing
+        assert (yield store.removeOffline(HOST, "alice", messages[-1].id)) == 3
+        assert (yield store.getOffline(HOST, "alice")) == []
         assert (yield store.storeOffline(HOST, "alice", OfflineMessage(NOW, "<again/>"), 3))
-        assert (yield store.popOffline(HOST, "bob")) == [OfflineMessage(NOW, "<b/>")]
+        assert (yield store.getOffline(HOST, "bob")) == [OfflineMessage(NOW, "<b/>")]
+
+    @pytest_twisted.inlineCallbacks
+    def test_offlineReadInPieces(self, store):
+        """
+        Offline messages are read a batch at a time after the last one handed
+        over, and removed only up to the last one delivered: what was not
+        delivered, and what arrived meanwhile, stays.
+        """
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        for number in range(5):
+            yield store.storeOffline(HOST, "alice", OfflineMessage(NOW + number, f"<m{number}/>"), 10)
+        yield store.storeOffline(HOST, "bob", OfflineMessage(NOW, "<b/>"), 10)
+        first = yield store.getOffline(HOST, "alice", limit=2)
+        assert [m.stanza for m in first] == ["<m0/>", "<m1/>"]
+        assert first[0].id < first[1].id
+        second = yield store.getOffline(HOST, "alice", after=first[-1].id, limit=2)
+        assert [m.stanza for m in second] == ["<m2/>", "<m3/>"]
+        assert (yield store.removeOffline(HOST, "alice", first[-1].id)) == 2
+        yield store.storeOffline(HOST, "alice", OfflineMessage(NOW + 9, "<late/>"), 10)
+        rest = yield store.getOffline(HOST, "alice")
+        assert [m.stanza for m in rest] == ["<m2/>", "<m3/>", "<m4/>", "<late/>"]
+        assert (yield store.removeOffline(HOST, "alice", rest[-1].id)) == 4
+        assert (yield store.getOffline(HOST, "bob")) == [OfflineMessage(NOW, "<b/>")]
 
     # -- invites ------------------------------------------------------------------------
 

@@ -97,6 +97,7 @@ class Roster:
 class OfflineMessage:
     stamp: float
     stanza: str  # serialised XML
+    id: int = field(default=0, compare=False)  # the store's, increasing; 0 until stored
 
 
 @dataclass(frozen=True)
@@ -237,8 +238,15 @@ class IOfflineMessages(Interface):
     def storeOffline(host: str, username: str, message: OfflineMessage, cap: int):
         """Keep a message; fire with False when the user already has C{cap}."""
 
-    def popOffline(host: str, username: str):
-        """Fire with the user's messages, oldest first, and forget them."""
+    def getOffline(host: str, username: str, after: int = 0, limit: int = 20):
+        """
+        Fire with up to C{limit} of the user's messages stored after the one
+        with id C{after}, oldest first, each with its id. They stay stored:
+        a message is forgotten only once delivered (L{removeOffline}).
+        """
+
+    def removeOffline(host: str, username: str, upTo: int):
+        """Forget the user's messages up to and including id C{upTo}; fire with how many."""
 
 
 class IInvites(Interface):

@@ -441,16 +441,15 @@ class SQLiteStore:
             return True
         return self._run(store)
 
-    def popOffline(self, host, username):
-        def pop(conn):
-            rows = conn.execute("SELECT stamp, stanza FROM offline_messages"
-                                " WHERE host = ? AND username = ? ORDER BY id",
-                                (host, username)).fetchall()
-            if rows:
-                conn.execute("DELETE FROM offline_messages WHERE host = ? AND username = ?",
-                             (host, username))
-            return [OfflineMessage(*row) for row in rows]
-        return self._run(pop)
+    def getOffline(self, host, username, after=0, limit=20):
+        return self._run(lambda conn: [OfflineMessage(*row) for row in conn.execute(
+            "SELECT stamp, stanza, id FROM offline_messages WHERE host = ? AND username = ? AND id > ?"
+            " ORDER BY id LIMIT ?", (host, username, after, limit))])
+
+    def removeOffline(self, host, username, upTo):
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM offline_messages WHERE host = ? AND username = ? AND id <= ?",
+            (host, username, upTo)).rowcount)
 
     # -- invites ------------------------------------------------------------
 
