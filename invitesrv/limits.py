@@ -339,6 +339,7 @@ class Limiter:
 
     def _admit(self, pool: ConnectionLimiter, refusals: EpisodeLog, address: str,
                counter: str, what: str) -> Refusal | None:
+        """Admit from C{pool}; a refusal is counted, and logged once per episode."""
         refusal = pool.admit(address)
         if refusal is not None:
             self.metrics[f"{counter}.refused"] += 1

@@ -254,3 +254,35 @@ def test_unknownApiRouteRefusedBeforeTheBody(web):
     channel.dataReceived(b"POST /api/v1/nothing HTTP/1.1\r\nHost: example.org\r\n"
                          b"Content-Length: 1000\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 404 ") and closed(transport)
+
+
+def test_keyCheckOutlivedByTheDeadline(web):
+    """
+    A key lookup slower than the body deadline: the request is cut (408) at
+    the deadline, and the late answer of the store changes nothing.
+    """
+    channel, transport = web.connect()
+    channel.dataReceived(b"POST /api/v1/invites HTTP/1.1\r\nHost: example.org\r\n"
+                         b"Authorization: Bearer " + f"{KEY_ID}.{SECRET}".encode() + b"\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+    web.clock.advance(30)
+    assert transport.value() == b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n" \
+                                b"Connection: close\r\n\r\n"
+    web.store.answer(KEY_ID)
+    assert transport.value().count(b"HTTP/1.1 ") == 1
+
+
+def test_trustedProxiesHeldOnlyToTheTotal():
+    """
+    A reverse proxy in server.trusted_proxies brings many clients'
+    connections from one address: it is not held to the per-address cap,
+    only to the total.
+    """
+    web = Web()
+    config = Config(hosts={HOST: HostOptions()}, modules=(), limits=LIMITS,
+                    trusted_proxies=("192.0.2.80",))
+    web.server = InviteServer(config, store=web.store, reactor=web.clock, loadModules=False)
+    web.site = makeSite(web.server)
+    transports = [web.connect("192.0.2.80")[1] for _ in range(4)]
+    assert [closed(t) for t in transports] == [False, False, False, True]
+    assert transports[-1].value().startswith(b"HTTP/1.1 503 ")

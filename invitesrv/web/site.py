@@ -112,9 +112,11 @@ class WebRequest(server.Request):
         server.Request.__init__(self, *args, **kwargs)
 
     def gotLength(self, length):
+        """In memory: L{WebChannel} has capped the body before it comes."""
         self.content = BytesIO()
 
     def handleContentChunk(self, data):
+        """Keep the body up to the policy's cap; past it, refuse and drop it."""
         self.received += len(data)
         if self.refusal is None and self.received > self.policy.maxBody:
             self.refusal = tooLarge(self.policy.maxBody)
@@ -203,6 +205,7 @@ class WebChannel(http.HTTPChannel):
     """
 
     _address: str | None = None  # admitted by the limiter, released when lost
+    _ended = False  # cut at a deadline, or lost: nothing more is read or answered
     _deadline = None
     _closing = None
     _partial = False  # some of the awaited request has arrived
@@ -214,6 +217,7 @@ class WebChannel(http.HTTPChannel):
         return self.site.limiter.limits
 
     def connectionMade(self):
+        """Admit the connection (or refuse it, spending nothing on it) and start the clock."""
         address = getattr(self.transport.getPeer(), "host", "")
         refusal = self.site.limiter.admitWeb(address)
         if refusal is not None:
@@ -230,14 +234,16 @@ class WebChannel(http.HTTPChannel):
         self._await(self.limits.http_header_timeout, "request")
 
     def dataReceived(self, data):
-        if self._address is None:
-            return  # refused, or gone
+        """Read only what an admitted, live connection sends."""
+        if self._address is None or self._ended:
+            return
         self._partial = True
         http.HTTPChannel.dataReceived(self, data)
 
     # -- deadlines -----------------------------------------------------------
 
     def _await(self, seconds: float, phase: str) -> None:
+        """Give the C{phase} ("request": line and headers, or "body") C{seconds} to arrive."""
         self._stopDeadline()
         if seconds:
             self._deadline = self.callLater(seconds, self._tooSlow, phase)
@@ -248,9 +254,16 @@ class WebChannel(http.HTTPChannel):
         self._deadline = None
 
     def _tooSlow(self, phase: str) -> None:
+        """
+        A deadline passed: end the connection, quietly when it was only an
+        idle keep-alive (or silent) one, else with 408, counted and logged
+        once per episode.
+        """
         self._deadline = None
+        self._ended = True
+        self._held = None
         if phase == "request" and not self._partial:
-            self.loseConnection()  # an idle keep-alive connection, or one that never spoke
+            self.loseConnection()
             return
         self.site.limiter.metrics[f"http.{phase}-timeout"] += 1
         if self.site.slowRequests.event():
@@ -266,6 +279,10 @@ class WebChannel(http.HTTPChannel):
     # -- the request's head and body -------------------------------------------
 
     def allHeadersReceived(self):
+        """
+        The head is complete: apply the path's body policy before any of
+        the body is read, and give the body its deadline.
+        """
         request = self.requests[-1]
         request.policy, segments = self.site.policyFor(self._path)
         if self.length == 0:
@@ -297,9 +314,10 @@ class WebChannel(http.HTTPChannel):
         self._inHeaders = False
 
     def _bodyAllowed(self, checked, request, expect) -> None:
+        """The policy's check passed: ask for the body if asked to, and read it."""
         held, self._held = self._held, None
-        if self._address is None or held is None:
-            return  # gone meanwhile
+        if self._ended or held is None:
+            return
         request.checked = checked
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self._send100Continue()
@@ -308,8 +326,9 @@ class WebChannel(http.HTTPChannel):
             self.rawDataReceived(data)
 
     def _bodyRefused(self, failure, request) -> None:
+        """The policy's check refused the request (or failed: 500, logged)."""
         self._held = None
-        if self._address is None:
+        if self._ended:
             return
         if not failure.check(Refused):
             log.failure("Checking an HTTP request before its body failed", failure)
@@ -332,26 +351,36 @@ class WebChannel(http.HTTPChannel):
             self.allContentReceived()
 
     def rawDataReceived(self, data):
+        """
+        Body bytes: held while the policy's check runs (one read at most:
+        the transport is paused), else decoded; a chunked body that went
+        over the cap (L{WebRequest.handleContentChunk}) is refused here,
+        once the decoder is done with these bytes.
+        """
         if self._held is not None:
-            self._held.append(data)  # one read at most: the transport is paused
+            self._held.append(data)
             return
         receiving = self.requests[-1] if self.requests and not self._handlingRequest else None
         http.HTTPChannel.rawDataReceived(self, data)
         if (receiving is not None and receiving.refusal is not None
                 and not self._handlingRequest and self._transferDecoder is not None):
-            self._refuseBody(receiving, receiving.refusal)  # a chunked body went over the cap
+            self._refuseBody(receiving, receiving.refusal)
 
     def allContentReceived(self):
+        """The request is whole: no deadline while the server answers it."""
         self._stopDeadline()
         http.HTTPChannel.allContentReceived(self)
 
     def requestDone(self, request):
+        """Answered: a keep-alive connection has the header deadline for its next request."""
         if self.persistent:
             self._partial = bool(self._dataBuffer)
             self._await(self.limits.http_header_timeout, "request")
         http.HTTPChannel.requestDone(self, request)
 
     def connectionLost(self, reason):
+        """Stop the clocks and give the connection back to the limiter."""
+        self._ended = True
         self._stopDeadline()
         if self._closing is not None and self._closing.active():
             self._closing.cancel()
