@@ -127,6 +127,14 @@ class Limits:
     connection_rate: int = 10
     connection_burst: int = 50
     allowlist: tuple[str, ...] = ("127.0.0.1", "::1")
+    # The HTTP listeners' own connection caps (0: no limit), so that HTTP cannot
+    # take the XMPP listeners' share, and deadlines for a request's head and body.
+    http_max_connections: int = 1000
+    http_max_connections_per_address: int = 50
+    http_connection_rate: int = 10
+    http_connection_burst: int = 50
+    http_header_timeout: Duration = Duration(20)
+    http_body_timeout: Duration = Duration(30)
     # Failed authentications and invite tokens.
     auth_failures_free: int = 5
     auth_failures_block: int = 30

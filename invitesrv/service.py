@@ -120,7 +120,7 @@ class InviteServer:
         self.tls = None
         self.secret = secrets.token_bytes(32)
         self.metrics = Metrics()
-        self.limiter = Limiter(config.limits, reactor, self.metrics)
+        self.limiter = Limiter(config.limits, reactor, self.metrics, config.trusted_proxies)
         self.hosts = {name: VirtualHost(name, options, config, self.store, self.router, reactor)
                       for name, options in config.hosts.items()}
         for host in self.hosts.values():
@@ -294,10 +294,13 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
     if reactor is None:
         from twisted.internet import reactor
     _, files = raiseFileLimit()
-    if config.limits.max_connections > files - 100:
-        log.warn("limits.max_connections is {wanted} but only {files} files may be open: new"
-                 " connections will fail before that limit is reached",
-                 wanted=config.limits.max_connections, files=files)
+    wanted = config.limits.max_connections
+    if config.http or config.https:
+        wanted += config.limits.http_max_connections
+    if wanted > files - 100:
+        log.warn("limits.max_connections (with http_max_connections when HTTP listens) is"
+                 " {wanted} but only {files} files may be open: new connections will fail"
+                 " before that limit is reached", wanted=wanted, files=files)
     secureDataDir(config.data_dir)
     server = InviteServer(config, store, reactor)
     server.loadTLS()
