@@ -91,6 +91,9 @@ class RestrictedStream(xmlstream.XmlStream):
         self.limits = server.config.limits
         self.clock = server.clock
         xmlstream.XmlStream.__init__(self, authenticator)
+        # A stream error sent before the peer's header is complete (one too
+        # large, a refused connection) still names the stream's namespace.
+        self.namespace = authenticator.namespace
         self.address = ""
         self.closing = False
         self.ended = False
