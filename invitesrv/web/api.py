@@ -475,8 +475,6 @@ class ApiRoot(resource.Resource):
             raise ApiError(404, f"There is no account {username}@{host.name}")
         log.info("Account {user}@{host} deleted through the API by key {keyId}", user=username,
                  host=host.name, keyId=keyId)
-        for session in list(host.router.resourcesOf(f"{username}@{host.name}").values()):
-            session.close("not-authorized", "Account deleted")
         return 204, None
 
     @defer.inlineCallbacks

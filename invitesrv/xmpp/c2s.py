@@ -10,7 +10,7 @@ to its host or the router. No feature logic lives here.
 
 from __future__ import annotations
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.words.protocols.jabber import error, jid, xmlstream
 
 from invitesrv.xmpp.stream import IQ_TYPES, NS_CLIENT, STANZAS, RestrictedStream
@@ -55,6 +55,17 @@ class Session:
 
     def send(self, element) -> None:
         self.stream.send(element)
+
+    def whenSent(self) -> defer.Deferred:
+        """
+        Fire True once what was sent to this session so far is delivered as
+        far as the server can tell, False if the session ends first. Without
+        stream management that is when the transport has taken it
+        (L{RestrictedStream.whenSent}); XEP-0198 would make it the client's ack.
+        """
+        if self.closed:
+            return defer.succeed(False)
+        return self.stream.whenSent()
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """End the session: unavailable to everyone at once, then the stream."""
