@@ -8,7 +8,6 @@ from __future__ import annotations
 from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
 from service_identity.pyopenssl import verify_hostname
-from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
@@ -29,10 +28,9 @@ class PeerTLS:
 
     @staticmethod
     def _context(options, trust: str) -> SSL.Context:
-        context = ssl.CertificateOptions(
-            privateKey=options.privateKey, certificate=options.certificate,
-            extraCertChain=options.extraCertChain, raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-        ).getContext()
+        # Peers (Prosody) offer ALPN "xmpp-server"; the default selection,
+        # made for HTTP, would end the handshake with an internal error.
+        context = options.derive(selectALPN=_selectALPN).getContext()
         if trust:
             context.load_verify_locations(trust)
         else:
@@ -40,9 +38,6 @@ class PeerTLS:
         # Asking for the peer's certificate makes OpenSSL insist on a session
         # id context, even with session caching off.
         context.set_session_id(b"invitesrv-s2s")
-        # Peers (Prosody) offer ALPN "xmpp-server"; the default selection,
-        # made for HTTP, would end the handshake with an internal error.
-        context.set_alpn_select_callback(_selectALPN)
         return context
 
     def client(self, serverName: str) -> PeerCertificate:
