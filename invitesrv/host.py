@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from importlib.metadata import entry_points
 
-from twisted.logger import Logger
+from twisted.internet import defer
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import utility
 from wokkel.subprotocols import XMPPHandlerCollection
@@ -23,8 +23,6 @@ from invitesrv.config import Config, HostOptions
 from invitesrv.hooks import Hooks
 from invitesrv.limits import Metrics
 from invitesrv.xmpp.router import Router, bounce
-
-log = Logger()
 
 NS_CLIENT = "jabber:client"
 ADMIN_ROLE = "admin"  # the role an admin invite grants
@@ -81,9 +79,6 @@ class VirtualHost(XMPPHandlerCollection):
         self.modules: dict[str, object] = {}
         self.metrics = Metrics()  # the server's, when it runs in an InviteServer
         self.started = False
-        self.roleAdmins: set[str] = set()
-        self.hooks.add("user-registered", self._registered)
-        self.hooks.add("user-deleted", self._deleted)
         from invitesrv.registrar import Registrar
         self.registrar = Registrar(self)
         router.addHost(self)
@@ -92,23 +87,32 @@ class VirtualHost(XMPPHandlerCollection):
         """Wall-clock seconds from the injected clock (a L{Clock} in tests)."""
         return self.clock.seconds() if hasattr(self.clock, "seconds") else time.time()
 
-    def isAdmin(self, who: jid.JID | str) -> bool:
-        """Admins are named in the config, or hold the admin role (from an admin invite)."""
-        bare = who.userhost() if isinstance(who, jid.JID) else jid.JID(who).userhost()
-        return bare in self.options.admins or bare in self.roleAdmins
+    def isAdmin(self, who: jid.JID | str):
+        """
+        Fire with whether C{who} is an admin of this host: named in the
+        config (a name nobody but C{invitesrvctl adduser} can register), or
+        an account holding the admin role (from an admin invite). The role
+        is read from the store at every check, not remembered: the role
+        goes with its account, also when C{invitesrvctl} deletes it while
+        the server runs, and a stranger who takes the name later has none.
+        """
+        who = who if isinstance(who, jid.JID) else jid.JID(who)
+        if who.userhost() in self.options.admins:
+            return defer.succeed(True)
+        if who.host != self.name or who.user is None:
+            return defer.succeed(False)
+        d = self.store.getRoles(self.name, who.user)
+        return d.addCallback(lambda roles: ADMIN_ROLE in roles)
 
-    def _loadRoleAdmins(self):
-        d = self.store.listRoleHolders(self.name, ADMIN_ROLE)
-        d.addCallback(lambda names: self.roleAdmins.update(f"{n}@{self.name}" for n in names))
-        d.addErrback(lambda failure: log.failure("Cannot read the admins of {host}", failure,
-                                                 host=self.name))
-
-    def _registered(self, registration) -> None:
-        if ADMIN_ROLE in registration.roles:
-            self.roleAdmins.add(f"{registration.username}@{self.name}")
-
-    def _deleted(self, host: str, username: str) -> None:
-        self.roleAdmins.discard(f"{username}@{self.name}")
+    def endSessions(self, username: str, text: str, keep: str | None = None) -> None:
+        """
+        End the sessions of an account whose password changed or that was
+        deleted, with C{<not-authorized/>} and C{text} (all but the full
+        JID C{keep}, the session that changed its own password).
+        """
+        for session in list(self.router.resourcesOf(f"{username}@{self.name}").values()):
+            if session.full != keep:
+                session.close("not-authorized", text)
 
     # -- modules ------------------------------------------------------------
 
@@ -128,7 +132,6 @@ class VirtualHost(XMPPHandlerCollection):
 
     def start(self) -> None:
         self.started = True
-        self._loadRoleAdmins()
         for handler in list(self):
             handler.makeConnection(self.stream)
             handler.connectionInitialized()

@@ -209,7 +209,7 @@ def test_tapOptions(tmp_path):
     options.parseOptions(["--config", str(path), "--data-dir", str(tmp_path / "d"),
                           "--domain", "chat.example", "--domain", "localhost",
                           "--admin", "root@chat.example", "--c2s", "tcp:0",
-                          "--s2s", "tcp:5269:interface=::", "--s2s", "tcp:5270"])
+                          "--s2s", "tcp:5269:interface=\\:\\:", "--s2s", "tcp:5270"])
     config = options.config
     assert config.source == str(path)
     assert config.data_dir == tmp_path / "d"
@@ -217,7 +217,7 @@ def test_tapOptions(tmp_path):
     assert config.hosts["chat.example"].admins == ("root@chat.example",)
     assert config.hosts["localhost"].admins == ()
     assert config.c2s == ("tcp:0",)
-    assert config.s2s == ("tcp:5269:interface=::", "tcp:5270")
+    assert config.s2s == ("tcp:5269:interface=\\:\\:", "tcp:5270")
 
 
 def test_federationDNSOptions():
@@ -245,6 +245,8 @@ def test_tapOptionsRefuse(tmp_path):
         Options().parseOptions(["--admin", "localhost"])
     with pytest.raises(usage.UsageError, match="'a b' is not a valid domain"):
         Options().parseOptions(["--domain", "a b"])
+    with pytest.raises(usage.UsageError, match="--s2s: 'tcp:notaport' is not a valid endpoint"):
+        Options().parseOptions(["--s2s", "tcp:notaport"])
     path = writeConfig(tmp_path, "[limits]\nauth_timeout = 'soon'\n")
     with pytest.raises(usage.UsageError, match=re.escape(f"{path}: limits.auth_timeout")):
         Options().parseOptions(["--config", str(path)])

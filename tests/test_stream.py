@@ -42,8 +42,9 @@ def listening(tmp_path_factory):
     server.stop()
 
 
-@pytest.mark.parametrize(("label", "opening"), [("Clients", C2S_OPEN), ("Servers", S2S_OPEN)])
-def test_endlessOpeningTag(listening, label, opening):
+@pytest.mark.parametrize(("label", "opening", "namespace"), [("Clients", C2S_OPEN, "jabber:client"),
+                                                             ("Servers", S2S_OPEN, "jabber:server")])
+def test_endlessOpeningTag(listening, label, opening, namespace):
     """
     An opening C{<stream:stream} tag that never ends (attribute after
     attribute) is cut with C{<policy-violation/>} once it passes the
@@ -68,6 +69,7 @@ def test_endlessOpeningTag(listening, label, opening):
         except OSError:
             pass
     assert b"<policy-violation" in received, (sent, received)
+    assert f"xmlns='{namespace}'".encode() in received  # the error's stream header
     assert "Stream header too large" in listening.log()
 
 
