@@ -137,6 +137,13 @@ class Limits:
 
 DEFAULT_S2S_PORT = 5269
 
+# Mozilla's "intermediate" TLS 1.2 suites, forward-secret AEAD only (its
+# DHE suites left out), and its groups: the defaults of [tls] ciphers, groups.
+TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+               "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+               "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+TLS_GROUPS = "X25519:P-256:P-384"
+
 
 def parseHostPort(text: str) -> tuple[str, int]:
     """
@@ -179,6 +186,9 @@ class FederationOptions:
     require_valid_certificates: bool = False
     trust: str = ""
     max_queued: int = 1000
+    # Stanzas per second from one remote domain, and at once (0: no limit).
+    stanza_rate: int = 100
+    stanza_burst: int = 1000
 
 
 @dataclass(frozen=True)
@@ -198,6 +208,8 @@ class Config:
     hide_apps: tuple[str, ...] = ()
     tls_certificate: Path | None = None
     tls_key: Path | None = None
+    tls_ciphers: str = TLS_CIPHERS
+    tls_groups: str = TLS_GROUPS
     require_encryption: bool = True
     scram_iterations: int = 4096
     modules: tuple[str, ...] = DEFAULT_MODULES
@@ -223,7 +235,8 @@ class Config:
 _SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url",
                 "trusted_proxies", "app_catalogue", "hide_apps"}
 _LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https"}
-_TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key"}
+_TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key", "ciphers": "tls_ciphers",
+             "groups": "tls_groups"}
 
 
 def _convert(value: object, annotation: object, key: str) -> object:

@@ -30,10 +30,18 @@ def makeCredentials(password: str, iterations: int) -> tuple[Credentials, ...]:
 
 
 def checkPassword(password: str, credentials: Credentials) -> bool:
-    """Check a plaintext password (SASL PLAIN) against stored SCRAM secrets."""
+    """
+    Check a plaintext password (SASL PLAIN) against stored SCRAM secrets. A
+    password SASLprep refuses (a control character, say) is no account's
+    password: it is simply wrong.
+    """
+    try:
+        prepared = saslprep(password)
+    except scramp.ScramException:
+        return False
     name = _HASHES[credentials.mechanism]
-    salted = hashlib.pbkdf2_hmac(name, saslprep(password).encode("utf-8"),
-                                 credentials.salt, credentials.iterations)
+    salted = hashlib.pbkdf2_hmac(name, prepared.encode("utf-8"), credentials.salt,
+                                 credentials.iterations)
     clientKey = hmac.digest(salted, b"Client Key", name)
     return hmac.compare_digest(hashlib.new(name, clientKey).digest(), credentials.storedKey)
 

@@ -22,7 +22,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from invitesrv.config import Config
+from invitesrv.config import Config, ConfigError
 from invitesrv.host import VirtualHost
 from invitesrv.limits import Limiter, Metrics
 from invitesrv.store.sqlite import SQLiteStore
@@ -30,7 +30,7 @@ from invitesrv.tls import loadContextFactory
 from invitesrv.web.site import httpsFactory, makeSite
 from invitesrv.xmpp.c2s import C2SFactory
 from invitesrv.xmpp.router import Router
-from invitesrv.xmpp.s2s import S2SService
+from invitesrv.xmpp.s2s.service import S2SService
 
 log = Logger()
 
@@ -93,8 +93,12 @@ class InviteServer:
     def loadTLS(self) -> None:
         """Load the certificate, generating a self-signed one when none is configured."""
         config = self.config
-        self.tls = loadContextFactory(config.certificatePath, config.keyPath, list(self.hosts),
-                                      generate=config.tls_certificate is None)
+        try:
+            self.tls = loadContextFactory(config.certificatePath, config.keyPath, list(self.hosts),
+                                          generate=config.tls_certificate is None,
+                                          ciphers=config.tls_ciphers, groups=config.tls_groups)
+        except ValueError as e:
+            raise ConfigError(f"{config.source}: {e}") from None
         self.secret = loadSecret(config.data_dir / "server.secret")
 
     def c2sFactory(self, directTLS: bool = False):

@@ -40,7 +40,7 @@ from invitesrv.limits import (
     failureDelay,
 )
 from invitesrv.modules.watchdog import WatchdogModule
-from invitesrv.xmpp.c2s import CLOSE_TIMEOUT
+from invitesrv.xmpp.stream import CLOSE_TIMEOUT
 
 PASSWORD = "correct horse"
 NS_LIMITS = "urn:xmpp:stream-limits:0"

@@ -39,7 +39,7 @@ from twisted.words.xish import domish
 from invitesrv.config import ConfigError, FederationOptions, parseConfig
 from invitesrv.xmpp.dialback import dialbackKey, dialbackSecret
 from invitesrv.xmpp.resolve import srvOrder
-from invitesrv.xmpp.s2s import retarget
+from invitesrv.xmpp.s2s.stream import retarget
 
 S2S_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
               "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "

@@ -261,6 +261,30 @@ def test_failuresSlowedAndLoggedForFail2ban(server):
                    if "Authentication failure" not in line)
 
 
+def test_controlCharactersInPasswordAreFailedLogins(server):
+    """
+    A PLAIN password with a control character (a BEL, a NUL inside it,
+    which SASLprep forbids) is a wrong password like any other: answered
+    <not-authorized/>, counted (the third waits a second), one log line each
+    and no traceback.
+    """
+    delays = []
+    with RawClient(server.port, source="127.0.0.9") as client:
+        client.startTLS()
+        for password in ("bell\x07", "nul\x00inside", "\x1bescape"):
+            payload = base64.b64encode(f"\0frank\0{password}".encode()).decode()
+            started = time.monotonic()
+            client.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+            answer = client.recvUntil(r"<failure[^>]*>.*?</failure>")
+            assert "<not-authorized/>" in answer, answer
+            delays.append(time.monotonic() - started)
+    assert delays[0] < 0.5 and delays[1] < 0.5 and 0.9 < delays[2] < 2, delays
+    lines = [line.split("] ", 1)[1] for line in server.log().splitlines() if "127.0.0.9" in line]
+    assert lines == ['Authentication failure from 127.0.0.9 for user "frank"'] * 2 + [
+        'Authentication failure from 127.0.0.9 for user "frank" (throttled)']
+    assert "Traceback" not in server.log() and "#critical]" not in server.log()
+
+
 def test_addressBlockedOwnerStillLogsIn(server):
     """
     Four failures from one address block it (a stream error at its next

@@ -23,14 +23,12 @@ from twisted.words.xish import domish
 
 from invitesrv.credentials import MECHANISMS, checkPassword, fakeCredentials
 from invitesrv.store.interfaces import StoreUnavailable
-from invitesrv.xmpp.c2s import NS_CLIENT, NS_SESSION, Session
+from invitesrv.xmpp.c2s import NS_SESSION, Session
+from invitesrv.xmpp.stream import NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS
 from invitesrv.xmpp.xmlparser import speaksXMPP1
 
 log = Logger()
 
-NS_STREAMS = "http://etherx.jabber.org/streams"
-NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
-NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_LIMITS = "urn:xmpp:stream-limits:0"
 
@@ -149,49 +147,23 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         self._sasl = None
         self._saslBusy = False
         self._failures = 0
-        self._timer = None
-        self._admitted = False
         self._delayed = None  # an answer held back by a throttle
         self.attempted = ""  # the username of the SASL attempt under way, prepared
 
     # -- connection ---------------------------------------------------------
 
-    def connectionMade(self):
-        transport = self.xmlstream.transport
-        peer = transport.getPeer()
-        self.address = getattr(peer, "host", "")
-        # XMPP is many small request/response writes: Nagle would hold each
-        # one back for the peer's delayed ACK (tens of milliseconds a step).
-        while transport is not None and not hasattr(transport, "setTcpNoDelay"):
-            transport = getattr(transport, "transport", None)
-        if transport is not None:
-            transport.setTcpNoDelay(True)
-        refusal = self.server.limiter.admit(self.address)
-        if refusal is not None:
-            self.xmlstream.closeWithError(refusal.condition, refusal.text)
-            return
-        self._admitted = True
-        self.xmlstream.factory.streams.add(self.xmlstream)
-        self._timer = self.server.clock.callLater(self.server.config.limits.auth_timeout,
-                                                  self._timedOut)
+    @property
+    def label(self) -> str:
+        """How log lines name this stream."""
+        return f"client stream from {self.address}"
 
-    def _timedOut(self):
-        self._timer = None
-        if self.session is None:
-            log.info("Closing unauthenticated connection from {address}: too slow",
-                     address=self.address)
-            self.server.metrics["connections.auth-timeout"] += 1
-            self.xmlstream.closeWithError("connection-timeout")
+    def connectionMade(self):
+        self.address = self.xmlstream.address
 
     def connectionLost(self, reason):
-        self.xmlstream.factory.streams.discard(self.xmlstream)
-        if self._admitted:
-            self._admitted = False
-            self.server.limiter.release(self.address)
-        for call in (self._timer, self._delayed):
-            if call is not None and call.active():
-                call.cancel()
-        self._timer = self._delayed = None
+        if self._delayed is not None and self._delayed.active():
+            self._delayed.cancel()
+        self._delayed = None
         if self.session is not None:
             self.session.close()
         if self.host is not None:
@@ -283,7 +255,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             xs.close()
             return
         xs.send(domish.Element((NS_TLS, "proceed")))
-        xs.transport.startTLS(self.server.tls)
+        xs.startTLS(self.server.tls)
         self.encrypted = True
         xs.reset()
 
@@ -360,7 +332,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if data is None:
             self._sasl = None
             raise SASLFailure("malformed-request", "PLAIN needs an initial response")
-        parts = data.split(b"\0")
+        parts = data.split(b"\0", 2)  # a NUL inside the password makes it wrong, not malformed
         if len(parts) != 3:
             raise SASLFailure("malformed-request")
         try:
@@ -467,9 +439,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             old.close("conflict", "Replaced by a new connection")
         host.router.bind(session)
         self.session = session
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.xmlstream.established()
         reply = xmlstream.toResponse(iq, "result")
         reply.addElement((NS_BIND, "bind")).addElement("jid", content=full.full())
         self.xmlstream.send(reply)
