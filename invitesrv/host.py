@@ -20,6 +20,7 @@ from twisted.words.xish import utility
 from wokkel.subprotocols import XMPPHandlerCollection
 
 from invitesrv.config import Config, HostOptions
+from invitesrv.credentials import MECHANISMS
 from invitesrv.hooks import Hooks
 from invitesrv.limits import Metrics
 from invitesrv.xmpp.router import Router, bounce
@@ -82,8 +83,12 @@ class VirtualHost(XMPPHandlerCollection):
         self.metrics = Metrics()  # the server's, when it runs in an InviteServer
         self.started = False
         self.roleAdmins: set[str] = set()
+        # The SCRAM mechanisms offered: SCRAM-SHA-1 alone while some account
+        # has no SCRAM-SHA-256 keys (imported from Prosody), see refreshMechanisms.
+        self.scramMechanisms: tuple[str, ...] = MECHANISMS
         self.hooks.add("user-registered", self._registered)
         self.hooks.add("user-deleted", self._deleted)
+        self.hooks.add("password-changed", lambda host, username: self.refreshMechanisms())
         from invitesrv.registrar import Registrar
         self.registrar = Registrar(self)
         router.addHost(self)
@@ -103,12 +108,35 @@ class VirtualHost(XMPPHandlerCollection):
         d.addErrback(lambda failure: log.failure("Cannot read the admins of {host}", failure,
                                                  host=self.name))
 
+    def refreshMechanisms(self):
+        """
+        Offer SCRAM-SHA-256 only while every account can use it. An account
+        imported from Prosody 0.12 has SCRAM-SHA-1 keys only, and SHA-256 keys
+        cannot be derived from them; a client offered both picks SHA-256
+        (Conversations does, and does not fall back), so it would be locked
+        out. Until such accounts get SHA-256 keys (a PLAIN login or a new
+        password), the host offers SCRAM-SHA-1, as Prosody did.
+        """
+        d = self.store.countAccountsWithout(self.name, MECHANISMS[0])
+
+        def counted(legacy: int):
+            mechanisms = MECHANISMS[1:] if legacy else MECHANISMS
+            if mechanisms != self.scramMechanisms:
+                log.info("{host}: {count} accounts have SCRAM-SHA-1 keys only; offering {mechanisms}",
+                         host=self.name, count=legacy, mechanisms=", ".join(mechanisms))
+            self.scramMechanisms = mechanisms
+        d.addCallback(counted)
+        d.addErrback(lambda failure: log.failure("Cannot count the legacy accounts of {host}",
+                                                 failure, host=self.name))
+        return d
+
     def _registered(self, registration) -> None:
         if ADMIN_ROLE in registration.roles:
             self.roleAdmins.add(f"{registration.username}@{self.name}")
 
     def _deleted(self, host: str, username: str) -> None:
         self.roleAdmins.discard(f"{username}@{self.name}")
+        self.refreshMechanisms()
 
     # -- modules ------------------------------------------------------------
 
@@ -129,6 +157,7 @@ class VirtualHost(XMPPHandlerCollection):
     def start(self) -> None:
         self.started = True
         self._loadRoleAdmins()
+        self.refreshMechanisms()
         for handler in list(self):
             handler.makeConnection(self.stream)
             handler.connectionInitialized()
