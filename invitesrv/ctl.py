@@ -120,6 +120,8 @@ def buildParser() -> argparse.ArgumentParser:
     addInviteCommands(commands)
     from invitesrv.ctl_apikeys import addApiKeyCommands
     addApiKeyCommands(commands)
+    from invitesrv.ctl_import import addImportCommands
+    addImportCommands(commands)
     return parser
 
 
