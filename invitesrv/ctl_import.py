@@ -26,7 +26,7 @@ from twisted.internet import defer
 
 from invitesrv.ctl import CommandError
 from invitesrv.invites import hashToken
-from invitesrv.prosodydata import ProsodyDataDir, ProsodyDataError
+from invitesrv.prosodydata import ProsodyDataDir, ProsodyDataError, tokenLabel
 from invitesrv.store.interfaces import AccountExists, NewAccount, UsernameReserved
 
 DESCRIPTION = """\
@@ -132,7 +132,7 @@ def importInvites(host, source: ProsodyDataDir, report: ImportReport, dryRun: bo
         return
     report.skipped.extend(f"{host.name}: {line}" for line in skipped)
     for invite, token in invites:
-        label = f"{host.name}: invite {token[:6]}..."
+        label = f"{host.name}: invite {tokenLabel(token)}"
         tokenHash = hashToken(token)
         if (yield store.findInvite(tokenHash)) is not None:
             report.skipped.append(f"{label}: already imported")
@@ -160,7 +160,7 @@ def importProsody(server, args):
         raise CommandError(str(e)) from None
     report = ImportReport()
     what = "Checking" if args.dry_run else "Importing"
-    print(f"{what} Prosody data in {source.path} into {server.config.databasePath}")
+    print(f"{what} Prosody data in {source.path.resolve()} into {server.config.databasePath}")
     for name in source.hostDirs:
         host = server.hosts.get(name)
         if host is None:

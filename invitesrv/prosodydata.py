@@ -12,6 +12,7 @@ yet (vCards, PEP, archives, private XML...) is only counted, by store.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import math
 import urllib.parse
 from dataclasses import dataclass, field
@@ -30,6 +31,11 @@ MAX_FILE_SIZE = 64 * 1024 * 1024  # one user's store file; Prosody's archives ho
 IMPORTED_STORES = ("accounts", "roster", "offline", "invite_token")
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 ADMIN_ROLES = ("prosody:admin", "prosody:operator")  # what invitesrv's admin role stands for
+
+
+def tokenLabel(token) -> str:
+    """How reports name an invite: by its token's hash, which redeems nothing."""
+    return "sha256:" + hashlib.sha256(str(token).encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 class ProsodyDataError(Exception):
@@ -312,10 +318,10 @@ class ProsodyDataDir:
             try:
                 invite = self._invite(host, token, data, now)
             except ProsodyDataError as e:
-                skipped.append(f"invite {str(token)[:6]}...: {e}")
+                skipped.append(f"invite {tokenLabel(token)}: {e}")
                 continue
             if invite is None:
-                skipped.append(f"invite {token[:6]}...: expired")
+                skipped.append(f"invite {tokenLabel(token)}: expired")
             else:
                 found.append((invite, token))
         return found, skipped

@@ -184,12 +184,15 @@ def test_summary(imported):
 
 def test_secondRunChangesNothing(imported):
     """Run again, nothing is imported twice or overwritten: each account says it exists."""
-    server, prosody, _, _ = imported
+    server, prosody, tokens, _ = imported
     output = server.ctl("import", "prosody", str(prosody.root / "data")).stdout
     assert f"{DOMAIN}: 0 accounts, 0 roster items, 0 pending subscription requests," \
            " 0 offline messages, 0 invites imported" in output
     assert f"skipped: jürgen@{DOMAIN}: the account exists in invitesrv (left unchanged)" in output
     assert output.count("already imported") == 2
+    for path in server.dataDir.glob("invitesrv.sqlite3*"):  # only the tokens' hashes are kept
+        assert not any(token.encode() in path.read_bytes() for token in tokens.values())
+    assert not any(token in output for token in tokens.values())
 
 
 def test_scramSha1WithProsodyPassword(imported):
