@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -193,6 +194,26 @@ def test_secondRunChangesNothing(imported):
     for path in server.dataDir.glob("invitesrv.sqlite3*"):  # only the tokens' hashes are kept
         assert not any(token.encode() in path.read_bytes() for token in tokens.values())
     assert not any(token in output for token in tokens.values())
+
+
+def test_dryRunAndDamagedFile(imported, tmp_path):
+    """
+    --dry-run counts and writes nothing; an account file that is code, not
+    data, is an error for that account alone, and the exit status says so.
+    """
+    _, prosody, _, _ = imported
+    data = tmp_path / "data"
+    shutil.copytree(prosody.root / "data", data)
+    (data / "prosody%2etest" / "accounts" / "bob.dat").write_text('return os.execute("id");\n')
+    other = RunningServer(tmp_path, f'[hosts."{DOMAIN}"]\n')
+    result = other.ctl("import", "prosody", "--dry-run", str(data), check=False)
+    assert result.returncode == 1
+    assert (f"{DOMAIN}: 2 accounts, 3 roster items, 0 pending subscription requests,"
+            " 0 offline messages, 2 invites would be imported") in result.stdout, result.stdout
+    assert f"host {OTHER}: not served by this invitesrv" in result.stdout
+    assert re.search(rf"error: bob@{DOMAIN}: not Prosody data: .*bob\.dat:1:8: expected a string",
+                     result.stderr), result.stderr
+    assert other.ctl("users", DOMAIN).stdout == ""
 
 
 def test_scramSha1WithProsodyPassword(imported):
