@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from twisted.internet import endpoints
 from twisted.words.protocols.jabber import jid
 
 DEFAULT_MODULES = (
@@ -74,7 +75,9 @@ class HostOptions:
     allow_registration: bool = False
     registration_invite_only: bool = True
     offline_max_messages: int = 500
+    offline_max_message_size: int = 262_144
     max_pending_subscriptions: int = 200
+    subscription_request_max_size: int = 4096
     password_min_length: int = 8
     password_max_length: int = 1024
     # Invites.
@@ -113,6 +116,7 @@ class Limits:
     read_rate: int = 200_000
     read_burst: int = 1_000_000
     send_buffer: int = 1_048_576
+    send_timeout: Duration = Duration(60)
     # Idle connections.
     idle_timeout: Duration = Duration(300)
     ping_timeout: Duration = Duration(60)
@@ -123,6 +127,14 @@ class Limits:
     connection_rate: int = 10
     connection_burst: int = 50
     allowlist: tuple[str, ...] = ("127.0.0.1", "::1")
+    # The HTTP listeners' own connection caps (0: no limit), so that HTTP cannot
+    # take the XMPP listeners' share, and deadlines for a request's head and body.
+    http_max_connections: int = 1000
+    http_max_connections_per_address: int = 50
+    http_connection_rate: int = 10
+    http_connection_burst: int = 50
+    http_header_timeout: Duration = Duration(20)
+    http_body_timeout: Duration = Duration(30)
     # Failed authentications and invite tokens.
     auth_failures_free: int = 5
     auth_failures_block: int = 30
@@ -202,6 +214,7 @@ class Config:
     s2s: tuple[str, ...] = ()
     http: tuple[str, ...] = ()
     https: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
     public_url: str = ""
     trusted_proxies: tuple[str, ...] = ()
     app_catalogue: str = ""
@@ -234,7 +247,7 @@ class Config:
 # Keys of the top-level tables and where they go in Config.
 _SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url",
                 "trusted_proxies", "app_catalogue", "hide_apps"}
-_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https"}
+_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https", "metrics"}
 _TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key", "ciphers": "tls_ciphers",
              "groups": "tls_groups"}
 
@@ -297,6 +310,21 @@ def _checkHostName(name: str, source: str) -> str:
     if prepared is None or prepared.user or prepared.resource or not name:
         raise ConfigError(f"{source}: hosts.{name!r} is not a valid domain name")
     return prepared.host
+
+
+def checkEndpoint(description: str, where: str) -> str:
+    """
+    Parse a listener's endpoint string now, so a typo stops start-up with
+    the option's name rather than a traceback from the listener.
+    """
+    try:
+        endpoints.serverFromString(None, description)
+    except (ValueError, TypeError) as e:
+        hint = ""
+        if description.count(":") > 2 and "\\:" not in description:
+            hint = " (write colons inside a value as \\:, e.g. interface=\\:\\:)"
+        raise ConfigError(f"{where}: {description!r} is not a valid endpoint: {e}{hint}") from None
+    return description
 
 
 def _checkAdmins(host: str, options: HostOptions, source: str) -> HostOptions:
@@ -392,6 +420,9 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
         except ValueError:
             raise ConfigError(f"{source}: limits.allowlist: {entry!r} is not an address"
                               " or network") from None
+    for key in sorted(_LISTEN_KEYS):
+        for description in getattr(config, key):
+            checkEndpoint(description, f"{source}: listen.{key}")
     if bool(config.tls_certificate) != bool(config.tls_key):
         raise ConfigError(f"{source}: tls.certificate and tls.key go together")
     for proxy in config.trusted_proxies:
@@ -452,9 +483,9 @@ def withOverrides(
                 hosts[adminJID.host] = replace(options, admins=options.admins + (adminJID.userhost(),))
     changes["hosts"] = hosts
     if c2s:
-        changes["c2s"] = tuple(c2s)
+        changes["c2s"] = tuple(checkEndpoint(d, f"{source}: --c2s") for d in c2s)
     if http:
-        changes["http"] = tuple(http)
+        changes["http"] = tuple(checkEndpoint(d, f"{source}: --http") for d in http)
     if publicURL:
         changes["public_url"] = publicURL
     return dataclasses.replace(config, **changes)

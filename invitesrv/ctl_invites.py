@@ -221,9 +221,9 @@ def addInviteCommands(commands) -> None:
     command.set_defaults(run=listInvites)
 
     command = sub.add_parser("show", help="show one invite and its uses")
-    command.add_argument("id")
+    command.add_argument("id", metavar="ID", help="the invite's id, as 'invite list' prints it")
     command.set_defaults(run=show)
 
     command = sub.add_parser("revoke", help="revoke a pending invite")
-    command.add_argument("id")
+    command.add_argument("id", metavar="ID", help="the invite's id, as 'invite list' prints it")
     command.set_defaults(run=revoke)

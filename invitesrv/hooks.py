@@ -21,9 +21,11 @@ C{user-registering} (registration)
 C{user-registered} (registration)
     After the account, and everything written with it, is committed.
 C{password-changed} (host, username)
+    After the account's other sessions were ended.
 C{user-deleting} (host, username)
-    Before the account and its data go: tell contacts, close sessions.
+    Before the account and its data go: tell contacts.
 C{user-deleted} (host, username)
+    After the account, its roles and its invites went, and its sessions ended.
 C{session-bound} (session)
 C{session-closed} (session)
 C{initial-presence} (session)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from importlib.metadata import entry_points
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import utility
@@ -82,13 +83,11 @@ class VirtualHost(XMPPHandlerCollection):
         self.modules: dict[str, object] = {}
         self.metrics = Metrics()  # the server's, when it runs in an InviteServer
         self.started = False
-        self.roleAdmins: set[str] = set()
         # The SCRAM mechanisms offered: SCRAM-SHA-1 alone while some account
         # has no SCRAM-SHA-256 keys (imported from Prosody), see refreshMechanisms.
         self.scramMechanisms: tuple[str, ...] = MECHANISMS
-        self.hooks.add("user-registered", self._registered)
-        self.hooks.add("user-deleted", self._deleted)
         self.hooks.add("password-changed", lambda host, username: self.refreshMechanisms())
+        self.hooks.add("user-deleted", lambda host, username: self.refreshMechanisms())
         from invitesrv.registrar import Registrar
         self.registrar = Registrar(self)
         router.addHost(self)
@@ -97,25 +96,31 @@ class VirtualHost(XMPPHandlerCollection):
         """Wall-clock seconds from the injected clock (a L{Clock} in tests)."""
         return self.clock.seconds() if hasattr(self.clock, "seconds") else time.time()
 
-    def isAdmin(self, who: jid.JID | str) -> bool:
-        """Admins are named in the config, or hold the admin role (from an admin invite)."""
-        bare = who.userhost() if isinstance(who, jid.JID) else jid.JID(who).userhost()
-        return bare in self.options.admins or bare in self.roleAdmins
-
-    def _loadRoleAdmins(self):
-        d = self.store.listRoleHolders(self.name, ADMIN_ROLE)
-        d.addCallback(lambda names: self.roleAdmins.update(f"{n}@{self.name}" for n in names))
-        d.addErrback(lambda failure: log.failure("Cannot read the admins of {host}", failure,
-                                                 host=self.name))
+    def isAdmin(self, who: jid.JID | str):
+        """
+        Fire with whether C{who} is an admin of this host: named in the
+        config (a name nobody but C{invitesrvctl adduser} can register), or
+        an account holding the admin role (from an admin invite). The role
+        is read from the store at every check, not remembered: the role
+        goes with its account, also when C{invitesrvctl} deletes it while
+        the server runs, and a stranger who takes the name later has none.
+        """
+        who = who if isinstance(who, jid.JID) else jid.JID(who)
+        if who.userhost() in self.options.admins:
+            return defer.succeed(True)
+        if who.host != self.name or who.user is None:
+            return defer.succeed(False)
+        d = self.store.getRoles(self.name, who.user)
+        return d.addCallback(lambda roles: ADMIN_ROLE in roles)
 
     def refreshMechanisms(self):
         """
         Offer SCRAM-SHA-256 only while every account can use it. An account
         imported from Prosody 0.12 has SCRAM-SHA-1 keys only, and SHA-256 keys
-        cannot be derived from them; a client offered both picks SHA-256
-        (Conversations does, and does not fall back), so it would be locked
-        out. Until such accounts get SHA-256 keys (a PLAIN login or a new
-        password), the host offers SCRAM-SHA-1, as Prosody did.
+        cannot be derived from them; a client offered both picks SHA-256, and
+        one that does not fall back after a failure would be locked out. Until
+        such accounts get SHA-256 keys (a PLAIN login or a new password), the
+        host offers SCRAM-SHA-1, as Prosody 0.12 did.
         """
         d = self.store.countAccountsWithout(self.name, MECHANISMS[0])
 
@@ -130,13 +135,15 @@ class VirtualHost(XMPPHandlerCollection):
                                                  failure, host=self.name))
         return d
 
-    def _registered(self, registration) -> None:
-        if ADMIN_ROLE in registration.roles:
-            self.roleAdmins.add(f"{registration.username}@{self.name}")
-
-    def _deleted(self, host: str, username: str) -> None:
-        self.roleAdmins.discard(f"{username}@{self.name}")
-        self.refreshMechanisms()
+    def endSessions(self, username: str, text: str, keep: str | None = None) -> None:
+        """
+        End the sessions of an account whose password changed or that was
+        deleted, with C{<not-authorized/>} and C{text} (all but the full
+        JID C{keep}, the session that changed its own password).
+        """
+        for session in list(self.router.resourcesOf(f"{username}@{self.name}").values()):
+            if session.full != keep:
+                session.close("not-authorized", text)
 
     # -- modules ------------------------------------------------------------
 
@@ -156,7 +163,6 @@ class VirtualHost(XMPPHandlerCollection):
 
     def start(self) -> None:
         self.started = True
-        self._loadRoleAdmins()
         self.refreshMechanisms()
         for handler in list(self):
             handler.makeConnection(self.stream)

@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from invitesrv.store.interfaces import Invite
+from invitesrv.usernames import precisUsername
 
 log = Logger()
 
@@ -161,6 +162,15 @@ class InviteManager:
     @defer.inlineCallbacks
     def _checkUsernameFree(self, username: str):
         host = self.host
+        try:
+            valid = precisUsername(username) == username
+        except ValueError:
+            valid = False
+        if not valid:
+            raise InviteError(f"{username!r} cannot be the username of a new account")
+        if f"{username}@{host.name}" in host.options.admins:
+            raise InviteError(f"{username}@{host.name} is an admin named in the configuration;"
+                              " only invitesrvctl adduser can create it")
         if (yield host.store.accountExists(host.name, username)):
             raise InviteError(f"The account {username}@{host.name} already exists")
         now = host.now()
@@ -211,7 +221,7 @@ class InviteManager:
         C{invitee_invite_delay} ago. Admins are exempt.
         """
         host = self.host
-        if host.isAdmin(creator):
+        if (yield host.isAdmin(creator)):
             return
         options = host.options
         now = host.now()

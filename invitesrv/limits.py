@@ -305,9 +305,16 @@ class Limiter:
     All the per-address and per-account limits of one server, from
     C{[limits]} in the config: connection admission, the read rate of each
     stream, and the throttles of failed authentications and invite tokens.
+
+    HTTP connections are admitted from a pool of their own (the C{http_*}
+    caps), so a flood of them cannot take the XMPP listeners' share. The
+    reverse proxies in C{webExempt} (C{server.trusted_proxies}) bring many
+    clients' connections from one address: in that pool they are held only
+    to the total, like the allowlist.
     """
 
-    def __init__(self, limits, clock, metrics: Metrics | None = None):
+    def __init__(self, limits, clock, metrics: Metrics | None = None,
+                 webExempt: Iterable[str] = ()):
         self.limits = limits
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
@@ -315,6 +322,11 @@ class Limiter:
         self.connections = ConnectionLimiter(
             clock, limits.max_connections, limits.max_connections_per_address,
             limits.connection_rate, limits.connection_burst, self.allowlist)
+        self.webConnections = ConnectionLimiter(
+            clock, limits.http_max_connections, limits.http_max_connections_per_address,
+            limits.http_connection_rate, limits.http_connection_burst,
+            AddressList((*limits.allowlist, *webExempt)))
+        self.webRefusals = EpisodeLog(clock, quiet=60.0)
         window = limits.auth_failure_window
         self.authByAddress = FailureCounter(clock, window)
         self.authByAccount = FailureCounter(clock, window)
@@ -328,20 +340,33 @@ class Limiter:
     # -- connections ------------------------------------------------------------
 
     def admit(self, address: str) -> Refusal | None:
-        """Admit a new connection, or say why not (and count and log the refusal)."""
-        refusal = self.connections.admit(address)
-        if refusal is not None:
-            self.metrics["connections.refused"] += 1
-            if self.refusals.event():
-                log.warn("Refusing connections: {text} (first from {address}; further"
-                         " refusals are counted, not logged, until a minute passes without one)",
-                         text=refusal.text, address=address)
-        else:
-            self.metrics["connections.accepted"] += 1
-        return refusal
+        """Admit a new XMPP connection, or say why not (and count and log the refusal)."""
+        return self._admit(self.connections, self.refusals, address, "connections", "connections")
 
     def release(self, address: str) -> None:
         self.connections.release(address)
+
+    def admitWeb(self, address: str) -> Refusal | None:
+        """Admit a new HTTP connection, or say why not (counted as C{http.*})."""
+        return self._admit(self.webConnections, self.webRefusals, address, "http",
+                           "HTTP connections")
+
+    def releaseWeb(self, address: str) -> None:
+        self.webConnections.release(address)
+
+    def _admit(self, pool: ConnectionLimiter, refusals: EpisodeLog, address: str,
+               counter: str, what: str) -> Refusal | None:
+        """Admit from C{pool}; a refusal is counted, and logged once per episode."""
+        refusal = pool.admit(address)
+        if refusal is not None:
+            self.metrics[f"{counter}.refused"] += 1
+            if refusals.event():
+                log.warn("Refusing {what}: {text} (first from {address}; further"
+                         " refusals are counted, not logged, until a minute passes without one)",
+                         what=what, text=refusal.text, address=address)
+        else:
+            self.metrics[f"{counter}.accepted"] += 1
+        return refusal
 
     def readBucket(self, address: str) -> TokenBucket | None:
         """The read-rate bucket of a new stream from C{address}; None if unlimited."""

@@ -25,12 +25,17 @@ from invitesrv.store.interfaces import (
     NewAccount,
     RosterItem,
     StoreUnavailable,
+    UsernameConfusable,
     UsernameReserved,
 )
+from invitesrv.usernames import precisUsername
 
 log = Logger()
 
 INVITE_ONLY = "Registration on this server is through invitation only"
+PASSWORD_CHANGED = "Password changed"
+INVALID_USERNAME = "The requested username is invalid."
+ADMIN_NAME = "The requested username is reserved for the administrators of this server."
 
 
 class RegistrationError(error.StanzaError):
@@ -59,13 +64,29 @@ class Registration:
 
 
 def prepareUsername(raw: str | None) -> str:
-    """Nodeprep a requested username (case folded); refuse what is not valid."""
+    """
+    Nodeprep the username of an existing account (case folded), as logins
+    do; refuse what is not valid.
+    """
     try:
         username = nodeprep.prepare(raw or "")
     except UnicodeError:
         username = ""
+    return _checkLength(username)
+
+
+def prepareNewUsername(raw: str | None) -> str:
+    """The username of a new account, by PRECIS (L{invitesrv.usernames}); refuse what is not valid."""
+    try:
+        username = precisUsername(raw or "")
+    except ValueError:
+        username = ""
+    return _checkLength(username)
+
+
+def _checkLength(username: str) -> str:
     if not username or len(username.encode("utf-8")) > 1023:
-        raise RegistrationError("not-acceptable", "The requested username is invalid.", "modify")
+        raise RegistrationError("not-acceptable", INVALID_USERNAME, "modify")
     return username
 
 
@@ -131,7 +152,13 @@ class Registrar:
         An C{invite} must already be reserved by the caller, who releases it
         if this fails; on success its use is recorded with the account.
         """
-        name = prepareUsername(username)
+        if invite is not None and invite.kind == "reset":
+            name = prepareUsername(username)  # an existing account, named as it logs in
+        else:
+            name = prepareNewUsername(username)
+            if f"{name}@{self.host.name}" in self.host.options.admins and path != "cli":
+                # Named in the config: whoever registered it would be admin.
+                raise RegistrationError("conflict", ADMIN_NAME, "cancel")
         registration = Registration(self.host.name, name, path, address, invite, trusted)
         self._checkInvite(registration)
         self.checkPassword(password, name)
@@ -153,6 +180,9 @@ class Registrar:
         except AccountExists:
             raise RegistrationError("conflict", "The requested username already exists.",
                                     "cancel") from None
+        except UsernameConfusable:
+            raise RegistrationError("conflict", "The requested username is too similar to an"
+                                    " existing one.", "cancel") from None
         except UsernameReserved:
             raise RegistrationError("conflict", "The requested username is reserved by an invitation.",
                                     "cancel") from None
@@ -164,9 +194,11 @@ class Registrar:
         log.info("Account {user}@{host} {what} via {path}{invite}", user=name, host=self.host.name,
                  what="password reset" if registration.reset else "registered", path=path,
                  invite=f" with invite {invite.id}" if invite else "")
-        hook = "password-changed" if registration.reset else "user-registered"
-        args = (self.host.name, name) if registration.reset else (registration,)
-        yield self._runAfter(hook, *args)
+        if registration.reset:
+            self.host.endSessions(name, PASSWORD_CHANGED)
+            yield self._runAfter("password-changed", self.host.name, name)
+        else:
+            yield self._runAfter("user-registered", registration)
         if invite is not None:
             yield self._runAfter("invite-used", invite, name, path)
         return registration
@@ -180,13 +212,19 @@ class Registrar:
             log.failure("Hook {hook} failed", hook=hook)
 
     @defer.inlineCallbacks
-    def changePassword(self, username: str, password: str | None):
-        """Set a new password for an existing account; fire with True if it exists."""
+    def changePassword(self, username: str, password: str | None, keep: str | None = None):
+        """
+        Set a new password for an existing account; fire with True if it
+        exists. The account's sessions end, but for C{keep} (the full JID
+        of the session that changed it): whoever knew the old password is
+        out.
+        """
         self.checkPassword(password, username)
         credentials = yield self._credentials(password)
         changed = yield self.host.store.setCredentials(self.host.name, username, credentials)
         if changed:
             log.info("Password of {user}@{host} changed", user=username, host=self.host.name)
+            self.host.endSessions(username, PASSWORD_CHANGED, keep)
             yield self._runAfter("password-changed", self.host.name, username)
         return changed
 
@@ -221,12 +259,16 @@ class Registrar:
 
     @defer.inlineCallbacks
     def deleteAccount(self, username: str):
-        """Delete an account and all it owns; fire with True if it existed."""
+        """
+        Delete an account and all it owns, with the invites it made or that
+        name it, and end its sessions; fire with True if it existed.
+        """
         if not (yield self.host.store.accountExists(self.host.name, username)):
             return False
         yield self._runAfter("user-deleting", self.host.name, username)
-        deleted = yield self.host.store.deleteAccount(self.host.name, username)
+        deleted = yield self.host.store.deleteAccount(self.host.name, username, self.host.now())
         if deleted:
             log.info("Account {user}@{host} deleted", user=username, host=self.host.name)
+            self.host.endSessions(username, "Account deleted")
             yield self._runAfter("user-deleted", self.host.name, username)
         return deleted

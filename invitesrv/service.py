@@ -4,10 +4,12 @@ Assembly: from a L{Config} to a running server, with or without twistd.
 L{InviteServer} holds what one process shares (config, store, router,
 virtual hosts, TLS). L{makeService} wraps it in a C{MultiService} of named
 children, so an embedding application can take the pieces it wants:
-C{"store"}, C{"hosts"}, C{"s2s"} (federation, when C{[listen] s2s} names a
+C{"store"}, C{"hosts"}, C{"control"} (the channel C{invitesrvctl} reaches a
+running server through, L{invitesrv.control}), C{"s2s"} (federation, when C{[listen] s2s} names a
 listener), C{"c2s"}, C{"c2s-direct-tls"}, C{"http"} (invite pages, web
 registration and the admin API), C{"metrics"} (the counters, logged every
-C{limits.metrics_interval}) and C{"timers"}.
+C{limits.metrics_interval}) and C{"systemd"} (readiness and watchdog
+notifications under a C{Type=notify} unit).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import resource
 import secrets
+import stat
 from pathlib import Path
 
 from twisted.application import internet, service
@@ -23,9 +26,12 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from invitesrv.config import Config, ConfigError
+from invitesrv.control import SOCKET_NAME, ControlFactory, writeRecord
 from invitesrv.host import VirtualHost
 from invitesrv.limits import Limiter, Metrics
+from invitesrv.metrics import MetricsService
 from invitesrv.store.sqlite import SQLiteStore
+from invitesrv.systemd import NotifyService
 from invitesrv.tls import loadContextFactory
 from invitesrv.web.site import httpsFactory, makeSite
 from invitesrv.xmpp.c2s import C2SFactory
@@ -33,6 +39,38 @@ from invitesrv.xmpp.router import Router
 from invitesrv.xmpp.s2s.service import S2SService
 
 log = Logger()
+
+
+PRIVATE_UMASK = 0o077  # what the process creates (database, WAL, key, backups) is the owner's
+
+
+def secureDataDir(path: Path) -> list[Path]:
+    """
+    Keep the data directory to its owner: set the process umask so that
+    every file created from now on (the database, its WAL and shared-memory
+    files, the secret, the generated key, upgrade backups) is 0600 and every
+    directory 0700, create the directory 0700, and take group and other
+    permissions off whatever is already in it (an older installation, a
+    copy made with another umask), with a log line. It holds SCRAM keys, API
+    key hashes and invites. Return the paths whose mode was changed.
+    """
+    os.umask(PRIVATE_UMASK)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    changed = []
+    entries = [(str(path), 0o700)]
+    for directory, subdirectories, files in os.walk(path):
+        entries += [(os.path.join(directory, name), 0o700) for name in subdirectories]
+        entries += [(os.path.join(directory, name), 0o600) for name in files]
+    for name, private in entries:
+        mode = os.lstat(name).st_mode
+        if not stat.S_ISLNK(mode) and mode & 0o077:
+            os.chmod(name, stat.S_IMODE(mode) & private)
+            changed.append(Path(name))
+    if changed:
+        log.warn("Data directory {path} was open to other users: removed their access to"
+                 " {count} entries ({names})", path=path, count=len(changed),
+                 names=", ".join(str(p.relative_to(path)) if p != path else "." for p in changed))
+    return changed
 
 
 def loadSecret(path: Path) -> bytes:
@@ -78,10 +116,11 @@ class InviteServer:
         self.store = store if store is not None else SQLiteStore(
             config.databasePath, reactor, busyTimeout=config.limits.store_busy_timeout)
         self.router = Router()
+        self.listeners: list[ListenerService] = []  # filled by makeService
         self.tls = None
         self.secret = secrets.token_bytes(32)
         self.metrics = Metrics()
-        self.limiter = Limiter(config.limits, reactor, self.metrics)
+        self.limiter = Limiter(config.limits, reactor, self.metrics, config.trusted_proxies)
         self.hosts = {name: VirtualHost(name, options, config, self.store, self.router, reactor)
                       for name, options in config.hosts.items()}
         for host in self.hosts.values():
@@ -158,16 +197,32 @@ class HostsService(service.Service):
             host.stop()
 
 
-class ListenerService(internet.StreamServerEndpointService):
-    """An endpoint listener that logs the address it really got (port 0 too)."""
+class ListenError(Exception):
+    """A listener cannot listen: the server must not run listening on less than it was told."""
 
-    def __init__(self, endpoint, factory, label: str):
+
+class ListenerService(internet.StreamServerEndpointService):
+    """
+    An endpoint listener that logs the address it really got (port 0 too),
+    and stops start-up with L{ListenError} when it cannot listen (a port
+    taken, an address not on this machine).
+    """
+
+    def __init__(self, endpoint, factory, label: str, description: str = ""):
         internet.StreamServerEndpointService.__init__(self, endpoint, factory)
         self.label = label
+        self.description = description
+        self.kind = ""  # the [listen] key it serves
         self.port = None
 
     def privilegedStartService(self):
-        internet.StreamServerEndpointService.privilegedStartService(self)
+        self._raiseSynchronously = True
+        try:
+            internet.StreamServerEndpointService.privilegedStartService(self)
+        except Exception as e:
+            reason = getattr(e, "socketError", None) or e
+            raise ListenError(f"{self.label}: cannot listen on {self.description or self.endpoint}:"
+                              f" {reason}") from None
         self._waitingForPort.addCallback(self._listening)
 
     def stopService(self):
@@ -193,55 +248,114 @@ class ListenerService(internet.StreamServerEndpointService):
         return port
 
 
+class ControlService(ListenerService):
+    """
+    The control channel's Unix socket in the data dir (mode 0600), opened
+    after the store and hosts and before the listeners, with a record of
+    what the server serves. A second server on the same data dir cannot take
+    the socket's lock and stops. A data dir whose path is too long for a
+    Unix socket leaves the server without a channel (the log says so).
+    """
+
+    def __init__(self, server, reactor):
+        self.server = server
+        self.path = server.config.data_dir / SOCKET_NAME
+        endpoint = endpoints.UNIXServerEndpoint(reactor, str(self.path), mode=0o600, wantPID=True)
+        ListenerService.__init__(self, endpoint, ControlFactory(server), "Control channel",
+                                 str(self.path))
+
+    def privilegedStartService(self):
+        writeRecord(self.server)
+        if len(os.fsencode(self.path)) >= 104:  # sun_path holds 104 to 108 bytes
+            log.warn("No control channel: the path {path} is too long for a Unix socket;"
+                     " invitesrvctl will work on the database alone", path=self.path)
+            return
+        ListenerService.privilegedStartService(self)
+
+    def _listening(self, port):
+        self.port = port
+        log.info("Control channel listening on {path}", path=self.path)
+        return port
+
+
+class ServerService(service.MultiService):
+    """
+    The whole server. When a listener cannot listen, the store that start-up
+    opened is closed (its threads would keep the process alive) before the
+    L{ListenError} goes up.
+    """
+
+    def privilegedStartService(self):
+        try:
+            service.MultiService.privilegedStartService(self)
+        except ListenError:
+            self.getServiceNamed("store").stopService()
+            raise
+
+
 def makeService(config: Config, reactor=None, store=None) -> service.MultiService:
     """Build the whole server as a MultiService of named children."""
     if reactor is None:
         from twisted.internet import reactor
     _, files = raiseFileLimit()
-    if config.limits.max_connections > files - 100:
-        log.warn("limits.max_connections is {wanted} but only {files} files may be open: new"
-                 " connections will fail before that limit is reached",
-                 wanted=config.limits.max_connections, files=files)
+    wanted = config.limits.max_connections
+    if config.http or config.https:
+        wanted += config.limits.http_max_connections
+    if wanted > files - 100:
+        log.warn("limits.max_connections (with http_max_connections when HTTP listens) is"
+                 " {wanted} but only {files} files may be open: new connections will fail"
+                 " before that limit is reached", wanted=wanted, files=files)
+    secureDataDir(config.data_dir)
     server = InviteServer(config, store, reactor)
     server.loadTLS()
-    top = service.MultiService()
+    top = ServerService()
     top.server = server
-    for name, child in (("store", StoreService(server.store)), ("hosts", HostsService(server))):
+    for name, child in (("store", StoreService(server.store)), ("hosts", HostsService(server)),
+                        ("control", ControlService(server, reactor))):
         child.setName(name)
         child.setServiceParent(top)
-    federation = service.MultiService()
-    federation.setName("s2s")
-    federation.setServiceParent(top)
+    def group(name: str) -> service.MultiService:
+        child = service.MultiService()
+        child.setName(name)
+        child.setServiceParent(top)
+        return child
+
+    def listen(parent, key: str, makeFactory, label: str) -> None:
+        """Listen on each endpoint of C{[listen] key}, each with C{makeFactory()}."""
+        for description in getattr(config, key):
+            endpoint = endpoints.serverFromString(reactor, description)
+            listener = ListenerService(endpoint, makeFactory(), label, description)
+            listener.kind = key
+            listener.setServiceParent(parent)
+            server.listeners.append(listener)
+
+    federation = group("s2s")
     if config.s2s:
         s2s = S2SService(server, reactor)
         s2s.setName("federation")
         s2s.setServiceParent(federation)
-        for description in config.s2s:
-            endpoint = endpoints.serverFromString(reactor, description)
-            ListenerService(endpoint, s2s.listenFactory, "Servers").setServiceParent(federation)
-    for name, descriptions, directTLS in (("c2s", config.c2s, False),
-                                          ("c2s-direct-tls", config.c2s_direct_tls, True)):
-        group = service.MultiService()
-        group.setName(name)
-        group.setServiceParent(top)
-        for description in descriptions:
-            endpoint = endpoints.serverFromString(reactor, description)
-            label = "Direct TLS clients (XEP-0368)" if directTLS else "Clients"
-            ListenerService(endpoint, server.c2sFactory(directTLS), label).setServiceParent(group)
+        listen(federation, "s2s", lambda: s2s.listenFactory, "Servers")
+    listen(group("c2s"), "c2s", server.c2sFactory, "Clients")
+    listen(group("c2s-direct-tls"), "c2s_direct_tls", lambda: server.c2sFactory(directTLS=True),
+           "Direct TLS clients (XEP-0368)")
     if config.limits.metrics_interval:
         metrics = internet.TimerService(config.limits.metrics_interval, server.metrics.logSummary)
         metrics.clock = reactor
         metrics.setName("metrics")
         metrics.setServiceParent(top)
-    http = service.MultiService()
-    http.setName("http")
-    http.setServiceParent(top)
+    http = group("http")
     if config.http or config.https:
         site = makeSite(server)
-        for description in config.http:
-            endpoint = endpoints.serverFromString(reactor, description)
-            ListenerService(endpoint, site, "HTTP").setServiceParent(http)
-        for description in config.https:
-            endpoint = endpoints.serverFromString(reactor, description)
-            ListenerService(endpoint, httpsFactory(server, site), "HTTPS").setServiceParent(http)
+        listen(http, "http", lambda: site, "HTTP")
+        https = httpsFactory(server, site)
+        listen(http, "https", lambda: https, "HTTPS")
+    prometheus = group("prometheus")
+    if config.metrics:
+        exporter = MetricsService(server, reactor)
+        exporter.setServiceParent(prometheus)
+        scrape = exporter.site()
+        listen(prometheus, "metrics", lambda: scrape, "Metrics")
+    notify = NotifyService(reactor)  # last: started once everything listens
+    notify.setName("systemd")
+    notify.setServiceParent(top)
     return top

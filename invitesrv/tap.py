@@ -9,11 +9,24 @@ TOML file named by C{--config}.
 
 from __future__ import annotations
 
+import sys
+
+from twisted.application import service
+from twisted.logger import Logger
 from twisted.python import usage
 
 from invitesrv.config import ConfigError, loadConfig, withOverrides
 from invitesrv.host import ModuleError, findModule
+from invitesrv.service import ListenError
 from invitesrv.service import makeService as _makeService
+
+log = Logger()
+
+
+def _stop(message: str) -> None:
+    """End twistd with one line and exit status 1 (it would print its whole usage first)."""
+    print(f"invitesrv: {message}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 class Options(usage.Options):
@@ -37,7 +50,7 @@ class Options(usage.Options):
         self["domain"].append(name)
 
     def opt_c2s(self, endpoint):
-        """Client listener endpoint, e.g. tcp:5222:interface=:: (repeatable)."""
+        """Client listener endpoint, e.g. tcp:5222:interface=\\:\\: (repeatable)."""
         self["c2s"].append(endpoint)
 
     def opt_admin(self, address):
@@ -49,6 +62,14 @@ class Options(usage.Options):
         self["http"].append(endpoint)
 
     def postOptions(self):
+        try:
+            self._loadConfig()
+        except usage.UsageError as e:
+            if self.parent is not None:  # run by twistd
+                _stop(str(e))
+            raise
+
+    def _loadConfig(self):
         try:
             config = loadConfig(self["config"])
             self.config = withOverrides(config, dataDir=self["data-dir"], domains=self["domain"],
@@ -63,6 +84,23 @@ class Options(usage.Options):
                 raise usage.UsageError(f"{self.config.source}: server.modules: {e}") from None
 
 
+class TwistdService(service.MultiService):
+    """
+    The server as twistd runs it: a listener that cannot listen ends
+    start-up with one line in the log (by then standard error goes there
+    too), and exit status 1.
+    """
+
+    def privilegedStartService(self):
+        try:
+            service.MultiService.privilegedStartService(self)
+        except ListenError as e:
+            log.critical("{error}; stopping", error=e)
+            raise SystemExit(1) from None
+
+
 def makeService(options: Options):
     """Build the server for twistd."""
-    return _makeService(options.config)
+    top = TwistdService()
+    _makeService(options.config).setServiceParent(top)
+    return top

@@ -23,8 +23,12 @@ LISTENING = re.compile(r"(Clients|Direct TLS clients \(XEP-0368\)|HTTP|Servers)"
 class RunningServer:
     """A server process started for a test, and ways to talk to it."""
 
-    def __init__(self, directory: Path, extraConfig: str = "", args: tuple[str, ...] = ()):
+    def __init__(self, directory: Path, extraConfig: str = "", args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, preexec=None):
+        """C{env}: the server's environment (default: the tests'); C{preexec}: run in the child."""
         self.directory = directory
+        self.env = env
+        self.preexec = preexec
         self.dataDir = directory / "data"
         self.configPath = directory / "invitesrv.toml"
         self.logPath = directory / "server.log"
@@ -46,7 +50,8 @@ class RunningServer:
         self.process = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", f"--logfile={self.logPath}",
              "invitesrv", "--config", str(self.configPath), *self.args],
-            cwd=self.directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            cwd=self.directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env,
+            preexec_fn=self.preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log()[offset:] if self.logPath.exists() else ""

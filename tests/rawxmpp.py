@@ -21,11 +21,21 @@ class RawClient:
     """One TCP connection to the server, spoken to in raw XML."""
 
     def __init__(self, port: int, host: str = "localhost", timeout: float = 10.0,
-                 source: str | None = None):
-        """C{source}: the local address to connect from (127.0.0.2, ...: another client address)."""
+                 source: str | None = None, receiveBuffer: int | None = None):
+        """
+        C{source}: the local address to connect from (127.0.0.2, ...: another
+        client address). C{receiveBuffer}: the socket's receive buffer, set
+        before connecting so that the TCP window stays that small (a client
+        that stops reading then soon stops the server's writes).
+        """
         self.host = host
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
-                                             source_address=(source, 0) if source else None)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        if receiveBuffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receiveBuffer)
+        if source:
+            self.sock.bind((source, 0))
+        self.sock.connect(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
         self.timeout = timeout

@@ -22,6 +22,7 @@ from invitesrv.store.interfaces import (
     NewAccount,
     OfflineMessage,
     RosterItem,
+    UsernameConfusable,
     UsernameReserved,
 )
 
@@ -156,8 +157,53 @@ class StoreBehaviour:
         roster = yield store.getRoster(HOST, "alice")
         assert roster.items == ()
         assert (yield store.getPendingIn(HOST, "alice")) == []
-        assert (yield store.popOffline(HOST, "alice")) == []
+        assert (yield store.getOffline(HOST, "alice")) == []
         assert (yield store.getRoles(HOST, "alice")) == frozenset()
+
+    @pytest_twisted.inlineCallbacks
+    def test_deleteRevokesInvites(self, store):
+        """
+        Deleting an account revokes, in the same step, the pending invites
+        that name it or that it made: its reset invite, its contact invite,
+        an invite it created; another's invites and used ones stay as they were.
+        """
+        yield store.createAccount(account("frank"))
+        yield store.createAccount(account("gina"))
+        yield self.createInvite(store, "reset", kind="reset", username="frank")
+        yield self.createInvite(store, "contact", kind="contact", inviter="frank", usesAllowed=None)
+        yield self.createInvite(store, "made", source=f"frank@{HOST}")
+        yield self.createInvite(store, "used", source=f"frank@{HOST}")
+        yield store.createAccount(account("hugo", inviteUse=InviteUse(
+            (yield store.reserveInvite(token("used"), HOST, NOW)).id, "ibr")))
+        yield self.createInvite(store, "ginas", kind="contact", inviter="gina")
+        yield self.createInvite(store, "otherHost", kind="reset", username="frank",
+                                host="other.example")
+        assert (yield store.deleteAccount(HOST, "frank", NOW + 5))
+        for inviteId in ("reset", "contact", "made"):
+            revoked = yield store.getInvite(inviteId)
+            assert revoked.status(NOW) == "revoked" and revoked.revoked == NOW + 5
+            assert (yield store.reserveInvite(token(inviteId), HOST, NOW + 6)) is None
+        assert (yield store.getInvite("used")).status(NOW) == "used"
+        for inviteId in ("ginas", "otherHost"):
+            assert (yield store.getInvite(inviteId)).status(NOW) == "pending"
+        yield store.createAccount(account("frank"))  # the name is free again, with nothing attached
+
+    @pytest_twisted.inlineCallbacks
+    def test_lookAlikeRefused(self, store):
+        """
+        A name that is a mixed-script or whole-script look-alike of an
+        existing account of the host is refused; one of another host, a
+        look-alike within one script, and the same name elsewhere are not.
+        """
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("scope"))
+        for lookAlike in ("\u0430lice", "alic\u0435", "\u0455\u0441\u043e\u0440\u0435"):
+            with pytest.raises(UsernameConfusable):
+                yield store.createAccount(account(lookAlike))
+            assert not (yield store.accountExists(HOST, lookAlike))
+        yield store.createAccount(account("\u0430lice", host="other.example"))
+        yield store.createAccount(account("paull"))
+        yield store.createAccount(account("paul1"))
 
     @pytest_twisted.inlineCallbacks
     def test_accountWithRosterItems(self, store):
@@ -254,7 +300,7 @@ class StoreBehaviour:
             ("bob@example.org", "<presence type='subscribe'/>")]
         with pytest.raises(AccountExists):
             yield store.createAccount(account("alice", **data))
-        assert (yield store.popOffline(HOST, "alice")) == list(data["offline"])
+        assert (yield store.getOffline(HOST, "alice")) == list(data["offline"])
         assert len((yield store.getPendingIn(HOST, "alice"))) == 1
 
     @pytest_twisted.inlineCallbacks
@@ -273,7 +319,7 @@ class StoreBehaviour:
 
     @pytest_twisted.inlineCallbacks
     def test_offlineCap(self, store):
-        """Messages are kept up to the cap, returned oldest first, and forgotten once popped."""
+        """Messages are kept up to the cap, returned oldest first, and count until removed."""
         yield store.createAccount(account("alice"))
         yield store.createAccount(account("bob"))
         for number in range(3):
@@ -281,11 +327,37 @@ class StoreBehaviour:
             assert kept
         assert not (yield store.storeOffline(HOST, "alice", OfflineMessage(NOW + 9, "<m9/>"), 3))
         assert (yield store.storeOffline(HOST, "bob", OfflineMessage(NOW, "<b/>"), 3))
-        messages = yield store.popOffline(HOST, "alice")
+        messages = yield store.getOffline(HOST, "alice")
         assert messages == [OfflineMessage(NOW + n, f"<m{n}/>") for n in range(3)]
-        assert (yield store.popOffline(HOST, "alice")) == []
+        assert (yield store.getOffline(HOST, "alice")) == messages  # reading removes nothing
+        assert (yield store.removeOffline(HOST, "alice", messages[-1].id)) == 3
+        assert (yield store.getOffline(HOST, "alice")) == []
         assert (yield store.storeOffline(HOST, "alice", OfflineMessage(NOW, "<again/>"), 3))
-        assert (yield store.popOffline(HOST, "bob")) == [OfflineMessage(NOW, "<b/>")]
+        assert (yield store.getOffline(HOST, "bob")) == [OfflineMessage(NOW, "<b/>")]
+
+    @pytest_twisted.inlineCallbacks
+    def test_offlineReadInPieces(self, store):
+        """
+        Offline messages are read a batch at a time after the last one handed
+        over, and removed only up to the last one delivered: what was not
+        delivered, and what arrived meanwhile, stays.
+        """
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        for number in range(5):
+            yield store.storeOffline(HOST, "alice", OfflineMessage(NOW + number, f"<m{number}/>"), 10)
+        yield store.storeOffline(HOST, "bob", OfflineMessage(NOW, "<b/>"), 10)
+        first = yield store.getOffline(HOST, "alice", limit=2)
+        assert [m.stanza for m in first] == ["<m0/>", "<m1/>"]
+        assert first[0].id < first[1].id
+        second = yield store.getOffline(HOST, "alice", after=first[-1].id, limit=2)
+        assert [m.stanza for m in second] == ["<m2/>", "<m3/>"]
+        assert (yield store.removeOffline(HOST, "alice", first[-1].id)) == 2
+        yield store.storeOffline(HOST, "alice", OfflineMessage(NOW + 9, "<late/>"), 10)
+        rest = yield store.getOffline(HOST, "alice")
+        assert [m.stanza for m in rest] == ["<m2/>", "<m3/>", "<m4/>", "<late/>"]
+        assert (yield store.removeOffline(HOST, "alice", rest[-1].id)) == 4
+        assert (yield store.getOffline(HOST, "bob")) == [OfflineMessage(NOW, "<b/>")]
 
     # -- invites ------------------------------------------------------------------------
 
@@ -426,8 +498,10 @@ class StoreBehaviour:
     @pytest_twisted.inlineCallbacks
     def test_usernameReservedByInvite(self, store):
         """
-        A pending invite for a username keeps it for its holder; reset,
-        expired, revoked and used invites reserve nothing.
+        A pending invite for a username keeps it for its holder, and a
+        pending reset invite keeps it for the account it resets (whoever
+        created an account of that name would get its link); expired,
+        revoked and used invites reserve nothing.
         """
         yield self.createInvite(store, "forCarol", username="carol")
         with pytest.raises(UsernameReserved):
@@ -441,6 +515,9 @@ class StoreBehaviour:
         yield store.createAccount(account("carol", inviteUse=InviteUse(mine.id, "ibr")))
 
         yield self.createInvite(store, "reset", kind="reset", username="dave")
+        with pytest.raises(UsernameReserved):
+            yield store.createAccount(account("dave"))
+        yield store.revokeInvite("reset", NOW)
         yield store.createAccount(account("dave"))
         yield self.createInvite(store, "expired", username="erin", expires=NOW - 1)
         yield store.createAccount(account("erin"))

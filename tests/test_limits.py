@@ -297,6 +297,71 @@ def test_clientThatDoesNotRead(servers):
     assert not bob.closed
 
 
+def test_peerThatTakesNothingIsDropped(servers):
+    """
+    A peer that leaves more than Twisted's buffer unread for send_timeout is
+    dropped, however little was sent to it meanwhile (it is its reading that
+    is measured); one that empties the buffer in time stays.
+    """
+    clock = task.Clock()
+    server = servers(clock, limits={"send_timeout": 30, "auth_timeout": 1000})
+    connection = ClientConnection(server, encrypted=True)
+    connection.stream.pauseProducing()  # more than 64 KiB wait unsent
+    clock.advance(29)
+    connection.stream.resumeProducing()  # it read them all
+    clock.advance(60)
+    assert not connection.transport.disconnected
+    connection.stream.pauseProducing()
+    clock.advance(29)
+    assert not connection.transport.disconnected
+    clock.advance(1)
+    assert connection.transport.disconnected
+    assert server.metrics["connections.unread"] == 1
+
+
+def test_stallDuringHandshakeIsNotTimed(servers):
+    """
+    A pause while a TLS handshake is under way only means our bytes wait for
+    the peer's answer: send_timeout starts when the handshake is done.
+    """
+    clock = task.Clock()
+    server = servers(clock, limits={"send_timeout": 30, "auth_timeout": 1000})
+    connection = ClientConnection(server)
+    connection.stream.handshaking = True  # STARTTLS under way
+    connection.stream.pauseProducing()
+    clock.advance(100)
+    assert not connection.transport.disconnected
+    connection.stream.handshakeCompleted()
+    clock.advance(29)
+    assert not connection.transport.disconnected
+    clock.advance(1)
+    assert connection.transport.disconnected
+
+
+def test_whenSent(servers):
+    """
+    whenSent fires True at once while the peer reads, else when the transport
+    has taken what waited, and False when the connection ends first: what a
+    sender of many stanzas waits on between them.
+    """
+    server = servers(limits={"send_timeout": 0})
+    connection = ClientConnection(server, encrypted=True)
+    taken = []
+    connection.stream.whenSent().addCallback(taken.append)
+    assert taken == [True]
+    connection.stream.pauseProducing()
+    connection.stream.whenSent().addCallback(taken.append)
+    assert taken == [True]
+    connection.stream.resumeProducing()
+    assert taken == [True, True]
+    connection.stream.pauseProducing()
+    connection.stream.whenSent().addCallback(taken.append)
+    connection.stream.connectionLost(failure.Failure(error.ConnectionLost()))
+    assert taken == [True, True, False]
+    connection.stream.whenSent().addCallback(taken.append)
+    assert taken == [True, True, False, False]
+
+
 def test_closeHasADeadline(servers):
     """A closed stream whose peer does not take the last bytes is aborted after CLOSE_TIMEOUT."""
     clock = task.Clock()

@@ -1,13 +1,16 @@
 """
 XEP-0160 offline messages, end to end: kept while the user is away,
 delivered with an XEP-0203 delay at the next available presence, bounded by
-C{offline_max_messages}; and, in memory, gone with the account.
+C{offline_max_messages} and C{offline_max_message_size}, handed over one at
+a time as the client reads and forgotten only once sent; and, in memory,
+gone with the account and paced by the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import time
 from datetime import datetime
 
@@ -16,20 +19,39 @@ import pytest_twisted
 from conftest import RunningServer
 from rawxmpp import RawClient
 from slix import Client, run
+from streamharness import ClientConnection, addAccount, login
+from twisted.internet import error, reactor, task
+from twisted.python import failure
+from twisted.words.protocols.jabber import jid
 
+from invitesrv.modules.offline import OfflineModule
 from invitesrv.store.interfaces import NewAccount, OfflineMessage
 from invitesrv.store.sqlite import SQLiteStore
 
 CAP = 3
+MAX_SIZE = 20_000
 MESSAGE = r"<message[^>]*>.*?</message>"
+SEND_TIMEOUT = 3
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """One server for the module, keeping at most CAP messages per user."""
+    """One server for the module, keeping at most CAP messages of MAX_SIZE bytes per user."""
     running = RunningServer(tmp_path_factory.mktemp("offline"),
-                            f"[hosts.localhost]\noffline_max_messages = {CAP}\n").start()
-    for user in ("alice", "bob", "carol", "dave", "erin", "frank"):
+                            f"[hosts.localhost]\noffline_max_messages = {CAP}\n"
+                            f"offline_max_message_size = {MAX_SIZE}\n").start()
+    for user in ("alice", "bob", "carol", "dave", "erin", "frank", "gina"):
+        running.adduser(f"{user}@localhost", f"{user} password")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def roomy(tmp_path_factory):
+    """A server with the default offline limits; a client that reads nothing for SEND_TIMEOUT s is cut."""
+    running = RunningServer(tmp_path_factory.mktemp("roomy"),
+                            f"[limits]\nsend_timeout = {SEND_TIMEOUT}\n").start()
+    for user in ("alice", "greta", "hans"):
         running.adduser(f"{user}@localhost", f"{user} password")
     yield running
     running.stop()
@@ -56,6 +78,107 @@ def settle(sender: RawClient) -> None:
     sender.send("<iq type='get' id='settle' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
     sender.recvUntil(r"<iq[^>]*id='settle'[^>]*/>")
     time.sleep(0.2)  # the store works on its own thread
+
+
+def stored(server, user: str) -> int:
+    """How many messages the server's database keeps for C{user}@localhost."""
+    with sqlite3.connect(f"file:{server.dataDir / 'invitesrv.sqlite3'}?mode=ro", uri=True) as db:
+        return db.execute("SELECT COUNT(*) FROM offline_messages WHERE username = ?",
+                          (user,)).fetchone()[0]
+
+
+def waitStored(server, user: str, count: int, timeout: float = 10.0) -> None:
+    """Wait until the database keeps C{count} messages for C{user}."""
+    deadline = time.monotonic() + timeout
+    while stored(server, user) != count:
+        assert time.monotonic() < deadline, f"{stored(server, user)} messages kept for {user}"
+        time.sleep(0.05)
+
+
+def sendOffline(server, to: str, large: int, small: int = 0) -> list[str]:
+    """
+    Send C{large} messages of 200 KB, then C{small} short ones, to C{to}, who
+    is offline; wait until all are kept and return their ids in order.
+    """
+    ids = [f"big{n}" for n in range(large)] + [f"small{n}" for n in range(small)]
+    with connected(server, "alice", f"to-{to}") as alice:
+        for stanzaId in ids:
+            body = "x" * 200_000 if stanzaId.startswith("big") else stanzaId
+            alice.send(f"<message to='{to}@localhost' type='chat' id='{stanzaId}'><body>{body}</body>"
+                       "</message>")
+        waitStored(server, to, len(ids))
+        assert "type='error'" not in alice.readAll(0.2)
+    return ids
+
+
+def receivedIds(client: RawClient, count: int) -> list[str]:
+    """The ids of the next C{count} messages C{client} reads."""
+    return [re.search(r"id='([^']+)'", client.recvUntil(MESSAGE)).group(1) for _ in range(count)]
+
+
+def assertServed(client: RawClient) -> None:
+    """The connection still works: a ping to the server is answered."""
+    client.send("<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    client.recvUntil(r"<iq[^>]*id='alive'[^>]*/>")
+
+
+def test_auditCaseAllDeliveredInOrder(roomy):
+    """
+    8 offline messages of 200 KB and 3 small ones (the audit's case): at
+    login all 11 arrive in order, the client stays connected, and the store
+    forgets them only afterwards. (They used to be deleted first, then sent
+    in one burst that the unread-output check took for a client that does not
+    read: nothing arrived and everything was lost.)
+    """
+    ids = sendOffline(roomy, "greta", 8, 3)
+    with online(roomy, "greta") as greta:
+        assert receivedIds(greta, len(ids)) == ids
+        assertServed(greta)
+        waitStored(roomy, "greta", 0)
+    assert "does not read what is sent to it" not in roomy.log()
+
+
+def test_clientThatStopsReadingKeepsItsMessages(roomy):
+    """
+    A client that logs in and stops reading (its TCP window full) is cut
+    after send_timeout, and what it was not sent is still kept: at its next
+    login it all arrives, in order. 8 MB are kept for it: more than the
+    kernel's socket buffers on loopback take (they grow to 4 MiB), which
+    count as sent.
+    """
+    ids = sendOffline(roomy, "hans", 40)
+    deaf = RawClient(roomy.port, receiveBuffer=4096)
+    try:
+        deaf.login("hans", "hans password", "deaf")
+        deaf.send("<presence/>")
+        started = time.monotonic()
+        while "Dropping the connection from 127.0.0.1: it does not read" not in roomy.log():
+            assert time.monotonic() - started < SEND_TIMEOUT + 10, "not cut"
+            time.sleep(0.1)
+        assert time.monotonic() - started >= SEND_TIMEOUT - 0.5
+    finally:
+        deaf.close()
+    assert f"nothing taken in {SEND_TIMEOUT} s" in roomy.log()
+    time.sleep(0.5)  # the store's thread
+    kept = stored(roomy, "hans")
+    assert 0 < kept <= len(ids)
+    with online(roomy, "hans", "again") as hans:
+        assert receivedIds(hans, kept) == ids[-kept:]
+        assertServed(hans)
+        waitStored(roomy, "hans", 0)
+
+
+def test_tooLargeToKeep(server):
+    """A message over offline_max_message_size is refused with an error that says so."""
+    with connected(server, "alice", "large") as alice:
+        alice.send(f"<message to='gina@localhost' type='chat' id='large'><body>{'y' * MAX_SIZE}"
+                   "</body></message>")
+        alice.send("<message to='gina@localhost' type='chat' id='fits'><body>fits</body></message>")
+        reply = alice.recvUntil(r"<message[^>]*id='large'.*?</message>")
+        settle(alice)
+    assert "type='error'" in reply and "<policy-violation" in reply
+    assert re.search(r"at most 20000</text>", reply), reply
+    assert stored(server, "gina") == 1
 
 
 def test_deliveredWithDelayAtNextPresence(server):
@@ -161,7 +284,7 @@ def test_deletedWithTheAccount():
         assert kept
         assert (yield store.deleteAccount("localhost", "gone"))
         yield store.createAccount(NewAccount("localhost", "gone", credentials=()))
-        assert (yield store.popOffline("localhost", "gone")) == []
+        assert (yield store.getOffline("localhost", "gone")) == []
     finally:
         store.close()
 
@@ -209,3 +332,59 @@ def test_storeFaultRefusedQuietly(tmp_path):
         globalLogPublisher.removeObserver(events.append)
         host.stop()
         store.close()
+
+
+def offlineServer(servers, clock):
+    """An in-memory server whose host runs only the offline module."""
+    server = servers(clock)
+    host = server.hosts["localhost"]
+    host.addModule("offline", OfflineModule())
+    host.start()
+    return server
+
+
+def wait(seconds: float):
+    """A Deferred that fires after C{seconds} on the real reactor (the store's thread answers there)."""
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_deliveryPacedByTheStream(servers):
+    """
+    Kept messages go out one at a time, the next only once the stream took
+    the one before: to a client that does not read nothing more is queued,
+    nothing is forgotten, and what it did not take waits for its next
+    session, which gets everything in order; only then is it forgotten.
+    """
+    server = offlineServer(servers, task.Clock())
+    host, store = server.hosts["localhost"], server.store
+    yield addAccount(server, "alice", "correct horse")
+    for n in range(3):
+        yield store.storeOffline("localhost", "alice", OfflineMessage(
+            1.0, f"<message xmlns='jabber:client' type='chat'><body>m{n}</body></message>"), 10)
+
+    def available(connection, resource):
+        session = host.router.session(jid.JID(f"alice@localhost/{resource}"))
+        session.available = True
+        connection.received()
+        return session
+
+    deaf = ClientConnection(server, encrypted=True)
+    yield login(deaf, "alice", "correct horse", "deaf")
+    session = available(deaf, "deaf")
+    deaf.stream.pauseProducing()  # what Twisted does when 64 KiB wait unsent
+    delivery = host.hooks.run("initial-presence", session)[0]
+    first = yield deaf.nextNamed("message")
+    assert str(first.body) == "m0"
+    yield wait(0.3)
+    assert deaf.received() == []
+    assert len((yield store.getOffline("localhost", "alice"))) == 3
+    deaf.stream.connectionLost(failure.Failure(error.ConnectionLost()))
+    yield delivery
+    assert len((yield store.getOffline("localhost", "alice"))) == 3
+
+    reader = ClientConnection(server, encrypted=True)
+    yield login(reader, "alice", "correct horse", "reader")
+    yield host.hooks.run("initial-presence", available(reader, "reader"))[0]
+    assert [str(m.body) for m in reader.received() if m.name == "message"] == ["m0", "m1", "m2"]
+    assert (yield store.getOffline("localhost", "alice")) == []

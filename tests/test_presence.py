@@ -2,7 +2,8 @@
 Presence (RFC 6121 sections 3 and 4). End to end, over real sockets against
 one server process: subscriptions both ways with their pushes, presence seen
 and withdrawn (also when a TCP connection just dies), directed presence,
-pending requests delivered again at login, pre-approval, and the errors.
+pending requests delivered again at login (cut to a size, one at a time),
+pre-approval, and the errors.
 slixmpp plays an independent client; raw XML clients check exact stanzas.
 In process, over an in-memory store: the hooks and methods other modules use
 (C{subscription-request}, approveSubscription, requestSubscription,
@@ -12,6 +13,7 @@ C{user-deleting}, C{user-registered}).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import pytest
@@ -34,7 +36,7 @@ from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 
 from invitesrv.config import Config
-from invitesrv.modules.presence import parseStored
+from invitesrv.modules.presence import ELLIPSIS, capRequest, parseStored, xmlSize
 from invitesrv.service import InviteServer
 from invitesrv.store.interfaces import NewAccount, RosterItem
 from invitesrv.store.sqlite import SQLiteStore
@@ -236,6 +238,75 @@ def test_pendingRequestDeliveredAgainAtLogin(server):
         lady.close()
     finally:
         friar.close()
+
+
+def test_largeRequestsDoNotLockTheUserOut(server):
+    """
+    Seven requests with 200 KB of status each, sent while the user is away
+    (the audit's case), are kept cut to subscription_request_max_size, the
+    status ending with an ellipsis: the user gets all seven at every login
+    and stays connected. (They used to come in one burst taken for a client
+    that does not read: the user was dropped at every login, for good.) A
+    request too large even without its status is refused, saying why.
+    """
+    askers = [f"asker{n}" for n in range(7)]
+    addUsers(server, "ida@localhost", *(f"{name}@localhost" for name in askers))
+    for name in askers:
+        asker = StanzaClient(server.port, name)
+        try:
+            asker.rosterGet()
+            asker.send(f"<presence to='ida@localhost' type='subscribe'><status>{'s' * 200_000}"
+                       "</status></presence>")
+            asker.expect(isPush("ida@localhost", "none", ask=True))
+            asker.request("<ping xmlns='urn:xmpp:ping'/>", to="localhost")
+        finally:
+            asker.close()
+    for login in range(2):
+        ida = StanzaClient(server.port, "ida", f"login{login}")
+        try:
+            ida.send("<presence/>")
+            for name in askers:
+                request = ida.expect(isPresence(f"{name}@localhost", "subscribe"), what=name)
+                status = str(request.status)
+                assert status.startswith("sss") and status.endswith(ELLIPSIS)
+                assert xmlSize(request) <= 4096 + len(" to='ida@localhost'")
+            assert ida.request("<ping xmlns='urn:xmpp:ping'/>", to="localhost")["type"] == "result"
+        finally:
+            ida.close()
+    big = online(server.port, "asker0")
+    try:
+        big.send(f"<presence to='juliet@localhost' type='subscribe'><nick xmlns="
+                 f"'http://jabber.org/protocol/nick'>{'n' * 5000}</nick></presence>")
+        refused = big.expect(isPresence("juliet@localhost", "error"), what="the refusal")
+        assert errorCondition(refused) == "policy-violation"
+        assert "at most 4096 bytes" in str(refused.error.text)
+    finally:
+        big.close()
+
+
+def test_largeStoredRequestsArePaced(server):
+    """
+    Requests stored before they were capped (200 KB of status each, written
+    straight into the database) reach the user one at a time as the client
+    reads them: all seven arrive, whole, and the user stays connected.
+    """
+    askers = [f"old{n}" for n in range(7)]
+    addUsers(server, "jo@localhost")
+    with sqlite3.connect(server.dataDir / "invitesrv.sqlite3") as db:
+        db.executemany("INSERT INTO pending_in (host, username, contact, stanza) VALUES (?, ?, ?, ?)",
+                       [("localhost", "jo", f"{name}@localhost",
+                         f"<presence xmlns='jabber:client' type='subscribe' from='{name}@localhost'"
+                         f" to='jo@localhost'><status>{'s' * 200_000}</status></presence>")
+                        for name in askers])
+    jo = StanzaClient(server.port, "jo")
+    try:
+        jo.send("<presence/>")
+        for name in askers:
+            request = jo.expect(isPresence(f"{name}@localhost", "subscribe"), what=name)
+            assert str(request.status) == "s" * 200_000
+        assert jo.request("<ping xmlns='urn:xmpp:ping'/>", to="localhost")["type"] == "result"
+    finally:
+        jo.close()
 
 
 def test_preApproval(server):
@@ -685,3 +756,33 @@ def test_pendingRequestsCapped(serverFactory):
     finally:
         for client in senders.values():
             client.close()
+
+
+def test_capRequest():
+    """
+    A request over the cap has its status texts cut, in order and with an
+    ellipsis, so that its XML (escapes and multi-byte characters counted)
+    fits; one too large without its status does not fit at all.
+    """
+    def request(*statuses: str, extra: str = "") -> domish.Element:
+        presence = domish.Element(("jabber:client", "presence"))
+        presence["type"] = "subscribe"
+        presence["from"] = "eve@example.org"
+        for text in statuses:
+            presence.addElement("status", content=text)
+        if extra:
+            presence.addElement(("urn:example", "big"), content=extra)
+        return presence
+
+    short = request("hello & welcome")
+    before = short.toXml()
+    assert capRequest(short, 300) and short.toXml() == before
+    for text in ("<&>" * 5000, "\u00e9\u2603" * 5000, "plain" * 5000):
+        long = request(text, "second " * 100)
+        assert capRequest(long, 600)
+        assert xmlSize(long) <= 600
+        first, second = [str(status) for status in long.elements("jabber:client", "status")]
+        assert first.endswith(ELLIPSIS) and text.startswith(first[:-1])
+        assert len(first) > 100
+        assert second in ("", ELLIPSIS)  # the first took (nearly) the whole budget
+    assert not capRequest(request("hi", extra="x" * 1000), 600)

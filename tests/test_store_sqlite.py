@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 from store_behaviour import HOST, NOW, StoreBehaviour, account, invite, token
 
-from invitesrv.store.interfaces import RosterItem
+from invitesrv.store.interfaces import RosterItem, UsernameConfusable
 from invitesrv.store.sqlite import SQLiteStore, openDatabase, schemaScripts
 
 
@@ -97,6 +97,28 @@ def test_reservationsFreedAtStart(path):
     store.open()
     try:
         assert (yield store.reserveInvite(token("i1"), HOST, NOW)) is not None
+    finally:
+        store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_skeletonsRefreshedAtStart(path):
+    """
+    Skeletons stored with older confusables data (here: a wrong one) are
+    computed again when the server opens the store, so look-alikes are
+    still found.
+    """
+    store = SQLiteStore(path)
+    store.open()
+    yield store.createAccount(account("alice"))
+    store.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE accounts SET skeleton = 'stale'")
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        with pytest.raises(UsernameConfusable):
+            yield store.createAccount(account("\u0430lice"))
     finally:
         store.close()
 
@@ -204,3 +226,46 @@ def test_newerDatabaseRefused(path, schemaFolder):
     with pytest.raises(RuntimeError, match="schema version 3 is newer than this invitesrv"):
         upgrade(path, scripts[:1])
     assert version(path) == 3
+
+
+@pytest_twisted.inlineCallbacks
+def test_upgradeToAccountBoundInvites(path):
+    """
+    Schema 2 on a version-1 file with data: every account gets its skeleton
+    (a look-alike is then refused), and the invites that outlived their
+    account (a reset and a contact invite of deleted accounts, an invite
+    whose creator is gone) are revoked; live, used and others' invites stay.
+    """
+    path.parent.mkdir()
+    upgrade(path, schemaScripts()[:1])
+    future, past = NOW + 10**9, NOW - 1
+    with sqlite3.connect(path) as connection:
+        connection.executemany("INSERT INTO accounts (host, username, created) VALUES (?, ?, 0)",
+                               [(HOST, "alice"), (HOST, "bob")])
+        connection.executemany(
+            "INSERT INTO invites (id, host, token_hash, kind, username, inviter,"
+            " allow_registration, uses_allowed, uses, created, expires, source)"
+            " VALUES (?, ?, ?, ?, ?, ?, 1, 1, ?, 0, ?, ?)",
+            [("goneReset", HOST, b"1", "reset", "frank", None, 0, future, "cli"),
+             ("goneContact", HOST, b"2", "contact", None, "frank", 0, future, ""),
+             ("goneMade", HOST, b"3", "account", None, None, 0, future, f"frank@{HOST}"),
+             ("liveReset", HOST, b"4", "reset", "alice", None, 0, future, "cli"),
+             ("liveContact", HOST, b"5", "contact", None, "bob", 0, future, f"bob@{HOST}"),
+             ("used", HOST, b"6", "account", None, None, 1, future, f"frank@{HOST}"),
+             ("expired", HOST, b"7", "reset", "frank", None, 0, past, "cli"),
+             ("api", HOST, b"8", "account", None, None, 0, future, "api:k1")])
+    upgrade(path, schemaScripts())
+    assert version(path) == 2 and Path(f"{path}.v1.bak").exists()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT username, skeleton FROM accounts ORDER BY username"
+                                  ).fetchall() == [("alice", "alice"), ("bob", "bob")]
+        revoked = {row[0] for row in connection.execute(
+            "SELECT id FROM invites WHERE revoked IS NOT NULL")}
+    assert revoked == {"goneReset", "goneContact", "goneMade"}
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        with pytest.raises(UsernameConfusable):
+            yield store.createAccount(account("\u0430lice"))
+    finally:
+        store.close()

@@ -42,8 +42,9 @@ def listening(tmp_path_factory):
     server.stop()
 
 
-@pytest.mark.parametrize(("label", "opening"), [("Clients", C2S_OPEN), ("Servers", S2S_OPEN)])
-def test_endlessOpeningTag(listening, label, opening):
+@pytest.mark.parametrize(("label", "opening", "namespace"), [("Clients", C2S_OPEN, "jabber:client"),
+                                                             ("Servers", S2S_OPEN, "jabber:server")])
+def test_endlessOpeningTag(listening, label, opening, namespace):
     """
     An opening C{<stream:stream} tag that never ends (attribute after
     attribute) is cut with C{<policy-violation/>} once it passes the
@@ -68,6 +69,7 @@ def test_endlessOpeningTag(listening, label, opening):
         except OSError:
             pass
     assert b"<policy-violation" in received, (sent, received)
+    assert f"xmlns='{namespace}'".encode() in received  # the error's stream header
     assert "Stream header too large" in listening.log()
 
 
@@ -159,6 +161,24 @@ def test_s2sOpeningTagCap(servers):
     for index in range(10):
         stream.dataReceived(f"a{index}='{'x' * 300}' ".encode())
     assert b"<policy-violation" in transport.value() and transport.disconnecting
+
+
+def test_pauseDuringHandshakeKeepsReading(servers):
+    """
+    Data written during a TLS handshake waits for the peer's handshake
+    answer, and TLS pauses the stream as a producer meanwhile: reading goes
+    on (else the handshake could never finish, as an outgoing s2s stream
+    that sends its header right after STARTTLS found). Once the handshake is
+    done, a pause means the peer does not read, and reading stops.
+    """
+    connection = ClientConnection(servers(task.Clock()))
+    connection.stream.startTLS(object())
+    connection.stream.pauseProducing()  # what TLS does with a write buffered in the handshake
+    assert connection.transport.producerState == "producing"
+    connection.stream.handshakeCompleted()
+    assert connection.transport.producerState == "paused"
+    connection.stream.resumeProducing()
+    assert connection.transport.producerState == "producing"
 
 
 def test_handlerErrorTrapped(servers):

@@ -14,7 +14,15 @@ import pytest_twisted
 from webclient import HOST, PASSWORD, WebClient, WebSetup
 
 from invitesrv.invites import InviteManager
-from invitesrv.web.api import TokenBuckets, hashSecret, newApiKey, parseBearer
+from invitesrv.web.api import (
+    MAX_DEPTH,
+    MAX_USES,
+    TokenBuckets,
+    hashSecret,
+    nestingDepth,
+    newApiKey,
+    parseBearer,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
 
@@ -154,6 +162,52 @@ def test_createBadInput(api):
                 409, "conflict")
     yield api.call("POST", "invites", json={"username": "held"})
     assertError((yield api.call("POST", "invites", json={"username": "held"})), 409, "conflict")
+
+
+@pytest_twisted.inlineCallbacks
+def test_numbersAndNestingBounded(api):
+    """
+    Numbers beyond what the store holds, and JSON nested deeper than any
+    request needs, are 400 with a message naming the problem, not 500: an
+    integer C{uses} of 10**23 (SQLite's INTEGER overflows), a 30,000-deep
+    array (the parser would recurse past Python's limit), and their
+    neighbours (negative, fractional, huge and infinite expiries). Brackets
+    inside strings are not nesting.
+    """
+    created = (yield api.call("POST", "invites", json={})).json()
+    path = f"invites/{created['id']}"
+    for method, target, body, field in [
+            ("POST", "invites", {"uses": 10 ** 23}, "uses"),
+            ("POST", "invites", {"uses": 1e23}, "uses"),
+            ("POST", "invites", {"uses": MAX_USES + 1}, "uses"),
+            ("POST", "invites", {"uses": -1}, "uses"),
+            ("POST", "invites", {"uses": 1.5}, "uses"),
+            ("POST", "invites", {"expires_in": 10 ** 400}, "expires_in"),
+            ("POST", "invites", {"expires_in": 1e308}, "expires_in"),
+            ("POST", "invites", {"expires_in": -3600}, "expires_in"),
+            ("PATCH", path, {"uses": 10 ** 23}, "uses"),
+            ("PATCH", path, {"expires": 10 ** 400}, "expires"),
+            ("PATCH", path, {"expires": -(10 ** 400)}, "expires"),
+            ("PATCH", path, {"expires": 1e308}, "expires"),
+            ("PATCH", path, {"expires": "9999-12-31T23:59:59Z"}, "expires"),
+            ("PATCH", path, {"expires_in": 10 ** 23}, "expires_in")]:
+        response = yield api.call(method, target, json=body)
+        assert assertError(response, 400, "bad-request")["message"].startswith(field), body
+    assert (yield api.call("POST", "invites", json={"uses": MAX_USES})).code == 201
+    for deep in (b"[" * 30000 + b"]" * 30000, b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1)):
+        response = yield api.call("POST", "invites", body=deep,
+                                  headers={"Content-Type": "application/json"})
+        assert "levels deep" in assertError(response, 400, "bad-request")["message"]
+    note = '[{"\\"' * 100
+    response = yield api.call("POST", "invites", json={"note": note, "roles": ["a"]})
+    assert response.code == 201 and response.json()["note"] == note
+
+
+def test_nestingDepth():
+    """Depth counts arrays and objects, not brackets or escaped quotes inside strings."""
+    assert nestingDepth(b'{"a": [1, {"b": []}]}') == 4
+    assert nestingDepth(b'{"a": "[[[{{{", "b": "\\"[[["}') == 1
+    assert nestingDepth(b"1") == 0
 
 
 @pytest_twisted.inlineCallbacks

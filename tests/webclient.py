@@ -18,7 +18,8 @@ from twisted.internet import defer, reactor, task
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from invitesrv.config import Config, HostOptions
+from invitesrv.config import Config, HostOptions, Limits
+from invitesrv.limits import Limiter
 from invitesrv.service import InviteServer
 from invitesrv.store.sqlite import SQLiteStore
 from invitesrv.web.site import makeSite
@@ -99,15 +100,19 @@ def formValue(html: str, name: str) -> str:
 class WebSetup:
     """An in-process server (no XMPP listeners) and its site on 127.0.0.1, port 0."""
 
-    def __init__(self, tmp_path, trustedProxies=(), **options):
+    def __init__(self, tmp_path, trustedProxies=(), limits: Limits | None = None, **options):
+        limits = limits or Limits()
         self.clock = task.Clock()
         self.config = Config(
             hosts={HOST: HostOptions(**options), OTHER: HostOptions()}, modules=(),
-            public_url="https://chat.example", trusted_proxies=tuple(trustedProxies))
+            public_url="https://chat.example", trusted_proxies=tuple(trustedProxies),
+            limits=limits)
         self.store = SQLiteStore(":memory:")
         self.store.open()
         self.server = InviteServer(self.config, store=self.store, reactor=reactor,
                                    loadModules=False)
+        # The limits' throttles and delays run on the test's clock too.
+        self.server.limiter = Limiter(limits, self.clock, self.server.metrics, trustedProxies)
         self.host = self.server.hosts[HOST]
         self.site = makeSite(self.server, clock=self.clock)
         self.accessLog = tmp_path / "access.log"

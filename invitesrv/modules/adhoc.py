@@ -5,8 +5,8 @@ use to offer commands.
 Offering a command takes no knowledge of this module's internals:
 
   1. subclass L{AdHocCommand} (or L{FormCommand} for "one form, then a
-     result"), giving C{node}, C{name} and C{execute} (and C{isAllowed} or
-     C{adminOnly} for who may see and run it);
+     result"), giving C{node}, C{name} and C{execute} (and C{isAllowed},
+     which may return a Deferred, or C{adminOnly} for who may see and run it);
   2. return instances from the C{adhoc-commands} hook: either add a callback
      C{(host) -> list[AdHocCommand]} to C{host.hooks}, or make the module a
      L{CommandProvider} and define C{adhocCommands()}.
@@ -164,8 +164,12 @@ class AdHocCommand:
     name: str = ""
     adminOnly: bool = False
 
-    def isAllowed(self, requester: jid.JID, host) -> bool:
-        """Whether C{requester} (a full JID) may see and run the command on C{host}."""
+    def isAllowed(self, requester: jid.JID, host):
+        """
+        Whether C{requester} (a full JID) may see and run the command on
+        C{host}: a bool, or a Deferred firing with one (admin rights are
+        read from the store, L{invitesrv.host.VirtualHost.isAdmin}).
+        """
         if self.adminOnly:
             return host.isAdmin(requester)
         return requester.user is not None and requester.host == host.name
@@ -290,6 +294,7 @@ class AdHocModule(XMPPHandler, IQHandlerMixin):
         self.xmlstream.addObserver(COMMAND, self.onRequest)
 
     def connectionLost(self, reason):
+        self.xmlstream.removeObserver(COMMAND, self.onRequest)
         for session in list(self.sessions.values()):
             self._end(session, canceled=True)
         XMPPHandler.connectionLost(self, reason)
@@ -302,10 +307,14 @@ class AdHocModule(XMPPHandler, IQHandlerMixin):
                 found.setdefault(command.node, command)
         return found
 
-    def allowedCommands(self, requester: jid.JID) -> list[AdHocCommand]:
-        """The commands C{requester} may see and run."""
-        host = self.parent
-        return [c for c in self.commands().values() if c.isAllowed(requester, host)]
+    @defer.inlineCallbacks
+    def allowedCommands(self, requester: jid.JID):
+        """Fire with the commands C{requester} may see and run."""
+        allowed = []
+        for command in self.commands().values():
+            if (yield defer.maybeDeferred(command.isAllowed, requester, self.parent)):
+                allowed.append(command)
+        return allowed
 
     # -- execution ----------------------------------------------------------
 
@@ -315,6 +324,7 @@ class AdHocModule(XMPPHandler, IQHandlerMixin):
         if to is not None and parseJID(to) == self.parent.jid:
             self.handleRequest(iq)
 
+    @defer.inlineCallbacks
     def onCommand(self, iq):
         """Check the request against the command, its session and the actions offered; run a step."""
         request = iq.command
@@ -329,7 +339,7 @@ class AdHocModule(XMPPHandler, IQHandlerMixin):
         command = self.commands().get(node)
         if command is None:
             raise CommandError("item-not-found", "No such command")
-        if not command.isAllowed(requester, self.parent):
+        if not (yield defer.maybeDeferred(command.isAllowed, requester, self.parent)):
             raise CommandError("forbidden", NOT_PERMITTED,
                                command=self._element(node, sessionID, CommandResult.canceled(
                                    NOT_PERMITTED, "error")))
@@ -356,7 +366,7 @@ class AdHocModule(XMPPHandler, IQHandlerMixin):
         d = defer.maybeDeferred(command.execute, requester, action, form, session)
         d.addCallback(self._stepDone, session)
         d.addErrback(self._stepFailed, session)
-        return d
+        return (yield d)
 
     def _newSession(self, command: AdHocCommand, requester: jid.JID) -> CommandSession:
         mine = [s for s in self.sessions.values() if s.requester == requester]
@@ -452,7 +462,12 @@ class AdHocModule(XMPPHandler, IQHandlerMixin):
         command = self.commands().get(nodeIdentifier)
         if command is None:
             return []
-        if not command.isAllowed(requestor, self.parent):
+        return self._describe(command, requestor)
+
+    @defer.inlineCallbacks
+    def _describe(self, command: AdHocCommand, requestor: jid.JID):
+        """The disco#info of a command's node, for those who may run it."""
+        if not (yield defer.maybeDeferred(command.isAllowed, requestor, self.parent)):
             raise error.StanzaError("forbidden", text=NOT_AVAILABLE)
         return [disco.DiscoIdentity("automation", "command-node", command.name),
                 disco.DiscoFeature(NS_COMMANDS), disco.DiscoFeature(data_form.NS_X_DATA)]
@@ -460,5 +475,6 @@ class AdHocModule(XMPPHandler, IQHandlerMixin):
     def getDiscoItems(self, requestor, target, nodeIdentifier=""):
         if target.user is not None or nodeIdentifier != NS_COMMANDS:
             return []
-        return [disco.DiscoItem(self.parent.jid, command.node, command.name)
-                for command in self.allowedCommands(requestor)]
+        d = self.allowedCommands(requestor)
+        return d.addCallback(lambda commands: [
+            disco.DiscoItem(self.parent.jid, command.node, command.name) for command in commands])

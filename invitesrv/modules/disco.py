@@ -25,6 +25,12 @@ SERVER_NAME = "invitesrv"
 class DiscoModule(disco.DiscoHandler):
     """Answers disco#info and disco#items for the host and its accounts."""
 
+    def connectionLost(self, reason):
+        """Detach the two observers Wokkel's handler attached: the host's stream outlives a stop."""
+        self.xmlstream.removeObserver(disco.DISCO_INFO, self.handleRequest)
+        self.xmlstream.removeObserver(disco.DISCO_ITEMS, self.handleRequest)
+        disco.DiscoHandler.connectionLost(self, reason)
+
     def info(self, requestor: jid.JID, target: jid.JID | None, nodeIdentifier: str):
         """Gather disco#info once the requestor may see C{target} (no C{to}: its own account)."""
         target = target or requestor.userhostJID()

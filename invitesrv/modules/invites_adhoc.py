@@ -36,10 +36,11 @@ def isLocalUser(requester, host) -> bool:
     return requester.user is not None and requester.host == host.name
 
 
-def mayInviteNewUsers(requester, host) -> bool:
-    """May this requester hand out invites that create accounts?"""
-    return host.isAdmin(requester) or (isLocalUser(requester, host)
-                                       and host.options.allow_user_invites)
+def mayInviteNewUsers(requester, host):
+    """Fire with whether this requester may hand out invites that create accounts."""
+    if isLocalUser(requester, host) and host.options.allow_user_invites:
+        return defer.succeed(True)
+    return host.isAdmin(requester)
 
 
 def invitationForm(created) -> data_form.Form:
@@ -92,14 +93,17 @@ class ContactInviteCommand(CreationCommand):
     name = "Create new contact invite"
 
     def isAllowed(self, requester, host):
-        return isLocalUser(requester, host) and (host.options.allow_contact_invites
-                                                 or host.isAdmin(requester))
+        if not isLocalUser(requester, host):
+            return False
+        return host.options.allow_contact_invites or host.isAdmin(requester)
 
+    @defer.inlineCallbacks
     def create(self, manager, requester):
         host = manager.host
         bare = requester.userhost()
-        return manager.createContact(requester.user, mayInviteNewUsers(requester, host),
-                                     creator=bare, source=bare)
+        allowRegistration = yield mayInviteNewUsers(requester, host)
+        return (yield manager.createContact(requester.user, allowRegistration, creator=bare,
+                                            source=bare))
 
 
 class AccountInviteCommand(CreationCommand):

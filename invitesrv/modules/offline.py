@@ -12,11 +12,17 @@ Messages whose only payload is a chat-state notification (XEP-0085), ids or
 hints are dropped silently, as are those with an XEP-0334 C{<no-store/>}
 hint; an C{<store/>} hint keeps any message. A missing account, a full store
 or a store failure leaves the message unkept, and the host bounces it with
-C{service-unavailable}. Stored messages go with their account: the store
-deletes them with it.
+C{service-unavailable}; a message larger than C{offline_max_message_size}
+gets C{policy-violation} saying so. Stored messages go with their account:
+the store deletes them with it.
 
 They are delivered on the hook C{initial-presence}, to the first session
-that becomes available with a non-negative priority.
+that becomes available with a non-negative priority, one at a time: each
+is sent only once the stream has taken the one before
+(L{invitesrv.xmpp.c2s.Session.whenSent}), so a few large messages never
+pile up unsent in the server, and one is forgotten only once it was sent.
+A client that stops reading, or goes away, in the middle finds what it did
+not get at its next login.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from invitesrv.store.interfaces import OfflineMessage, StoreUnavailable
+from invitesrv.xmpp.router import bounce
 
 log = Logger()
 
@@ -44,6 +51,8 @@ NS_STANZA_ID = "urn:xmpp:sid:0"
 STORED_TYPES = frozenset(("normal", "chat"))
 # Payloads that do not make a message worth keeping on their own.
 NOT_CONTENT = frozenset((NS_CHATSTATES, NS_HINTS, NS_STANZA_ID))
+# Kept messages read from the store at a time while delivering.
+BATCH = 20
 
 
 def isWorthKeeping(message: domish.Element) -> bool:
@@ -78,6 +87,10 @@ def delayStamp(seconds: float) -> str:
 class OfflineModule(XMPPHandler):
     """Keeps messages for offline users and delivers them at their next presence."""
 
+    def __init__(self) -> None:
+        XMPPHandler.__init__(self)
+        self.delivering: set[str] = set()  # users whose kept messages are being handed over
+
     def connectionInitialized(self):
         hooks = self.parent.hooks
         hooks.add("offline-message", self.keep)
@@ -97,6 +110,14 @@ class OfflineModule(XMPPHandler):
             return defer.succeed(True)
         host = self.parent
         entry = OfflineMessage(host.now(), message.toXml())
+        size, cap = len(entry.stanza.encode("utf-8")), host.options.offline_max_message_size
+        if size > cap:
+            reply = bounce(message, "policy-violation", "modify",
+                           f"Too large to keep for a user who is offline: {size} bytes,"
+                           f" at most {cap}")
+            if reply is not None:
+                host.router.route(reply)
+            return defer.succeed(True)
         d = host.store.accountExists(host.name, username)
         d.addCallback(lambda exists: exists and host.store.storeOffline(
             host.name, username, entry, host.options.offline_max_messages))
@@ -112,31 +133,82 @@ class OfflineModule(XMPPHandler):
         """
         The C{initial-presence} hook: hand the session what was kept, oldest
         first. A resource with a negative priority gets none (RFC 6121 section
-        8.5.2.1.1 keeps bare-JID messages from it).
+        8.5.2.1.1 keeps bare-JID messages from it), nor does a second resource
+        while the first is still being handed the messages.
         """
-        if session.priority < 0:
+        user = session.user
+        if session.priority < 0 or user in self.delivering:
             return None
-        host = self.parent
-        d = host.store.popOffline(host.name, session.user)
-
-        def send(messages):
-            for entry in messages:
-                message = parseStanza(entry.stanza)
-                if not any(delay.getAttribute("from") == host.name
-                           for delay in message.elements(NS_DELAY, "delay")):
-                    delay = message.addElement((NS_DELAY, "delay"))
-                    delay["from"] = host.name
-                    delay["stamp"] = delayStamp(entry.stamp)
-                if session.closed:
-                    # Gone while the store answered: another resource, or the store again.
-                    host.deliverToAccount(message, session.bareJID)
-                else:
-                    session.send(message)
-
-        d.addCallback(send)
+        self.delivering.add(user)
+        d = self._handOver(session)
         d.addErrback(lambda failure: failure.check(StoreUnavailable) or log.failure(
             "Cannot deliver offline messages to {user}", failure, user=session.bare))
+        d.addBoth(lambda _: self.delivering.discard(user))
         return d
+
+    @defer.inlineCallbacks
+    def _handOver(self, session):
+        """Deliver the kept messages a batch at a time; forget each batch once it was sent."""
+        store, host, user = self.parent.store, self.parent.name, session.user
+        after = 0
+        while True:
+            batch = yield store.getOffline(host, user, after, BATCH)
+            if not batch:
+                return
+            sent = yield self._send(session, batch)
+            if sent:
+                yield store.removeOffline(host, user, sent)
+            if sent != batch[-1].id:
+                return  # every resource went away: the rest waits for the next one
+            after = sent
+
+    @defer.inlineCallbacks
+    def _send(self, session, batch: list[OfflineMessage]):
+        """
+        Send a batch one message at a time, each once the stream took the one
+        before; fire with the id of the last one sent (0: none). A message
+        whose session goes away before the stream took it goes to another
+        available resource of the user, if there is one.
+        """
+        sent = 0
+        for entry in batch:
+            tried: set = set()
+            while True:
+                session = self._recipient(session, tried)
+                if session is None:
+                    return sent
+                tried.add(session)
+                session.send(self._stamped(entry))
+                if (yield session.whenSent()):
+                    break
+            sent = entry.id
+        return sent
+
+    def _recipient(self, session, tried: set):
+        """
+        C{session} while it may be handed bare-JID messages, else the other
+        resource of the user that may, with the highest priority; never one
+        in C{tried}.
+        """
+        def usable(other) -> bool:
+            return (other not in tried and not other.closed and other.available
+                    and other.priority >= 0)
+        if usable(session):
+            return session
+        others = [other for other in self.parent.router.resourcesOf(session.bare).values()
+                  if usable(other)]
+        return max(others, key=lambda other: other.priority, default=None)
+
+    def _stamped(self, entry: OfflineMessage) -> domish.Element:
+        """The kept message, with the XEP-0203 delay of when this server kept it."""
+        message = parseStanza(entry.stanza)
+        host = self.parent.name
+        if not any(delay.getAttribute("from") == host
+                   for delay in message.elements(NS_DELAY, "delay")):
+            delay = message.addElement((NS_DELAY, "delay"))
+            delay["from"] = host
+            delay["stamp"] = delayStamp(entry.stamp)
+        return message
 
     def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
         if target.user is None and not nodeIdentifier:

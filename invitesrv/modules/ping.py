@@ -17,6 +17,10 @@ class PingModule(XMPPHandler):
     def connectionInitialized(self):
         self.xmlstream.addObserver(PING, self.onPing)
 
+    def connectionLost(self, reason):
+        self.xmlstream.removeObserver(PING, self.onPing)
+        XMPPHandler.connectionLost(self, reason)
+
     def onPing(self, iq):
         iq.handled = True
         self.send(toResponse(iq, "result"))

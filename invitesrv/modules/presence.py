@@ -16,7 +16,10 @@ Subscription state follows the tables of RFC 6121 Appendix A. The roster
 item holds C{subscription}, C{ask} (pending out) and C{approved} (a
 pre-approval, section 3.4); a pending-in request is kept whole in the store
 until the user answers it, and is delivered again each time a resource of
-the user becomes available. Every state change runs under the user's roster
+the user becomes available, one at a time as the stream takes them. A
+request is stored at most C{subscription_request_max_size} bytes long: its
+C{<status/>} text is cut to fit, and a request still too large is refused
+with C{policy-violation}. Every state change runs under the user's roster
 lock (L{RosterModule.locked}).
 
 What other modules may call: L{PresenceModule.approveSubscription},
@@ -34,6 +37,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
+from twisted.words.xish.domish import escapeToXml
 from wokkel.subprotocols import XMPPHandler
 
 from invitesrv.modules.roster import FROM, TO, RosterModule
@@ -47,6 +51,7 @@ NS_CLIENT = "jabber:client"
 NS_PREAPPROVAL = "urn:xmpp:features:pre-approval"
 SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
 PRESENCE_TYPES = SUBSCRIPTION_TYPES | {None, "unavailable", "probe", "error"}
+ELLIPSIS = "\u2026"  # ends a status text that was cut
 
 
 def makePresence(kind: str | None, sender: str, to: str | None = None,
@@ -87,6 +92,48 @@ def parsePriority(presence: domish.Element) -> int:
             return 0
         return max(-128, min(127, value))
     return 0
+
+
+def xmlSize(element: domish.Element) -> int:
+    """The size in bytes of C{element} serialised."""
+    return len(element.toXml().encode("utf-8"))
+
+
+def cutText(text: str, budget: int) -> str:
+    """C{text} cut, with an ellipsis, to at most C{budget} bytes once escaped as XML."""
+    if len(escapeToXml(text).encode("utf-8")) <= budget:
+        return text
+    budget -= len(ELLIPSIS.encode("utf-8"))
+    if budget < 0:
+        return ""
+    size = 0
+    for index, char in enumerate(text):
+        size += len(escapeToXml(char).encode("utf-8"))
+        if size > budget:
+            return text[:index] + ELLIPSIS
+    return text
+
+
+def capRequest(presence: domish.Element, cap: int) -> bool:
+    """
+    Cut the C{<status/>} texts of a subscription request so that it fits in
+    C{cap} bytes serialised, in document order; False if it cannot fit.
+    """
+    size = xmlSize(presence)
+    if size <= cap:
+        return True
+    statuses = list(presence.elements(presence.uri, "status"))
+    texts = [str(status) for status in statuses]
+    for status in statuses:
+        status.children = [""]  # serialised with its end tag, as once it holds text
+    budget = cap - xmlSize(presence)
+    if budget < 0:
+        return False
+    for status, text in zip(statuses, texts, strict=True):
+        text = cutText(text, budget)
+        budget -= len(escapeToXml(text).encode("utf-8"))
+        status.children = [text]
+    return True
 
 
 def parseStored(xml: str) -> domish.Element:
@@ -241,7 +288,12 @@ class PresenceModule(XMPPHandler):
                 session.send(addressed(other.presence, session.full))
         pending = yield self.parent.store.getPendingIn(self.parent.name, session.user)
         for _, xml in pending:
+            # One at a time as the stream takes them (requests stored before
+            # they were capped can be large).
+            if session.closed:
+                return
             session.send(parseStored(xml))
+            yield session.whenSent()
 
     def _goOffline(self, session, presence) -> None:
         """
@@ -432,14 +484,24 @@ class PresenceModule(XMPPHandler):
         pending = yield store.getPendingIn(host, username)
         if any(other == contact for other, _ in pending):
             return  # RFC 6121 3.1.3: one request per contact, not delivered again now
-        if len(pending) >= self.parent.options.max_pending_subscriptions:
-            reply = bounce(presence, "resource-constraint", "wait",
-                           "Too many subscription requests are waiting for this user")
-            if reply is not None:
-                self.send(reply)
+        options = self.parent.options
+        if len(pending) >= options.max_pending_subscriptions:
+            self._refuseInbound(presence, "resource-constraint", "wait",
+                                "Too many subscription requests are waiting for this user")
+            return
+        if not capRequest(presence, options.subscription_request_max_size):
+            self._refuseInbound(presence, "policy-violation", "modify",
+                                f"A subscription request may be at most"
+                                f" {options.subscription_request_max_size} bytes long")
             return
         yield store.setPendingIn(host, username, contact, presence.toXml())
         self._deliver(username, presence)
+
+    def _refuseInbound(self, presence, condition: str, errorType: str, text: str) -> None:
+        """Answer an inbound stanza with an error, routed back to its sender."""
+        reply = bounce(presence, condition, errorType, text)
+        if reply is not None:
+            self.send(reply)
 
     @defer.inlineCallbacks
     def _inboundChange(self, username: str, contact: str, kind: str, presence):

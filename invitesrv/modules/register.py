@@ -114,6 +114,7 @@ class RegisterModule(XMPPHandler, IQHandlerMixin):
         hooks = self.parent.hooks
         hooks.remove("stream-features", self.onStreamFeatures)
         hooks.remove("preauth-iq", self.onPreauthIQ)
+        self.xmlstream.removeObserver(REQUEST, self.onRequest)
         XMPPHandler.connectionLost(self, reason)
 
     def available(self) -> bool:
@@ -218,7 +219,10 @@ class RegisterModule(XMPPHandler, IQHandlerMixin):
 
     @defer.inlineCallbacks
     def onSet(self, iq):
-        """A password change: the username must be the user's own."""
+        """
+        A password change: the username must be the user's own. The
+        account's other sessions end; this one stays.
+        """
         sender = parseJID(iq["from"])
         values = submittedValues(next(iq.elements(NS_REGISTER, "query")))
         checkRequired(values)
@@ -228,14 +232,15 @@ class RegisterModule(XMPPHandler, IQHandlerMixin):
             username = None
         if username != sender.user:
             raise error.StanzaError("not-allowed", "cancel", "You can only change your own password")
-        changed = yield self.parent.registrar.changePassword(sender.user, values["password"])
+        changed = yield self.parent.registrar.changePassword(sender.user, values["password"],
+                                                             keep=sender.full())
         if not changed:
             raise error.StanzaError("registration-required", "auth")
 
     def _removeAccount(self, iq, sender):
         """
         XEP-0077 section 3.2: answer first (the stream is about to end), then
-        delete the account and close whatever sessions it still has.
+        delete the account, which ends its sessions.
         """
         host = self.parent
         d = host.store.accountExists(host.name, sender.user)
@@ -251,5 +256,3 @@ class RegisterModule(XMPPHandler, IQHandlerMixin):
             return
         self.send(toResponse(iq, "result"))
         yield host.registrar.deleteAccount(sender.user)
-        for session in list(host.router.resourcesOf(sender.userhost()).values()):
-            session.close("not-authorized", "Account deleted")

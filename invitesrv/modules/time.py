@@ -22,6 +22,10 @@ class TimeModule(XMPPHandler, IQHandlerMixin):
     def connectionInitialized(self):
         self.xmlstream.addObserver(TIME, self.handleRequest)
 
+    def connectionLost(self, reason):
+        self.xmlstream.removeObserver(TIME, self.handleRequest)
+        XMPPHandler.connectionLost(self, reason)
+
     def onTime(self, iq):
         if iq.getAttribute("to") != self.parent.name:
             raise error.StanzaError("service-unavailable")

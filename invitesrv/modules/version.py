@@ -23,6 +23,10 @@ class VersionModule(XMPPHandler, IQHandlerMixin):
     def connectionInitialized(self):
         self.xmlstream.addObserver(VERSION, self.handleRequest)
 
+    def connectionLost(self, reason):
+        self.xmlstream.removeObserver(VERSION, self.handleRequest)
+        XMPPHandler.connectionLost(self, reason)
+
     def onVersion(self, iq):
         if iq.getAttribute("to") != self.parent.name:
             from twisted.words.protocols.jabber import error

@@ -29,6 +29,13 @@ class UsernameReserved(StoreError):
     """A pending invite holds that username for somebody else."""
 
 
+class UsernameConfusable(StoreError):
+    """
+    The username is a mixed-script or whole-script look-alike of an existing
+    account's (L{invitesrv.usernames.looksAlike}).
+    """
+
+
 class InviteUnavailable(StoreError):
     """The invite is gone, used up, revoked or expired."""
 
@@ -90,6 +97,7 @@ class Roster:
 class OfflineMessage:
     stamp: float
     stanza: str  # serialised XML
+    id: int = field(default=0, compare=False)  # the store's, increasing; 0 until stored
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,10 @@ class IAccounts(Interface):
     def createAccount(account: NewAccount):
         """
         Create an account with everything in L{NewAccount}, in one transaction.
-        Fails with L{AccountExists}, L{UsernameReserved} or L{InviteUnavailable}
-        and then writes nothing.
+        Fails with L{AccountExists}, L{UsernameConfusable} (a look-alike of
+        an account of the host), L{UsernameReserved} (a pending invite other
+        than the one used, reset invites included, names that username) or
+        L{InviteUnavailable}, and then writes nothing.
         """
 
     def accountExists(host: str, username: str):
@@ -186,8 +196,15 @@ class IAccounts(Interface):
         True, or False when there is no such account.
         """
 
-    def deleteAccount(host: str, username: str):
-        """Delete the account and everything it owns; fire with a bool."""
+    def deleteAccount(host: str, username: str, now: float = 0.0):
+        """
+        Delete the account and everything it owns, and revoke (at C{now}),
+        in the same transaction, every pending invite it made or that names
+        it: its reset invites, invites bound to its username, its contact
+        invites, invites it created (C{source} its bare JID). Nothing of
+        the account then works for whoever takes the name next. Fire with a
+        bool.
+        """
 
     def getRoles(host: str, username: str):
         """Fire with the account's roles as a frozenset."""
@@ -230,8 +247,15 @@ class IOfflineMessages(Interface):
     def storeOffline(host: str, username: str, message: OfflineMessage, cap: int):
         """Keep a message; fire with False when the user already has C{cap}."""
 
-    def popOffline(host: str, username: str):
-        """Fire with the user's messages, oldest first, and forget them."""
+    def getOffline(host: str, username: str, after: int = 0, limit: int = 20):
+        """
+        Fire with up to C{limit} of the user's messages stored after the one
+        with id C{after}, oldest first, each with its id. They stay stored:
+        a message is forgotten only once delivered (L{removeOffline}).
+        """
+
+    def removeOffline(host: str, username: str, upTo: int):
+        """Forget the user's messages up to and including id C{upTo}; fire with how many."""
 
 
 class IInvites(Interface):

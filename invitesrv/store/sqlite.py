@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -36,8 +37,10 @@ from invitesrv.store.interfaces import (
     Roster,
     RosterItem,
     StoreUnavailable,
+    UsernameConfusable,
     UsernameReserved,
 )
+from invitesrv.usernames import looksAlike, skeleton
 
 log = Logger()
 
@@ -65,6 +68,7 @@ def openDatabase(path: str, scripts: list[tuple[int, str]] | None = None,
     """
     scripts = schemaScripts() if scripts is None else scripts
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
+    conn.create_function("username_skeleton", 1, skeleton, deterministic=True)  # schema 2
     conn.execute("PRAGMA foreign_keys = ON")
     if path != ":memory:":
         conn.execute("PRAGMA journal_mode = WAL")
@@ -98,6 +102,9 @@ def _item(row) -> RosterItem:
     return RosterItem(contact=row[0], name=row[1], subscription=row[2], ask=bool(row[3]),
                       approved=bool(row[4]), groups=tuple(json.loads(row[5])))
 
+
+# An invite that can still be used at a time given as the first parameter.
+_PENDING = "revoked IS NULL AND expires > ? AND (uses_allowed IS NULL OR uses < uses_allowed)"
 
 _INVITE_COLUMNS = ("id, host, kind, created, expires, username, inviter, allow_registration, "
                    "uses_allowed, uses, reserved, revoked, roles, groups, note, source")
@@ -135,6 +142,7 @@ class SQLiteStore:
         self._fault = EpisodeLog(reactor)
         self._failFast = False  # set in the reactor thread, read by the worker
         self._waiting = busyTimeout  # the busy timeout the connection has now
+        self.observeLatency = None  # called with each call's seconds (the metrics endpoint's)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -151,6 +159,9 @@ class SQLiteStore:
         if serving:
             # No registration can be in flight after a start: free leaked reservations.
             self._conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
+            # A newer ICU may have newer confusables data than the stored skeletons.
+            self._conn.execute("UPDATE accounts SET skeleton = username_skeleton(username)"
+                               " WHERE skeleton IS NOT username_skeleton(username)")
         self._pool.start()
 
     def close(self) -> None:
@@ -163,7 +174,15 @@ class SQLiteStore:
         """Run C{fn(conn, *args)} in one transaction on the worker thread."""
         d = threads.deferToThreadPool(self._reactor, self._pool, self._transaction, fn, args)
         d.addCallbacks(self._available, self._unavailable)
+        if self.observeLatency is not None:
+            d.addBoth(self._observed, self._reactor.seconds())
         return d
+
+    def _observed(self, result, started: float):
+        """Report how long a call took, as its caller waited for it (the thread hop included)."""
+        if self.observeLatency is not None:
+            self.observeLatency(self._reactor.seconds() - started)
+        return result
 
     def _available(self, result):
         span = self._fault.ended()
@@ -214,16 +233,18 @@ class SQLiteStore:
         if conn.execute("SELECT 1 FROM accounts WHERE host = ? AND username = ?",
                         (a.host, a.username)).fetchone():
             raise AccountExists(a.username)
+        shape = skeleton(a.username)
+        if any(looksAlike(a.username, other) for (other,) in conn.execute(
+                "SELECT username FROM accounts WHERE host = ? AND skeleton = ?", (a.host, shape))):
+            raise UsernameConfusable(a.username)
         inviteId = a.inviteUse.inviteId if a.inviteUse else None
         reserved = conn.execute(
-            "SELECT 1 FROM invites WHERE host = ? AND username = ? AND kind != 'reset'"
-            " AND id IS NOT ? AND revoked IS NULL AND expires > ?"
-            " AND (uses_allowed IS NULL OR uses < uses_allowed)",
-            (a.host, a.username, inviteId, a.now)).fetchone()
+            f"SELECT 1 FROM invites WHERE {_PENDING} AND host = ? AND username = ? AND id IS NOT ?",
+            (a.now, a.host, a.username, inviteId)).fetchone()
         if reserved:
             raise UsernameReserved(a.username)
-        conn.execute("INSERT INTO accounts (host, username, created) VALUES (?, ?, ?)",
-                     (a.host, a.username, a.now))
+        conn.execute("INSERT INTO accounts (host, username, created, skeleton) VALUES (?, ?, ?, ?)",
+                     (a.host, a.username, a.now, shape))
         SQLiteStore._writeCredentials(conn, a.host, a.username, a.credentials)
         conn.executemany("INSERT INTO roles (host, username, role) VALUES (?, ?, ?)",
                          [(a.host, a.username, role) for role in a.roles])
@@ -294,11 +315,14 @@ class SQLiteStore:
             return True
         return self._run(set_)
 
-    def deleteAccount(self, host, username):
+    def deleteAccount(self, host, username, now=0.0):
         def delete(conn):
             if conn.execute("DELETE FROM accounts WHERE host = ? AND username = ?",
                             (host, username)).rowcount != 1:
                 return False
+            conn.execute(f"UPDATE invites SET revoked = ? WHERE {_PENDING}"
+                         " AND host = ? AND (username = ? OR inviter = ? OR source = ?)",
+                         (now, now, host, username, username, f"{username}@{host}"))
             # The same host's rosters forget the account too (a running server's
             # presence module has already done so, with pushes; this covers
             # deletions made while it was not running).
@@ -427,16 +451,15 @@ class SQLiteStore:
             return True
         return self._run(store)
 
-    def popOffline(self, host, username):
-        def pop(conn):
-            rows = conn.execute("SELECT stamp, stanza FROM offline_messages"
-                                " WHERE host = ? AND username = ? ORDER BY id",
-                                (host, username)).fetchall()
-            if rows:
-                conn.execute("DELETE FROM offline_messages WHERE host = ? AND username = ?",
-                             (host, username))
-            return [OfflineMessage(*row) for row in rows]
-        return self._run(pop)
+    def getOffline(self, host, username, after=0, limit=20):
+        return self._run(lambda conn: [OfflineMessage(*row) for row in conn.execute(
+            "SELECT stamp, stanza, id FROM offline_messages WHERE host = ? AND username = ? AND id > ?"
+            " ORDER BY id LIMIT ?", (host, username, after, limit))])
+
+    def removeOffline(self, host, username, upTo):
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM offline_messages WHERE host = ? AND username = ? AND id <= ?",
+            (host, username, upTo)).rowcount)
 
     # -- invites ------------------------------------------------------------
 
@@ -558,3 +581,79 @@ class SQLiteStore:
     def deleteApiKey(self, keyId):
         return self._run(lambda conn: conn.execute(
             "DELETE FROM api_keys WHERE key_id = ?", (keyId,)).rowcount == 1)
+
+
+def backupDatabase(path: str, target: str) -> None:
+    """
+    Copy the database at C{path} to C{target} (mode 0600) as one consistent
+    snapshot, while the server may be writing: SQLite's online backup copies
+    every page under one read transaction. C{target} appears only when whole.
+    """
+    partial = f"{target}.partial"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        destination = sqlite3.connect(partial)
+        try:
+            source.backup(destination)
+            destination.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            destination.close()
+    except BaseException:
+        os.unlink(partial)
+        raise
+    finally:
+        source.close()
+    os.replace(partial, target)
+
+
+def checkBackup(path: str) -> int:
+    """
+    The schema version of the invitesrv database at C{path}, after checking
+    it is one (readable, intact, of a schema this invitesrv knows).
+    """
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            intact = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master"
+                                                     " WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{path} is not an SQLite database ({e})") from None
+    latest = schemaScripts()[-1][0]
+    if "accounts" not in tables or not 0 < version:
+        raise ValueError(f"{path} is not an invitesrv database")
+    if version > latest:
+        raise ValueError(f"{path} is of schema {version}, newer than this invitesrv's ({latest})")
+    if intact != "ok":
+        raise ValueError(f"{path} is damaged: {intact}")
+    return version
+
+
+def restoreDatabase(backup: str, path: str) -> str | None:
+    """
+    Replace the database at C{path} (no server may be using it) with the
+    checked copy C{backup}; the database it replaces is kept beside it.
+    Return where, or None when there was none.
+    """
+    checkBackup(backup)
+    kept = None
+    if Path(path).exists():
+        kept = f"{path}.before-restore"
+        backupDatabase(path, kept)
+    source = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
+    try:
+        destination = sqlite3.connect(path)
+        try:
+            source.backup(destination)
+        finally:
+            destination.close()
+    finally:
+        source.close()
+    os.chmod(path, 0o600)
+    openDatabase(path).close()  # upgrade an older schema now, with the usual copy
+    return kept

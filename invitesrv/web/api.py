@@ -20,6 +20,11 @@ Errors are C{{"error": CODE, "message": TEXT}} with status 400, 401, 403,
 404, 405, 409, 410, 413, 415 or 429. Invites are created and changed through
 the same L{InviteManager} and store calls as everywhere else, so the same
 rules apply.
+
+A request body is read only after its route and key have been checked, and
+only up to L{MAX_BODY} bytes (the site refuses a longer one with 413 before
+reading it, see L{invitesrv.web.site.WebChannel}); a JSON body may nest at
+most L{MAX_DEPTH} levels and numbers stay in ranges the store can hold.
 """
 
 from __future__ import annotations
@@ -41,28 +46,27 @@ from twisted.web.server import NOT_DONE_YET
 from invitesrv.invites import STATUSES, InviteError, isoTime
 from invitesrv.registrar import RegistrationError, prepareUsername
 from invitesrv.web.openapi import openAPIDocument
-from invitesrv.web.pages import finishWith, watchConnection
+from invitesrv.web.pages import BodyPolicy, Refused, finishWith, watchConnection
 
 log = Logger()
 
 JSON = b"application/json"
 MAX_BODY = 64 * 1024
+MAX_DEPTH = 16
 MAX_EXPIRY = 365 * 86400
 MAX_NOTE = 1000
+MAX_USES = 1_000_000
+# Backslash escapes, and every byte but brackets: what nestingDepth skips.
+ESCAPE = re.compile(rb"\\.", re.S)
+NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 ROLE = re.compile(r"[\w:.-]{1,64}")
 ERRORS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
           405: "method-not-allowed", 409: "conflict", 410: "gone", 413: "too-large",
           415: "unsupported-media-type", 429: "too-many-requests", 500: "internal-error"}
 
 
-class ApiError(Exception):
+class ApiError(Refused):
     """An answer other than success: status, message and extra headers."""
-
-    def __init__(self, code: int, message: str, headers: dict[str, str] | None = None):
-        Exception.__init__(self, message)
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
 
 
 # -- keys -----------------------------------------------------------------------
@@ -152,8 +156,22 @@ def createdJSON(created, now: float) -> dict:
     return body
 
 
+def nestingDepth(data: bytes) -> int:
+    """How deeply arrays and objects nest in JSON text (brackets inside strings do not count)."""
+    outside = b"".join(ESCAPE.sub(b"", data).split(b'"')[::2])
+    depth = deepest = 0
+    for bracket in outside.translate(None, NOT_BRACKETS):
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def readJSON(request, required: bool = True) -> dict:
-    """The request's JSON object body; an empty body is {} when not C{required}."""
+    """
+    The request's JSON object body; an empty body is {} when not
+    C{required}. Nesting is measured before parsing, which would otherwise
+    recurse once per level.
+    """
     data = request.content.read(MAX_BODY + 1) if request.content is not None else b""
     if len(data) > MAX_BODY:
         raise ApiError(413, f"The body is larger than {MAX_BODY} bytes")
@@ -162,6 +180,8 @@ def readJSON(request, required: bool = True) -> dict:
     contentType = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if contentType != JSON:
         raise ApiError(415, "Send the body as application/json")
+    if nestingDepth(data) > MAX_DEPTH:
+        raise ApiError(400, f"The body nests arrays and objects more than {MAX_DEPTH} levels deep")
     try:
         body = json.loads(data)
     except ValueError as e:
@@ -178,11 +198,12 @@ def checkKeys(body: dict, allowed: set[str]) -> None:
 
 
 def usesValue(value, minimum: int = 1) -> int | None:
-    """C{uses}: a whole number of at least C{minimum}, or C{"unlimited"} (None)."""
+    """C{uses}: a whole number from C{minimum} to L{MAX_USES}, or C{"unlimited"} (None)."""
     if value == "unlimited":
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ApiError(400, f'uses must be a whole number of at least {minimum}, or "unlimited"')
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_USES:
+        raise ApiError(400, f"uses must be a whole number from {minimum} to {MAX_USES},"
+                            ' or "unlimited"')
     return value
 
 
@@ -200,7 +221,10 @@ def momentValue(value, now: float) -> float:
         except ValueError:
             raise ApiError(400, "expires must look like 2030-01-31T12:00:00Z") from None
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        moment = float(value)
+        try:
+            moment = float(value)
+        except OverflowError:  # an integer beyond any float: far from "within a year"
+            moment = float("inf")
     else:
         raise ApiError(400, "expires must be a Unix time or an ISO 8601 UTC time")
     if not now < moment <= now + MAX_EXPIRY:
@@ -233,10 +257,15 @@ def rolesValue(value) -> tuple[str, ...]:
 # -- the resource ---------------------------------------------------------------
 
 
-class ApiRoot(resource.Resource):
-    """C{/api/v1/}: routes by path and method, authenticates, answers JSON."""
+class ApiRoot(BodyPolicy, resource.Resource):
+    """
+    C{/api/v1/}: routes by path and method, authenticates, answers JSON. As
+    the body policy of the API, it takes bodies up to L{MAX_BODY} bytes, and
+    only once the route is known and, for a private route, the key valid.
+    """
 
     isLeaf = True
+    maxBody = MAX_BODY
 
     def __init__(self, context, tokenChecks: TokenBuckets | None = None):
         resource.Resource.__init__(self)
@@ -266,7 +295,7 @@ class ApiRoot(resource.Resource):
         finishWith(request, lost, code, data, JSON, headers or {})
 
     def fail(self, request, lost, failure) -> None:
-        if failure.check(ApiError):
+        if failure.check(Refused):
             error = failure.value
         else:
             log.failure("API request {method} failed", failure,
@@ -275,12 +304,21 @@ class ApiRoot(resource.Resource):
         self.send(request, lost, error.code, {"error": ERRORS[error.code],
                                                "message": error.message}, error.headers)
 
-    def route(self, request):
-        """(handler, path arguments, needs a key) for the request; ApiError 404/405 otherwise."""
-        segments = [s.decode("utf-8", "replace") for s in request.postpath]
+    def refusal(self, error: Refused) -> resource.IResource:
+        """A request refused before its body was read is answered here too, in JSON."""
+        return self
+
+    def checkBeforeBody(self, request, method: bytes, segments: list[bytes]):
+        """A body is read for a known route only, and for a private one with a valid key."""
+        handler, arguments, private = self.route(method, segments)
+        return self.authenticate(request) if private else None
+
+    def route(self, method: bytes, segments: list[bytes]):
+        """(handler, path arguments, needs a key) for a request; ApiError 404/405 otherwise."""
+        segments = [s.decode("utf-8", "replace") for s in segments]
         if segments and segments[-1] == "" and len(segments) > 1:
             segments.pop()
-        method = request.method.decode("ascii", "replace").upper()
+        method = method.decode("ascii", "replace").upper()
         for pattern, handlers, private in self.routes:
             if len(pattern) == len(segments) and all(p is None or p == s
                                                      for p, s in zip(pattern, segments, strict=True)):
@@ -295,10 +333,12 @@ class ApiRoot(resource.Resource):
 
     @defer.inlineCallbacks
     def dispatch(self, request):
-        handler, arguments, private = self.route(request)
+        if request.refusal is not None:
+            raise request.refusal
+        handler, arguments, private = self.route(request.method, request.postpath)
         if not private:
             return (yield handler(request, *arguments))
-        host, keyId = yield self.authenticate(request)
+        host, keyId = request.checked or (yield self.authenticate(request))
         return (yield handler(request, host, keyId, *arguments))
 
     @defer.inlineCallbacks
@@ -475,8 +515,6 @@ class ApiRoot(resource.Resource):
             raise ApiError(404, f"There is no account {username}@{host.name}")
         log.info("Account {user}@{host} deleted through the API by key {keyId}", user=username,
                  host=host.name, keyId=keyId)
-        for session in list(host.router.resourcesOf(f"{username}@{host.name}").values()):
-            session.close("not-authorized", "Account deleted")
         return 204, None
 
     @defer.inlineCallbacks

@@ -217,7 +217,7 @@ class InvitePage(TokenResource):
         root = rootOf(request)
         if request.postpath:
             return notFound(context.siteName(), root)
-        host, invite = yield context.lookup(self.token)
+        host, invite = yield self.find(request)
         if invite is None:
             return notFound(context.siteName(), root)
         siteName = context.siteName(host)

@@ -18,11 +18,12 @@ from functools import cache
 from pathlib import Path
 
 import segno
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from twisted.web import resource
 from twisted.web.error import FlattenerError
+from twisted.web.http import RESPONSES
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.template import (
     Element,
@@ -71,6 +72,64 @@ def linkHeader(uri: str) -> str:
     ascii = "".join(c if 0x20 < ord(c) < 0x7f else
                     "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in uri)
     return f'<{ascii}>; rel="alternate"'
+
+
+def reason(code: int) -> bytes:
+    """The reason phrase of an HTTP status (Twisted's table has no 429)."""
+    return RESPONSES.get(code, b"Too Many Requests" if code == 429 else b"Error")
+
+
+class Refused(Exception):
+    """
+    An answer instead of the one asked for: an HTTP status, a message for
+    the visitor and extra headers (C{Retry-After}, ...). Pages show it as a
+    short message page; the API as its JSON error.
+    """
+
+    def __init__(self, code: int, message: str, headers: dict[str, str] | None = None):
+        Exception.__init__(self, message)
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+class BodyPolicy:
+    """
+    What a resource and the tree under it accept as a request body, asked
+    by the site from the request line and headers before a byte of the body
+    is read: at most C{maxBody} bytes (0: none), and whatever
+    L{checkBeforeBody} requires (the API's key). The deepest resource on a
+    path that is a C{BodyPolicy} decides; a refusal is answered by
+    L{refusal} and ends the connection, the rest of the body unread.
+    """
+
+    maxBody = 0
+
+    def checkBeforeBody(self, request, method: bytes, segments: list[bytes]):
+        """
+        Before the body of C{request} is read (C{segments}: the decoded path
+        under this resource): None to read it, a Deferred the site waits for
+        (reading nothing meanwhile) whose result it keeps as
+        C{request.checked}, or raise or fail with L{Refused}.
+        """
+        return None
+
+    def refusal(self, error: Refused) -> resource.IResource:
+        """The resource that answers a request refused with C{error}."""
+        return RefusalPage(error)
+
+
+class RefusalPage(resource.Resource):
+    """A L{Refused} answered with a message page."""
+
+    isLeaf = True
+
+    def __init__(self, error: Refused):
+        resource.Resource.__init__(self)
+        self.error = error
+
+    def render(self, request):
+        return servePage(request, defer.fail(self.error))
 
 
 @dataclass
@@ -206,6 +265,11 @@ def servePage(request, pending) -> object:
         return d
 
     def failed(failure):
+        if failure.check(Refused):
+            error = failure.value
+            title = reason(error.code).decode("ascii")
+            return render(Page(title, MessageBody(title, [error.message], "warning"), error.code,
+                               root=rootOf(request), headers=error.headers))
         logFailure(failure, request)
         sorry = MessageBody("Something went wrong", [
             "The server could not complete this request. Please try again in a moment."], "warning")
@@ -228,3 +292,31 @@ class TokenResource(resource.Resource):
         resource.Resource.__init__(self)
         self.context = context
         self.token = token
+
+    @defer.inlineCallbacks
+    def find(self, request):
+        """
+        Fire with (host, invite) for this page's token, (None, None) when no
+        served host has it. A token nobody has is a guess, throttled per
+        address as XMPP's invite tokens are (L{Limiter.tokenFailed}) and
+        logged in the same line for fail2ban: the first few are answered at
+        once, then later and later, and an address that kept guessing is
+        refused (429) without a look.
+        """
+        limiter = self.context.server.limiter
+        address = request.clientIP()
+        if limiter.tokenBlocked(address):
+            limiter.metrics["tokens.blocked"] += 1
+            log.info("Authentication failure from {address} for an invite token (blocked)",
+                     address=address)
+            raise Refused(429, "Too many invalid invite links were opened from your address."
+                               " Please try again later.",
+                          {"retry-after": str(int(limiter.limits.auth_failure_window))})
+        host, invite = yield self.context.lookup(self.token)
+        if invite is None:
+            delay = limiter.tokenFailed(address)
+            log.info("Authentication failure from {address} for an invite token{throttled}",
+                     address=address, throttled=" (throttled)" if delay else "")
+            if delay:
+                yield task.deferLater(limiter.clock, delay)
+        return host, invite

@@ -18,7 +18,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -30,6 +30,7 @@ from invitesrv.registrar import RegistrationError
 from invitesrv.web.apps import detectPlatform, recommended
 from invitesrv.web.invite_page import inviterOf, tokenOf
 from invitesrv.web.pages import (
+    BodyPolicy,
     MessageBody,
     Page,
     TokenResource,
@@ -43,6 +44,10 @@ from invitesrv.web.pages import (
 log = Logger()
 
 CSRF_COOKIE = b"invitesrv_csrf"
+# The largest form body: a username and two passwords of password_max_length
+# (1024) characters, percent-encoded, fit several times over.
+MAX_FORM = 64 * 1024
+FORM = b"application/x-www-form-urlencoded"
 # HTTP status for the registrar's refusals; anything else is a 400.
 STATUS = {"conflict": 409, "policy-violation": 429, "resource-constraint": 503,
           "item-not-found": 410, "not-allowed": 403}
@@ -64,6 +69,16 @@ def validCookie(value: bytes | None) -> str | None:
     except UnicodeDecodeError:
         return None
     return text if text.replace("-", "").replace("_", "").isalnum() else None
+
+
+def readForm(request) -> None:
+    """
+    Add the fields of a URL-encoded form body to C{request.args}: the site
+    parses no body by itself, so only this form's route ever does.
+    """
+    contentType = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if contentType == FORM and request.content is not None:
+        request.args.update(parse_qs(request.content.read(), keep_blank_values=True))
 
 
 def field(request, name: bytes) -> str:
@@ -177,6 +192,7 @@ class RegisterPage(TokenResource):
         return servePage(request, self.show(request))
 
     def render_POST(self, request):
+        readForm(request)
         return servePage(request, self.submit(request))
 
     # -- helpers ------------------------------------------------------------
@@ -212,7 +228,7 @@ class RegisterPage(TokenResource):
         context, root = self.context, rootOf(request)
         if request.postpath:
             return None, None, notFound(context.siteName(), root)
-        host, invite = yield context.lookup(self.token)
+        host, invite = yield self.find(request)
         if invite is None:
             return None, None, notFound(context.siteName(), root)
         if invite.status(host.now()) != "pending":
@@ -282,8 +298,10 @@ class RegisterPage(TokenResource):
         return Page(title, body, root=rootOf(request), siteName=siteName)
 
 
-class RegisterResource(resource.Resource):
-    """C{/register/}: hands each token to a L{RegisterPage}."""
+class RegisterResource(BodyPolicy, resource.Resource):
+    """C{/register/}: hands each token to a L{RegisterPage}; takes form bodies up to L{MAX_FORM}."""
+
+    maxBody = MAX_FORM
 
     def __init__(self, context):
         resource.Resource.__init__(self)

@@ -398,6 +398,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
     def _authenticated(self, username: str, serverFinal: bytes | None):
         self.authenticated = True
         self.username = username
+        self.server.metrics["auth.succeeded"] += 1
         # The account's own failures stop counting: only its owner can log in.
         self.server.limiter.authByAccount.reset(f"{username}@{self.host.name}")
         self._sendSASL("success", serverFinal)

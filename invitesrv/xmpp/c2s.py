@@ -10,10 +10,14 @@ to its host or the router. No feature logic lives here.
 
 from __future__ import annotations
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.words.protocols.jabber import error, jid, xmlstream
 
 from invitesrv.xmpp.stream import IQ_TYPES, NS_CLIENT, STANZAS, RestrictedStream
+
+# The counters of stanzas from and to clients, by kind (names made once, not per stanza).
+RECEIVED = {name: f"stanzas.in.{name}" for name in STANZAS}
+SENT = {name: f"stanzas.out.{name}" for name in STANZAS}
 
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 
@@ -54,7 +58,19 @@ class Session:
         return f"<Session {self.full}>"
 
     def send(self, element) -> None:
+        self.host.metrics[SENT.get(element.name, "stanzas.out.other")] += 1
         self.stream.send(element)
+
+    def whenSent(self) -> defer.Deferred:
+        """
+        Fire True once what was sent to this session so far is delivered as
+        far as the server can tell, False if the session ends first. Without
+        stream management that is when the transport has taken it
+        (L{RestrictedStream.whenSent}); XEP-0198 would make it the client's ack.
+        """
+        if self.closed:
+            return defer.succeed(False)
+        return self.stream.whenSent()
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """End the session: unavailable to everyone at once, then the stream."""
@@ -74,6 +90,7 @@ class Session:
         if stanza.uri != NS_CLIENT or name not in STANZAS:
             self.close("unsupported-stanza-type")
             return
+        self.host.metrics[RECEIVED[name]] += 1
         sender = stanza.getAttribute("from")
         if sender is not None and sender != self.full and sender != self.bare:
             self.close("invalid-from")

@@ -69,8 +69,12 @@ class RestrictedStream(xmlstream.XmlStream):
         its transport's streaming producer, so Twisted pauses it when more
         than 64 KiB wait. It then stops reading too (a peer that does not
         read gets no more answers queued), counts what it still sends and
-        drops the connection past C{send_buffer}. During a TLS handshake it
-        reads on: what we wrote waits for the peer's handshake answer;
+        drops the connection past C{send_buffer}, or when the peer has not
+        taken what waits within C{send_timeout}. Whoever sends much on the
+        server's own account (offline messages) waits for L{whenSent}
+        between stanzas: only the peer's reading is measured, not the
+        server's own burst. During a TLS handshake it reads on: what we
+        wrote waits for the peer's handshake answer;
       - TCP keepalive, so that a vanished peer is noticed by the kernel.
 
     @cvar readAfterClose: after our closing tag, read on until the peer's
@@ -91,6 +95,9 @@ class RestrictedStream(xmlstream.XmlStream):
         self.limits = server.config.limits
         self.clock = server.clock
         xmlstream.XmlStream.__init__(self, authenticator)
+        # A stream error sent before the peer's header is complete (one too
+        # large, a refused connection) still names the stream's namespace.
+        self.namespace = authenticator.namespace
         self.address = ""
         self.closing = False
         self.ended = False
@@ -108,6 +115,8 @@ class RestrictedStream(xmlstream.XmlStream):
         self.stalled = False  # the transport paused us: the peer is not reading
         self.handshaking = False  # STARTTLS sent or received, handshake not done
         self._backlog = 0  # bytes sent since then
+        self._stallCall = None  # drops the connection if the peer does not read in time
+        self._waitingSent: list[defer.Deferred] = []  # see whenSent
 
     @property
     def label(self) -> str:
@@ -302,6 +311,7 @@ class RestrictedStream(xmlstream.XmlStream):
         self.handshaking = False
         if self.stalled:
             self._pauseReading(_SEND)
+            self._watchStall()
 
     # -- IPushProducer: the transport tells us whether the peer reads --------
 
@@ -313,13 +323,46 @@ class RestrictedStream(xmlstream.XmlStream):
             self.rawDataOutFn = self._countBacklog
             if not self.handshaking:
                 self._pauseReading(_SEND)
+                self._watchStall()
 
     def resumeProducing(self) -> None:
         """The transport has sent what it held."""
         if self.stalled:
             self.stalled = False
             self.rawDataOutFn = None
+            self._cancelStallCall()
             self._resumeReading(_SEND)
+            self._fireSent(True)
+
+    def whenSent(self) -> defer.Deferred:
+        """
+        Fire True once the transport has taken what was sent so far (at once
+        while the peer reads), False if the connection ends first: a sender
+        of many stanzas waits on this between them instead of piling them up.
+        """
+        if self.closing:
+            return defer.succeed(False)
+        if not self.stalled:
+            return defer.succeed(True)
+        d = defer.Deferred()
+        self._waitingSent.append(d)
+        return d
+
+    def _fireSent(self, taken: bool) -> None:
+        waiting, self._waitingSent = self._waitingSent, []
+        for d in waiting:
+            d.callback(taken)
+
+    def _watchStall(self) -> None:
+        """The peer must take what waits within C{send_timeout}."""
+        if self.limits.send_timeout and self._stallCall is None:
+            self._stallCall = self.clock.callLater(self.limits.send_timeout, self._notReading,
+                                                   "nothing taken in {seconds:.0f} s")
+
+    def _cancelStallCall(self) -> None:
+        if self._stallCall is not None and self._stallCall.active():
+            self._stallCall.cancel()
+        self._stallCall = None
 
     def stopProducing(self) -> None:
         """The connection is gone; L{connectionLost} cleans up."""
@@ -327,12 +370,20 @@ class RestrictedStream(xmlstream.XmlStream):
     def _countBacklog(self, data: bytes) -> None:
         """Called with every write while the peer is not reading (as C{rawDataOutFn})."""
         self._backlog += len(data)
-        if self._backlog > self.limits.send_buffer and not self.ended:
-            log.info("Dropping the connection from {address}: it does not read what is sent"
-                     " to it ({count} bytes waiting)", address=self.address, count=self._backlog)
-            self.server.metrics["connections.unread"] += 1
-            self.closing = self.ended = True
-            self.transport.abortConnection()
+        if self._backlog > self.limits.send_buffer:
+            self._notReading("{count} bytes waiting")
+
+    def _notReading(self, why: str) -> None:
+        """Drop a peer that does not read what is sent to it; C{why} is a log format."""
+        self._stallCall = None
+        if self.ended:
+            return
+        log.info("Dropping the connection from {address}: it does not read what is sent to it"
+                 f" ({why})", address=self.address, count=self._backlog,
+                 seconds=self.limits.send_timeout)
+        self.server.metrics["connections.unread"] += 1
+        self.closing = self.ended = True
+        self.transport.abortConnection()
 
     # -- sending and closing ---------------------------------------------------
 
@@ -387,10 +438,12 @@ class RestrictedStream(xmlstream.XmlStream):
             if call is not None and call.active():
                 call.cancel()
         self._resumeCall = self._abortCall = self._authCall = None
+        self._cancelStallCall()
         if self.admitted:
             self.admitted = False
             self.server.limiter.release(self.address)
             self.factory.streams.discard(self)
         xmlstream.XmlStream.connectionLost(self, reason)
         self.authenticator.connectionLost(reason)
+        self._fireSent(False)  # the session is closed by now
         self.closed.callback(None)
