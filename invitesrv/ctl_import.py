@@ -42,13 +42,13 @@ reported as skipped.
 
 EPILOG = """\
 Stop Prosody first (its files must not change while they are read), and
-import before invitesrv serves the host (or restart invitesrv afterwards).
-Passwords: Prosody 0.12 keeps SCRAM-SHA-1 keys only, and SCRAM-SHA-256 keys
-cannot be made from them, so while any account of a host has SHA-1 keys only,
-that host offers SCRAM-SHA-1 (and PLAIN over TLS), as Prosody did. An
-account gets SHA-256 keys at its first PLAIN login or new password; when all
-have them, SCRAM-SHA-256 is offered again. Exit status 1 when some data could
-not be read or written (see the lines starting with 'error:').
+import into hosts nobody uses yet, before invitesrv serves them (or restart
+invitesrv afterwards). Passwords: Prosody 0.12 keeps SCRAM-SHA-1 keys only,
+and SCRAM-SHA-256 keys cannot be made from them, so while any account of a
+host has SHA-1 keys only, that host offers SCRAM-SHA-1 (and PLAIN over TLS),
+as Prosody did. An account gets SHA-256 keys at its first PLAIN login or new
+password; when all have them, SCRAM-SHA-256 is offered again. Exit status 1
+when some data could not be read or written (the lines starting 'error:').
 """
 
 # Prosody stores invitesrv has no storage for yet, and what they hold.
