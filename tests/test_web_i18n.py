@@ -102,14 +102,15 @@ def test_cataloguesComplete():
 
 def test_templateMatchesTheSources():
     """
-    The message template is what pybabel extracts from the code and the
-    page templates today (with babel.cfg): no text goes untranslated because
-    the catalogues were not updated.
+    The message template is what pybabel extracts from the code, the page
+    templates and the registrar's refusals today (as babel.cfg says): no
+    text goes untranslated because the catalogues were not updated.
     """
-    method_map = [("invitesrv/web/**.py", "python"),
+    method_map = [("invitesrv/web/**.py", "python"), ("invitesrv/registrar.py", "python"),
                   ("invitesrv/web/templates/*.xml", "invitesrv.web.i18n:extractTemplate")]
+    keywords = {"Text": None, "N_": None, "RegistrationError": (2,)}
     extracted = {message for _, _, message, _, _ in extract_from_dir(
-        str(ROOT), method_map, keywords={"Text": None, "N_": None})}
+        str(ROOT), method_map, keywords=keywords)}
     with (LOCALE / "messages.pot").open("rb") as source:
         template = {message.id for message in read_po(source) if message.id}
     assert extracted == template
@@ -160,7 +161,8 @@ def test_pagesInTheAskedLanguage(web):
 def test_switcherRemembersTheChoice(web):
     """
     ?lang= beats Accept-Language and is kept in a cookie for the next pages
-    (the form, its errors); the switcher links keep the rest of the query.
+    (the form, its errors, the registrar's refusals); the switcher links
+    keep the rest of the query.
     """
     created = yield web.manager.createAccount()
     client = web.client()
@@ -177,6 +179,11 @@ def test_switcherRemembersTheChoice(web):
         "csrf": re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)})
     assert refused.code == 400
     assert "Les deux mots de passe ne sont pas identiques." in refused.text
+    yield web.adduser("taken")
+    taken = yield client.request("POST", f"/register/{created.token}", form={
+        "username": "Taken", "password": "a long password", "confirm": "a long password",
+        "csrf": re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)})
+    assert taken.code == 409 and "Ce nom d’utilisateur existe déjà." in taken.text
     unknown = yield client.get("/invite/nothing-here?lang=xx", headers={"Accept-Language": "es"})
     assert unknown.code == 404 and "Este enlace de invitación no es válido" not in unknown.text
     assert "Ce lien d’invitation n’est pas valide" in unknown.text

@@ -8,7 +8,8 @@ translators edit; they are read and compiled in memory when first needed
 source checkout all serve the same texts, and no generated C{.mo} file has
 to be built, shipped or kept in step. To update them::
 
-    pybabel extract -F babel.cfg -k Text -o invitesrv/web/locale/messages.pot .
+    pybabel extract -F babel.cfg -k Text -k N_ -k RegistrationError:2 \
+        --no-location --sort-output -o invitesrv/web/locale/messages.pot .
     pybabel update -i invitesrv/web/locale/messages.pot -d invitesrv/web/locale
 
 Texts are L{Text} objects, translated when the page is flattened: a
