@@ -278,7 +278,10 @@ def test_qrCodeOfDeadInvites(web):
 
 @pytest_twisted.inlineCallbacks
 def test_qrCodeGuessesThrottled(proxied):
-    """Guessing tokens through qr.png counts as on the page: blocked after token_failures_block."""
+    """
+    Guessing tokens through qr.png counts as on the page: blocked after
+    token_failures_block, with the refusal page in the visitor's language.
+    """
     created = yield proxied.manager.createAccount()
     for n in range(LIMITS.token_failures_block):
         pending = get(proxied, f"/invite/guess{n}/qr.png")
@@ -288,9 +291,12 @@ def test_qrCodeGuessesThrottled(proxied):
             proxied.clock.advance(1)
             yield task.deferLater(reactor, 0.01, lambda: None)
         assert (yield pending).code == 404
-    blocked = yield get(proxied, f"/invite/{created.token}/qr.png")
+    blocked = yield proxied.client().get(f"/invite/{created.token}/qr.png", headers={
+        "X-Forwarded-For": GUESSER, "Accept-Language": "de"})
     assert blocked.code == 429
     assert blocked.header("content-type").startswith("text/html")
+    assert "<title>Zu viele Anfragen</title>" in blocked.text
+    assert "zu viele ungültige Einladungslinks" in blocked.text
 
 
 @pytest_twisted.inlineCallbacks

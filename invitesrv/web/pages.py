@@ -86,6 +86,11 @@ def linkHeader(uri: str) -> str:
     return f'<{ascii}>; rel="alternate"'
 
 
+# The titles of the refusals pages show (a body too large, too many token
+# guesses), in the catalogues: reason() is English.
+TITLES = {413: N_("Request too large"), 429: N_("Too many requests")}
+
+
 def reason(code: int) -> bytes:
     """The reason phrase of an HTTP status (Twisted's table has no 429)."""
     return RESPONSES.get(code, b"Too Many Requests" if code == 429 else b"Error")
@@ -331,7 +336,7 @@ def servePage(request, pending) -> object:
     def failed(failure):
         if failure.check(Refused):
             error = failure.value
-            title = Text(reason(error.code).decode("ascii"))
+            title = Text(TITLES.get(error.code) or reason(error.code).decode("ascii"))
             return render(Page(title, MessageBody(title, [Text(error.message)], "warning"),
                                error.code, root=rootOf(request), headers=error.headers))
         logFailure(failure, request)

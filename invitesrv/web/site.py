@@ -30,7 +30,7 @@ from invitesrv.config import ConfigError
 from invitesrv.invites import InviteManager, hashToken
 from invitesrv.limits import EpisodeLog
 from invitesrv.web.apps import CatalogueError, loadCatalogue
-from invitesrv.web.i18n import Text
+from invitesrv.web.i18n import N_, Text
 from invitesrv.web.pages import BodyPolicy, MessageBody, Page, Refused, reason, rootOf, servePage
 
 log = Logger()
@@ -180,7 +180,7 @@ def accessLogFormatter(timestamp: str, request) -> str:
 def tooLarge(limit: int) -> Refused:
     """The refusal of a body over C{limit} bytes."""
     if not limit:
-        return Refused(413, "This address takes no request body")
+        return Refused(413, N_("This address takes no request body"))
     return Refused(413, f"The request body is larger than {limit} bytes")
 
 
