@@ -15,6 +15,7 @@ documentation's screenshot of the landing page.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -162,13 +163,15 @@ def fragments(message: str) -> list[str]:
 def test_pagesInEachLanguage(server, language, tmp_path):
     """
     A phone whose browser asks for C{language}: the landing page, the
-    registration form and the 404 page come in it, with its C{lang} and
-    C{dir} (Arabic laid out right to left), no English source text shows
-    where the catalogue has a translation, every request the pages make goes
-    to the server's own origin (the app-store links are links, not
-    requests), the QR code downloads as a PNG, and a screenshot can be
-    taken.
+    registration form, its success page, and the 404 and 410 pages come in
+    it, with its C{lang} and C{dir} (Arabic laid out right to left); no
+    English source text shows where the catalogue has a translation; every
+    request the pages make goes to the server's own origin (the app-store
+    links are links, not requests); the QR code downloads as a PNG; and a
+    screenshot of each page can be taken.
     """
+    expiring = createInvite(server, "--expires", "1s", HOST)
+    expires = time.monotonic() + 1.2
     token = createInvite(server, HOST)
     base = f"http://127.0.0.1:{server.ports['HTTP']}"
     untranslated = [] if language == "en" else translatedMessages(language)
@@ -184,28 +187,39 @@ def test_pagesInEachLanguage(server, language, tmp_path):
             errors: list[str] = []
             page.on("console", lambda message: message.type == "error"
                     and errors.append(message.text))
-            for shot, (path, status) in enumerate(((f"/invite/{token}", 200),
-                                                   (f"/register/{token}", 200),
-                                                   ("/invite/no-such-token", 404))):
-                response = await page.goto(base + path)
-                assert response.status == status
+
+            async def check(name: str) -> None:
                 assert await page.get_attribute("html", "lang") == language
                 assert await page.get_attribute("html", "dir") == ("rtl" if rtl else "ltr")
                 assert await page.evaluate("getComputedStyle(document.body).direction") == (
                     "rtl" if rtl else "ltr")
                 text = await page.title() + "\n" + await page.inner_text("body")
                 shown = [m for m in untranslated if any(f in text for f in fragments(m))]
-                assert shown == [], (path, shown)
-                await page.screenshot(path=str(tmp_path / f"{language}-{shot}.png"),
-                                      full_page=True)
-            await page.goto(base + f"/invite/{token}")
+                assert shown == [], (name, shown)
+                await page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+
+            assert (await page.goto(f"{base}/invite/{token}")).status == 200
+            await check("landing")
             async with page.expect_download() as downloading:
                 await page.locator('a[href$="/qr.png"]').click()
             download = await downloading.value
             assert download.suggested_filename == "invite-qr.png"
             await download.save_as(tmp_path / "qr.download")
+            assert (await page.goto(f"{base}/register/{token}")).status == 200
+            await check("form")
+            await page.fill("#username", f"reader-{language}")
+            await page.fill("#password", PASSWORD)
+            await page.fill("#confirm", PASSWORD)
+            await page.locator("button[type=submit]").click()
+            await page.wait_for_selector(f"text=reader-{language}@{HOST}")
+            await check("registered")
+            assert (await page.goto(f"{base}/invite/no-such-token")).status == 404
+            await check("not-found")
+            await asyncio.sleep(max(0, expires - time.monotonic()))
+            assert (await page.goto(f"{base}/invite/{expiring}")).status == 410
+            await check("expired")
             assert requests and all(url.startswith(base + "/") for url in requests), requests
-            assert [e for e in errors if "status of 404" not in e] == []
+            assert [e for e in errors if not re.search("status of (404|410)", e)] == []
         finally:
             await browser.close()
 
@@ -215,4 +229,4 @@ def test_pagesInEachLanguage(server, language, tmp_path):
 
     run(drive(), timeout=90)
     shots = sorted(tmp_path.glob("*.png")) + [tmp_path / "qr.download"]
-    assert len(shots) == 4 and all(s.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for s in shots)
+    assert len(shots) == 6 and all(s.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for s in shots)
