@@ -179,6 +179,8 @@ def test_switcherRemembersTheChoice(web):
         "csrf": re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)})
     assert refused.code == 400
     assert "Les deux mots de passe ne sont pas identiques." in refused.text
+    assert 'href="?lang=de"' in refused.text  # the posted fields stay out of the links
+    assert "password" not in refused.text.split("<footer>")[1]
     yield web.adduser("taken")
     taken = yield client.request("POST", f"/register/{created.token}", form={
         "username": "Taken", "password": "a long password", "confirm": "a long password",

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from functools import cache
 from io import BytesIO
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from babel import Locale, negotiate_locale
 from babel.dates import format_date, format_time
@@ -86,6 +87,19 @@ def negotiate(accepted: str) -> str:
     return negotiate_locale(preferred, languages(), sep="-") or SOURCE
 
 
+def query(request) -> list[tuple[bytes, bytes]]:
+    """
+    The fields of the request's URL query, never those of a form it
+    posted (L{invitesrv.web.register_page.readForm} adds those to C{args}).
+    """
+    return parse_qsl(request.uri.partition(b"?")[2], keep_blank_values=True)
+
+
+def askedFor(request) -> str | None:
+    """The offered language the URL asks for with C{?lang=}, if any."""
+    return offered(next((value for key, value in query(request) if key == b"lang"), None))
+
+
 def offered(value: bytes | str | None) -> str | None:
     """C{value} if it names an offered language, else None."""
     if isinstance(value, bytes):
@@ -102,8 +116,7 @@ def languageOf(request) -> str:
         return SOURCE
     chosen = getattr(request, "language", None)
     if chosen is None:
-        asked = offered((request.args.get(b"lang") or [None])[0])
-        chosen = (asked or offered(request.getCookie(LANG_COOKIE))
+        chosen = (askedFor(request) or offered(request.getCookie(LANG_COOKIE))
                   or negotiate((request.getHeader(b"accept-language") or b"").decode("latin-1")))
         request.language = chosen
     return chosen
@@ -127,10 +140,11 @@ def displayName(language: str) -> str:
 
 def remember(request) -> None:
     """Keep a language chosen with C{?lang=} in a cookie for the visitor's next pages."""
-    asked = offered((request.args.get(b"lang") or [None])[0])
+    asked = askedFor(request)
     if asked and asked != offered(request.getCookie(LANG_COOKIE)):
-        request.addCookie(LANG_COOKIE, asked.encode("ascii"), path=b"/", max_age=b"%d" % (365 * 86400),
-                          secure=request.isSecure(), sameSite="lax")
+        request.addCookie(LANG_COOKIE, asked.encode("ascii"), path=b"/",
+                          max_age=b"%d" % (365 * 86400), secure=request.isSecure(),
+                          httpOnly=True, sameSite="lax")
 
 
 def N_(message: str) -> str:

@@ -42,6 +42,7 @@ from invitesrv.web.i18n import (
     displayName,
     languageOf,
     languages,
+    query,
     remember,
     templateText,
 )
@@ -214,16 +215,15 @@ class Layout(Translatable):
         query kept); the current one is marked, not linked.
         """
         current = languageOf(request)
-        keep = [(key, value) for key, values in request.args.items() if key != b"lang"
-                for value in values] if request is not None else []
+        keep = [(key, value) for key, value in query(request) if key != b"lang"]
         links = []
         for language in languages():
             name = displayName(language)
             if language == current:
                 links.append(tags.li(tags.strong(name, lang=language, **{"aria-current": "true"})))
                 continue
-            query = urlencode(keep + [(b"lang", language.encode("ascii"))])
-            links.append(tags.li(tags.a(name, href=f"?{query}", lang=language,
+            target = urlencode(keep + [(b"lang", language.encode("ascii"))])
+            links.append(tags.li(tags.a(name, href=f"?{target}", lang=language,
                                         hreflang=language, dir=direction(language))))
         return tag(tags.ul(links), **{"aria-label": Text("Language")})
 

@@ -26,7 +26,7 @@ from twisted.web import resource
 from twisted.web.template import Element, renderer, tags
 
 from invitesrv.invites import hashToken
-from invitesrv.registrar import ADMIN_NAME, INVALID_USERNAME, RegistrationError
+from invitesrv.registrar import RegistrationError
 from invitesrv.web.apps import detectPlatform, recommended
 from invitesrv.web.i18n import N_, Text
 from invitesrv.web.invite_page import inviterOf, tokenOf
@@ -53,13 +53,6 @@ FORM = b"application/x-www-form-urlencoded"
 # HTTP status for the registrar's refusals; anything else is a 400.
 STATUS = {"conflict": 409, "policy-violation": 429, "resource-constraint": 503,
           "item-not-found": 410, "not-allowed": 403}
-# The registrar's refusals that it keeps in constants, as the form words them
-# (its other refusals are extracted from it for the catalogues: babel.cfg).
-REFUSALS = {
-    INVALID_USERNAME: N_("This username cannot be used. Use letters, digits and a few signs "
-                         "such as . - _ (no spaces)."),
-    ADMIN_NAME: N_("This username is reserved for the administrators of this server."),
-}
 
 
 def csrfToken(secret: bytes, cookie: str, token: str) -> str:
@@ -301,7 +294,7 @@ class RegisterPage(TokenResource):
         except RegistrationError as e:
             yield manager.release(reserved)
             return self._form(request, host, reserved, STATUS.get(e.condition, 400), username,
-                              REFUSALS.get(str(e), str(e)))
+                              str(e))
         except Exception:
             yield manager.release(reserved)
             raise
