@@ -229,6 +229,7 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
     app_catalogue: str = ""
     hide_apps: tuple[str, ...] = ()
+    hsts_max_age: Duration = Duration(365 * 86400)
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     tls_ciphers: str = TLS_CIPHERS
@@ -256,7 +257,7 @@ class Config:
 
 # Keys of the top-level tables and where they go in Config.
 _SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url",
-                "trusted_proxies", "app_catalogue", "hide_apps"}
+                "trusted_proxies", "app_catalogue", "hide_apps", "hsts_max_age"}
 _LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https", "metrics"}
 _TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key", "ciphers": "tls_ciphers",
              "groups": "tls_groups"}

@@ -15,14 +15,18 @@ documentation's screenshot of the landing page.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
 from pathlib import Path
 
 import pytest
+from babel.messages.pofile import read_po
 from conftest import RunningServer
 from slix import Client, run
+
+from invitesrv.web.i18n import LOCALE, PLACEHOLDER, catalogues
 
 CHROMIUM = "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
@@ -140,3 +144,89 @@ def test_expiredInvitePage(server):
         assert [e for e in errors if "status of 410" not in e] == []
 
     run(browse(steps), timeout=60)
+
+
+def translatedMessages(language: str) -> list[str]:
+    """The English sources that the catalogue of C{language} translates differently."""
+    catalogue = catalogues()[language]
+    with (LOCALE / "messages.pot").open("rb") as source:
+        messages = [message.id for message in read_po(source) if message.id]
+    return [m for m in messages if catalogue.gettext(m) != m]
+
+
+def fragments(message: str) -> list[str]:
+    """The literal parts of a message between its placeholders, long enough to be telling."""
+    return [part.strip() for part in PLACEHOLDER.split(message)[::2] if len(part.strip()) > 3]
+
+
+@pytest.mark.parametrize("language", ["en", "de", "fr", "es", "ar"])
+def test_pagesInEachLanguage(server, language, tmp_path):
+    """
+    A phone whose browser asks for C{language}: the landing page, the
+    registration form, its success page, and the 404 and 410 pages come in
+    it, with its C{lang} and C{dir} (Arabic laid out right to left); no
+    English source text shows where the catalogue has a translation; every
+    request the pages make goes to the server's own origin (the app-store
+    links are links, not requests); the QR code downloads as a PNG; and a
+    screenshot of each page can be taken.
+    """
+    expiring = createInvite(server, "--expires", "1s", HOST)
+    expires = time.monotonic() + 1.2
+    token = createInvite(server, HOST)
+    base = f"http://127.0.0.1:{server.ports['HTTP']}"
+    untranslated = [] if language == "en" else translatedMessages(language)
+    rtl = language == "ar"
+
+    async def steps(playwright):
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            context = await browser.new_context(**PHONE, locale=language)
+            requests: list[str] = []
+            context.on("request", lambda request: requests.append(request.url))
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("console", lambda message: message.type == "error"
+                    and errors.append(message.text))
+
+            async def check(name: str) -> None:
+                assert await page.get_attribute("html", "lang") == language
+                assert await page.get_attribute("html", "dir") == ("rtl" if rtl else "ltr")
+                assert await page.evaluate("getComputedStyle(document.body).direction") == (
+                    "rtl" if rtl else "ltr")
+                text = await page.title() + "\n" + await page.inner_text("body")
+                shown = [m for m in untranslated if any(f in text for f in fragments(m))]
+                assert shown == [], (name, shown)
+                await page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+
+            assert (await page.goto(f"{base}/invite/{token}")).status == 200
+            await check("landing")
+            async with page.expect_download() as downloading:
+                await page.locator('a[href$="/qr.png"]').click()
+            download = await downloading.value
+            assert download.suggested_filename == "invite-qr.png"
+            await download.save_as(tmp_path / "qr.download")
+            assert (await page.goto(f"{base}/register/{token}")).status == 200
+            await check("form")
+            await page.fill("#username", f"reader-{language}")
+            await page.fill("#password", PASSWORD)
+            await page.fill("#confirm", PASSWORD)
+            await page.locator("button[type=submit]").click()
+            await page.wait_for_selector(f"text=reader-{language}@{HOST}")
+            await check("registered")
+            assert (await page.goto(f"{base}/invite/no-such-token")).status == 404
+            await check("not-found")
+            await asyncio.sleep(max(0, expires - time.monotonic()))
+            assert (await page.goto(f"{base}/invite/{expiring}")).status == 410
+            await check("expired")
+            assert requests and all(url.startswith(base + "/") for url in requests), requests
+            assert [e for e in errors if not re.search("status of (404|410)", e)] == []
+        finally:
+            await browser.close()
+
+    async def drive():
+        async with async_playwright() as playwright:
+            await steps(playwright)
+
+    run(drive(), timeout=90)
+    shots = sorted(tmp_path.glob("*.png")) + [tmp_path / "qr.download"]
+    assert len(shots) == 6 and all(s.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for s in shots)

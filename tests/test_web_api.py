@@ -66,7 +66,7 @@ def assertError(response, code: int, error: str) -> dict:
 
 ROUTES = [("GET", "invites"), ("POST", "invites"), ("GET", "invites/x"), ("PATCH", "invites/x"),
           ("DELETE", "invites/x"), ("GET", "users"), ("DELETE", "users/x"),
-          ("POST", "users/x/reset")]
+          ("POST", "users/x/reset"), ("GET", "invites/x/joined")]
 
 
 @pytest_twisted.inlineCallbacks
@@ -242,6 +242,35 @@ def test_getInvite(api):
 
 
 @pytest_twisted.inlineCallbacks
+def test_whoJoined(api):
+    """
+    GET invites/ID/joined: what the inviter sees, each account made with the
+    invite (username, JID, time, how), oldest first; [] before any; 404 for
+    an unknown id or one of another host; no other verb.
+    """
+    yield api.adduser("alice")
+    created = yield api.manager.createContact("alice", allowRegistration=True, usesAllowed=3)
+    empty = yield api.call("GET", f"invites/{created.invite.id}/joined")
+    assert empty.code == 200
+    assert empty.json() == {"invite": created.invite.id, "inviter": "alice@example.org",
+                            "joined": []}
+    for name in ("carol", "dave"):
+        reserved = yield api.manager.reserve(created.token)
+        yield api.host.registrar.register(name, PASSWORD, "ibr", "192.0.2.9", invite=reserved)
+    joined = (yield api.call("GET", f"invites/{created.invite.id}/joined")).json()
+    assert [(j["username"], j["jid"], j["path"]) for j in joined["joined"]] == [
+        ("carol", "carol@example.org", "ibr"), ("dave", "dave@example.org", "ibr")]
+    assert all(j["at"].endswith("Z") for j in joined["joined"])
+    assert "address" not in joined["joined"][0]
+    assertError((yield api.call("GET", "invites/unknown/joined")), 404, "not-found")
+    other = yield InviteManager(api.server.hosts["other.example"]).createAccount()
+    assertError((yield api.call("GET", f"invites/{other.invite.id}/joined")), 404, "not-found")
+    response = yield api.call("DELETE", f"invites/{created.invite.id}/joined")
+    assertError(response, 405, "method-not-allowed")
+    assert response.header("allow") == "GET"
+
+
+@pytest_twisted.inlineCallbacks
 def test_patchInvite(api):
     """
     PATCH changes expiry, uses and note through the store; bad values are
@@ -318,7 +347,7 @@ def test_openAPIDocument(api):
     served = {("GET", "/invites"), ("POST", "/invites"), ("GET", "/invites/{id}"),
               ("PATCH", "/invites/{id}"), ("DELETE", "/invites/{id}"), ("GET", "/users"),
               ("DELETE", "/users/{username}"), ("POST", "/users/{username}/reset"),
-              ("GET", "/tokens/{token}"), ("GET", "/openapi.json")}
+              ("GET", "/tokens/{token}"), ("GET", "/openapi.json"), ("GET", "/invites/{id}/joined")}
     described = {(verb.upper(), path) for path, item in paths.items() for verb in item
                  if verb != "parameters"}
     assert described == served

@@ -202,7 +202,23 @@ def test_httpsSpeaksHTTP1(server):
         assert connection.sock.selected_alpn_protocol() == "http/1.1"
         assert response.status == 404
         assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
         assert b"This invite link is not valid" in response.read()
+    finally:
+        connection.close()
+
+
+def test_noHSTSOnPlainHTTP(server):
+    """
+    The plain HTTP listener (public URL http://, no trusted proxy) sends no
+    Strict-Transport-Security: only the HTTPS one does (above).
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", server.ports["HTTP"], timeout=15)
+    try:
+        connection.request("GET", "/", headers={"X-Forwarded-Proto": "https"})
+        response = connection.getresponse()
+        assert response.status == 200 and response.headers["X-Frame-Options"] == "DENY"
+        assert "Strict-Transport-Security" not in response.headers
     finally:
         connection.close()
 

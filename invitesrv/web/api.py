@@ -9,6 +9,7 @@ SHA-256 of their secret is stored. Routes (see C{/api/v1/openapi.json}):
     GET    invites[?status=&inviter=]   list
     POST   invites                      create: the only answer that shows the token
     GET    invites/ID                   one invite, with its uses
+    GET    invites/ID/joined            who joined through it, and when
     PATCH  invites/ID                   expires, uses, note
     DELETE invites/ID                   revoke
     GET    users                        list accounts
@@ -45,6 +46,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from invitesrv.invites import STATUSES, InviteError, isoTime
 from invitesrv.registrar import RegistrationError, prepareUsername
+from invitesrv.web.invite_page import inviterOf
 from invitesrv.web.openapi import openAPIDocument
 from invitesrv.web.pages import BodyPolicy, Refused, finishWith, watchConnection
 
@@ -278,6 +280,7 @@ class ApiRoot(BodyPolicy, resource.Resource):
             (("invites",), {"GET": self.listInvites, "POST": self.createInvite}, True),
             (("invites", None), {"GET": self.getInvite, "PATCH": self.patchInvite,
                                  "DELETE": self.revokeInvite}, True),
+            (("invites", None, "joined"), {"GET": self.joinedInvite}, True),
             (("users",), {"GET": self.listUsers}, True),
             (("users", None), {"DELETE": self.deleteUser}, True),
             (("users", None, "reset"), {"POST": self.resetUser}, True),
@@ -410,6 +413,18 @@ class ApiRoot(BodyPolicy, resource.Resource):
     def getInvite(self, request, host, keyId, inviteId: str):
         invite = yield self._find(host, inviteId)
         return 200, inviteJSON(invite, host.now(), withUses=True)
+
+    @defer.inlineCallbacks
+    def joinedInvite(self, request, host, keyId, inviteId: str):
+        """
+        What the inviter sees: each account made with the invite, oldest
+        first (a reset invite made none).
+        """
+        invite = yield self._find(host, inviteId)
+        return 200, {"invite": invite.id, "inviter": inviterOf(invite, host), "joined": [
+            {"username": use["username"], "jid": f"{use['username']}@{host.name}",
+             "at": isoTime(use["used_at"]), "path": use["path"]}
+            for use in invite.uses_log if invite.kind != "reset"]}
 
     @defer.inlineCallbacks
     def createInvite(self, request, host, keyId):

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from invitesrv.web.i18n import N_
+
 PLATFORMS = {
     "android": "Android",
-    "ios": "iPhone and iPad",
+    "ios": N_("iPhone and iPad"),
     "linux": "Linux",
     "windows": "Windows",
     "macos": "macOS",
@@ -61,38 +63,34 @@ class App:
             return self.magicLink.replace("{uri}", quote(uri, safe=""))
         return self.downloads[0].url if self.downloads else ""
 
-    @property
-    def platformNames(self) -> str:
-        return ", ".join(PLATFORMS.get(p, p) for p in self.platforms)
-
 
 PLAY = "https://play.google.com/store/apps/details?id="
 
 BUILTIN = (
     App("conversations", "Conversations", ("android",), True,
-        "An easy to use and secure messenger for Android, with end-to-end encryption.",
+        N_("An easy to use and secure messenger for Android, with end-to-end encryption."),
         (Download("Google Play", PLAY + "eu.siacs.conversations"),
          Download("F-Droid", "https://f-droid.org/packages/eu.siacs.conversations/")),
         magicLink=PLAY + "eu.siacs.conversations&referrer={uri}"),
     App("monal", "Monal", ("ios", "macos"), True,
-        "A modern open-source chat app for iPhone, iPad and Mac.",
+        N_("A modern open-source chat app for iPhone, iPad and Mac."),
         (Download("App Store (iPhone, iPad)", "https://apps.apple.com/app/id317711500"),
          Download("Mac App Store", "https://apps.apple.com/app/id1637078500"))),
     App("siskin-im", "Siskin IM", ("ios",), True,
-        "A lightweight XMPP app for iPhone and iPad.",
+        N_("A lightweight XMPP app for iPhone and iPad."),
         (Download("App Store", "https://apps.apple.com/app/id1153516838"),)),
     App("dino", "Dino", ("linux",), False,
-        "A modern open-source chat app for the Linux desktop.",
-        (Download("Download Dino", "https://dino.im/#download"),
+        N_("A modern open-source chat app for the Linux desktop."),
+        (Download(N_("Download Dino"), "https://dino.im/#download"),
          Download("Flathub", "https://flathub.org/apps/im.dino.Dino"))),
     App("gajim", "Gajim", ("windows", "linux"), False,
-        "A fully-featured desktop chat app for Windows and Linux.",
-        (Download("Download Gajim", "https://gajim.org/download/"),)),
+        N_("A fully-featured desktop chat app for Windows and Linux."),
+        (Download(N_("Download Gajim"), "https://gajim.org/download/"),)),
     App("beagle-im", "Beagle IM", ("macos",), False,
-        "A lightweight XMPP app for macOS.",
+        N_("A lightweight XMPP app for macOS."),
         (Download("Mac App Store", "https://apps.apple.com/app/id1445349494"),)),
     App("yaxim", "yaxim", ("android",), True,
-        "A lean XMPP app for Android.",
+        N_("A lean XMPP app for Android."),
         (Download("Google Play", PLAY + "org.yaxim.androidclient"),
          Download("F-Droid", "https://f-droid.org/packages/org.yaxim.androidclient/")),
         magicLink=PLAY + "org.yaxim.androidclient&referrer={uri}"),

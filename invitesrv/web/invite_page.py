@@ -16,17 +16,21 @@ used, expired or revoked one a 410 page.
 
 from __future__ import annotations
 
-import time
+from io import BytesIO
 from urllib.parse import quote
 
+import segno
 from twisted.internet import defer
 from twisted.web import resource
 from twisted.web.template import Element, renderer, tags
 
 from invitesrv.web.apps import PLATFORMS, App, detectPlatform, recommended
+from invitesrv.web.i18n import LocalTime, Text
 from invitesrv.web.pages import (
+    File,
     Page,
     TokenResource,
+    Translatable,
     gone,
     linkHeader,
     notFound,
@@ -35,12 +39,6 @@ from invitesrv.web.pages import (
     servePage,
     template,
 )
-
-
-def humanTime(seconds: float) -> str:
-    """A moment as people read it: C{3 March 2025, 14:05 UTC}."""
-    moment = time.gmtime(seconds)
-    return f"{moment.tm_mday} {time.strftime('%B %Y, %H:%M', moment)} UTC"
 
 
 def inviterOf(invite, host) -> str | None:
@@ -74,23 +72,26 @@ class AppCard(Element):
     @renderer
     def card(self, request, tag):
         app = self.app
-        links = [(download.text, download.url) for download in app.downloads]
+        links = [(Text(download.text), download.url) for download in app.downloads]
         if app.magicLink:
             links[0] = (links[0][0], app.installLink(self.uri))
         buttons = [tags.a(text, class_="button small", href=url, rel="noopener noreferrer")
                    for text, url in links]
         if not app.supportsPreauth and self.registerLink:
-            buttons.append(tags.a("Create your account first", class_="button small secondary",
+            buttons.append(tags.a(Text("Create your account first"),
+                                  class_="button small secondary",
                                   href=f"{self.registerLink}?app={quote(app.id)}"))
         if app.supportsPreauth:
-            badge, badgeClass = "Opens invite links", "badge ok"
+            badge, badgeClass = Text("Opens invite links"), "badge ok"
         else:
-            badge, badgeClass = "Register on the web first", "badge"
-        return tag.fillSlots(name=app.name, text=app.text, platforms=app.platformNames,
+            badge, badgeClass = Text("Register on the web first"), "badge"
+        platforms = [[", " if i else "", Text(PLATFORMS.get(p, p))]
+                     for i, p in enumerate(app.platforms)]
+        return tag.fillSlots(name=app.name, text=Text(app.text), platforms=platforms,
                              badge=badge, badgeClass=badgeClass, downloads=buttons)
 
 
-class InviteBody(Element):
+class InviteBody(Translatable):
     """The landing page of one valid invite, for each kind of invite."""
 
     loader = template("invite.xml")
@@ -110,51 +111,57 @@ class InviteBody(Element):
         self.contactOnly = invite.kind == "contact" and not invite.allowRegistration
         self.registers = invite.kind != "reset" and invite.allowRegistration
 
-    def texts(self) -> dict[str, str]:
+    def texts(self) -> dict[str, object]:
         """The words of the page, which depend on the kind of invite."""
         site, inviter, invite = self.siteName, self.inviter, self.invite
-        otherDevice = "Or scan this code with your app on another device."
+        otherDevice = Text("Or scan this code with your app on another device.")
         if invite.kind == "reset":
+            account = f"{invite.username}@{self.host.name}"
             return {
                 "eyebrow": site,
-                "heading": "Choose a new password",
-                "intro": (f"This link sets a new password for the account "
-                          f"{invite.username}@{self.host.name}. It works once."),
-                "actionHeading": "Set your new password",
-                "actionText": ("Choose it on the web, or open the link in an app that supports "
-                               "invites and pick it there."),
-                "primaryText": "Choose a new password",
+                "heading": Text("Choose a new password"),
+                "intro": Text("This link sets a new password for the account {address}. "
+                              "It works once.", address=account),
+                "actionHeading": Text("Set your new password"),
+                "actionText": Text("Choose it on the web, or open the link in an app that "
+                                   "supports invites and pick it there."),
+                "primaryText": Text("Choose a new password"),
                 "qrText": otherDevice,
             }
         if self.contactOnly:
             return {
                 "eyebrow": site,
-                "heading": f"{inviter} invites you to chat",
-                "intro": (f"Open this invite in your XMPP app to add {inviter} to your contacts: "
-                          "you will see each other online right away, without asking again."),
-                "actionHeading": "Add them in your app",
-                "actionText": "Tap the button on the device where your XMPP app is installed.",
-                "primaryText": f"Add {inviter}",
+                "heading": Text("{inviter} invites you to chat", inviter=inviter),
+                "intro": Text("Open this invite in your XMPP app to add {inviter} to your "
+                              "contacts: you will see each other online right away, without "
+                              "asking again.", inviter=inviter),
+                "actionHeading": Text("Add them in your app"),
+                "actionText": Text("Tap the button on the device where your XMPP app is "
+                                   "installed."),
+                "primaryText": Text("Add {inviter}", inviter=inviter),
                 "qrText": otherDevice,
             }
         if invite.kind == "contact":
-            heading = f"{inviter} invites you to chat"
-            intro = (f"Create your free account on {site} and {inviter} is in your contacts "
-                     "right away.")
+            heading = Text("{inviter} invites you to chat", inviter=inviter)
+            intro = Text("Create your free account on {site} and {inviter} is in your contacts "
+                         "right away.", site=site, inviter=inviter)
         else:
-            heading = f"You are invited to {site}"
-            intro = (f"{inviter} has invited you to join {site}" if inviter
-                     else f"You have been invited to join {site}")
-            intro += ", a private and secure chat service that works with many apps."
+            heading = Text("You are invited to {site}", site=site)
+            intro = (Text("{inviter} has invited you to join {site}, a private and secure chat "
+                          "service that works with many apps.", inviter=inviter, site=site)
+                     if inviter else
+                     Text("You have been invited to join {site}, a private and secure chat "
+                          "service that works with many apps.", site=site))
         return {
-            "eyebrow": "Invitation",
+            "eyebrow": Text("Invitation"),
             "heading": heading,
             "intro": intro,
-            "actionHeading": "Accept the invite",
-            "actionText": ("If your app opens invite links, tap the button on the device where "
-                           "it is installed: the app creates your account and you are done."),
-            "primaryText": "Open the invite in your app",
-            "qrText": "Setting up an app on another device? Scan this code with it.",
+            "actionHeading": Text("Accept the invite"),
+            "actionText": Text("If your app opens invite links, tap the button on the device "
+                               "where it is installed: the app creates your account and you "
+                               "are done."),
+            "primaryText": Text("Open the invite in your app"),
+            "qrText": Text("Setting up an app on another device? Scan this code with it."),
         }
 
     @renderer
@@ -163,24 +170,29 @@ class InviteBody(Element):
         shown = apps if self.showAll else recommended(apps, self.platform)
         registerLink = f"../register/{quote(self.token, safe='')}"
         if self.showAll or len(shown) == len(apps):
-            platformNote = "Apps for every platform:"
-            otherLink, otherText = "?", "Show the apps for this device only"
+            platformNote = Text("Apps for every platform:")
+            otherLink, otherText = "?", Text("Show the apps for this device only")
         else:
-            platformNote = f"Recommended for {PLATFORMS[self.platform]}:"
-            otherLink, otherText = "?apps=all", "See apps for all platforms"
+            platformNote = Text("Recommended for {platform}:",
+                                platform=Text(PLATFORMS[self.platform]))
+            otherLink, otherText = "?apps=all", Text("See apps for all platforms")
         webApps = [app.name for app in apps if not app.supportsPreauth]
-        webAppsText = ((", ".join(webApps) + " and other apps" if webApps else "Some apps")
-                       + " cannot open invite links: create your account here first, then log "
-                         "in with the app.")
+        webAppsText = (Text("{apps} and other apps cannot open invite links: create your account "
+                            "here first, then log in with the app.", apps=", ".join(webApps))
+                       if webApps else
+                       Text("Some apps cannot open invite links: create your account here "
+                            "first, then log in with the app."))
         return tag.fillSlots(
             **self.texts(),
-            address=f"{self.invite.username}@{self.host.name}" if self.invite.username else "",
+            address=(tags.strong(f"{self.invite.username}@{self.host.name}")
+                     if self.invite.username else ""),
             apps=[AppCard(app, self.uri, registerLink if self.registers else None)
                   for app in shown],
             platformNote=platformNote, otherAppsLink=otherLink, otherAppsText=otherText,
             qr=qrCode(self.uri, "QR code of the invite"), webAppsText=webAppsText,
             registerLink=registerLink, inviter=self.inviter or "",
-            expires=humanTime(self.invite.expires))
+            qrDownload=f"{quote(self.token, safe='')}/qr.png",
+            expires=LocalTime(self.invite.expires))
 
     @renderer
     def address(self, request, tag):
@@ -206,7 +218,11 @@ class InviteBody(Element):
 
 
 class InvitePage(TokenResource):
-    """C{/invite/TOKEN}: one invite's landing page."""
+    """
+    C{/invite/TOKEN}: one invite's landing page; C{/invite/TOKEN/qr.png}:
+    its QR code as an image to download, found (and throttled, and kept out
+    of the access log) as the page is.
+    """
 
     def render_GET(self, request):
         return servePage(request, self.page(request))
@@ -215,15 +231,19 @@ class InvitePage(TokenResource):
     def page(self, request):
         context = self.context
         root = rootOf(request)
-        if request.postpath:
+        image = request.postpath == [b"qr.png"]
+        if request.postpath and not image:
             return notFound(context.siteName(), root)
         host, invite = yield self.find(request)
         if invite is None:
             return notFound(context.siteName(), root)
         siteName = context.siteName(host)
-        if invite.status(host.now()) != "pending":
+        now = host.now()
+        if invite.status(now) != "pending":
             return gone(siteName, root)
         uri = context.managers[host.name].uri(invite, self.token)
+        if image:
+            return qrImage(uri, invite.expires - now)
         agent = (request.getHeader(b"user-agent") or b"").decode("latin-1")
         showAll = request.args.get(b"apps") == [b"all"]
         body = InviteBody(context, host, invite, self.token, uri, detectPlatform(agent), showAll)
@@ -233,6 +253,19 @@ class InvitePage(TokenResource):
             "access-control-allow-origin": "*",
             "access-control-expose-headers": "Link",
         })
+
+
+def qrImage(uri: str, valid: float) -> File:
+    """
+    The PNG of an invite's QR code: kept by the browser while the invite is
+    valid (an hour at most), by no shared cache (it is the invite).
+    """
+    png = BytesIO()
+    segno.make(uri, error="m").save(png, kind="png", scale=8, border=4)
+    return File(png.getvalue(), b"image/png", {
+        "cache-control": f"private, max-age={max(0, min(3600, int(valid)))}",
+        "content-disposition": 'attachment; filename="invite-qr.png"',
+    })
 
 
 class InviteResource(resource.Resource):

@@ -60,6 +60,18 @@ SCHEMAS = {
                 "path": {"type": "string"}, "address": {"type": "string"}}}},
         },
     },
+    "Joined": {
+        "type": "object",
+        "properties": {
+            "invite": {"type": "string"},
+            "inviter": {"type": "string", "nullable": True,
+                        "description": "The local user the invite came from, if any"},
+            "joined": {"type": "array", "items": {"type": "object", "properties": {
+                "username": {"type": "string"}, "jid": {"type": "string"},
+                "at": {"type": "string", "format": "date-time"},
+                "path": {"type": "string", "description": "How: ibr (an app) or web"}}}},
+        },
+    },
     "CreatedInvite": {
         "allOf": [{"$ref": "#/components/schemas/Invite"}, {
             "type": "object", "properties": {
@@ -163,6 +175,13 @@ def openAPIDocument() -> dict:
                                          "401": UNAUTHORIZED, "403": FORBIDDEN,
                                          "404": NOT_FOUND,
                                          "410": _error("Not pending: used, expired or revoked")}},
+            },
+            "/invites/{id}/joined": {
+                "parameters": [INVITE_ID],
+                "get": {"summary": "Who joined through the invite, and when", "security": secured,
+                        "responses": {"200": _json("Joined", "The accounts made with the invite,"
+                                                             " oldest first"),
+                                      "401": UNAUTHORIZED, "403": FORBIDDEN, "404": NOT_FOUND}},
             },
             "/users": {
                 "get": {"summary": "List accounts", "security": secured,

@@ -16,6 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlencode
 
 import segno
 from twisted.internet import defer, task
@@ -32,6 +33,18 @@ from twisted.web.template import (
     flattenString,
     renderer,
     tags,
+)
+
+from invitesrv.web.i18n import (
+    N_,
+    Text,
+    direction,
+    displayName,
+    languageOf,
+    languages,
+    query,
+    remember,
+    templateText,
 )
 
 log = Logger()
@@ -72,6 +85,11 @@ def linkHeader(uri: str) -> str:
     ascii = "".join(c if 0x20 < ord(c) < 0x7f else
                     "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in uri)
     return f'<{ascii}>; rel="alternate"'
+
+
+# The titles of the refusals pages show (a body too large, too many token
+# guesses), in the catalogues: reason() is English.
+TITLES = {413: N_("Request too large"), 429: N_("Too many requests")}
 
 
 def reason(code: int) -> bytes:
@@ -135,12 +153,13 @@ class RefusalPage(resource.Resource):
 @dataclass
 class Page:
     """
-    What a resource answers: a body element inside the layout, its title,
-    the HTTP status, the C{xmpp:} URI of the invite it shows (for the
-    C{Link} header), and C{root}, the relative path back to the site's root.
+    What a resource answers: a body element inside the layout, its title
+    (a L{Text}), the HTTP status, the C{xmpp:} URI of the invite it shows
+    (for the C{Link} header), and C{root}, the relative path back to the
+    site's root.
     """
 
-    title: str
+    title: object
     body: object
     code: int = 200
     alternate: str | None = None
@@ -149,8 +168,31 @@ class Page:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class Layout(Element):
-    """The frame of every page: head, viewport, stylesheet, header and footer."""
+class Translatable(Element):
+    """An element whose template marks sentences to translate with C{t:render="tr"}."""
+
+    @renderer
+    def tr(self, request, tag):
+        """The element's text (slots as placeholders) in the visitor's language."""
+        message, slots = templateText(tag.children)
+        tag.children = [Text(message, **slots)]
+        return tag
+
+
+@dataclass
+class File:
+    """An answer that is not a page (an image): its bytes, content type and headers."""
+
+    body: bytes
+    contentType: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Layout(Translatable):
+    """
+    The frame of every page: head, viewport, stylesheet, header, footer,
+    the page's C{lang} and C{dir}, and the language switcher.
+    """
 
     loader = template("layout.xml")
 
@@ -161,8 +203,29 @@ class Layout(Element):
     @renderer
     def frame(self, request, tag):
         page = self.page
-        return tag.fillSlots(title=page.title, root=page.root, body=page.body,
-                             siteName=page.siteName or "XMPP invites")
+        language = languageOf(request)
+        return tag(lang=language, dir=direction(language)).fillSlots(
+            title=page.title, root=page.root, body=page.body,
+            siteName=page.siteName or Text("XMPP invites"))
+
+    @renderer
+    def languages(self, request, tag):
+        """
+        A link per language to this page in it (C{?lang=xx}, the rest of the
+        query kept); the current one is marked, not linked.
+        """
+        current = languageOf(request)
+        keep = [(key, value) for key, value in query(request) if key != b"lang"]
+        links = []
+        for language in languages():
+            name = displayName(language)
+            if language == current:
+                links.append(tags.li(tags.strong(name, lang=language, **{"aria-current": "true"})))
+                continue
+            target = urlencode(keep + [(b"lang", language.encode("ascii"))])
+            links.append(tags.li(tags.a(name, href=f"?{target}", lang=language,
+                                        hreflang=language, dir=direction(language))))
+        return tag(tags.ul(links), **{"aria-label": Text("Language")})
 
     @renderer
     def alternate(self, request, tag):
@@ -176,7 +239,7 @@ class MessageBody(Element):
 
     loader = template("message.xml")
 
-    def __init__(self, heading: str, lines: list[str], kind: str = "info"):
+    def __init__(self, heading: object, lines: list, kind: str = "info"):
         Element.__init__(self)
         self.heading = heading
         self.lines = lines
@@ -190,21 +253,22 @@ class MessageBody(Element):
 
 def notFound(siteName: str = "", root: str = "../") -> Page:
     """The page for an invite link that is not (or never was) valid: 404."""
-    return Page("Invite not found", MessageBody(
-        "This invite link is not valid",
-        [("Check that you opened the whole link you were sent: it is easy to miss a few characters "
-         "when copying it."),
-         "If it still does not work, ask the person who invited you for a new invite."], "warning"),
-        404, root=root, siteName=siteName)
+    return Page(Text("Invite not found"), MessageBody(
+        Text("This invite link is not valid"),
+        [Text("Check that you opened the whole link you were sent: it is easy to miss a few "
+              "characters when copying it."),
+         Text("If it still does not work, ask the person who invited you for a new invite.")],
+        "warning"), 404, root=root, siteName=siteName)
 
 
 def gone(siteName: str = "", root: str = "../") -> Page:
     """The page for an invite that was used up, expired or revoked: 410."""
-    return Page("Invite expired", MessageBody(
-        "This invite has expired",
-        ["The invite was already used, has expired, or was withdrawn by the person who sent it.",
-         ("Ask them for a new invite. If you already created your account with it, just open "
-         "your app and log in.")], "warning"),
+    return Page(Text("Invite expired"), MessageBody(
+        Text("This invite has expired"),
+        [Text("The invite was already used, has expired, or was withdrawn by the person who "
+              "sent it."),
+         Text("Ask them for a new invite. If you already created your account with it, just "
+              "open your app and log in.")], "warning"),
         410, root=root, siteName=siteName)
 
 
@@ -230,8 +294,8 @@ def finishWith(request, lost: list[bool], code: int, body: bytes, contentType: b
 
 
 @defer.inlineCallbacks
-def _flatten(page: Page):
-    html = yield flattenString(None, Layout(page))
+def _flatten(request, page: Page):
+    html = yield flattenString(request, Layout(page))
     return b"<!DOCTYPE html>\n" + html
 
 
@@ -253,27 +317,33 @@ def logFailure(failure, request) -> None:
 
 def servePage(request, pending) -> object:
     """
-    Answer C{request} with the L{Page} that Deferred C{pending} fires with;
+    Answer C{request} with the L{Page} (or L{File}) that Deferred C{pending} fires with;
     a failure is logged (without the request's path, which may hold a
     token) and answered with a plain 500 page. Returns C{NOT_DONE_YET}.
     """
     lost = watchConnection(request)
+    remember(request)
 
-    def render(page: Page):
-        d = _flatten(page)
-        d.addCallback(lambda html: finishWith(request, lost, page.code, html, HTML, page.headers))
+    def render(page: Page | File):
+        if isinstance(page, File):
+            return finishWith(request, lost, 200, page.body, page.contentType, page.headers)
+        d = _flatten(request, page)
+        d.addCallback(lambda html: finishWith(request, lost, page.code, html, HTML, {
+            "content-language": languageOf(request), "vary": "Accept-Language, Cookie",
+            **page.headers}))
         return d
 
     def failed(failure):
         if failure.check(Refused):
             error = failure.value
-            title = reason(error.code).decode("ascii")
-            return render(Page(title, MessageBody(title, [error.message], "warning"), error.code,
-                               root=rootOf(request), headers=error.headers))
+            title = Text(TITLES.get(error.code) or reason(error.code).decode("ascii"))
+            return render(Page(title, MessageBody(title, [Text(error.message)], "warning"),
+                               error.code, root=rootOf(request), headers=error.headers))
         logFailure(failure, request)
-        sorry = MessageBody("Something went wrong", [
-            "The server could not complete this request. Please try again in a moment."], "warning")
-        d = _flatten(Page("Something went wrong", sorry, 500, root=rootOf(request)))
+        sorry = MessageBody(Text("Something went wrong"), [
+            Text("The server could not complete this request. Please try again in a moment.")],
+            "warning")
+        d = _flatten(request, Page(Text("Something went wrong"), sorry, 500, root=rootOf(request)))
         d.addCallback(lambda html: finishWith(request, lost, 500, html, HTML, {}))
         d.addErrback(lambda f: log.failure("Rendering the error page failed", f))
 
@@ -309,8 +379,8 @@ class TokenResource(resource.Resource):
             limiter.metrics["tokens.blocked"] += 1
             log.info("Authentication failure from {address} for an invite token (blocked)",
                      address=address)
-            raise Refused(429, "Too many invalid invite links were opened from your address."
-                               " Please try again later.",
+            raise Refused(429, N_("Too many invalid invite links were opened from your address."
+                                  " Please try again later."),
                           {"retry-after": str(int(limiter.limits.auth_failure_window))})
         host, invite = yield self.context.lookup(self.token)
         if invite is None:

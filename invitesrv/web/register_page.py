@@ -28,12 +28,14 @@ from twisted.web.template import Element, renderer, tags
 from invitesrv.invites import hashToken
 from invitesrv.registrar import RegistrationError
 from invitesrv.web.apps import detectPlatform, recommended
+from invitesrv.web.i18n import N_, Text
 from invitesrv.web.invite_page import inviterOf, tokenOf
 from invitesrv.web.pages import (
     BodyPolicy,
     MessageBody,
     Page,
     TokenResource,
+    Translatable,
     gone,
     notFound,
     rootOf,
@@ -90,7 +92,7 @@ def field(request, name: bytes) -> str:
         raise ValueError(name) from None
 
 
-class RegisterForm(Element):
+class RegisterForm(Translatable):
     """The form: a username (unless the invite fixes it) and the password twice."""
 
     loader = template("register.xml")
@@ -111,25 +113,27 @@ class RegisterForm(Element):
         invite, options = self.invite, self.host.options
         if invite.kind == "reset":
             texts = {
-                "heading": "Choose a new password",
-                "intro": ("Pick a new password for your account. Your apps will ask for it the "
-                          "next time they connect."),
-                "passwordLabel": "New password",
-                "submit": "Set the new password",
+                "heading": Text("Choose a new password"),
+                "intro": Text("Pick a new password for your account. Your apps will ask for it "
+                              "the next time they connect."),
+                "passwordLabel": Text("New password"),
+                "submit": Text("Set the new password"),
             }
         else:
             inviter = inviterOf(invite, self.host)
-            invited = f"You were invited by {inviter}. " if inviter else ""
+            choose = Text("Choose your username and a password; then log in with your app.")
             texts = {
-                "heading": f"Create your account on {self.siteName}",
-                "intro": invited + "Choose your username and a password; then log in with your app.",
-                "passwordLabel": "Choose a password",
-                "submit": "Create my account",
+                "heading": Text("Create your account on {site}", site=self.siteName),
+                "intro": [Text("You were invited by {inviter}.", inviter=inviter), " ", choose]
+                if inviter else choose,
+                "passwordLabel": Text("Choose a password"),
+                "submit": Text("Create my account"),
             }
         return tag.fillSlots(siteName=self.siteName, csrf=self.csrf, app=self.app,
                              username=self.username or "", domain=self.host.name,
                              minLength=str(options.password_min_length),
-                             maxLength=str(options.password_max_length), error=self.error,
+                             maxLength=str(options.password_max_length),
+                             error=Text(self.error) if self.error else "",
                              **texts)
 
     @renderer
@@ -145,7 +149,7 @@ class RegisterForm(Element):
         return tag if self.invite.username else ""
 
 
-class Registered(Element):
+class Registered(Translatable):
     """After success: the address, and exactly how to log in with the chosen app."""
 
     loader = template("registered.xml")
@@ -164,16 +168,19 @@ class Registered(Element):
         jid = f"{self.username}@{self.host.name}"
         siteName = self.context.siteName(self.host)
         if self.invite.kind == "reset":
-            heading, intro = "Your new password is set", "Use it from now on for your account:"
+            heading = Text("Your new password is set")
+            intro = Text("Use it from now on for your account:")
         else:
-            heading, intro = "Your account is ready", ("Welcome! This is your address; share it "
-                                                       "with people so they can add you:")
+            heading = Text("Your account is ready")
+            intro = Text("Welcome! This is your address; share it with people so they can add "
+                         "you:")
         apps = recommended(self.context.apps, self.platform)
         links = [tags.li(tags.a(app.name, href=app.downloads[0].url, rel="noopener noreferrer"),
-                         " — ", app.text) for app in apps if app.downloads]
+                         " — ", Text(app.text)) for app in apps if app.downloads]
         return tag.fillSlots(siteName=siteName, heading=heading, intro=intro, jid=jid,
-                             domain=self.host.name,
-                             appName=self.app.name if self.app else "your XMPP app",
+                             domain=self.host.name, jidStrong=tags.strong(jid),
+                             domainStrong=tags.strong(self.host.name),
+                             appName=self.app.name if self.app else Text("your XMPP app"),
                              inviter=inviterOf(self.invite, self.host) or "", appLinks=links)
 
     @renderer
@@ -216,7 +223,8 @@ class RegisterPage(TokenResource):
         app = self._app(request)
         siteName = self.context.siteName(host)
         form = RegisterForm(host, invite, siteName, csrf, app.id if app else "", username, error)
-        title = "Choose a new password" if invite.kind == "reset" else f"Join {siteName}"
+        title = (Text("Choose a new password") if invite.kind == "reset"
+                 else Text("Join {site}", site=siteName))
         return Page(title, form, code, root=rootOf(request), siteName=siteName)
 
     @defer.inlineCallbacks
@@ -235,9 +243,9 @@ class RegisterPage(TokenResource):
             return None, None, gone(context.siteName(host), root)
         if not invite.allowRegistration:
             landing = f"../invite/{quote(self.token, safe='')}"
-            return None, None, Page("Contact invite", MessageBody(
-                "This invite adds a contact", [("It does not create an account: open it in your "
-                                               "XMPP app instead.")]),
+            return None, None, Page(Text("Contact invite"), MessageBody(
+                Text("This invite adds a contact"), [Text("It does not create an account: open "
+                                                          "it in your XMPP app instead.")]),
                 303, root=root, siteName=context.siteName(host), headers={"location": landing})
         return host, invite, None
 
@@ -257,21 +265,21 @@ class RegisterPage(TokenResource):
             username, password, confirm, csrf = (field(request, name) for name in (
                 b"username", b"password", b"confirm", b"csrf"))
         except ValueError:
-            return self._form(request, host, invite, 400, error="The form could not be read.")
+            return self._form(request, host, invite, 400, error=N_("The form could not be read."))
         cookie = validCookie(request.getCookie(CSRF_COOKIE))
         expected = csrfToken(self.context.secret, cookie, self.token) if cookie else ""
         if not cookie or not hmac.compare_digest(csrf.encode("utf-8"), expected.encode("ascii")):
-            return self._form(request, host, invite, 403, username, error=(
+            return self._form(request, host, invite, 403, username, error=N_(
                 "This form has expired or your browser did not send it back with its cookie. "
                 "Please fill it in again (cookies must be allowed for this site)."))
         if invite.username:
             username = invite.username
         if not username or not password:
             return self._form(request, host, invite, 400, username,
-                              "Please fill in all the fields.")
+                              N_("Please fill in all the fields."))
         if password != confirm:
             return self._form(request, host, invite, 400, username,
-                              "The two passwords are not the same.")
+                              N_("The two passwords are not the same."))
         return (yield self._register(request, host, username, password))
 
     @defer.inlineCallbacks
@@ -294,7 +302,7 @@ class RegisterPage(TokenResource):
         siteName = self.context.siteName(host)
         body = Registered(self.context, host, reserved, registration.username, self._app(request),
                           detectPlatform(agent))
-        title = "Password changed" if reserved.kind == "reset" else "Account created"
+        title = Text("Password changed") if reserved.kind == "reset" else Text("Account created")
         return Page(title, body, root=rootOf(request), siteName=siteName)
 
 

@@ -30,6 +30,7 @@ from invitesrv.config import ConfigError
 from invitesrv.invites import InviteManager, hashToken
 from invitesrv.limits import EpisodeLog
 from invitesrv.web.apps import CatalogueError, loadCatalogue
+from invitesrv.web.i18n import N_, Text
 from invitesrv.web.pages import BodyPolicy, MessageBody, Page, Refused, reason, rootOf, servePage
 
 log = Logger()
@@ -179,7 +180,7 @@ def accessLogFormatter(timestamp: str, request) -> str:
 def tooLarge(limit: int) -> Refused:
     """The refusal of a body over C{limit} bytes."""
     if not limit:
-        return Refused(413, "This address takes no request body")
+        return Refused(413, N_("This address takes no request body"))
     return Refused(413, f"The request body is larger than {limit} bytes")
 
 
@@ -395,17 +396,35 @@ class WebSite(server.Site):
     """
     A L{server.Site} of L{WebChannel}s (HTTP/1.1 only: HTTPS offers no
     other protocol) that adds the security headers to every answer.
+
+    C{Strict-Transport-Security} (for C{hstsMaxAge} seconds; 0: never) goes
+    on every answer sent over TLS. A plain HTTP answer carries it only when
+    the public URL is C{https} (C{publicHTTPS}: the operator promises the
+    name is served over HTTPS) and a trusted proxy says, with
+    C{X-Forwarded-Proto}, that the browser came over HTTPS: a browser
+    ignores the header on plain HTTP anyway, and a client that reached the
+    listener directly, or through a proxy on plain HTTP, must not pin the
+    name to HTTPS for a year on a port that may serve no HTTPS at all.
     """
 
     protocol = WebChannel
     requestFactory = WebRequest
     noisy = False
 
-    def __init__(self, root, limiter, trustedProxies=(), reactor=None):
+    def __init__(self, root, limiter, trustedProxies=(), reactor=None, hstsMaxAge: int = 0,
+                 publicHTTPS: bool = False):
         server.Site.__init__(self, root, logFormatter=accessLogFormatter, reactor=reactor)
         self.limiter = limiter
         self.trustedProxies = [ipaddress.ip_network(p, strict=False) for p in trustedProxies]
         self.slowRequests = EpisodeLog(self.reactor, quiet=60.0)
+        self.hsts = b"max-age=%d" % hstsMaxAge if hstsMaxAge else None
+        self.publicHTTPS = publicHTTPS
+
+    def strictTransport(self, request) -> bool:
+        """Whether the answer to C{request} carries C{Strict-Transport-Security}."""
+        if self.hsts is None:
+            return False
+        return request.channel.isSecure() or (self.publicHTTPS and request.isSecure())
 
     def policyFor(self, path: bytes) -> tuple[BodyPolicy, list[bytes]]:
         """
@@ -428,6 +447,8 @@ class WebSite(server.Site):
         request.setHeader(b"server", b"invitesrv")  # not Twisted's version
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
+        if self.strictTransport(request):
+            request.setHeader(b"strict-transport-security", self.hsts)
         if request.refusal is not None:
             return request.policy.refusal(request.refusal)
         return server.Site.getResourceFor(self, request)
@@ -497,9 +518,10 @@ class NotFound(resource.Resource):
         self.context = context
 
     def render(self, request):
-        return servePage(request, Page("Page not found", MessageBody(
-            "There is nothing here", [("If you were sent an invite link, open the whole link "
-                                      "exactly as you received it.")], "warning"),
+        return servePage(request, Page(Text("Page not found"), MessageBody(
+            Text("There is nothing here"), [Text("If you were sent an invite link, open the "
+                                                 "whole link exactly as you received it.")],
+            "warning"),
             404, root=rootOf(request), siteName=self.context.siteName()))
 
 
@@ -520,10 +542,10 @@ class Root(BodyPolicy, resource.Resource):
 
     def render_GET(self, request):
         name = self.context.siteName()
-        return servePage(request, Page(name or "XMPP invites", MessageBody(
-            f"Welcome to {name}" if name else "Welcome",
-            [("This service is open by invitation. If somebody invited you, open the invite "
-             "link they sent you: it explains everything step by step.")]),
+        return servePage(request, Page(name or Text("XMPP invites"), MessageBody(
+            Text("Welcome to {site}", site=name) if name else Text("Welcome"),
+            [Text("This service is open by invitation. If somebody invited you, open the invite "
+                  "link they sent you: it explains everything step by step.")]),
             root="", siteName=name))
 
 
@@ -550,7 +572,9 @@ def makeSite(server, clock=None) -> WebSite:
     api.putChild(b"v1", ApiRoot(context))
     root.putChild(b"api", api)
     root.putChild(b"static", StaticFiles(str(STATIC)))
-    return WebSite(root, server.limiter, config.trusted_proxies, server.reactor)
+    return WebSite(root, server.limiter, config.trusted_proxies, server.reactor,
+                   hstsMaxAge=int(config.hsts_max_age),
+                   publicHTTPS=config.public_url.lower().startswith("https://"))
 
 
 def httpsFactory(server, site: WebSite) -> TLSMemoryBIOFactory:
