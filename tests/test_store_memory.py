@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from store_behaviour import HOST, NOW, StoreBehaviour, account, invite, token
+from synchronous import result
 
 from invitesrv.store.interfaces import InviteUse, RosterItem, StoreUnavailable
 from invitesrv.store.memory import MemoryStore
@@ -25,16 +26,6 @@ class TestMemoryStore(StoreBehaviour):
     def inviteAudit(self, store, inviteId):
         return store._run(lambda tables: [(u.username, u.path, u.address) for u in tables.audit
                                           if u.inviteId == inviteId])
-
-
-def result(deferred):
-    """The result of a Deferred that must have fired already."""
-    outcome = []
-    deferred.addBoth(outcome.append)
-    assert outcome, "the store did not answer at once"
-    if hasattr(outcome[0], "raiseException"):
-        outcome[0].raiseException()
-    return outcome[0]
 
 
 def test_answersAtOnce():
