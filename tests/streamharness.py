@@ -4,24 +4,25 @@ manner of Wokkel's C{test_server.py}: a real L{C2SStream} and authenticator
 from L{C2SFactory}, a L{StringTransport}, raw bytes through C{dataReceived},
 and the elements the server wrote parsed back for assertions.
 
-The server is the real L{InviteServer} over an in-memory SQLite store; its
-clock (auth timeout) is a L{task.Clock}, while the store's worker thread
-reports back through the real reactor, which pytest-twisted runs.
+The server is the real L{InviteServer} over a L{MemoryStore}, on a
+L{task.Clock}, with password hashing run inline: everything the server does
+for a client's bytes has happened when C{dataReceived} returns, and time
+passes only when a test advances the clock. No thread, no reactor.
 """
 
 from __future__ import annotations
 
 import base64
-import time
 
-from twisted.internet import defer, reactor, task
+from synchronous import inline
+from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.words.xish import domish
 
 from invitesrv.config import Config, Limits
 from invitesrv.service import InviteServer
-from invitesrv.store.sqlite import SQLiteStore
+from invitesrv.store.memory import MemoryStore
 from invitesrv.xmpp.c2s import C2SFactory
 
 NS_STREAMS = "http://etherx.jabber.org/streams"
@@ -46,25 +47,27 @@ class TLSStringTransport(StringTransport):
 
 
 class Servers:
-    """
-    Makes in-memory servers for one test and closes their stores after it
-    (the store's worker thread would otherwise keep the process alive).
-    """
+    """Makes in-memory servers for one test and closes their stores after it."""
 
     def __init__(self) -> None:
         self.made: list[InviteServer] = []
 
-    def __call__(self, clock: task.Clock | None = None, **options) -> InviteServer:
+    def __call__(self, clock: task.Clock | None = None, store=None, **options) -> InviteServer:
         """
         An L{InviteServer} for C{localhost} without modules (the stream layer
-        on its own), over an open in-memory store. C{options} are L{Config}
-        fields; C{limits} may be a dict of L{Limits} fields.
+        on its own), over an open L{MemoryStore}, on C{clock} (a new
+        L{task.Clock} by default). C{options} are L{Config} fields; C{limits}
+        may be a dict of L{Limits} fields. C{store} replaces the
+        L{MemoryStore} for a test of another backend's behaviour (it is
+        opened here and closed after the test).
         """
         limits = options.pop("limits", {})
         config = Config(modules=(), limits=Limits(**limits), **options)
-        store = SQLiteStore(":memory:")
+        store = MemoryStore() if store is None else store
         store.open()
         server = InviteServer(config, store=store, reactor=clock or task.Clock())
+        for host in server.hosts.values():
+            host.deferToThread = inline
         self.made.append(server)
         return server
 
@@ -132,26 +135,21 @@ class ClientConnection:
         self._pending.clear()  # the parser appends to this very list
         return elements
 
-    @defer.inlineCallbacks
-    def next(self, timeout: float = 5.0):
+    def next(self) -> domish.Element:
         """
-        Fire with the next element the server sends, waiting (on the real
-        reactor) for the store's worker thread or a password check.
+        The next element the server sent, which must be there already:
+        nothing the server does waits for real time. (Also usable as
+        C{yield connection.next()} in C{inlineCallbacks}.)
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            self._parse()
-            if self._pending:
-                return self._pending.pop(0)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing sent; output so far: {self.transport.value()!r}")
-            yield task.deferLater(reactor, 0.002, lambda: None)
+        self._parse()
+        if not self._pending:
+            raise AssertionError(f"nothing sent; output so far: {self.transport.value()!r}")
+        return self._pending.pop(0)
 
-    @defer.inlineCallbacks
-    def nextNamed(self, name: str, timeout: float = 5.0):
-        """Fire with the next element called C{name}, skipping stream headers and features."""
+    def nextNamed(self, name: str) -> domish.Element:
+        """The next element called C{name}, skipping stream headers and features."""
         while True:
-            element = yield self.next(timeout)
+            element = self.next()
             if element.name == name:
                 return element
             if element.name not in ("stream", "features"):

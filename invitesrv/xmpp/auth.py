@@ -15,7 +15,7 @@ import binascii
 import secrets
 
 import scramp
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep, resourceprep
@@ -347,7 +347,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             credentials = fakeCredentials(self.server.secret, authcid, MECHANISMS[0],
                                           host.config.scram_iterations)
             username = None
-        valid = yield threads.deferToThread(checkPassword, password, credentials)
+        valid = yield host.deferToThread(checkPassword, password, credentials)
         if not valid or username is None:
             raise SASLFailure("not-authorized")
         if authzid and authzid != f"{username}@{host.name}":
