@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import base64
 
-from synchronous import inline
-from twisted.internet import defer, task
+from synchronous import inline, result
+from twisted.internet import defer, error, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.python import failure
 from twisted.words.xish import domish
 
 from invitesrv.config import Config, Limits
@@ -30,6 +31,8 @@ NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_ROSTER = "jabber:iq:roster"
+PASSWORD = "a long password"
 HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
           "xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>")
 
@@ -60,19 +63,27 @@ class Servers:
         may be a dict of L{Limits} fields. C{store} replaces the
         L{MemoryStore} for a test of another backend's behaviour (it is
         opened here and closed after the test).
+        With C{modules} (names, as in the config) its hosts are started
+        with them, and stopped after the test.
         """
         limits = options.pop("limits", {})
-        config = Config(modules=(), limits=Limits(**limits), **options)
+        options.setdefault("modules", ())
+        config = Config(limits=Limits(**limits), **options)
         store = MemoryStore() if store is None else store
         store.open()
         server = InviteServer(config, store=store, reactor=clock or task.Clock())
         for host in server.hosts.values():
             host.deferToThread = inline
+            if config.modules:
+                host.start()
         self.made.append(server)
         return server
 
     def closeAll(self) -> None:
         for server in self.made:
+            for host in server.hosts.values():
+                if host.started:
+                    host.stop()
             server.store.close()
 
 
@@ -204,3 +215,75 @@ def login(connection: ClientConnection, username: str, password: str, resource: 
     reply = yield connection.nextNamed("iq")
     assert reply["type"] == "result", reply.toXml()
     return str(reply.bind.jid)
+
+
+class Client(ClientConnection):
+    """
+    A client logged in (PLAIN over an encrypted connection) and bound, as a
+    user's client is: what it sends goes through the whole server, and the
+    stanzas it receives are matched with L{expect}, which takes the first
+    one a predicate accepts and keeps the others, so a test states what
+    must arrive without depending on how pushes, results and presence
+    interleave. (The same methods as the socket client of C{test_roster}.)
+    """
+
+    def __init__(self, server: InviteServer, username: str, resource: str = "r",
+                 password: str = PASSWORD):
+        ClientConnection.__init__(self, server, encrypted=True)
+        self.jid = result(login(self, username, password, resource))
+        self.bare = self.jid.split("/")[0]
+        self.backlog: list[domish.Element] = []
+        self._ids = 0
+
+    def _collect(self) -> None:
+        self.backlog += self.received()
+
+    def expect(self, match, what: str = "stanza") -> domish.Element:
+        """The first stanza received so far that C{match} accepts."""
+        self._collect()
+        for index, element in enumerate(self.backlog):
+            if match(element):
+                return self.backlog.pop(index)
+        raise AssertionError(f"{self.jid}: no {what} in {[e.toXml() for e in self.backlog]}")
+
+    def absent(self, match, what: str = "stanza") -> None:
+        """Fail if a stanza C{match} accepts was received (everything sent has been, at once)."""
+        self._collect()
+        found = [e.toXml() for e in self.backlog if match(e)]
+        assert not found, f"{self.jid}: unexpected {what}: {found}"
+
+    def discard(self) -> None:
+        """Forget everything received so far."""
+        self._collect()
+        self.backlog.clear()
+
+    def request(self, payload: str, kind: str = "get", to: str | None = None) -> domish.Element:
+        """Send an iq and return its result or error."""
+        self._ids += 1
+        iqId = f"q{self._ids}"
+        address = f" to='{to}'" if to else ""
+        self.send(f"<iq type='{kind}' id='{iqId}'{address}>{payload}</iq>")
+        return self.expect(lambda e: e.name == "iq" and e.getAttribute("id") == iqId
+                           and e.getAttribute("type") in ("result", "error"), what=f"reply to {iqId}")
+
+    def rosterGet(self, ver: str | None = None, to: str | None = None) -> domish.Element:
+        version = "" if ver is None else f" ver='{ver}'"
+        return self.request(f"<query xmlns='{NS_ROSTER}'{version}/>", "get", to)
+
+    def rosterSet(self, item: str, to: str | None = None) -> domish.Element:
+        return self.request(f"<query xmlns='{NS_ROSTER}'>{item}</query>", "set", to)
+
+    def close(self) -> None:
+        """End the stream properly."""
+        if not self.closed:
+            self.send("</stream:stream>")
+
+    def drop(self) -> None:
+        """The connection dies: no closing tag."""
+        self.stream.connectionLost(failure.Failure(error.ConnectionLost()))
+
+
+def addAccounts(server: InviteServer, *usernames: str, password: str = PASSWORD) -> None:
+    """Create accounts (all with C{password}) through the registrar of C{localhost}."""
+    for username in usernames:
+        result(addAccount(server, username, password))
