@@ -27,7 +27,7 @@ class SQLiteAudit:
             (inviteId,)).fetchall())
 
 
-class TestMemoryStore(SQLiteAudit, StoreBehaviour):
+class TestMemoryDatabase(SQLiteAudit, StoreBehaviour):
     """The behaviour suite on C{:memory:}, as the unit tests use the store."""
 
     @pytest.fixture
