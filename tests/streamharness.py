@@ -57,14 +57,14 @@ class Servers:
 
     def __call__(self, clock: task.Clock | None = None, store=None, **options) -> InviteServer:
         """
-        An L{InviteServer} for C{localhost} without modules (the stream layer
-        on its own), over an open L{MemoryStore}, on C{clock} (a new
-        L{task.Clock} by default). C{options} are L{Config} fields; C{limits}
-        may be a dict of L{Limits} fields. C{store} replaces the
-        L{MemoryStore} for a test of another backend's behaviour (it is
-        opened here and closed after the test).
-        With C{modules} (names, as in the config) its hosts are started
-        with them, and stopped after the test.
+        An L{InviteServer} (for C{localhost} unless C{hosts} says otherwise)
+        over an open L{MemoryStore}, on C{clock} (a new L{task.Clock} by
+        default). C{options} are L{Config} fields; C{limits} may be a dict
+        of L{Limits} fields. Without C{modules} it is the stream layer on its
+        own; with them (names, as in the config) its hosts are started, and
+        stopped after the test.
+        C{store} replaces the L{MemoryStore} for a test of another backend's
+        behaviour (opened here, closed after the test).
         """
         limits = options.pop("limits", {})
         options.setdefault("modules", ())
