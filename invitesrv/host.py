@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from importlib.metadata import entry_points
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import utility
@@ -65,6 +65,10 @@ class VirtualHost(XMPPHandlerCollection):
     C{store}, C{hooks}, C{router}, C{registrar}, C{clock}, C{config} and
     C{metrics} (event counters, L{invitesrv.limits.Metrics}).
     """
+
+    # Runs CPU-bound work (password hashing) off the reactor thread, like
+    # the store's queries; a unit test on a Clock sets one that runs it inline.
+    deferToThread = staticmethod(threads.deferToThread)
 
     def __init__(self, name: str, options: HostOptions, config: Config, store, router: Router,
                  clock=None):

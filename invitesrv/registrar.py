@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import error
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
@@ -112,7 +112,7 @@ class Registrar:
             raise RegistrationError("not-acceptable", "The password must not be the username", "modify")
 
     def _credentials(self, password: str):
-        return threads.deferToThread(makeCredentials, password, self.host.config.scram_iterations)
+        return self.host.deferToThread(makeCredentials, password, self.host.config.scram_iterations)
 
     def _checkInvite(self, registration: Registration) -> None:
         invite = registration.invite
@@ -248,7 +248,7 @@ class Registrar:
         if not known:
             credentials = fakeCredentials(secret, username or "", MECHANISMS[0],
                                           host.config.scram_iterations)
-        valid = (yield threads.deferToThread(checkPassword, password, credentials)) and known
+        valid = (yield self.host.deferToThread(checkPassword, password, credentials)) and known
         if valid and legacy is not None:
             upgraded = yield self._credentials(password)
             yield host.store.setCredentials(host.name, username, upgraded)

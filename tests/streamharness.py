@@ -4,24 +4,26 @@ manner of Wokkel's C{test_server.py}: a real L{C2SStream} and authenticator
 from L{C2SFactory}, a L{StringTransport}, raw bytes through C{dataReceived},
 and the elements the server wrote parsed back for assertions.
 
-The server is the real L{InviteServer} over an in-memory SQLite store; its
-clock (auth timeout) is a L{task.Clock}, while the store's worker thread
-reports back through the real reactor, which pytest-twisted runs.
+The server is the real L{InviteServer} over a L{MemoryStore}, on a
+L{task.Clock}, with password hashing run inline: everything the server does
+for a client's bytes has happened when C{dataReceived} returns, and time
+passes only when a test advances the clock. No thread, no reactor.
 """
 
 from __future__ import annotations
 
 import base64
-import time
 
-from twisted.internet import defer, reactor, task
+from synchronous import inline, result
+from twisted.internet import defer, error, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.python import failure
 from twisted.words.xish import domish
 
 from invitesrv.config import Config, Limits
 from invitesrv.service import InviteServer
-from invitesrv.store.sqlite import SQLiteStore
+from invitesrv.store.memory import MemoryStore
 from invitesrv.xmpp.c2s import C2SFactory
 
 NS_STREAMS = "http://etherx.jabber.org/streams"
@@ -29,6 +31,8 @@ NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_ROSTER = "jabber:iq:roster"
+PASSWORD = "a long password"
 HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
           "xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>")
 
@@ -46,30 +50,40 @@ class TLSStringTransport(StringTransport):
 
 
 class Servers:
-    """
-    Makes in-memory servers for one test and closes their stores after it
-    (the store's worker thread would otherwise keep the process alive).
-    """
+    """Makes in-memory servers for one test and closes their stores after it."""
 
     def __init__(self) -> None:
         self.made: list[InviteServer] = []
 
-    def __call__(self, clock: task.Clock | None = None, **options) -> InviteServer:
+    def __call__(self, clock: task.Clock | None = None, store=None, **options) -> InviteServer:
         """
-        An L{InviteServer} for C{localhost} without modules (the stream layer
-        on its own), over an open in-memory store. C{options} are L{Config}
-        fields; C{limits} may be a dict of L{Limits} fields.
+        An L{InviteServer} (for C{localhost} unless C{hosts} says otherwise)
+        over an open L{MemoryStore}, on C{clock} (a new L{task.Clock} by
+        default). C{options} are L{Config} fields; C{limits} may be a dict
+        of L{Limits} fields. Without C{modules} it is the stream layer on its
+        own; with them (names, as in the config) its hosts are started, and
+        stopped after the test.
+        C{store} replaces the L{MemoryStore} for a test of another backend's
+        behaviour (opened here, closed after the test).
         """
         limits = options.pop("limits", {})
-        config = Config(modules=(), limits=Limits(**limits), **options)
-        store = SQLiteStore(":memory:")
+        options.setdefault("modules", ())
+        config = Config(limits=Limits(**limits), **options)
+        store = MemoryStore() if store is None else store
         store.open()
         server = InviteServer(config, store=store, reactor=clock or task.Clock())
+        for host in server.hosts.values():
+            host.deferToThread = inline
+            if config.modules:
+                host.start()
         self.made.append(server)
         return server
 
     def closeAll(self) -> None:
         for server in self.made:
+            for host in server.hosts.values():
+                if host.started:
+                    host.stop()
             server.store.close()
 
 
@@ -132,26 +146,21 @@ class ClientConnection:
         self._pending.clear()  # the parser appends to this very list
         return elements
 
-    @defer.inlineCallbacks
-    def next(self, timeout: float = 5.0):
+    def next(self) -> domish.Element:
         """
-        Fire with the next element the server sends, waiting (on the real
-        reactor) for the store's worker thread or a password check.
+        The next element the server sent, which must be there already:
+        nothing the server does waits for real time. (Also usable as
+        C{yield connection.next()} in C{inlineCallbacks}.)
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            self._parse()
-            if self._pending:
-                return self._pending.pop(0)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing sent; output so far: {self.transport.value()!r}")
-            yield task.deferLater(reactor, 0.002, lambda: None)
+        self._parse()
+        if not self._pending:
+            raise AssertionError(f"nothing sent; output so far: {self.transport.value()!r}")
+        return self._pending.pop(0)
 
-    @defer.inlineCallbacks
-    def nextNamed(self, name: str, timeout: float = 5.0):
-        """Fire with the next element called C{name}, skipping stream headers and features."""
+    def nextNamed(self, name: str) -> domish.Element:
+        """The next element called C{name}, skipping stream headers and features."""
         while True:
-            element = yield self.next(timeout)
+            element = self.next()
             if element.name == name:
                 return element
             if element.name not in ("stream", "features"):
@@ -206,3 +215,75 @@ def login(connection: ClientConnection, username: str, password: str, resource: 
     reply = yield connection.nextNamed("iq")
     assert reply["type"] == "result", reply.toXml()
     return str(reply.bind.jid)
+
+
+class Client(ClientConnection):
+    """
+    A client logged in (PLAIN over an encrypted connection) and bound, as a
+    user's client is: what it sends goes through the whole server, and the
+    stanzas it receives are matched with L{expect}, which takes the first
+    one a predicate accepts and keeps the others, so a test states what
+    must arrive without depending on how pushes, results and presence
+    interleave. (The same methods as the socket client of C{test_roster}.)
+    """
+
+    def __init__(self, server: InviteServer, username: str, resource: str = "r",
+                 password: str = PASSWORD):
+        ClientConnection.__init__(self, server, encrypted=True)
+        self.jid = result(login(self, username, password, resource))
+        self.bare = self.jid.split("/")[0]
+        self.backlog: list[domish.Element] = []
+        self._ids = 0
+
+    def _collect(self) -> None:
+        self.backlog += self.received()
+
+    def expect(self, match, what: str = "stanza") -> domish.Element:
+        """The first stanza received so far that C{match} accepts."""
+        self._collect()
+        for index, element in enumerate(self.backlog):
+            if match(element):
+                return self.backlog.pop(index)
+        raise AssertionError(f"{self.jid}: no {what} in {[e.toXml() for e in self.backlog]}")
+
+    def absent(self, match, what: str = "stanza") -> None:
+        """Fail if a stanza C{match} accepts was received (everything sent has been, at once)."""
+        self._collect()
+        found = [e.toXml() for e in self.backlog if match(e)]
+        assert not found, f"{self.jid}: unexpected {what}: {found}"
+
+    def discard(self) -> None:
+        """Forget everything received so far."""
+        self._collect()
+        self.backlog.clear()
+
+    def request(self, payload: str, kind: str = "get", to: str | None = None) -> domish.Element:
+        """Send an iq and return its result or error."""
+        self._ids += 1
+        iqId = f"q{self._ids}"
+        address = f" to='{to}'" if to else ""
+        self.send(f"<iq type='{kind}' id='{iqId}'{address}>{payload}</iq>")
+        return self.expect(lambda e: e.name == "iq" and e.getAttribute("id") == iqId
+                           and e.getAttribute("type") in ("result", "error"), what=f"reply to {iqId}")
+
+    def rosterGet(self, ver: str | None = None, to: str | None = None) -> domish.Element:
+        version = "" if ver is None else f" ver='{ver}'"
+        return self.request(f"<query xmlns='{NS_ROSTER}'{version}/>", "get", to)
+
+    def rosterSet(self, item: str, to: str | None = None) -> domish.Element:
+        return self.request(f"<query xmlns='{NS_ROSTER}'>{item}</query>", "set", to)
+
+    def close(self) -> None:
+        """End the stream properly."""
+        if not self.closed:
+            self.send("</stream:stream>")
+
+    def drop(self) -> None:
+        """The connection dies: no closing tag."""
+        self.stream.connectionLost(failure.Failure(error.ConnectionLost()))
+
+
+def addAccounts(server: InviteServer, *usernames: str, password: str = PASSWORD) -> None:
+    """Create accounts (all with C{password}) through the registrar of C{localhost}."""
+    for username in usernames:
+        result(addAccount(server, username, password))

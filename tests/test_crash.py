@@ -31,6 +31,7 @@ from streamharness import Servers
 
 from invitesrv.invites import InviteManager
 from invitesrv.registrar import RegistrationError
+from invitesrv.store.sqlite import SQLiteStore
 
 PASSWORD = "a long password"
 ROUNDS = 5
@@ -241,7 +242,7 @@ def test_fullDatabase():
     """
     servers = Servers()
     try:
-        server = servers()
+        server = servers(store=SQLiteStore(":memory:"))
         host = server.hosts["localhost"]
         created = yield InviteManager(host).createAccount(usesAllowed=None)
         store = server.store

@@ -1,21 +1,34 @@
 """
-Invite tokens over real sockets: XEP-0401/XEP-0445 preauth then XEP-0077
-registration on an invite-only server, with invites made by C{invitesrvctl}.
-Each hole of Prosody 0.12.3 listed in the spec (section 8) has a test here:
-racing streams, one stream registering twice, username-bound and reset
-invites used for other names, tokens used on another host, expired tokens,
-preauth before TLS, and reservations of dead streams.
+Invite tokens: XEP-0401/XEP-0445 preauth then XEP-0077 registration on an
+invite-only server. End to end, over real sockets with invites made by
+C{invitesrvctl}: the features, the whole path to a SCRAM login and the audit,
+streams racing on one token, the command line beside a running server. The
+rest as unit tests on the in-memory harness (the whole server on a
+StringTransport, a Clock and a MemoryStore, invites made by
+L{InviteManager}). Each hole of Prosody 0.12.3 listed in the spec (section
+8) has a test: racing streams, one stream registering twice, username-bound
+and reset invites used for other names, tokens used on another host,
+expired tokens, preauth before TLS, and reservations of dead streams.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from rawxmpp import RawClient
+from streamharness import NS_BIND, NS_SASL, PASSWORD, Client, ClientConnection, addAccounts
+from synchronous import result
+from twisted.internet import error, task
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python import failure
+from twisted.words.xish import domish
+
+from invitesrv.config import HostOptions
+from invitesrv.invites import InviteManager
 
 HOST = "localhost"
 OTHER = "other.test"
@@ -112,58 +125,6 @@ def test_accountInvite(server):
     assert re.search(r"Status:\s+used", shown) and "by newcomer via ibr from 127.0.0.1" in shown
 
 
-@pytest.mark.parametrize("token", ["", "A" * 24, "x" * 5000, "<bad>"])
-def test_invalidTokens(server, token):
-    """Unknown, empty or over-long tokens: cancel/forbidden with Prosody's text."""
-    token = token.replace("<", "&lt;").replace(">", "&gt;")
-    with tlsClient(server) as client:
-        answer = preauth(client, token)
-        assert "type='cancel'" in answer and "<forbidden " in answer
-        assert errorText(answer) == INVALID
-        client.send("<iq type='set' id='na'><preauth xmlns='urn:xmpp:pars:0'/></iq>")
-        assert "<forbidden " in reply(client, "na")
-    assert "x" * 100 not in server.log()
-
-
-def test_preauthBeforeTLSRefused(server):
-    """A valid token presented on plaintext is refused, and stays usable after STARTTLS."""
-    _, token, _ = createInvite(server, HOST)
-    with RawClient(server.port) as client:
-        client.openStream()
-        answer = preauth(client, token)
-        assert "<policy-violation " in answer and errorText(answer) == "Encryption is required"
-    with tlsClient(server) as client:
-        assert isResult(preauth(client, token))
-        assert isResult(register(client, "aftertls"))
-
-
-def test_sameStreamTwice(server):
-    """Even with a two-use invite, one preauth serves one registration on a stream."""
-    _, token, _ = createInvite(server, "--uses", "2", HOST)
-    with tlsClient(server) as client:
-        assert isResult(preauth(client, token))
-        assert isResult(register(client, "twice1"))
-        answer = register(client, "twice2", iqid="reg2")
-        assert "<not-acceptable " in answer and errorText(answer) == INVITE_ONLY
-        assert isResult(preauth(client, token, "pa2"))
-        assert isResult(register(client, "twice2", iqid="reg3"))
-    assert {"twice1@localhost", "twice2@localhost"} <= users(server)
-
-
-def test_sameStreamPipelined(server):
-    """Two registrations sent at once after one preauth: one account, one refusal."""
-    _, token, _ = createInvite(server, "--uses", "2", HOST)
-    with tlsClient(server) as client:
-        assert isResult(preauth(client, token))
-        client.send("".join(
-            f"<iq type='set' id='{iqid}'><query xmlns='jabber:iq:register'><username>{name}"
-            "</username><password>a long password</password></query></iq>"
-            for iqid, name in (("p1", "pipe1"), ("p2", "pipe2"))))
-        answers = [client.recvUntil(r"<iq [^>]*id='p[12]'[^>]*(/>|>.*?</iq>)") for _ in "12"]
-    assert [isResult(answer) for answer in answers].count(True) == 1
-    assert len({"pipe1@localhost", "pipe2@localhost"} & users(server)) == 1
-
-
 def race(server, token: str, prefix: str, streams: int = 20) -> list[bool]:
     """C{streams} clients preauth the same token at once, then register; who succeeded."""
     barrier = threading.Barrier(streams, timeout=30)
@@ -197,91 +158,6 @@ def test_raceFiveUses(server):
     assert re.search(r"Uses:\s+5 of 5", server.ctl("invite", "show", inviteId).stdout)
 
 
-def test_usernameBoundInvite(server):
-    """An invite for carol registers only carol, and nobody else may take carol meanwhile."""
-    _, token, output = createInvite(server, f"carol@{HOST}")
-    assert f"xmpp:carol@{HOST}?register;preauth={token}" in output
-    _, otherToken, _ = createInvite(server, HOST)
-    with tlsClient(server) as client:
-        assert isResult(preauth(client, otherToken))
-        answer = register(client, "carol")
-        assert "<conflict " in answer and "reserved" in errorText(answer)
-    with tlsClient(server) as client:
-        assert isResult(preauth(client, token))
-        answer = register(client, "dave")
-        assert errorText(answer) == "The chosen username is not valid with this invitation"
-        assert isResult(register(client, "Carol", iqid="reg2"))
-    assert "carol@localhost" in users(server) and "dave@localhost" not in users(server)
-
-
-def test_resetInvite(server):
-    """A reset invite sets bob's password (old fails, new works) and does nothing else."""
-    server.adduser(f"bob@{HOST}", "old password")
-    _, token, output = createInvite(server, "--reset", "bob", HOST)
-    assert f"xmpp:bob@{HOST}?register;preauth={token}" in output
-    with tlsClient(server) as client:
-        assert isResult(preauth(client, token))
-        answer = register(client, "eve", "new password")
-        assert errorText(answer) == "Incorrect username for password reset"
-        assert isResult(register(client, "bob", "new password", "reg2"))
-        assert "<not-acceptable " in register(client, "bob", "third password", "reg3")
-    assert not canLogIn(server, "bob", "old password")
-    assert canLogIn(server, "bob", "new password")
-    assert "eve@localhost" not in users(server)
-    result = server.ctl("invite", "create", "--reset", "nobody", HOST, check=False)
-    assert result.returncode == 1 and "no account nobody@localhost" in result.stderr
-
-
-def test_inviteBoundToHost(server):
-    """A token of localhost is invalid on other.test, and the reverse."""
-    _, token, _ = createInvite(server, HOST)
-    _, otherToken, _ = createInvite(server, OTHER)
-    with tlsClient(server, OTHER) as client:
-        assert errorText(preauth(client, token)) == INVALID
-        assert isResult(preauth(client, otherToken, "pa2"))
-        assert isResult(register(client, "elsewhere"))
-    assert "elsewhere@other.test" in users(server, OTHER)
-    assert "elsewhere@localhost" not in users(server)
-    with tlsClient(server) as client:
-        assert isResult(preauth(client, token))
-
-
-def test_expiredToken(server):
-    """A token past its expiry is forbidden."""
-    _, token, _ = createInvite(server, "--expires", "1s", HOST)
-    time.sleep(1.2)
-    with tlsClient(server) as client:
-        assert errorText(preauth(client, token)) == INVALID
-
-
-def test_revokedToken(server):
-    """A revoked invite's token is forbidden; revoking twice says it is not pending."""
-    inviteId, token, _ = createInvite(server, HOST)
-    assert f"Revoked invite {inviteId}" in server.ctl("invite", "revoke", inviteId).stdout
-    with tlsClient(server) as client:
-        assert errorText(preauth(client, token)) == INVALID
-    again = server.ctl("invite", "revoke", inviteId, check=False)
-    assert again.returncode == 1 and "not pending (revoked)" in again.stderr
-
-
-def test_deadStreamReleases(server):
-    """A stream that dies after its preauth gives the single use back to the next one."""
-    _, token, _ = createInvite(server, HOST)
-    first = tlsClient(server)
-    assert isResult(preauth(first, token))
-    with tlsClient(server) as second:
-        assert errorText(preauth(second, token)) == INVALID
-    first.close()
-    deadline = time.monotonic() + 5
-    while True:
-        with tlsClient(server) as third:
-            if isResult(preauth(third, token)):
-                assert isResult(register(third, "afterdeath"))
-                break
-        assert time.monotonic() < deadline, "the reservation was never released"
-        time.sleep(0.1)
-
-
 def test_ctlLeavesReservationsAlone(server):
     """invitesrvctl, run while a stream holds the only use, does not free it for another stream."""
     _, token, _ = createInvite(server, HOST)
@@ -293,61 +169,11 @@ def test_ctlLeavesReservationsAlone(server):
         assert isResult(register(holder, "holder"))
 
 
-def test_loginReleases(server):
-    """A stream that preauths and then logs in to an existing account gives the use back."""
-    _, token, _ = createInvite(server, HOST)
-    server.adduser(f"existing@{HOST}", "a long password")
-    with tlsClient(server) as client:
-        assert isResult(preauth(client, token))
-        assert "<success" in client.scram("existing", "a long password")
-        client.openStream()
-        client.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
-        assert isResult(reply(client, "b"))
-        with tlsClient(server) as other:
-            assert isResult(preauth(other, token))
-
-
-def test_contactOnlyTokenCannotRegister(server):
-    """A contact invite without ibr=y is refused as a registration token."""
-    server.adduser(f"romeo@{HOST}", "a long password")
-    _, token, output = createInvite(server, "--contact", "romeo", HOST)
-    assert f"URI:  xmpp:romeo@{HOST}?roster;preauth={token}\n" in output
-    with tlsClient(server) as client:
-        assert errorText(preauth(client, token)) == INVALID
-
-
-def test_preauthInsideRegisterQuery(server):
-    """A <preauth/> carried inside the register query is honoured as an implicit preauth."""
-    _, token, _ = createInvite(server, HOST)
-    with tlsClient(server) as client:
-        client.send("<iq type='set' id='inl'><query xmlns='jabber:iq:register'>"
-                    "<username>inline</username><password>a long password</password>"
-                    f"<preauth xmlns='urn:xmpp:pars:0' token='{token}'/></query></iq>")
-        assert isResult(reply(client, "inl"))
-        client.send("<iq type='set' id='bad'><query xmlns='jabber:iq:register'>"
-                    "<username>inline2</username><password>a long password</password>"
-                    f"<preauth xmlns='urn:xmpp:pars:0' token='{token}'/></query></iq>")
-        assert errorText(reply(client, "bad")) == INVALID
-    assert "inline@localhost" in users(server)
-
-
-def test_preauthAfterLogin(server):
-    """
-    Once authenticated, a preauth IQ is not for the registration machinery:
-    service-unavailable. Before, a get is accepted as a set is (as Prosody does).
-    """
-    _, token, _ = createInvite(server, HOST)
-    server.adduser(f"logged@{HOST}", "a long password")
-    with RawClient(server.port) as client:
-        client.login("logged", "a long password")
-        answer = preauth(client, token)
-        assert "<service-unavailable " in answer
-    with tlsClient(server) as client:
-        assert isResult(preauth(client, token, kind="get"))
-
-
 def test_cliListAndQR(server):
-    """invite list filters by status; --uses unlimited and --qr print what they say."""
+    """
+    invite list filters by status; --uses unlimited and --qr print what they
+    say; a reset invite needs an account, and a revoked invite is not revoked again.
+    """
     inviteId, _, output = createInvite(server, "--uses", "unlimited", "--note", "team",
                                        "--qr", HOST)
     assert "unlimited uses" in output and "█" in output
@@ -357,6 +183,11 @@ def test_cliListAndQR(server):
     assert inviteId not in server.ctl("invite", "list", "--status", "used").stdout
     bad = server.ctl("invite", "create", "--uses", "0", HOST, check=False)
     assert bad.returncode == 2 and "--uses" in bad.stderr
+    noAccount = server.ctl("invite", "create", "--reset", "nobody", HOST, check=False)
+    assert noAccount.returncode == 1 and "no account nobody@localhost" in noAccount.stderr
+    assert f"Revoked invite {inviteId}" in server.ctl("invite", "revoke", inviteId).stdout
+    again = server.ctl("invite", "revoke", inviteId, check=False)
+    assert again.returncode == 1 and "not pending (revoked)" in again.stderr
 
 
 def test_noErrorsLogged(server):
@@ -364,3 +195,265 @@ def test_noErrorsLogged(server):
     log = server.log()
     assert "Traceback" not in log and "Unhandled" not in log, log
     assert "preauth=" not in log
+
+
+# -- unit tests: the whole server on a StringTransport, a Clock and a MemoryStore ------
+
+NOW = 1_700_000_000.0
+MODULES = ("register", "invites", "invites_register")
+
+
+@pytest.fixture
+def local(servers):
+    """
+    An in-memory server for both hosts, with the registration modules; the
+    test fails if anything logged an error or a token.
+    """
+    clock = task.Clock()
+    clock.advance(NOW)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield servers(clock, modules=MODULES, hosts={HOST: HostOptions(), OTHER: HostOptions()})
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if e.get("log_failure") is not None or e.get("log_level") in (
+        LogLevel.error, LogLevel.critical)], [formatEvent(e) for e in events]
+    assert not [e for e in events if "preauth=" in (formatEvent(e) or "")]
+
+
+def newInvite(server, host: str = HOST, kind: str = "createAccount", *args, **kwargs):
+    """A new invite of C{host} (L{InviteManager} method C{kind}), as L{CreatedInvite}."""
+    return result(getattr(InviteManager(server.hosts[host]), kind)(*args, **kwargs))
+
+
+def connect(server, host: str = HOST, encrypted: bool = True) -> ClientConnection:
+    """A new stream to C{host}, opened, its features read."""
+    connection = ClientConnection(server, encrypted=encrypted)
+    connection.openStream(host)
+    connection.received()
+    return connection
+
+
+def answer(connection: ClientConnection, iqid: str) -> domish.Element:
+    """The reply to iq C{iqid}, which the server has sent."""
+    replies = [e for e in connection.received() if e.name == "iq" and e.getAttribute("id") == iqid]
+    assert len(replies) == 1, replies
+    return replies[0]
+
+
+def ask(connection: ClientConnection, token: str, iqid: str = "pa", attributes: str = "",
+        kind: str = "set") -> domish.Element:
+    """Send a preauth with C{token}; the reply."""
+    connection.send(f"<iq type='{kind}' id='{iqid}'{attributes}>"
+                    f"<preauth xmlns='urn:xmpp:pars:0' token='{token}'/></iq>")
+    return answer(connection, iqid)
+
+
+def registerOn(connection: ClientConnection, username: str, password: str = "a long password",
+               iqid: str = "reg") -> domish.Element:
+    """Send a registration; the reply."""
+    connection.send(f"<iq type='set' id='{iqid}'><query xmlns='jabber:iq:register'>"
+                    f"<username>{username}</username><password>{password}</password></query></iq>")
+    return answer(connection, iqid)
+
+
+def succeeded(reply: domish.Element) -> bool:
+    return reply["type"] == "result"
+
+
+def condition(reply: domish.Element) -> tuple[str, str]:
+    """The error type and defined condition of an error reply."""
+    assert reply["type"] == "error", reply.toXml()
+    return reply.error["type"], next(c.name for c in reply.error.elements() if c.name != "text")
+
+
+def text(reply: domish.Element) -> str:
+    return "".join(str(t) for t in reply.error.elements() if t.name == "text")
+
+
+def accounts(server, host: str = HOST) -> list[str]:
+    return result(server.store.listAccounts(host))
+
+
+def logsIn(server, username: str, password: str, host: str = HOST) -> bool:
+    """Whether PLAIN with C{password} succeeds for C{username}."""
+    connection = connect(server, host)
+    payload = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
+    connection.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+    return [e.name for e in connection.received()] == ["success"]
+
+
+@pytest.mark.parametrize("token", ["", "A" * 24, "x" * 5000, "<bad>"])
+def test_invalidTokens(local, token):
+    """Unknown, empty or over-long tokens: cancel/forbidden with Prosody's text."""
+    token = token.replace("<", "&lt;").replace(">", "&gt;")
+    client = connect(local)
+    reply = ask(client, token)
+    assert condition(reply) == ("cancel", "forbidden") and text(reply) == INVALID
+    client.send("<iq type='set' id='na'><preauth xmlns='urn:xmpp:pars:0'/></iq>")
+    assert condition(answer(client, "na")) == ("cancel", "forbidden")
+
+
+def test_preauthBeforeTLSRefused(local):
+    """A valid token presented on plaintext is refused, and stays usable once encrypted."""
+    created = newInvite(local)
+    reply = ask(connect(local, encrypted=False), created.token)
+    assert condition(reply)[1] == "policy-violation" and text(reply) == "Encryption is required"
+    client = connect(local)
+    assert succeeded(ask(client, created.token))
+    assert succeeded(registerOn(client, "aftertls"))
+
+
+def test_sameStreamTwice(local):
+    """Even with a two-use invite, one preauth serves one registration on a stream."""
+    created = newInvite(local, usesAllowed=2)
+    client = connect(local)
+    assert succeeded(ask(client, created.token))
+    assert succeeded(registerOn(client, "twice1"))
+    refused = registerOn(client, "twice2", iqid="reg2")
+    assert condition(refused)[1] == "not-acceptable" and text(refused) == INVITE_ONLY
+    assert succeeded(ask(client, created.token, "pa2"))
+    assert succeeded(registerOn(client, "twice2", iqid="reg3"))
+    assert accounts(local) == ["twice1", "twice2"]
+
+
+def test_sameStreamPipelined(local):
+    """Two registrations sent at once after one preauth: one account, one refusal."""
+    created = newInvite(local, usesAllowed=2)
+    client = connect(local)
+    assert succeeded(ask(client, created.token))
+    client.send("".join(
+        f"<iq type='set' id='{iqid}'><query xmlns='jabber:iq:register'><username>{name}"
+        "</username><password>a long password</password></query></iq>"
+        for iqid, name in (("p1", "pipe1"), ("p2", "pipe2"))))
+    replies = [e for e in client.received() if e.name == "iq"]
+    assert sorted(e["type"] for e in replies) == ["error", "result"]
+    assert len(accounts(local)) == 1
+    assert result(local.store.getInvite(created.invite.id)).uses == 1
+
+
+def test_usernameBoundInvite(local):
+    """An invite for carol registers only carol, and nobody else may take carol meanwhile."""
+    created = newInvite(local, username="carol")
+    assert created.uri == f"xmpp:carol@{HOST}?register;preauth={created.token}"
+    other = newInvite(local)
+    client = connect(local)
+    assert succeeded(ask(client, other.token))
+    refused = registerOn(client, "carol")
+    assert condition(refused)[1] == "conflict" and "reserved" in text(refused)
+    client = connect(local)
+    assert succeeded(ask(client, created.token))
+    refused = registerOn(client, "dave")
+    assert text(refused) == "The chosen username is not valid with this invitation"
+    assert succeeded(registerOn(client, "Carol", iqid="reg2"))
+    assert accounts(local) == ["carol"]
+
+
+def test_resetInvite(local):
+    """A reset invite sets bob's password (old fails, new works) and does nothing else."""
+    addAccounts(local, "bob", password="old password")
+    created = newInvite(local, HOST, "createReset", "bob")
+    assert created.uri == f"xmpp:bob@{HOST}?register;preauth={created.token}"
+    client = connect(local)
+    assert succeeded(ask(client, created.token))
+    assert text(registerOn(client, "eve", "new password")) == "Incorrect username for password reset"
+    assert succeeded(registerOn(client, "bob", "new password", "reg2"))
+    assert condition(registerOn(client, "bob", "third password", "reg3"))[1] == "not-acceptable"
+    assert not logsIn(local, "bob", "old password")
+    assert logsIn(local, "bob", "new password")
+    assert accounts(local) == ["bob"]
+
+
+def test_inviteBoundToHost(local):
+    """A token of localhost is invalid on other.test, and the reverse."""
+    created, other = newInvite(local), newInvite(local, OTHER)
+    client = connect(local, OTHER)
+    assert text(ask(client, created.token)) == INVALID
+    assert succeeded(ask(client, other.token, "pa2"))
+    assert succeeded(registerOn(client, "elsewhere"))
+    assert (accounts(local, OTHER), accounts(local)) == (["elsewhere"], [])
+    assert text(ask(connect(local), other.token)) == INVALID
+    assert succeeded(ask(connect(local), created.token))
+
+
+def test_expiredToken(local):
+    """A token is usable until its expiry, and forbidden from then on."""
+    created = newInvite(local, ttl=60)
+    local.reactor.advance(59)
+    assert succeeded(ask(connect(local), created.token))
+    created = newInvite(local, ttl=60)
+    local.reactor.advance(60)
+    assert text(ask(connect(local), created.token)) == INVALID
+
+
+def test_revokedToken(local):
+    """A revoked invite's token is forbidden, also to a stream that preauthed before."""
+    created = newInvite(local)
+    early = connect(local)
+    assert succeeded(ask(early, created.token))
+    assert result(InviteManager(local.hosts[HOST]).revoke(created.invite.id))
+    assert text(ask(connect(local), created.token)) == INVALID
+    assert not succeeded(registerOn(early, "late"))
+    assert accounts(local) == []
+
+
+def test_deadStreamReleases(local):
+    """A stream that dies after its preauth gives the single use back to the next one."""
+    created = newInvite(local)
+    first = connect(local)
+    assert succeeded(ask(first, created.token))
+    assert text(ask(connect(local), created.token)) == INVALID
+    first.stream.connectionLost(failure.Failure(error.ConnectionLost()))
+    third = connect(local)
+    assert succeeded(ask(third, created.token))
+    assert succeeded(registerOn(third, "afterdeath"))
+
+
+def test_loginReleases(local):
+    """A stream that preauths and then logs in to an existing account gives the use back."""
+    created = newInvite(local)
+    addAccounts(local, "existing")
+    client = connect(local)
+    assert succeeded(ask(client, created.token))
+    payload = base64.b64encode(b"\0existing\0" + PASSWORD.encode()).decode()
+    client.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+    assert client.nextNamed("success").uri == NS_SASL
+    assert text(ask(connect(local), created.token)) == INVALID  # still held by the stream
+    client.openStream()
+    client.received()
+    client.send(f"<iq type='set' id='b'><bind xmlns='{NS_BIND}'/></iq>")
+    assert succeeded(answer(client, "b"))
+    assert succeeded(ask(connect(local), created.token))
+
+
+def test_contactOnlyTokenCannotRegister(local):
+    """A contact invite without ibr=y is refused as a registration token."""
+    addAccounts(local, "romeo")
+    created = newInvite(local, HOST, "createContact", "romeo")
+    assert created.uri == f"xmpp:romeo@{HOST}?roster;preauth={created.token}"
+    assert text(ask(connect(local), created.token)) == INVALID
+
+
+def test_preauthInsideRegisterQuery(local):
+    """A <preauth/> carried inside the register query is honoured as an implicit preauth."""
+    created = newInvite(local)
+    client = connect(local)
+    for iqid, name in (("inl", "inline"), ("bad", "inline2")):
+        client.send(f"<iq type='set' id='{iqid}'><query xmlns='jabber:iq:register'>"
+                    f"<username>{name}</username><password>a long password</password>"
+                    f"<preauth xmlns='urn:xmpp:pars:0' token='{created.token}'/></query></iq>")
+    replies = {e["id"]: e for e in client.received() if e.name == "iq"}
+    assert succeeded(replies["inl"]) and text(replies["bad"]) == INVALID
+    assert accounts(local) == ["inline"]
+
+
+def test_preauthAfterLogin(local):
+    """
+    Once authenticated, a preauth IQ is not for the registration machinery:
+    service-unavailable. Before, a get is accepted as a set is (as Prosody does).
+    """
+    created = newInvite(local)
+    addAccounts(local, "logged")
+    assert condition(ask(Client(local, "logged"), created.token))[1] == "service-unavailable"
+    assert succeeded(ask(connect(local), created.token, kind="get"))

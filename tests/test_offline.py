@@ -1,9 +1,13 @@
 """
-XEP-0160 offline messages, end to end: kept while the user is away,
-delivered with an XEP-0203 delay at the next available presence, bounded by
-C{offline_max_messages} and C{offline_max_message_size}, handed over one at
-a time as the client reads and forgotten only once sent; and, in memory,
-gone with the account and paced by the stream.
+XEP-0160 offline messages. End to end, over real sockets: kept while the
+user is away and delivered with an XEP-0203 delay at the next available
+presence (also to slixmpp), handed over one at a time as the client reads
+(the audit's case of 200 KB messages) and forgotten only once sent, also
+when a client stops reading. The rest as unit tests on the in-memory
+harness (the whole server on a StringTransport, a Clock and a MemoryStore):
+the exact stamp, C{offline_max_messages} and C{offline_max_message_size},
+what is kept and in which order, negative priority, a store fault, and the
+pacing by the stream.
 """
 
 from __future__ import annotations
@@ -15,18 +19,17 @@ import time
 from datetime import datetime
 
 import pytest
-import pytest_twisted
 from conftest import RunningServer
 from rawxmpp import RawClient
-from slix import Client, run
-from streamharness import ClientConnection, addAccount, login
-from twisted.internet import error, reactor, task
-from twisted.python import failure
-from twisted.words.protocols.jabber import jid
+from slix import Client as SlixClient
+from slix import run
+from streamharness import Client, addAccounts
+from synchronous import result
+from twisted.internet import task
+from twisted.logger import globalLogPublisher
 
-from invitesrv.modules.offline import OfflineModule
-from invitesrv.store.interfaces import NewAccount, OfflineMessage
-from invitesrv.store.sqlite import SQLiteStore
+from invitesrv.config import HostOptions
+from invitesrv.store.interfaces import OfflineMessage
 
 CAP = 3
 MAX_SIZE = 20_000
@@ -36,11 +39,11 @@ SEND_TIMEOUT = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """One server for the module, keeping at most CAP messages of MAX_SIZE bytes per user."""
+    """One server for the module."""
     running = RunningServer(tmp_path_factory.mktemp("offline"),
                             f"[hosts.localhost]\noffline_max_messages = {CAP}\n"
                             f"offline_max_message_size = {MAX_SIZE}\n").start()
-    for user in ("alice", "bob", "carol", "dave", "erin", "frank", "gina"):
+    for user in ("alice", "bob", "frank"):
         running.adduser(f"{user}@localhost", f"{user} password")
     yield running
     running.stop()
@@ -168,19 +171,6 @@ def test_clientThatStopsReadingKeepsItsMessages(roomy):
         waitStored(roomy, "hans", 0)
 
 
-def test_tooLargeToKeep(server):
-    """A message over offline_max_message_size is refused with an error that says so."""
-    with connected(server, "alice", "large") as alice:
-        alice.send(f"<message to='gina@localhost' type='chat' id='large'><body>{'y' * MAX_SIZE}"
-                   "</body></message>")
-        alice.send("<message to='gina@localhost' type='chat' id='fits'><body>fits</body></message>")
-        reply = alice.recvUntil(r"<message[^>]*id='large'.*?</message>")
-        settle(alice)
-    assert "type='error'" in reply and "<policy-violation" in reply
-    assert re.search(r"at most 20000</text>", reply), reply
-    assert stored(server, "gina") == 1
-
-
 def test_deliveredWithDelayAtNextPresence(server):
     """A chat message to an offline user arrives, stamped, when the user becomes available."""
     with connected(server, "alice") as alice:
@@ -211,7 +201,7 @@ def test_slixmppSeesTheDelay(server):
         settle(alice)
 
     async def scenario():
-        frank = Client("frank@localhost/slix", "frank password", plugins=("xep_0030", "xep_0203"))
+        frank = SlixClient("frank@localhost/slix", "frank password", plugins=("xep_0030", "xep_0203"))
         received = frank.loop.create_future()
         frank.add_event_handler("message", lambda m: received.done() or received.set_result(m))
         assert await frank.login(server.port)
@@ -223,168 +213,158 @@ def test_slixmppSeesTheDelay(server):
     run(scenario())
 
 
-def test_oldestFirstAndWhatIsKept(server):
-    """Kept messages come oldest first; chat states alone and headlines are not kept."""
-    with connected(server, "alice", "order") as alice:
-        alice.send("<message to='carol@localhost' type='chat'><body>one</body></message>")
-        alice.send("<message to='carol@localhost' type='chat'>"
-                   "<composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
-        alice.send("<message to='carol@localhost' type='headline'><body>news</body></message>")
-        alice.send("<message to='carol@localhost'><body>two</body></message>")
-        alice.send("<message to='carol@localhost' type='chat'>"
-                   "<received xmlns='urn:xmpp:receipts' id='r1'/></message>")
-        settle(alice)
-        # Nothing of that was refused.
-        assert "type='error'" not in alice.readAll(0.3)
-    with online(server, "carol") as carol:
-        first = carol.recvUntil(MESSAGE)
-        second = carol.recvUntil(MESSAGE)
-        third = carol.recvUntil(MESSAGE)
-        rest = carol.readAll(0.5)
-    assert "<body>one</body>" in first
-    assert "<body>two</body>" in second
-    assert "urn:xmpp:receipts" in third
-    assert "composing" not in rest and "news" not in rest
+# -- unit tests: the whole server on a StringTransport, a Clock and a MemoryStore ------
+
+KEPT_AT = 1_700_000_000.0  # the Clock's time when messages are sent
 
 
-def test_capReached(server):
-    """Past offline_max_messages the sender gets service-unavailable; the first CAP are kept."""
-    with connected(server, "alice", "cap") as alice:
-        for n in range(CAP + 1):
-            alice.send(f"<message to='dave@localhost' id='c{n}'><body>number {n}</body></message>")
-        error = alice.recvUntil(rf"<message[^>]*id='c{CAP}'.*?</message>")
-        assert "type='error'" in error and "<service-unavailable" in error
-        assert "type='error'" not in alice.readAll(0.3)
-    with online(server, "dave") as dave:
-        bodies = [re.search(r"<body>([^<]*)</body>", dave.recvUntil(MESSAGE)).group(1)
-                  for _ in range(CAP)]
-        assert f"number {CAP}" not in dave.readAll(0.5)
-    assert bodies == [f"number {n}" for n in range(CAP)]
-
-
-def test_negativePriorityGetsNothing(server):
-    """A resource with a negative priority is not handed the kept messages; the next one is."""
-    with connected(server, "alice", "neg") as alice:
-        alice.send("<message to='erin@localhost' type='chat'><body>later</body></message>")
-        settle(alice)
-    with online(server, "erin", "low", priority=-1) as low:
-        assert "<body>later</body>" not in low.readAll(0.5)
-        with online(server, "erin", "high", priority=0) as high:
-            assert "<body>later</body>" in high.recvUntil(MESSAGE)
-
-
-@pytest_twisted.inlineCallbacks
-def test_deletedWithTheAccount():
-    """Deleting an account deletes its kept messages (the store's cascade)."""
-    store = SQLiteStore(":memory:")
-    store.open()
-    try:
-        yield store.createAccount(NewAccount("localhost", "gone", credentials=()))
-        kept = yield store.storeOffline("localhost", "gone", OfflineMessage(1.0, "<message/>"), CAP)
-        assert kept
-        assert (yield store.deleteAccount("localhost", "gone"))
-        yield store.createAccount(NewAccount("localhost", "gone", credentials=()))
-        assert (yield store.getOffline("localhost", "gone")) == []
-    finally:
-        store.close()
-
-
-@pytest_twisted.inlineCallbacks
-def test_storeFaultRefusedQuietly(tmp_path):
-    """
-    While the database is locked by another process, a message for an
-    offline user is refused (the sender gets an error) and the module logs no
-    traceback of its own: the store reports the episode once.
-    """
-    import sqlite3
-    from dataclasses import replace
-
-    from twisted.logger import globalLogPublisher
-    from twisted.words.xish import domish
-
-    from invitesrv.config import Config, HostOptions
-    from invitesrv.modules.offline import OfflineModule
-    from invitesrv.service import InviteServer
-
-    path = tmp_path / "db.sqlite3"
-    store = SQLiteStore(path, busyTimeout=0.1)
-    store.open()
-    server = InviteServer(Config(hosts={"localhost": replace(HostOptions())}, modules=()),
-                          store=store)
-    host = server.hosts["localhost"]
-    host.addModule("offline", OfflineModule())
-    host.start()
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    locker = sqlite3.connect(path, isolation_level=None)
-    try:
-        locker.execute("BEGIN EXCLUSIVE")
-        message = domish.Element((None, "message"))
-        message["type"] = "chat"
-        message.addElement("body", content="hello")
-        kept = yield host.hooks.first("offline-message", "nobody", message)
-        assert kept is False
-        assert not [e for e in events if e.get("log_failure") is not None
-                    and "offline" in (e.get("log_namespace") or "")]
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
-        globalLogPublisher.removeObserver(events.append)
-        host.stop()
-        store.close()
-
-
-def offlineServer(servers, clock):
-    """An in-memory server whose host runs only the offline module."""
-    server = servers(clock)
-    host = server.hosts["localhost"]
-    host.addModule("offline", OfflineModule())
-    host.start()
+@pytest.fixture
+def local(servers):
+    """An in-memory server with roster, presence and offline, keeping CAP messages of MAX_SIZE."""
+    clock = task.Clock()
+    clock.advance(KEPT_AT)
+    server = servers(clock, modules=("roster", "presence", "offline"), hosts={"localhost": HostOptions(
+        offline_max_messages=CAP, offline_max_message_size=MAX_SIZE)})
+    addAccounts(server, "alice", "bob")
     return server
 
 
-def wait(seconds: float):
-    """A Deferred that fires after C{seconds} on the real reactor (the store's thread answers there)."""
-    return task.deferLater(reactor, seconds, lambda: None)
+def available(server, user: str, resource: str = "r", priority: int | None = None) -> Client:
+    """A client logged in as C{user} that has sent its initial presence."""
+    client = Client(server, user, resource)
+    client.send("<presence/>" if priority is None else
+                f"<presence><priority>{priority}</priority></presence>")
+    return client
 
 
-@pytest_twisted.inlineCallbacks
-def test_deliveryPacedByTheStream(servers):
+def isMessage(stanzaId: str | None = None, kind: str | None = None):
+    """A predicate for a message (with id C{stanzaId}, of type C{kind}, where given)."""
+    def match(element) -> bool:
+        return (element.name == "message"
+                and stanzaId in (None, element.getAttribute("id"))
+                and kind in (None, element.getAttribute("type")))
+    return match
+
+
+def test_keptWithTheTimeItArrived(local):
+    """
+    A chat message to a user who is away is kept, with the time it arrived
+    as its XEP-0203 stamp, and delivered at the next available presence,
+    not before (a bound resource that sent none gets nothing).
+    """
+    alice = Client(local, "alice")
+    alice.send("<message to='bob@localhost' type='chat' id='m1'><body>while you were away</body>"
+               "</message>")
+    alice.absent(isMessage(kind="error"))
+    local.reactor.advance(90)
+    bob = Client(local, "bob")
+    bob.absent(isMessage(), what="a message before presence")
+    bob.send("<presence/>")
+    message = bob.expect(isMessage("m1"))
+    assert str(message.body) == "while you were away" and message["from"] == "alice@localhost/r"
+    delay = next(message.elements("urn:xmpp:delay", "delay"))
+    assert (delay["from"], delay["stamp"]) == ("localhost", "2023-11-14T22:13:20.000Z")
+    assert result(local.store.getOffline("localhost", "bob")) == []
+
+
+def test_tooLargeToKeep(local):
+    """A message over offline_max_message_size is refused with an error that says so."""
+    alice = Client(local, "alice", "large")
+    alice.send(f"<message to='bob@localhost' type='chat' id='large'><body>{'y' * MAX_SIZE}"
+               "</body></message>")
+    alice.send("<message to='bob@localhost' type='chat' id='fits'><body>fits</body></message>")
+    reply = alice.expect(isMessage("large"))
+    assert reply["type"] == "error" and reply.error.firstChildElement().name == "policy-violation"
+    assert str(reply.error.text).endswith("at most 20000"), reply.toXml()
+    alice.absent(isMessage("fits"), what="an error for a message that fits")
+    assert ["id='fits'" in m.stanza for m in result(local.store.getOffline("localhost", "bob"))] == [True]
+
+
+def test_oldestFirstAndWhatIsKept(local):
+    """Kept messages come oldest first; chat states alone and headlines are not kept."""
+    alice = Client(local, "alice", "order")
+    alice.send("<message to='bob@localhost' type='chat'><body>one</body></message>")
+    alice.send("<message to='bob@localhost' type='chat'>"
+               "<composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
+    alice.send("<message to='bob@localhost' type='headline'><body>news</body></message>")
+    alice.send("<message to='bob@localhost'><body>two</body></message>")
+    alice.send("<message to='bob@localhost' type='chat'>"
+               "<received xmlns='urn:xmpp:receipts' id='r1'/></message>")
+    alice.absent(isMessage(kind="error"), what="a refusal")
+    bob = available(local, "bob")
+    first, second, third = (bob.expect(isMessage()) for _ in range(3))
+    assert (str(first.body), str(second.body)) == ("one", "two")
+    assert [e.uri for e in third.elements() if e.name == "received"] == ["urn:xmpp:receipts"]
+    bob.absent(isMessage(), what="a chat state or a headline")
+
+
+def test_capReached(local):
+    """Past offline_max_messages the sender gets service-unavailable; the first CAP are kept."""
+    alice = Client(local, "alice", "cap")
+    for n in range(CAP + 1):
+        alice.send(f"<message to='bob@localhost' id='c{n}'><body>number {n}</body></message>")
+    refused = alice.expect(isMessage(f"c{CAP}", "error"))
+    assert refused.error.firstChildElement().name == "service-unavailable"
+    alice.absent(isMessage(kind="error"), what="a refusal under the cap")
+    bob = available(local, "bob")
+    assert [str(bob.expect(isMessage()).body) for _ in range(CAP)] == [
+        f"number {n}" for n in range(CAP)]
+    bob.absent(isMessage(), what="the message over the cap")
+
+
+def test_negativePriorityGetsNothing(local):
+    """A resource with a negative priority is not handed the kept messages; the next one is."""
+    Client(local, "alice", "neg").send("<message to='bob@localhost' type='chat'><body>later</body>"
+                                       "</message>")
+    low = available(local, "bob", "low", priority=-1)
+    low.absent(isMessage(), what="a message for a negative priority")
+    high = available(local, "bob", "high", priority=0)
+    assert str(high.expect(isMessage()).body) == "later"
+    low.absent(isMessage(), what="a message for a negative priority")
+
+
+def test_storeFaultRefusedQuietly(local):
+    """
+    While the store cannot be used, a message for an offline user is
+    refused (the sender gets an error and may send again) and the module
+    logs no traceback of its own; once the store is back it is kept.
+    """
+    alice = Client(local, "alice")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        local.store.breakDown("database is locked")
+        alice.send("<message to='bob@localhost' type='chat' id='m1'><body>hello</body></message>")
+        local.store.recover()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert alice.expect(isMessage("m1", "error")).error["type"] in ("wait", "cancel")
+    assert not [e for e in events if e.get("log_failure") is not None]
+    alice.send("<message to='bob@localhost' type='chat' id='m2'><body>hello</body></message>")
+    alice.absent(isMessage(kind="error"))
+    assert len(result(local.store.getOffline("localhost", "bob"))) == 1
+
+
+def test_deliveryPacedByTheStream(local):
     """
     Kept messages go out one at a time, the next only once the stream took
     the one before: to a client that does not read nothing more is queued,
     nothing is forgotten, and what it did not take waits for its next
     session, which gets everything in order; only then is it forgotten.
     """
-    server = offlineServer(servers, task.Clock())
-    host, store = server.hosts["localhost"], server.store
-    yield addAccount(server, "alice", "correct horse")
     for n in range(3):
-        yield store.storeOffline("localhost", "alice", OfflineMessage(
-            1.0, f"<message xmlns='jabber:client' type='chat'><body>m{n}</body></message>"), 10)
-
-    def available(connection, resource):
-        session = host.router.session(jid.JID(f"alice@localhost/{resource}"))
-        session.available = True
-        connection.received()
-        return session
-
-    deaf = ClientConnection(server, encrypted=True)
-    yield login(deaf, "alice", "correct horse", "deaf")
-    session = available(deaf, "deaf")
+        result(local.store.storeOffline("localhost", "bob", OfflineMessage(
+            1.0, f"<message xmlns='jabber:client' type='chat'><body>m{n}</body></message>"), 10))
+    deaf = Client(local, "bob", "deaf")
     deaf.stream.pauseProducing()  # what Twisted does when 64 KiB wait unsent
-    delivery = host.hooks.run("initial-presence", session)[0]
-    first = yield deaf.nextNamed("message")
-    assert str(first.body) == "m0"
-    yield wait(0.3)
-    assert deaf.received() == []
-    assert len((yield store.getOffline("localhost", "alice"))) == 3
-    deaf.stream.connectionLost(failure.Failure(error.ConnectionLost()))
-    yield delivery
-    assert len((yield store.getOffline("localhost", "alice"))) == 3
+    deaf.send("<presence/>")
+    assert str(deaf.expect(isMessage()).body) == "m0"
+    local.reactor.advance(60)
+    deaf.absent(isMessage(), what="a message queued for a client that does not read")
+    assert len(result(local.store.getOffline("localhost", "bob"))) == 3
+    deaf.drop()
+    assert len(result(local.store.getOffline("localhost", "bob"))) == 3
 
-    reader = ClientConnection(server, encrypted=True)
-    yield login(reader, "alice", "correct horse", "reader")
-    yield host.hooks.run("initial-presence", available(reader, "reader"))[0]
-    assert [str(m.body) for m in reader.received() if m.name == "message"] == ["m0", "m1", "m2"]
-    assert (yield store.getOffline("localhost", "alice")) == []
+    reader = available(local, "bob", "reader")
+    assert [str(reader.expect(isMessage()).body) for _ in range(3)] == ["m0", "m1", "m2"]
+    assert result(local.store.getOffline("localhost", "bob")) == []

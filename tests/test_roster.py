@@ -1,8 +1,11 @@
 """
-The roster (RFC 6121 section 2) and roster versioning over real sockets: raw
-XML clients against one server process, whose replies and pushes are parsed
-back into elements so that tests match on what was sent, in whatever order
-pushes and results interleave.
+The roster (RFC 6121 section 2) and roster versioning. End to end, over real
+sockets against one server process: the stream features and pushes to every
+interested resource. The rest as unit tests on the in-memory harness (the
+whole server on a StringTransport, a Clock and a MemoryStore): the errors,
+access to other rosters, versioning, concurrent changes. Either way replies
+and pushes are parsed back into elements, so that tests match on what was
+sent, in whatever order pushes and results interleave.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Callable
 
 import pytest
 from rawxmpp import RawClient
+from streamharness import Client, addAccounts
+from synchronous import result
 from twisted.words.xish import domish
 
 NS_ROSTER = "jabber:iq:roster"
@@ -192,6 +197,12 @@ def server(sharedServer):
     return sharedServer
 
 
+@pytest.fixture
+def local(servers):
+    """An in-memory server with the roster and presence modules, on a Clock."""
+    return servers(modules=("roster", "presence"))
+
+
 def test_featuresAdvertised(server):
     """An authenticated stream advertises roster versioning and pre-approval; a new one does not."""
     client = RawClient(server.port)
@@ -258,40 +269,39 @@ def test_setGetAndPushToEveryInterestedResource(server):
     ("<item jid='carol@localhost'/>", "not-allowed"),
     ("<item jid='nobody@localhost' subscription='remove'/>", "item-not-found"),
 ])
-def test_setErrors(server, item, condition):
+def test_setErrors(local, item, condition):
     """Invalid roster sets get the RFC 6121 section 2.3.3 and 2.5.3 errors and change nothing."""
-    client = StanzaClient(server.port, "carol", "errors")
-    try:
-        client.rosterGet()
-        reply = client.rosterSet(item)
-        assert errorCondition(reply) == condition, reply.toXml()
-        client.absent(isPush("a@localhost"), wait=0.2)
-        assert rosterItems(client.rosterGet()) == {}
-    finally:
-        client.close()
+    addAccounts(local, "carol")
+    client = Client(local, "carol", "errors")
+    client.rosterGet()
+    reply = client.rosterSet(item)
+    assert errorCondition(reply) == condition, reply.toXml()
+    client.absent(isPush("a@localhost"))
+    assert rosterItems(client.rosterGet()) == {}
+    assert result(local.store.getRoster("localhost", "carol")).version == 0
 
 
-def test_otherUsersRosterForbidden(server):
+def test_otherUsersRosterForbidden(local):
     """A roster get or set addressed to another account is forbidden."""
-    client = StanzaClient(server.port, "dave", "snoop")
-    try:
-        assert errorCondition(client.rosterGet(to="alice@localhost")) == "forbidden"
-        reply = client.rosterSet("<item jid='eve@localhost'/>", to="alice@localhost")
-        assert errorCondition(reply) == "forbidden"
-        assert errorCondition(client.rosterGet(to="localhost")) == "forbidden"
-        # Addressed to the account itself is the same as no 'to'.
-        assert client.rosterGet(to="dave@localhost")["type"] == "result"
-    finally:
-        client.close()
+    addAccounts(local, "alice", "dave")
+    client = Client(local, "dave", "snoop")
+    assert errorCondition(client.rosterGet(to="alice@localhost")) == "forbidden"
+    reply = client.rosterSet("<item jid='eve@localhost'/>", to="alice@localhost")
+    assert errorCondition(reply) == "forbidden"
+    assert errorCondition(client.rosterGet(to="localhost")) == "forbidden"
+    assert result(local.store.getRoster("localhost", "alice")).items == ()
+    # Addressed to the account itself is the same as no 'to'.
+    assert client.rosterGet(to="dave@localhost")["type"] == "result"
 
 
-def test_versioningSendsOnlyChanges(server):
+def test_versioningSendsOnlyChanges(local):
     """
     A get with a known version is answered with an empty result and one push
     per item changed since, each with its own version; an unknown or foreign
     version gets the full roster with the current version.
     """
-    client = StanzaClient(server.port, "erin", "v1")
+    addAccounts(local, "erin")
+    client = Client(local, "erin", "v1")
     try:
         start = client.rosterGet(ver="")
         base = next(start.elements(NS_ROSTER, "query"))["ver"]
@@ -306,7 +316,7 @@ def test_versioningSendsOnlyChanges(server):
     finally:
         client.close()
 
-    later = StanzaClient(server.port, "erin", "v2")
+    later = Client(local, "erin", "v2")
     try:
         reply = later.rosterGet(ver=cachedVer)
         assert reply["type"] == "result" and not list(reply.elements()), reply.toXml()
@@ -316,12 +326,12 @@ def test_versioningSendsOnlyChanges(server):
         versions = [int(pushVersion(p)) for p in pushes]
         assert versions == sorted(versions) and len(set(versions)) == 3
         assert versions[0] > int(cachedVer)
-        later.absent(isPush("three@localhost"), wait=0.3, what="push of an unchanged item")
+        later.absent(isPush("three@localhost"), what="push of an unchanged item")
         # Up to date: empty result, no pushes.
         current = str(versions[-1])
         reply = later.rosterGet(ver=current)
         assert not list(reply.elements())
-        later.absent(lambda e: e.name == "iq" and e.getAttribute("type") == "set", wait=0.3)
+        later.absent(lambda e: e.name == "iq" and e.getAttribute("type") == "set")
         # Unknown, foreign and empty versions: the whole roster.
         for ver in ("999999", "v-foreign", "", "00x"):
             full = later.rosterGet(ver=ver)
@@ -332,12 +342,13 @@ def test_versioningSendsOnlyChanges(server):
         later.close()
 
 
-def test_concurrentChangesAreNotLost(server):
+def test_concurrentChangesAreNotLost(local):
     """
     A roster set and a subscription request for the same contact, sent in
     one write, both land: the item keeps the name and gets ask='subscribe'.
     """
-    client = StanzaClient(server.port, "frank", "fast")
+    addAccounts(local, "frank")
+    client = Client(local, "frank", "fast")
     try:
         client.rosterGet()
         for index in range(5):

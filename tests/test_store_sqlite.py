@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from store_behaviour import HOST, NOW, StoreBehaviour, account, invite, token
+from synchronous import InlineThreadPool, ThreadlessClock, result
 
 from invitesrv.store.interfaces import RosterItem, UsernameConfusable
 from invitesrv.store.sqlite import SQLiteStore, openDatabase, schemaScripts
@@ -26,7 +27,7 @@ class SQLiteAudit:
             (inviteId,)).fetchall())
 
 
-class TestMemoryStore(SQLiteAudit, StoreBehaviour):
+class TestMemoryDatabase(SQLiteAudit, StoreBehaviour):
     """The behaviour suite on C{:memory:}, as the unit tests use the store."""
 
     @pytest.fixture
@@ -35,6 +36,25 @@ class TestMemoryStore(SQLiteAudit, StoreBehaviour):
         store.open()
         yield store
         store.close()
+
+
+class TestInlineStore(SQLiteAudit, StoreBehaviour):
+    """
+    The behaviour suite with the statements run inline by an injected pool:
+    every answer has fired when the call returns, with no thread or reactor.
+    """
+
+    @pytest.fixture
+    def store(self):
+        store = SQLiteStore(":memory:", ThreadlessClock(), threadpool=InlineThreadPool())
+        store.open()
+        yield store
+        store.close()
+
+    def test_answersAtOnce(self, store):
+        """The injected pool is the one used: the answer is there without a reactor turn."""
+        result(store.createAccount(account("alice")))
+        assert result(store.accountExists(HOST, "alice"))
 
 
 class TestFileStore(SQLiteAudit, StoreBehaviour):

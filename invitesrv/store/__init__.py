@@ -1,1 +1,1 @@
-"""Persistent storage: interfaces and the embedded SQLite backend."""
+"""Persistent storage: interfaces, the embedded SQLite backend and an in-memory one for tests."""

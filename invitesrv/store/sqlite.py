@@ -129,15 +129,19 @@ class SQLiteStore:
     written. Such an episode is logged once, when it starts and when it
     ends; meanwhile calls wait only briefly for a lock, so requests queued
     behind a fault are answered in milliseconds, not one busy timeout each.
+
+    Statements run on C{threadpool}, by default a pool of the one thread the
+    connection is used from; a test may give one that runs them inline
+    (with a C{reactor} whose C{callFromThread} calls at once).
     """
 
-    def __init__(self, path: str | Path, reactor=None, busyTimeout: float = 5.0):
+    def __init__(self, path: str | Path, reactor=None, busyTimeout: float = 5.0, threadpool=None):
         if reactor is None:
             from twisted.internet import reactor
         self.path = str(path)
         self.busyTimeout = busyTimeout
         self._reactor = reactor
-        self._pool = ThreadPool(1, 1, name="invitesrv-db")
+        self._pool = threadpool if threadpool is not None else ThreadPool(1, 1, name="invitesrv-db")
         self._conn: sqlite3.Connection | None = None
         self._fault = EpisodeLog(reactor)
         self._failFast = False  # set in the reactor thread, read by the worker

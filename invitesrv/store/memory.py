@@ -1,0 +1,458 @@
+"""
+A store held in memory, answering at once: for unit tests.
+
+Every method returns a Deferred that has already fired, so a test of a
+module over a L{StringTransport} and a L{task.Clock} runs with no thread and
+no reactor. It has the semantics of L{invitesrv.store.sqlite.SQLiteStore}
+(the shared behaviour suite, C{tests/store_behaviour.py}, checks both): each
+call is one transaction, rolled back when it fails, so nothing is half
+written. L{MemoryStore.breakDown} makes calls fail as a locked or full
+database does, to test the paths of a store fault.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from invitesrv.store.interfaces import (
+    AccountExists,
+    Invite,
+    InviteUnavailable,
+    InviteUse,
+    IStore,
+    NewAccount,
+    OfflineMessage,
+    Roster,
+    RosterItem,
+    StoreUnavailable,
+    UsernameConfusable,
+    UsernameReserved,
+)
+from invitesrv.usernames import looksAlike, skeleton
+
+
+@dataclass(frozen=True)
+class _Account:
+    created: float
+    skeleton: str
+    rosterVersion: int = 0
+
+
+@dataclass(frozen=True)
+class _Use:
+    """One row of the invite audit, which outlives its invite."""
+
+    inviteId: str
+    host: str
+    usedAt: float
+    username: str
+    path: str
+    address: str
+
+
+@dataclass
+class _Tables:
+    """
+    Every row, keyed as the SQLite tables are. Values are immutable, so a
+    copy of each table is a snapshot of the whole store.
+    """
+
+    accounts: dict = field(default_factory=dict)  # (host, username): _Account
+    credentials: dict = field(default_factory=dict)  # (host, username, mechanism): Credentials
+    roles: dict = field(default_factory=dict)  # (host, username): frozenset
+    roster: dict = field(default_factory=dict)  # (host, username, contact): (RosterItem | None, version)
+    pendingIn: dict = field(default_factory=dict)  # (host, username, contact): stanza
+    offline: dict = field(default_factory=dict)  # id: (host, username, OfflineMessage)
+    invites: dict = field(default_factory=dict)  # id: Invite (without its uses_log)
+    tokens: dict = field(default_factory=dict)  # token hash: invite id
+    audit: list = field(default_factory=list)  # _Use, oldest first
+    apiKeys: dict = field(default_factory=dict)  # key id: (secretHash, host, name, created)
+    lastOfflineId: int = 0
+
+    def snapshot(self) -> _Tables:
+        return _Tables(**{name: copy.copy(value) for name, value in vars(self).items()})
+
+
+def _pending(invite: Invite, now: float) -> bool:
+    """Whether C{invite} can still be used at C{now} (SQLite's C{_PENDING})."""
+    return invite.status(now) == "pending"
+
+
+def _usesLeft(invite: Invite) -> bool:
+    """Whether a use is left that no attempt under way has reserved."""
+    return invite.usesAllowed is None or invite.uses + invite.reserved < invite.usesAllowed
+
+
+@implementer(IStore)
+class MemoryStore:
+    """
+    L{IStore} in memory, synchronous. While L{breakDown} is in effect every
+    call fails with L{StoreUnavailable} and changes nothing, as SQLite's
+    does while the database is locked by another process or the disk is full.
+    """
+
+    path = ":memory:"
+
+    def __init__(self):
+        self._tables = _Tables()
+        self._fault: str | None = None
+        self.observeLatency = None  # as SQLiteStore's; no call here takes any time
+
+    # -- life cycle and faults ----------------------------------------------
+
+    def open(self, serving: bool = True) -> None:
+        """Free reservations when serving, as a server start does (no attempt survives one)."""
+        if serving:
+            for inviteId, invite in self._tables.invites.items():
+                self._tables.invites[inviteId] = replace(invite, reserved=0)
+
+    def close(self) -> None:
+        """Nothing to release: the data stays, as a file would."""
+
+    def breakDown(self, reason: str = "database is locked") -> None:
+        """Fail every call from now on with L{StoreUnavailable}(C{reason}) until L{recover}."""
+        self._fault = reason
+
+    def recover(self) -> None:
+        """Answer calls again after L{breakDown}."""
+        self._fault = None
+
+    def _run(self, fn, *args):
+        """Run C{fn(tables, *args)} as one transaction; fire with its result or failure."""
+        if self._fault is not None:
+            return defer.fail(StoreUnavailable(self._fault))
+        saved = self._tables.snapshot()
+        try:
+            return defer.succeed(fn(self._tables, *args))
+        except Exception:
+            self._tables = saved
+            return defer.fail()
+
+    # -- accounts -----------------------------------------------------------
+
+    def createAccount(self, account: NewAccount):
+        return self._run(self._createAccount, account)
+
+    @classmethod
+    def _createAccount(cls, t: _Tables, a: NewAccount):
+        if (a.host, a.username) in t.accounts:
+            raise AccountExists(a.username)
+        shape = skeleton(a.username)
+        if any(looksAlike(a.username, other) for (host, other), row in t.accounts.items()
+               if host == a.host and row.skeleton == shape):
+            raise UsernameConfusable(a.username)
+        inviteId = a.inviteUse.inviteId if a.inviteUse else None
+        if any(i.host == a.host and i.username == a.username and i.id != inviteId
+               and _pending(i, a.now) for i in t.invites.values()):
+            raise UsernameReserved(a.username)
+        t.accounts[a.host, a.username] = _Account(a.now, shape)
+        cls._writeCredentials(t, a.host, a.username, a.credentials)
+        if a.roles:
+            t.roles[a.host, a.username] = frozenset(a.roles)
+        if a.inviteUse:
+            cls._useInvite(t, a.inviteUse, a.host, a.username, a.now)
+        for owner, item in a.rosterItems:
+            if (a.host, owner) in t.accounts:
+                cls._setRosterItem(t, a.host, owner, item)
+        for contact, stanza in a.pendingIn:
+            t.pendingIn[a.host, a.username, contact] = stanza
+        for message in a.offline:
+            t.lastOfflineId += 1
+            t.offline[t.lastOfflineId] = (a.host, a.username, replace(message, id=t.lastOfflineId))
+
+    @staticmethod
+    def _useInvite(t: _Tables, use: InviteUse, host: str, username: str, now: float):
+        """Turn a reservation into a use and write the audit row."""
+        invite = t.invites.get(use.inviteId)
+        if (invite is None or invite.host != host or invite.revoked is not None
+                or (invite.usesAllowed is not None and invite.uses >= invite.usesAllowed)):
+            raise InviteUnavailable(use.inviteId)
+        t.invites[invite.id] = replace(invite, uses=invite.uses + 1,
+                                       reserved=max(invite.reserved - 1, 0))
+        t.audit.append(_Use(use.inviteId, host, now, username, use.path, use.address))
+
+    @staticmethod
+    def _writeCredentials(t: _Tables, host, username, credentials):
+        for c in credentials:
+            t.credentials[host, username, c.mechanism] = c
+
+    def accountExists(self, host, username):
+        return self._run(lambda t: (host, username) in t.accounts)
+
+    def listAccounts(self, host):
+        return self._run(lambda t: sorted(u for h, u in t.accounts if h == host))
+
+    def countAccountsWithout(self, host, mechanism):
+        return self._run(lambda t: sum(1 for h, u in t.accounts
+                                       if h == host and (h, u, mechanism) not in t.credentials))
+
+    def getCredentials(self, host, username, mechanism):
+        return self._run(lambda t: t.credentials.get((host, username, mechanism)))
+
+    def setCredentials(self, host, username, credentials, inviteUse=None, now=0.0):
+        def set_(t):
+            if (host, username) not in t.accounts:
+                return False
+            self._writeCredentials(t, host, username, credentials)
+            if inviteUse:
+                self._useInvite(t, inviteUse, host, username, now)
+            return True
+        return self._run(set_)
+
+    def deleteAccount(self, host, username, now=0.0):
+        def delete(t):
+            if t.accounts.pop((host, username), None) is None:
+                return False
+            owned = (host, username)
+            for table in (t.credentials, t.roster, t.pendingIn):
+                for key in [key for key in table if key[:2] == owned]:
+                    del table[key]
+            t.roles.pop(owned, None)
+            for key in [key for key, row in t.offline.items() if row[:2] == owned]:
+                del t.offline[key]
+            bare = f"{username}@{host}"
+            for i in list(t.invites.values()):
+                if i.host == host and _pending(i, now) and (
+                        username in (i.username, i.inviter) or i.source == bare):
+                    t.invites[i.id] = replace(i, revoked=now)
+            for (h, owner, contact), (item, _) in list(t.roster.items()):
+                if h == host and contact == bare and item is not None:
+                    self._removeRosterItem(t, host, owner, bare)
+            for key in [key for key in t.pendingIn if key[0] == host and key[2] == bare]:
+                del t.pendingIn[key]
+            return True
+        return self._run(delete)
+
+    def getRoles(self, host, username):
+        return self._run(lambda t: t.roles.get((host, username), frozenset()))
+
+    def listRoleHolders(self, host, role):
+        return self._run(lambda t: sorted(u for (h, u), roles in t.roles.items()
+                                          if h == host and role in roles))
+
+    # -- rosters ------------------------------------------------------------
+
+    @staticmethod
+    def _rows(t: _Tables, host, username):
+        """The (contact, item or None for a tombstone, version) rows of a roster."""
+        return [(contact, item, version) for (h, u, contact), (item, version) in t.roster.items()
+                if (h, u) == (host, username)]
+
+    def getRoster(self, host, username):
+        def get(t):
+            account = t.accounts.get((host, username))
+            items = sorted((item for _, item, _ in self._rows(t, host, username) if item),
+                           key=lambda item: item.contact)
+            return Roster(account.rosterVersion if account else 0, tuple(items))
+        return self._run(get)
+
+    def getRosterChanges(self, host, username, since):
+        def get(t):
+            account = t.accounts.get((host, username))
+            if account is None or since > account.rosterVersion or since < 0:
+                return None
+            rows = sorted((row for row in self._rows(t, host, username) if row[2] > since),
+                          key=lambda row: row[2])
+            return Roster(account.rosterVersion,
+                          tuple(item for _, item, _ in rows if item),
+                          tuple(contact for contact, item, _ in rows if not item),
+                          tuple((contact, version) for contact, _, version in rows))
+        return self._run(get)
+
+    def getRosterItem(self, host, username, contact):
+        return self._run(lambda t: t.roster.get((host, username, contact), (None, 0))[0])
+
+    @staticmethod
+    def _bumpVersion(t: _Tables, host, username) -> int:
+        account = t.accounts.get((host, username))
+        if account is None:
+            raise KeyError(f"no account {username}@{host}")
+        t.accounts[host, username] = account = replace(account,
+                                                       rosterVersion=account.rosterVersion + 1)
+        return account.rosterVersion
+
+    @classmethod
+    def _setRosterItem(cls, t: _Tables, host, username, item: RosterItem) -> int:
+        version = cls._bumpVersion(t, host, username)
+        t.roster[host, username, item.contact] = (item, version)
+        return version
+
+    def setRosterItem(self, host, username, item):
+        return self._run(self._setRosterItem, host, username, item)
+
+    @classmethod
+    def _removeRosterItem(cls, t: _Tables, host, username, contact) -> int | None:
+        """Turn an item into a tombstone, so versioned gets report its removal."""
+        if t.roster.get((host, username, contact), (None, 0))[0] is None:
+            return None
+        version = cls._bumpVersion(t, host, username)
+        t.roster[host, username, contact] = (None, version)
+        return version
+
+    def removeRosterItem(self, host, username, contact):
+        return self._run(self._removeRosterItem, host, username, contact)
+
+    def getPendingIn(self, host, username):
+        return self._run(lambda t: sorted((contact, stanza) for (h, u, contact), stanza
+                                          in t.pendingIn.items() if (h, u) == (host, username)))
+
+    def setPendingIn(self, host, username, contact, stanza):
+        def set_(t):
+            if (host, username) in t.accounts:
+                t.pendingIn[host, username, contact] = stanza
+        return self._run(set_)
+
+    def removePendingIn(self, host, username, contact):
+        return self._run(lambda t: t.pendingIn.pop((host, username, contact), None) is not None)
+
+    # -- offline messages ---------------------------------------------------
+
+    @staticmethod
+    def _offline(t: _Tables, host, username):
+        """The user's kept messages, oldest first, each with its id."""
+        return [message for (h, u, message) in t.offline.values() if (h, u) == (host, username)]
+
+    def storeOffline(self, host, username, message: OfflineMessage, cap):
+        def store(t):
+            if (host, username) not in t.accounts:
+                raise KeyError(f"no account {username}@{host}")  # SQLite's foreign key
+            if len(self._offline(t, host, username)) >= cap:
+                return False
+            t.lastOfflineId += 1
+            t.offline[t.lastOfflineId] = (host, username, replace(message, id=t.lastOfflineId))
+            return True
+        return self._run(store)
+
+    def getOffline(self, host, username, after=0, limit=20):
+        return self._run(lambda t: [m for m in self._offline(t, host, username)
+                                    if m.id > after][:limit])
+
+    def removeOffline(self, host, username, upTo):
+        def remove(t):
+            gone = [m.id for m in self._offline(t, host, username) if m.id <= upTo]
+            for messageId in gone:
+                del t.offline[messageId]
+            return len(gone)
+        return self._run(remove)
+
+    # -- invites ------------------------------------------------------------
+
+    def createInvite(self, invite: Invite, tokenHash: bytes):
+        def create(t):
+            if invite.id in t.invites or tokenHash in t.tokens:
+                raise ValueError(f"invite {invite.id} exists")  # SQLite's unique constraints
+            t.invites[invite.id] = replace(invite, uses=0, reserved=0, revoked=None, uses_log=())
+            t.tokens[tokenHash] = invite.id
+        return self._run(create)
+
+    @staticmethod
+    def _getInvite(t: _Tables, inviteId):
+        invite = t.invites.get(inviteId)
+        if invite is None:
+            return None
+        return replace(invite, uses_log=tuple(
+            {"used_at": u.usedAt, "username": u.username, "path": u.path, "address": u.address}
+            for u in t.audit if u.inviteId == inviteId))
+
+    def getInvite(self, inviteId):
+        return self._run(self._getInvite, inviteId)
+
+    def findInvite(self, tokenHash):
+        return self._run(lambda t: self._getInvite(t, t.tokens.get(tokenHash)))
+
+    def listInvites(self, host, inviter=None):
+        return self._run(lambda t: sorted(
+            (i for i in t.invites.values()
+             if i.host == host and (inviter is None or i.inviter == inviter)),
+            key=lambda i: (-i.created, i.id)))
+
+    def reserveInvite(self, tokenHash, host, now):
+        def reserve(t):
+            invite = t.invites.get(t.tokens.get(tokenHash))
+            if (invite is None or invite.host != host or invite.revoked is not None
+                    or invite.expires <= now or not _usesLeft(invite)):
+                return None
+            t.invites[invite.id] = replace(invite, reserved=invite.reserved + 1)
+            return self._getInvite(t, invite.id)
+        return self._run(reserve)
+
+    def releaseInvite(self, inviteId):
+        def release(t):
+            invite = t.invites.get(inviteId)
+            if invite is not None and invite.reserved > 0:
+                t.invites[inviteId] = replace(invite, reserved=invite.reserved - 1)
+        return self._run(release)
+
+    def consumeInvite(self, use: InviteUse, now: float, rosterItems=(), usedBy=""):
+        def consume(t):
+            invite = t.invites.get(use.inviteId)
+            if invite is None or invite.expires <= now or not _usesLeft(invite):
+                raise InviteUnavailable(use.inviteId)
+            # A use without a prior reservation: take it directly.
+            t.invites[invite.id] = replace(invite, reserved=invite.reserved + 1)
+            owner = usedBy or (rosterItems[0][0] if rosterItems else "")
+            self._useInvite(t, use, invite.host, owner, now)
+            for username, item in rosterItems:
+                self._setRosterItem(t, invite.host, username, item)
+        return self._run(consume)
+
+    def updateInvite(self, inviteId, **changes):
+        unknown = set(changes) - {"expires", "usesAllowed", "note"}
+        if unknown:
+            raise TypeError(f"cannot change {sorted(unknown)}")
+
+        def update(t):
+            if inviteId in t.invites:
+                t.invites[inviteId] = replace(t.invites[inviteId], **changes)
+            return self._getInvite(t, inviteId)
+        return self._run(update)
+
+    def revokeInvite(self, inviteId, now):
+        def revoke(t):
+            invite = t.invites.get(inviteId)
+            if invite is None or invite.revoked is not None:
+                return False
+            t.invites[inviteId] = replace(invite, revoked=now)
+            return True
+        return self._run(revoke)
+
+    def sweepInvites(self, now):
+        def sweep(t):
+            gone = [i for i in t.invites.values() if i.reserved == 0 and i.status(now) != "pending"]
+            for invite in gone:
+                del t.invites[invite.id]
+            for tokenHash in [h for h, inviteId in t.tokens.items() if inviteId not in t.invites]:
+                del t.tokens[tokenHash]
+            return len(gone)
+        return self._run(sweep)
+
+    def accountInvitedAt(self, host, username):
+        def invitedAt(t):
+            account = t.accounts.get((host, username))
+            stamps = [u.usedAt for u in t.audit if (u.host, u.username) == (host, username)
+                      and account is not None and u.usedAt == account.created]
+            return max(stamps, default=None)
+        return self._run(invitedAt)
+
+    # -- API keys -----------------------------------------------------------
+
+    def createApiKey(self, keyId, secretHash, host, name, now):
+        def create(t):
+            if keyId in t.apiKeys:
+                raise ValueError(f"API key {keyId} exists")  # SQLite's primary key
+            t.apiKeys[keyId] = (secretHash, host, name, now)
+        return self._run(create)
+
+    def getApiKey(self, keyId):
+        return self._run(lambda t: t.apiKeys.get(keyId))
+
+    def listApiKeys(self):
+        return self._run(lambda t: sorted(((keyId, *row[1:]) for keyId, row in t.apiKeys.items()),
+                                          key=lambda row: row[3]))
+
+    def deleteApiKey(self, keyId):
+        return self._run(lambda t: t.apiKeys.pop(keyId, None) is not None)
