@@ -149,7 +149,7 @@ class OutgoingAuthenticator(xmlstream.ConnectAuthenticator):
 
     def _startTLS(self) -> None:
         xs = self.xmlstream
-        self.tls = self.federation.tls.client(self.peer.remote)
+        self.tls = self.federation.tls.client(self.peer.remote, self.peer.local)
         xs.startTLS(self.tls)
         self.encrypted = True
         xs.reset()

@@ -1,0 +1,119 @@
+"""
+C{invitesrvctl cert import DIR...}: copy each served host's certificate (and
+its subdomains') from certbot's C{/etc/letsencrypt/live} or another
+directory into the server's certificates directory (C{[tls] certificates}),
+readable by the server's user alone, then have the running server reload
+them. certbot's files are readable by root only, so a deploy hook runs this
+as root after each renewal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from service_identity import VerificationError
+from service_identity.cryptography import verify_certificate_hostname
+from twisted.internet import defer
+
+from invitesrv import control
+from invitesrv.ctl import CommandError, remote
+from invitesrv.tls import hostCertificatePaths
+
+
+def checkPair(name: str, certPath: Path, keyPath: Path) -> tuple[bytes, bytes]:
+    """The PEM certificate chain and key, if they match and name C{name}; else L{ValueError}."""
+    try:
+        chain, keyPEM = certPath.read_bytes(), keyPath.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read {e.filename}: {e.strerror}") from None
+    try:
+        certificate = x509.load_pem_x509_certificate(chain)
+        key = serialization.load_pem_private_key(keyPEM, None)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"not a PEM certificate and unencrypted key: {e}") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if (key.public_key().public_bytes(serialization.Encoding.DER, public)
+            != certificate.public_key().public_bytes(serialization.Encoding.DER, public)):
+        raise ValueError(f"{keyPath.name} is not the key of {certPath.name}")
+    try:
+        verify_certificate_hostname(certificate, name)
+    except VerificationError:
+        raise ValueError(f"the certificate does not name {name}") from None
+    return chain, keyPEM
+
+
+def writePrivate(path: Path, data: bytes, owner: tuple[int, int] | None) -> None:
+    """Write C{path} whole (a temporary file renamed), mode 0600, owned by C{owner}."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    if owner is not None:
+        os.chown(temporary, *owner)
+    os.replace(temporary, path)
+
+
+def names(hosts, directory: Path) -> list[str]:
+    """The served hosts, and the subdomains of them that C{directory} has a certificate for."""
+    try:
+        entries = sorted(entry.name.removesuffix(".crt") for entry in directory.iterdir())
+    except OSError:
+        entries = []
+    return list(hosts) + [entry for entry in entries if entry not in hosts
+                          and any(entry.endswith("." + host) for host in hosts)]
+
+
+@defer.inlineCallbacks
+def importCertificates(server, args):
+    config = server.config
+    target = config.certificatesDir
+    dataDir = config.data_dir.stat()
+    # Run as root (certbot's hook): what is written belongs to the server's user.
+    owner = (dataDir.st_uid, dataDir.st_gid) if os.geteuid() == 0 else None
+    imported = 0
+    for directory in map(Path, args.directories):
+        if not directory.is_dir():
+            print(f"Skipped {directory}: not a directory")
+            continue
+        for name in names(server.hosts, directory):
+            paths = hostCertificatePaths(directory, name)
+            if paths is None:
+                print(f"Skipped {name}: no {directory / name}/fullchain.pem and privkey.pem"
+                      f" (nor {name}.crt and {name}.key)")
+                continue
+            try:
+                chain, key = checkPair(name, *paths)
+            except ValueError as e:
+                print(f"Skipped {name} ({paths[0]}): {e}")
+                continue
+            for folder in (target, target / name):
+                folder.mkdir(mode=0o700, exist_ok=True)
+                if owner is not None:
+                    os.chown(folder, *owner)
+            writePrivate(target / name / "privkey.pem", key, owner)
+            writePrivate(target / name / "fullchain.pem", chain, owner)
+            print(f"Imported {name} from {paths[0]} into {target / name}")
+            imported += 1
+    if not imported:
+        raise CommandError("no certificate imported")
+    answer = yield remote(args, control.Reload)
+    if answer is None:
+        print("The server is not running: it uses them from its next start")
+    else:
+        for line in answer["changes"]:
+            print(f"Reloaded: {line}")
+
+
+def addCertCommands(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser("cert", help="certificates: import from certbot's live directory")
+    actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    action = actions.add_parser("import", help="copy each host's certificate and key into the"
+                                " certificates directory, then reload the running server")
+    action.add_argument("directories", nargs="+", metavar="DIR",
+                        help="e.g. /etc/letsencrypt/live: DIR/HOST/fullchain.pem and privkey.pem,"
+                             " or DIR/HOST.crt and HOST.key")
+    action.set_defaults(run=importCertificates, opensStore=False)
