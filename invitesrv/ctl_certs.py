@@ -2,7 +2,8 @@
 C{invitesrvctl cert import DIR...}: copy each served host's certificate (and
 its subdomains') from certbot's C{/etc/letsencrypt/live} or another
 directory into the server's certificates directory (C{[tls] certificates}),
-readable by the server's user alone, then have the running server reload
+readable by the server's user alone, if it matches its key, names the host
+and has not expired (the checks of C{invitesrvctl check}), then have the running server reload
 them. certbot's files are readable by root only, so a deploy hook runs this
 as root after each renewal.
 """
@@ -10,40 +11,15 @@ as root after each renewal.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from service_identity import VerificationError
-from service_identity.cryptography import verify_certificate_hostname
 from twisted.internet import defer
 
-from invitesrv import control
+from invitesrv import check, control
 from invitesrv.ctl import CommandError, remote
 from invitesrv.tls import hostCertificatePaths
-
-
-def checkPair(name: str, certPath: Path, keyPath: Path) -> tuple[bytes, bytes]:
-    """The PEM certificate chain and key, if they match and name C{name}; else L{ValueError}."""
-    try:
-        chain, keyPEM = certPath.read_bytes(), keyPath.read_bytes()
-    except OSError as e:
-        raise ValueError(f"cannot read {e.filename}: {e.strerror}") from None
-    try:
-        certificate = x509.load_pem_x509_certificate(chain)
-        key = serialization.load_pem_private_key(keyPEM, None)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"not a PEM certificate and unencrypted key: {e}") from None
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    if (key.public_key().public_bytes(serialization.Encoding.DER, public)
-            != certificate.public_key().public_bytes(serialization.Encoding.DER, public)):
-        raise ValueError(f"{keyPath.name} is not the key of {certPath.name}")
-    try:
-        verify_certificate_hostname(certificate, name)
-    except VerificationError:
-        raise ValueError(f"the certificate does not name {name}") from None
-    return chain, keyPEM
 
 
 def writePrivate(path: Path, data: bytes, owner: tuple[int, int] | None) -> None:
@@ -75,6 +51,7 @@ def importCertificates(server, args):
     # Run as root (certbot's hook): what is written belongs to the server's user.
     owner = (dataDir.st_uid, dataDir.st_gid) if os.geteuid() == 0 else None
     imported = 0
+    now = datetime.datetime.now(datetime.timezone.utc)
     for directory in map(Path, args.directories):
         if not directory.is_dir():
             print(f"Skipped {directory}: not a directory")
@@ -85,17 +62,17 @@ def importCertificates(server, args):
                 print(f"Skipped {name}: no {directory / name}/fullchain.pem and privkey.pem"
                       f" (nor {name}.crt and {name}.key)")
                 continue
-            try:
-                chain, key = checkPair(name, *paths)
-            except ValueError as e:
-                print(f"Skipped {name} ({paths[0]}): {e}")
+            errors = [finding.text for finding in check.checkPair(*paths, [name], now)
+                      if finding.level == "error"]
+            if errors:
+                print(f"Skipped {name} ({paths[0]}): {'; '.join(errors)}")
                 continue
             for folder in (target, target / name):
                 folder.mkdir(mode=0o700, exist_ok=True)
                 if owner is not None:
                     os.chown(folder, *owner)
-            writePrivate(target / name / "privkey.pem", key, owner)
-            writePrivate(target / name / "fullchain.pem", chain, owner)
+            writePrivate(target / name / "privkey.pem", paths[1].read_bytes(), owner)
+            writePrivate(target / name / "fullchain.pem", paths[0].read_bytes(), owner)
             print(f"Imported {name} from {paths[0]} into {target / name}")
             imported += 1
     if not imported:

@@ -102,10 +102,10 @@ def test_certImport(tmp_path):
         lines = result.stdout.splitlines()
         target = server.dataDir / "tls" / "a.test"
         assert f"Imported a.test from {live / 'a.test' / 'fullchain.pem'} into {target}" in lines
-        assert f"Skipped b.test ({live / 'b.test' / 'fullchain.pem'}): privkey.pem is not the key" \
-               " of fullchain.pem" in lines
-        assert f"Skipped c.test ({live / 'c.test' / 'fullchain.pem'}): the certificate does not" \
-               " name c.test" in lines
+        b = live / "b.test"
+        assert (f"Skipped b.test ({b / 'fullchain.pem'}): {b / 'privkey.pem'} is not the key"
+                f" of {b / 'fullchain.pem'}") in lines
+        assert f"Skipped c.test ({live / 'c.test' / 'fullchain.pem'}): does not name c.test" in lines
         assert any(line.startswith("Skipped d.test: no ") for line in lines)
         assert any(line.startswith("Reloaded: tls: certificate of a.test: serial none -> ")
                    for line in lines)
@@ -114,3 +114,25 @@ def test_certImport(tmp_path):
         assert not (server.dataDir / "tls" / "b.test").exists()
     finally:
         server.stop()
+
+
+def test_checkLooksAtEachHostsCertificate(tmp_path):
+    """
+    C{invitesrvctl check} checks a host's own certificate for that host
+    (here: its key is another's) and the default one for the other hosts.
+    """
+    from invitesrv import check
+    ca = CertificateAuthority()
+    ca.writeCertbot(tmp_path / "certs", "a.test")
+    (tmp_path / "certs" / "a.test" / "privkey.pem").write_bytes(pemKey(ca.issue(["a.test"])[1]))
+    ca.write(tmp_path / "global.crt", tmp_path / "global.key", ["b.test"])
+    config = parseConfig({"server": {"data_dir": str(tmp_path / "data")},
+                          "hosts": {"a.test": {}, "b.test": {}},
+                          "tls": {"certificates": str(tmp_path / "certs"),
+                                  "certificate": str(tmp_path / "global.crt"),
+                                  "key": str(tmp_path / "global.key")}})
+    found = [(f.level, f.text) for f in check.checkCertificate(config)]
+    own = tmp_path / "certs" / "a.test"
+    assert found == [
+        ("error", f"a.test: {own / 'privkey.pem'} is not the key of {own / 'fullchain.pem'}"),
+        ("ok", f"valid for b.test until {ca.validity[1]:%Y-%m-%d}")]

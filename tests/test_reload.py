@@ -191,3 +191,41 @@ def test_compareConfigs():
                        "limits.max_connections: 10000 -> 7"]
     assert restart == ["hosts: other.test added (needs a restart)",
                        "listen.c2s: ['tcp:5222'] -> ['tcp:5223'] (needs a restart)"]
+
+
+def test_reloadServiceSignalHandler():
+    """
+    SIGHUP is handled while the service runs (the reload is handed to the
+    reactor's thread) and left as it was at stop; an application's own
+    handler is not replaced.
+    """
+    import os
+
+    from invitesrv.reload import ReloadService
+
+    class Reactor:
+        def __init__(self):
+            self.calls = []
+
+        def callFromThread(self, f, *args):
+            self.calls.append(f)
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        reactor = Reactor()
+        reloader = ReloadService(None, reactor)
+        reloader.startService()
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert reactor.calls == [reloader.reload]
+        reloader.stopService()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+        def application(signum, frame):
+            pass
+        signal.signal(signal.SIGHUP, application)
+        reloader.startService()
+        assert signal.getsignal(signal.SIGHUP) is application
+        reloader.stopService()
+        assert signal.getsignal(signal.SIGHUP) is application
+    finally:
+        signal.signal(signal.SIGHUP, previous)
