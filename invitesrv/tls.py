@@ -145,7 +145,8 @@ class ServerContextFactory(ssl.CertificateOptions):
 
     def derive(self, **changes) -> ServerContextFactory:
         """New options with these certificates and policy, and C{changes} to the arguments."""
-        derived = {id(options): options.derive(**changes) for options in _unique(self.byName)}
+        perName = {key: value for key, value in changes.items() if key != "byName"}
+        derived = {id(options): options.derive(**perName) for options in _unique(self.byName)}
         arguments = dict(privateKey=self.privateKey, certificate=self.certificate,
                          extraCertChain=self.extraCertChain or None, ciphers=self.ciphers,
                          groups=self.groups, selectALPN=self.selectALPN,
