@@ -39,7 +39,7 @@ def test_sniPicksEachHostsCertificate(tmp_path):
     ca.write(tls / "b.test.crt", tls / "b.test.key", ["b.test"])
     server.start()
     try:
-        port = server.ports["Direct TLS clients (XEP-0368)"]
+        port = server.listenerPort("Direct TLS clients (XEP-0368)")
         assert subject(servedCertificate(port, "a.test")) == "CN=a.test"
         assert subject(servedCertificate(port, "b.test")) == "CN=b.test"
         assert subject(servedCertificate(port, "groups.a.test")) == "CN=a.test"
@@ -96,7 +96,7 @@ def test_certImport(tmp_path):
                            + HOSTS + '[hosts."c.test"]\n[hosts."d.test"]\n')
     server.start()
     try:
-        port = server.ports["Direct TLS clients (XEP-0368)"]
+        port = server.listenerPort("Direct TLS clients (XEP-0368)")
         assert servedCertificate(port, "a.test").serial_number != imported.serial_number
         result = server.ctl("cert", "import", str(live))
         lines = result.stdout.splitlines()

@@ -60,7 +60,7 @@ def test_sighupReloadsTheCertificate(tmp_path):
     server.start()
     try:
         server.adduser("alice@localhost", "secret-password")
-        direct = server.ports["Direct TLS clients (XEP-0368)"]
+        direct = server.listenerPort("Direct TLS clients (XEP-0368)")
         assert servedCertificate(direct, "localhost").serial_number == first.serial_number
         before = RawClient(server.port)
         before.login("alice", "secret-password")
