@@ -157,12 +157,15 @@ TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
 TLS_GROUPS = "X25519:P-256:P-384"
 
 
-def parseHostPort(text: str) -> tuple[str, int]:
+DNS_PORT = 53
+
+
+def parseHostPort(text: str, defaultPort: int = DEFAULT_S2S_PORT) -> tuple[str, int]:
     """
-    C{"host:port"}, C{"[v6address]:port"} or a bare C{"host"} (port 5269),
-    as C{[s2s] hosts} values are written.
+    C{"host:port"}, C{"[v6address]:port"} or a bare C{"host"} (port
+    C{defaultPort}), as C{[s2s] hosts} and C{dns_servers} values are written.
     """
-    host, port = text.strip(), DEFAULT_S2S_PORT
+    host, port = text.strip(), defaultPort
     if host.startswith("["):
         inside, bracket, rest = host[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
@@ -192,6 +195,8 @@ class FederationOptions:
     """
 
     hosts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    dns_servers: tuple[str, ...] = ()
+    fallback_port: int = DEFAULT_S2S_PORT
     connect_timeout: Duration = Duration(30)
     idle_timeout: Duration = Duration(600)
     require_encryption: bool = True
@@ -201,6 +206,11 @@ class FederationOptions:
     # Stanzas per second from one remote domain, and at once (0: no limit).
     stanza_rate: int = 100
     stanza_burst: int = 1000
+
+    @property
+    def dnsServers(self) -> list[tuple[str, int]]:
+        """C{dns_servers} as (address, port) pairs; empty: the system's resolv.conf."""
+        return [parseHostPort(server, DNS_PORT) for server in self.dns_servers]
 
 
 @dataclass(frozen=True)
@@ -370,6 +380,15 @@ def _federation(table: object, source: str) -> FederationOptions:
             routes[domain.host] = parseHostPort(address)
         except ValueError as e:
             raise ConfigError(f"{source}: s2s.hosts.{name}: {e}") from None
+    for server in options.dns_servers:
+        try:
+            address, _ = parseHostPort(server, DNS_PORT)
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"{source}: s2s.dns_servers: {server!r} is not an IP address with an"
+                              " optional port") from None
+    if not 0 < options.fallback_port < 65536:
+        raise ConfigError(f"{source}: s2s.fallback_port must be a port number from 1 to 65535")
     if options.trust and not Path(options.trust).is_file():
         raise ConfigError(f"{source}: s2s.trust: {options.trust!r} is not a readable file")
     return replace(options, hosts=routes)
@@ -460,6 +479,7 @@ def withOverrides(
     dataDir: str | None = None,
     domains: typing.Sequence[str] = (),
     c2s: typing.Sequence[str] = (),
+    s2s: typing.Sequence[str] = (),
     admins: typing.Sequence[str] = (),
     http: typing.Sequence[str] = (),
     publicURL: str | None = None,
@@ -490,6 +510,8 @@ def withOverrides(
     changes["hosts"] = hosts
     if c2s:
         changes["c2s"] = tuple(checkEndpoint(d, f"{source}: --c2s") for d in c2s)
+    if s2s:
+        changes["s2s"] = tuple(checkEndpoint(d, f"{source}: --s2s") for d in s2s)
     if http:
         changes["http"] = tuple(checkEndpoint(d, f"{source}: --http") for d in http)
     if publicURL:

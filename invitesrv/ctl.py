@@ -229,6 +229,8 @@ def buildParser() -> argparse.ArgumentParser:
     addCertCommands(commands)
     from invitesrv.ctl_check import addCheckCommands
     addCheckCommands(commands)
+    from invitesrv.ctl_import import addImportCommands
+    addImportCommands(commands)
     parser.set_defaults(opensStore=True, createsDatabase=False, fixesDataDir=True)
     return parser
 

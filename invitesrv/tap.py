@@ -42,6 +42,7 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         self["domain"] = []
         self["c2s"] = []
+        self["s2s"] = []
         self["admin"] = []
         self["http"] = []
 
@@ -52,6 +53,10 @@ class Options(usage.Options):
     def opt_c2s(self, endpoint):
         """Client listener endpoint, e.g. tcp:5222:interface=\\:\\: (repeatable)."""
         self["c2s"].append(endpoint)
+
+    def opt_s2s(self, endpoint):
+        """Server-to-server listener endpoint, e.g. tcp:5269:interface=\\:\\: (repeatable; federates)."""
+        self["s2s"].append(endpoint)
 
     def opt_admin(self, address):
         """Make this JID an admin of its host (repeatable)."""
@@ -81,8 +86,9 @@ class Options(usage.Options):
         each reload; L{ConfigError} says what is wrong with it.
         """
         config = withOverrides(loadConfig(self["config"]), dataDir=self["data-dir"],
-                               domains=self["domain"], c2s=self["c2s"], admins=self["admin"],
-                               http=self["http"], publicURL=self["public-url"])
+                               domains=self["domain"], c2s=self["c2s"], s2s=self["s2s"],
+                               admins=self["admin"], http=self["http"],
+                               publicURL=self["public-url"])
         for name in config.modules:
             try:
                 findModule(name)

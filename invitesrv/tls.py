@@ -29,7 +29,11 @@ log = Logger()
 
 
 def generateSelfSigned(certPath: Path, keyPath: Path, hosts: list[str]) -> None:
-    """Write a self-signed ECDSA P-256 certificate for C{hosts}, valid ten years."""
+    """
+    Write a self-signed ECDSA P-256 certificate for C{hosts}, valid ten years.
+    Names go in as certificates carry them: internationalised ones as A-labels.
+    """
+    hosts = [host.encode("idna").decode("ascii") for host in hosts]
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
     now = datetime.datetime.now(datetime.timezone.utc)

@@ -18,8 +18,10 @@ import warnings
 
 import pytest
 from conftest import RunningServer
+from cryptography import x509
 
 from invitesrv.config import ConfigError, parseConfig
+from invitesrv.tls import generateSelfSigned
 
 C2S_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
               "xmlns:stream='http://etherx.jabber.org/streams' to='a.test' version='1.0'>")
@@ -159,3 +161,11 @@ def test_tlsOptionsChecked(tmp_path):
         with pytest.raises(RuntimeError, match=f"tls.{option}"):
             server.start()
         server.stop()
+
+
+def test_internationalisedHostNames(tmp_path):
+    """A host with a non-ASCII name gets its A-label in the certificate, as TLS clients check."""
+    generateSelfSigned(tmp_path / "c.pem", tmp_path / "k.pem", ["bücher.test", "localhost"])
+    certificate = x509.load_pem_x509_certificate((tmp_path / "c.pem").read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["xn--bcher-kva.test", "localhost"]

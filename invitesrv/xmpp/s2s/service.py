@@ -39,7 +39,8 @@ class S2SService(service.Service):
         self.options = server.config.federation
         self.clock = server.clock
         self._tls = CurrentOptions(server, lambda options: PeerTLS(options, self.options.trust))
-        self.resolver = Resolver(reactor, self.options.hosts)
+        self.resolver = Resolver(reactor, self.options.hosts, servers=self.options.dnsServers,
+                                 fallbackPort=self.options.fallback_port)
         self.peers: dict[tuple[str, str], OutgoingPeer] = {}
         self.stanzaBuckets = BucketTable(self.clock, self.options.stanza_rate,
                                          self.options.stanza_burst)
