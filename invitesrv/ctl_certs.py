@@ -19,7 +19,7 @@ from twisted.internet import defer
 
 from invitesrv import check, control
 from invitesrv.ctl import CommandError, remote
-from invitesrv.tls import hostCertificatePaths
+from invitesrv.tls import hostCertificates
 
 
 def writePrivate(path: Path, data: bytes, owner: tuple[int, int] | None) -> None:
@@ -31,16 +31,6 @@ def writePrivate(path: Path, data: bytes, owner: tuple[int, int] | None) -> None
     if owner is not None:
         os.chown(temporary, *owner)
     os.replace(temporary, path)
-
-
-def names(hosts, directory: Path) -> list[str]:
-    """The served hosts, and the subdomains of them that C{directory} has a certificate for."""
-    try:
-        entries = sorted(entry.name.removesuffix(".crt") for entry in directory.iterdir())
-    except OSError:
-        entries = []
-    return list(hosts) + [entry for entry in entries if entry not in hosts
-                          and any(entry.endswith("." + host) for host in hosts)]
 
 
 @defer.inlineCallbacks
@@ -56,19 +46,19 @@ def importCertificates(server, args):
         if not directory.is_dir():
             print(f"Skipped {directory}: not a directory")
             continue
-        for name in names(server.hosts, directory):
-            paths = hostCertificatePaths(directory, name)
-            if paths is None:
+        found = hostCertificates(directory, list(server.hosts))
+        for name in server.hosts:
+            if name not in found:
                 print(f"Skipped {name}: no {directory / name}/fullchain.pem and privkey.pem"
                       f" (nor {name}.crt and {name}.key)")
-                continue
+        for name, paths in found.items():
             errors = [finding.text for finding in check.checkPair(*paths, [name], now)
                       if finding.level == "error"]
             if errors:
                 print(f"Skipped {name} ({paths[0]}): {'; '.join(errors)}")
                 continue
             for folder in (target, target / name):
-                folder.mkdir(mode=0o700, exist_ok=True)
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
                 if owner is not None:
                     os.chown(folder, *owner)
             writePrivate(target / name / "privkey.pem", paths[1].read_bytes(), owner)

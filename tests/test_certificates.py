@@ -80,8 +80,8 @@ def test_outgoingS2SPresentsTheLocalDomainsCertificate(tmp_path):
 
 def test_certImport(tmp_path):
     """
-    From a certbot-like tree: a.test is imported (key 0600) and served after
-    the reload; b.test (a key of another certificate) and c.test (a
+    From a certbot-like tree: a.test and its subdomain groups.a.test are
+    imported (key 0600) and served after the reload; b.test (a key of another certificate) and c.test (a
     certificate not naming it) are skipped with the reason.
     """
     ca = CertificateAuthority()
@@ -91,6 +91,7 @@ def test_certImport(tmp_path):
     other = CertificateAuthority().issue(["b.test"])[1]
     (live / "b.test" / "privkey.pem").write_bytes(pemKey(other))
     ca.writeCertbot(live, "c.test", ["other.test"])
+    groups = ca.writeCertbot(live, "groups.a.test")
     (tmp_path / "server").mkdir()
     server = RunningServer(tmp_path / "server", 'c2s_direct_tls = ["tcp:0:interface=127.0.0.1"]\n'
                            + HOSTS + '[hosts."c.test"]\n[hosts."d.test"]\n')
@@ -109,8 +110,11 @@ def test_certImport(tmp_path):
         assert any(line.startswith("Skipped d.test: no ") for line in lines)
         assert any(line.startswith("Reloaded: tls: certificate of a.test: serial none -> ")
                    for line in lines)
+        assert f"Imported groups.a.test from {live / 'groups.a.test' / 'fullchain.pem'} into" \
+               f" {server.dataDir / 'tls' / 'groups.a.test'}" in lines
         assert stat.S_IMODE((target / "privkey.pem").stat().st_mode) == 0o600
         assert servedCertificate(port, "a.test").serial_number == imported.serial_number
+        assert servedCertificate(port, "groups.a.test").serial_number == groups.serial_number
         assert not (server.dataDir / "tls" / "b.test").exists()
     finally:
         server.stop()
