@@ -11,7 +11,7 @@ import datetime
 import errno
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -22,6 +22,7 @@ from twisted.names import dns
 from twisted.names import error as dnsError
 
 from invitesrv.config import Config
+from invitesrv.tls import hostCertificates
 
 EXPIRY_WARNING = datetime.timedelta(days=14)
 DNS_TIMEOUT = (2, 3)
@@ -78,9 +79,28 @@ def checkConfig(config: Config) -> list[Finding]:
 
 
 def checkCertificate(config: Config, now: datetime.datetime | None = None) -> list[Finding]:
-    """The certificate: present, matching its key, not expiring, naming every host."""
+    """
+    The certificates: each host's own in C{[tls] certificates}, and the
+    default one for the hosts without (C{[tls] certificate}, or the generated
+    one): present, matching its key, not expiring, naming its hosts.
+    """
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    path, keyPath = config.certificatePath, config.keyPath
+    own = hostCertificates(config.certificatesDir, list(config.hosts))
+    found = []
+    for name, (path, keyPath) in own.items():
+        found += [replace(finding, text=f"{name}: {finding.text}")
+                  for finding in checkPair(path, keyPath, [name], now)]
+    others = [host for host in config.hosts if host not in own]
+    if others or config.tls_certificate is not None:
+        found += checkPair(config.certificatePath, config.keyPath, others, now)
+    return found
+
+
+def checkPair(path, keyPath, hosts: list[str], now: datetime.datetime) -> list[Finding]:
+    """
+    One certificate and its key, for C{hosts} (also what C{invitesrvctl
+    cert import} checks before it copies a certificate in).
+    """
     try:
         certificate = x509.load_pem_x509_certificate(path.read_bytes())
     except FileNotFoundError:
@@ -111,13 +131,13 @@ def checkCertificate(config: Config, now: datetime.datetime | None = None) -> li
         found.append(Finding("warning", "certificate", "self-signed: clients warn, and other"
                              " servers fall back to dialback or refuse",
                              "get one from a CA, e.g. Let's Encrypt with certbot"))
-    for host in config.hosts:
+    for host in hosts:
         try:
             verify_certificate_hostname(certificate, host)
         except VerificationError:
             found.append(Finding("error", "certificate", f"does not name {host}",
                                  f"get a certificate that covers {host}"))
-    return found or [Finding("ok", "certificate", f"valid for {', '.join(config.hosts)} until"
+    return found or [Finding("ok", "certificate", f"valid for {', '.join(hosts)} until"
                              f" {expires:%Y-%m-%d}")]
 
 

@@ -232,6 +232,7 @@ class Config:
     hsts_max_age: Duration = Duration(365 * 86400)
     tls_certificate: Path | None = None
     tls_key: Path | None = None
+    tls_certificates: Path | None = None
     tls_ciphers: str = TLS_CIPHERS
     tls_groups: str = TLS_GROUPS
     require_encryption: bool = True
@@ -251,6 +252,11 @@ class Config:
         return self.tls_key or self.data_dir / "tls" / "server.key"
 
     @property
+    def certificatesDir(self) -> Path:
+        """The per-host certificates (C{<host>/fullchain.pem} and C{privkey.pem}, as certbot)."""
+        return self.tls_certificates or self.data_dir / "tls"
+
+    @property
     def databasePath(self) -> Path:
         return self.data_dir / "invitesrv.sqlite3"
 
@@ -260,7 +266,7 @@ _SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules",
                 "trusted_proxies", "app_catalogue", "hide_apps", "hsts_max_age"}
 _LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https", "metrics"}
 _TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key", "ciphers": "tls_ciphers",
-             "groups": "tls_groups"}
+             "groups": "tls_groups", "certificates": "tls_certificates"}
 
 
 def _convert(value: object, annotation: object, key: str) -> object:

@@ -27,6 +27,7 @@ from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 
 from invitesrv.registrar import RegistrationError, prepareUsername
+from invitesrv.reload import ReloadError
 
 log = Logger()
 
@@ -91,6 +92,16 @@ class Announce(amp.Command):
     errors = _ERRORS
 
 
+class Reload(amp.Command):
+    """
+    Re-read the certificates and the config's live parts (as SIGHUP does);
+    answer the changes, with those that need a restart.
+    """
+
+    response = [(b"changes", amp.ListOf(amp.Unicode()))]
+    errors = _ERRORS
+
+
 class ControlProtocol(amp.AMP):
     """The server's side of one control connection."""
 
@@ -118,6 +129,13 @@ class ControlProtocol(amp.AMP):
     def serverInfo(self):
         return {"hosts": list(self.server.hosts), "publicURL": self.server.config.public_url,
                 "pid": os.getpid(), "counters": self.server.metrics.summary()}
+
+    @Reload.responder
+    def reload(self):
+        try:
+            return {"changes": self.server.reload()}
+        except ReloadError as e:
+            raise ControlError(f"reload refused, nothing changed: {e}") from None
 
     @ChangePassword.responder
     @defer.inlineCallbacks

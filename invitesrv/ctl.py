@@ -163,6 +163,16 @@ def status(server, args):
 
 
 @defer.inlineCallbacks
+def reload(server, args):
+    requireServer(server, args)
+    answer = yield remote(args, control.Reload)
+    for line in answer["changes"]:
+        print(line)
+    if not answer["changes"]:
+        print("Reloaded: no changes")
+
+
+@defer.inlineCallbacks
 def users(server, args):
     names = [args.host] if args.host else list(server.hosts)
     for name in names:
@@ -195,6 +205,9 @@ def buildParser() -> argparse.ArgumentParser:
     command.set_defaults(run=users)
     command = commands.add_parser("status", help="is the server running, what it serves, its counters")
     command.set_defaults(run=status)
+    command = commands.add_parser("reload", help="re-read the certificates and the config's live"
+                                  " parts; print the changes (running server)")
+    command.set_defaults(run=reload)
     command = commands.add_parser("sessions", help="who is online, from where (running server)")
     command.add_argument("host", nargs="?", metavar="HOST", help="only this host")
     command.set_defaults(run=sessions)
@@ -212,6 +225,8 @@ def buildParser() -> argparse.ArgumentParser:
     addApiKeyCommands(commands)
     from invitesrv.ctl_backup import addBackupCommands
     addBackupCommands(commands)
+    from invitesrv.ctl_certs import addCertCommands
+    addCertCommands(commands)
     from invitesrv.ctl_check import addCheckCommands
     addCheckCommands(commands)
     from invitesrv.ctl_import import addImportCommands

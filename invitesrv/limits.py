@@ -124,6 +124,13 @@ class BucketTable:
             self._buckets.popitem(last=False)
         return bucket
 
+    def configure(self, rate: float, burst: float) -> None:
+        """A new rate and burst, for the buckets to come and those already in use."""
+        self.rate = rate
+        self.burst = burst
+        for bucket in self._buckets.values():
+            bucket.configure(rate, burst)
+
     def __len__(self) -> int:
         return len(self._buckets)
 
@@ -189,48 +196,54 @@ class ConnectionLimiter:
     """
     Counts connections: open ones in all and per address, and new ones per
     address over time (a token bucket each). Addresses in the allowlist are
-    held only to the global cap.
+    held only to the global cap (their open connections are counted all the
+    same, so the counts stay right when a reload changes the allowlist).
     """
 
     def __init__(self, clock, maxConnections: int, maxPerAddress: int, rate: float, burst: int,
                  allowlist: AddressList, maxEntries: int = MAX_ENTRIES):
         self.clock = clock
+        self.maxEntries = maxEntries
+        self.total = 0
+        self.open: dict[str, int] = {}
+        self._buckets = BucketTable(clock, rate, burst, maxEntries)
+        self.configure(maxConnections, maxPerAddress, rate, burst, allowlist)
+
+    def configure(self, maxConnections: int, maxPerAddress: int, rate: float, burst: int,
+                  allowlist: AddressList) -> None:
+        """New caps (a reload): the connections already open stay counted."""
         self.maxConnections = maxConnections
         self.maxPerAddress = maxPerAddress
         self.rate = rate
         self.burst = burst
         self.allowlist = allowlist
-        self.maxEntries = maxEntries
-        self.total = 0
-        self.open: dict[str, int] = {}
-        self._buckets = BucketTable(clock, rate, burst, maxEntries)
+        self._buckets.configure(rate, burst)
 
     def admit(self, address: str) -> Refusal | None:
         """Count a new connection from C{address}, or say why it is refused."""
         if self.maxConnections and self.total >= self.maxConnections:
             return Refusal("resource-constraint", "The server is at its connection limit;"
                                                   " try again later")
+        key = addressKey(address)
         if address not in self.allowlist:
-            key = addressKey(address)
             if self.maxPerAddress and self.open.get(key, 0) >= self.maxPerAddress:
                 return Refusal("policy-violation", "Too many connections from your address")
             if self.rate and not self._buckets[key].tryTake():
                 return Refusal("policy-violation", "Too many new connections from your address;"
                                                    " slow down")
-            self.open[key] = self.open.get(key, 0) + 1
+        self.open[key] = self.open.get(key, 0) + 1
         self.total += 1
         return None
 
     def release(self, address: str) -> None:
         """An admitted connection from C{address} has ended."""
         self.total -= 1
-        if address not in self.allowlist:
-            key = addressKey(address)
-            left = self.open.get(key, 0) - 1
-            if left > 0:
-                self.open[key] = left
-            else:
-                self.open.pop(key, None)
+        key = addressKey(address)
+        left = self.open.get(key, 0) - 1
+        if left > 0:
+            self.open[key] = left
+        else:
+            self.open.pop(key, None)
 
 
 class Metrics(Counter):
@@ -318,6 +331,7 @@ class Limiter:
         self.limits = limits
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
+        self.webExempt = tuple(webExempt)
         self.allowlist = AddressList(limits.allowlist)
         self.connections = ConnectionLimiter(
             clock, limits.max_connections, limits.max_connections_per_address,
@@ -325,13 +339,31 @@ class Limiter:
         self.webConnections = ConnectionLimiter(
             clock, limits.http_max_connections, limits.http_max_connections_per_address,
             limits.http_connection_rate, limits.http_connection_burst,
-            AddressList((*limits.allowlist, *webExempt)))
+            AddressList((*limits.allowlist, *self.webExempt)))
         self.webRefusals = EpisodeLog(clock, quiet=60.0)
         window = limits.auth_failure_window
         self.authByAddress = FailureCounter(clock, window)
         self.authByAccount = FailureCounter(clock, window)
         self.tokensByAddress = FailureCounter(clock, window)
         self.refusals = EpisodeLog(clock, quiet=60.0)
+
+    def reconfigure(self, limits) -> None:
+        """
+        New C{[limits]} (a reload): the caps, rates, allowlist and windows
+        change; the open connections, the buckets and the failures counted
+        so far are kept, so a reload neither frees nor forgives anybody.
+        """
+        self.limits = limits
+        self.allowlist = AddressList(limits.allowlist)
+        self.connections.configure(
+            limits.max_connections, limits.max_connections_per_address,
+            limits.connection_rate, limits.connection_burst, self.allowlist)
+        self.webConnections.configure(
+            limits.http_max_connections, limits.http_max_connections_per_address,
+            limits.http_connection_rate, limits.http_connection_burst,
+            AddressList((*limits.allowlist, *self.webExempt)))
+        for counter in (self.authByAddress, self.authByAccount, self.tokensByAddress):
+            counter.window = limits.auth_failure_window
 
     def exempt(self, address: str) -> bool:
         """Is C{address} in the allowlist (no per-address limits)?"""

@@ -5,7 +5,8 @@ L{InviteServer} holds what one process shares (config, store, router,
 virtual hosts, TLS). L{makeService} wraps it in a C{MultiService} of named
 children, so an embedding application can take the pieces it wants:
 C{"store"}, C{"hosts"}, C{"control"} (the channel C{invitesrvctl} reaches a
-running server through, L{invitesrv.control}), C{"s2s"} (federation, when C{[listen] s2s} names a
+running server through, L{invitesrv.control}), C{"reload"} (SIGHUP reloads
+certificates and config, L{invitesrv.reload}), C{"s2s"} (federation, when C{[listen] s2s} names a
 listener), C{"c2s"}, C{"c2s-direct-tls"}, C{"http"} (invite pages, web
 registration and the admin API), C{"metrics"} (the counters, logged every
 C{limits.metrics_interval}) and C{"systemd"} (readiness and watchdog
@@ -30,9 +31,10 @@ from invitesrv.control import SOCKET_NAME, ControlFactory, writeRecord
 from invitesrv.host import VirtualHost
 from invitesrv.limits import Limiter, Metrics
 from invitesrv.metrics import MetricsService
+from invitesrv.reload import ReloadService, reloadServer
 from invitesrv.store.sqlite import SQLiteStore
 from invitesrv.systemd import NotifyService
-from invitesrv.tls import loadContextFactory
+from invitesrv.tls import CurrentOptions, loadServerTLS
 from invitesrv.web.site import httpsFactory, makeSite
 from invitesrv.xmpp.c2s import C2SFactory
 from invitesrv.xmpp.router import Router
@@ -104,10 +106,13 @@ class InviteServer:
     """
     One server: its virtual hosts with their modules, over one store. The
     C{limiter} holds its per-address and per-account limits and C{metrics}
-    its event counters (shared by every host as C{host.metrics}).
+    its event counters (shared by every host as C{host.metrics}). C{tls} is
+    replaced by a reload: what uses it reads it at each new connection.
+    C{reloadConfig}, when given, reads the config again for a reload.
     """
 
-    def __init__(self, config: Config, store=None, reactor=None, loadModules: bool = True):
+    def __init__(self, config: Config, store=None, reactor=None, loadModules: bool = True,
+                 reloadConfig=None):
         if reactor is None:
             from twisted.internet import reactor
         self.config = config
@@ -118,6 +123,7 @@ class InviteServer:
         self.router = Router()
         self.listeners: list[ListenerService] = []  # filled by makeService
         self.tls = None
+        self.reloadConfig = reloadConfig  # reads the config again (None: certificates only)
         self.secret = secrets.token_bytes(32)
         self.metrics = Metrics()
         self.limiter = Limiter(config.limits, reactor, self.metrics, config.trusted_proxies)
@@ -129,21 +135,26 @@ class InviteServer:
             for host in self.hosts.values():
                 host.loadModules(config.modules)
 
-    def loadTLS(self) -> None:
-        """Load the certificate, generating a self-signed one when none is configured."""
-        config = self.config
+    def makeTLS(self, config: Config):
+        """The TLS options of C{config}: its certificates (per host, by SNI) and policy."""
         try:
-            self.tls = loadContextFactory(config.certificatePath, config.keyPath, list(self.hosts),
-                                          generate=config.tls_certificate is None,
-                                          ciphers=config.tls_ciphers, groups=config.tls_groups)
+            return loadServerTLS(config, list(self.hosts))
         except ValueError as e:
             raise ConfigError(f"{config.source}: {e}") from None
-        self.secret = loadSecret(config.data_dir / "server.secret")
+
+    def loadTLS(self) -> None:
+        """Load the certificates, generating a self-signed one when none is configured."""
+        self.tls = self.makeTLS(self.config)
+        self.secret = loadSecret(self.config.data_dir / "server.secret")
+
+    def reload(self) -> list[str]:
+        """Re-read the certificates and the live config (L{invitesrv.reload}); return the changes."""
+        return reloadServer(self)
 
     def c2sFactory(self, directTLS: bool = False):
         factory = C2SFactory(self, directTLS)
         if directTLS:
-            return TLSMemoryBIOFactory(self.tls, False, factory)
+            return TLSMemoryBIOFactory(CurrentOptions(self), False, factory)
         return factory
 
 
@@ -293,8 +304,13 @@ class ServerService(service.MultiService):
             raise
 
 
-def makeService(config: Config, reactor=None, store=None) -> service.MultiService:
-    """Build the whole server as a MultiService of named children."""
+def makeService(config: Config, reactor=None, store=None,
+                reloadConfig=None) -> service.MultiService:
+    """
+    Build the whole server as a MultiService of named children. A reload
+    (SIGHUP, C{invitesrvctl reload}) reads the config again with
+    C{reloadConfig()} when given; without it, only the certificates.
+    """
     if reactor is None:
         from twisted.internet import reactor
     _, files = raiseFileLimit()
@@ -306,12 +322,13 @@ def makeService(config: Config, reactor=None, store=None) -> service.MultiServic
                  " {wanted} but only {files} files may be open: new connections will fail"
                  " before that limit is reached", wanted=wanted, files=files)
     secureDataDir(config.data_dir)
-    server = InviteServer(config, store, reactor)
+    server = InviteServer(config, store, reactor, reloadConfig=reloadConfig)
     server.loadTLS()
     top = ServerService()
     top.server = server
     for name, child in (("store", StoreService(server.store)), ("hosts", HostsService(server)),
-                        ("control", ControlService(server, reactor))):
+                        ("control", ControlService(server, reactor)),
+                        ("reload", ReloadService(server, reactor))):
         child.setName(name)
         child.setServiceParent(top)
     def group(name: str) -> service.MultiService:

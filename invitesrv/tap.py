@@ -76,17 +76,25 @@ class Options(usage.Options):
 
     def _loadConfig(self):
         try:
-            config = loadConfig(self["config"])
-            self.config = withOverrides(config, dataDir=self["data-dir"], domains=self["domain"],
-                                        c2s=self["c2s"], s2s=self["s2s"], admins=self["admin"],
-                                        http=self["http"], publicURL=self["public-url"])
+            self.config = self.readConfig()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        for name in self.config.modules:
+
+    def readConfig(self):
+        """
+        The config file with the command-line overrides, at start and at
+        each reload; L{ConfigError} says what is wrong with it.
+        """
+        config = withOverrides(loadConfig(self["config"]), dataDir=self["data-dir"],
+                               domains=self["domain"], c2s=self["c2s"], s2s=self["s2s"],
+                               admins=self["admin"], http=self["http"],
+                               publicURL=self["public-url"])
+        for name in config.modules:
             try:
                 findModule(name)
             except ModuleError as e:
-                raise usage.UsageError(f"{self.config.source}: server.modules: {e}") from None
+                raise ConfigError(f"{config.source}: server.modules: {e}") from None
+        return config
 
 
 class TwistdService(service.MultiService):
@@ -105,7 +113,7 @@ class TwistdService(service.MultiService):
 
 
 def makeService(options: Options):
-    """Build the server for twistd."""
+    """Build the server for twistd; a reload reads the same file with the same overrides."""
     top = TwistdService()
-    _makeService(options.config).setServiceParent(top)
+    _makeService(options.config, reloadConfig=options.readConfig).setServiceParent(top)
     return top

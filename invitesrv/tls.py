@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from invitesrv.config import TLS_CIPHERS, TLS_GROUPS
 
@@ -89,14 +91,19 @@ class ServerContextFactory(ssl.CertificateOptions):
     configured suites and groups). Its contexts also release idle
     connections' TLS buffers: an idle client then costs a few kilobytes
     instead of ~34 KB. L{derive} makes options for another use (HTTPS,
-    server-to-server) with the same certificate and policy.
+    server-to-server) with the same certificates and policy.
 
     @ivar selectALPN: the ALPN selection callback (None: Twisted's, from
         C{acceptableProtocols}).
+    @ivar byName: the options of each name that has a certificate of its own
+        (a host, a subdomain, C{*.host}), chosen by the name a client asks
+        for (SNI); these options are the default, for clients that ask for
+        none or for another name.
     """
 
     def __init__(self, privateKey, certificate, extraCertChain=None, ciphers: str = TLS_CIPHERS,
-                 groups: str = TLS_GROUPS, selectALPN=_selectClientALPN, **options):
+                 groups: str = TLS_GROUPS, selectALPN=_selectClientALPN,
+                 byName: dict[str, ServerContextFactory] | None = None, **options):
         try:
             acceptable = ssl.AcceptableCiphers.fromOpenSSLCipherString(ciphers)
             ssl.CertificateOptions.__init__(
@@ -108,6 +115,7 @@ class ServerContextFactory(ssl.CertificateOptions):
         self.ciphers = ciphers
         self.groups = groups
         self.selectALPN = selectALPN
+        self.byName = byName or {}
         self._extra = options
 
     def _makeContext(self):
@@ -117,15 +125,132 @@ class ServerContextFactory(ssl.CertificateOptions):
         context.set_mode(SSL.MODE_RELEASE_BUFFERS)
         if self.selectALPN is not None:
             context.set_alpn_select_callback(self.selectALPN)
+        if self.byName:
+            context.set_tlsext_servername_callback(self._selectCertificate)
         return context
 
+    def _selectCertificate(self, connection: SSL.Connection) -> None:
+        """SNI: switch the handshake to the certificate of the name asked for, if there is one."""
+        name = connection.get_servername()
+        if name:
+            options = self.forName(name.decode("ascii", "replace"))
+            if options is not self:
+                connection.set_context(options.getContext())
+
+    def forName(self, name: str) -> ServerContextFactory:
+        """The options whose certificate serves C{name}: its own, a wildcard's, or the default."""
+        name = name.lower().rstrip(".")
+        return (self.byName.get(name) or self.byName.get("*." + name.partition(".")[2])
+                or self)
+
+    def contexts(self) -> list[SSL.Context]:
+        """The default context and each name's (for a use that must adjust them all)."""
+        return [self.getContext()] + [options.getContext() for options in _unique(self.byName)]
+
     def derive(self, **changes) -> ServerContextFactory:
-        """New options with this certificate and policy, and C{changes} to the arguments."""
+        """New options with these certificates and policy, and C{changes} to the arguments."""
+        perName = {key: value for key, value in changes.items() if key != "byName"}
+        derived = {id(options): options.derive(**perName) for options in _unique(self.byName)}
         arguments = dict(privateKey=self.privateKey, certificate=self.certificate,
                          extraCertChain=self.extraCertChain or None, ciphers=self.ciphers,
-                         groups=self.groups, selectALPN=self.selectALPN, **self._extra)
+                         groups=self.groups, selectALPN=self.selectALPN,
+                         byName={name: derived[id(options)] for name, options in self.byName.items()},
+                         **self._extra)
         arguments.update(changes)
         return ServerContextFactory(**arguments)
+
+
+def _unique(byName: dict[str, ServerContextFactory]) -> list[ServerContextFactory]:
+    """Each options object once (a certificate serves several names)."""
+    return list({id(options): options for options in byName.values()}.values())
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class CurrentOptions:
+    """
+    What one use (direct TLS, HTTPS, server-to-server) makes of the server's
+    current TLS options, which a reload replaces: C{derive(server.tls)},
+    made once per options object rather than per connection. As a connection
+    creator (direct TLS, HTTPS), new handshakes use the new certificates
+    while established connections keep theirs.
+    """
+
+    def __init__(self, server, derive=lambda options: options):
+        self.server = server
+        self.derive = derive
+        self._source = None
+        self._derived = None
+
+    @property
+    def current(self):
+        if self.server.tls is not self._source:
+            self._derived = self.derive(self.server.tls)
+            self._source = self.server.tls
+        return self._derived
+
+    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        return SSL.Connection(self.current.getContext(), None)
+
+
+def hostCertificatePaths(directory: Path, name: str) -> tuple[Path, Path] | None:
+    """
+    The certificate and key of C{name} in C{directory}: certbot's
+    C{<name>/fullchain.pem} and C{privkey.pem}, or Prosody's C{<name>.crt}
+    and C{<name>.key}; None if neither pair is there.
+    """
+    for certPath, keyPath in ((directory / name / "fullchain.pem", directory / name / "privkey.pem"),
+                              (directory / f"{name}.crt", directory / f"{name}.key")):
+        if certPath.is_file() and keyPath.is_file():
+            return certPath, keyPath
+    return None
+
+
+def certificateNames(certificate: x509.Certificate) -> list[str]:
+    """The DNS names of C{certificate} (its subject alternative names), lower case."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [name.lower() for name in names.value.get_values_for_type(x509.DNSName)]
+
+
+def hostCertificates(directory: Path, hosts: list[str]) -> dict[str, tuple[Path, Path]]:
+    """
+    The certificates in C{directory} for the served C{hosts} and their
+    subdomains (C{groups.HOST}), by name: the hosts first, in order.
+    """
+    found = {}
+    for host in hosts:
+        paths = hostCertificatePaths(directory, host)
+        if paths is not None:
+            found[host] = paths
+    try:
+        entries = sorted(entry.name for entry in directory.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        name = entry.removesuffix(".crt")
+        if name not in found and any(name.endswith("." + host) for host in hosts):
+            paths = hostCertificatePaths(directory, name)
+            if paths is not None:
+                found[name] = paths
+    return found
+
+
+def _loadPEM(certPath: Path, keyPath: Path) -> tuple[crypto.X509, crypto.PKey, list[crypto.X509]]:
+    """The certificate, key and chain in these PEM files; L{ValueError} names what is wrong."""
+    try:
+        pem = certPath.read_bytes()
+        certificate = crypto.load_certificate(crypto.FILETYPE_PEM, pem)
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, keyPath.read_bytes())
+        marker = b"-----END CERTIFICATE-----"
+        chain = [crypto.load_certificate(crypto.FILETYPE_PEM, block + marker)
+                 for block in pem.split(marker)[1:-1]]
+    except OSError as e:
+        raise ValueError(f"cannot read {e.filename}: {e.strerror}") from None
+    except crypto.Error as e:
+        raise ValueError(f"{certPath} or {keyPath} is not a PEM certificate and key: {e}") from None
+    return certificate, key, chain
 
 
 def loadContextFactory(certPath: Path, keyPath: Path, hosts: list[str], generate: bool,
@@ -133,22 +258,47 @@ def loadContextFactory(certPath: Path, keyPath: Path, hosts: list[str], generate
     """
     Load the certificate and key; if C{generate} and they do not exist yet,
     create a self-signed pair first and say so in the log. A C{ciphers} or
-    C{groups} setting OpenSSL cannot use raises L{ValueError} naming it, now
-    rather than at the first connection.
+    C{groups} setting OpenSSL cannot use, a file that cannot be read or a
+    key of another certificate raises L{ValueError} naming it, now rather
+    than at the first connection.
     """
     if generate and not (certPath.exists() and keyPath.exists()):
         generateSelfSigned(certPath, keyPath, hosts)
         log.warn("Generated a self-signed certificate for {hosts} in {path}; clients will warn "
                  "about it until you configure [tls] certificate and key",
                  hosts=", ".join(hosts), path=str(certPath))
-    certificate = crypto.load_certificate(crypto.FILETYPE_PEM, certPath.read_bytes())
-    key = crypto.load_privatekey(crypto.FILETYPE_PEM, keyPath.read_bytes())
-    chain = []
-    pem = certPath.read_bytes()
-    marker = b"-----END CERTIFICATE-----"
-    for block in pem.split(marker)[1:-1]:
-        chain.append(crypto.load_certificate(crypto.FILETYPE_PEM, block + marker))
+    certificate, key, chain = _loadPEM(certPath, keyPath)
     options = ServerContextFactory(privateKey=key, certificate=certificate,
                                    extraCertChain=chain or None, ciphers=ciphers, groups=groups)
-    options.getContext()
+    try:
+        options.getContext()
+    except SSL.Error as e:
+        raise ValueError(f"{keyPath} is not the key of {certPath}: {e}") from None
     return options
+
+
+def loadServerTLS(config, hosts: list[str]) -> ServerContextFactory:
+    """
+    The server's TLS options: a certificate per name from
+    C{[tls] certificates} (each host's, which also serves the subdomains it
+    names, and subdomains' own), chosen by SNI; the default is
+    C{[tls] certificate} when set, else the first host's, else a generated
+    self-signed one.
+    """
+    byName: dict[str, ServerContextFactory] = {}
+    first = None
+    for name, (certPath, keyPath) in hostCertificates(config.certificatesDir, hosts).items():
+        options = loadContextFactory(certPath, keyPath, hosts, False, config.tls_ciphers,
+                                     config.tls_groups)
+        first = first or options
+        byName[name] = options
+        for covered in certificateNames(options.certificate.to_cryptography()):
+            if covered.endswith("." + name) or covered.removeprefix("*.") == name:
+                byName.setdefault(covered, options)
+    if config.tls_certificate is not None or first is None:
+        default = loadContextFactory(config.certificatePath, config.keyPath, hosts,
+                                     config.tls_certificate is None, config.tls_ciphers,
+                                     config.tls_groups)
+    else:
+        default = first
+    return default.derive(byName=byName) if byName else default

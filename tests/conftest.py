@@ -66,6 +66,15 @@ class RunningServer:
         self.stop()
         raise RuntimeError(f"server did not start:\n{self.log()}")
 
+    def listenerPort(self, label: str, timeout: float = 30.0) -> int:
+        """The port of listener C{label} (start() waits for the client listener only)."""
+        deadline = time.monotonic() + timeout
+        while label not in self.ports and time.monotonic() < deadline:
+            for found, port in LISTENING.findall(self.log()):
+                self.ports.setdefault(found, int(port))
+            time.sleep(0.05)
+        return self.ports[label]
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None

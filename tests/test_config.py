@@ -96,15 +96,18 @@ def test_exampleDocumentsEveryOption():
 def test_exampleShowsTheDefaultValues():
     """
     Uncommenting every option line gives exactly the defaults, except the
-    certificate and key, which are unset by default and shown with example paths.
+    certificate, key and certificates directory, which are unset by default and
+    shown with example paths.
     """
     config = parseConfig(documentedOptions(), str(EXAMPLE))
-    assert config.tls_certificate is not None and config.tls_key is not None
-    shown = dataclasses.replace(config, tls_certificate=None, tls_key=None, source="<defaults>")
+    assert None not in (config.tls_certificate, config.tls_key, config.tls_certificates)
+    shown = dataclasses.replace(config, tls_certificate=None, tls_key=None, tls_certificates=None,
+                                source="<defaults>")
     defaults = Config()
     for field in dataclasses.fields(Config):
         assert getattr(shown, field.name) == getattr(defaults, field.name), field.name
     assert Config().tls_certificate is None and Config().tls_key is None
+    assert Config().tls_certificates is None
 
 
 def test_exampleHostDefaultsApplyToHosts():

@@ -29,6 +29,7 @@ from twisted.web import http, pages, resource, server, static
 from invitesrv.config import ConfigError
 from invitesrv.invites import InviteManager, hashToken
 from invitesrv.limits import EpisodeLog
+from invitesrv.tls import CurrentOptions
 from invitesrv.web.apps import CatalogueError, loadCatalogue
 from invitesrv.web.i18n import N_, Text
 from invitesrv.web.pages import BodyPolicy, MessageBody, Page, Refused, reason, rootOf, servePage
@@ -579,9 +580,11 @@ def makeSite(server, clock=None) -> WebSite:
 
 def httpsFactory(server, site: WebSite) -> TLSMemoryBIOFactory:
     """
-    The site over TLS with the server's certificate. The XMPP context offers
-    ALPN for C{xmpp-client}; browsers must get C{http/1.1} here (Twisted
-    would otherwise believe HTTP/2 was chosen).
+    The site over TLS with the server's certificates (the current ones, as
+    a reload changes them). The XMPP context offers ALPN for
+    C{xmpp-client}; browsers must get C{http/1.1} here (Twisted would
+    otherwise believe HTTP/2 was chosen).
     """
-    options = server.tls.derive(selectALPN=None, acceptableProtocols=[b"http/1.1"])
+    options = CurrentOptions(server, lambda tls: tls.derive(
+        selectALPN=None, acceptableProtocols=[b"http/1.1"]))
     return TLSMemoryBIOFactory(options, False, site)

@@ -153,7 +153,7 @@ class OutgoingAuthenticator(xmlstream.ConnectAuthenticator):
     def _startTLS(self, directTLS: bool = False) -> None:
         """Start TLS: after C{<proceed/>} (then a new stream), or at once for direct TLS."""
         xs = self.xmlstream
-        self.tls = self.federation.tls.client(self.peer.remote, directTLS)
+        self.tls = self.federation.tls.client(self.peer.remote, self.peer.local, directTLS)
         xs.startTLS(self.tls)
         self.encrypted = True
         if not directTLS:

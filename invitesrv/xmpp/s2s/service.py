@@ -13,6 +13,7 @@ from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 
 from invitesrv.limits import BucketTable
+from invitesrv.tls import CurrentOptions
 from invitesrv.xmpp.dialback import checkKey, dialbackKey, dialbackSecret
 from invitesrv.xmpp.resolve import Resolver
 from invitesrv.xmpp.router import bounce, parseJID
@@ -35,16 +36,25 @@ class S2SService(service.Service):
             from twisted.internet import reactor
         self.server = server
         self.router = server.router
-        self.config = server.config
         self.options = server.config.federation
         self.clock = server.clock
-        self.tls = PeerTLS(server.tls, self.options.trust) if server.tls is not None else None
+        self._tls = CurrentOptions(server, lambda options: PeerTLS(options, self.options.trust))
         self.resolver = Resolver(reactor, self.options.hosts, servers=self.options.dnsServers,
                                  fallbackPort=self.options.fallback_port)
         self.peers: dict[tuple[str, str], OutgoingPeer] = {}
         self.stanzaBuckets = BucketTable(self.clock, self.options.stanza_rate,
                                          self.options.stanza_burst)
         self.listenFactory = S2SListenFactory(self)
+
+    @property
+    def config(self):
+        """The server's config: a reload replaces it."""
+        return self.server.config
+
+    @property
+    def tls(self) -> PeerTLS | None:
+        """TLS with the server's current certificates (a reload replaces them); None without."""
+        return self._tls.current if self.server.tls is not None else None
 
     @property
     def secret(self) -> str:

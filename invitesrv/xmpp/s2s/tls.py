@@ -27,33 +27,36 @@ class PeerTLS:
     """
 
     def __init__(self, options, trust: str = ""):
-        self.clientContext = self._context(options, trust)
-        self.serverContext = self._context(options, trust)
+        self.clientOptions = self._options(options, trust)
+        self.serverOptions = self._options(options, trust)
 
     @staticmethod
-    def _context(options, trust: str) -> SSL.Context:
+    def _options(options, trust: str):
         # Peers (Prosody) offer ALPN "xmpp-server"; the default selection,
         # made for HTTP, would end the handshake with an internal error.
-        context = options.derive(selectALPN=_selectALPN).getContext()
-        if trust:
-            context.load_verify_locations(trust)
-        else:
-            context.set_default_verify_paths()
-        # Asking for the peer's certificate makes OpenSSL insist on a session
-        # id context, even with session caching off.
-        context.set_session_id(b"invitesrv-s2s")
-        return context
+        options = options.derive(selectALPN=_selectALPN)
+        for context in options.contexts():  # each host's too: SNI switches to them
+            if trust:
+                context.load_verify_locations(trust)
+            else:
+                context.set_default_verify_paths()
+            # Asking for the peer's certificate makes OpenSSL insist on a
+            # session id context, even with session caching off.
+            context.set_session_id(b"invitesrv-s2s")
+        return options
 
-    def client(self, serverName: str, directTLS: bool = False) -> PeerCertificate:
+    def client(self, serverName: str, local: str, directTLS: bool = False) -> PeerCertificate:
         """
-        The TLS layer of an outgoing stream to C{serverName} (sent as SNI);
-        with C{directTLS} (XEP-0368) it offers ALPN C{xmpp-server} too.
+        The TLS layer of an outgoing stream from C{local} to C{serverName}
+        (sent as SNI), with C{local}'s certificate; with C{directTLS}
+        (XEP-0368) it offers ALPN C{xmpp-server} too.
         """
-        return PeerCertificate(self.clientContext, serverName, [b"xmpp-server"] if directTLS else [])
+        return PeerCertificate(self.clientOptions.forName(local).getContext(), serverName,
+                               [b"xmpp-server"] if directTLS else [])
 
     def server(self) -> PeerCertificate:
-        """The TLS layer of an incoming stream."""
-        return PeerCertificate(self.serverContext, None)
+        """The TLS layer of an incoming stream (the certificate follows SNI)."""
+        return PeerCertificate(self.serverOptions.getContext(), None)
 
 
 def _selectALPN(connection, offered: list[bytes]):
