@@ -27,11 +27,18 @@ class C2SStream(RestrictedStream):
 
 
 class Session:
-    """A bound resource: where a user's stanzas come from and go to."""
+    """
+    A bound resource: where a user's stanzas come from and go to.
+
+    Modules keep their per-session state in L{invitesrv.services.slots.Slot}s
+    (C{slots}), and may wrap what goes out to the client (L{addOutput}):
+    to count it, queue it or hold it back. Availability, priority and
+    interest are set through L{invitesrv.services.resources.Resources}.
+    """
 
     __slots__ = ("stream", "host", "jid", "full", "bare", "bareJID", "user", "resource",
                  "priority", "available", "presence", "interested", "directed", "address",
-                 "closed", "__weakref__")
+                 "closed", "slots", "outputs", "_send", "__weakref__")
 
     def __init__(self, stream, host, full: jid.JID, address: str):
         self.stream = stream
@@ -49,12 +56,44 @@ class Session:
         self.interested = False  # asked for the roster: gets roster pushes
         self.directed: set[str] = set()  # JIDs sent directed presence
         self.closed = False
+        self.slots: dict = {}  # see invitesrv.services.slots
+        self.outputs: list = []  # see addOutput
+        self._send = stream.send
 
     def __repr__(self) -> str:
         return f"<Session {self.full}>"
 
     def send(self, element) -> None:
-        self.stream.send(element)
+        """Send a stanza to the client, through the output wrappers."""
+        self._send(element)
+
+    def addOutput(self, wrapper) -> None:
+        """
+        Wrap the way out: every stanza sent to this session goes to
+        C{wrapper(element, forward)} instead, which calls C{forward(element)}
+        when (and if) it is to go on towards the stream: now, later (queued
+        or held), or never. The last wrapper added sees a stanza first.
+        """
+        self.outputs.append(wrapper)
+        self._chain()
+
+    def removeOutput(self, wrapper) -> None:
+        self.outputs.remove(wrapper)
+        self._chain()
+
+    def _chain(self) -> None:
+        send = self.stream.send
+        for wrapper in self.outputs:
+            send = _forwarding(wrapper, send)
+        self._send = send
+
+    def attach(self, stream) -> None:
+        """
+        Go on over C{stream} (a new connection taking over this session, as
+        stream management's resumption does); the output wrappers stay.
+        """
+        self.stream = stream
+        self._chain()
 
     def whenSent(self) -> defer.Deferred:
         """
@@ -115,6 +154,11 @@ class Session:
                 self.send(xmlstream.toResponse(iq, "result"))
                 return False
         return True
+
+
+def _forwarding(wrapper, forward):
+    """A send function that hands each element to C{wrapper} with C{forward}."""
+    return lambda element: wrapper(element, forward)
 
 
 class C2SFactory(protocol.ServerFactory):
