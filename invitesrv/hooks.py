@@ -11,8 +11,9 @@ how a module vetoes a registration.
 The stream extension points are here too, with the two that are not hooks:
 a module handles top-level non-stanza elements of client streams with its
 C{nonzas} declaration (L{invitesrv.host.VirtualHost.addNonza}), and wraps
-what goes out to a session with L{invitesrv.xmpp.c2s.Session.addOutput}
-(typically from C{session-bound}). Per-stream and per-session state goes in
+what goes out to a session and comes in from it with
+L{invitesrv.xmpp.c2s.Session.addOutput} and C{addInput} (typically from
+C{session-bound}). Per-stream and per-session state goes in
 L{invitesrv.services.slots.Slot}s. In the hooks below, C{stream} is a client
 stream's L{invitesrv.xmpp.auth.C2SAuthenticator} (before and after binding)
 and C{session} a bound L{invitesrv.xmpp.c2s.Session}.

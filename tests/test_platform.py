@@ -44,26 +44,32 @@ class EchoModule(HostModule):
 
 
 SENT = Slot("test.sent", int, default=0)
+RECEIVED = Slot("test.received", int, default=0)
 
 
 class CounterModule(HostModule):
-    """An output wrapper: counts the stanzas sent to each session (as XEP-0198 does)."""
+    """Input and output wrappers: count the stanzas each way (as XEP-0198 does)."""
 
     name = "counter"
     hooks = (("session-bound", "onSessionBound"),)
 
     def onSessionBound(self, session):
-        def count(element, forward):
+        def countOut(element, forward):
             SENT.set(session, SENT.get(session) + 1)
             forward(element)
-        session.addOutput(count)
+
+        def countIn(element, forward):
+            RECEIVED.set(session, RECEIVED.get(session) + 1)
+            forward(element)
+        session.addOutput(countOut)
+        session.addInput(countIn)
 
 
 HELD = Slot("test.held", list)
 
 
 class HoldModule(HostModule):
-    """An output wrapper that holds stanzas until C{<flush/>} (as CSI does)."""
+    """An output wrapper that holds stanzas until C{<flush/>}, then lets them by (as CSI does)."""
 
     name = "hold"
     hooks = (("session-bound", "onSessionBound"),)
@@ -73,7 +79,11 @@ class HoldModule(HostModule):
         HELD.set(session, [])
 
         def hold(element, forward):
-            HELD.get(session).append((element, forward))
+            held = HELD.get(session)
+            if held is None:
+                forward(element)
+            else:
+                held.append((element, forward))
         session.addOutput(hold)
 
     def onFlush(self, stream, element):
@@ -102,6 +112,8 @@ class NeedsEcho(HostModule):
     name = "needy"
     depends = ("echo",)
     features = (NS_TEST,)
+    accountIdentities = (disco.DiscoIdentity("pubsub", "pep"),)
+    accountFeatures = (NS_TEST + "#account",)
     observers = (("/iq[@type='get']/query[@xmlns='urn:example:test']", "onQuery"),)
 
     def onQuery(self, iq):
@@ -191,6 +203,11 @@ def test_discoFromDeclarations(servers):
     info = yield host.modules["disco"].info(requestor, target, "")
     features = {str(entry) for entry in info if isinstance(entry, disco.DiscoFeature)}
     assert features == {disco.NS_DISCO_INFO, disco.NS_DISCO_ITEMS, NS_TEST}
+    info = yield host.modules["disco"].info(requestor, requestor.userhostJID(), "")
+    assert {str(entry) for entry in info if isinstance(entry, disco.DiscoFeature)} == {
+        disco.NS_DISCO_INFO, NS_TEST + "#account"}
+    assert {(i.category, i.type) for i in info if isinstance(i, disco.DiscoIdentity)} == {
+        ("account", "registered"), ("pubsub", "pep")}
     items = yield host.modules["disco"].items(requestor, target, "")
     assert [i.entity for i in items] == [jid.JID("groups.localhost")]
     host.stop()
@@ -267,7 +284,10 @@ def test_nonzaBeforeAndAfterLogin(servers):
 
 @pytest_twisted.inlineCallbacks
 def test_outputWrappers(servers):
-    """Output wrappers see every stanza to the session; one may hold them until told."""
+    """
+    Input wrappers see every stanza from the client; output wrappers every
+    stanza to it, and one may hold them until told.
+    """
     server = servers()
     host = server.hosts["localhost"]
     host.addModule("counter", CounterModule())
@@ -282,7 +302,10 @@ def test_outputWrappers(servers):
     assert named(connection, "message") == [] and SENT.get(session) == 0
     connection.send(f"<flush xmlns='{NS_TEST}'/>")
     assert [str(m.body) for m in named(connection, "message")] == ["one", "two"]
-    assert SENT.get(session) == 2
+    assert SENT.get(session) == 2 and RECEIVED.get(session) == 0
+    connection.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+                    "<iq type='get' id='p2'/>")  # the second is refused (no child): counted too
+    assert RECEIVED.get(session) == 2 and SENT.get(session) == 4
 
 
 @pytest_twisted.inlineCallbacks
@@ -319,6 +342,32 @@ def test_streamLostKeepsSessionForTakeOver(servers):
     second.stream.connectionLost(failure.Failure(ConnectionError("closed")))
     assert keeper.kept == [session] and session.closed
     assert server.router.session(jid.JID("una@localhost/test")) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_takeOverEndsLiveStream(servers):
+    """A session taken over while its old stream is still open ends that stream with conflict."""
+    server = servers()
+    host = server.hosts["localhost"]
+    host.start()
+    yield addAccount(server, "una", "una password")
+    first = ClientConnection(server, encrypted=True)
+    yield login(first, "una", "una password")
+    session = first.authenticator.session
+    second = ClientConnection(server, encrypted=True)
+    yield login(second, "una", "una password", resource="other")
+    with pytest.raises(ValueError):
+        second.authenticator.takeOver(session)  # it is bound already
+    third = ClientConnection(server, encrypted=True)
+    third.openStream()
+    payload = base64.b64encode(b"\0una\0una password").decode()
+    third.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>")
+    yield third.nextNamed("success")
+    third.openStream()
+    third.authenticator.takeOver(session)
+    assert first.streamError() == "conflict" and not session.closed
+    first.stream.connectionLost(failure.Failure(ConnectionError("closed")))
+    assert not session.closed and session.stream is third.stream
 
 
 def test_slotsAreTyped():

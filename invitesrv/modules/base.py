@@ -8,6 +8,8 @@ attaching and detaching by hand, it declares:
     when the host starts (a missing one stops start-up, naming both);
   - C{features} and C{identities}: what disco#info says about the host
     while the module is loaded (the C{disco} module asks every module);
+    C{accountFeatures} and C{accountIdentities} the same for an account's
+    bare JID (PEP's C{pubsub/pep}, say);
   - C{hooks}: C{(hook, method)} or C{(hook, method, priority)} pairs
     (L{invitesrv.hooks});
   - C{observers}: C{(xpath, method)} observers on the host's stream, for
@@ -49,6 +51,8 @@ class HostModule(XMPPHandler):
     depends: ClassVar[tuple[str, ...]] = ()
     features: ClassVar[tuple[str, ...]] = ()
     identities: ClassVar[tuple[disco.DiscoIdentity, ...]] = ()
+    accountFeatures: ClassVar[tuple[str, ...]] = ()
+    accountIdentities: ClassVar[tuple[disco.DiscoIdentity, ...]] = ()
     hooks: ClassVar[tuple[tuple, ...]] = ()
     observers: ClassVar[tuple[tuple, ...]] = ()
     nonzas: ClassVar[dict[tuple[str, str], str]] = {}
@@ -85,10 +89,14 @@ class HostModule(XMPPHandler):
     # -- IDisco: from the declarations -----------------------------------------
 
     def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        """The declared identities and features, for the host's own JID."""
-        if target.user is not None or nodeIdentifier:
+        """The declared identities and features, of the host's JID or of an account's."""
+        if nodeIdentifier or target.resource is not None:
             return []
-        return list(self.identities) + [disco.DiscoFeature(feature) for feature in self.features]
+        if target.user is None:
+            identities, features = self.identities, self.features
+        else:
+            identities, features = self.accountIdentities, self.accountFeatures
+        return list(identities) + [disco.DiscoFeature(feature) for feature in features]
 
     def getDiscoItems(self, requestor, target, nodeIdentifier=""):
         return []

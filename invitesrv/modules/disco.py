@@ -30,6 +30,8 @@ class DiscoModule(disco.DiscoHandler, HostModule):
     name = "disco"
     identities = (disco.DiscoIdentity("server", "im", SERVER_NAME),)
     features = (disco.NS_DISCO_INFO, disco.NS_DISCO_ITEMS)
+    accountIdentities = (disco.DiscoIdentity("account", "registered"),)
+    accountFeatures = (disco.NS_DISCO_INFO,)
     observers = ((disco.DISCO_INFO, "handleRequest"), (disco.DISCO_ITEMS, "handleRequest"))
 
     def connectionInitialized(self):
@@ -60,14 +62,6 @@ class DiscoModule(disco.DiscoHandler, HostModule):
             if item is None or item.subscription not in ("from", "both"):
                 raise error.StanzaError("service-unavailable")
         return d.addCallback(check)
-
-    def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if nodeIdentifier:
-            return []
-        if target.user is None:
-            return HostModule.getDiscoInfo(self, requestor, target, nodeIdentifier)
-        return [disco.DiscoIdentity("account", "registered"),
-                disco.DiscoFeature(disco.NS_DISCO_INFO)]
 
     def getDiscoItems(self, requestor, target, nodeIdentifier=""):
         """The host's items: what the C{disco-items} hook lists for its JID."""

@@ -176,15 +176,17 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
 
     def takeOver(self, session: Session) -> None:
         """
-        Carry on C{session} (held after its stream was lost) over this
-        stream, which is authenticated as its account: stream management's
-        resumption.
+        Carry on C{session} over this stream, which is authenticated as its
+        account: stream management's resumption. Its old stream, if still
+        open, ends with C{<conflict/>}.
         """
-        if not self.authenticated or self.username != session.user or session.closed:
+        if (not self.authenticated or self.session is not None or self.username != session.user
+                or session.closed):
             raise ValueError("only a live session of the stream's own account can be taken over")
-        old = session.stream.authenticator
-        if old.session is session:
-            old.session = None
+        oldStream = session.stream
+        if oldStream.authenticator.session is session:
+            oldStream.authenticator.session = None
+        oldStream.closeWithError("conflict", "Replaced by a resumed stream")
         session.attach(self.xmlstream)
         self.session = session
         self.xmlstream.established()
@@ -257,7 +259,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
                 handler(self, element)
                 return
         if self.session is not None:
-            self.session.stanzaReceived(element)
+            self.session.receive(element)
             return
         if uri == NS_STREAMS:
             self.xmlstream.close() if element.name == "error" else \

@@ -32,13 +32,14 @@ class Session:
 
     Modules keep their per-session state in L{invitesrv.services.slots.Slot}s
     (C{slots}), and may wrap what goes out to the client (L{addOutput}):
-    to count it, queue it or hold it back. Availability, priority and
+    to count it, queue it or hold it back; and what comes in from it
+    (L{addInput}): to count it, or see what it sends. Availability, priority and
     interest are set through L{invitesrv.services.resources.Resources}.
     """
 
     __slots__ = ("stream", "host", "jid", "full", "bare", "bareJID", "user", "resource",
                  "priority", "available", "presence", "interested", "directed", "address",
-                 "closed", "slots", "outputs", "_send", "__weakref__")
+                 "closed", "slots", "outputs", "_send", "inputs", "receive", "__weakref__")
 
     def __init__(self, stream, host, full: jid.JID, address: str):
         self.stream = stream
@@ -59,6 +60,8 @@ class Session:
         self.slots: dict = {}  # see invitesrv.services.slots
         self.outputs: list = []  # see addOutput
         self._send = stream.send
+        self.inputs: list = []  # see addInput
+        self.receive = self.stanzaReceived  # a stanza from the client, through the input wrappers
 
     def __repr__(self) -> str:
         return f"<Session {self.full}>"
@@ -81,11 +84,23 @@ class Session:
         self.outputs.remove(wrapper)
         self._chain()
 
+    def addInput(self, wrapper) -> None:
+        """
+        Wrap the way in: every stanza the client sends goes to
+        C{wrapper(element, forward)} first, before any check (stream
+        management counts each one); C{forward(element)} has it checked,
+        stamped and routed. The last wrapper added sees a stanza first.
+        """
+        self.inputs.append(wrapper)
+        self._chain()
+
+    def removeInput(self, wrapper) -> None:
+        self.inputs.remove(wrapper)
+        self._chain()
+
     def _chain(self) -> None:
-        send = self.stream.send
-        for wrapper in self.outputs:
-            send = _forwarding(wrapper, send)
-        self._send = send
+        self._send = _wrapped(self.outputs, self.stream.send)
+        self.receive = _wrapped(self.inputs, self.stanzaReceived)
 
     def attach(self, stream) -> None:
         """
@@ -156,8 +171,15 @@ class Session:
         return True
 
 
+def _wrapped(wrappers: list, last):
+    """A function that hands each element to the last of C{wrappers}, each forwarding to the one before."""
+    for wrapper in wrappers:
+        last = _forwarding(wrapper, last)
+    return last
+
+
 def _forwarding(wrapper, forward):
-    """A send function that hands each element to C{wrapper} with C{forward}."""
+    """A function that hands each element to C{wrapper} with C{forward}."""
     return lambda element: wrapper(element, forward)
 
 
