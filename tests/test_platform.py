@@ -432,3 +432,19 @@ def test_everyHookDocumented():
         used |= set(re.findall(r"hooks\.(?:run|first|fire)\(\s*\"([a-z-]+)\"", path.read_text()))
     assert used and used <= documented, used - documented
     assert {"stream-lost", "disco-items"} <= used
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('[server]\nmodules = ["presence"]\n',
+     "server.modules: module 'presence' needs module 'roster', which is not listed"),
+    ('[server]\nmodules = ["ping"]\n[modules.ping]\nx = 1\n', "module 'ping' takes no options"),
+])
+def test_startUpChecks(tmp_path, toml, message):
+    """twistd's option parsing refuses a missing dependency or a bad module table, naming the file."""
+    from twisted.python import usage
+
+    from invitesrv.tap import Options
+    config = tmp_path / "invitesrv.toml"
+    config.write_text(toml)
+    with pytest.raises(usage.UsageError, match=re.escape(f"{config}: {message}")):
+        Options().parseOptions(["--config", str(config)])
