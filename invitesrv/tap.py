@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from invitesrv.config import ConfigError, loadConfig, withOverrides
-from invitesrv.host import ModuleError, findModule
+from invitesrv.host import ModuleError, findModule, moduleOptions
 from invitesrv.service import ListenError
 from invitesrv.service import makeService as _makeService
 
@@ -83,17 +83,26 @@ class Options(usage.Options):
     def readConfig(self):
         """
         The config file with the command-line overrides, at start and at
-        each reload; L{ConfigError} says what is wrong with it.
+        each reload; L{ConfigError} says what is wrong with it (modules
+        included: a missing one, a missing dependency, a wrong option).
         """
         config = withOverrides(loadConfig(self["config"]), dataDir=self["data-dir"],
                                domains=self["domain"], c2s=self["c2s"], s2s=self["s2s"],
                                admins=self["admin"], http=self["http"],
                                publicURL=self["public-url"])
+        classes = {}
         for name in config.modules:
             try:
-                findModule(name)
+                classes[name] = findModule(name)
             except ModuleError as e:
                 raise ConfigError(f"{config.source}: server.modules: {e}") from None
+        for name, cls in classes.items():
+            for needed in getattr(cls, "depends", ()):
+                if needed not in classes:
+                    raise ConfigError(f"{config.source}: server.modules: module {name!r}"
+                                      f" needs module {needed!r}, which is not listed")
+            for host in config.hosts:
+                moduleOptions(cls, name, config, host)
         return config
 
 
