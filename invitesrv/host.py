@@ -178,6 +178,12 @@ class VirtualHost(XMPPHandlerCollection):
             module.options = moduleOptions(cls, name, self.config, self.name)
             self.addModule(name, module)
 
+    def reloadModuleOptions(self) -> None:
+        """Give each module with C{Options} its table from the config as it is now (a reload)."""
+        for name, module in self.modules.items():
+            if getattr(module, "Options", None) is not None:
+                module.options = moduleOptions(type(module), name, self.config, self.name)
+
     def addModule(self, name: str, module) -> None:
         """Add a module under C{name}; where it declares options and has none, the defaults."""
         schema = getattr(module, "Options", None)

@@ -1,8 +1,9 @@
 """
 Reloading a running server (SIGHUP, C{invitesrvctl reload}): the
 certificates are read again, and so is the config file, whose live parts
-(C{[limits]}, the hosts' options, C{[tls]}, C{require_encryption},
-C{scram_iterations}) apply to what happens next; the sessions already open
+(C{[limits]}, the hosts' options, the modules' C{[modules.NAME]} tables,
+C{[tls]}, C{require_encryption}, C{scram_iterations}) apply to what happens
+next; the sessions already open
 stay. What a running server cannot change (listeners, hosts added or
 removed, the data dir and so the store, the modules, federation, the public
 URL) is reported as needing a restart and left as it is. A config that does
@@ -26,7 +27,8 @@ log = Logger()
 RESTART_LIMITS = {"store_busy_timeout", "metrics_interval"}
 RESTART_HOST_OPTIONS = {"registration_allowlist", "registration_blocklist"}
 LIVE = {"limits", "hosts", "tls_certificate", "tls_key", "tls_certificates", "tls_ciphers",
-        "tls_groups", "require_encryption", "scram_iterations"}
+        "tls_groups", "require_encryption", "scram_iterations", "module_options",
+        "host_module_options"}
 
 
 class ReloadError(Exception):
@@ -41,7 +43,8 @@ def _key(name: str) -> str:
         return "listen." + name
     if name in _SERVER_KEYS:
         return "server." + name
-    return {"federation": "s2s"}.get(name, name)
+    return {"federation": "s2s", "module_options": "modules",
+            "host_module_options": "hosts.*.modules"}.get(name, name)
 
 
 def _show(value) -> str:
@@ -134,6 +137,7 @@ def applyConfig(server, config: Config) -> None:
     for name, host in server.hosts.items():
         host.config = config
         host.options = config.hosts.get(name, host.options)
+        host.reloadModuleOptions()
 
 
 def reloadServer(server) -> list[str]:

@@ -75,6 +75,15 @@ def test_exampleOverTheWire(site, tmp_path):
             client.send("<iq type='get' id='d1' to='localhost'>"
                         "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
             assert "<feature var='urn:example:motd'/>" in client.recvUntil(r"<iq[^>]*id='d1'.*?</iq>")
+        # Its options change live: a reload gives the module the new table.
+        server.configPath.write_text(server.configPath.read_text().replace(
+            'text = "Hello localhost"', 'text = "Hello again"'))
+        result = server.ctl("reload")
+        assert "hosts.*.modules" in result.stdout and "needs a restart" not in result.stdout, result.stdout
+        with RawClient(server.port) as client:
+            client.login("alice", "alice password", "phone")
+            reply = client.recvUntil(r"<message[^>]*type='headline'.*?</message>")
+            assert "<body>Hello again</body>" in reply
     finally:
         server.stop()
 
