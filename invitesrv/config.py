@@ -147,6 +147,21 @@ class Limits:
     metrics_interval: Duration = Duration(3600)
 
 
+@dataclass(frozen=True)
+class ComponentOptions:
+    """
+    A subdomain service of a host (C{[hosts."HOST".components.NAME]} serves
+    C{NAME.HOST}): either C{modules} run in this server, or an external
+    XEP-0114 component that connects to C{[listen] component} with C{secret}.
+    """
+
+    modules: tuple[str, ...] = ()
+    secret: str = ""
+
+
+MIN_COMPONENT_SECRET = 16  # characters: the secret is all that proves an external component
+
+
 DEFAULT_S2S_PORT = 5269
 
 
@@ -205,6 +220,7 @@ class Config:
     http: tuple[str, ...] = ()
     https: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
+    component: tuple[str, ...] = ()
     public_url: str = ""
     trusted_proxies: tuple[str, ...] = ()
     app_catalogue: str = ""
@@ -216,6 +232,8 @@ class Config:
     modules: tuple[str, ...] = DEFAULT_MODULES
     limits: Limits = Limits()
     federation: FederationOptions = FederationOptions()
+    # host -> component domain -> its options, from [hosts."HOST".components.NAME]
+    components: dict[str, dict[str, ComponentOptions]] = field(default_factory=dict)
     source: str = "<defaults>"
 
     @property
@@ -235,7 +253,7 @@ class Config:
 # Keys of the top-level tables and where they go in Config.
 _SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url",
                 "trusted_proxies", "app_catalogue", "hide_apps"}
-_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https", "metrics"}
+_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https", "metrics", "component"}
 _TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key"}
 
 
@@ -356,6 +374,27 @@ def _federation(table: object, source: str) -> FederationOptions:
     return replace(options, hosts=routes)
 
 
+def _components(host: str, table: object, source: str) -> dict[str, ComponentOptions]:
+    """The C{components} table of host C{host}: subdomain name -> its options, checked."""
+    where = f"hosts.{host}.components"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{where}] must be a table of subdomain names")
+    components = {}
+    for name, options in table.items():
+        domain = _checkHostName(f"{name}.{host}", source)
+        if not name or "." in name:
+            raise ConfigError(f"{source}: {where}: {name!r} is not a subdomain label")
+        options = _build(ComponentOptions, options, f"{where}.{name}", source)
+        if bool(options.modules) == bool(options.secret):
+            raise ConfigError(f"{source}: {where}.{name}: give either modules (served here) or"
+                              " secret (an external component), not both or neither")
+        if options.secret and len(options.secret) < MIN_COMPONENT_SECRET:
+            raise ConfigError(f"{source}: {where}.{name}.secret: use at least"
+                              f" {MIN_COMPONENT_SECRET} characters")
+        components[domain] = options
+    return components
+
+
 def parseConfig(data: dict, source: str = "<config>") -> Config:
     """Turn a parsed TOML document into a L{Config}."""
     known = {"server", "listen", "tls", "limits", "s2s", "host_defaults", "hosts"}
@@ -392,11 +431,20 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
     if not isinstance(hostTables, dict) or not hostTables:
         raise ConfigError(f"{source}: [hosts] must name at least one virtual host")
     hosts = {}
+    components = {}
     for name, table in hostTables.items():
         host = _checkHostName(name, source)
+        if isinstance(table, dict) and "components" in table:
+            table = dict(table)
+            components[host] = _components(host, table.pop("components"), source)
         options = _build(HostOptions, table, f"hosts.{name}", source, base=defaults)
         hosts[host] = _checkAdmins(host, options, source)
     values["hosts"] = hosts
+    values["components"] = components
+    domains = [domain for served in components.values() for domain in served]
+    for domain in domains:
+        if domain in hosts or domains.count(domain) > 1:
+            raise ConfigError(f"{source}: the component domain {domain} is served twice")
 
     config = Config(**values)
     if config.scram_iterations < 4096:

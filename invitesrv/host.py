@@ -77,6 +77,9 @@ class VirtualHost(XMPPHandlerCollection):
         self.hooks = Hooks()
         self.stream = HostStream(self)
         self.modules: dict[str, object] = {}
+        # What disco#items lists for the host's JID besides what modules
+        # declare: wokkel DiscoItems of its components (L{invitesrv.components}).
+        self.discoItems: list = []
         self.metrics = Metrics()  # the server's, when it runs in an InviteServer
         self.started = False
         from invitesrv.registrar import Registrar

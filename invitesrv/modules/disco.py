@@ -4,6 +4,7 @@ XEP-0030 Service Discovery, for the server's JID and its accounts' bare JIDs.
 Wokkel's L{DiscoHandler} asks every sibling handler that provides
 L{IDisco}, so each module declares its own features and this one adds the
 identities: C{server/im} for the host, C{account/registered} for an account.
+The host's disco#items are its components (C{host.discoItems}).
 The server answers for an account only to the account itself or to a contact
 with a presence subscription to it (RFC 6121 section 8.5.1, XEP-0030 section
 3.3); anyone else, and anyone asking about an account that does not exist,
@@ -68,4 +69,7 @@ class DiscoModule(disco.DiscoHandler):
                 disco.DiscoFeature(disco.NS_DISCO_INFO)]
 
     def getDiscoItems(self, requestor, target, nodeIdentifier=""):
+        """The host lists its components (C{host.discoItems}); an account lists nothing."""
+        if target.user is None and not nodeIdentifier:
+            return list(self.parent.discoItems)
         return []
