@@ -61,8 +61,11 @@ def federated(domain: str, port: int, peers: dict[str, int], extra: str = "") ->
             f'[hosts."{domain}"]\n')
 
 
-def writeCertificates(directory: Path, domains: list[str]) -> Path:
-    """A test CA and, for each domain, a certificate it signed; return the CA file."""
+def writeCertificates(directory: Path, domains: list[str], subdomains: tuple[str, ...] = ()) -> Path:
+    """
+    A test CA and, for each domain, a certificate it signed (also naming
+    C{SUB.domain} for each of C{subdomains}); return the CA file.
+    """
     caKey = ec.generate_private_key(ec.SECP256R1())
     caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "invitesrv test CA")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -82,7 +85,9 @@ def writeCertificates(directory: Path, domains: list[str]) -> Path:
             .issuer_name(caName).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(validity[0]).not_valid_after(validity[1])
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(domain)] + [x509.DNSName(f"{sub}.{domain}") for sub in subdomains]),
+                critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(caKey, hashes.SHA256()))
         (directory / f"{domain}.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))

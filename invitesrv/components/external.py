@@ -88,6 +88,7 @@ class ExternalComponent(Component):
     def detach(self, stream) -> None:
         """C{stream} is gone: stanzas for the domain are refused until it reconnects."""
         if self.stream is stream:
+            log.info("Component {domain} disconnected", domain=self.name)
             self.stream = None
             self.unlist()
 
@@ -122,7 +123,6 @@ class ComponentAuthenticator(xmlstream.ListenAuthenticator):
 
     def connectionLost(self, reason) -> None:
         if self.authenticated:
-            log.info("Component {domain} disconnected", domain=self.component.name)
             self.component.detach(self.xmlstream)
 
     def streamStarted(self, root) -> None:
