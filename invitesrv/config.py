@@ -230,6 +230,10 @@ class Config:
     require_encryption: bool = True
     scram_iterations: int = 4096
     modules: tuple[str, ...] = DEFAULT_MODULES
+    # [modules.NAME] tables, and [hosts."x".modules.NAME] by host: checked against the
+    # module's options schema when it is loaded (invitesrv.host.moduleOptions).
+    module_options: dict[str, dict] = field(default_factory=dict)
+    host_module_options: dict[str, dict[str, dict]] = field(default_factory=dict)
     limits: Limits = Limits()
     federation: FederationOptions = FederationOptions()
     # host -> component domain -> its options, from [hosts."HOST".components.NAME]
@@ -291,7 +295,7 @@ def _fieldTypes(cls: type) -> dict[str, object]:
     return {f.name: hints[f.name] for f in fields(cls)}
 
 
-def _build(cls: type, table: object, where: str, source: str, base: object = None):
+def buildTable(cls: type, table: object, where: str, source: str, base: object = None):
     """Build dataclass C{cls} from a TOML table, every key checked."""
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [{where}] must be a table")
@@ -354,7 +358,7 @@ def _federation(table: object, source: str) -> FederationOptions:
     hosts = rest.pop("hosts", {})
     if not isinstance(hosts, dict):
         raise ConfigError(f"{source}: s2s.hosts must be a table of domain = \"host:port\"")
-    options = _build(FederationOptions, rest, "s2s", source)
+    options = buildTable(FederationOptions, rest, "s2s", source)
     routes = {}
     for name, address in hosts.items():
         try:
@@ -384,10 +388,13 @@ def _components(host: str, table: object, source: str) -> dict[str, ComponentOpt
         domain = _checkHostName(f"{name}.{host}", source)
         if not name or "." in name:
             raise ConfigError(f"{source}: {where}: {name!r} is not a subdomain label")
-        options = _build(ComponentOptions, options, f"{where}.{name}", source)
+        options = buildTable(ComponentOptions, options, f"{where}.{name}", source)
         if bool(options.modules) == bool(options.secret):
             raise ConfigError(f"{source}: {where}.{name}: give either modules (served here) or"
                               " secret (an external component), not both or neither")
+        if "disco" in options.modules:
+            raise ConfigError(f"{source}: {where}.{name}.modules: leave out 'disco': every"
+                              " component answers disco for itself")
         if options.secret and len(options.secret) < MIN_COMPONENT_SECRET:
             raise ConfigError(f"{source}: {where}.{name}.secret: use at least"
                               f" {MIN_COMPONENT_SECRET} characters")
@@ -395,9 +402,16 @@ def _components(host: str, table: object, source: str) -> dict[str, ComponentOpt
     return components
 
 
+def _moduleTables(table: object, where: str, source: str) -> dict[str, dict]:
+    """The C{[modules.NAME]} tables under C{where}, each a table (checked by its module later)."""
+    if not isinstance(table, dict) or not all(isinstance(t, dict) for t in table.values()):
+        raise ConfigError(f"{source}: [{where}] must hold one table per module, [{where}.NAME]")
+    return dict(table)
+
+
 def parseConfig(data: dict, source: str = "<config>") -> Config:
     """Turn a parsed TOML document into a L{Config}."""
-    known = {"server", "listen", "tls", "limits", "s2s", "host_defaults", "hosts"}
+    known = {"server", "listen", "tls", "limits", "s2s", "host_defaults", "hosts", "modules"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: unknown section or option {key!r}")
@@ -422,22 +436,27 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
     take("listen", {k: k for k in _LISTEN_KEYS})
     take("tls", _TLS_KEYS)
     if "limits" in data:
-        values["limits"] = _build(Limits, data["limits"], "limits", source)
+        values["limits"] = buildTable(Limits, data["limits"], "limits", source)
     if "s2s" in data:
         values["federation"] = _federation(data["s2s"], source)
 
-    defaults = _build(HostOptions, data.get("host_defaults", {}), "host_defaults", source)
+    defaults = buildTable(HostOptions, data.get("host_defaults", {}), "host_defaults", source)
     hostTables = data.get("hosts", {"localhost": {}})
     if not isinstance(hostTables, dict) or not hostTables:
         raise ConfigError(f"{source}: [hosts] must name at least one virtual host")
     hosts = {}
     components = {}
+    hostModules = {}
     for name, table in hostTables.items():
         host = _checkHostName(name, source)
-        if isinstance(table, dict) and "components" in table:
+        if isinstance(table, dict) and ("components" in table or "modules" in table):
             table = dict(table)
-            components[host] = _components(host, table.pop("components"), source)
-        options = _build(HostOptions, table, f"hosts.{name}", source, base=defaults)
+            if "components" in table:
+                components[host] = _components(host, table.pop("components"), source)
+            if "modules" in table:
+                hostModules[host] = _moduleTables(table.pop("modules"), f"hosts.{name}.modules",
+                                                  source)
+        options = buildTable(HostOptions, table, f"hosts.{name}", source, base=defaults)
         hosts[host] = _checkAdmins(host, options, source)
     values["hosts"] = hosts
     values["components"] = components
@@ -445,8 +464,18 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
     for domain in domains:
         if domain in hosts or domains.count(domain) > 1:
             raise ConfigError(f"{source}: the component domain {domain} is served twice")
+    values["host_module_options"] = hostModules
+    values["module_options"] = _moduleTables(data.get("modules", {}), "modules", source)
 
     config = Config(**values)
+    loaded = set(config.modules).union(*(options.modules for served in components.values()
+                                         for options in served.values()))
+    for where, tables in [("modules", config.module_options)] + [
+            (f"hosts.{host}.modules", tables) for host, tables in hostModules.items()]:
+        for name in tables:
+            if name not in loaded:
+                raise ConfigError(f"{source}: [{where}.{name}]: module {name!r} is not in"
+                                  " server.modules nor a component's modules")
     if config.scram_iterations < 4096:
         raise ConfigError(f"{source}: server.scram_iterations must be at least 4096")
     for entry in config.limits.allowlist:

@@ -1,20 +1,42 @@
 """
 Named hooks: the few places where modules cooperate without knowing each other.
 
-A module adds a callback to a hook on its virtual host; whoever owns the event
-runs the hook. Callbacks run in priority order (higher first). For
-L{Hooks.fire}, a callback may return a Deferred, which is waited for before the
-next one runs, and an exception stops the chain: that is how a module vetoes a
-registration. These are all the hooks, with what they are given:
+A module declares the hooks it takes (L{invitesrv.modules.base.HostModule}'s
+C{hooks}); the host adds them when the module starts and removes them when it
+stops. Whoever owns the event runs the hook. Callbacks run in priority order
+(higher first). For L{Hooks.fire}, a callback may return a Deferred, which is
+waited for before the next one runs, and an exception stops the chain: that is
+how a module vetoes a registration.
 
-C{stream-features} (session, features)
-    Synchronous. Add feature elements to the C{<stream:features/>} being sent;
-    C{session.authenticated} and C{session.encrypted} say which stage it is.
-C{preauth-iq} (session, iq) -> Deferred or None
+The stream extension points are here too, with the two that are not hooks:
+a module handles top-level non-stanza elements of client streams with its
+C{nonzas} declaration (L{invitesrv.host.VirtualHost.addNonza}), and wraps
+what goes out to a session and comes in from it with
+L{invitesrv.xmpp.c2s.Session.addOutput} and C{addInput} (typically from
+C{session-bound}). Per-stream and per-session state goes in
+L{invitesrv.services.slots.Slot}s. In the hooks below, C{stream} is a client
+stream's L{invitesrv.xmpp.auth.C2SAuthenticator} (before and after binding)
+and C{session} a bound L{invitesrv.xmpp.c2s.Session}.
+These are all the hooks, with what they are given:
+
+C{stream-features} (stream, features)
+    Synchronous. Add feature elements to the C{<stream:features/>} being sent,
+    before authentication and after (C{stream.authenticated} and
+    C{stream.encrypted} say which stage it is).
+C{preauth-iq} (stream, iq) -> Deferred or None
     An IQ on an unauthenticated stream. The first callback that returns a
     Deferred owns the IQ; it fires with the response element.
-C{stream-closed} (session)
-    An unauthenticated or authenticated stream ended: free what C{session.state} holds.
+C{stream-lost} (session, reason) -> True or None
+    Run with L{Hooks.first} when the connection of a bound session is lost
+    without the client closing its stream. A callback that returns True
+    keeps the session bound (stream management holds it for resumption, see
+    L{invitesrv.xmpp.auth.C2SAuthenticator.takeOver}) and must close it
+    later; otherwise the session closes at once.
+C{stream-closed} (stream)
+    An unauthenticated or authenticated stream ended: free what its slots hold.
+C{disco-items} (requestor, node) -> list[DiscoItem]
+    Synchronous: the items the host lists in its disco#items (services,
+    components), for C{node} ('' for the top level).
 C{user-registering} (registration)
     Before an account is created; raise a C{StanzaError} to refuse. May add to
     C{registration.rosterItems}, C{registration.roles} and the like.
@@ -58,11 +80,11 @@ C{invite-created} (invite, links)
 C{invite-used} (invite, username, path)
     After an invite was spent: a registration, a reset, or (path C{contact},
     username then the contact's JID) a pre-authorised subscription.
-C{invite-preauth} (session, token) -> Deferred[Invite] or None
+C{invite-preauth} (stream, token) -> Deferred[Invite] or None
     A token presented on an unauthenticated stream: reserve its invite for
-    the stream (C{session.state["invite"]}) or fail with a C{StanzaError},
-    after waiting on C{session.tokenRefused()} when the token was not valid
-    (it is counted and logged, and throttled per address).
+    the stream (C{host.registrar.reservations.hold}) or fail with a
+    C{StanzaError}, after waiting on C{stream.tokenRefused()} when the token
+    was not valid (it is counted and logged, and throttled per address).
 """
 
 from __future__ import annotations

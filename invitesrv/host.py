@@ -19,18 +19,16 @@ from twisted.words.protocols.jabber import jid
 from twisted.words.xish import utility
 from wokkel.subprotocols import XMPPHandlerCollection
 
-from invitesrv.config import Config, HostOptions
+from invitesrv.config import Config, ConfigError, HostOptions, buildTable
 from invitesrv.hooks import Hooks
 from invitesrv.limits import Metrics
+from invitesrv.modules.base import ModuleError
+from invitesrv.services.resources import Resources
 from invitesrv.xmpp.router import Router, bounce
 
 NS_CLIENT = "jabber:client"
 ADMIN_ROLE = "admin"  # the role an admin invite grants
 SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
-
-
-class ModuleError(Exception):
-    """A module named in the config cannot be found or loaded."""
 
 
 def findModule(name: str):
@@ -39,6 +37,25 @@ def findModule(name: str):
         if entry.name == name:
             return entry.load()
     raise ModuleError(f"no module named {name!r} (entry-point group invitesrv.modules)")
+
+
+def moduleOptions(cls, name: str, config: Config, host: str):
+    """
+    The options of module C{name} (class C{cls}) on C{host}: its
+    C{[modules.NAME]} table under its C{[hosts."x".modules.NAME]} table,
+    checked against the module's C{Options} dataclass; a L{ConfigError}
+    names the key and the file.
+    """
+    tables = (config.module_options.get(name), config.host_module_options.get(host, {}).get(name))
+    schema = getattr(cls, "Options", None)
+    if schema is None:
+        if any(table is not None for table in tables):
+            raise ConfigError(f"{config.source}: module {name!r} takes no options ([modules.{name}])")
+        return None
+    options = buildTable(schema, tables[0] or {}, f"modules.{name}", config.source)
+    if tables[1] is not None:
+        options = buildTable(schema, tables[1], f"hosts.{host}.modules.{name}", config.source, base=options)
+    return options
 
 
 class HostStream(utility.EventDispatcher):
@@ -77,9 +94,8 @@ class VirtualHost(XMPPHandlerCollection):
         self.hooks = Hooks()
         self.stream = HostStream(self)
         self.modules: dict[str, object] = {}
-        # What disco#items lists for the host's JID besides what modules
-        # declare: wokkel DiscoItems of its components (L{invitesrv.components}).
-        self.discoItems: list = []
+        self.nonzas: dict[tuple[str, str], object] = {}  # see addNonza
+        self.resources = Resources(self)
         self.metrics = Metrics()  # the server's, when it runs in an InviteServer
         self.started = False
         from invitesrv.registrar import Registrar
@@ -120,12 +136,41 @@ class VirtualHost(XMPPHandlerCollection):
     # -- modules ------------------------------------------------------------
 
     def loadModules(self, names) -> None:
+        """Load the modules C{names} from the entry-point group, with their options."""
         for name in names:
-            self.addModule(name, findModule(name)())
+            cls = findModule(name)
+            module = cls()
+            module.options = moduleOptions(cls, name, self.config, self.name)
+            self.addModule(name, module)
 
     def addModule(self, name: str, module) -> None:
+        """Add a module under C{name}; where it declares options and has none, the defaults."""
+        schema = getattr(module, "Options", None)
+        if schema is not None and module.options is None:
+            module.options = schema()
         self.modules[name] = module
         module.setHandlerParent(self)
+
+    def checkDepends(self) -> None:
+        """Every module's C{depends} is loaded, or a L{ModuleError} names both."""
+        for name, module in self.modules.items():
+            for needed in getattr(module, "depends", ()):
+                if needed not in self.modules:
+                    raise ModuleError(f"module {name!r} needs module {needed!r}, which is not"
+                                      f" loaded on {self.name} (server.modules)")
+
+    def addNonza(self, key: tuple[str, str], handler) -> None:
+        """
+        Have C{handler(authenticator, element)} take the client-stream
+        top-level elements named C{key} (namespace, name) that are not
+        stanzas; one handler per name.
+        """
+        if key in self.nonzas:
+            raise ModuleError(f"two modules handle the nonza {{{key[0]}}}{key[1]} on {self.name}")
+        self.nonzas[key] = handler
+
+    def removeNonza(self, key: tuple[str, str]) -> None:
+        self.nonzas.pop(key, None)
 
     def addHandler(self, handler) -> None:
         XMPPHandlerCollection.addHandler(self, handler)
@@ -134,6 +179,7 @@ class VirtualHost(XMPPHandlerCollection):
             handler.connectionInitialized()
 
     def start(self) -> None:
+        self.checkDepends()
         self.started = True
         for handler in list(self):
             handler.makeConnection(self.stream)
@@ -193,12 +239,8 @@ class VirtualHost(XMPPHandlerCollection):
         if kind == "groupchat":
             self._refuse(message, "service-unavailable")
             return
-        sessions = [s for s in self.router.resourcesOf(target.userhost()).values()
-                    if s.available and s.priority >= 0]
+        sessions = self.resources.recipients(target.userhost(), kind != "headline")
         if sessions:
-            if kind != "headline":
-                top = max(s.priority for s in sessions)
-                sessions = [s for s in sessions if s.priority == top]
             for session in sessions:
                 session.send(message)
             return

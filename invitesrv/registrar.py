@@ -17,6 +17,7 @@ from twisted.words.protocols.jabber import error
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from invitesrv.credentials import makeCredentials
+from invitesrv.services.reservation import Reservations
 from invitesrv.store.interfaces import (
     AccountExists,
     Invite,
@@ -95,6 +96,7 @@ class Registrar:
 
     def __init__(self, host):
         self.host = host
+        self.reservations = Reservations(host)
 
     def checkPassword(self, password: str | None, username: str = "") -> None:
         options = self.host.options

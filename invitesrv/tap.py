@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from invitesrv.config import ConfigError, loadConfig, withOverrides
-from invitesrv.host import ModuleError, findModule
+from invitesrv.host import ModuleError, findModule, moduleOptions
 from invitesrv.service import ListenError
 from invitesrv.service import makeService as _makeService
 
@@ -77,11 +77,31 @@ class Options(usage.Options):
                                         publicURL=self["public-url"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        for name in self.config.modules:
+        config = self.config
+        classes = {}
+        for name in config.modules:
             try:
-                findModule(name)
+                classes[name] = findModule(name)
             except ModuleError as e:
-                raise usage.UsageError(f"{self.config.source}: server.modules: {e}") from None
+                raise usage.UsageError(f"{config.source}: server.modules: {e}") from None
+        for name, cls in classes.items():
+            for needed in getattr(cls, "depends", ()):
+                if needed not in classes:
+                    raise usage.UsageError(f"{config.source}: server.modules: module {name!r}"
+                                           f" needs module {needed!r}, which is not listed")
+            for host in config.hosts:
+                try:
+                    moduleOptions(cls, name, config, host)
+                except ConfigError as e:
+                    raise usage.UsageError(str(e)) from None
+        for host, served in config.components.items():
+            for domain, options in served.items():
+                for name in options.modules:
+                    try:
+                        moduleOptions(findModule(name), name, config, domain)
+                    except (ModuleError, ConfigError) as e:
+                        raise usage.UsageError(f"{config.source}: hosts.{host}.components:"
+                                               f" {domain}: {e}") from None
 
 
 class TwistdService(service.MultiService):

@@ -21,11 +21,9 @@ import pytest
 from twisted.internet import task
 from twisted.words.xish import domish
 from wokkel import disco
-from wokkel.iwokkel import IDisco
-from wokkel.subprotocols import XMPPHandler
-from zope.interface import implementer
 
 from invitesrv.config import ComponentOptions, Config, ConfigError, parseConfig
+from invitesrv.modules.base import HostModule
 from invitesrv.service import HostsService, InviteServer
 from invitesrv.store.sqlite import SQLiteStore
 
@@ -34,16 +32,12 @@ NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "invitesrv.example.toml"
 
 
-@implementer(IDisco)
-class EchoModule(XMPPHandler):
+class EchoModule(HostModule):
     """Sends every message back to its sender from the address it was sent to."""
 
-    def connectionInitialized(self):
-        self.xmlstream.addObserver("/message", self.onMessage)
-
-    def connectionLost(self, reason):
-        self.xmlstream.removeObserver("/message", self.onMessage)
-        XMPPHandler.connectionLost(self, reason)
+    name = "echo"
+    identities = (disco.DiscoIdentity("component", "generic", "Echo"),)
+    observers = (("/message", "onMessage"),)
 
     def onMessage(self, message):
         if message.getAttribute("type") == "error":
@@ -53,14 +47,6 @@ class EchoModule(XMPPHandler):
         echo["from"], echo["to"] = message["to"], message["from"]
         echo.addElement("body", content=str(message.body))
         self.send(echo)
-
-    def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if target.user is None and not nodeIdentifier:
-            return [disco.DiscoIdentity("component", "generic", "Echo")]
-        return []
-
-    def getDiscoItems(self, requestor, target, nodeIdentifier=""):
-        return []
 
 
 class Session:
@@ -189,6 +175,7 @@ def test_componentsConfig():
     ({"a.b": {"modules": ["ping"]}}, "'a.b' is not a subdomain label"),
     ({"push": {"secret": "s" * 16, "port": 5347}}, "unknown option hosts.example.org.components.push.port"),
     ({"bad name": {"modules": ["ping"]}}, "is not a valid domain name"),
+    ({"groups": {"modules": ["disco", "ping"]}}, "groups.modules: leave out 'disco'"),
     (["groups"], "must be a table"),
 ])
 def test_componentsConfigErrors(table, message):

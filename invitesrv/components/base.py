@@ -6,11 +6,12 @@ router: whatever is addressed to its domain or to a JID at it
 (C{room@groups.example.org/nick}) reaches the component, which answers for
 itself, and what it sends goes out through the router to local users, other
 components or remote servers. Each belongs to a virtual host, which lists it
-in its disco#items (C{host.discoItems}) under the name of the identity the
-component gives in its own disco#info.
+in its disco#items (through the host's C{disco-items} hook) under the name of
+the identity the component gives in its own disco#info.
 
 L{InternalComponent} serves its domain with its own modules, found by name in
-the C{invitesrv.modules} entry-point group like a host's; the external
+the C{invitesrv.modules} entry-point group and given their options like a
+host's; the external
 XEP-0114 kind is in L{invitesrv.components.external}.
 """
 
@@ -22,7 +23,8 @@ from twisted.words.protocols.jabber import jid
 from wokkel import disco
 from wokkel.subprotocols import XMPPHandlerCollection
 
-from invitesrv.host import HostStream, findModule
+from invitesrv.hooks import Hooks
+from invitesrv.host import HostStream, VirtualHost
 from invitesrv.modules.disco import DiscoModule
 from invitesrv.xmpp.router import bounce
 
@@ -41,6 +43,7 @@ class Component:
         self.host = host
         self.router = host.router
         self.discoItem = disco.DiscoItem(self.jid)
+        self.listed = False
         self.started = False
 
     def start(self) -> None:
@@ -55,12 +58,18 @@ class Component:
 
     def list(self) -> None:
         """Appear in the host's disco#items."""
-        if self.discoItem not in self.host.discoItems:
-            self.host.discoItems.append(self.discoItem)
+        if not self.listed:
+            self.listed = True
+            self.host.hooks.add("disco-items", self.discoItems)
 
     def unlist(self) -> None:
-        if self.discoItem in self.host.discoItems:
-            self.host.discoItems.remove(self.discoItem)
+        if self.listed:
+            self.listed = False
+            self.host.hooks.remove("disco-items", self.discoItems)
+
+    def discoItems(self, requestor, node: str) -> list:
+        """The C{disco-items} hook of the host: this component, at the top level."""
+        return [] if node else [self.discoItem]
 
     def named(self, identities) -> None:
         """Take the list name from the first named identity of the component's disco#info."""
@@ -82,20 +91,17 @@ class Component:
 class ComponentDisco(DiscoModule):
     """
     disco#info and #items of a component's domain: the component's modules
-    declare its identity and features (L{IDisco}), as a host's do; anyone
-    may ask, and the component's modules decide about JIDs at its domain.
+    declare its identity and features, as a host's do, and its items come
+    from its own C{disco-items} hook; anyone may ask, and the component's
+    modules decide about JIDs at its domain.
     """
+
+    identities = ()
+    accountIdentities = ()
+    accountFeatures = ()
 
     def _checkAccess(self, requestor: jid.JID, target: jid.JID):
         return defer.succeed(None)
-
-    def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if nodeIdentifier or target.user is not None:
-            return []
-        return [disco.DiscoFeature(disco.NS_DISCO_INFO), disco.DiscoFeature(disco.NS_DISCO_ITEMS)]
-
-    def getDiscoItems(self, requestor, target, nodeIdentifier=""):
-        return []
 
 
 class InternalComponent(Component, XMPPHandlerCollection):
@@ -103,9 +109,16 @@ class InternalComponent(Component, XMPPHandlerCollection):
     A component served in this process by its own modules (Wokkel handlers,
     one set for the whole domain, as Wokkel's C{InternalComponent} and
     L{invitesrv.host.VirtualHost} have). Its modules reach C{host} (the
-    virtual host it belongs to), C{router}, C{store}, C{config} and C{clock}
-    through their C{parent}; every component answers disco (L{ComponentDisco}).
+    virtual host it belongs to), C{router}, C{store}, C{config}, C{clock}
+    and C{hooks} (the component's own) through their C{parent}; every
+    component answers disco (L{ComponentDisco}). Modules are loaded, given
+    their options (C{[modules.NAME]}) and their dependencies checked as a
+    host's are.
     """
+
+    loadModules = VirtualHost.loadModules
+    addModule = VirtualHost.addModule
+    checkDepends = VirtualHost.checkDepends
 
     def __init__(self, name: str, host):
         XMPPHandlerCollection.__init__(self)
@@ -113,21 +126,15 @@ class InternalComponent(Component, XMPPHandlerCollection):
         self.store = host.store
         self.config = host.config
         self.clock = host.clock
+        self.hooks = Hooks()
         self.stream = HostStream(self)
         self.modules: dict[str, object] = {}
         self.disco = ComponentDisco()
-        self.disco.setHandlerParent(self)
-
-    def loadModules(self, names) -> None:
-        for name in names:
-            self.addModule(name, findModule(name)())
-
-    def addModule(self, name: str, module) -> None:
-        self.modules[name] = module
-        module.setHandlerParent(self)
+        self.addModule("disco", self.disco)
 
     def start(self) -> None:
         """Connect the modules, then route the domain and list it under its disco#info name."""
+        self.checkDepends()
         for handler in list(self):
             handler.makeConnection(self.stream)
             handler.connectionInitialized()

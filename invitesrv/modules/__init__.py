@@ -1,1 +1,1 @@
-"""Features, one module per file, each a Wokkel XMPPHandler."""
+"""Features, one module per file, each a L{invitesrv.modules.base.HostModule}; see docs/modules.md."""

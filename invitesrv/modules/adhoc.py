@@ -51,10 +51,9 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 from wokkel import data_form, disco
-from wokkel.iwokkel import IDisco
-from wokkel.subprotocols import IQHandlerMixin, XMPPHandler
-from zope.interface import implementer
+from wokkel.subprotocols import IQHandlerMixin
 
+from invitesrv.modules.base import HostModule
 from invitesrv.xmpp.router import parseJID
 
 log = Logger()
@@ -254,7 +253,7 @@ def formElement(form: data_form.Form) -> domish.Element:
     return element
 
 
-class CommandProvider(XMPPHandler):
+class CommandProvider(HostModule):
     """
     A module whose job is to offer ad-hoc commands: define L{adhocCommands}
     and they are offered through the C{adhoc-commands} hook while the module
@@ -265,39 +264,32 @@ class CommandProvider(XMPPHandler):
         """The commands offered now."""
         raise NotImplementedError()
 
-    def _commands(self, host) -> list[AdHocCommand]:
+    hooks = (("adhoc-commands", "offeredCommands"),)
+
+    def offeredCommands(self, host) -> list[AdHocCommand]:
+        """The C{adhoc-commands} hook."""
         return list(self.adhocCommands())
 
-    def connectionInitialized(self):
-        self.parent.hooks.add("adhoc-commands", self._commands)
 
-    def connectionLost(self, reason):
-        self.parent.hooks.remove("adhoc-commands", self._commands)
-        XMPPHandler.connectionLost(self, reason)
-
-
-@implementer(IDisco)
-class AdHocModule(XMPPHandler, IQHandlerMixin):
+class AdHocModule(HostModule, IQHandlerMixin):
     """
     Runs the commands offered through the C{adhoc-commands} hook, addressed
     to the server's JID, and keeps the sessions of multi-step commands.
     """
 
+    name = "adhoc"
+    observers = ((COMMAND, "onRequest"),)
     iqHandlers: ClassVar[dict[str, str]] = {COMMAND: "onCommand"}
 
     def __init__(self) -> None:
-        XMPPHandler.__init__(self)
+        HostModule.__init__(self)
         self.sessions: dict[str, CommandSession] = {}
         self.expired: OrderedDict[str, None] = OrderedDict()
 
-    def connectionInitialized(self):
-        self.xmlstream.addObserver(COMMAND, self.onRequest)
-
     def connectionLost(self, reason):
-        self.xmlstream.removeObserver(COMMAND, self.onRequest)
         for session in list(self.sessions.values()):
             self._end(session, canceled=True)
-        XMPPHandler.connectionLost(self, reason)
+        HostModule.connectionLost(self, reason)
 
     def commands(self) -> dict[str, AdHocCommand]:
         """Every command offered now, by node (the first offer of a node wins)."""

@@ -55,6 +55,8 @@ class OnlineUsersCommand(FormCommand):
 class AdminCommandsModule(CommandProvider):
     """Offers the service administration commands to the host's admins."""
 
+    name = "adhoc_admin"
+
     def __init__(self) -> None:
         CommandProvider.__init__(self)
         self.commands = (OnlineUsersCommand(),)

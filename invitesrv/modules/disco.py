@@ -2,9 +2,11 @@
 XEP-0030 Service Discovery, for the server's JID and its accounts' bare JIDs.
 
 Wokkel's L{DiscoHandler} asks every sibling handler that provides
-L{IDisco}, so each module declares its own features and this one adds the
-identities: C{server/im} for the host, C{account/registered} for an account.
-The host's disco#items are its components (C{host.discoItems}).
+L{IDisco}; every L{HostModule} does, from the C{features} and C{identities}
+it declares, so disco answers are what is loaded. This module adds the
+identities: C{server/im} for the host, C{account/registered} for an account;
+and the host's disco#items from the C{disco-items} hook (the services, such
+as components, that the host lists).
 The server answers for an account only to the account itself or to a contact
 with a presence subscription to it (RFC 6121 section 8.5.1, XEP-0030 section
 3.3); anyone else, and anyone asking about an account that does not exist,
@@ -16,22 +18,25 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.words.protocols.jabber import error, jid
 from wokkel import disco
-from wokkel.iwokkel import IDisco
-from zope.interface import implementer
+
+from invitesrv.modules.base import HostModule
 
 SERVER_NAME = "invitesrv"
 
 
-@implementer(IDisco)
-class DiscoModule(disco.DiscoHandler):
+class DiscoModule(disco.DiscoHandler, HostModule):
     """Answers disco#info and disco#items for the host and its accounts."""
 
-    def connectionLost(self, reason):
-        """Detach the two observers Wokkel's handler attached: the host's stream outlives a stop."""
-        self.xmlstream.removeObserver(disco.DISCO_INFO, self.handleRequest)
-        self.xmlstream.removeObserver(disco.DISCO_ITEMS, self.handleRequest)
-        disco.DiscoHandler.connectionLost(self, reason)
+    name = "disco"
+    identities = (disco.DiscoIdentity("server", "im", SERVER_NAME),)
+    features = (disco.NS_DISCO_INFO, disco.NS_DISCO_ITEMS)
+    accountIdentities = (disco.DiscoIdentity("account", "registered"),)
+    accountFeatures = (disco.NS_DISCO_INFO,)
+    observers = ((disco.DISCO_INFO, "handleRequest"), (disco.DISCO_ITEMS, "handleRequest"))
 
+    def connectionInitialized(self):
+        """The declared observers only (not Wokkel's own, which a stop would leave behind)."""
+        HostModule.connectionInitialized(self)
     def info(self, requestor: jid.JID, target: jid.JID | None, nodeIdentifier: str):
         """Gather disco#info once the requestor may see C{target} (no C{to}: its own account)."""
         target = target or requestor.userhostJID()
@@ -58,18 +63,11 @@ class DiscoModule(disco.DiscoHandler):
                 raise error.StanzaError("service-unavailable")
         return d.addCallback(check)
 
-    def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if nodeIdentifier:
-            return []
-        if target.user is None:
-            return [disco.DiscoIdentity("server", "im", SERVER_NAME),
-                    disco.DiscoFeature(disco.NS_DISCO_INFO),
-                    disco.DiscoFeature(disco.NS_DISCO_ITEMS)]
-        return [disco.DiscoIdentity("account", "registered"),
-                disco.DiscoFeature(disco.NS_DISCO_INFO)]
-
     def getDiscoItems(self, requestor, target, nodeIdentifier=""):
-        """The host lists its components (C{host.discoItems}); an account lists nothing."""
-        if target.user is None and not nodeIdentifier:
-            return list(self.parent.discoItems)
-        return []
+        """The host's items: what the C{disco-items} hook lists for its JID."""
+        if target.user is not None:
+            return []
+        items = []
+        for listed in self.parent.hooks.run("disco-items", requestor, nodeIdentifier):
+            items.extend(listed or ())
+        return items

@@ -11,24 +11,26 @@ from __future__ import annotations
 
 from twisted.internet import task
 from twisted.logger import Logger
-from wokkel.subprotocols import XMPPHandler
 
 from invitesrv.invites import InviteManager
+from invitesrv.modules.base import HostModule
 
 log = Logger()
 
 
-class InvitesModule(XMPPHandler):
+class InvitesModule(HostModule):
     """Sweeps the host's dead invites every L{sweepInterval} seconds, on the host's clock."""
 
+    name = "invites"
     sweepInterval = 3600.0
 
     def __init__(self):
-        XMPPHandler.__init__(self)
+        HostModule.__init__(self)
         self.manager: InviteManager | None = None
         self._sweeper: task.LoopingCall | None = None
 
     def connectionInitialized(self):
+        HostModule.connectionInitialized(self)
         self.manager = InviteManager(self.parent)
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.parent.clock
@@ -38,7 +40,7 @@ class InvitesModule(XMPPHandler):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None
-        XMPPHandler.connectionLost(self, reason)
+        HostModule.connectionLost(self, reason)
 
     def sweep(self):
         """One sweep; a failure is logged and the next one still runs."""

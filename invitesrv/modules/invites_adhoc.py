@@ -204,6 +204,8 @@ class RevokeInviteCommand(FormCommand):
 class InvitesAdHocModule(CommandProvider):
     """Offers the invite commands through the C{adhoc-commands} hook."""
 
+    name = "invites_adhoc"
+
     def __init__(self) -> None:
         CommandProvider.__init__(self)
         self.commands = (ContactInviteCommand(), AccountInviteCommand(), ResetInviteCommand(),

@@ -28,9 +28,9 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import error
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
-from wokkel.subprotocols import XMPPHandler
 
 from invitesrv.invites import InviteManager, hashToken
+from invitesrv.modules.base import HostModule
 from invitesrv.store.interfaces import InviteUnavailable, InviteUse
 
 log = Logger()
@@ -46,39 +46,35 @@ def invalidToken() -> error.StanzaError:
     return error.StanzaError("forbidden", "cancel", INVALID_TOKEN)
 
 
-class InvitesRegisterModule(XMPPHandler):
-    """Redeems invite tokens: preauth on unauthenticated streams, and XEP-0379."""
+class InvitesRegisterModule(HostModule):
+    """
+    Redeems invite tokens: preauth on unauthenticated streams, and XEP-0379.
+    The reservation a token makes is the registrar's (C{reservations}); the
+    C{register} and C{presence} modules are used when loaded.
+    """
 
-    _hooks = (
+    name = "invites_register"
+    hooks = (
         ("stream-features", "onStreamFeatures"),
         ("preauth-iq", "onPreauthIQ"),
         ("invite-preauth", "redeem"),
-        ("stream-closed", "onStreamClosed"),
-        ("session-bound", "onSessionBound"),
         ("user-registered", "onUserRegistered"),
         ("invite-used", "onInviteUsed"),
         ("subscription-request", "onSubscriptionRequest"),
     )
 
     def __init__(self):
-        XMPPHandler.__init__(self)
+        HostModule.__init__(self)
         self.manager: InviteManager | None = None
 
     def connectionInitialized(self):
         self.manager = InviteManager(self.parent)
-        for name, method in self._hooks:
-            self.parent.hooks.add(name, getattr(self, method))
-
-    def connectionLost(self, reason):
-        for name, method in self._hooks:
-            self.parent.hooks.remove(name, getattr(self, method))
-        XMPPHandler.connectionLost(self, reason)
+        HostModule.connectionInitialized(self)
 
     def registrationAvailable(self) -> bool:
         """Is there an in-band registration for a token to open? (No point advertising otherwise.)"""
-        from invitesrv.modules.register import RegisterModule
-        return any(isinstance(handler, RegisterModule) and handler.available()
-                   for handler in self.parent)
+        register = self.parent.modules.get("register")
+        return register is not None and register.available()
 
     # -- before authentication ------------------------------------------------
 
@@ -104,54 +100,24 @@ class InvitesRegisterModule(XMPPHandler):
         fire with it, or fail with C{forbidden}. An earlier reservation of the
         stream is given back once the new one is held; a failed attempt keeps it.
         """
-        state = session.state
+        reservations = self.parent.registrar.reservations
         if not session.preauthAllowed:
             raise error.StanzaError("policy-violation", "modify", "Encryption is required")
         tokenHash = hashToken(token)
         if tokenHash is None:
             raise invalidToken()
-        held = state.get("invite")
-        if held is not None and state.get("inviteHash") == tokenHash:
+        held = reservations.held(session, tokenHash)
+        if held is not None:
             return held
         invite = yield self.manager.reserve(token)
         if invite is None:
             yield session.tokenRefused()  # logs it; waits when the address keeps guessing
             raise invalidToken()
-        if state.get("closed"):
-            yield self.manager.release(invite)
-            raise invalidToken()
-        held = state.get("invite")
-        state["invite"] = invite
-        state["inviteHash"] = tokenHash
+        if not (yield reservations.hold(session, invite, tokenHash)):
+            raise invalidToken()  # the stream ended meanwhile
         log.info("Invite {id} reserved by a stream from {address}", id=invite.id,
                  address=session.address)
-        if held is not None:
-            yield self.manager.release(held)
         return invite
-
-    def onSessionBound(self, session) -> None:
-        """A stream that logged in will not register: its reservation goes back now."""
-        authenticator = getattr(session.stream, "authenticator", None)
-        if authenticator is not None:
-            self._release(authenticator.state)
-
-    def onStreamClosed(self, session) -> None:
-        """Give back the stream's reservation: its registration will not come."""
-        session.state["closed"] = True
-        self._release(session.state)
-
-    def _release(self, state: dict) -> None:
-        """
-        Give back the stream's reservation. One taken by a registration in
-        flight is no longer on the stream: that attempt spends it or gives
-        it back.
-        """
-        invite = state.pop("invite", None)
-        if invite is None:
-            return
-        d = self.manager.release(invite)
-        d.addErrback(lambda failure: log.failure("Releasing invite {id} failed", failure,
-                                                 id=invite.id))
 
     # -- after a registration -------------------------------------------------
 
@@ -222,7 +188,7 @@ class InvitesRegisterModule(XMPPHandler):
         item = yield host.store.getRosterItem(host.name, username, contact)
         if item is not None and item.subscription in ("from", "both"):
             return False  # already approved: the token stays unspent
-        presence = self._presence()
+        presence = host.modules.get("presence")
         if presence is None:
             return False
         try:
@@ -236,10 +202,3 @@ class InvitesRegisterModule(XMPPHandler):
         yield presence.requestSubscription(username, contact)
         yield host.hooks.fire("invite-used", invite, contact, "contact")
         return True
-
-    def _presence(self):
-        """The host's presence engine, which owns subscription states."""
-        for handler in self.parent:
-            if hasattr(handler, "approveSubscription") and hasattr(handler, "requestSubscription"):
-                return handler
-        return None

@@ -32,11 +32,8 @@ from datetime import UTC, datetime
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
-from wokkel import disco
-from wokkel.iwokkel import IDisco
-from wokkel.subprotocols import XMPPHandler
-from zope.interface import implementer
 
+from invitesrv.modules.base import HostModule
 from invitesrv.store.interfaces import OfflineMessage, StoreUnavailable
 from invitesrv.xmpp.router import bounce
 
@@ -83,24 +80,16 @@ def delayStamp(seconds: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-@implementer(IDisco)
-class OfflineModule(XMPPHandler):
+class OfflineModule(HostModule):
     """Keeps messages for offline users and delivers them at their next presence."""
 
+    name = "offline"
+    features = (NS_OFFLINE,)
+    hooks = (("offline-message", "keep"), ("initial-presence", "deliver"))
+
     def __init__(self) -> None:
-        XMPPHandler.__init__(self)
+        HostModule.__init__(self)
         self.delivering: set[str] = set()  # users whose kept messages are being handed over
-
-    def connectionInitialized(self):
-        hooks = self.parent.hooks
-        hooks.add("offline-message", self.keep)
-        hooks.add("initial-presence", self.deliver)
-
-    def connectionLost(self, reason):
-        hooks = self.parent.hooks
-        hooks.remove("offline-message", self.keep)
-        hooks.remove("initial-presence", self.deliver)
-        XMPPHandler.connectionLost(self, reason)
 
     def keep(self, username: str, message: domish.Element) -> defer.Deferred | None:
         """The C{offline-message} hook: fire True if the message was dealt with."""
@@ -190,14 +179,11 @@ class OfflineModule(XMPPHandler):
         resource of the user that may, with the highest priority; never one
         in C{tried}.
         """
-        def usable(other) -> bool:
-            return (other not in tried and not other.closed and other.available
-                    and other.priority >= 0)
-        if usable(session):
+        resources = self.parent.resources
+        if session not in tried and resources.best((session,)) is not None:
             return session
-        others = [other for other in self.parent.router.resourcesOf(session.bare).values()
-                  if usable(other)]
-        return max(others, key=lambda other: other.priority, default=None)
+        return resources.best(other for other in resources.online(session.bare)
+                              if other not in tried)
 
     def _stamped(self, entry: OfflineMessage) -> domish.Element:
         """The kept message, with the XEP-0203 delay of when this server kept it."""
@@ -209,11 +195,3 @@ class OfflineModule(XMPPHandler):
             delay["from"] = host
             delay["stamp"] = delayStamp(entry.stamp)
         return message
-
-    def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if target.user is None and not nodeIdentifier:
-            return [disco.DiscoFeature(NS_OFFLINE)]
-        return []
-
-    def getDiscoItems(self, requestor, target, nodeIdentifier=""):
-        return []

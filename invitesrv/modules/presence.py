@@ -38,8 +38,8 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 from twisted.words.xish.domish import escapeToXml
-from wokkel.subprotocols import XMPPHandler
 
+from invitesrv.modules.base import HostModule
 from invitesrv.modules.roster import FROM, TO, RosterModule
 from invitesrv.store.interfaces import RosterItem, StoreUnavailable
 from invitesrv.xmpp.router import bounce, parseJID
@@ -148,44 +148,34 @@ def parseStored(xml: str) -> domish.Element:
     return elements[0]
 
 
-class PresenceModule(XMPPHandler):
-    """The presence half of an instant-messaging server, for one virtual host."""
+class PresenceModule(HostModule):
+    """
+    The presence half of an instant-messaging server, for one virtual host.
+    It is the host's presence tracker: it sets who is available in
+    L{invitesrv.services.resources.Resources}.
+    """
 
-    def __init__(self) -> None:
-        XMPPHandler.__init__(self)
-        self._roster: RosterModule | None = None
+    name = "presence"
+    depends = ("roster",)
+    hooks = (("client-presence", "onClientPresence"),
+             ("session-closed", "onSessionClosed"),
+             ("stream-features", "onStreamFeatures"),
+             ("user-deleting", "onUserDeleting"),
+             ("user-registered", "onUserRegistered"))
+    observers = (("/presence", "onInboundPresence"),)
 
     @property
     def roster(self) -> RosterModule:
         """The host's roster module, which holds the per-user locks and sends pushes."""
-        if self._roster is None:
-            self._roster = self._findRoster()
-        return self._roster
-
-    def _findRoster(self) -> RosterModule:
-        for handler in self.parent:
-            if isinstance(handler, RosterModule):
-                return handler
-        raise RuntimeError("the presence module needs the roster module on the same host")
-
-    def _hooks(self):
-        return (("client-presence", self.onClientPresence, 0),
-                ("session-closed", self.onSessionClosed, 0),
-                ("stream-features", self.onStreamFeatures, 0),
-                ("user-deleting", self.onUserDeleting, 0),
-                ("user-registered", self.onUserRegistered, 0))
+        return self.parent.modules["roster"]
 
     def connectionInitialized(self) -> None:
-        self._roster = self._findRoster()  # fail at start-up, not at the first stanza
-        self.xmlstream.addObserver("/presence", self.onInboundPresence)
-        for name, callback, priority in self._hooks():
-            self.parent.hooks.add(name, callback, priority)
+        HostModule.connectionInitialized(self)
+        self.parent.resources.track(self)
 
     def connectionLost(self, reason) -> None:
-        self.xmlstream.removeObserver("/presence", self.onInboundPresence)
-        for name, callback, _ in self._hooks():
-            self.parent.hooks.remove(name, callback)
-        XMPPHandler.connectionLost(self, reason)
+        self.parent.resources.untrack(self)
+        HostModule.connectionLost(self, reason)
 
     # -- helpers ------------------------------------------------------------
 
@@ -196,7 +186,7 @@ class PresenceModule(XMPPHandler):
         return list(self.parent.router.resourcesOf(self._bare(username)).values())
 
     def _available(self, username: str) -> list:
-        return [s for s in self._sessions(username) if s.available and s.presence is not None]
+        return self.parent.resources.present(self._bare(username))
 
     def _watch(self, d: defer.Deferred, what: str, **fields) -> None:
         # Store faults are logged by the store, once per episode, not once per stanza.
@@ -259,10 +249,7 @@ class PresenceModule(XMPPHandler):
 
     def _becomeAvailable(self, session, presence) -> None:
         """Initial or subsequent available presence (RFC 6121 4.2.2, 4.4.2)."""
-        initial = not session.available
-        session.available = True
-        session.priority = parsePriority(presence)
-        session.presence = presence
+        initial = self.parent.resources.setAvailable(session, parsePriority(presence), presence)
         if initial:
             self._watch(defer.maybeDeferred(self.parent.hooks.run, "initial-presence", session),
                         "An initial-presence callback failed for {session}", session=session)
@@ -301,11 +288,8 @@ class PresenceModule(XMPPHandler):
         session (RFC 6121 4.5.2): to subscribers, to the user's available
         resources, and to whoever got directed presence and no broadcast.
         """
-        wasAvailable = session.available
         directed = set(session.directed)
-        session.available = False
-        session.presence = None
-        session.priority = 0
+        wasAvailable = self.parent.resources.setUnavailable(session)
         session.directed.clear()
         if not wasAvailable and not directed:
             return

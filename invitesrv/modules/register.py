@@ -4,8 +4,8 @@ XEP-0077 In-Band Registration, on both sides of authentication.
 Before authentication (through the C{preauth-iq} hook) a client fetches the
 form and submits a username and password, as legacy children or as a data
 form; the registrar does the real work, with the invite that a preauth token
-reserved for this stream (C{session.state["invite"]}, see
-L{invitesrv.modules.invites_register}). After authentication a user changes
+reserved for this stream (the registrar's
+L{invitesrv.services.reservation.Reservations}). After authentication a user changes
 their password or removes their account. Answers follow Prosody's error table
 (C{spec/invites-prosody-0.12.md}, section 3.4) so clients see what they know,
 without Prosody's holes: an invite serves one registration per stream.
@@ -24,11 +24,10 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
-from wokkel import data_form, disco
-from wokkel.iwokkel import IDisco
-from wokkel.subprotocols import IQHandlerMixin, XMPPHandler
-from zope.interface import implementer
+from wokkel import data_form
+from wokkel.subprotocols import IQHandlerMixin
 
+from invitesrv.modules.base import HostModule
 from invitesrv.registrar import RegistrationError, prepareUsername
 from invitesrv.xmpp.router import parseJID
 
@@ -91,31 +90,21 @@ def checkRequired(values: dict[str, str]) -> None:
         raise error.StanzaError("not-acceptable", "modify", "\n".join(missing))
 
 
-@implementer(IDisco)
-class RegisterModule(XMPPHandler, IQHandlerMixin):
+class RegisterModule(HostModule, IQHandlerMixin):
     """
     In-band registration, password change and account removal. The host
     advertises C{jabber:iq:register} in disco: clients such as Conversations
     offer their "change password" action only then.
     """
 
+    name = "register"
+    features = (NS_REGISTER,)
+    hooks = (("stream-features", "onStreamFeatures"), ("preauth-iq", "onPreauthIQ"))
+    observers = ((REQUEST, "onRequest"),)
     iqHandlers: ClassVar[dict[str, str]] = {
         f"/iq[@type='get']/query[@xmlns='{NS_REGISTER}']": "onGet",
         f"/iq[@type='set']/query[@xmlns='{NS_REGISTER}']": "onSet",
     }
-
-    def connectionInitialized(self):
-        hooks = self.parent.hooks
-        hooks.add("stream-features", self.onStreamFeatures)
-        hooks.add("preauth-iq", self.onPreauthIQ)
-        self.xmlstream.addObserver(REQUEST, self.onRequest)
-
-    def connectionLost(self, reason):
-        hooks = self.parent.hooks
-        hooks.remove("stream-features", self.onStreamFeatures)
-        hooks.remove("preauth-iq", self.onPreauthIQ)
-        self.xmlstream.removeObserver(REQUEST, self.onRequest)
-        XMPPHandler.connectionLost(self, reason)
 
     def available(self) -> bool:
         """Can a stranger register here at all (openly, or with an invite)?"""
@@ -123,14 +112,6 @@ class RegisterModule(XMPPHandler, IQHandlerMixin):
         if not options.registration_invite_only:
             return options.allow_registration
         return bool(self.parent.hooks.callbacks("invite-preauth"))
-
-    def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if target.user is None and not nodeIdentifier:
-            return [disco.DiscoFeature(NS_REGISTER)]
-        return []
-
-    def getDiscoItems(self, requestor, target, nodeIdentifier=""):
-        return []
 
     # -- before authentication ------------------------------------------------
 
@@ -178,17 +159,14 @@ class RegisterModule(XMPPHandler, IQHandlerMixin):
         stream is gone, logged in or holds a newer invite: then its
         reservation is given back.
         """
-        state = session.state
-        invite = state.pop("invite", None)
+        registrar = self.parent.registrar
+        invite = registrar.reservations.take(session)
         try:
-            yield self.parent.registrar.register(values["username"], values["password"], "ibr",
-                                                 session.address, invite=invite)
+            yield registrar.register(values["username"], values["password"], "ibr",
+                                     session.address, invite=invite)
         except Exception:
             if invite is not None:
-                if state.get("closed") or session.authenticated or state.get("invite"):
-                    yield self.parent.store.releaseInvite(invite.id)
-                else:
-                    state["invite"] = invite
+                yield registrar.reservations.putBack(session, invite)
             raise
 
     # -- after authentication -------------------------------------------------

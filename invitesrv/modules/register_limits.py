@@ -17,9 +17,8 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict, deque
 
-from wokkel.subprotocols import XMPPHandler
-
 from invitesrv.config import ConfigError
+from invitesrv.modules.base import HostModule
 from invitesrv.registrar import Registration, RegistrationError
 
 THROTTLED = "Too many registrations from this IP address recently"
@@ -43,9 +42,11 @@ def inNetworks(address: str, networks) -> bool:
     return any(ip in network for network in networks)
 
 
-class RegisterLimitsModule(XMPPHandler):
+class RegisterLimitsModule(HostModule):
     """Vetoes registrations from blocked or too eager addresses."""
 
+    name = "register_limits"
+    hooks = (("user-registering", "check", 10), ("user-registered", "record"))
     maxAddresses = 10_000  # remembered addresses; the oldest are forgotten first
 
     def connectionInitialized(self):
@@ -53,13 +54,7 @@ class RegisterLimitsModule(XMPPHandler):
         self.allowlist = parseNetworks(options.registration_allowlist, "registration_allowlist")
         self.blocklist = parseNetworks(options.registration_blocklist, "registration_blocklist")
         self.history: OrderedDict[str, deque[float]] = OrderedDict()
-        self.parent.hooks.add("user-registering", self.check, priority=10)
-        self.parent.hooks.add("user-registered", self.record)
-
-    def connectionLost(self, reason):
-        self.parent.hooks.remove("user-registering", self.check)
-        self.parent.hooks.remove("user-registered", self.record)
-        XMPPHandler.connectionLost(self, reason)
+        HostModule.connectionInitialized(self)
 
     def _window(self) -> float:
         options = self.parent.options

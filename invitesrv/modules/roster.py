@@ -24,8 +24,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
-from wokkel.subprotocols import XMPPHandler
 
+from invitesrv.modules.base import HostModule
 from invitesrv.store.interfaces import Roster, RosterItem
 from invitesrv.xmpp.router import parseJID
 
@@ -108,7 +108,7 @@ def parseSetItem(query: domish.Element,
     return contact.userhost(), name, tuple(groups), item.getAttribute("subscription") == "remove"
 
 
-class RosterModule(XMPPHandler):
+class RosterModule(HostModule):
     """
     Roster gets, sets and pushes for one virtual host, and the per-user
     serialisation every roster change goes through. The presence module and
@@ -116,22 +116,16 @@ class RosterModule(XMPPHandler):
     L{getRoster}, L{saveItem}, L{removeItem}, L{push} and L{pushStored}.
     """
 
+    name = "roster"
+    observers = ((ROSTER_REQUEST, "onRosterRequest"),)
+    # user-registered before the presence module exchanges presence for the same items.
+    hooks = (("stream-features", "onStreamFeatures"),
+             ("user-registered", "onUserRegistered", 10))
+
     def __init__(self) -> None:
-        XMPPHandler.__init__(self)
+        HostModule.__init__(self)
         self._locks: dict[str, defer.DeferredLock] = {}
         self._pushIds = itertools.count(1)
-
-    def connectionInitialized(self) -> None:
-        self.xmlstream.addObserver(ROSTER_REQUEST, self.onRosterRequest)
-        self.parent.hooks.add("stream-features", self.onStreamFeatures)
-        # Before the presence module exchanges presence for the same items.
-        self.parent.hooks.add("user-registered", self.onUserRegistered, priority=10)
-
-    def connectionLost(self, reason) -> None:
-        self.xmlstream.removeObserver(ROSTER_REQUEST, self.onRosterRequest)
-        self.parent.hooks.remove("stream-features", self.onStreamFeatures)
-        self.parent.hooks.remove("user-registered", self.onUserRegistered)
-        XMPPHandler.connectionLost(self, reason)
 
     # -- the API other modules use ------------------------------------------
 
@@ -180,9 +174,8 @@ class RosterModule(XMPPHandler):
     def push(self, username: str, contact: str, item: RosterItem | None, version: int) -> None:
         """Send a roster push (C{item} None: a removal) to the user's interested resources."""
         bare = f"{username}@{self.parent.name}"
-        for session in list(self.parent.router.resourcesOf(bare).values()):
-            if session.interested:
-                self._pushTo(session.full, contact, item, version)
+        for session in self.parent.resources.interested(bare):
+            self._pushTo(session.full, contact, item, version)
 
     @defer.inlineCallbacks
     def pushStored(self, username: str, contacts):
@@ -192,7 +185,7 @@ class RosterModule(XMPPHandler):
         roster rows written straight to the store, as a registration does.
         """
         bare = f"{username}@{self.parent.name}"
-        if not any(s.interested for s in self.parent.router.resourcesOf(bare).values()):
+        if not self.parent.resources.interested(bare):
             return
         changes = yield self.parent.store.getRosterChanges(self.parent.name, username, 0)
         if changes is None:
@@ -257,7 +250,7 @@ class RosterModule(XMPPHandler):
         if session is not None:
             # Before reading: a change racing with this get is then pushed
             # (perhaps twice), never lost.
-            session.interested = True
+            self.parent.resources.setInterested(session)
         store, host = self.parent.store, self.parent.name
         query = next(iq.elements(NS_ROSTER, "query"))
         since = parseVersion(query.getAttribute("ver"))
@@ -315,9 +308,8 @@ class RosterModule(XMPPHandler):
         if item.subscription in TO or item.ask:
             self.send(_presence("unsubscribe", bare, contact))
         if item.subscription in FROM:
-            for session in list(self.parent.router.resourcesOf(bare).values()):
-                if session.available:
-                    self.send(_presence("unavailable", session.full, contact))
+            for session in self.parent.resources.present(bare):
+                self.send(_presence("unavailable", session.full, contact))
         if item.subscription in FROM or pendingIn:
             self.send(_presence("unsubscribed", bare, contact))
 

@@ -4,27 +4,21 @@ import datetime
 
 from twisted.words.protocols.jabber import error
 from twisted.words.xish import domish
-from wokkel import disco
-from wokkel.iwokkel import IDisco
-from wokkel.subprotocols import IQHandlerMixin, XMPPHandler
-from zope.interface import implementer
+from wokkel.subprotocols import IQHandlerMixin
+
+from invitesrv.modules.base import HostModule
 
 NS_TIME = "urn:xmpp:time"
 TIME = f"/iq[@type='get']/time[@xmlns='{NS_TIME}']"
 
 
-@implementer(IDisco)
-class TimeModule(XMPPHandler, IQHandlerMixin):
+class TimeModule(HostModule, IQHandlerMixin):
     """Answers with the server's UTC time (XEP-0082 format)."""
 
+    name = "time"
+    features = (NS_TIME,)
+    observers = ((TIME, "handleRequest"),)
     iqHandlers = {TIME: "onTime"}
-
-    def connectionInitialized(self):
-        self.xmlstream.addObserver(TIME, self.handleRequest)
-
-    def connectionLost(self, reason):
-        self.xmlstream.removeObserver(TIME, self.handleRequest)
-        XMPPHandler.connectionLost(self, reason)
 
     def onTime(self, iq):
         if iq.getAttribute("to") != self.parent.name:
@@ -34,11 +28,3 @@ class TimeModule(XMPPHandler, IQHandlerMixin):
         element.addElement("tzo", content="+00:00")
         element.addElement("utc", content=now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")
         return element
-
-    def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if target.user is None and not nodeIdentifier:
-            return [disco.DiscoFeature(NS_TIME)]
-        return []
-
-    def getDiscoItems(self, requestor, target, nodeIdentifier=""):
-        return []

@@ -3,29 +3,22 @@
 import platform
 
 from twisted.words.xish import domish
-from wokkel import disco
-from wokkel.iwokkel import IDisco
-from wokkel.subprotocols import IQHandlerMixin, XMPPHandler
-from zope.interface import implementer
+from wokkel.subprotocols import IQHandlerMixin
 
 import invitesrv
+from invitesrv.modules.base import HostModule
 
 NS_VERSION = "jabber:iq:version"
 VERSION = f"/iq[@type='get']/query[@xmlns='{NS_VERSION}']"
 
 
-@implementer(IDisco)
-class VersionModule(XMPPHandler, IQHandlerMixin):
+class VersionModule(HostModule, IQHandlerMixin):
     """Answers with the server's name, version and operating system."""
 
+    name = "version"
+    features = (NS_VERSION,)
+    observers = ((VERSION, "handleRequest"),)
     iqHandlers = {VERSION: "onVersion"}
-
-    def connectionInitialized(self):
-        self.xmlstream.addObserver(VERSION, self.handleRequest)
-
-    def connectionLost(self, reason):
-        self.xmlstream.removeObserver(VERSION, self.handleRequest)
-        XMPPHandler.connectionLost(self, reason)
 
     def onVersion(self, iq):
         if iq.getAttribute("to") != self.parent.name:
@@ -36,11 +29,3 @@ class VersionModule(XMPPHandler, IQHandlerMixin):
         query.addElement("version", content=invitesrv.__version__)
         query.addElement("os", content=platform.system())
         return query
-
-    def getDiscoInfo(self, requestor, target, nodeIdentifier=""):
-        if target.user is None and not nodeIdentifier:
-            return [disco.DiscoFeature(NS_VERSION)]
-        return []
-
-    def getDiscoItems(self, requestor, target, nodeIdentifier=""):
-        return []

@@ -59,6 +59,11 @@ class CountersCommand(AdHocCommand):
 class WatchdogModule(CommandProvider):
     """Pings silent sessions, closes dead ones, and offers the counters command."""
 
+    name = "watchdog"
+    hooks = CommandProvider.hooks + (("stream-features", "onStreamFeatures"),
+                                     ("session-bound", "onSessionBound"),
+                                     ("session-closed", "onSessionClosed"))
+
     def __init__(self) -> None:
         CommandProvider.__init__(self)
         self.commands = (CountersCommand(),)
@@ -72,18 +77,7 @@ class WatchdogModule(CommandProvider):
     def limits(self):
         return self.parent.config.limits
 
-    def connectionInitialized(self):
-        CommandProvider.connectionInitialized(self)
-        hooks = self.parent.hooks
-        hooks.add("stream-features", self.onStreamFeatures)
-        hooks.add("session-bound", self.onSessionBound)
-        hooks.add("session-closed", self.onSessionClosed)
-
     def connectionLost(self, reason):
-        hooks = self.parent.hooks
-        hooks.remove("stream-features", self.onStreamFeatures)
-        hooks.remove("session-bound", self.onSessionBound)
-        hooks.remove("session-closed", self.onSessionClosed)
         for timer, _ in self.watched.values():
             if timer.active():
                 timer.cancel()

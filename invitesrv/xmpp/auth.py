@@ -122,10 +122,12 @@ class ScramExchange:
 class C2SAuthenticator(xmlstream.ListenAuthenticator):
     """
     Negotiates one client stream. Modules see it as the C{session} of the
-    C{stream-features} and C{preauth-iq} hooks: C{host}, C{address},
-    C{encrypted}, C{authenticated} and a C{state} dict they may keep
-    per-connection data in (an invite reserved by a preauth, for example);
-    a module that refuses an invite token reports it with L{tokenRefused}.
+    C{stream-features} and C{preauth-iq} hooks and of nonza handlers
+    (L{invitesrv.host.VirtualHost.addNonza}): C{host}, C{address},
+    C{encrypted}, C{authenticated}, C{xmlstream}, C{session} once bound,
+    and C{slots} for per-connection state
+    (L{invitesrv.services.slots.Slot}); a module that refuses an invite
+    token reports it with L{tokenRefused}.
 
     The server's limiter (L{invitesrv.limits.Limiter}) admits the connection
     or refuses it with a stream error, throttles failed logins per address
@@ -143,7 +145,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         self.authenticated = False
         self.username: str | None = None
         self.session: Session | None = None
-        self.state: dict = {}
+        self.slots: dict = {}  # see invitesrv.services.slots
         self._sasl = None
         self._saslBusy = False
         self._failures = 0
@@ -164,10 +166,30 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if self._delayed is not None and self._delayed.active():
             self._delayed.cancel()
         self._delayed = None
-        if self.session is not None:
-            self.session.close()
+        session = self.session
+        if session is not None and not session.closed and (
+                self.xmlstream.peerClosed or not self.host.hooks.first("stream-lost", session, reason)):
+            session.close()
         if self.host is not None:
+            self.host.registrar.reservations.release(self, closed=True)
             self.host.hooks.run("stream-closed", self)
+
+    def takeOver(self, session: Session) -> None:
+        """
+        Carry on C{session} over this stream, which is authenticated as its
+        account: stream management's resumption. Its old stream, if still
+        open, ends with C{<conflict/>}.
+        """
+        if (not self.authenticated or self.session is not None or self.username != session.user
+                or session.closed):
+            raise ValueError("only a live session of the stream's own account can be taken over")
+        oldStream = session.stream
+        if oldStream.authenticator.session is session:
+            oldStream.authenticator.session = None
+        oldStream.closeWithError("conflict", "Replaced by a resumed stream")
+        session.attach(self.xmlstream)
+        self.session = session
+        self.xmlstream.established()
 
     # -- stream header ------------------------------------------------------
 
@@ -230,10 +252,15 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
     # -- elements -----------------------------------------------------------
 
     def elementReceived(self, element):
-        if self.session is not None:
-            self.session.stanzaReceived(element)
-            return
         uri = element.uri
+        if uri != NS_CLIENT:
+            handler = self.host.nonzas.get((uri, element.name))
+            if handler is not None:
+                handler(self, element)
+                return
+        if self.session is not None:
+            self.session.receive(element)
+            return
         if uri == NS_STREAMS:
             self.xmlstream.close() if element.name == "error" else \
                 self.xmlstream.closeWithError("unsupported-stanza-type")
@@ -439,6 +466,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             old.close("conflict", "Replaced by a new connection")
         host.router.bind(session)
         self.session = session
+        host.registrar.reservations.release(self)  # logged in: it will not register
         self.xmlstream.established()
         reply = xmlstream.toResponse(iq, "result")
         reply.addElement((NS_BIND, "bind")).addElement("jid", content=full.full())

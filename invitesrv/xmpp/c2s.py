@@ -27,11 +27,19 @@ class C2SStream(RestrictedStream):
 
 
 class Session:
-    """A bound resource: where a user's stanzas come from and go to."""
+    """
+    A bound resource: where a user's stanzas come from and go to.
+
+    Modules keep their per-session state in L{invitesrv.services.slots.Slot}s
+    (C{slots}), and may wrap what goes out to the client (L{addOutput}):
+    to count it, queue it or hold it back; and what comes in from it
+    (L{addInput}): to count it, or see what it sends. Availability, priority and
+    interest are set through L{invitesrv.services.resources.Resources}.
+    """
 
     __slots__ = ("stream", "host", "jid", "full", "bare", "bareJID", "user", "resource",
                  "priority", "available", "presence", "interested", "directed", "address",
-                 "closed", "__weakref__")
+                 "closed", "slots", "outputs", "_send", "inputs", "receive", "__weakref__")
 
     def __init__(self, stream, host, full: jid.JID, address: str):
         self.stream = stream
@@ -49,12 +57,58 @@ class Session:
         self.interested = False  # asked for the roster: gets roster pushes
         self.directed: set[str] = set()  # JIDs sent directed presence
         self.closed = False
+        self.slots: dict = {}  # see invitesrv.services.slots
+        self.outputs: list = []  # see addOutput
+        self._send = stream.send
+        self.inputs: list = []  # see addInput
+        self.receive = self.stanzaReceived  # a stanza from the client, through the input wrappers
 
     def __repr__(self) -> str:
         return f"<Session {self.full}>"
 
     def send(self, element) -> None:
-        self.stream.send(element)
+        """Send a stanza to the client, through the output wrappers."""
+        self._send(element)
+
+    def addOutput(self, wrapper) -> None:
+        """
+        Wrap the way out: every stanza sent to this session goes to
+        C{wrapper(element, forward)} instead, which calls C{forward(element)}
+        when (and if) it is to go on towards the stream: now, later (queued
+        or held), or never. The last wrapper added sees a stanza first.
+        """
+        self.outputs.append(wrapper)
+        self._chain()
+
+    def removeOutput(self, wrapper) -> None:
+        self.outputs.remove(wrapper)
+        self._chain()
+
+    def addInput(self, wrapper) -> None:
+        """
+        Wrap the way in: every stanza the client sends goes to
+        C{wrapper(element, forward)} first, before any check (stream
+        management counts each one); C{forward(element)} has it checked,
+        stamped and routed. The last wrapper added sees a stanza first.
+        """
+        self.inputs.append(wrapper)
+        self._chain()
+
+    def removeInput(self, wrapper) -> None:
+        self.inputs.remove(wrapper)
+        self._chain()
+
+    def _chain(self) -> None:
+        self._send = _wrapped(self.outputs, self.stream.send)
+        self.receive = _wrapped(self.inputs, self.stanzaReceived)
+
+    def attach(self, stream) -> None:
+        """
+        Go on over C{stream} (a new connection taking over this session, as
+        stream management's resumption does); the output wrappers stay.
+        """
+        self.stream = stream
+        self._chain()
 
     def whenSent(self) -> defer.Deferred:
         """
@@ -115,6 +169,18 @@ class Session:
                 self.send(xmlstream.toResponse(iq, "result"))
                 return False
         return True
+
+
+def _wrapped(wrappers: list, last):
+    """A function that hands each element to the last of C{wrappers}, each forwarding to the one before."""
+    for wrapper in wrappers:
+        last = _forwarding(wrapper, last)
+    return last
+
+
+def _forwarding(wrapper, forward):
+    """A function that hands each element to C{wrapper} with C{forward}."""
+    return lambda element: wrapper(element, forward)
 
 
 class C2SFactory(protocol.ServerFactory):

@@ -100,6 +100,7 @@ class RestrictedStream(xmlstream.XmlStream):
         self.ended = False
         self.closed = defer.Deferred()
         self.lastReceived = 0.0
+        self.peerClosed = False  # the peer sent its closing tag
         self.readBucket = None  # a limits.TokenBucket, or None: not limited
         self._pauses = 0  # why reading is paused: _RATE | _SEND
         self._resumeCall = None
@@ -272,6 +273,7 @@ class RestrictedStream(xmlstream.XmlStream):
 
     def onDocumentEnd(self) -> None:
         """The peer closed its stream: close ours (if not done yet) and the connection."""
+        self.peerClosed = True
         self.close()
         self.ended = True
         self.transport.loseConnection()

@@ -1,0 +1,1 @@
+"""Typed host services that modules depend on, instead of one another's internals."""
