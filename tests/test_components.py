@@ -19,13 +19,18 @@ from pathlib import Path
 
 import pytest
 from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.python import usage
 from twisted.words.xish import domish
 from wokkel import disco
 
-from invitesrv.config import ComponentOptions, Config, ConfigError, parseConfig
+from invitesrv.components.external import ComponentFactory
+from invitesrv.config import ComponentOptions, Config, ConfigError, Limits, parseConfig
 from invitesrv.modules.base import HostModule
 from invitesrv.service import HostsService, InviteServer
 from invitesrv.store.sqlite import SQLiteStore
+from invitesrv.tap import Options
 
 NS_CLIENT = "jabber:client"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -198,3 +203,44 @@ def test_exampleDocumentsComponentOptions():
     for option in ComponentOptions.__dataclass_fields__:
         assert re.search(rf"^#   {option}: ", text, re.MULTILINE), option
     assert re.search(r"^#component = \[\]$", text, re.MULTILINE)
+
+
+def test_moduleTableForAComponentModule():
+    """[modules.NAME] may configure a module that only a component loads."""
+    config = parseConfig({"server": {"modules": ["disco"]}, "modules": {"ping": {}},
+                          "hosts": {"example.org": {"components": {"groups": {"modules": ["ping"]}}}}})
+    assert config.module_options == {"ping": {}}
+
+
+def test_twistdRefusesAnUnknownComponentModule(tmp_path):
+    """A component module that does not exist stops start-up naming the component."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[hosts."example.org".components.groups]\nmodules = ["nosuch"]\n')
+    with pytest.raises(usage.UsageError, match=re.escape(
+            f"{path}: hosts.example.org.components: groups.example.org: no module named 'nosuch'")):
+        Options().parseOptions(["--config", str(path)])
+
+
+def test_externalComponentMustHandshakeInTime():
+    """A component connection is a restricted stream: auth_timeout, then <connection-timeout/>."""
+    config = Config(modules=(), limits=Limits(auth_timeout=5), components={
+        "localhost": {"push.localhost": ComponentOptions(secret="s" * 16)}})
+    store = SQLiteStore(":memory:")
+    store.open()
+    clock = task.Clock()
+    server = InviteServer(config, store=store, reactor=clock)
+    server.components["push.localhost"].start()
+    try:
+        peer = IPv4Address("TCP", "192.0.2.9", 40000)
+        transport = StringTransport(peerAddress=peer)
+        stream = ComponentFactory(server).buildProtocol(peer)
+        stream.makeConnection(transport)
+        stream.dataReceived(b"<stream:stream xmlns='jabber:component:accept' "
+                            b"xmlns:stream='http://etherx.jabber.org/streams' to='push.localhost'>")
+        assert b"from='push.localhost'" in transport.value()
+        clock.advance(4)
+        assert not transport.disconnecting
+        clock.advance(2)
+        assert b"<connection-timeout" in transport.value() and transport.disconnecting
+    finally:
+        store.close()
