@@ -14,6 +14,7 @@ from __future__ import annotations
 import invitesrv  # noqa: F401 (its Wokkel shim goes before any Wokkel import)
 
 # isort: split
+import hashlib
 import re
 from pathlib import Path
 
@@ -221,26 +222,53 @@ def test_twistdRefusesAnUnknownComponentModule(tmp_path):
         Options().parseOptions(["--config", str(path)])
 
 
-def test_externalComponentMustHandshakeInTime():
-    """A component connection is a restricted stream: auth_timeout, then <connection-timeout/>."""
+def componentConnection(server):
+    """An in-memory connection to the component listener, its stream header sent."""
+    peer = IPv4Address("TCP", "192.0.2.9", 40000)
+    transport = StringTransport(peerAddress=peer)
+    stream = ComponentFactory(server).buildProtocol(peer)
+    stream.makeConnection(transport)
+    stream.dataReceived(b"<stream:stream xmlns='jabber:component:accept' "
+                        b"xmlns:stream='http://etherx.jabber.org/streams' to='push.localhost'>")
+    return stream, transport
+
+
+@pytest.fixture
+def external():
+    """An unstarted server with the external component push.localhost routed, on a Clock."""
     config = Config(modules=(), limits=Limits(auth_timeout=5), components={
         "localhost": {"push.localhost": ComponentOptions(secret="s" * 16)}})
     store = SQLiteStore(":memory:")
     store.open()
-    clock = task.Clock()
-    server = InviteServer(config, store=store, reactor=clock)
+    server = InviteServer(config, store=store, reactor=task.Clock())
     server.components["push.localhost"].start()
-    try:
-        peer = IPv4Address("TCP", "192.0.2.9", 40000)
-        transport = StringTransport(peerAddress=peer)
-        stream = ComponentFactory(server).buildProtocol(peer)
-        stream.makeConnection(transport)
-        stream.dataReceived(b"<stream:stream xmlns='jabber:component:accept' "
-                            b"xmlns:stream='http://etherx.jabber.org/streams' to='push.localhost'>")
-        assert b"from='push.localhost'" in transport.value()
-        clock.advance(4)
-        assert not transport.disconnecting
-        clock.advance(2)
-        assert b"<connection-timeout" in transport.value() and transport.disconnecting
-    finally:
-        store.close()
+    yield server
+    store.close()
+
+
+def test_externalComponentMustHandshakeInTime(external):
+    """A component connection is a restricted stream: auth_timeout, then <connection-timeout/>."""
+    stream, transport = componentConnection(external)
+    assert b"from='push.localhost'" in transport.value()
+    external.clock.advance(4)
+    assert not transport.disconnecting
+    external.clock.advance(2)
+    assert b"<connection-timeout" in transport.value() and transport.disconnecting
+
+
+def test_closingComponentStreamTakesNoStanzas(external):
+    """Once a component's stream is ending, stanzas for it bounce instead of vanishing."""
+    stream, transport = componentConnection(external)
+    streamID = stream.sid
+    stream.dataReceived(f"<handshake>{hashlib.sha1((streamID + 's' * 16).encode()).hexdigest()}"
+                        "</handshake>".encode())
+    assert b"<handshake/>" in transport.value()
+    alice = Session("alice@localhost/desk")
+    external.router.bind(alice)
+    send(external, f"<message from='{alice.full}' to='push.localhost'><body>one</body></message>")
+    assert b"<body>one</body>" in transport.value() and alice.received == []
+    stream.dataReceived(b"<message from='alice@localhost' to='bob@localhost'/>")
+    assert b"<invalid-from" in transport.value()
+    send(external, f"<message from='{alice.full}' to='push.localhost'><body>two</body></message>")
+    assert errorCondition(alice.last()) == "service-unavailable"
+    assert b"two" not in transport.value()

@@ -65,7 +65,8 @@ class ExternalComponent(Component):
             self.stream.closeWithError("system-shutdown")
 
     def receive(self, stanza, target: jid.JID) -> None:
-        if self.stream is None:
+        """Send a stanza to the component; refuse it when none is connected, or its stream is closing."""
+        if self.stream is None or self.stream.closing:
             self.refuse(stanza, "service-unavailable", "The component is not connected")
             return
         self.stream.send(retarget(stanza, NS_CLIENT, NS_COMPONENT))
