@@ -209,11 +209,10 @@ class HostsService(service.Service):
         for component in self.server.components.values():
             if not component.started:
                 component.start()
-                modules = getattr(component, "modules", None)
                 log.info("Serving component {domain} of {host}: {what}", domain=component.name,
                          host=component.host.name,
-                         what=f"modules {', '.join(modules)}" if modules is not None
-                         else "external (XEP-0114)")
+                         what=f"modules {', '.join(component.modules)}"
+                         if isinstance(component, InternalComponent) else "external (XEP-0114)")
 
     def startService(self):
         self.privilegedStartService()
