@@ -164,13 +164,23 @@ MIN_COMPONENT_SECRET = 16  # characters: the secret is all that proves an extern
 
 DEFAULT_S2S_PORT = 5269
 
+# Mozilla's "intermediate" TLS 1.2 suites, forward-secret AEAD only (its
+# DHE suites left out), and its groups: the defaults of [tls] ciphers, groups.
+TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+               "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+               "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+TLS_GROUPS = "X25519:P-256:P-384"
 
-def parseHostPort(text: str) -> tuple[str, int]:
+
+DNS_PORT = 53
+
+
+def parseHostPort(text: str, defaultPort: int = DEFAULT_S2S_PORT) -> tuple[str, int]:
     """
-    C{"host:port"}, C{"[v6address]:port"} or a bare C{"host"} (port 5269),
-    as C{[s2s] hosts} values are written.
+    C{"host:port"}, C{"[v6address]:port"} or a bare C{"host"} (port
+    C{defaultPort}), as C{[s2s] hosts} and C{dns_servers} values are written.
     """
-    host, port = text.strip(), DEFAULT_S2S_PORT
+    host, port = text.strip(), defaultPort
     if host.startswith("["):
         inside, bracket, rest = host[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
@@ -200,12 +210,22 @@ class FederationOptions:
     """
 
     hosts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    dns_servers: tuple[str, ...] = ()
+    fallback_port: int = DEFAULT_S2S_PORT
     connect_timeout: Duration = Duration(30)
     idle_timeout: Duration = Duration(600)
     require_encryption: bool = True
     require_valid_certificates: bool = False
     trust: str = ""
     max_queued: int = 1000
+    # Stanzas per second from one remote domain, and at once (0: no limit).
+    stanza_rate: int = 100
+    stanza_burst: int = 1000
+
+    @property
+    def dnsServers(self) -> list[tuple[str, int]]:
+        """C{dns_servers} as (address, port) pairs; empty: the system's resolv.conf."""
+        return [parseHostPort(server, DNS_PORT) for server in self.dns_servers]
 
 
 @dataclass(frozen=True)
@@ -227,6 +247,8 @@ class Config:
     hide_apps: tuple[str, ...] = ()
     tls_certificate: Path | None = None
     tls_key: Path | None = None
+    tls_ciphers: str = TLS_CIPHERS
+    tls_groups: str = TLS_GROUPS
     require_encryption: bool = True
     scram_iterations: int = 4096
     modules: tuple[str, ...] = DEFAULT_MODULES
@@ -258,7 +280,8 @@ class Config:
 _SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url",
                 "trusted_proxies", "app_catalogue", "hide_apps"}
 _LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https", "metrics", "component"}
-_TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key"}
+_TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key", "ciphers": "tls_ciphers",
+             "groups": "tls_groups"}
 
 
 def _convert(value: object, annotation: object, key: str) -> object:
@@ -373,6 +396,15 @@ def _federation(table: object, source: str) -> FederationOptions:
             routes[domain.host] = parseHostPort(address)
         except ValueError as e:
             raise ConfigError(f"{source}: s2s.hosts.{name}: {e}") from None
+    for server in options.dns_servers:
+        try:
+            address, _ = parseHostPort(server, DNS_PORT)
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"{source}: s2s.dns_servers: {server!r} is not an IP address with an"
+                              " optional port") from None
+    if not 0 < options.fallback_port < 65536:
+        raise ConfigError(f"{source}: s2s.fallback_port must be a port number from 1 to 65535")
     if options.trust and not Path(options.trust).is_file():
         raise ConfigError(f"{source}: s2s.trust: {options.trust!r} is not a readable file")
     return replace(options, hosts=routes)
@@ -518,6 +550,7 @@ def withOverrides(
     dataDir: str | None = None,
     domains: typing.Sequence[str] = (),
     c2s: typing.Sequence[str] = (),
+    s2s: typing.Sequence[str] = (),
     admins: typing.Sequence[str] = (),
     http: typing.Sequence[str] = (),
     publicURL: str | None = None,
@@ -548,6 +581,8 @@ def withOverrides(
     changes["hosts"] = hosts
     if c2s:
         changes["c2s"] = tuple(checkEndpoint(d, f"{source}: --c2s") for d in c2s)
+    if s2s:
+        changes["s2s"] = tuple(checkEndpoint(d, f"{source}: --s2s") for d in s2s)
     if http:
         changes["http"] = tuple(checkEndpoint(d, f"{source}: --http") for d in http)
     if publicURL:

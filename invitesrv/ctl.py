@@ -214,6 +214,8 @@ def buildParser() -> argparse.ArgumentParser:
     addBackupCommands(commands)
     from invitesrv.ctl_check import addCheckCommands
     addCheckCommands(commands)
+    from invitesrv.ctl_import import addImportCommands
+    addImportCommands(commands)
     parser.set_defaults(opensStore=True, createsDatabase=False, fixesDataDir=True)
     return parser
 

@@ -16,10 +16,18 @@ TOPICS = ("config", "certificate", "datadir", "ports", "dns")
 
 
 def makeResolver(config):
-    """A DNS client reading the system's resolv.conf, as other people's servers would ask."""
+    """
+    A DNS client asking what other people's servers would: the DNS servers
+    of C{[s2s] dns_servers} or resolv.conf, never /etc/hosts, and no cache.
+    """
     from twisted.internet import reactor
     from twisted.names import client
-    return client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+
+    from invitesrv.xmpp.resolve import RESOLV_CONF
+    servers = config.federation.dnsServers
+    if servers:
+        return client.Resolver(servers=servers, reactor=reactor)
+    return client.Resolver(resolv=RESOLV_CONF, reactor=reactor)
 
 
 @defer.inlineCallbacks

@@ -15,16 +15,20 @@ import time
 from importlib.metadata import entry_points
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import utility
 from wokkel.subprotocols import XMPPHandlerCollection
 
 from invitesrv.config import Config, ConfigError, HostOptions, buildTable
+from invitesrv.credentials import MECHANISMS
 from invitesrv.hooks import Hooks
 from invitesrv.limits import Metrics
 from invitesrv.modules.base import ModuleError
 from invitesrv.services.resources import Resources
 from invitesrv.xmpp.router import Router, bounce
+
+log = Logger()
 
 NS_CLIENT = "jabber:client"
 ADMIN_ROLE = "admin"  # the role an admin invite grants
@@ -98,6 +102,11 @@ class VirtualHost(XMPPHandlerCollection):
         self.resources = Resources(self)
         self.metrics = Metrics()  # the server's, when it runs in an InviteServer
         self.started = False
+        # The SCRAM mechanisms offered: SCRAM-SHA-1 alone while some account
+        # has no SCRAM-SHA-256 keys (imported from Prosody), see refreshMechanisms.
+        self.scramMechanisms: tuple[str, ...] = MECHANISMS
+        self.hooks.add("password-changed", lambda host, username: self.refreshMechanisms())
+        self.hooks.add("user-deleted", lambda host, username: self.refreshMechanisms())
         from invitesrv.registrar import Registrar
         self.registrar = Registrar(self)
         router.addHost(self)
@@ -122,6 +131,28 @@ class VirtualHost(XMPPHandlerCollection):
             return defer.succeed(False)
         d = self.store.getRoles(self.name, who.user)
         return d.addCallback(lambda roles: ADMIN_ROLE in roles)
+
+    def refreshMechanisms(self):
+        """
+        Offer SCRAM-SHA-256 only while every account can use it. An account
+        imported from Prosody 0.12 has SCRAM-SHA-1 keys only, and SHA-256 keys
+        cannot be derived from them; a client offered both picks SHA-256, and
+        one that does not fall back after a failure would be locked out. Until
+        such accounts get SHA-256 keys (a PLAIN login or a new password), the
+        host offers SCRAM-SHA-1, as Prosody 0.12 did.
+        """
+        d = self.store.countAccountsWithout(self.name, MECHANISMS[0])
+
+        def counted(legacy: int):
+            mechanisms = MECHANISMS[1:] if legacy else MECHANISMS
+            if mechanisms != self.scramMechanisms:
+                log.info("{host}: {count} accounts have SCRAM-SHA-1 keys only; offering {mechanisms}",
+                         host=self.name, count=legacy, mechanisms=", ".join(mechanisms))
+            self.scramMechanisms = mechanisms
+        d.addCallback(counted)
+        d.addErrback(lambda failure: log.failure("Cannot count the legacy accounts of {host}",
+                                                 failure, host=self.name))
+        return d
 
     def endSessions(self, username: str, text: str, keep: str | None = None) -> None:
         """
@@ -181,6 +212,7 @@ class VirtualHost(XMPPHandlerCollection):
     def start(self) -> None:
         self.checkDepends()
         self.started = True
+        self.refreshMechanisms()
         for handler in list(self):
             handler.makeConnection(self.stream)
             handler.connectionInitialized()

@@ -102,6 +102,32 @@ class TokenBucket:
         return True
 
 
+class BucketTable:
+    """
+    A L{TokenBucket} per key (an address, a domain), made full on first use.
+    Bounded: past C{maxEntries} the bucket touched longest ago is forgotten.
+    """
+
+    def __init__(self, clock, rate: float, burst: float, maxEntries: int = MAX_ENTRIES):
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self.maxEntries = maxEntries
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def __getitem__(self, key: str) -> TokenBucket:
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            bucket = TokenBucket(self.clock, self.rate, self.burst)
+        self._buckets[key] = bucket
+        while len(self._buckets) > self.maxEntries:
+            self._buckets.popitem(last=False)
+        return bucket
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
 class FailureCounter:
     """
     Failures per key within a sliding window: a key's count starts again
@@ -177,7 +203,7 @@ class ConnectionLimiter:
         self.maxEntries = maxEntries
         self.total = 0
         self.open: dict[str, int] = {}
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._buckets = BucketTable(clock, rate, burst, maxEntries)
 
     def admit(self, address: str) -> Refusal | None:
         """Count a new connection from C{address}, or say why it is refused."""
@@ -188,7 +214,7 @@ class ConnectionLimiter:
             key = addressKey(address)
             if self.maxPerAddress and self.open.get(key, 0) >= self.maxPerAddress:
                 return Refusal("policy-violation", "Too many connections from your address")
-            if self.rate and not self._bucket(key).tryTake():
+            if self.rate and not self._buckets[key].tryTake():
                 return Refusal("policy-violation", "Too many new connections from your address;"
                                                    " slow down")
             self.open[key] = self.open.get(key, 0) + 1
@@ -205,15 +231,6 @@ class ConnectionLimiter:
                 self.open[key] = left
             else:
                 self.open.pop(key, None)
-
-    def _bucket(self, key: str) -> TokenBucket:
-        bucket = self._buckets.pop(key, None)
-        if bucket is None:
-            bucket = TokenBucket(self.clock, self.rate, self.burst)
-        self._buckets[key] = bucket
-        while len(self._buckets) > self.maxEntries:
-            self._buckets.popitem(last=False)
-        return bucket
 
 
 class Metrics(Counter):

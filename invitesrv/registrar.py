@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import error
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
-from invitesrv.credentials import makeCredentials
+from invitesrv.credentials import MECHANISMS, checkPassword, fakeCredentials, makeCredentials
 from invitesrv.services.reservation import Reservations
 from invitesrv.store.interfaces import (
     AccountExists,
@@ -229,6 +229,35 @@ class Registrar:
             self.host.endSessions(username, PASSWORD_CHANGED, keep)
             yield self._runAfter("password-changed", self.host.name, username)
         return changed
+
+    @defer.inlineCallbacks
+    def verifyPassword(self, username: str | None, password: str, secret: bytes):
+        """
+        Check a plaintext password (SASL PLAIN); fire with a bool. An unknown
+        C{username} (or None) costs the same PBKDF2 against fake keys derived
+        from C{secret}. An account that has SCRAM-SHA-1 keys only (imported)
+        gets the keys of every mechanism at its first such login: the
+        password is known then, and SCRAM-SHA-256 can be offered again.
+        """
+        host = self.host
+        credentials = legacy = None
+        if username:
+            credentials = yield host.store.getCredentials(host.name, username, MECHANISMS[0])
+            if credentials is None:
+                credentials = legacy = yield host.store.getCredentials(host.name, username,
+                                                                       MECHANISMS[1])
+        known = credentials is not None
+        if not known:
+            credentials = fakeCredentials(secret, username or "", MECHANISMS[0],
+                                          host.config.scram_iterations)
+        valid = (yield threads.deferToThread(checkPassword, password, credentials)) and known
+        if valid and legacy is not None:
+            upgraded = yield self._credentials(password)
+            yield host.store.setCredentials(host.name, username, upgraded)
+            log.info("Account {user}@{host} now has SCRAM-SHA-256 keys too (PLAIN login)",
+                     user=username, host=host.name)
+            yield host.refreshMechanisms()
+        return valid
 
     @defer.inlineCallbacks
     def deleteAccount(self, username: str):

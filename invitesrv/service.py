@@ -29,7 +29,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from invitesrv.components.base import InternalComponent
 from invitesrv.components.external import ComponentFactory, ExternalComponent
-from invitesrv.config import Config
+from invitesrv.config import Config, ConfigError
 from invitesrv.control import SOCKET_NAME, ControlFactory, writeRecord
 from invitesrv.host import VirtualHost
 from invitesrv.limits import Limiter, Metrics
@@ -156,8 +156,12 @@ class InviteServer:
     def loadTLS(self) -> None:
         """Load the certificate, generating a self-signed one when none is configured."""
         config = self.config
-        self.tls = loadContextFactory(config.certificatePath, config.keyPath, list(self.hosts),
-                                      generate=config.tls_certificate is None)
+        try:
+            self.tls = loadContextFactory(config.certificatePath, config.keyPath, list(self.hosts),
+                                          generate=config.tls_certificate is None,
+                                          ciphers=config.tls_ciphers, groups=config.tls_groups)
+        except ValueError as e:
+            raise ConfigError(f"{config.source}: {e}") from None
         self.secret = loadSecret(config.data_dir / "server.secret")
 
     def c2sFactory(self, directTLS: bool = False):

@@ -42,6 +42,7 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         self["domain"] = []
         self["c2s"] = []
+        self["s2s"] = []
         self["admin"] = []
         self["http"] = []
 
@@ -52,6 +53,10 @@ class Options(usage.Options):
     def opt_c2s(self, endpoint):
         """Client listener endpoint, e.g. tcp:5222:interface=\\:\\: (repeatable)."""
         self["c2s"].append(endpoint)
+
+    def opt_s2s(self, endpoint):
+        """Server-to-server listener endpoint, e.g. tcp:5269:interface=\\:\\: (repeatable; federates)."""
+        self["s2s"].append(endpoint)
 
     def opt_admin(self, address):
         """Make this JID an admin of its host (repeatable)."""
@@ -73,8 +78,8 @@ class Options(usage.Options):
         try:
             config = loadConfig(self["config"])
             self.config = withOverrides(config, dataDir=self["data-dir"], domains=self["domain"],
-                                        c2s=self["c2s"], admins=self["admin"], http=self["http"],
-                                        publicURL=self["public-url"])
+                                        c2s=self["c2s"], s2s=self["s2s"], admins=self["admin"],
+                                        http=self["http"], publicURL=self["public-url"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         config = self.config

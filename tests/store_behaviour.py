@@ -287,6 +287,34 @@ class StoreBehaviour:
         yield store.setPendingIn(HOST, "nobody", "bob@example.org", "<presence/>")
         assert (yield store.getPendingIn(HOST, "nobody")) == []
 
+    @pytest_twisted.inlineCallbacks
+    def test_accountWithImportedData(self, store):
+        """
+        An imported account comes with its pending requests and offline
+        messages in the same transaction; a refused creation writes none of them.
+        """
+        data = dict(pendingIn=(("bob@example.org", "<presence type='subscribe'/>"),),
+                    offline=(OfflineMessage(NOW - 60, "<m1/>"), OfflineMessage(NOW - 30, "<m2/>")))
+        yield store.createAccount(account("alice", **data))
+        assert [tuple(row) for row in (yield store.getPendingIn(HOST, "alice"))] == [
+            ("bob@example.org", "<presence type='subscribe'/>")]
+        with pytest.raises(AccountExists):
+            yield store.createAccount(account("alice", **data))
+        assert (yield store.getOffline(HOST, "alice")) == list(data["offline"])
+        assert len((yield store.getPendingIn(HOST, "alice"))) == 1
+
+    @pytest_twisted.inlineCallbacks
+    def test_countAccountsWithout(self, store):
+        """Accounts with SCRAM-SHA-1 keys only (imported) are counted, per host."""
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob", credentials=credentials()[1:]))
+        yield store.createAccount(account("carol", host="other.org", credentials=credentials()[1:]))
+        assert (yield store.countAccountsWithout(HOST, "SCRAM-SHA-256")) == 1
+        assert (yield store.countAccountsWithout(HOST, "SCRAM-SHA-1")) == 0
+        yield store.setCredentials(HOST, "bob", credentials(b"2"))
+        assert (yield store.countAccountsWithout(HOST, "SCRAM-SHA-256")) == 0
+        assert (yield store.countAccountsWithout("other.org", "SCRAM-SHA-256")) == 1
+
     # -- offline messages -----------------------------------------------------------
 
     @pytest_twisted.inlineCallbacks

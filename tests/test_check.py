@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from dnsserver import Dnsmasq, needsDnsmasq
 
 from invitesrv import check
 from invitesrv.config import Config, HostOptions
@@ -141,3 +142,34 @@ def test_checkCommand(tmp_path):
                              "check", "nonsense"], capture_output=True, text=True, timeout=60,
                             check=False)
     assert result.returncode == 2 and "is not one of" in result.stderr
+
+
+@needsDnsmasq
+def test_dnsFindings(tmp_path):
+    """
+    Against a real DNS server: a host with its SRV and address records is
+    fine; one with neither gets the SRV record to add and an error for the
+    missing address, each with the record to publish.
+    """
+    dnsmasq = Dnsmasq(tmp_path, ["local=/example.net/",
+                                 "srv-host=_xmpp-client._tcp.chat.example.net,xmpp.example.net,5222,0,5",
+                                 "srv-host=_xmpp-server._tcp.chat.example.net,xmpp.example.net,5269,0,5",
+                                 "host-record=xmpp.example.net,127.0.0.1"]).start()
+    try:
+        config = tmp_path / "invitesrv.toml"
+        config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n'
+                          '[listen]\nc2s = ["tcp:0"]\ns2s = ["tcp:0"]\n'
+                          f'[s2s]\ndns_servers = ["{dnsmasq.address}"]\n'
+                          '[hosts."chat.example.net"]\n[hosts."bare.example.net"]\n')
+        result = subprocess.run([sys.executable, "-m", "invitesrv.ctl", "--config", str(config),
+                                 "--create", "check", "dns"], capture_output=True, text=True,
+                                timeout=60, check=False)
+    finally:
+        dnsmasq.stop()
+    out = result.stdout
+    assert "OK       DNS _xmpp-client._tcp.chat.example.net: xmpp.example.net has an address" in out, out
+    assert "OK       DNS _xmpp-server._tcp.chat.example.net: xmpp.example.net has an address" in out
+    assert ("WARNING  DNS _xmpp-client._tcp.bare.example.net: no SRV record" in out
+            and "add _xmpp-client._tcp.bare.example.net. SRV 0 5 5222 bare.example.net." in out)
+    assert "ERROR    DNS _xmpp-server._tcp.bare.example.net: bare.example.net has no A or AAAA" in out
+    assert result.returncode == 1

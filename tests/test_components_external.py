@@ -20,6 +20,7 @@ import time
 
 import pytest
 import slixmpp
+from cryptography import x509
 from rawxmpp import RawClient
 from slix import Client, run
 from slixmpp.exceptions import IqError
@@ -200,7 +201,9 @@ def test_componentAcrossFederation(tmp_path, proof):
     ports = {"a.test": freePort(), "b.test": freePort()}
     routes = {"a.test": {"b.test": ports["b.test"], "push.b.test": ports["b.test"]},
               "b.test": {"a.test": ports["a.test"]}}
-    ca = writeCertificates(tmp_path, list(ports), subdomains=("push",))
+    ca = writeCertificates(tmp_path, list(ports),
+                           {domain: [x509.DNSName(domain), x509.DNSName(f"push.{domain}")]
+                            for domain in ports})
     servers = {}
     for domain in ports:
         (tmp_path / domain).mkdir()

@@ -189,25 +189,27 @@ def test_durationUnits(number, unit):
 
 
 def test_overrides():
-    """--data-dir, --domain, --c2s and --admin replace or extend the file's values."""
+    """--data-dir, --domain, --c2s, --s2s and --admin replace or extend the file's values."""
     base = parseConfig({"host_defaults": {"offline_max_messages": 3}})
     config = withOverrides(base, dataDir="/srv/xmpp", domains=["Example.org"],
-                           c2s=["tcp:5223"], admins=["Boss@example.org"])
+                           c2s=["tcp:5223"], s2s=["tcp:5269"], admins=["Boss@example.org"])
     assert config.data_dir == Path("/srv/xmpp")
     assert list(config.hosts) == ["example.org"]
     assert config.hosts["example.org"].offline_max_messages == 3
     assert config.hosts["example.org"].admins == ("boss@example.org",)
     assert config.c2s == ("tcp:5223",)
+    assert config.s2s == ("tcp:5269",)
     assert withOverrides(base) == base
 
 
 def test_tapOptions(tmp_path):
     """The twistd options load the file and apply the overrides in postOptions."""
-    path = writeConfig(tmp_path, '[listen]\nc2s = ["tcp:5999"]\n')
+    path = writeConfig(tmp_path, '[listen]\nc2s = ["tcp:5999"]\ns2s = ["tcp:5998"]\n')
     options = Options()
     options.parseOptions(["--config", str(path), "--data-dir", str(tmp_path / "d"),
                           "--domain", "chat.example", "--domain", "localhost",
-                          "--admin", "root@chat.example", "--c2s", "tcp:0"])
+                          "--admin", "root@chat.example", "--c2s", "tcp:0",
+                          "--s2s", "tcp:5269:interface=\\:\\:", "--s2s", "tcp:5270"])
     config = options.config
     assert config.source == str(path)
     assert config.data_dir == tmp_path / "d"
@@ -215,6 +217,24 @@ def test_tapOptions(tmp_path):
     assert config.hosts["chat.example"].admins == ("root@chat.example",)
     assert config.hosts["localhost"].admins == ()
     assert config.c2s == ("tcp:0",)
+    assert config.s2s == ("tcp:5269:interface=\\:\\:", "tcp:5270")
+
+
+def test_federationDNSOptions():
+    """[s2s] dns_servers are addresses with optional ports (53); fallback_port is a port."""
+    options = parseConfig({"s2s": {"dns_servers": ["127.0.0.1:5353", "[::1]", "192.0.2.53"],
+                                   "fallback_port": 5999}}).federation
+    assert options.dnsServers == [("127.0.0.1", 5353), ("::1", 53), ("192.0.2.53", 53)]
+    assert options.fallback_port == 5999
+    assert parseConfig({}).federation.dnsServers == []
+    assert parseConfig({}).federation.fallback_port == 5269
+    for table, expected in (({"dns_servers": ["dns.example.org"]}, "'dns.example.org' is not an IP"),
+                            ({"dns_servers": ["::1:53"]}, "s2s.dns_servers"),
+                            ({"dns_servers": "127.0.0.1"}, "list of strings"),
+                            ({"fallback_port": 0}, "s2s.fallback_port must be a port"),
+                            ({"fallback_port": 70000}, "s2s.fallback_port must be a port")):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            parseConfig({"s2s": table})
 
 
 def test_tapOptionsRefuse(tmp_path):
@@ -225,6 +245,8 @@ def test_tapOptionsRefuse(tmp_path):
         Options().parseOptions(["--admin", "localhost"])
     with pytest.raises(usage.UsageError, match="'a b' is not a valid domain"):
         Options().parseOptions(["--domain", "a b"])
+    with pytest.raises(usage.UsageError, match="--s2s: 'tcp:notaport' is not a valid endpoint"):
+        Options().parseOptions(["--s2s", "tcp:notaport"])
     path = writeConfig(tmp_path, "[limits]\nauth_timeout = 'soon'\n")
     with pytest.raises(usage.UsageError, match=re.escape(f"{path}: limits.auth_timeout")):
         Options().parseOptions(["--config", str(path)])

@@ -62,6 +62,11 @@ def test_scrapeShowsWhatHappens(serverFactory):
     assert after[("invitesrv_connections", (("listener", "c2s"),))] == 1
     assert after[("invitesrv_registrations_total", (("host", "localhost"), ("path", "ibr")))] == 1
     assert after[("invitesrv_events_total", (("event", "auth.failed"),))] == 1
+    assert after[("invitesrv_events_total", (("event", "auth.succeeded"),))] == 1
+    assert after[("invitesrv_events_total", (("event", "stanzas.in.presence"),))] == 1
+    # The ping; the bind is the stream's, not the session's.
+    assert after[("invitesrv_events_total", (("event", "stanzas.in.iq"),))] == 1
+    assert after[("invitesrv_events_total", (("event", "stanzas.out.iq"),))] == 1
     assert after[("invitesrv_events_total", (("event", "connections.accepted"),))] >= 3
     assert after[("invitesrv_store_seconds_count", ())] > before[("invitesrv_store_seconds_count", ())]
     assert after[("invitesrv_reactor_lag_seconds_count", ())] > before[

@@ -76,7 +76,7 @@ def test_pluginHelp():
     result = subprocess.run([TWISTD, "invitesrv", "--help"], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    for option in ("--config", "--data-dir", "--domain", "--c2s", "--admin"):
+    for option in ("--config", "--data-dir", "--domain", "--c2s", "--s2s", "--admin"):
         assert option in result.stdout
 
 

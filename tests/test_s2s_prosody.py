@@ -74,7 +74,7 @@ interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {c2s} }}
 s2s_ports = {{ {s2s} }}
 c2s_direct_tls_ports = {{ }}
-s2s_direct_tls_ports = {{ }}
+s2s_direct_tls_ports = {{ {s2sDirectTLS} }}
 http_ports = {{ }}
 https_ports = {{ }}
 modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "posix";
@@ -88,18 +88,19 @@ VirtualHost "{domain}"
 
 
 class Prosody:
-    """A private Prosody instance on loopback ports."""
+    """A private Prosody instance on loopback ports (with C{directTLS}, an XEP-0368 s2s port too)."""
 
-    def __init__(self, root: Path, ours: int):
+    def __init__(self, root: Path, ours: int, directTLS: bool = False):
         self.root = root
         self.c2s, self.s2s = freePort(), freePort()
+        self.s2sDirectTLS = freePort() if directTLS else None
         for name in ("plugins", "data", "certs"):
             (root / name).mkdir()
         (root / "plugins" / "mod_s2s_static_hosts.lua").write_text(STATIC_HOSTS_PLUGIN)
         generateSelfSigned(root / "certs" / f"{DOMAIN}.crt", root / "certs" / f"{DOMAIN}.key", [DOMAIN])
         self.config = root / "prosody.cfg.lua"
         self.config.write_text(CONFIG.format(root=root, c2s=self.c2s, s2s=self.s2s, ours=ours,
-                                             domain=DOMAIN))
+                                             domain=DOMAIN, s2sDirectTLS=self.s2sDirectTLS or ""))
         self.process = None
 
     def register(self, username: str) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import socket
 
 import pytest
-from streamharness import ClientConnection
-from twisted.internet import task
+import pytest_twisted
+from streamharness import ClientConnection, addAccount, login
+from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from invitesrv.config import FederationOptions
 from invitesrv.xmpp.s2s.service import S2SService
 
 S2S_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
@@ -40,8 +42,9 @@ def listening(tmp_path_factory):
     server.stop()
 
 
-@pytest.mark.parametrize(("label", "opening"), [("Clients", C2S_OPEN), ("Servers", S2S_OPEN)])
-def test_endlessOpeningTag(listening, label, opening):
+@pytest.mark.parametrize(("label", "opening", "namespace"), [("Clients", C2S_OPEN, "jabber:client"),
+                                                             ("Servers", S2S_OPEN, "jabber:server")])
+def test_endlessOpeningTag(listening, label, opening, namespace):
     """
     An opening C{<stream:stream} tag that never ends (attribute after
     attribute) is cut with C{<policy-violation/>} once it passes the
@@ -66,12 +69,13 @@ def test_endlessOpeningTag(listening, label, opening):
         except OSError:
             pass
     assert b"<policy-violation" in received, (sent, received)
+    assert f"xmlns='{namespace}'".encode() in received  # the error's stream header
     assert "Stream header too large" in listening.log()
 
 
-def s2sStream(servers, clock, **limits):
+def s2sStream(servers, clock, federation: FederationOptions | None = None, **limits):
     """An incoming server-to-server stream of an in-memory server, on a StringTransport."""
-    server = servers(clock, limits=limits)
+    server = servers(clock, limits=limits, federation=federation or FederationOptions())
     federation = S2SService(server, reactor=clock)
     address = IPv4Address("TCP", "192.0.2.9", 40000)
     stream = federation.listenFactory.buildProtocol(address)
@@ -105,6 +109,50 @@ def test_s2sReadRate(servers):
     assert server.metrics["reads.throttled"] == 1
 
 
+@pytest_twisted.inlineCallbacks
+def test_s2sStanzaRate(servers):
+    """
+    A remote domain that sends more than [s2s] stanza_rate stanzas a second
+    (past the burst) is slowed, not cut off: the stanzas it sent are all
+    delivered, its stream is not read until the budget has refilled, and
+    what arrives meanwhile is delivered after the pause.
+    """
+    clock = task.Clock()
+    options = FederationOptions(require_encryption=False, stanza_rate=10, stanza_burst=20)
+    server, stream, transport = s2sStream(servers, clock, federation=options)
+    yield addAccount(server, "alice", "correct horse")
+    alice = ClientConnection(server, encrypted=True, address="192.0.2.10")
+    yield login(alice, "alice", "correct horse", "desk")
+    # The authoritative server of peer.test (outside this test) vouches for its key.
+    stream.federation.verifyDialback = lambda *args: defer.succeed(True)
+    stream.dataReceived(S2S_HEADER.encode())
+    stream.dataReceived(b"<db:result from='peer.test' to='localhost'>key</db:result>")
+    assert b"type='valid'" in transport.value()
+
+    def messages(numbers) -> bytes:
+        return "".join(f"<message from='bob@peer.test' to='alice@localhost/desk' type='chat'>"
+                       f"<body>{n}</body></message>" for n in numbers).encode()
+
+    def delivered() -> list[str]:
+        return [str(element.body) for element in alice.received() if element.name == "message"]
+
+    stream.dataReceived(messages(range(30)))  # 10 past the burst: a second at 10 a second
+    assert delivered() == [str(n) for n in range(30)]
+    assert transport.producerState == "paused" and server.metrics["stanzas.throttled"] == 10
+    stream.dataReceived(messages(range(30, 35)))  # already on its way: held
+    clock.advance(0.99)
+    assert delivered() == [] and transport.producerState == "paused"
+    clock.advance(0.01)
+    assert delivered() == [str(n) for n in range(30, 35)]
+    assert transport.producerState == "paused"  # those 5 cost half a second more
+    clock.advance(0.5)
+    assert transport.producerState == "producing"
+    clock.advance(1)  # a second's worth of budget
+    stream.dataReceived(messages([35]))
+    assert delivered() == ["35"] and transport.producerState == "producing"
+    assert not transport.disconnecting
+
+
 def test_s2sOpeningTagCap(servers):
     """The s2s opening tag is held to the pre-authentication size, in memory too."""
     server, stream, transport = s2sStream(servers, task.Clock(), stanza_size_preauth=2000,
@@ -113,6 +161,24 @@ def test_s2sOpeningTagCap(servers):
     for index in range(10):
         stream.dataReceived(f"a{index}='{'x' * 300}' ".encode())
     assert b"<policy-violation" in transport.value() and transport.disconnecting
+
+
+def test_pauseDuringHandshakeKeepsReading(servers):
+    """
+    Data written during a TLS handshake waits for the peer's handshake
+    answer, and TLS pauses the stream as a producer meanwhile: reading goes
+    on (else the handshake could never finish, as an outgoing s2s stream
+    that sends its header right after STARTTLS found). Once the handshake is
+    done, a pause means the peer does not read, and reading stops.
+    """
+    connection = ClientConnection(servers(task.Clock()))
+    connection.stream.startTLS(object())
+    connection.stream.pauseProducing()  # what TLS does with a write buffered in the handshake
+    assert connection.transport.producerState == "producing"
+    connection.stream.handshakeCompleted()
+    assert connection.transport.producerState == "paused"
+    connection.stream.resumeProducing()
+    assert connection.transport.producerState == "producing"
 
 
 def test_handlerErrorTrapped(servers):

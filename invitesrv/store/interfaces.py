@@ -114,7 +114,8 @@ class NewAccount:
     """
     Everything an account creation writes, applied in one transaction: the
     account, its credentials and roles, the invite use (consumption and audit),
-    and roster items on both sides.
+    roster items on both sides, and (for an account imported from another
+    server) its pending subscription requests and offline messages.
     """
 
     host: str
@@ -124,6 +125,8 @@ class NewAccount:
     inviteUse: InviteUse | None = None
     rosterItems: tuple[tuple[str, RosterItem], ...] = ()  # (owner username, item)
     now: float = 0.0
+    pendingIn: tuple[tuple[str, str], ...] = ()  # (contact, subscribe stanza XML)
+    offline: tuple[OfflineMessage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,12 @@ class IAccounts(Interface):
 
     def getCredentials(host: str, username: str, mechanism: str):
         """Fire with L{Credentials} or None."""
+
+    def countAccountsWithout(host: str, mechanism: str):
+        """
+        Fire with how many accounts of C{host} have no credentials for
+        C{mechanism} (accounts imported with SCRAM-SHA-1 keys only).
+        """
 
     def setCredentials(host: str, username: str, credentials, inviteUse=None, now: float = 0.0):
         """

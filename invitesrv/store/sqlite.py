@@ -254,6 +254,10 @@ class SQLiteStore:
             if conn.execute("SELECT 1 FROM accounts WHERE host = ? AND username = ?",
                             (a.host, owner)).fetchone():
                 SQLiteStore._setRosterItem(conn, a.host, owner, item)
+        conn.executemany("INSERT INTO pending_in (host, username, contact, stanza) VALUES (?, ?, ?, ?)",
+                         [(a.host, a.username, contact, stanza) for contact, stanza in a.pendingIn])
+        conn.executemany("INSERT INTO offline_messages (host, username, stamp, stanza) VALUES (?, ?, ?, ?)",
+                         [(a.host, a.username, m.stamp, m.stanza) for m in a.offline])
 
     @staticmethod
     def _useInvite(conn, use: InviteUse, host: str, username: str, now: float):
@@ -293,6 +297,12 @@ class SQLiteStore:
                 (host, username, mechanism)).fetchone()
             return Credentials(mechanism, *row) if row else None
         return self._run(get)
+
+    def countAccountsWithout(self, host, mechanism):
+        return self._run(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM accounts a WHERE host = ? AND NOT EXISTS (SELECT 1 FROM"
+            " credentials c WHERE c.host = a.host AND c.username = a.username AND c.mechanism = ?)",
+            (host, mechanism)).fetchone()[0])
 
     def setCredentials(self, host, username, credentials, inviteUse=None, now=0.0):
         def set_(conn):

@@ -21,7 +21,7 @@ from io import BytesIO
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import http, pages, resource, server, static
@@ -559,9 +559,5 @@ def httpsFactory(server, site: WebSite) -> TLSMemoryBIOFactory:
     ALPN for C{xmpp-client}; browsers must get C{http/1.1} here (Twisted
     would otherwise believe HTTP/2 was chosen).
     """
-    tls = server.tls
-    options = ssl.CertificateOptions(privateKey=tls.privateKey, certificate=tls.certificate,
-                                     extraCertChain=tls.extraCertChain or None,
-                                     raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-                                     acceptableProtocols=[b"http/1.1"])
+    options = server.tls.derive(selectALPN=None, acceptableProtocols=[b"http/1.1"])
     return TLSMemoryBIOFactory(options, False, site)

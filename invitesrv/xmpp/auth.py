@@ -15,13 +15,13 @@ import binascii
 import secrets
 
 import scramp
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep, resourceprep
 from twisted.words.xish import domish
 
-from invitesrv.credentials import MECHANISMS, checkPassword, fakeCredentials
+from invitesrv.credentials import fakeCredentials
 from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.xmpp.c2s import NS_SESSION, Session
 from invitesrv.xmpp.stream import NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS
@@ -242,7 +242,8 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         return features
 
     def mechanisms(self) -> tuple[str, ...]:
-        return MECHANISMS + ("PLAIN",) if self.encrypted else MECHANISMS
+        scram = self.host.scramMechanisms
+        return scram + ("PLAIN",) if self.encrypted else scram
 
     @property
     def preauthAllowed(self) -> bool:
@@ -369,13 +370,8 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             raise SASLFailure("not-authorized") from None
         self.attempted = username
         host = self.host
-        credentials = yield host.store.getCredentials(host.name, username, MECHANISMS[0])
-        if credentials is None:
-            credentials = fakeCredentials(self.server.secret, authcid, MECHANISMS[0],
-                                          host.config.scram_iterations)
-            username = None
-        valid = yield threads.deferToThread(checkPassword, password, credentials)
-        if not valid or username is None:
+        valid = yield host.registrar.verifyPassword(username, password, self.server.secret)
+        if not valid:
             raise SASLFailure("not-authorized")
         if authzid and authzid != f"{username}@{host.name}":
             raise SASLFailure("invalid-authzid")
@@ -429,6 +425,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
     def _authenticated(self, username: str, serverFinal: bytes | None):
         self.authenticated = True
         self.username = username
+        self.server.metrics["auth.succeeded"] += 1
         # The account's own failures stop counting: only its owner can log in.
         self.server.limiter.authByAccount.reset(f"{username}@{self.host.name}")
         self._sendSASL("success", serverFinal)

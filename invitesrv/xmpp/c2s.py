@@ -15,6 +15,10 @@ from twisted.words.protocols.jabber import error, jid, xmlstream
 
 from invitesrv.xmpp.stream import IQ_TYPES, NS_CLIENT, STANZAS, RestrictedStream
 
+# The counters of stanzas from and to clients, by kind (names made once, not per stanza).
+RECEIVED = {name: f"stanzas.in.{name}" for name in STANZAS}
+SENT = {name: f"stanzas.out.{name}" for name in STANZAS}
+
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 
 
@@ -68,6 +72,7 @@ class Session:
 
     def send(self, element) -> None:
         """Send a stanza to the client, through the output wrappers."""
+        self.host.metrics[SENT.get(element.name, "stanzas.out.other")] += 1
         self._send(element)
 
     def addOutput(self, wrapper) -> None:
@@ -139,6 +144,7 @@ class Session:
         if stanza.uri != NS_CLIENT or name not in STANZAS:
             self.close("unsupported-stanza-type")
             return
+        self.host.metrics[RECEIVED[name]] += 1
         sender = stanza.getAttribute("from")
         if sender is not None and sender != self.full and sender != self.bare:
             self.close("invalid-from")

@@ -39,7 +39,7 @@ IQ_TYPES = frozenset(("get", "set", "result", "error"))
 CLOSE_TIMEOUT = 10.0
 
 # Why a stream is not reading from its peer (bits of RestrictedStream._pauses).
-_RATE = 1  # over its read budget
+_RATE = 1  # over a budget: its read rate, or a stanza rate (L{RestrictedStream.throttle})
 _SEND = 2  # the peer does not read what is sent to it
 
 
@@ -95,6 +95,9 @@ class RestrictedStream(xmlstream.XmlStream):
         self.limits = server.config.limits
         self.clock = server.clock
         xmlstream.XmlStream.__init__(self, authenticator)
+        # A stream error sent before the peer's header is complete (one too
+        # large, a refused connection) still names the stream's namespace.
+        self.namespace = authenticator.namespace
         self.address = ""
         self.closing = False
         self.ended = False
@@ -104,7 +107,7 @@ class RestrictedStream(xmlstream.XmlStream):
         self.readBucket = None  # a limits.TokenBucket, or None: not limited
         self._pauses = 0  # why reading is paused: _RATE | _SEND
         self._resumeCall = None
-        self._held: bytes | None = None  # a chunk read over the budget, parsed later
+        self._held: bytes | None = None  # what arrived while throttled, parsed later
         self._abortCall = None
         self._authCall = None
         self.admitted = False
@@ -208,16 +211,31 @@ class RestrictedStream(xmlstream.XmlStream):
         self.lastReceived = self.clock.seconds()
         bucket = self.readBucket
         wait = bucket.take(len(data)) if bucket is not None else 0.0
-        if self._held is not None:  # decrypted bytes still arriving after the pause
+        if self._held is not None:  # throttled: decrypted bytes still arriving after the pause
             self._held += data
         elif wait > 0:
             # Over budget: hold this chunk (one read, bounded) and stop reading.
             self.server.metrics["reads.throttled"] += 1
             self._held = data
-            self._pauseReading(_RATE)
-            self._resumeCall = self.clock.callLater(wait, self._rateRefilled)
+            self.throttle(wait)
         else:
             self._parse(data)
+
+    def throttle(self, wait: float) -> None:
+        """
+        Read nothing for C{wait} seconds more: the peer has spent a budget
+        (its read rate, or on an incoming server stream the stanza rate of
+        its domain). What still arrives is held and parsed when reading
+        resumes, so TCP pushes back on the peer and nothing is lost.
+        """
+        if self._held is None:
+            self._held = b""
+        self._pauseReading(_RATE)
+        call = self._resumeCall
+        if call is None:
+            self._resumeCall = self.clock.callLater(wait, self._throttleEnded)
+        elif call.getTime() < self.clock.seconds() + wait:
+            call.reset(wait)
 
     def _parse(self, data: bytes) -> None:
         try:
@@ -232,17 +250,18 @@ class RestrictedStream(xmlstream.XmlStream):
                      condition=e.condition, text=e.text)
             self.closeWithError(e.condition, e.text)
 
-    def _rateRefilled(self) -> None:
-        """The read budget is back: parse what was held, then read again."""
+    def _throttleEnded(self) -> None:
+        """The budgets are back: parse what was held, then read again unless that spent them."""
+        self._resumeCall = None
         wait = self.readBucket.take(0) if self.readBucket is not None else 0
         if wait > 0:
-            self._resumeCall = self.clock.callLater(wait, self._rateRefilled)
+            self._resumeCall = self.clock.callLater(wait, self._throttleEnded)
             return
-        self._resumeCall = None
         data, self._held = self._held, None
         if data and not self.ended:
             self._parse(data)
-        self._resumeReading(_RATE)
+        if self._resumeCall is None:
+            self._resumeReading(_RATE)
 
     def _pauseReading(self, reason: int) -> None:
         if not self._pauses and not self.ended:

@@ -71,6 +71,7 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
         self.verified: set[tuple[str, str]] = set()
         self.pending: dict[tuple[str, str], defer.Deferred] = {}
         self.gone = False
+        self.slowed = False  # over the stanza rate of its domain at the last stanza
 
     @property
     def authenticated(self) -> bool:
@@ -354,12 +355,26 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
                      stream=self.label, domain=origin.host)
             xs.closeWithError("invalid-from")
             return
+        self._stanzaRate(origin.host)
         stanza = retarget(stanza, NS_SERVER, NS_CLIENT)
         if stanza.name == "iq" and (stanza.getAttribute("type") not in IQ_TYPES
                                     or not stanza.getAttribute("id")):
             self.federation.bounce(stanza, "bad-request", "An iq needs an id and a type")
             return
         local.receive(stanza, target)
+
+    def _stanzaRate(self, domain: str) -> None:
+        """Hold the stream to C{domain}'s stanza rate: past it, stop reading for a while."""
+        wait = self.federation.stanzaWait(domain)
+        if not wait:
+            self.slowed = False
+            return
+        self.federation.server.metrics["stanzas.throttled"] += 1
+        if not self.slowed:
+            log.info("Slowing down the {stream}: {domain} sends more than {rate} stanzas a second",
+                     stream=self.label, domain=domain, rate=self.federation.options.stanza_rate)
+        self.slowed = True
+        self.xmlstream.throttle(wait)
 
 
 class S2SListenFactory(protocol.ServerFactory):

@@ -15,6 +15,7 @@ from twisted.words.protocols.jabber import jid, xmlstream
 from twisted.words.xish import domish
 
 from invitesrv.xmpp.dialback import NS_DIALBACK, NS_DIALBACK_FEATURE
+from invitesrv.xmpp.resolve import DNSTimeout
 from invitesrv.xmpp.s2s.stream import RemoteUnavailable, S2SStream, retarget, streamErrorCondition
 from invitesrv.xmpp.s2s.tls import PeerCertificate
 from invitesrv.xmpp.stream import NS_CLIENT, NS_SASL, NS_SERVER, NS_STREAMS, NS_TLS
@@ -62,6 +63,8 @@ class OutgoingAuthenticator(xmlstream.ConnectAuthenticator):
         peer = xs.transport.getPeer()
         self.address = f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}"
         self.peer.streamConnected(xs)
+        if xs.factory.directTLS:
+            self._startTLS(directTLS=True)
         xs.sendHeader()
 
     def connectionLost(self, reason) -> None:
@@ -147,13 +150,15 @@ class OutgoingAuthenticator(xmlstream.ConnectAuthenticator):
             return
         self._dialback()
 
-    def _startTLS(self) -> None:
+    def _startTLS(self, directTLS: bool = False) -> None:
+        """Start TLS: after C{<proceed/>} (then a new stream), or at once for direct TLS."""
         xs = self.xmlstream
-        self.tls = self.federation.tls.client(self.peer.remote)
+        self.tls = self.federation.tls.client(self.peer.remote, directTLS)
         xs.startTLS(self.tls)
         self.encrypted = True
-        xs.reset()
-        xs.sendHeader()
+        if not directTLS:
+            xs.reset()
+            xs.sendHeader()
 
     def _dialback(self) -> None:
         """Prove our domain with a dialback key (XEP-0220 section 2.1)."""
@@ -188,12 +193,16 @@ class OutgoingAuthenticator(xmlstream.ConnectAuthenticator):
 
 
 class OutgoingFactory(protocol.Factory):
-    """Builds the stream of one connection attempt of an L{OutgoingPeer}."""
+    """
+    Builds the stream of one connection attempt of an L{OutgoingPeer};
+    C{directTLS}: TLS starts at once (XEP-0368), not after STARTTLS.
+    """
 
     noisy = False
 
-    def __init__(self, peer: OutgoingPeer):
+    def __init__(self, peer: OutgoingPeer, directTLS: bool = False):
         self.peer = peer
+        self.directTLS = directTLS
 
     def buildProtocol(self, addr):
         stream = S2SStream(OutgoingAuthenticator(self.peer), self.peer.federation)
@@ -302,16 +311,17 @@ class OutgoingPeer:
         self.trying = True
         self._deadline = federation.clock.callLater(federation.options.connect_timeout, self._timedOut)
         log.info("Connecting to {remote} for {local}", remote=self.remote, local=self.local)
-        self._connecting = federation.resolver.connect(self.remote, OutgoingFactory(self),
-                                                       federation.options.connect_timeout)
+        self._connecting = federation.resolver.connect(
+            self.remote, lambda target: OutgoingFactory(self, target.directTLS),
+            federation.options.connect_timeout, directTLS=federation.tls is not None)
         self._connecting.addErrback(self._cannotConnect)
 
     def _cannotConnect(self, failure) -> None:
         self._connecting = None
         if failure.check(defer.CancelledError):
             return  # the deadline passed: already handled
-        self._failed("remote-server-not-found", f"cannot connect to {self.remote}: "
-                     f"{failure.getErrorMessage()}")
+        self._failed("remote-server-timeout" if failure.check(DNSTimeout) else "remote-server-not-found",
+                     f"cannot connect to {self.remote}: {failure.getErrorMessage()}")
 
     def _timedOut(self) -> None:
         self._deadline = None

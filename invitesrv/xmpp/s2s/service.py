@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 
+from invitesrv.limits import BucketTable
 from invitesrv.xmpp.dialback import checkKey, dialbackKey, dialbackSecret
 from invitesrv.xmpp.resolve import Resolver
 from invitesrv.xmpp.router import bounce, parseJID
@@ -38,8 +39,11 @@ class S2SService(service.Service):
         self.options = server.config.federation
         self.clock = server.clock
         self.tls = PeerTLS(server.tls, self.options.trust) if server.tls is not None else None
-        self.resolver = Resolver(reactor, self.options.hosts)
+        self.resolver = Resolver(reactor, self.options.hosts, servers=self.options.dnsServers,
+                                 fallbackPort=self.options.fallback_port)
         self.peers: dict[tuple[str, str], OutgoingPeer] = {}
+        self.stanzaBuckets = BucketTable(self.clock, self.options.stanza_rate,
+                                         self.options.stanza_burst)
         self.listenFactory = S2SListenFactory(self)
 
     @property
@@ -84,6 +88,15 @@ class S2SService(service.Service):
         if peer is None:
             peer = self.peers[local, remote] = OutgoingPeer(self, local, remote)
         return peer
+
+    def stanzaWait(self, domain: str) -> float:
+        """
+        Count a stanza from C{domain} (over all its incoming streams); return
+        how long its streams must not be read, 0 while within C{stanza_rate}.
+        """
+        if not self.options.stanza_rate:
+            return 0.0
+        return self.stanzaBuckets[domain].take(1)
 
     def forget(self, peer: OutgoingPeer) -> None:
         if self.peers.get((peer.local, peer.remote)) is peer:

@@ -5,12 +5,15 @@ server's certificate, and per stream what was wrong with the peer's.
 
 from __future__ import annotations
 
+from cryptography import x509
 from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
-from service_identity.pyopenssl import verify_hostname
-from twisted.internet import ssl
+from service_identity.cryptography import extract_patterns
+from service_identity.hazmat import DNS_ID, SRV_ID, verify_service_identity
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
+
+from invitesrv.xmpp.s2s.stream import domainOf
 
 
 class PeerTLS:
@@ -29,10 +32,9 @@ class PeerTLS:
 
     @staticmethod
     def _context(options, trust: str) -> SSL.Context:
-        context = ssl.CertificateOptions(
-            privateKey=options.privateKey, certificate=options.certificate,
-            extraCertChain=options.extraCertChain, raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-        ).getContext()
+        # Peers (Prosody) offer ALPN "xmpp-server"; the default selection,
+        # made for HTTP, would end the handshake with an internal error.
+        context = options.derive(selectALPN=_selectALPN).getContext()
         if trust:
             context.load_verify_locations(trust)
         else:
@@ -40,14 +42,14 @@ class PeerTLS:
         # Asking for the peer's certificate makes OpenSSL insist on a session
         # id context, even with session caching off.
         context.set_session_id(b"invitesrv-s2s")
-        # Peers (Prosody) offer ALPN "xmpp-server"; the default selection,
-        # made for HTTP, would end the handshake with an internal error.
-        context.set_alpn_select_callback(_selectALPN)
         return context
 
-    def client(self, serverName: str) -> PeerCertificate:
-        """The TLS layer of an outgoing stream to C{serverName} (sent as SNI)."""
-        return PeerCertificate(self.clientContext, serverName)
+    def client(self, serverName: str, directTLS: bool = False) -> PeerCertificate:
+        """
+        The TLS layer of an outgoing stream to C{serverName} (sent as SNI);
+        with C{directTLS} (XEP-0368) it offers ALPN C{xmpp-server} too.
+        """
+        return PeerCertificate(self.clientContext, serverName, [b"xmpp-server"] if directTLS else [])
 
     def server(self) -> PeerCertificate:
         """The TLS layer of an incoming stream."""
@@ -62,9 +64,10 @@ def _selectALPN(connection, offered: list[bytes]):
 class PeerCertificate:
     """One stream's TLS layer: it remembers what was wrong with the peer's certificate."""
 
-    def __init__(self, context: SSL.Context, serverName: str | None):
+    def __init__(self, context: SSL.Context, serverName: str | None, alpn: list[bytes] = ()):
         self.context = context
         self.serverName = serverName
+        self.alpn = list(alpn)
         self.connection: SSL.Connection | None = None
         self.problems: list[int] = []
 
@@ -85,6 +88,8 @@ class PeerCertificate:
             connection.set_tlsext_host_name(self.serverName.encode("idna"))
         except UnicodeError:
             pass
+        if self.alpn:
+            connection.set_alpn_protos(self.alpn)
         return connection
 
     def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
@@ -95,8 +100,54 @@ class PeerCertificate:
         connection = self.connection
         if connection is None or self.problems or connection.get_peer_certificate() is None:
             return False
-        try:
-            verify_hostname(connection, domain.encode("idna").decode("ascii"))
-        except (CertificateError, VerificationError, UnicodeError, ValueError):
-            return False
-        return True
+        return certificateNames(connection.get_peer_certificate().to_cryptography(), domain)
+
+
+ID_ON_XMPPADDR = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.5")
+
+
+def certificateNames(certificate: x509.Certificate, domain: str) -> bool:
+    """
+    Does C{certificate} name the XMPP server of C{domain} (RFC 6120 section
+    13.7.1.2, RFC 6125)? A DNS-ID or an SRV-ID (C{_xmpp-server.<domain>},
+    or C{_xmpps-server} for direct TLS), matched by service-identity, or an
+    XmppAddr (id-on-xmppAddr), which service-identity does not read: its
+    UTF8String is decoded here and must be the domain itself. C{domain} is
+    the stream's, never an SRV target.
+    """
+    try:
+        ascii = domain.encode("idna").decode("ascii")
+        patterns = extract_patterns(certificate)
+    except (UnicodeError, CertificateError):
+        pass
+    else:
+        for reference in (DNS_ID(ascii), SRV_ID(f"_xmpp-server.{ascii}"), SRV_ID(f"_xmpps-server.{ascii}")):
+            try:
+                verify_service_identity(patterns, [reference], [])
+            except (CertificateError, VerificationError):
+                continue
+            return True
+    return domain in {domainOf(address) for address in xmppAddrs(certificate)}
+
+
+def xmppAddrs(certificate: x509.Certificate) -> list[str]:
+    """The XmppAddr names (otherName id-on-xmppAddr, a DER UTF8String each) of C{certificate}."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+    found = []
+    for other in names.get_values_for_type(x509.OtherName):
+        der = other.value
+        if other.type_id != ID_ON_XMPPADDR or len(der) < 2 or der[0] != 0x0C:  # UTF8String
+            continue
+        length, start = der[1], 2
+        if length & 0x80:  # long form: the next (length & 0x7f) bytes are the length
+            start = 2 + (length & 0x7F)
+            length = int.from_bytes(der[2:start], "big")
+        if start + length == len(der):
+            try:
+                found.append(der[start:].decode("utf-8"))
+            except UnicodeDecodeError:
+                pass
+    return found

@@ -1,0 +1,133 @@
+"""
+Prosody's stored records turned into invitesrv's values, on small data
+directories written here in the exact form Prosody writes (the end-to-end
+test uses a real one): the cases a fresh Prosody 0.12 does not produce, such
+as older record shapes, other password hashes and damaged files.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from invitesrv.prosodydata import ProsodyDataDir, ProsodyDataError, credentialsOf, tokenLabel
+
+HOST = "example.org"
+NOW = 1_800_000_000
+
+
+def write(root, relative: str, text: str):
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def account(root, name: str = "alice", encoded: str | None = None):
+    return write(root, f"example%2eorg/accounts/{encoded or name}.dat",
+                 'return {\n\t["salt"] = "s";\n\t["stored_key"] = "' + "ab" * 20 + '";\n'
+                 '\t["server_key"] = "' + "cd" * 20 + '";\n\t["iteration_count"] = 4096;\n};\n')
+
+
+def test_credentialKinds():
+    """SHA-1 and SHA-256 keys are told apart by length; a plaintext password gives both."""
+    sha1 = credentialsOf({"salt": "s", "iteration_count": 4096, "stored_key": "ab" * 20,
+                          "server_key": "cd" * 20}, "alice", 4096)
+    assert [c.mechanism for c in sha1] == ["SCRAM-SHA-1"] and sha1[0].storedKey == b"\xab" * 20
+    sha256 = credentialsOf({"salt": "s", "iteration_count": 4096, "stored_key": "ab" * 32,
+                            "server_key": "cd" * 32}, "alice", 4096)
+    assert [c.mechanism for c in sha256] == ["SCRAM-SHA-256"]
+    plain = credentialsOf({"password": "secret"}, "alice", 4096)
+    assert sorted(c.mechanism for c in plain) == ["SCRAM-SHA-1", "SCRAM-SHA-256"]
+    for record in ({}, {"salt": "s", "iteration_count": 4096, "stored_key": "zz",
+                        "server_key": "cd"}, {"salt": "s", "iteration_count": -1,
+                                             "stored_key": "ab" * 20, "server_key": "cd" * 20}):
+        with pytest.raises(ProsodyDataError):
+            credentialsOf(record, "alice", 4096)
+
+
+def test_rosterShapes(tmp_path):
+    """
+    The roster's own entry is left out, a bad JID is skipped with a reason,
+    and requests kept at the top level (older Prosody) are still found.
+    """
+    path = account(tmp_path)
+    write(tmp_path, "example%2eorg/roster/alice.dat", """return {
+	["alice@example.org"] = { ["subscription"] = "both"; };
+	["bob@example.org"] = { ["subscription"] = "to"; ["groups"] = { ["A"] = true; ["B"] = true; }; };
+	["not a jid@"] = { ["subscription"] = "none"; };
+	["pending"] = { ["carol@example.org"] = true; };
+};
+""")
+    data = ProsodyDataDir(tmp_path).account(HOST, "alice", path, 4096)
+    assert [(i.contact, i.subscription, i.groups) for i in data.rosterItems] == [
+        ("bob@example.org", "to", ("A", "B"))]
+    assert [contact for contact, _ in data.pendingIn] == ["carol@example.org"]
+    assert "type='subscribe'" in data.pendingIn[0][1] and "from='carol@example.org'" in data.pendingIn[0][1]
+    assert len(data.skipped) == 1 and "not a valid JID" in data.skipped[0]
+
+
+def test_offlineStampsAndNamespaces(tmp_path):
+    """Items without 'when' use their stamp; namespaced attributes and children keep theirs."""
+    path = account(tmp_path)
+    write(tmp_path, "example%2eorg/offline/alice.list", """item({
+	["name"] = "message";
+	["attr"] = { ["to"] = "alice@example.org"; ["stamp"] = "2027-01-15T08:00:00Z";
+		["http://www.w3.org/XML/1998/namespace\\001lang"] = "de"; };
+	{ ["name"] = "body"; ["attr"] = {}; "hallo"; };
+	{ ["name"] = "x"; ["attr"] = { ["xmlns"] = "urn:example"; }; };
+});
+""")
+    [message] = ProsodyDataDir(tmp_path).account(HOST, "alice", path, 4096).offline
+    assert message.stamp == 1800000000.0
+    assert message.stanza == ("<message xmlns='jabber:client' to='alice@example.org' xml:lang='de'>"
+                              "<body>hallo</body><x xmlns='urn:example'/></message>")
+
+
+def test_damagedFilesAreErrors(tmp_path):
+    """A roster that is code, or a username not in prepared form: a clear error for that account."""
+    path = account(tmp_path)
+    write(tmp_path, "example%2eorg/roster/alice.dat", 'return os.execute("id");')
+    source = ProsodyDataDir(tmp_path)
+    with pytest.raises(ProsodyDataError, match="not Prosody data: .*alice.dat:1:8"):
+        source.account(HOST, "alice", path, 4096)
+    upper = account(tmp_path, "Alice")
+    with pytest.raises(ProsodyDataError, match="not in its prepared form"):
+        source.account(HOST, "Alice", upper, 4096)
+
+
+def test_invites(tmp_path):
+    """
+    mod_invites records: an admin group invite that can be used again, a
+    contact-only invite from the inviter's own file, a reset; expired ones skipped.
+    """
+    account(tmp_path)
+    write(tmp_path, "example%2eorg/invite_token.dat", """return {
+	["groupTokenAAAAAAAAAAAAAAA"] = { ["type"] = "register"; ["jid"] = "example.org";
+		["created_at"] = 1799990000; ["expires"] = 1800090000; ["reusable"] = true;
+		["allow_registration"] = true;
+		["additional_data"] = { ["roles"] = { ["prosody:admin"] = true; }; ["groups"] = { "g1"; }; }; };
+	["resetTokenAAAAAAAAAAAAAAA"] = { ["type"] = "register"; ["jid"] = "alice@example.org";
+		["expires"] = 1800001000; ["additional_data"] = { ["allow_reset"] = "alice"; }; };
+	["oldTokenAAAAAAAAAAAAAAAAA"] = { ["type"] = "register"; ["jid"] = "example.org";
+		["expires"] = 1700000000; };
+};
+""")
+    write(tmp_path, "example%2eorg/invite_token/alice.dat",
+          'return {\n\t["contactTokenAAAAAAAAAAAA"] = 1800005000;\n};\n')
+    invites, skipped = ProsodyDataDir(tmp_path).invites(HOST, NOW)
+    found = {token: invite for invite, token in invites}
+    group = found["groupTokenAAAAAAAAAAAAAAA"]
+    assert (group.kind, group.usesAllowed, group.roles, group.groups, group.expires) == (
+        "account", None, ("admin",), ("g1",), 1800090000.0)
+    reset = found["resetTokenAAAAAAAAAAAAAAA"]
+    assert (reset.kind, reset.username, reset.usesAllowed) == ("reset", "alice", 1)
+    contact = found["contactTokenAAAAAAAAAAAA"]
+    assert (contact.kind, contact.inviter, contact.allowRegistration) == ("contact", "alice", False)
+    assert skipped == [f"invite {tokenLabel('oldTokenAAAAAAAAAAAAAAAAA')}: expired"]
+
+
+def test_notADataDirectory(tmp_path):
+    with pytest.raises(ProsodyDataError, match="not a directory"):
+        ProsodyDataDir(tmp_path / "missing")
+    with pytest.raises(ProsodyDataError, match="no Prosody data"):
+        ProsodyDataDir(tmp_path)
