@@ -147,6 +147,21 @@ class Limits:
     metrics_interval: Duration = Duration(3600)
 
 
+@dataclass(frozen=True)
+class ComponentOptions:
+    """
+    A subdomain service of a host (C{[hosts."HOST".components.NAME]} serves
+    C{NAME.HOST}): either C{modules} run in this server, or an external
+    XEP-0114 component that connects to C{[listen] component} with C{secret}.
+    """
+
+    modules: tuple[str, ...] = ()
+    secret: str = ""
+
+
+MIN_COMPONENT_SECRET = 16  # characters: the secret is all that proves an external component
+
+
 DEFAULT_S2S_PORT = 5269
 
 # Mozilla's "intermediate" TLS 1.2 suites, forward-secret AEAD only (its
@@ -225,6 +240,7 @@ class Config:
     http: tuple[str, ...] = ()
     https: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
+    component: tuple[str, ...] = ()
     public_url: str = ""
     trusted_proxies: tuple[str, ...] = ()
     app_catalogue: str = ""
@@ -244,6 +260,8 @@ class Config:
     host_module_options: dict[str, dict[str, dict]] = field(default_factory=dict)
     limits: Limits = Limits()
     federation: FederationOptions = FederationOptions()
+    # host -> component domain -> its options, from [hosts."HOST".components.NAME]
+    components: dict[str, dict[str, ComponentOptions]] = field(default_factory=dict)
     source: str = "<defaults>"
 
     @property
@@ -268,7 +286,7 @@ class Config:
 # Keys of the top-level tables and where they go in Config.
 _SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url",
                 "trusted_proxies", "app_catalogue", "hide_apps", "hsts_max_age"}
-_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https", "metrics"}
+_LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https", "metrics", "component"}
 _TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key", "ciphers": "tls_ciphers",
              "groups": "tls_groups", "certificates": "tls_certificates"}
 
@@ -399,6 +417,30 @@ def _federation(table: object, source: str) -> FederationOptions:
     return replace(options, hosts=routes)
 
 
+def _components(host: str, table: object, source: str) -> dict[str, ComponentOptions]:
+    """The C{components} table of host C{host}: subdomain name -> its options, checked."""
+    where = f"hosts.{host}.components"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{where}] must be a table of subdomain names")
+    components = {}
+    for name, options in table.items():
+        domain = _checkHostName(f"{name}.{host}", source)
+        if not name or "." in name:
+            raise ConfigError(f"{source}: {where}: {name!r} is not a subdomain label")
+        options = buildTable(ComponentOptions, options, f"{where}.{name}", source)
+        if bool(options.modules) == bool(options.secret):
+            raise ConfigError(f"{source}: {where}.{name}: give either modules (served here) or"
+                              " secret (an external component), not both or neither")
+        if "disco" in options.modules:
+            raise ConfigError(f"{source}: {where}.{name}.modules: leave out 'disco': every"
+                              " component answers disco for itself")
+        if options.secret and len(options.secret) < MIN_COMPONENT_SECRET:
+            raise ConfigError(f"{source}: {where}.{name}.secret: use at least"
+                              f" {MIN_COMPONENT_SECRET} characters")
+        components[domain] = options
+    return components
+
+
 def _moduleTables(table: object, where: str, source: str) -> dict[str, dict]:
     """The C{[modules.NAME]} tables under C{where}, each a table (checked by its module later)."""
     if not isinstance(table, dict) or not all(isinstance(t, dict) for t in table.values()):
@@ -442,25 +484,37 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
     if not isinstance(hostTables, dict) or not hostTables:
         raise ConfigError(f"{source}: [hosts] must name at least one virtual host")
     hosts = {}
+    components = {}
     hostModules = {}
     for name, table in hostTables.items():
         host = _checkHostName(name, source)
-        if isinstance(table, dict) and "modules" in table:
+        if isinstance(table, dict) and ("components" in table or "modules" in table):
             table = dict(table)
-            hostModules[host] = _moduleTables(table.pop("modules"), f"hosts.{name}.modules", source)
+            if "components" in table:
+                components[host] = _components(host, table.pop("components"), source)
+            if "modules" in table:
+                hostModules[host] = _moduleTables(table.pop("modules"), f"hosts.{name}.modules",
+                                                  source)
         options = buildTable(HostOptions, table, f"hosts.{name}", source, base=defaults)
         hosts[host] = _checkAdmins(host, options, source)
     values["hosts"] = hosts
+    values["components"] = components
+    domains = [domain for served in components.values() for domain in served]
+    for domain in domains:
+        if domain in hosts or domains.count(domain) > 1:
+            raise ConfigError(f"{source}: the component domain {domain} is served twice")
     values["host_module_options"] = hostModules
     values["module_options"] = _moduleTables(data.get("modules", {}), "modules", source)
 
     config = Config(**values)
+    loaded = set(config.modules).union(*(options.modules for served in components.values()
+                                         for options in served.values()))
     for where, tables in [("modules", config.module_options)] + [
             (f"hosts.{host}.modules", tables) for host, tables in hostModules.items()]:
         for name in tables:
-            if name not in config.modules:
+            if name not in loaded:
                 raise ConfigError(f"{source}: [{where}.{name}]: module {name!r} is not in"
-                                  " server.modules")
+                                  " server.modules nor a component's modules")
     if config.scram_iterations < 4096:
         raise ConfigError(f"{source}: server.scram_iterations must be at least 4096")
     for entry in config.limits.allowlist:

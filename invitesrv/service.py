@@ -4,13 +4,16 @@ Assembly: from a L{Config} to a running server, with or without twistd.
 L{InviteServer} holds what one process shares (config, store, router,
 virtual hosts, TLS). L{makeService} wraps it in a C{MultiService} of named
 children, so an embedding application can take the pieces it wants:
-C{"store"}, C{"hosts"}, C{"control"} (the channel C{invitesrvctl} reaches a
-running server through, L{invitesrv.control}), C{"reload"} (SIGHUP reloads
-certificates and config, L{invitesrv.reload}), C{"s2s"} (federation, when C{[listen] s2s} names a
+C{"store"}, C{"hosts"} (with their components, L{invitesrv.components}),
+C{"control"} (the channel C{invitesrvctl} reaches a running server through,
+L{invitesrv.control}), C{"reload"} (SIGHUP reloads certificates and config,
+L{invitesrv.reload}), C{"s2s"} (federation, when C{[listen] s2s} names a
 listener), C{"c2s"}, C{"c2s-direct-tls"}, C{"http"} (invite pages, web
-registration and the admin API), C{"metrics"} (the counters, logged every
-C{limits.metrics_interval}) and C{"systemd"} (readiness and watchdog
-notifications under a C{Type=notify} unit).
+registration and the admin API), C{"component"} (external XEP-0114
+components, when C{[listen] component} names a listener), C{"metrics"} (the
+counters, logged every C{limits.metrics_interval}), C{"prometheus"} (the
+OpenMetrics endpoint, when C{[listen] metrics} names a listener) and
+C{"systemd"} (readiness and watchdog notifications under a C{Type=notify} unit).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from invitesrv.components.base import InternalComponent
+from invitesrv.components.external import ComponentFactory, ExternalComponent
 from invitesrv.config import Config, ConfigError
 from invitesrv.control import SOCKET_NAME, ControlFactory, writeRecord
 from invitesrv.host import VirtualHost
@@ -134,6 +139,26 @@ class InviteServer:
         if loadModules:
             for host in self.hosts.values():
                 host.loadModules(config.modules)
+        self.components = self.makeComponents(loadModules)
+
+    def makeComponents(self, loadModules: bool = True) -> dict:
+        """
+        The components of the served hosts, by domain (routed once started):
+        external ones wait for their connection, internal ones get their modules.
+        """
+        components = {}
+        for name, served in self.config.components.items():
+            host = self.hosts.get(name)
+            if host is None:
+                continue  # a host the command line left out
+            for domain, options in served.items():
+                if options.secret:
+                    components[domain] = ExternalComponent(domain, host, options.secret)
+                    continue
+                component = components[domain] = InternalComponent(domain, host)
+                if loadModules:
+                    component.loadModules(options.modules)
+        return components
 
     def makeTLS(self, config: Config):
         """The TLS options of C{config}: its certificates (per host, by SNI) and policy."""
@@ -186,7 +211,7 @@ class StoreService(service.Service):
 
 
 class HostsService(service.Service):
-    """Starts the modules of every virtual host, before the listeners."""
+    """Starts the modules of every virtual host and its components, before the listeners."""
 
     def __init__(self, server: InviteServer):
         self.server = server
@@ -197,6 +222,13 @@ class HostsService(service.Service):
                 host.start()
                 log.info("Serving {host} with modules {modules}", host=host.name,
                          modules=", ".join(host.modules))
+        for component in self.server.components.values():
+            if not component.started:
+                component.start()
+                log.info("Serving component {domain} of {host}: {what}", domain=component.name,
+                         host=component.host.name,
+                         what=f"modules {', '.join(component.modules)}"
+                         if isinstance(component, InternalComponent) else "external (XEP-0114)")
 
     def startService(self):
         self.privilegedStartService()
@@ -204,6 +236,8 @@ class HostsService(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        for component in self.server.components.values():
+            component.stop()
         for host in self.server.hosts.values():
             host.stop()
 
@@ -331,6 +365,7 @@ def makeService(config: Config, reactor=None, store=None,
                         ("reload", ReloadService(server, reactor))):
         child.setName(name)
         child.setServiceParent(top)
+
     def group(name: str) -> service.MultiService:
         child = service.MultiService()
         child.setName(name)
@@ -355,6 +390,8 @@ def makeService(config: Config, reactor=None, store=None,
     listen(group("c2s"), "c2s", server.c2sFactory, "Clients")
     listen(group("c2s-direct-tls"), "c2s_direct_tls", lambda: server.c2sFactory(directTLS=True),
            "Direct TLS clients (XEP-0368)")
+    listen(group("component"), "component", lambda: ComponentFactory(server),
+           "Components")
     if config.limits.metrics_interval:
         metrics = internet.TimerService(config.limits.metrics_interval, server.metrics.logSummary)
         metrics.clock = reactor

@@ -103,6 +103,14 @@ class Options(usage.Options):
                                       f" needs module {needed!r}, which is not listed")
             for host in config.hosts:
                 moduleOptions(cls, name, config, host)
+        for host, served in config.components.items():
+            for domain, options in served.items():
+                for name in options.modules:
+                    try:
+                        moduleOptions(findModule(name), name, config, domain)
+                    except (ModuleError, ConfigError) as e:
+                        raise ConfigError(f"{config.source}: hosts.{host}.components:"
+                                          f" {domain}: {e}") from None
         return config
 
 

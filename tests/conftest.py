@@ -16,7 +16,7 @@ import pytest
 
 # The twistd of the Python running the tests: the very command the README gives.
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-LISTENING = re.compile(r"(Clients|Direct TLS clients \(XEP-0368\)|HTTP|Servers)"
+LISTENING = re.compile(r"(Clients|Direct TLS clients \(XEP-0368\)|HTTP|Servers|Components)"
                        r" listening on [\d.:a-f]+:(\d+)")
 
 

@@ -34,7 +34,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "invitesrv.example.t
 OPTION_LINE = re.compile(r"^#(?=[a-z][a-z0-9_]* = )", re.MULTILINE)
 
 # Config fields that are not options of a [server]/[listen]/[tls] table.
-STRUCTURE = {"hosts", "source", "module_options", "host_module_options"}
+STRUCTURE = {"hosts", "components", "source", "module_options", "host_module_options"}
 # Config fields that hold a table of their own, and that table's name.
 TABLES = {"limits": "limits", "federation": "s2s"}
 

@@ -1,9 +1,11 @@
 """
 Who is online where, and how a stanza reaches its addressee.
 
-The router knows the virtual hosts and the bound sessions. A stanza for a
-local domain is handed to that host (L{invitesrv.host.VirtualHost.receive}),
-which applies RFC 6121's delivery rules; a stanza for any other domain goes to
+The router knows the virtual hosts, their components and the bound sessions.
+A stanza for a local domain is handed to that host
+(L{invitesrv.host.VirtualHost.receive}), which applies RFC 6121's delivery
+rules, or to the component serving that subdomain (L{invitesrv.components}),
+which answers for itself; a stanza for any other domain goes to
 the default route: the server-to-server service (L{invitesrv.xmpp.s2s}) when
 federation is on, else a C{remote-server-not-found} error to the sender.
 """
@@ -36,11 +38,25 @@ class Router:
 
     def __init__(self) -> None:
         self.hosts: dict = {}
+        self.components: dict = {}  # subdomain services, routed like hosts: domain -> component
         self.sessions: dict[str, dict[str, object]] = {}  # bare JID -> resource -> session
         self.remote = None  # the default route: route(stanza, target), or None (no federation)
 
     def addHost(self, host) -> None:
         self.hosts[host.name] = host
+
+    def addComponent(self, component) -> None:
+        """Route C{component.name} to C{component} (its C{receive(stanza, target)})."""
+        self.components[component.name] = component
+
+    def removeComponent(self, component) -> None:
+        """Stop routing to C{component}: its domain is no longer served here."""
+        if self.components.get(component.name) is component:
+            del self.components[component.name]
+
+    def local(self, domain: str):
+        """The host or component serving C{domain}, or None when it is not served here."""
+        return self.hosts.get(domain) or self.components.get(domain)
 
     def bind(self, session):
         """Register a bound session; return the session it replaces, if any."""
@@ -73,9 +89,9 @@ class Router:
                 del reply["from"]
                 self.route(reply)
             return
-        host = self.hosts.get(target.host)
-        if host is not None:
-            host.receive(stanza, target)
+        local = self.local(target.host)
+        if local is not None:
+            local.receive(stanza, target)
         else:
             self.routeRemote(stanza, target)
 

@@ -3,7 +3,8 @@ Incoming server-to-server streams: the receiving side. A peer proves a
 domain with SASL EXTERNAL (its certificate is valid for that domain) or
 dialback (the domain's authoritative server, reached over our outgoing
 stream to it, confirms the key); only then may it send stanzas, and only
-C{from} domains it proved to domains we host.
+C{from} domains it proved to domains we host (a host or one of its
+components, L{invitesrv.components}, proved the same way as the host).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
             local = self.local
         else:
             local = next(iter(hosts))  # RFC 6120 4.7.2: 'to' may be left out; one host is meant
-        if local not in hosts or (self.local is not None and local != self.local):
+        if self.router.local(local) is None or (self.local is not None and local != self.local):
             xs.closeWithError("host-unknown")
             return
         self.local = local
@@ -239,10 +240,10 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
         if local is None or remote is None:
             xs.closeWithError("improper-addressing")
             return
-        if local not in self.router.hosts:
+        if self.router.local(local) is None:
             xs.closeWithError("host-unknown")
             return
-        if remote in self.router.hosts:
+        if self.router.local(remote) is not None:
             xs.closeWithError("invalid-from", f"{remote} is served here")
             return
         pair = (local, remote)
@@ -310,7 +311,7 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
         if receiving is None or originating is None or not streamID:
             xs.closeWithError("improper-addressing")
             return
-        if originating not in self.router.hosts:
+        if self.router.local(originating) is None:
             xs.closeWithError("host-unknown")
             return
         valid = self.federation.checkKey(receiving, originating, streamID, str(element))
@@ -343,8 +344,8 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
         except (jid.InvalidFormat, UnicodeError):
             xs.closeWithError("improper-addressing", "Malformed 'to'")
             return
-        host = self.router.hosts.get(target.host)
-        if host is None:
+        local = self.router.local(target.host)
+        if local is None:
             log.info("Closing the {stream}: stanza for {domain}, not served here",
                      stream=self.label, domain=target.host)
             xs.closeWithError("host-unknown")
@@ -360,7 +361,7 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
                                     or not stanza.getAttribute("id")):
             self.federation.bounce(stanza, "bad-request", "An iq needs an id and a type")
             return
-        host.receive(stanza, target)
+        local.receive(stanza, target)
 
     def _stanzaRate(self, domain: str) -> None:
         """Hold the stream to C{domain}'s stanza rate: past it, stop reading for a while."""

@@ -87,7 +87,7 @@ class S2SService(service.Service):
             local = parseJID(stanza["from"]).host
         except (KeyError, jid.InvalidFormat, UnicodeError):
             local = None
-        if local not in self.router.hosts:
+        if self.router.local(local) is None:
             log.warn("Dropped a stanza for {target} whose sender is not local",
                      target=target.full())
             return
