@@ -200,12 +200,17 @@ def checkPorts(config: Config, running: bool) -> list[Finding]:
 
 @defer.inlineCallbacks
 def checkDNS(config: Config, resolver):
-    """The records other people's clients and servers look up, for each public host."""
+    """
+    The records other people's clients and servers look up, for each public
+    host, and (with federation on) for each of its components' domains,
+    which other servers reach as they reach the host.
+    """
     found = []
-    for host in config.hosts:
-        if not isPublicName(host):
-            continue
-        services = [("_xmpp-client._tcp", "clients", 5222)]
+    domains = [(host, True) for host in config.hosts if isPublicName(host)]
+    domains += [(component, False) for host, _ in list(domains)
+                for component in config.components.get(host, {})]
+    for host, clients in domains:
+        services = [("_xmpp-client._tcp", "clients", 5222)] if clients else []
         if config.s2s:
             services.append(("_xmpp-server._tcp", "servers", 5269))
         for prefix, who, port in services:

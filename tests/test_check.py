@@ -160,7 +160,8 @@ def test_dnsFindings(tmp_path):
         config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n'
                           '[listen]\nc2s = ["tcp:0"]\ns2s = ["tcp:0"]\n'
                           f'[s2s]\ndns_servers = ["{dnsmasq.address}"]\n'
-                          '[hosts."chat.example.net"]\n[hosts."bare.example.net"]\n')
+                          '[hosts."chat.example.net"]\n[hosts."bare.example.net"]\n'
+                          '[hosts."chat.example.net".components.groups]\nmodules = ["ping"]\n')
         result = subprocess.run([sys.executable, "-m", "invitesrv.ctl", "--config", str(config),
                                  "--create", "check", "dns"], capture_output=True, text=True,
                                 timeout=60, check=False)
@@ -172,4 +173,6 @@ def test_dnsFindings(tmp_path):
     assert ("WARNING  DNS _xmpp-client._tcp.bare.example.net: no SRV record" in out
             and "add _xmpp-client._tcp.bare.example.net. SRV 0 5 5222 bare.example.net." in out)
     assert "ERROR    DNS _xmpp-server._tcp.bare.example.net: bare.example.net has no A or AAAA" in out
+    assert "WARNING  DNS _xmpp-server._tcp.groups.chat.example.net: no SRV record" in out
+    assert "_xmpp-client._tcp.groups" not in out
     assert result.returncode == 1
