@@ -14,6 +14,8 @@ from conftest import RunningServer
 from slix import Client as SlixClient
 from slix import run
 from streamharness import Client, addAccounts
+from twisted.words.protocols.jabber import jid
+from twisted.words.xish import domish
 
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_FORWARD = "urn:xmpp:forward:0"
@@ -125,6 +127,19 @@ def test_messageToOwnResource(world):
     laptop.expect(plain("note"))
     laptop.absent(carbon("received"), "a carbon of what it got")
     phone.absent(anyCarbon, "a copy of its own message")
+
+
+def test_serverMadeMessageForwardedAsClientStanza(world):
+    """A message the server made (no namespace of its own) is forwarded as a jabber:client message."""
+    phone, laptop, bob = world
+    laptop.request(ENABLE, "set")
+    made = domish.Element((None, "message"))
+    made["from"], made["to"], made["type"] = "localhost", phone.jid, "chat"
+    made.addElement("body", content="from the server")
+    phone.server.hosts["localhost"].receive(made, jid.JID(phone.jid))
+    copy = laptop.expect(carbon("received", "from the server"), "received carbon")
+    inner = next(next(copy.elements(NS_CARBONS, "received")).elements(NS_FORWARD, "forwarded"))
+    assert [child.uri for child in inner.elements()] == [NS_CLIENT]
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from invitesrv.services.slots import Slot
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_FORWARD = "urn:xmpp:forward:0"
 NS_HINTS = "urn:xmpp:hints"
+NS_CLIENT = "jabber:client"
 # Payloads that make a message without a body worth copying (Prosody's mod_carbons).
 COPIED_PAYLOADS = frozenset(("urn:xmpp:receipts", "urn:xmpp:chat-markers:0",
                              "http://jabber.org/protocol/chatstates"))
@@ -100,13 +101,16 @@ class CarbonsModule(HostModule):
                 if s not in excluded and ENABLED.get(s)]
 
     def _copy(self, direction: str, message: domish.Element, sessions) -> None:
+        original = copyElement(message)
+        if original.uri is None:  # made by the server: a forwarded stanza is in jabber:client
+            original.uri = original.defaultUri = NS_CLIENT
         for session in sessions:
             carbon = domish.Element((None, "message"))
             carbon["from"] = session.bare
             carbon["to"] = session.full
             carbon["type"] = message.getAttribute("type", "normal")
             carbon.addElement((NS_CARBONS, direction)).addElement(
-                (NS_FORWARD, "forwarded")).addChild(copyElement(message))
+                (NS_FORWARD, "forwarded")).addChild(original)
             session.send(carbon)
 
 
