@@ -37,6 +37,8 @@ DEFAULT_MODULES = (
     "invites_register",
     "invites_adhoc",
     "watchdog",
+    "carbons",
+    "csi",
 )
 
 

@@ -66,6 +66,10 @@ C{subscription-request} (host, username, contact, stanza) -> Deferred[bool] or N
     fires True has dealt with the request (e.g. approved it with
     L{invitesrv.modules.presence.PresenceModule.approveSubscription}); nothing
     more is done for it. False or None: the request goes to the user as usual.
+C{message-delivered} (message, sessions)
+    Synchronous. A message for a local account was just sent to C{sessions}
+    (bound sessions of that one account): to its full JID, or to those its
+    bare JID reaches. Not run when it went to offline storage or nowhere.
 C{offline-message} (username, stanza) -> Deferred[bool]
     A message for a local user with no available resource; fire True if kept
     (or deliberately dropped, e.g. a bare chat-state notification), False to

@@ -256,6 +256,8 @@ class VirtualHost(XMPPHandlerCollection):
             if session is not None and not (
                     name == "presence" and stanza.getAttribute("type") in SUBSCRIPTION_TYPES):
                 session.send(stanza)
+                if name == "message":
+                    self.hooks.run("message-delivered", stanza, [session])
                 return
             if name == "iq":
                 self._refuse(stanza, "service-unavailable")
@@ -285,6 +287,7 @@ class VirtualHost(XMPPHandlerCollection):
         if sessions:
             for session in sessions:
                 session.send(message)
+            self.hooks.run("message-delivered", message, sessions)
             return
         if kind == "headline":
             return
