@@ -37,6 +37,7 @@ DEFAULT_MODULES = (
     "invites_register",
     "invites_adhoc",
     "watchdog",
+    "blocking",
 )
 
 

@@ -7,6 +7,8 @@ store) and L{StoreBehaviour.inviteAudit}, and inherits every test.
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer
@@ -338,11 +340,15 @@ class StoreBehaviour:
         assert (yield store.getBlocklist(HOST, "alice")) == []
         assert (yield store.unblock(HOST, "alice")) == []
         assert (yield store.getBlocklist(HOST, "bob")) == ["mallory@example.org"]
+        yield store.block(HOST, "alice", ["eve@example.org"])
+        assert (yield store.getBlocklists(HOST)) == {"alice": ["eve@example.org"],
+                                                     "bob": ["mallory@example.org"]}
+        assert (yield store.getBlocklists("other.example")) == {}
 
     @pytest_twisted.inlineCallbacks
     def test_blockNeedsAccount(self, store):
         """No blocklist row is written for an account that does not exist."""
-        with pytest.raises(Exception):
+        with pytest.raises((KeyError, sqlite3.IntegrityError)):  # the foreign key
             yield store.block(HOST, "ghost", ["eve@example.org"])
         yield store.createAccount(account("ghost"))
         assert (yield store.getBlocklist(HOST, "ghost")) == []

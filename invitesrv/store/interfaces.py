@@ -267,6 +267,9 @@ class IBlocklists(Interface):
     def getBlocklist(host: str, username: str):
         """Fire with the user's blocked JIDs, sorted."""
 
+    def getBlocklists(host: str):
+        """Fire with a dict: each account of C{host} that blocks anyone, its blocked JIDs."""
+
     def block(host: str, username: str, items):
         """Add C{items}; fire with those that were not blocked yet, sorted."""
 

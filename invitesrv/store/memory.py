@@ -346,6 +346,10 @@ class MemoryStore:
     def getBlocklist(self, host, username):
         return self._run(lambda t: sorted(t.blocklist.get((host, username), ())))
 
+    def getBlocklists(self, host):
+        return self._run(lambda t: {u: sorted(items) for (h, u), items in sorted(t.blocklist.items())
+                                    if h == host and items})
+
     def block(self, host, username, items):
         def block(t):
             if (host, username) not in t.accounts:

@@ -472,6 +472,16 @@ class SQLiteStore:
             "SELECT blocked FROM blocklist WHERE host = ? AND username = ? ORDER BY blocked",
             (host, username))])
 
+    def getBlocklists(self, host):
+        def read(conn):
+            lists: dict[str, list[str]] = {}
+            for username, blocked in conn.execute(
+                    "SELECT username, blocked FROM blocklist WHERE host = ? ORDER BY username, blocked",
+                    (host,)):
+                lists.setdefault(username, []).append(blocked)
+            return lists
+        return self._run(read)
+
     def block(self, host, username, items):
         def block(conn):
             return [item for item in sorted(set(items)) if conn.execute(
