@@ -97,7 +97,10 @@ class BlockingModule(HostModule):
                                                  host=self.parent.name))
 
     def isBlocked(self, username: str, address: str | None) -> bool:
-        """Whether the account C{username} blocks C{address} (a JID as text)."""
+        """
+        Whether the account C{username} blocks C{address} (a JID as text);
+        never its own JIDs (a user may block their own domain).
+        """
         items = self.blocked.get(username)
         if not items or not address:
             return False
@@ -105,7 +108,8 @@ class BlockingModule(HostModule):
             other = parseJID(address)
         except (jid.InvalidFormat, UnicodeError):
             return False
-        return not items.isdisjoint(candidates(other))
+        own = other.user == username and other.host == self.parent.name
+        return not own and not items.isdisjoint(candidates(other))
 
     # -- enforcement ------------------------------------------------------------
 
