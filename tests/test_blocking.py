@@ -26,6 +26,7 @@ from twisted.words.xish import domish
 NS_BLOCKING = "urn:xmpp:blocking"
 NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
 NS_REPORTING = "urn:xmpp:reporting:1"
+MAX_ITEMS = 1000  # docs/limits.md
 USERS = ("romeo", "juliet", "tybalt", "paris", "nurse", "viola", "orsino")
 
 
@@ -120,7 +121,8 @@ def test_matchingAndUnblockAll(server):
     """
     A domain item blocks every JID at it, a full JID only that resource;
     unblock-all empties the list and is pushed as an empty unblock; a bad
-    JID is refused with jid-malformed and nothing is blocked.
+    JID (jid-malformed) or more than MAX_ITEMS (resource-constraint) is
+    refused and nothing is blocked.
     """
     tybalt = online(server.port, "tybalt")
     paris = online(server.port, "paris", "home")
@@ -128,6 +130,9 @@ def test_matchingAndUnblockAll(server):
                          "set")
     assert errorCondition(bad) == "jid-malformed"
     assert errorCondition(tybalt.request(f"<block xmlns='{NS_BLOCKING}'/>", "set")) == "bad-request"
+    many = " ".join(f"u{n}@spam.example" for n in range(MAX_ITEMS + 1))
+    tooMany = tybalt.request(f"<block xmlns='{NS_BLOCKING}'>{items(many)}</block>", "set")
+    assert errorCondition(tooMany) == "resource-constraint"
     assert blocklist(tybalt) == []
 
     tybalt.request(f"<block xmlns='{NS_BLOCKING}'>{items('paris@localhost/work')}</block>", "set")

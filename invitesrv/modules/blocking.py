@@ -26,7 +26,8 @@ Block and unblock are pushed to every resource of the user that asked for
 the blocklist or the roster, as Prosody does. A block item may carry an
 XEP-0377 C{<report/>}: it is logged in one line for admins (reporter,
 reported JID, reason, the text cut to L{REPORT_TEXT}) and counted in the
-metrics as C{reports.spam} or C{reports.abuse}.
+metrics as C{reports.spam} or C{reports.abuse}. A blocklist holds at most
+L{MAX_ITEMS} JIDs, so that what is kept in memory for a host stays bounded.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
 NS_REPORTING = "urn:xmpp:reporting:1"
 REASONS = {"urn:xmpp:reporting:spam": "spam", "urn:xmpp:reporting:abuse": "abuse"}
 REPORT_TEXT = 200  # characters of a report's text that go into the log
+MAX_ITEMS = 1000  # JIDs one account may block (docs/limits.md)
 REQUEST = f"/iq/*[@xmlns='{NS_BLOCKING}']"
 
 ASKED = Slot("blocking.asked", bool, default=False)  # the session asked for the blocklist
@@ -184,6 +186,9 @@ class BlockingModule(HostModule):
             if request.name == "block":
                 if not items:
                     raise error.StanzaError("bad-request", text="Block at least one JID")
+                if len(self.blocked.get(sender.user, frozenset()) | set(items)) > MAX_ITEMS:
+                    raise error.StanzaError("resource-constraint", "wait",
+                                            f"A blocklist holds at most {MAX_ITEMS} JIDs")
                 return self._block(iq, sender, items, self._reports(request))
             return self._unblock(iq, sender, items or None)
         raise error.StanzaError("bad-request")
