@@ -71,7 +71,8 @@ def test_blockAndUnblock(server):
     Romeo blocks Juliet: both his resources get the push, she gets his
     unavailable presence, her message bounces with service-unavailable, her
     presence and IQs stop reaching him, his message to her is refused with
-    not-acceptable and <blocked/>. Unblocking restores all of it.
+    not-acceptable and <blocked/>. Unblocking restores all of it, and
+    Romeo's server probes Juliet for the presence he missed.
     """
     romeo = online(server.port, "romeo", "a")
     romeoB = online(server.port, "romeo", "b")
@@ -111,6 +112,7 @@ def test_blockAndUnblock(server):
         client.expect(isBlockingPush("unblock", ("juliet@localhost",)), what="unblock push")
     juliet.expect(isPresence(romeo.jid, show="dnd"), what="romeo/a back")
     juliet.expect(isPresence(romeoB.jid), what="romeo/b back")
+    romeo.expect(isPresence(juliet.jid, show="away"), what="juliet's presence, probed again")
     juliet.send(f"<message to='{romeo.jid}' id='m3' type='chat'><body>again</body></message>")
     assert str(romeo.expect(lambda e: e.name == "message").body) == "again"
     for client in (romeo, romeoB, juliet):

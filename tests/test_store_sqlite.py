@@ -289,3 +289,24 @@ def test_upgradeToAccountBoundInvites(path):
             yield store.createAccount(account("\u0430lice"))
     finally:
         store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_upgradeAddsBlocklists(path):
+    """Schema 3 on a version-2 file with an account: its blocklist starts empty, and works."""
+    path.parent.mkdir()
+    upgrade(path, schemaScripts()[:2])
+    with sqlite3.connect(path) as connection:
+        connection.execute("INSERT INTO accounts (host, username, created, skeleton)"
+                           " VALUES (?, 'alice', 0, 'alice')", (HOST,))
+    upgrade(path, schemaScripts()[:3])
+    assert version(path) == 3 and Path(f"{path}.v2.bak").exists()
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        assert (yield store.getBlocklist(HOST, "alice")) == []
+        assert (yield store.block(HOST, "alice", ["eve@example.org"])) == ["eve@example.org"]
+        assert (yield store.deleteAccount(HOST, "alice"))
+        assert (yield store.getBlocklists(HOST)) == {}
+    finally:
+        store.close()

@@ -41,7 +41,7 @@ from twisted.words.xish import domish
 
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.presence import addressed, makePresence
-from invitesrv.modules.roster import FROM
+from invitesrv.modules.roster import FROM, TO
 from invitesrv.services.slots import Slot
 from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.xmpp.router import bounce, parseJID
@@ -256,7 +256,8 @@ class BlockingModule(HostModule):
         """
         Contacts (subscribed to the user's presence, or sent directed
         presence) covered by C{items}: at a block, an unavailable presence
-        from each available resource; at an unblock, its presence.
+        from each available resource; at an unblock, its presence, and a
+        probe to those the user is subscribed to, whose presence was dropped.
         """
         if not items:
             return
@@ -268,6 +269,10 @@ class BlockingModule(HostModule):
                 if any(matches(item, address) for item in items):
                     self.send(makePresence("unavailable", session.full, contact) if unavailable
                               else addressed(session.presence, contact))
+        if sessions and not unavailable:
+            for item in roster.items:
+                if item.subscription in TO and any(matches(i, parseJID(item.contact)) for i in items):
+                    self.send(makePresence("probe", f"{username}@{self.parent.name}", item.contact))
 
     def _push(self, username: str, name: str, items) -> None:
         """
