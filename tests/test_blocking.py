@@ -16,12 +16,16 @@ import sqlite3
 import urllib.request
 
 import pytest
+from conftest import RunningServer
 from prometheus_client.parser import text_string_to_metric_families
 from slix import Client as SlixClient
 from slix import run
 from test_presence import isPresence, online, subscribeBothWays
 from test_roster import PASSWORD, StanzaClient, addUsers, errorCondition
+from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
+
+from invitesrv.modules.blocking import matches
 
 NS_BLOCKING = "urn:xmpp:blocking"
 NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
@@ -33,7 +37,6 @@ USERS = ("romeo", "juliet", "tybalt", "paris", "nurse", "viola", "orsino")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One server for the module (with a metrics listener), its accounts created."""
-    from conftest import RunningServer
     running = RunningServer(tmp_path_factory.mktemp("blocking"),
                             'metrics = ["tcp:0:interface=127.0.0.1"]\n').start()
     addUsers(running, *(f"{name}@localhost" for name in USERS))
@@ -42,6 +45,7 @@ def server(tmp_path_factory):
 
 
 def items(xml: str) -> str:
+    """Blocking items for the space-separated JIDs C{xml}."""
     return "".join(f"<item jid='{address}'/>" for address in xml.split())
 
 
@@ -57,12 +61,14 @@ def isBlockingPush(name: str, addresses: tuple[str, ...]):
 
 
 def blocklist(client: StanzaClient) -> list[str]:
+    """The client's blocklist, as the server answers a get."""
     reply = client.request(f"<blocklist xmlns='{NS_BLOCKING}'/>")
     assert reply["type"] == "result", reply.toXml()
     return [item["jid"] for item in next(reply.elements(NS_BLOCKING, "blocklist")).elements()]
 
 
 def isReply(stanzaId: str):
+    """A predicate for the result or error answering the stanza C{stanzaId}."""
     return lambda e: e.getAttribute("id") == stanzaId and e.getAttribute("type") in ("result", "error")
 
 
@@ -183,6 +189,7 @@ def test_slixmpp(server):
 def test_spamReport(server):
     """A report in a block item is logged in one line (text cut) and counted by reason."""
     def reports() -> dict[str, float]:
+        """The reports.* counters, scraped from the metrics listener."""
         port = int(re.search(r"Metrics listening on 127.0.0.1:(\d+)", server.log()).group(1))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             text = response.read().decode()
@@ -244,3 +251,20 @@ def test_restartAndDeletion(serverFactory):
     juliet.absent(isReply("j2"), what="bounce")
     for client in (romeo, juliet):
         client.close()
+
+
+@pytest.mark.parametrize(("item", "address", "blocked"), [
+    ("example.org", "juliet@example.org/balcony", True),
+    ("example.org", "example.org", True),
+    ("example.org", "juliet@sub.example.org", False),
+    ("juliet@example.org", "juliet@example.org/balcony", True),
+    ("juliet@example.org", "nurse@example.org", False),
+    ("juliet@example.org/balcony", "juliet@example.org/balcony", True),
+    ("juliet@example.org/balcony", "juliet@example.org/garden", False),
+    ("juliet@example.org/balcony", "juliet@example.org", False),
+    ("example.org/bot", "example.org/bot", True),
+    ("example.org/bot", "juliet@example.org/bot", True),
+])
+def test_matches(item, address, blocked):
+    """XEP-0191 section 3.3 by way of XEP-0016: what a domain, bare or full JID item covers."""
+    assert matches(item, jid.JID(address)) is blocked

@@ -165,6 +165,7 @@ class BlockingModule(HostModule):
         d.addCallback(self.send)
 
     def _failed(self, failure, iq):
+        """The error answering C{iq}: the request's own, or internal-server-error (logged)."""
         if not failure.check(error.StanzaError):
             if not failure.check(StoreUnavailable):
                 log.failure("Blocking request from {sender} failed", failure,
@@ -173,6 +174,7 @@ class BlockingModule(HostModule):
         return failure.value.toResponse(iq)
 
     def _answer(self, iq):
+        """Check the request comes from the account itself and run it; fire with the answer."""
         sender = parseJID(iq["from"])
         to = iq.getAttribute("to")
         if sender.host != self.parent.name or (to is not None and parseJID(to) != sender.userhostJID()):
@@ -221,6 +223,7 @@ class BlockingModule(HostModule):
 
     @defer.inlineCallbacks
     def _get(self, iq, sender: jid.JID):
+        """The blocklist; the asking session gets pushes from now on."""
         session = self.parent.router.session(sender)
         if session is not None:
             ASKED.set(session, True)
@@ -229,6 +232,7 @@ class BlockingModule(HostModule):
 
     @defer.inlineCallbacks
     def _block(self, iq, sender: jid.JID, items: list[str], reports):
+        """Store, count the reports, withdraw presence, then check and push (in that order)."""
         host, username = self.parent, sender.user
         roster = yield host.store.getRoster(host.name, username)
         added = yield host.store.block(host.name, username, items)
@@ -244,6 +248,7 @@ class BlockingModule(HostModule):
 
     @defer.inlineCallbacks
     def _unblock(self, iq, sender: jid.JID, items: list[str] | None):
+        """Store, stop checking, then give presence back and push; C{items} None: all."""
         host, username = self.parent, sender.user
         roster = yield host.store.getRoster(host.name, username)
         removed = yield host.store.unblock(host.name, username, items)
@@ -292,6 +297,7 @@ class BlockingModule(HostModule):
 
     @staticmethod
     def _reply(iq, name: str | None, items):
+        """The result for C{iq}, carrying C{<name>} with C{items} when a name is given."""
         reply = xmlstream.toResponse(iq, "result")
         if name is not None:
             request = reply.addElement((NS_BLOCKING, name))
