@@ -20,6 +20,7 @@ from conftest import RunningServer
 from prometheus_client.parser import text_string_to_metric_families
 from slix import Client as SlixClient
 from slix import run
+from streamharness import Client, addAccounts
 from test_presence import isPresence, online, subscribeBothWays
 from test_roster import PASSWORD, StanzaClient, addUsers, errorCondition
 from twisted.words.protocols.jabber import jid
@@ -268,3 +269,30 @@ def test_restartAndDeletion(serverFactory):
 def test_matches(item, address, blocked):
     """XEP-0191 section 3.3 by way of XEP-0016: what a domain, bare or full JID item covers."""
     assert matches(item, jid.JID(address)) is blocked
+
+
+def test_directedPresenceAndProbesInMemory(servers):
+    """
+    On the in-memory harness: an entity that got directed presence hears
+    unavailable at block time; a probe from a blocked JID is not answered;
+    the user's IQ results to it are dropped without an error.
+    """
+    server = servers(modules=("roster", "presence", "blocking"))
+    addAccounts(server, "hero", "claudio", "don")
+    hero = Client(server, "hero", "h")
+    hero.send("<presence/>")
+    claudio = Client(server, "claudio", "c")
+    don = Client(server, "don", "d")
+    hero.send("<presence to='claudio@localhost/c'/>")
+    claudio.expect(isPresence("hero@localhost/h"), what="directed presence")
+    reply = hero.request(f"<block xmlns='{NS_BLOCKING}'>{items('claudio@localhost')}</block>", "set")
+    assert reply["type"] == "result"
+    claudio.expect(isPresence("hero@localhost/h", "unavailable"), what="unavailable at block time")
+    claudio.send("<presence to='hero@localhost' type='probe'/>")
+    claudio.absent(lambda e: e.name == "presence", what="an answer to the probe")
+    hero.discard()
+    hero.send("<iq to='claudio@localhost/c' id='r1' type='result'/>")
+    hero.absent(lambda e: True, what="anything")
+    claudio.absent(lambda e: e.name == "iq", what="the result")
+    don.send("<presence to='hero@localhost/h'/>")
+    hero.expect(isPresence("don@localhost/d"), what="others still reach the user")
