@@ -39,6 +39,7 @@ DEFAULT_MODULES = (
     "watchdog",
     "carbons",
     "csi",
+    "blocking",
 )
 
 

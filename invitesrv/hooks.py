@@ -32,6 +32,19 @@ C{stream-lost} (session, reason) -> True or None
     keeps the session bound (stream management holds it for resumption, see
     L{invitesrv.xmpp.auth.C2SAuthenticator.takeOver}) and must close it
     later; otherwise the session closes at once.
+C{client-stanza} (session, stanza) -> True or None
+    Run with L{Hooks.first} for every stanza from a bound client that passed
+    the stream's checks (C{from} stamped), before C{client-presence} and any
+    routing. A callback that returns True has dealt with it (refused it,
+    say, as blocking does with a stanza to a blocked JID); nothing more is done.
+C{inbound-stanza} (stanza, target) -> True or None
+    Run with L{Hooks.first} for every stanza the host receives for one of its
+    accounts (C{target}, bare or full), before the modules and delivery. True:
+    dealt with (dropped or bounced); nothing more is done.
+C{host-send} (stanza) -> True or None
+    Run with L{Hooks.first} for every stanza a module sends through the host
+    (presence broadcasts and probe answers among them), before the router.
+    True: the stanza must not go; it is dropped.
 C{stream-closed} (stream)
     An unauthenticated or authenticated stream ended: free what its slots hold.
 C{disco-items} (requestor, node) -> list[DiscoItem]

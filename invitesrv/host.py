@@ -233,8 +233,9 @@ class VirtualHost(XMPPHandlerCollection):
             handler.connectionLost(None)
 
     def send(self, obj) -> None:
-        """Stanzas from the host's modules go out through the router."""
-        self.router.route(obj)
+        """Stanzas from the host's modules go out through the router (unless C{host-send} drops them)."""
+        if not self.hooks.first("host-send", obj):
+            self.router.route(obj)
 
     # -- delivery -----------------------------------------------------------
 
@@ -250,6 +251,8 @@ class VirtualHost(XMPPHandlerCollection):
         if target.user is None:
             if not self.dispatch(stanza) and name == "iq":
                 self._refuse(stanza, "service-unavailable")
+            return
+        if self.hooks.first("inbound-stanza", stanza, target):
             return
         if target.resource is not None:
             session = self.router.session(target)

@@ -7,6 +7,8 @@ store) and L{StoreBehaviour.inviteAudit}, and inherits every test.
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer
@@ -148,6 +150,7 @@ class StoreBehaviour:
         yield store.setRosterItem(HOST, "alice", RosterItem("bob@example.org", subscription="both"))
         yield store.setPendingIn(HOST, "alice", "eve@example.org", "<presence type='subscribe'/>")
         yield store.storeOffline(HOST, "alice", OfflineMessage(NOW, "<message/>"), 10)
+        yield store.block(HOST, "alice", ["eve@example.org"])
         assert (yield store.deleteAccount(HOST, "alice"))
         assert not (yield store.deleteAccount(HOST, "alice"))
         assert not (yield store.accountExists(HOST, "alice"))
@@ -159,6 +162,7 @@ class StoreBehaviour:
         assert (yield store.getPendingIn(HOST, "alice")) == []
         assert (yield store.getOffline(HOST, "alice")) == []
         assert (yield store.getRoles(HOST, "alice")) == frozenset()
+        assert (yield store.getBlocklist(HOST, "alice")) == []
 
     @pytest_twisted.inlineCallbacks
     def test_deleteRevokesInvites(self, store):
@@ -316,6 +320,38 @@ class StoreBehaviour:
         assert (yield store.countAccountsWithout("other.org", "SCRAM-SHA-256")) == 1
 
     # -- offline messages -----------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_blocklist(self, store):
+        """Blocking says what is new, unblocking what was there; each account has its own list."""
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        assert (yield store.getBlocklist(HOST, "alice")) == []
+        assert (yield store.block(HOST, "alice", ["spam.example", "eve@example.org"])) == [
+            "eve@example.org", "spam.example"]
+        assert (yield store.block(HOST, "alice", ["eve@example.org", "eve@example.org/phone"])) == [
+            "eve@example.org/phone"]
+        assert (yield store.block(HOST, "bob", ["mallory@example.org"])) == ["mallory@example.org"]
+        assert (yield store.getBlocklist(HOST, "alice")) == [
+            "eve@example.org", "eve@example.org/phone", "spam.example"]
+        assert (yield store.unblock(HOST, "alice", ["spam.example", "nobody@example.org"])) == [
+            "spam.example"]
+        assert (yield store.unblock(HOST, "alice")) == ["eve@example.org", "eve@example.org/phone"]
+        assert (yield store.getBlocklist(HOST, "alice")) == []
+        assert (yield store.unblock(HOST, "alice")) == []
+        assert (yield store.getBlocklist(HOST, "bob")) == ["mallory@example.org"]
+        yield store.block(HOST, "alice", ["eve@example.org"])
+        assert (yield store.getBlocklists(HOST)) == {"alice": ["eve@example.org"],
+                                                     "bob": ["mallory@example.org"]}
+        assert (yield store.getBlocklists("other.example")) == {}
+
+    @pytest_twisted.inlineCallbacks
+    def test_blockNeedsAccount(self, store):
+        """No blocklist row is written for an account that does not exist."""
+        with pytest.raises((KeyError, sqlite3.IntegrityError)):  # the foreign key
+            yield store.block(HOST, "ghost", ["eve@example.org"])
+        yield store.createAccount(account("ghost"))
+        assert (yield store.getBlocklist(HOST, "ghost")) == []
 
     @pytest_twisted.inlineCallbacks
     def test_offlineCap(self, store):

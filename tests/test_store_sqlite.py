@@ -274,7 +274,7 @@ def test_upgradeToAccountBoundInvites(path):
              ("used", HOST, b"6", "account", None, None, 1, future, f"frank@{HOST}"),
              ("expired", HOST, b"7", "reset", "frank", None, 0, past, "cli"),
              ("api", HOST, b"8", "account", None, None, 0, future, "api:k1")])
-    upgrade(path, schemaScripts())
+    upgrade(path, schemaScripts()[:2])
     assert version(path) == 2 and Path(f"{path}.v1.bak").exists()
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT username, skeleton FROM accounts ORDER BY username"
@@ -287,5 +287,26 @@ def test_upgradeToAccountBoundInvites(path):
     try:
         with pytest.raises(UsernameConfusable):
             yield store.createAccount(account("\u0430lice"))
+    finally:
+        store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_upgradeAddsBlocklists(path):
+    """Schema 3 on a version-2 file with an account: its blocklist starts empty, and works."""
+    path.parent.mkdir()
+    upgrade(path, schemaScripts()[:2])
+    with sqlite3.connect(path) as connection:
+        connection.execute("INSERT INTO accounts (host, username, created, skeleton)"
+                           " VALUES (?, 'alice', 0, 'alice')", (HOST,))
+    upgrade(path, schemaScripts()[:3])
+    assert version(path) == 3 and Path(f"{path}.v2.bak").exists()
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        assert (yield store.getBlocklist(HOST, "alice")) == []
+        assert (yield store.block(HOST, "alice", ["eve@example.org"])) == ["eve@example.org"]
+        assert (yield store.deleteAccount(HOST, "alice"))
+        assert (yield store.getBlocklists(HOST)) == {}
     finally:
         store.close()

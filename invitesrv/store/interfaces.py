@@ -258,6 +258,25 @@ class IOfflineMessages(Interface):
         """Forget the user's messages up to and including id C{upTo}; fire with how many."""
 
 
+class IBlocklists(Interface):
+    """
+    Each account's XEP-0191 blocklist: JIDs (domain, bare or full, as the
+    client gave them after stringprep) the user blocks. It goes with the account.
+    """
+
+    def getBlocklist(host: str, username: str):
+        """Fire with the user's blocked JIDs, sorted."""
+
+    def getBlocklists(host: str):
+        """Fire with a dict: each account of C{host} that blocks anyone, its blocked JIDs."""
+
+    def block(host: str, username: str, items):
+        """Add C{items}; fire with those that were not blocked yet, sorted."""
+
+    def unblock(host: str, username: str, items=None):
+        """Remove C{items} (all when None); fire with those that were blocked, sorted."""
+
+
 class IInvites(Interface):
     """Invites, keyed by the hash of their token, with an audit of each use."""
 
@@ -322,7 +341,7 @@ class IApiKeys(Interface):
         """Fire with True if it existed."""
 
 
-class IStore(IAccounts, IRosters, IOfflineMessages, IInvites, IApiKeys):
+class IStore(IAccounts, IRosters, IOfflineMessages, IBlocklists, IInvites, IApiKeys):
     """Everything the server stores."""
 
     path = Attribute("Where the data lives, for log lines.")

@@ -67,6 +67,7 @@ class _Tables:
     roster: dict = field(default_factory=dict)  # (host, username, contact): (RosterItem | None, version)
     pendingIn: dict = field(default_factory=dict)  # (host, username, contact): stanza
     offline: dict = field(default_factory=dict)  # id: (host, username, OfflineMessage)
+    blocklist: dict = field(default_factory=dict)  # (host, username): frozenset of JIDs
     invites: dict = field(default_factory=dict)  # id: Invite (without its uses_log)
     tokens: dict = field(default_factory=dict)  # token hash: invite id
     audit: list = field(default_factory=list)  # _Use, oldest first
@@ -212,6 +213,7 @@ class MemoryStore:
                 for key in [key for key in table if key[:2] == owned]:
                     del table[key]
             t.roles.pop(owned, None)
+            t.blocklist.pop(owned, None)
             for key in [key for key, row in t.offline.items() if row[:2] == owned]:
                 del t.offline[key]
             bare = f"{username}@{host}"
@@ -338,6 +340,32 @@ class MemoryStore:
                 del t.offline[messageId]
             return len(gone)
         return self._run(remove)
+
+    # -- blocklists ---------------------------------------------------------
+
+    def getBlocklist(self, host, username):
+        return self._run(lambda t: sorted(t.blocklist.get((host, username), ())))
+
+    def getBlocklists(self, host):
+        return self._run(lambda t: {u: sorted(items) for (h, u), items in sorted(t.blocklist.items())
+                                    if h == host and items})
+
+    def block(self, host, username, items):
+        def block(t):
+            if (host, username) not in t.accounts:
+                raise KeyError(f"no account {username}@{host}")  # SQLite's foreign key
+            blocked = t.blocklist.get((host, username), frozenset())
+            t.blocklist[host, username] = blocked | set(items)
+            return sorted(set(items) - blocked)
+        return self._run(block)
+
+    def unblock(self, host, username, items=None):
+        def unblock(t):
+            blocked = t.blocklist.get((host, username), frozenset())
+            gone = blocked if items is None else blocked & set(items)
+            t.blocklist[host, username] = blocked - gone
+            return sorted(gone)
+        return self._run(unblock)
 
     # -- invites ------------------------------------------------------------
 

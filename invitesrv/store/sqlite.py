@@ -465,6 +465,41 @@ class SQLiteStore:
             "DELETE FROM offline_messages WHERE host = ? AND username = ? AND id <= ?",
             (host, username, upTo)).rowcount)
 
+    # -- blocklists ---------------------------------------------------------
+
+    def getBlocklist(self, host, username):
+        return self._run(lambda conn: [row[0] for row in conn.execute(
+            "SELECT blocked FROM blocklist WHERE host = ? AND username = ? ORDER BY blocked",
+            (host, username))])
+
+    def getBlocklists(self, host):
+        def read(conn):
+            lists: dict[str, list[str]] = {}
+            for username, blocked in conn.execute(
+                    "SELECT username, blocked FROM blocklist WHERE host = ? ORDER BY username, blocked",
+                    (host,)):
+                lists.setdefault(username, []).append(blocked)
+            return lists
+        return self._run(read)
+
+    def block(self, host, username, items):
+        def block(conn):
+            return [item for item in sorted(set(items)) if conn.execute(
+                "INSERT OR IGNORE INTO blocklist (host, username, blocked) VALUES (?, ?, ?)",
+                (host, username, item)).rowcount == 1]
+        return self._run(block)
+
+    def unblock(self, host, username, items=None):
+        def unblock(conn):
+            blocked = [row[0] for row in conn.execute(
+                "SELECT blocked FROM blocklist WHERE host = ? AND username = ? ORDER BY blocked",
+                (host, username))]
+            gone = blocked if items is None else [item for item in blocked if item in set(items)]
+            conn.executemany("DELETE FROM blocklist WHERE host = ? AND username = ? AND blocked = ?",
+                             [(host, username, item) for item in gone])
+            return gone
+        return self._run(unblock)
+
     # -- invites ------------------------------------------------------------
 
     def createInvite(self, invite: Invite, tokenHash: bytes):

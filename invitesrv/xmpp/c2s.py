@@ -152,6 +152,8 @@ class Session:
         stanza["from"] = self.full
         if name == "iq" and not self._validIQ(stanza):
             return
+        if self.host.hooks.first("client-stanza", self, stanza):
+            return
         if name == "presence" and self.host.hooks.first("client-presence", self, stanza):
             return
         if stanza.getAttribute("to") is None:
