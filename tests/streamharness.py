@@ -217,14 +217,37 @@ def login(connection: ClientConnection, username: str, password: str, resource: 
     return str(reply.bind.jid)
 
 
-class Client(ClientConnection):
+class Requests:
+    """
+    IQ requests for a test client with C{send}, C{expect} and an C{_ids}
+    counter: the in-memory L{Client} and the socket client of C{test_roster}.
+    """
+
+    def request(self, payload: str, kind: str = "get", to: str | None = None) -> domish.Element:
+        """Send an iq and return its result or error."""
+        self._ids += 1
+        iqId = f"q{self._ids}"
+        address = f" to='{to}'" if to else ""
+        self.send(f"<iq type='{kind}' id='{iqId}'{address}>{payload}</iq>")
+        return self.expect(lambda e: e.name == "iq" and e.getAttribute("id") == iqId
+                           and e.getAttribute("type") in ("result", "error"), what=f"reply to {iqId}")
+
+    def rosterGet(self, ver: str | None = None, to: str | None = None) -> domish.Element:
+        version = "" if ver is None else f" ver='{ver}'"
+        return self.request(f"<query xmlns='{NS_ROSTER}'{version}/>", "get", to)
+
+    def rosterSet(self, item: str, to: str | None = None) -> domish.Element:
+        return self.request(f"<query xmlns='{NS_ROSTER}'>{item}</query>", "set", to)
+
+
+class Client(Requests, ClientConnection):
     """
     A client logged in (PLAIN over an encrypted connection) and bound, as a
     user's client is: what it sends goes through the whole server, and the
     stanzas it receives are matched with L{expect}, which takes the first
     one a predicate accepts and keeps the others, so a test states what
     must arrive without depending on how pushes, results and presence
-    interleave. (The same methods as the socket client of C{test_roster}.)
+    interleave.
     """
 
     def __init__(self, server: InviteServer, username: str, resource: str = "r",
@@ -256,22 +279,6 @@ class Client(ClientConnection):
         """Forget everything received so far."""
         self._collect()
         self.backlog.clear()
-
-    def request(self, payload: str, kind: str = "get", to: str | None = None) -> domish.Element:
-        """Send an iq and return its result or error."""
-        self._ids += 1
-        iqId = f"q{self._ids}"
-        address = f" to='{to}'" if to else ""
-        self.send(f"<iq type='{kind}' id='{iqId}'{address}>{payload}</iq>")
-        return self.expect(lambda e: e.name == "iq" and e.getAttribute("id") == iqId
-                           and e.getAttribute("type") in ("result", "error"), what=f"reply to {iqId}")
-
-    def rosterGet(self, ver: str | None = None, to: str | None = None) -> domish.Element:
-        version = "" if ver is None else f" ver='{ver}'"
-        return self.request(f"<query xmlns='{NS_ROSTER}'{version}/>", "get", to)
-
-    def rosterSet(self, item: str, to: str | None = None) -> domish.Element:
-        return self.request(f"<query xmlns='{NS_ROSTER}'>{item}</query>", "set", to)
 
     def close(self) -> None:
         """End the stream properly."""

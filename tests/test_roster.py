@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import pytest
 from rawxmpp import RawClient
-from streamharness import Client, addAccounts
+from streamharness import Client, Requests, addAccounts
 from synchronous import result
 from twisted.words.xish import domish
 
@@ -58,7 +58,7 @@ def addUsers(server, *addresses: str) -> None:
                    check=True, timeout=60, cwd=server.directory)
 
 
-class StanzaClient:
+class StanzaClient(Requests):
     """
     A raw client, logged in and bound, whose incoming stanzas are parsed into
     domish elements. L{expect} takes the first element a predicate accepts,
@@ -119,22 +119,6 @@ class StanzaClient:
     def discard(self) -> None:
         """Forget everything received so far."""
         self.backlog.clear()
-
-    def request(self, payload: str, kind: str = "get", to: str | None = None) -> domish.Element:
-        """Send an iq and return its result or error."""
-        self._ids += 1
-        iqId = f"q{self._ids}"
-        address = f" to='{to}'" if to else ""
-        self.send(f"<iq type='{kind}' id='{iqId}'{address}>{payload}</iq>")
-        return self.expect(lambda e: e.name == "iq" and e.getAttribute("id") == iqId
-                           and e.getAttribute("type") in ("result", "error"), what=f"reply to {iqId}")
-
-    def rosterGet(self, ver: str | None = None, to: str | None = None) -> domish.Element:
-        version = "" if ver is None else f" ver='{ver}'"
-        return self.request(f"<query xmlns='{NS_ROSTER}'{version}/>", "get", to)
-
-    def rosterSet(self, item: str, to: str | None = None) -> domish.Element:
-        return self.request(f"<query xmlns='{NS_ROSTER}'>{item}</query>", "set", to)
 
     def close(self) -> None:
         """End the stream properly."""
