@@ -113,21 +113,22 @@ def test_contactInviteWithRegistration(server):
 
 def test_preauthorisedSubscription(server):
     """
-    XEP-0379: bob pre-approves alice and subscribes with alice's contact
-    token; both rosters reach 'both', alice never gets a request, and the
-    token is spent: carol using it later gets the normal manual flow.
+    XEP-0379: bob subscribes with alice's contact token and nothing else;
+    both rosters reach 'both' with no request shown to either (bob's server
+    pre-approves alice's request back), and the token is spent: carol using
+    it later gets the normal manual flow.
     """
     inviteId, token, _ = createInvite(server, "--contact", "alice", HOST)
     alice = online(server, "alice")
     bob = online(server, "bob")
-    bob.send(f"<presence to='alice@{HOST}' type='subscribed'/>")
     bob.send(f"<presence to='alice@{HOST}' type='subscribe'>"
              f"<preauth xmlns='urn:xmpp:pars:0' token='{token}'/></presence>")
     assert eventually(lambda: subscription(server, "bob", f"alice@{HOST}") == "both")
     assert eventually(lambda: subscription(server, "alice", f"bob@{HOST}") == "both")
-    seen = alice.readAll(1.0)
-    assert "type='subscribe'" not in seen
-    assert re.search(rf"<item [^>]*jid='bob@{HOST}'[^>]*subscription='both'", seen)
+    for client, contact in ((alice, "bob"), (bob, "alice")):
+        seen = client.readAll(1.0)
+        assert "type='subscribe'" not in seen
+        assert re.search(rf"<item [^>]*jid='{contact}@{HOST}'[^>]*subscription='both'", seen)
     shown = server.ctl("invite", "show", inviteId).stdout
     assert re.search(r"Status:\s+used", shown) and f"by bob@{HOST} via contact" in shown
 

@@ -14,7 +14,9 @@ apart.
 
 Subscription state follows the tables of RFC 6121 Appendix A. The roster
 item holds C{subscription}, C{ask} (pending out) and C{approved} (a
-pre-approval, section 3.4); a pending-in request is kept whole in the store
+pre-approval, section 3.4, also recorded when the user's subscribe carries
+a XEP-0379 token, whose redemption brings the contact's request back); a
+pending-in request is kept whole in the store
 until the user answers it, and is delivered again each time a resource of
 the user becomes available, one at a time as the stream takes them. A
 request is stored at most C{subscription_request_max_size} bytes long: its
@@ -49,6 +51,7 @@ log = Logger()
 
 NS_CLIENT = "jabber:client"
 NS_PREAPPROVAL = "urn:xmpp:features:pre-approval"
+NS_PARS = "urn:xmpp:pars:0"
 SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
 PRESENCE_TYPES = SUBSCRIPTION_TYPES | {None, "unavailable", "probe", "error"}
 ELLIPSIS = "\u2026"  # ends a status text that was cut
@@ -343,8 +346,16 @@ class PresenceModule(HostModule):
         item: RosterItem | None = yield self.roster.getItem(username, contact)
         subscription = item.subscription if item is not None else "none"
         if kind == "subscribe":
-            if subscription not in TO and not (item is not None and item.ask):
-                yield self.roster.saveItem(username, replace(item or RosterItem(contact), ask=True))
+            # A request carrying the contact's XEP-0379 token redeems their
+            # invite, and their server asks back at once: the user already
+            # said yes, so pre-approve it (RFC 6121 3.4) rather than prompt.
+            invited = (subscription not in FROM
+                       and next(presence.elements(NS_PARS, "preauth"), None) is not None)
+            item = item or RosterItem(contact)
+            asks = subscription not in TO and not item.ask
+            if asks or (invited and not item.approved):
+                yield self.roster.saveItem(username, replace(
+                    item, ask=item.ask or asks, approved=item.approved or invited))
             self.send(presence)
         elif kind == "subscribed":
             pendingIn = yield store.removePendingIn(host, username, contact)
