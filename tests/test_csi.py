@@ -129,6 +129,12 @@ def running(tmp_path_factory):
     server.stop()
 
 
+def settled(client: RawClient) -> None:
+    """Wait until the server has handled what C{client} sent so far (a ping's answer)."""
+    client.send("<iq type='get' id='settled'><ping xmlns='urn:xmpp:ping'/></iq>")
+    client.recvUntil(r"<iq[^>]*id='settled'[^>]*/?>")
+
+
 def test_rawClientInactiveThenActive(running):
     """
     Over a real socket: an inactive client gets no presence flood; a
@@ -141,9 +147,12 @@ def test_rawClientInactiveThenActive(running):
         frankJID = frank.login("frank", "frank password", "desk")
         graceJID = grace.login("grace", "grace password", "desk")
         erin.send(INACTIVE)
+        settled(erin)
         for show in ("away", "xa", "dnd", "chat", "away"):
             frank.send(f"<presence to='{me}'><show>{show}</show></presence>")
+        settled(frank)
         grace.send(f"<presence to='{me}'><show>dnd</show></presence>")
+        settled(grace)
         assert "<presence" not in erin.readAll(1.0)
         frank.send(f"<message to='{me}' type='chat'><body>wake up</body></message>")
         text = erin.recvUntil(r"wake up</body>")
@@ -151,7 +160,9 @@ def test_rawClientInactiveThenActive(running):
         assert shows == [(frankJID, "away"), (graceJID, "dnd")], text
         for show in ("xa", "dnd"):
             grace.send(f"<presence to='{me}'><show>{show}</show></presence>")
+        settled(grace)
         frank.send(f"<presence to='{me}'><show>xa</show></presence>")
+        settled(frank)
         assert "<presence" not in erin.readAll(1.0)
         erin.send(ACTIVE)
         text = erin.recvUntil(rf"from='{re.escape(frankJID)}'[^>]*>\s*<show>xa</show>")
