@@ -25,6 +25,7 @@ ACCOUNT = "urn:xmpp:invite#create-account"
 RESET = "xmpp:prosody.im/mod_invites_adhoc#password-reset"
 LIST = "urn:x-invitesrv:invites#list"
 REVOKE = "urn:x-invitesrv:invites#revoke"
+JOINED = "urn:x-invitesrv:invites#joined"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_permissions(server):
         client.send(f"<iq type='get' id='d2' to='{HOST}'><query "
                     f"xmlns='http://jabber.org/protocol/disco#items' node='{NS_COMMANDS}'/></iq>")
         items = reply(client, "d2")
-        assert all(node in items for node in (CONTACT, ACCOUNT, RESET, LIST, REVOKE))
+        assert all(node in items for node in (CONTACT, ACCOUNT, RESET, LIST, REVOKE, JOINED))
         assert "name='Create new account invite'" in items
 
 
@@ -129,6 +130,21 @@ def test_adminAccountInviteEndToEnd(server):
         r"<message .*?</message>")).group(1)
     admin.close()
     assert re.search(r"Status:\s+used", server.ctl("invite", "show", inviteId).stdout)
+
+
+def test_whoJoined(server):
+    """
+    What the inviter sees: the admin's who-joined command names the account
+    made with the invite of the test above; another user's names nobody.
+    """
+    with loggedIn(server, "admin") as client:
+        answer = execute(client, JOINED, "j1")
+    assert "status='completed'" in answer and "1 joined" in answer
+    assert re.search(rf"<value>adhocnew@{HOST} at \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
+                     r"\(invite \w+\)</value>", answer), answer
+    with loggedIn(server, "alice") as client:
+        answer = execute(client, JOINED, "j2")
+    assert "status='completed'" in answer and "0 joined" in answer and "adhocnew" not in answer
 
 
 def test_slixmppRunsCommand(server):

@@ -7,7 +7,8 @@ Prosody's nodes, names and single step (C{spec/invites-prosody-0.12.md},
 section 3.8), answering with the form XEP-0401 now specifies: C{type='result'},
 FORM_TYPE C{urn:xmpp:invite#invitation}, then C{landing-url}, C{uri} and
 C{expire}. Admins also get Prosody 13's password-reset command, and every
-inviter can list and revoke their own pending invites.
+inviter can list and revoke their own pending invites and see who joined
+through them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ NODE_ACCOUNT = "urn:xmpp:invite#create-account"
 NODE_RESET = "xmpp:prosody.im/mod_invites_adhoc#password-reset"
 NODE_LIST = "urn:x-invitesrv:invites#list"
 NODE_REVOKE = "urn:x-invitesrv:invites#revoke"
+NODE_JOINED = "urn:x-invitesrv:invites#joined"
 
 
 def isLocalUser(requester, host) -> bool:
@@ -201,6 +203,38 @@ class RevokeInviteCommand(FormCommand):
         return CommandResult.completed(note=f"Invite {inviteId} revoked")
 
 
+class JoinedCommand(AdHocCommand):
+    """
+    What the inviter sees: each account made with one of the requester's
+    invites, oldest first, as the admin API's C{invites/ID/joined} tells it.
+    """
+
+    node = NODE_JOINED
+    name = "Who joined through my invites"
+
+    def isAllowed(self, requester, host):
+        return isLocalUser(requester, host) or host.isAdmin(requester)
+
+    @defer.inlineCallbacks
+    def execute(self, requester, action, form, session):
+        host = session.host
+        manager = InviteManager(host)
+        joined = []
+        for listed in (yield manager.list(owner=requester.userhost())):
+            if listed.kind == "reset" or not listed.uses:
+                continue
+            invite = yield manager.get(listed.id)
+            joined.extend((use["used_at"], f"{use['username']}@{host.name}", invite.id)
+                          for use in invite.uses_log)
+        joined.sort()
+        result = data_form.Form("result", title="Who joined through your invites")
+        result.addField(data_form.Field(
+            "text-multi", "joined", label="Joined",
+            values=[f"{who} at {isoTime(at)} (invite {inviteId})"
+                    for at, who, inviteId in joined]))
+        return CommandResult.completed(result, note=f"{len(joined)} joined")
+
+
 class InvitesAdHocModule(CommandProvider):
     """Offers the invite commands through the C{adhoc-commands} hook."""
 
@@ -209,7 +243,7 @@ class InvitesAdHocModule(CommandProvider):
     def __init__(self) -> None:
         CommandProvider.__init__(self)
         self.commands = (ContactInviteCommand(), AccountInviteCommand(), ResetInviteCommand(),
-                         ListInvitesCommand(), RevokeInviteCommand())
+                         ListInvitesCommand(), RevokeInviteCommand(), JoinedCommand())
 
     def adhocCommands(self):
         return self.commands
