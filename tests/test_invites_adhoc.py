@@ -7,7 +7,9 @@ logging in with SCRAM.
 
 from __future__ import annotations
 
+import calendar
 import re
+import time
 
 import pytest
 from rawxmpp import RawClient
@@ -107,15 +109,22 @@ def test_permissions(server):
 
 def test_adminAccountInviteEndToEnd(server):
     """
-    An admin creates an account invite through ad-hoc; a new client
+    An admin creates an account invite through ad-hoc, reserving the
+    username in the form shown first; a new client
     preauths with its token, registers, and logs in with SCRAM; the admin,
     online, is told.
     """
     admin = loggedIn(server, "admin")
     admin.send("<presence/>")
-    answer = execute(admin, ACCOUNT, "a2")
+    shown = execute(admin, ACCOUNT, "a2")
+    assert "status='executing'" in shown and "var='username'" in shown
+    session = re.search(r"sessionid='([^']+)'", shown).group(1)
+    answer = execute(admin, ACCOUNT, "a3", f"sessionid='{session}' action='complete'",
+                     "<x xmlns='jabber:x:data' type='submit'><field var='username'>"
+                     "<value>adhocnew</value></field></x>")
     uri = field(answer, "uri")
-    token = re.fullmatch(rf"xmpp:{HOST}\?register;preauth=([A-Za-z0-9_-]{{24}})", uri).group(1)
+    token = re.fullmatch(rf"xmpp:adhocnew@{HOST}\?register;preauth=([A-Za-z0-9_-]{{24}})",
+                         uri).group(1)
     with RawClient(server.port) as newcomer:
         newcomer.startTLS()
         newcomer.send(f"<iq type='set' id='p'><preauth xmlns='urn:xmpp:pars:0' token='{token}'/></iq>")
@@ -160,6 +169,59 @@ def test_slixmppRunsCommand(server):
     status, values = run(scenario())
     assert status == "completed"
     assert values["uri"].startswith(f"xmpp:alice@{HOST}?roster;preauth=")
+
+
+def test_slixmppAccountFormFlow(server):
+    """
+    XEP-0401's newer flow with slixmpp's XEP-0050 plugin: an admin's
+    create-account first shows the choices, then the submitted ones (a
+    reserved username, roles, a one-hour expiry) make the invite.
+    """
+    async def scenario():
+        client = Client(f"admin@{HOST}/slix", "a long password",
+                        plugins=("xep_0030", "xep_0004", "xep_0050"))
+        assert await client.login(server.port)
+        adhoc = client.plugin["xep_0050"]
+        first = await adhoc.send_command(HOST, ACCOUNT, timeout=10)
+        shown = list(first["command"]["form"].get_fields())
+        form = client.plugin["xep_0004"].make_form("submit")
+        form.add_field(var="username", value="reserved")
+        form.add_field(var="roles", ftype="text-multi", value=["member", "beta"])
+        form.add_field(var="ttl", value="3600")
+        iq = await adhoc.send_command(HOST, ACCOUNT, action="complete", payload=form,
+                                      sessionid=first["command"]["sessionid"], timeout=10)
+        await client.logout()
+        return first["command"]["status"], shown, iq["command"]["status"], \
+            iq["command"]["form"].get_values()
+    firstStatus, shown, status, values = run(scenario())
+    assert firstStatus == "executing"
+    assert shown == ["username", "roles", "groups", "uses", "ttl"]
+    assert status == "completed"
+    assert re.fullmatch(rf"xmpp:reserved@{HOST}\?register;preauth=\S+", values["uri"])
+    expires = calendar.timegm(time.strptime(values["expire"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert abs(expires - (time.time() + 3600)) < 120
+    inviteId = re.search(r"^(\w+) +\S+ +account reserved ", server.ctl(
+        "invite", "list", HOST).stdout, re.MULTILINE).group(1)
+    shownByCtl = server.ctl("invite", "show", inviteId).stdout
+    assert "member" in shownByCtl and "beta" in shownByCtl, shownByCtl
+
+
+def test_oneStepWithSubmittedChoices(server):
+    """
+    A client that sends its choices with the first execute gets the result at
+    once: an admin's contact invite without ibr=y, and a bad value refused.
+    """
+    with loggedIn(server, "admin") as client:
+        answer = execute(client, CONTACT, "s1", "action='execute'",
+                         "<x xmlns='jabber:x:data' type='submit'><field var='ibr'>"
+                         "<value>false</value></field></x>")
+        assert "status='completed'" in answer
+        assert re.fullmatch(rf"xmpp:admin@{HOST}\?roster;preauth=[A-Za-z0-9_-]{{24}}",
+                            field(answer, "uri"))
+        refused = execute(client, CONTACT, "s2", "action='execute'",
+                          "<x xmlns='jabber:x:data' type='submit'><field var='uses'>"
+                          "<value>0</value></field></x>")
+        assert "<bad-request " in refused and "<bad-payload " in refused, refused
 
 
 def test_resetCommand(server):
