@@ -209,7 +209,8 @@ def test_slixmppAccountFormFlow(server):
 def test_oneStepWithSubmittedChoices(server):
     """
     A client that sends its choices with the first execute gets the result at
-    once: an admin's contact invite without ibr=y, and a bad value refused.
+    once: an admin's contact invite without ibr=y; a bad value is refused, and
+    so is a choice from a user who may not invite new users.
     """
     with loggedIn(server, "admin") as client:
         answer = execute(client, CONTACT, "s1", "action='execute'",
@@ -222,6 +223,11 @@ def test_oneStepWithSubmittedChoices(server):
                           "<x xmlns='jabber:x:data' type='submit'><field var='uses'>"
                           "<value>0</value></field></x>")
         assert "<bad-request " in refused and "<bad-payload " in refused, refused
+    with loggedIn(server, "alice") as client:
+        refused = execute(client, CONTACT, "s3", "action='execute'",
+                          "<x xmlns='jabber:x:data' type='submit'><field var='ibr'>"
+                          "<value>true</value></field></x>")
+    assert "<not-allowed " in refused and "nothing you may choose" in refused, refused
 
 
 def test_resetCommand(server):
