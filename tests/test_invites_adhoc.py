@@ -230,6 +230,31 @@ def test_oneStepWithSubmittedChoices(server):
     assert "<not-allowed " in refused and "nothing you may choose" in refused, refused
 
 
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"uses": "unlimited", "ttl": "60"}, {"usesAllowed": None, "ttl": 60.0}),
+    ({"username": "Carol", "roles": ["a:b", " "]}, {"username": "carol", "roles": ("a:b",)}),
+    ({"uses": "0"}, "uses is a whole number"),
+    ({"ttl": str(366 * 86400)}, "ttl is a number of seconds"),
+    ({"ttl": "soon"}, "invalid literal"),
+    ({"roles": ["no spaces please"]}, "roles are names"),
+    ({"username": "a b"}, "Invalid form"),
+])
+def test_readChoices(fields, expected):
+    """Submitted choices become creation arguments; anything out of bounds is a bad-payload."""
+    from invitesrv.modules.adhoc import CommandError
+    from invitesrv.modules.invites_adhoc import data_form, readChoices  # Wokkel, once patched
+    form = data_form.Form("submit")
+    for var, value in fields.items():
+        form.addField(data_form.Field("text-multi" if isinstance(value, list) else "text-single",
+                                      var, values=value if isinstance(value, list) else [value]))
+    if isinstance(expected, dict):
+        assert readChoices(form) == expected
+    else:
+        with pytest.raises(CommandError) as raised:
+            readChoices(form)
+        assert raised.value.condition == "bad-request" and expected in raised.value.text
+
+
 def test_resetCommand(server):
     """The reset command asks for a JID, then gives a reset invite for that account only."""
     server.adduser(f"forgetful@{HOST}", "old password")
