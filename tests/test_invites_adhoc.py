@@ -7,7 +7,9 @@ logging in with SCRAM.
 
 from __future__ import annotations
 
+import calendar
 import re
+import time
 
 import pytest
 from rawxmpp import RawClient
@@ -25,6 +27,7 @@ ACCOUNT = "urn:xmpp:invite#create-account"
 RESET = "xmpp:prosody.im/mod_invites_adhoc#password-reset"
 LIST = "urn:x-invitesrv:invites#list"
 REVOKE = "urn:x-invitesrv:invites#revoke"
+JOINED = "urn:x-invitesrv:invites#joined"
 
 
 @pytest.fixture(scope="module")
@@ -100,21 +103,28 @@ def test_permissions(server):
         client.send(f"<iq type='get' id='d2' to='{HOST}'><query "
                     f"xmlns='http://jabber.org/protocol/disco#items' node='{NS_COMMANDS}'/></iq>")
         items = reply(client, "d2")
-        assert all(node in items for node in (CONTACT, ACCOUNT, RESET, LIST, REVOKE))
+        assert all(node in items for node in (CONTACT, ACCOUNT, RESET, LIST, REVOKE, JOINED))
         assert "name='Create new account invite'" in items
 
 
 def test_adminAccountInviteEndToEnd(server):
     """
-    An admin creates an account invite through ad-hoc; a new client
+    An admin creates an account invite through ad-hoc, reserving the
+    username in the form shown first; a new client
     preauths with its token, registers, and logs in with SCRAM; the admin,
     online, is told.
     """
     admin = loggedIn(server, "admin")
     admin.send("<presence/>")
-    answer = execute(admin, ACCOUNT, "a2")
+    shown = execute(admin, ACCOUNT, "a2")
+    assert "status='executing'" in shown and "var='username'" in shown
+    session = re.search(r"sessionid='([^']+)'", shown).group(1)
+    answer = execute(admin, ACCOUNT, "a3", f"sessionid='{session}' action='complete'",
+                     "<x xmlns='jabber:x:data' type='submit'><field var='username'>"
+                     "<value>adhocnew</value></field></x>")
     uri = field(answer, "uri")
-    token = re.fullmatch(rf"xmpp:{HOST}\?register;preauth=([A-Za-z0-9_-]{{24}})", uri).group(1)
+    token = re.fullmatch(rf"xmpp:adhocnew@{HOST}\?register;preauth=([A-Za-z0-9_-]{{24}})",
+                         uri).group(1)
     with RawClient(server.port) as newcomer:
         newcomer.startTLS()
         newcomer.send(f"<iq type='set' id='p'><preauth xmlns='urn:xmpp:pars:0' token='{token}'/></iq>")
@@ -131,6 +141,21 @@ def test_adminAccountInviteEndToEnd(server):
     assert re.search(r"Status:\s+used", server.ctl("invite", "show", inviteId).stdout)
 
 
+def test_whoJoined(server):
+    """
+    What the inviter sees: the admin's who-joined command names the account
+    made with the invite of the test above; another user's names nobody.
+    """
+    with loggedIn(server, "admin") as client:
+        answer = execute(client, JOINED, "j1")
+    assert "status='completed'" in answer and "1 joined" in answer
+    assert re.search(rf"<value>adhocnew@{HOST} at \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
+                     r"\(invite \w+\)</value>", answer), answer
+    with loggedIn(server, "alice") as client:
+        answer = execute(client, JOINED, "j2")
+    assert "status='completed'" in answer and "0 joined" in answer and "adhocnew" not in answer
+
+
 def test_slixmppRunsCommand(server):
     """slixmpp's XEP-0050 plugin runs the contact-invite command and reads the fields."""
     async def scenario():
@@ -144,6 +169,90 @@ def test_slixmppRunsCommand(server):
     status, values = run(scenario())
     assert status == "completed"
     assert values["uri"].startswith(f"xmpp:alice@{HOST}?roster;preauth=")
+
+
+def test_slixmppAccountFormFlow(server):
+    """
+    XEP-0401's newer flow with slixmpp's XEP-0050 plugin: an admin's
+    create-account first shows the choices, then the submitted ones (a
+    reserved username, roles, a one-hour expiry) make the invite.
+    """
+    async def scenario():
+        client = Client(f"admin@{HOST}/slix", "a long password",
+                        plugins=("xep_0030", "xep_0004", "xep_0050"))
+        assert await client.login(server.port)
+        adhoc = client.plugin["xep_0050"]
+        first = await adhoc.send_command(HOST, ACCOUNT, timeout=10)
+        shown = list(first["command"]["form"].get_fields())
+        form = client.plugin["xep_0004"].make_form("submit")
+        form.add_field(var="username", value="reserved")
+        form.add_field(var="roles", ftype="text-multi", value=["member", "beta"])
+        form.add_field(var="ttl", value="3600")
+        iq = await adhoc.send_command(HOST, ACCOUNT, action="complete", payload=form,
+                                      sessionid=first["command"]["sessionid"], timeout=10)
+        await client.logout()
+        return first["command"]["status"], shown, iq["command"]["status"], \
+            iq["command"]["form"].get_values()
+    firstStatus, shown, status, values = run(scenario())
+    assert firstStatus == "executing"
+    assert shown == ["username", "roles", "groups", "uses", "ttl"]
+    assert status == "completed"
+    assert re.fullmatch(rf"xmpp:reserved@{HOST}\?register;preauth=\S+", values["uri"])
+    expires = calendar.timegm(time.strptime(values["expire"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert abs(expires - (time.time() + 3600)) < 120
+    inviteId = re.search(r"^(\w+) +\S+ +account reserved ", server.ctl(
+        "invite", "list", HOST).stdout, re.MULTILINE).group(1)
+    shownByCtl = server.ctl("invite", "show", inviteId).stdout
+    assert "member" in shownByCtl and "beta" in shownByCtl, shownByCtl
+
+
+def test_oneStepWithSubmittedChoices(server):
+    """
+    A client that sends its choices with the first execute gets the result at
+    once: an admin's contact invite without ibr=y; a bad value is refused, and
+    so is a choice from a user who may not invite new users.
+    """
+    with loggedIn(server, "admin") as client:
+        answer = execute(client, CONTACT, "s1", "action='execute'",
+                         "<x xmlns='jabber:x:data' type='submit'><field var='ibr'>"
+                         "<value>false</value></field></x>")
+        assert "status='completed'" in answer
+        assert re.fullmatch(rf"xmpp:admin@{HOST}\?roster;preauth=[A-Za-z0-9_-]{{24}}",
+                            field(answer, "uri"))
+        refused = execute(client, CONTACT, "s2", "action='execute'",
+                          "<x xmlns='jabber:x:data' type='submit'><field var='uses'>"
+                          "<value>0</value></field></x>")
+        assert "<bad-request " in refused and "<bad-payload " in refused, refused
+    with loggedIn(server, "alice") as client:
+        refused = execute(client, CONTACT, "s3", "action='execute'",
+                          "<x xmlns='jabber:x:data' type='submit'><field var='ibr'>"
+                          "<value>true</value></field></x>")
+    assert "<not-allowed " in refused and "nothing you may choose" in refused, refused
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"uses": "unlimited", "ttl": "60"}, {"usesAllowed": None, "ttl": 60.0}),
+    ({"username": "Carol", "roles": ["a:b", " "]}, {"username": "carol", "roles": ("a:b",)}),
+    ({"uses": "0"}, "uses is a whole number"),
+    ({"ttl": str(366 * 86400)}, "ttl is a number of seconds"),
+    ({"ttl": "soon"}, "invalid literal"),
+    ({"roles": ["no spaces please"]}, "roles are names"),
+    ({"username": "a b"}, "Invalid form"),
+])
+def test_readChoices(fields, expected):
+    """Submitted choices become creation arguments; anything out of bounds is a bad-payload."""
+    from invitesrv.modules.adhoc import CommandError
+    from invitesrv.modules.invites_adhoc import data_form, readChoices  # Wokkel, once patched
+    form = data_form.Form("submit")
+    for var, value in fields.items():
+        form.addField(data_form.Field("text-multi" if isinstance(value, list) else "text-single",
+                                      var, values=value if isinstance(value, list) else [value]))
+    if isinstance(expected, dict):
+        assert readChoices(form) == expected
+    else:
+        with pytest.raises(CommandError) as raised:
+            readChoices(form)
+        assert raised.value.condition == "bad-request" and expected in raised.value.text
 
 
 def test_resetCommand(server):
