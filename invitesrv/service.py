@@ -327,7 +327,7 @@ class ServerService(service.MultiService):
     """
     The whole server. When a listener cannot listen, the store that start-up
     opened is closed (its threads would keep the process alive) before the
-    L{ListenError} goes up.
+    L{ListenError} goes up; once all is up, one log line says it is ready.
     """
 
     def privilegedStartService(self):
@@ -336,6 +336,11 @@ class ServerService(service.MultiService):
         except ListenError:
             self.getServiceNamed("store").stopService()
             raise
+
+    def startService(self):
+        """Start every child; the log says when all of them (every listener) are up."""
+        service.MultiService.startService(self)
+        log.info("Ready: serving {hosts}", hosts=", ".join(self.server.hosts))
 
 
 def makeService(config: Config, reactor=None, store=None,

@@ -57,8 +57,7 @@ class RunningServer:
             text = self.log()[offset:] if self.logPath.exists() else ""
             for label, port in LISTENING.findall(text):
                 self.ports[label] = int(port)
-            if "Clients" in self.ports and ("HTTP listening" in text) == ("--http" in self.args
-                                                                           or "http = [" in self.extraConfig):
+            if "Ready: serving" in text:  # logged once every listener listens
                 return self
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.process.stdout.read().decode()}\n{text}")
