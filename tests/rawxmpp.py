@@ -138,10 +138,11 @@ class RawClient:
         self.send(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final}</response>")
         return self.recvUntil(r"<(success|failure)[^>]*(/>|>.*?</\1>)")
 
-    def login(self, username: str, password: str, resource: str = "raw") -> str:
+    def login(self, username: str, password: str, resource: str = "raw",
+              mechanism: str = "SCRAM-SHA-256") -> str:
         """STARTTLS, SCRAM, bind; return the bound full JID."""
         self.startTLS()
-        result = self.scram(username, password)
+        result = self.scram(username, password, mechanism)
         assert "<success" in result, result
         self.openStream()
         self.send(f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"

@@ -27,7 +27,6 @@ from test_invites_register import isResult, preauth, register
 from test_roster import NS_ROSTER, StanzaClient, rosterItems
 from test_s2s import freePort, isPresence
 from test_s2s_prosody import DOMAIN, PROSODY, PROSODYCTL, Prosody
-from twisted.words.xish import domish
 
 pytestmark = pytest.mark.skipif(
     not (PROSODY.exists() and PROSODYCTL.exists()),
@@ -83,25 +82,7 @@ class DataProsody(Prosody):
 
 def scramClient(port: int, username: str, host: str = DOMAIN) -> StanzaClient:
     """A L{StanzaClient} logged in with SCRAM-SHA-1 and the user's Prosody password."""
-    raw = RawClient(port, host)
-    raw.startTLS()
-    assert "<success" in raw.scram(username, PASSWORDS[username], "SCRAM-SHA-1")
-    raw.openStream()
-    raw.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-             "<resource>desk</resource></bind></iq>")
-    reply = raw.recvUntil(r"<iq[^>]*id=.bind1.*?</iq>")
-    client = StanzaClient.__new__(StanzaClient)  # its own login uses the suite's password
-    client.raw, client.jid = raw, re.search(r"<jid>([^<]+)</jid>", reply).group(1)
-    client.bare = client.jid.split("/")[0]
-    client.backlog = []
-    client._parser = domish.elementStream()
-    client._parser.DocumentStartEvent = lambda root: None
-    client._parser.ElementEvent = client.backlog.append
-    client._parser.DocumentEndEvent = lambda: None
-    client._parser.parse(b"<stream:stream xmlns='jabber:client' "
-                         b"xmlns:stream='http://etherx.jabber.org/streams'>")
-    client._ids = 0
-    return client
+    return StanzaClient(port, username, "desk", host, PASSWORDS[username], "SCRAM-SHA-1")
 
 
 def makeProsodyData(prosody: DataProsody) -> dict[str, str]:

@@ -66,9 +66,10 @@ class StanzaClient(Requests):
     without depending on how pushes, results and presence interleave.
     """
 
-    def __init__(self, port: int, username: str, resource: str = "raw", host: str = "localhost"):
+    def __init__(self, port: int, username: str, resource: str = "raw", host: str = "localhost",
+                 password: str = PASSWORD, mechanism: str = "SCRAM-SHA-256"):
         self.raw = RawClient(port, host)
-        self.jid = self.raw.login(username, PASSWORD, resource)
+        self.jid = self.raw.login(username, password, resource, mechanism)
         self.bare = self.jid.split("/")[0]
         self.backlog: list[domish.Element] = []
         self._parser = domish.elementStream()

@@ -23,10 +23,8 @@ from pathlib import Path
 
 import pytest
 from conftest import RunningServer
-from rawxmpp import RawClient
 from test_roster import PASSWORD, StanzaClient, addUsers
 from test_s2s import chat, eventually, federated, freePort, isPresence, online, subscription
-from twisted.words.xish import domish
 
 from invitesrv.tls import generateSelfSigned
 
@@ -139,24 +137,7 @@ class ProsodyClient(StanzaClient):
     """A L{StanzaClient} that logs in to Prosody, whose stored keys are SCRAM-SHA-1 only."""
 
     def __init__(self, port: int, username: str, resource: str = "raw"):
-        raw = RawClient(port, DOMAIN)
-        raw.startTLS()
-        assert "<success" in raw.scram(username, PASSWORD, "SCRAM-SHA-1")
-        raw.openStream()
-        raw.send(f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-                 f"<resource>{resource}</resource></bind></iq>")
-        bound = raw.recvUntil(r"<iq[^>]*id=.bind1.*?</iq>")
-        self.raw = raw
-        self.jid = re.search(r"<jid>([^<]+)</jid>", bound).group(1)
-        self.bare = self.jid.split("/")[0]
-        self.backlog: list[domish.Element] = []
-        self._parser = domish.elementStream()
-        self._parser.DocumentStartEvent = lambda root: None
-        self._parser.ElementEvent = self.backlog.append
-        self._parser.DocumentEndEvent = lambda: None
-        self._parser.parse(b"<stream:stream xmlns='jabber:client' "
-                           b"xmlns:stream='http://etherx.jabber.org/streams'>")
-        self._ids = 0
+        StanzaClient.__init__(self, port, username, resource, DOMAIN, mechanism="SCRAM-SHA-1")
 
 
 @pytest.fixture(scope="module")
