@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,29 @@ class RunningServer:
 
     def adduser(self, address: str, password: str) -> None:
         self.ctl("adduser", address, input=password + "\n")
+
+
+def startAll(servers) -> None:
+    """Start several servers at once; if one fails, stop them all and raise."""
+    servers = list(servers)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(RunningServer.start, servers))
+    except Exception:
+        for server in servers:
+            server.stop()
+        raise
+
+
+def terminate(process: subprocess.Popen | None) -> None:
+    """End a helper process (dnsmasq, Prosody): TERM, then KILL if it lingers."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture

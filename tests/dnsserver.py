@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import terminate
 from twisted.names import dns
 
 DNSMASQ = Path("/usr/sbin/dnsmasq")
@@ -87,13 +88,7 @@ class Dnsmasq:
 
     def stop(self) -> None:
         """Terminate dnsmasq (killed if it lingers)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def log(self) -> str:
         """What dnsmasq logged, every query included."""

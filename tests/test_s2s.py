@@ -22,11 +22,10 @@ import re
 import socket
 import ssl
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer
+from conftest import RunningServer, startAll
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -119,8 +118,7 @@ class Network:
             others = {name: port for name, port in peers.items() if name != domain}
             self.servers[domain] = RunningServer(directory, federated(domain, ports[domain], others, extra))
         try:
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(RunningServer.start, self.servers.values()))
+            startAll(self.servers.values())
         except Exception:
             self.stop()
             raise

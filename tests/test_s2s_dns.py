@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import RunningServer
+from conftest import RunningServer, startAll
 from cryptography import x509
 from dnsserver import Dnsmasq, needsDnsmasq
 from test_roster import addUsers, errorCondition
@@ -80,8 +80,7 @@ class DNSNetwork:
             (root / domain).mkdir()
             self.servers[domain] = RunningServer(root / domain, config, args)
         try:
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(RunningServer.start, self.servers.values()))
+            startAll(self.servers.values())
         except Exception:
             self.stop()
             raise

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer
+from conftest import RunningServer, terminate
 from test_roster import PASSWORD, StanzaClient, addUsers
 from test_s2s import chat, eventually, federated, freePort, isPresence, online, subscription
 
@@ -120,13 +120,7 @@ class Prosody:
         raise RuntimeError(f"prosody did not start:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def log(self) -> str:
         path = self.root / "prosody.log"
