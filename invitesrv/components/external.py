@@ -37,9 +37,10 @@ from twisted.words.xish import domish
 from wokkel import disco
 
 from invitesrv.components.base import Component
-from invitesrv.xmpp.router import bounce, parseJID
+from invitesrv.xmpp.router import bounce
 from invitesrv.xmpp.s2s.stream import domainOf, retarget, streamErrorCondition
-from invitesrv.xmpp.stream import IQ_TYPES, NS_CLIENT, NS_STREAMS, STANZAS, RestrictedStream
+from invitesrv.xmpp.stream import NS_CLIENT, NS_STREAMS, STANZAS, RestrictedStream, badIQ, peerSender
+from invitesrv.xmpp.xmlparser import StreamViolation
 
 log = Logger()
 
@@ -183,24 +184,20 @@ class ComponentAuthenticator(xmlstream.ListenAuthenticator):
     def _stanza(self, stanza) -> None:
         """A stanza from the component: from its domain, with a C{to}; then routed."""
         xs = self.xmlstream
-        sender, to = stanza.getAttribute("from"), stanza.getAttribute("to")
-        if not sender or not to:
-            xs.closeWithError("improper-addressing")
-            return
+        sender = stanza.getAttribute("from")
         try:
-            origin = parseJID(sender)
-        except (jid.InvalidFormat, UnicodeError):
-            origin = None
-        if origin is None or origin.host != self.component.name:
-            log.info("Closing the {stream}: a stanza from {sender}", stream=self.label,
-                     sender=sender)
-            xs.closeWithError("invalid-from")
+            origin = peerSender(stanza)
+            if origin.host != self.component.name:
+                raise StreamViolation("invalid-from", f"Not from {self.component.name}")
+        except StreamViolation as e:
+            log.info("Closing the {stream}: a stanza from {sender} ({error})", stream=self.label,
+                     sender=sender, error=e.text)
+            xs.closeWithError(e.condition)
             return
         stanza = retarget(stanza, NS_COMPONENT, NS_CLIENT)
         if self.component.answered(stanza):
             return
-        if stanza.name == "iq" and (stanza.getAttribute("type") not in IQ_TYPES
-                                    or not stanza.getAttribute("id")):
+        if badIQ(stanza):
             reply = bounce(stanza, "bad-request", text="An iq needs an id and a type")
             if reply is not None:
                 self.router.route(reply)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from twisted.internet import defer, protocol
 from twisted.words.protocols.jabber import error, jid, xmlstream
 
-from invitesrv.xmpp.stream import IQ_TYPES, NS_CLIENT, STANZAS, RestrictedStream
+from invitesrv.xmpp.stream import NS_CLIENT, STANZAS, RestrictedStream, badIQ
 
 # The counters of stanzas from and to clients, by kind (names made once, not per stanza).
 RECEIVED = {name: f"stanzas.in.{name}" for name in STANZAS}
@@ -163,7 +163,7 @@ class Session:
 
     def _validIQ(self, iq) -> bool:
         kind = iq.getAttribute("type")
-        if kind not in IQ_TYPES or not iq.getAttribute("id"):
+        if badIQ(iq):
             self.send(error.StanzaError("bad-request", text="An iq needs an id and a type").toResponse(iq))
             return False
         if kind in ("get", "set"):

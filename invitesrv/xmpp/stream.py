@@ -18,9 +18,10 @@ import socket
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.logger import Logger
-from twisted.words.protocols.jabber import error, xmlstream
+from twisted.words.protocols.jabber import error, jid, xmlstream
 from zope.interface import implementer
 
+from invitesrv.xmpp.router import parseJID
 from invitesrv.xmpp.xmlparser import RestrictedElementStream, StreamViolation
 
 log = Logger()
@@ -32,6 +33,27 @@ NS_CLIENT = "jabber:client"
 NS_SERVER = "jabber:server"
 STANZAS = frozenset(("message", "presence", "iq"))
 IQ_TYPES = frozenset(("get", "set", "result", "error"))
+
+
+def badIQ(stanza) -> bool:
+    """An iq with no known type or no id (RFC 6120 8.2.3): answered with bad-request, not routed."""
+    return stanza.name == "iq" and (stanza.getAttribute("type") not in IQ_TYPES
+                                    or not stanza.getAttribute("id"))
+
+
+def peerSender(stanza) -> jid.JID:
+    """
+    The C{from} of a stanza on a server or component stream, where every
+    stanza carries C{from} and C{to}; L{StreamViolation} names the stream
+    error otherwise.
+    """
+    sender = stanza.getAttribute("from")
+    if not sender or not stanza.getAttribute("to"):
+        raise StreamViolation("improper-addressing", "A stanza needs 'from' and 'to'")
+    try:
+        return parseJID(sender)
+    except (jid.InvalidFormat, UnicodeError):
+        raise StreamViolation("invalid-from", f"Malformed 'from': {sender!r}") from None
 
 # Seconds a stream we closed has to say goodbye (flush, TLS close, the peer's
 # closing tag) before the connection is dropped: a peer that stopped reading

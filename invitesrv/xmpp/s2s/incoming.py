@@ -30,8 +30,17 @@ from invitesrv.xmpp.s2s.stream import (
     streamErrorCondition,
 )
 from invitesrv.xmpp.s2s.tls import PeerCertificate
-from invitesrv.xmpp.stream import IQ_TYPES, NS_CLIENT, NS_SASL, NS_SERVER, NS_STREAMS, NS_TLS, STANZAS
-from invitesrv.xmpp.xmlparser import speaksXMPP1
+from invitesrv.xmpp.stream import (
+    NS_CLIENT,
+    NS_SASL,
+    NS_SERVER,
+    NS_STREAMS,
+    NS_TLS,
+    STANZAS,
+    badIQ,
+    peerSender,
+)
+from invitesrv.xmpp.xmlparser import StreamViolation, speaksXMPP1
 
 if TYPE_CHECKING:
     from invitesrv.xmpp.s2s.service import S2SService
@@ -330,17 +339,13 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
         if not self.verified:
             xs.closeWithError("not-authorized")
             return
-        sender, to = stanza.getAttribute("from"), stanza.getAttribute("to")
-        if not sender or not to:
-            xs.closeWithError("improper-addressing")
+        try:
+            origin = peerSender(stanza)
+        except StreamViolation as e:
+            xs.closeWithError(e.condition)
             return
         try:
-            origin = parseJID(sender)
-        except (jid.InvalidFormat, UnicodeError):
-            xs.closeWithError("invalid-from")
-            return
-        try:
-            target = parseJID(to)
+            target = parseJID(stanza["to"])
         except (jid.InvalidFormat, UnicodeError):
             xs.closeWithError("improper-addressing", "Malformed 'to'")
             return
@@ -357,8 +362,7 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
             return
         self._stanzaRate(origin.host)
         stanza = retarget(stanza, NS_SERVER, NS_CLIENT)
-        if stanza.name == "iq" and (stanza.getAttribute("type") not in IQ_TYPES
-                                    or not stanza.getAttribute("id")):
+        if badIQ(stanza):
             self.federation.bounce(stanza, "bad-request", "An iq needs an id and a type")
             return
         local.receive(stanza, target)
