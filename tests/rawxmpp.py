@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import re
+import select
 import socket
 import ssl
 import time
@@ -149,3 +150,22 @@ class RawClient:
                   f"<resource>{resource}</resource></bind></iq>")
         reply = self.recvUntil(r"<iq[^>]*id=.bind1.*?</iq>")
         return re.search(r"<jid>([^<]+)</jid>", reply).group(1)
+
+
+def readFor(seconds: float, received: dict, closedAt: dict, started: float) -> None:
+    """
+    For C{seconds}, read whatever the open sockets among C{received}'s keys
+    get (into C{received}), noting in C{closedAt} when each one closes
+    (seconds since C{started}): how a test watches many slow connections.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([s for s in received if s not in closedAt], [], [], 0.1)
+        for sock in readable:
+            try:
+                chunk = sock.recv(4096)
+            except OSError:
+                chunk = b""
+            received[sock] += chunk
+            if not chunk:
+                closedAt[sock] = time.monotonic() - started

@@ -13,7 +13,6 @@ never reads dropped, pings to silent clients and TCP keepalive on the socket.
 from __future__ import annotations
 
 import re
-import select
 import socket
 import threading
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from conftest import RunningServer
-from rawxmpp import NS_STREAM_HEADER, RawClient
+from rawxmpp import NS_STREAM_HEADER, RawClient, readFor
 from streamharness import HEADER, ClientConnection, addAccount, login
 from twisted.internet import error, task
 from twisted.python import failure
@@ -511,17 +510,7 @@ def test_slowLorisClosedWhileOthersLogIn(server):
                     except OSError:
                         pass
             offset += 1
-            deadline = time.monotonic() + 0.5
-            while time.monotonic() < deadline:
-                readable, _, _ = select.select([s for s in slow if s not in closedAt], [], [], 0.1)
-                for sock in readable:
-                    try:
-                        chunk = sock.recv(4096)
-                    except OSError:
-                        chunk = b""
-                    received[sock] += chunk
-                    if not chunk:
-                        closedAt[sock] = time.monotonic() - started
+            readFor(0.5, received, closedAt, started)
             if normal is None and time.monotonic() - started > 0.5:
                 normal = RawClient(server.port)
                 assert normal.login("alice", PASSWORD, "normal") == "alice@localhost/normal"

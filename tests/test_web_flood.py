@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RunningServer
-from rawxmpp import RawClient
+from rawxmpp import RawClient, readFor
 
 PASSWORD = "a long password"
 FILES = 256  # the server's open-files limit in the flood test: fewer than the flood
@@ -113,17 +113,7 @@ def test_httpFloodLeavesXMPPLogins(tmp_path):
                     pass  # not connected yet
                 except OSError:
                     closedAt[sock] = time.monotonic() - started
-            pause = time.monotonic() + 0.5
-            while time.monotonic() < pause:
-                readable, _, _ = select.select([s for s in socks if s not in closedAt], [], [], 0.1)
-                for sock in readable:
-                    try:
-                        chunk = sock.recv(4096)
-                    except OSError:
-                        chunk = b""
-                    received[sock] += chunk
-                    if not chunk:
-                        closedAt[sock] = time.monotonic() - started
+            readFor(0.5, received, closedAt, started)
             if login is None and time.monotonic() - started > 1.5:
                 with RawClient(server.port) as client:
                     login = client.login("alice", PASSWORD, "flood")
