@@ -332,8 +332,8 @@ class MAMModule(HostModule):
         except Exception:
             log.failure("Cannot sweep the archives of {host}", host=host.name)
         if total:
-            log.info("Archive of {host}: {count} messages older than {days:g} days deleted",
-                     host=host.name, count=total, days=expires / 86400)
+            log.info("Archive of {host}: {count} messages older than {seconds:.0f} s deleted",
+                     host=host.name, count=total, seconds=expires)
         return total
 
     # -- queries ----------------------------------------------------------------
@@ -447,7 +447,10 @@ class MAMModule(HostModule):
         rsm = fin.addElement((NS_RSM, "set"))
         if page.messages:
             first = rsm.addElement("first", content=encodeId(page.messages[0].id))
-            first["index"] = str(page.index)
+            if not query.last:
+                # Only going forward: slixmpp's RSM iterator stops paging backward
+                # at a page whose index plus its length is the count.
+                first["index"] = str(page.index)
             rsm.addElement("last", content=encodeId(page.messages[-1].id))
         rsm.addElement("count", content=str(page.count))
         session.send(response)
