@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from streamharness import Client, addAccounts
 from synchronous import result
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.words.xish import domish
 
 from invitesrv.config import HostOptions
@@ -199,6 +199,41 @@ def test_chatStatesLeftOutOfArchivedCopy(makeServer):
     assert alice.expect(isMessage("typed")).active is not None
     results, _ = query(alice)
     assert next(results[0].elements(NS_MAM, "result")).forwarded.message.active is None
+
+
+def test_writesBatchedAndQueriesWaitForThem(makeServer, monkeypatch):
+    """
+    While a write is on its way to the store, what comes next gathers into
+    one batch; a query waits for the messages archived before it.
+    """
+    server = makeServer()
+    alice = available(Client(server, "alice"))
+    bob = Client(server, "bob")
+    writes = []
+    append = server.store.appendArchive
+
+    def slowAppend(host, entries, maxItems):
+        writes.append((defer.Deferred(), host, entries, maxItems))
+        return writes[-1][0]
+    monkeypatch.setattr(server.store, "appendArchive", slowAppend)
+
+    def finishWrite(number: int) -> None:
+        d, *args = writes[number]
+        result(append(*args))
+        d.callback(None)
+
+    for number in range(3):
+        bob.send(message("alice@localhost", f"m{number}"))
+    assert [len(entries) for _, _, entries, _ in writes] == [1]  # bob's copy of m0; 5 wait
+    alice.send(f"<iq type='set' id='early'><query xmlns='{NS_MAM}'/></iq>")
+    alice.absent(lambda e: e.getAttribute("id") == "early")
+    finishWrite(0)
+    assert [len(entries) for _, _, entries, _ in writes] == [1, 5]
+    alice.absent(lambda e: e.getAttribute("id") == "early")
+    finishWrite(1)
+    alice.expect(lambda e: e.getAttribute("id") == "early")
+    results = [e for e in alice.backlog if e.name == "message" and e.result is not None]
+    assert forwardedBodies(results) == ["m0", "m1", "m2"]
 
 
 # -- queries ---------------------------------------------------------------------------
