@@ -44,7 +44,7 @@ PROVISION = HERE / "provision.py"
 PROSODY_START = HERE / "prosody" / "start.sh"
 PROSODY_STOP = HERE / "prosody" / "stop.sh"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "roster", "idle",
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "roster", "mam", "idle",
              "idle10k")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
@@ -75,6 +75,10 @@ class Sizes:
     roster_r: int = 100
     roster_gets: int = 20
     roster_c: int = 50
+    mam_archive: int = 10000
+    mam_page: int = 50
+    mam_queries: int = 200
+    mam_c: int = 10
     idle_k: int = 2000
     idle_c: int = 50
     idle10k_k: int = 10000
@@ -93,6 +97,7 @@ class Sizes:
 
 QUICK = Sizes(register_n=20, register_c=5, invite_n=10, login_n=30, login_c=10, plain_n=10, login1_n=5,
               msg_pairs=2, msg_m=10, roster_u=4, roster_r=5, roster_gets=2, roster_c=4,
+              mam_archive=120, mam_page=20, mam_queries=5, mam_c=2,
               idle_k=30, idle_c=10, idle10k_k=60, idle_settle=0.5, idle_hold=0.5, pause=0.2, max_seconds=30,
               op_timeout=10)
 
@@ -492,6 +497,14 @@ class Bench:
         for run in self.runs():
             self.gen("roster", run, "roster", "-g", str(s.roster_gets), *common)
 
+    def scenario_mam(self) -> None:
+        s = self.sizes
+        # The first call fills the archive (untimed, in its JSON as setup_*);
+        # every run then pages through the same archive.
+        for run in self.runs():
+            self.gen("mam", run, "mam", "--archive", str(s.mam_archive), "--page", str(s.mam_page),
+                     "-q", str(s.mam_queries), "-c", str(s.mam_c), "--prefix", POOL)
+
 
 # -- figures -----------------------------------------------------------------
 
@@ -518,7 +531,8 @@ def figures(r: dict) -> dict:
                    srv_pct=r.get("login_server_cpu_pct"), busy=r.get("login_cpu_busy_pct"))
         cpu = r.get("login_server_cpu_s")
     else:
-        ok = {"messages": r.get("messages_ok"), "roster": r.get("gets_ok")}.get(scenario, r.get("ok"))
+        ok = {"messages": r.get("messages_ok"), "roster": r.get("gets_ok"),
+              "mam": r.get("queries_ok")}.get(scenario, r.get("ok"))
         ok = ok or 0
         if scenario == "messages":
             out.update(rate=r.get("per_s"), p50=r.get("rtt_p50_ms"), p99=r.get("rtt_p99_ms"))
@@ -531,8 +545,8 @@ def figures(r: dict) -> dict:
 
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
-         "login1": "logins/s", "messages": "msgs/s", "roster": "gets/s", "idle": "logins/s",
-         "idle10k": "logins/s"}
+         "login1": "logins/s", "messages": "msgs/s", "roster": "gets/s", "mam": "pages/s",
+         "idle": "logins/s", "idle10k": "logins/s"}
 
 
 def fmt(value, digits: int = 3) -> str:

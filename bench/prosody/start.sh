@@ -60,7 +60,7 @@ modules_enabled = {
     "roster"; "saslauth"; "tls"; "disco"; "carbons"; "pep"; "private";
     "blocklist"; "vcard4"; "vcard_legacy"; "version"; "uptime"; "time";
     "ping"; "register"; "invites"; "invites_register"; "csi_simple";
-    "smacks"; "posix";
+    "smacks"; "posix"; "mam";
 }
 authentication = "internal_hashed"
 storage = "internal"
