@@ -335,6 +335,8 @@ def test_filters(makeServer, clock):
     assert forwardedBodies(results) == ["m0", "m5"] and fin(reply)["count"] == 2
     for bad in (field("start", "yesterday"), field("fulltext", "x"), field("with", "@@")):
         assert query(alice, bad)[1].error.firstChildElement().name == "bad-request"
+    tooMany = field("ids", *([ids[0]] * 51))
+    assert query(alice, tooMany)[1].error.firstChildElement().name == "policy-violation"
 
 
 def test_onlyOwnArchive(makeServer):

@@ -414,6 +414,9 @@ class MAMModule(HostModule):
         if "end" in value:
             high.append(parseStamp(value["end"]) + 1)
         if "ids" in fields:
+            if len(fields["ids"]) > self.parent.options.archive_max_page:
+                raise error.StanzaError("policy-violation", "modify", text=f"At most"
+                                        f" {self.parent.options.archive_max_page} ids at a time")
             filters["ids"] = tuple(decodeId(text) for text in fields["ids"])
         page: dict = {"limit": DEFAULT_PAGE}
         for rsm in request.elements(NS_RSM, "set"):
@@ -447,25 +450,24 @@ class MAMModule(HostModule):
         rsm = fin.addElement((NS_RSM, "set"))
         if page.messages:
             first = rsm.addElement("first", content=encodeId(page.messages[0].id))
-            if not query.last:
-                # Only going forward: slixmpp's RSM iterator stops paging backward
-                # at a page whose index plus its length is the count.
+            if page.index is not None:
                 first["index"] = str(page.index)
             rsm.addElement("last", content=encodeId(page.messages[-1].id))
         rsm.addElement("count", content=str(page.count))
         session.send(response)
 
     def _result(self, message: ArchivedMessage, to: str, queryId: str | None) -> domish.Element:
-        """An archived message, forwarded in a C{<result/>}; its XML goes as it was archived."""
+        """
+        An archived message, forwarded in a C{<result/>}: written as text
+        around the message's XML as it was archived (a page is 50 of these).
+        """
         wrapper = domish.Element((NS_CLIENT, "message"))
         wrapper["to"] = to
-        result = wrapper.addElement((NS_MAM, "result"))
-        if queryId is not None:
-            result["queryid"] = queryId
-        result["id"] = encodeId(message.id)
-        forwarded = result.addElement((NS_FORWARD, "forwarded"))
-        forwarded.addElement((NS_DELAY, "delay"))["stamp"] = delayStamp(message.id / 1_000_000)
-        forwarded.addRawXml(message.stanza)
+        query = "" if queryId is None else f" queryid='{domish.escapeToXml(queryId, True)}'"
+        wrapper.addRawXml(
+            f"<result xmlns='{NS_MAM}'{query} id='{encodeId(message.id)}'>"
+            f"<forwarded xmlns='{NS_FORWARD}'><delay xmlns='{NS_DELAY}'"
+            f" stamp='{delayStamp(message.id / 1_000_000)}'/>{message.stanza}</forwarded></result>")
         return wrapper
 
     def onFormRequest(self, iq) -> None:

@@ -138,7 +138,10 @@ class ArchivePage:
 
     messages: tuple[ArchivedMessage, ...]
     count: int  # messages that pass the filter
-    index: int  # how many of those come before the first of the page
+    # How many of those come before the first of the page; None going backward
+    # (C{last}), where clients do not need it: slixmpp's RSM iterator stops
+    # paging backward at a page whose index plus its length is the count.
+    index: int | None
     complete: bool  # no more beyond the page in the query's direction
 
 
@@ -339,7 +342,10 @@ class IArchives(Interface):
         """Fire with the highest id archived on C{host} (0 for none)."""
 
     def sweepArchive(host: str, before: int, limit: int):
-        """Delete at most C{limit} of the oldest messages of C{host} with ids below C{before}; fire with how many."""
+        """
+        Delete at most C{limit} of the oldest messages of C{host} with ids
+        below C{before}; fire with how many.
+        """
 
     def getArchivePrefs(host: str):
         """Fire with a dict: each account of C{host} that set preferences, its L{ArchivePrefs}."""

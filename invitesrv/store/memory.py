@@ -396,6 +396,8 @@ class MemoryStore:
                 chosen = page[query.offset:query.offset + query.limit]
                 complete = len(page) - query.offset <= query.limit
             index = passing.index(chosen[0]) if chosen else query.offset
+            if query.last:
+                index = None
             return ArchivePage(tuple(chosen), len(passing), index, complete)
         return self._run(read)
 

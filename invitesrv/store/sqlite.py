@@ -532,10 +532,10 @@ class SQLiteStore:
             if query.last:
                 rows.reverse()
             count = conn.execute(f"SELECT COUNT(*) FROM archive WHERE {condition}", args).fetchone()[0]
-            if not rows or (query.after is None and not query.last):
+            if query.last:
+                index = None
+            elif not rows or query.after is None:
                 index = query.offset
-            elif query.last and query.before is None:
-                index = count - len(rows) - query.offset
             else:
                 index = conn.execute(f"SELECT COUNT(*) FROM archive WHERE {condition} AND id < ?",
                                      (*args, rows[0][0])).fetchone()[0]
