@@ -1182,6 +1182,7 @@ async def sc_mam(o, cache):
         r.update({"setup_archived": stored - have, "setup_seconds": round(now() - t0, 2),
                   "archive_count": stored})
         close_all(setup)
+        deadline = now() + o.max_seconds  # the fill is setup: the queries get the whole time
         st = Stats()
         for k in range(o.c):  # C sessions of one user (login_many keys its clients by user)
             clients[k] = Client(o, cache)
