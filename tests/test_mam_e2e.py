@@ -215,8 +215,8 @@ def test_deletedAccountLosesArchive(server):
 
 
 def test_retentionSweep(tmp_path):
-    """With archive_expires_after = 2 s, a message is in the archive at once and gone after a sweep."""
-    running = RunningServer(tmp_path, "[host_defaults]\narchive_expires_after = 2\n"
+    """With archive_expires_after = 4 s, a message is in the archive at once and gone after a sweep."""
+    running = RunningServer(tmp_path, "[host_defaults]\narchive_expires_after = 4\n"
                                       "archive_sweep_interval = 1\n").start()
     try:
         addUsers(running, "lou@localhost", "max@localhost")
@@ -225,7 +225,7 @@ def test_retentionSweep(tmp_path):
         mac.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
         mac.expect(lambda e: e.getAttribute("id") == "sync")
         assert str(lou.request(f"<query xmlns='{NS_MAM}'/>", "set").fin.set.count) == "1"
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             time.sleep(0.5)
             lou.discard()
