@@ -287,6 +287,7 @@ class Prosody:
         version = prosodyVersion()
         self.label = f"prosody-{version}" if version else "prosody"
         self.fresh = True
+        self.archiveStorage = "internal"  # "sql" for the mam scenario (see main)
 
     @property
     def pid(self) -> int:
@@ -294,7 +295,8 @@ class Prosody:
 
     def _env(self) -> dict:
         env = dict(os.environ, PROSODY_BENCH_DIR=str(self.directory),
-                   PROSODY_BENCH_PORT=str(self.port), BENCH_DOMAIN=DOMAIN, PYTHON=sys.executable)
+                   PROSODY_BENCH_PORT=str(self.port), BENCH_DOMAIN=DOMAIN, PYTHON=sys.executable,
+                   ARCHIVE_STORAGE=self.archiveStorage)
         env.pop("SERVER_CPU", None)
         if self.cpu is not None:
             env["SERVER_CPU"] = self.cpu
@@ -733,7 +735,12 @@ def main(argv=None) -> int:
     writeCertificate(*certificate, keyType=args.key_type)
     servers = [Invitesrv(work / "invitesrv", serverCPU, certificate)]
     if args.against == "prosody":
-        servers.append(Prosody(work / "prosody", serverCPU, certificate))
+        prosody = Prosody(work / "prosody", serverCPU, certificate)
+        if "mam" in args.scenarios:
+            # With its file storage, Prosody reads a user's whole archive for
+            # every query; with the mam scenario its archives are in SQLite.
+            prosody.archiveStorage = "sql"
+        servers.append(prosody)
     everything: list[tuple[object, list[dict]]] = []
     try:
         for server in servers:

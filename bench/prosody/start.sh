@@ -3,7 +3,7 @@
 # same workloads can be compared against it on the same machine in the same run.
 #   c2s on 127.0.0.1:${PROSODY_BENCH_PORT:-25222}, domain ${BENCH_DOMAIN:-localhost}
 #   open in-band registration without throttles, storage "internal" (files;
-#   message archives in SQLite when lua-dbi-sqlite3 is installed),
+#   message archives in SQLite with ARCHIVE_STORAGE=sql),
 #   SCRAM iteration count 10000 (Prosody's default), log level info to a file,
 #   pinned to CPU ${SERVER_CPU} with taskset when SERVER_CPU is set.
 # Everything lives under $PROSODY_BENCH_DIR (required): the generated config,
@@ -41,10 +41,12 @@ if [ ! -s "$RUN/certs/$DOMAIN.crt" ]; then
         -keyout "$RUN/certs/$DOMAIN.key" -out "$RUN/certs/$DOMAIN.crt" >/dev/null 2>&1
 fi
 
-# Message archives (mod_mam) in SQLite, as invitesrv keeps them, when LuaDBI's
-# SQLite driver is installed (Debian: lua-dbi-sqlite3); otherwise in files.
+# ARCHIVE_STORAGE=sql keeps the message archives of mod_mam in SQLite, as
+# invitesrv does (needs LuaDBI's SQLite driver, Debian's lua-dbi-sqlite3).
 STORAGE='storage = "internal"'
-if [ -n "$(ls /usr/lib/*/lua/*/dbd/sqlite3.so 2>/dev/null)" ]; then
+if [ "${ARCHIVE_STORAGE:-internal}" = sql ]; then
+    [ -n "$(ls /usr/lib/*/lua/*/dbd/sqlite3.so 2>/dev/null)" ] || {
+        echo "ARCHIVE_STORAGE=sql needs lua-dbi-sqlite3 (apt-get install lua-dbi-sqlite3)" >&2; exit 1; }
     STORAGE='default_storage = "internal"
 storage = { archive = "sql" }
 sql = { driver = "SQLite3", database = "prosody.sqlite" }'
