@@ -501,3 +501,20 @@ def test_webOptionsAreChecked(tmp_path):
             makeSite(InviteServer(config, store=store, loadModules=False))
     finally:
         store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_welcomeTextOnThePage(web):
+    """
+    The inviter's welcome text shows on the landing page, one paragraph a
+    line, signed by the inviter, and escaped: markup in it stays text.
+    """
+    yield web.adduser("romeo")
+    created = yield web.manager.createContact(
+        "romeo", allowRegistration=True, welcome="Come <b>join</b> us!\nThe band plays at 8.")
+    page = (yield web.client().get(f"/invite/{created.token}")).text
+    assert ('<figure class="welcome"><blockquote><p>Come &lt;b&gt;join&lt;/b&gt; us!</p>'
+            "<p>The band plays at 8.</p></blockquote><figcaption>— romeo@example.org</figcaption>"
+            "</figure>") in page
+    plain = yield web.manager.createAccount()
+    assert 'class="welcome"' not in (yield web.client().get(f"/invite/{plain.token}")).text

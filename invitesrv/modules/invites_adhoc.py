@@ -16,7 +16,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from wokkel import data_form
 
-from invitesrv.invites import InviteError, InviteManager, isoTime
+from invitesrv.invites import InviteError, InviteManager, isoTime, welcomeText
 from invitesrv.modules.adhoc import (
     AdHocCommand,
     CommandError,
@@ -72,11 +72,13 @@ def describe(invite) -> str:
 
 
 def choiceFields(form: data_form.Form, host) -> None:
-    """The fields every creation form has: how many uses, how long valid."""
+    """The fields every creation form has: how many uses, how long valid, a welcome text."""
     form.addField(data_form.Field("text-single", "uses", "1", label="How many uses",
                                   desc='A whole number, or "unlimited"'))
     form.addField(data_form.Field("text-single", "ttl", str(int(host.options.invite_expiry)),
                                   label="Valid for (seconds)"))
+    form.addField(data_form.Field("text-multi", "welcome", label="Welcome text",
+                                  desc="Shown on the invite page and sent to the new account"))
 
 
 def readChoices(form: data_form.Form) -> dict:
@@ -106,7 +108,9 @@ def readChoices(form: data_form.Form) -> dict:
                 raise ValueError(f"ttl is a number of seconds from 1 to {MAX_EXPIRY}")
         if "ibr" in form.fields:
             chosen["allowRegistration"] = bool(values["ibr"])
-    except (ValueError, RegistrationError) as e:
+        if "welcome" in form.fields:
+            chosen["welcome"] = welcomeText("\n".join(form.fields["welcome"].values))
+    except (ValueError, RegistrationError, InviteError) as e:
         raise CommandError("bad-request", f"Invalid form: {e}", "bad-payload") from None
     return chosen
 

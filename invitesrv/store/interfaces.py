@@ -149,6 +149,8 @@ class Invite:
     groups: tuple[str, ...] = ()
     note: str = ""
     source: str = ""
+    welcome: str = ""  # the creator's words to whoever accepts it
+    reminded: float | None = None  # when the creator was told it expires unused
     uses_log: tuple[dict, ...] = field(default=(), compare=False)
 
     def status(self, now: float) -> str:
@@ -310,7 +312,7 @@ class IInvites(Interface):
         """
 
     def updateInvite(inviteId: str, **changes):
-        """Change expires, usesAllowed or note; fire with the new L{Invite} or None."""
+        """Change expires, usesAllowed, note or reminded; fire with the new L{Invite} or None."""
 
     def revokeInvite(inviteId: str, now: float):
         """Fire with True when a pending invite was revoked."""

@@ -373,7 +373,8 @@ class MemoryStore:
         def create(t):
             if invite.id in t.invites or tokenHash in t.tokens:
                 raise ValueError(f"invite {invite.id} exists")  # SQLite's unique constraints
-            t.invites[invite.id] = replace(invite, uses=0, reserved=0, revoked=None, uses_log=())
+            t.invites[invite.id] = replace(invite, uses=0, reserved=0, revoked=None, reminded=None,
+                                           uses_log=())
             t.tokens[tokenHash] = invite.id
         return self._run(create)
 
@@ -429,7 +430,7 @@ class MemoryStore:
         return self._run(consume)
 
     def updateInvite(self, inviteId, **changes):
-        unknown = set(changes) - {"expires", "usesAllowed", "note"}
+        unknown = set(changes) - {"expires", "usesAllowed", "note", "reminded"}
         if unknown:
             raise TypeError(f"cannot change {sorted(unknown)}")
 

@@ -107,7 +107,7 @@ def _item(row) -> RosterItem:
 _PENDING = "revoked IS NULL AND expires > ? AND (uses_allowed IS NULL OR uses < uses_allowed)"
 
 _INVITE_COLUMNS = ("id, host, kind, created, expires, username, inviter, allow_registration, "
-                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source")
+                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source, welcome, reminded")
 
 
 def _invite(row, uses=()) -> Invite:
@@ -115,7 +115,8 @@ def _invite(row, uses=()) -> Invite:
                   username=row[5], inviter=row[6], allowRegistration=bool(row[7]),
                   usesAllowed=row[8], uses=row[9], reserved=row[10], revoked=row[11],
                   roles=tuple(json.loads(row[12])), groups=tuple(json.loads(row[13])),
-                  note=row[14], source=row[15], uses_log=tuple(uses))
+                  note=row[14], source=row[15], welcome=row[16], reminded=row[17],
+                  uses_log=tuple(uses))
 
 
 @implementer(IStore)
@@ -506,11 +507,12 @@ class SQLiteStore:
         return self._run(lambda conn: conn.execute(
             "INSERT INTO invites (id, host, token_hash, kind, username, inviter,"
             " allow_registration, uses_allowed, uses, reserved, created, expires, revoked,"
-            " roles, groups, note, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?)",
+            " roles, groups, note, source, welcome)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?, ?)",
             (invite.id, invite.host, tokenHash, invite.kind, invite.username, invite.inviter,
              int(invite.allowRegistration), invite.usesAllowed, invite.created, invite.expires,
              json.dumps(list(invite.roles)), json.dumps(list(invite.groups)), invite.note,
-             invite.source)) and None)
+             invite.source, invite.welcome)) and None)
 
     @staticmethod
     def _getInvite(conn, where: str, value):
@@ -573,7 +575,8 @@ class SQLiteStore:
         return self._run(consume)
 
     def updateInvite(self, inviteId, **changes):
-        columns = {"expires": "expires", "usesAllowed": "uses_allowed", "note": "note"}
+        columns = {"expires": "expires", "usesAllowed": "uses_allowed", "note": "note",
+                   "reminded": "reminded"}
         unknown = set(changes) - set(columns)
         if unknown:
             raise TypeError(f"cannot change {sorted(unknown)}")

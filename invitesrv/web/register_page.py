@@ -25,11 +25,11 @@ from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.template import Element, renderer, tags
 
-from invitesrv.invites import hashToken
+from invitesrv.invites import creatorOf, hashToken
 from invitesrv.registrar import RegistrationError
 from invitesrv.web.apps import detectPlatform, recommended
 from invitesrv.web.i18n import N_, Text
-from invitesrv.web.invite_page import inviterOf, tokenOf
+from invitesrv.web.invite_page import tokenOf
 from invitesrv.web.pages import (
     BodyPolicy,
     MessageBody,
@@ -120,7 +120,7 @@ class RegisterForm(Translatable):
                 "submit": Text("Set the new password"),
             }
         else:
-            inviter = inviterOf(invite, self.host)
+            inviter = creatorOf(invite)
             choose = Text("Choose your username and a password; then log in with your app.")
             texts = {
                 "heading": Text("Create your account on {site}", site=self.siteName),
@@ -181,7 +181,7 @@ class Registered(Translatable):
                              domain=self.host.name, jidStrong=tags.strong(jid),
                              domainStrong=tags.strong(self.host.name),
                              appName=self.app.name if self.app else Text("your XMPP app"),
-                             inviter=inviterOf(self.invite, self.host) or "", appLinks=links)
+                             inviter=creatorOf(self.invite) or "", appLinks=links)
 
     @renderer
     def ifInviter(self, request, tag):
