@@ -66,8 +66,8 @@ class ServerCollector:
 class MetricsService(service.Service):
     """
     Owns the registry: hooks on every host count registrations (by path)
-    and invites (created, used, expired); the store reports its latency; a looping
-    call measures how late the reactor runs.
+    and invites (created, used, expired); the store reports its latency; a
+    looping call measures how late the reactor runs.
     """
 
     def __init__(self, server, reactor):
@@ -78,8 +78,8 @@ class MetricsService(service.Service):
         ProcessCollector(registry=self.registry)
         self.registrations = Counter("invitesrv_registrations", "Accounts created, by path",
                                      ["host", "path"], registry=self.registry)
-        self.invites = Counter("invitesrv_invites", "Invites created, used and expired", ["host", "event"],
-                               registry=self.registry)
+        self.invites = Counter("invitesrv_invites", "Invites created, used and expired",
+                               ["host", "event"], registry=self.registry)
         self.storeLatency = Histogram("invitesrv_store_seconds", "Store operations, in seconds",
                                       registry=self.registry,
                                       buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
