@@ -20,10 +20,8 @@ from twisted.words.protocols.jabber import jid
 from invitesrv.config import Duration
 from invitesrv.ctl import CommandError
 from invitesrv.host import ADMIN_ROLE
-from invitesrv.invites import STATUSES, InviteError, InviteManager, isoTime
+from invitesrv.invites import MAX_EXPIRY, STATUSES, InviteError, InviteManager, isoTime
 from invitesrv.registrar import RegistrationError, prepareUsername
-
-MAX_EXPIRY = 365 * 86400
 
 
 def usesAllowed(text: str) -> int | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -34,6 +35,9 @@ TOKEN_BYTES = 18  # 24 characters of base64url: what Prosody's util.id.medium() 
 MAX_TOKEN_LENGTH = 64  # longer presented tokens are refused before any lookup
 STATUSES = ("pending", "used", "expired", "revoked")
 WELCOME_MAX_LENGTH = 1000  # characters of an inviter's welcome text
+MAX_EXPIRY = 365 * 86400  # the longest an invite may be valid, in seconds
+MAX_USES = 1_000_000  # the most uses one invite may allow, short of unlimited
+ROLE = re.compile(r"[\w:.-]{1,64}")  # a role's or group's name
 
 
 class InviteError(Exception):

@@ -16,7 +16,15 @@ from __future__ import annotations
 from twisted.internet import defer
 from wokkel import data_form
 
-from invitesrv.invites import InviteError, InviteManager, isoTime, welcomeText
+from invitesrv.invites import (
+    MAX_EXPIRY,
+    MAX_USES,
+    ROLE,
+    InviteError,
+    InviteManager,
+    isoTime,
+    welcomeText,
+)
 from invitesrv.modules.adhoc import (
     AdHocCommand,
     CommandError,
@@ -26,7 +34,6 @@ from invitesrv.modules.adhoc import (
     checkForm,
 )
 from invitesrv.registrar import RegistrationError, prepareUsername
-from invitesrv.web.api import MAX_EXPIRY, MAX_USES, ROLE
 
 NS_INVITATION = "urn:xmpp:invite#invitation"
 NODE_CONTACT = "urn:xmpp:invite#invite"

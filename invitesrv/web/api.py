@@ -45,6 +45,9 @@ from twisted.web import resource
 from twisted.web.server import NOT_DONE_YET
 
 from invitesrv.invites import (
+    MAX_EXPIRY,
+    MAX_USES,
+    ROLE,
     STATUSES,
     WELCOME_MAX_LENGTH,
     InviteError,
@@ -61,13 +64,10 @@ log = Logger()
 JSON = b"application/json"
 MAX_BODY = 64 * 1024
 MAX_DEPTH = 16
-MAX_EXPIRY = 365 * 86400
 MAX_NOTE = 1000
-MAX_USES = 1_000_000
 # Backslash escapes, and every byte but brackets: what nestingDepth skips.
 ESCAPE = re.compile(rb"\\.", re.S)
 NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-ROLE = re.compile(r"[\w:.-]{1,64}")
 ERRORS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
           405: "method-not-allowed", 409: "conflict", 410: "gone", 413: "too-large",
           415: "unsupported-media-type", 429: "too-many-requests", 500: "internal-error"}
