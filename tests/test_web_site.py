@@ -325,6 +325,9 @@ def test_registrationErrorsRerenderTheForm(web):
         assert response.code == code, response.text
         assert f'<p class="error" role="alert">{html.escape(message, quote=False)}</p>' in response.text
         assert PASSWORD not in response.text
+    german = yield client.request("POST", path, headers={"Accept-Language": "de"}, form={
+        "username": "bob", "password": "short", "confirm": "short", "csrf": csrf})
+    assert "Das Passwort ist zu kurz (mindestens 8 Zeichen)" in german.text, german.text
     invite = yield web.manager.get(created.invite.id)
     assert (invite.uses, invite.reserved) == (0, 0)
     ok = yield post("bob")
