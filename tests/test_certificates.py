@@ -148,6 +148,22 @@ def test_certImport(tmp_path):
         server.stop()
 
 
+def test_certImportBeforeTheFirstStart(tmp_path):
+    """
+    On a new installation (certbot's first deploy hook, before the server
+    ever ran) the import needs no database: it copies the files for the
+    first start, and creates no database either.
+    """
+    ca = CertificateAuthority()
+    ca.writeCertbot(tmp_path / "live", "a.test")
+    server = RunningServer(tmp_path, HOSTS)
+    result = server.ctl("cert", "import", str(tmp_path / "live"))
+    assert "The server is not running: it uses them from its next start" in result.stdout
+    assert "(server not running)" in result.stderr
+    assert (server.dataDir / "tls" / "a.test" / "fullchain.pem").is_file()
+    assert not (server.dataDir / "invitesrv.sqlite3").exists(), list(server.dataDir.iterdir())
+
+
 def test_checkLooksAtEachHostsCertificate(tmp_path):
     """
     C{invitesrvctl check} checks a host's own certificate for that host
