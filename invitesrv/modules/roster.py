@@ -13,6 +13,13 @@ Versions are the store's per-user counter written as decimal strings. A get
 carrying a version the store can diff from is answered with an empty result
 and then one push per changed item, each with the version of its own change,
 so a client cut off half way asks again from the last push it saw.
+
+The roster of a user who is online is kept serialised, with its version, so
+a phone fetching its roster at every reconnect costs no store round trip and
+no XML building: a get with the current version is answered "unchanged" at
+once, a plain get with the bytes kept. The store tells the module before any
+call that changes a roster (L{IRosters.rosterObservers}), whoever makes it,
+and the copy is dropped; it is dropped too when the user's last session ends.
 """
 
 from __future__ import annotations
@@ -120,12 +127,42 @@ class RosterModule(HostModule):
     observers = ((ROSTER_REQUEST, "onRosterRequest"),)
     # user-registered before the presence module exchanges presence for the same items.
     hooks = (("stream-features", "onStreamFeatures"),
-             ("user-registered", "onUserRegistered", 10))
+             ("user-registered", "onUserRegistered", 10),
+             ("session-closed", "onSessionClosed"))
 
     def __init__(self) -> None:
         HostModule.__init__(self)
         self._locks: dict[str, defer.DeferredLock] = {}
         self._pushIds = itertools.count(1)
+        # Online users' rosters: username -> (version, the serialised <query/>).
+        self._serialised: dict[str, tuple[int, str]] = {}
+        # Bumped when a user's roster (key None: any user's) is about to change,
+        # so that a read under way when it changed is not kept.
+        self._changes: dict[str | None, int] = {}
+
+    def connectionInitialized(self):
+        HostModule.connectionInitialized(self)
+        self.parent.store.rosterObservers.append(self._rosterChanging)
+
+    def connectionLost(self, reason):
+        self.parent.store.rosterObservers.remove(self._rosterChanging)
+        self._serialised.clear()
+        HostModule.connectionLost(self, reason)
+
+    def _rosterChanging(self, host: str | None, username: str | None) -> None:
+        """The store is about to change C{username}'s roster (None: anyone's)."""
+        if host not in (None, self.parent.name):
+            return
+        self._changes[username] = self._changes.get(username, 0) + 1
+        if username is None:
+            self._serialised.clear()
+        else:
+            self._serialised.pop(username, None)
+
+    def onSessionClosed(self, session) -> None:
+        """Forget the serialised roster of a user who is no longer online."""
+        if session.host is self.parent and not self.parent.resources.online(session.bare):
+            self._serialised.pop(session.user, None)
 
     # -- the API other modules use ------------------------------------------
 
@@ -251,26 +288,38 @@ class RosterModule(HostModule):
             # Before reading: a change racing with this get is then pushed
             # (perhaps twice), never lost.
             self.parent.resources.setInterested(session)
-        store, host = self.parent.store, self.parent.name
+        store, host, username = self.parent.store, self.parent.name, sender.user
         query = next(iq.elements(NS_ROSTER, "query"))
         since = parseVersion(query.getAttribute("ver"))
-        # Reads queue behind the user's changes under way, so a get answers
-        # with every change the client sent before it (stanzas keep their order).
+        # The copy serves only when no change of the user's is under way:
+        # a get answers with every change the client sent before it.
+        kept = self._serialised.get(username) if username not in self._locks else None
+        if kept is not None and since == kept[0]:
+            self.send(xmlstream.toResponse(iq, "result"))
+            return
         if since is not None:
-            changes: Roster | None = yield self.locked(sender.user, store.getRosterChanges, host,
-                                                       sender.user, since)
+            # Reads queue behind the user's changes under way (stanzas keep their order).
+            changes: Roster | None = yield self.locked(username, store.getRosterChanges, host,
+                                                       username, since)
             if changes is not None:
                 self.send(xmlstream.toResponse(iq, "result"))
                 items = {item.contact: item for item in changes.items}
                 for contact, version in changes.changes:
                     self._pushTo(sender.full(), contact, items.get(contact), version)
                 return
-        roster = yield self.locked(sender.user, store.getRoster, host, sender.user)
+        if kept is None:
+            before = (self._changes.get(username), self._changes.get(None))
+            roster = yield self.locked(username, store.getRoster, host, username)
+            result = domish.Element((NS_ROSTER, "query"))
+            result["ver"] = str(roster.version)
+            for item in roster.items:
+                result.addChild(itemElement(item))
+            kept = (roster.version, result.toXml())
+            if (before == (self._changes.get(username), self._changes.get(None))
+                    and self.parent.resources.online(sender.userhost())):
+                self._serialised[username] = kept
         reply = xmlstream.toResponse(iq, "result")
-        result = reply.addElement((NS_ROSTER, "query"))
-        result["ver"] = str(roster.version)
-        for item in roster.items:
-            result.addChild(itemElement(item))
+        reply.addRawXml(kept[1])
         self.send(reply)
 
     @defer.inlineCallbacks

@@ -36,6 +36,7 @@ from invitesrv.store.interfaces import (
     OfflineMessage,
     Roster,
     RosterItem,
+    RosterObservers,
     StoreUnavailable,
     UsernameConfusable,
     UsernameReserved,
@@ -120,7 +121,7 @@ def _invite(row, uses=()) -> Invite:
 
 
 @implementer(IStore)
-class SQLiteStore:
+class SQLiteStore(RosterObservers):
     """
     L{IStore} over one SQLite file (or C{":memory:"}).
 
@@ -148,6 +149,7 @@ class SQLiteStore:
         self._failFast = False  # set in the reactor thread, read by the worker
         self._waiting = busyTimeout  # the busy timeout the connection has now
         self.observeLatency = None  # called with each call's seconds (the metrics endpoint's)
+        RosterObservers.__init__(self)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -231,6 +233,9 @@ class SQLiteStore:
     # -- accounts -----------------------------------------------------------
 
     def createAccount(self, account: NewAccount):
+        self.rosterChanging(account.host, account.username)
+        for owner, _item in account.rosterItems:
+            self.rosterChanging(account.host, owner)
         return self._run(self._createAccount, account)
 
     @staticmethod
@@ -321,6 +326,7 @@ class SQLiteStore:
         return self._run(set_)
 
     def deleteAccount(self, host, username, now=0.0):
+        self.rosterChanging(host, None)  # its own, and every roster it was on
         def delete(conn):
             if conn.execute("DELETE FROM accounts WHERE host = ? AND username = ?",
                             (host, username)).rowcount != 1:
@@ -407,6 +413,7 @@ class SQLiteStore:
         return version
 
     def setRosterItem(self, host, username, item):
+        self.rosterChanging(host, username)
         return self._run(self._setRosterItem, host, username, item)
 
     @staticmethod
@@ -424,6 +431,7 @@ class SQLiteStore:
         return version
 
     def removeRosterItem(self, host, username, contact):
+        self.rosterChanging(host, username)
         return self._run(self._removeRosterItem, host, username, contact)
 
     def getPendingIn(self, host, username):
@@ -556,6 +564,8 @@ class SQLiteStore:
             (inviteId,)) and None)
 
     def consumeInvite(self, use: InviteUse, now: float, rosterItems=(), usedBy=""):
+        for username, _item in rosterItems:
+            self.rosterChanging(None, username)  # the invite's host is read in the transaction
         def consume(conn):
             row = conn.execute("SELECT host, expires FROM invites WHERE id = ?",
                                (use.inviteId,)).fetchone()
