@@ -8,6 +8,7 @@ generator (C{bench/xmppload.py}), prints a table and writes JSON lines.
     python bench/run.py                         # default sizes, all scenarios
     python bench/run.py --quick                 # tiny sizes: a smoke test
     python bench/run.py --scenarios login,idle --against prosody
+    python bench/run.py --quick --check         # CPU per operation against bench/reference.json
 
 The server is pinned to CPU 0 and the generator to CPU 1 when there are two
 CPUs or more, so that the server's CPU time per operation, the steadiest
@@ -51,6 +52,8 @@ IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
 DOMAIN = "localhost"
 POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
 LISTENING = re.compile(r"Clients listening on [\d.]+:(\d+)")
+REFERENCE = HERE / "reference.json"
+TOLERANCE = 1.5  # --check fails when a scenario costs more CPU per operation than this × the reference
 
 
 class BenchError(Exception):
@@ -91,10 +94,12 @@ class Sizes:
                    self.idle10k_k if "idle10k" in scenarios else 0)
 
 
-QUICK = Sizes(register_n=20, register_c=5, invite_n=10, login_n=30, login_c=10, plain_n=10, login1_n=5,
-              msg_pairs=2, msg_m=10, roster_u=4, roster_r=5, roster_gets=2, roster_c=4,
-              idle_k=30, idle_c=10, idle10k_k=60, idle_settle=0.5, idle_hold=0.5, pause=0.2, max_seconds=30,
-              op_timeout=10)
+# Small, but enough operations that each CPU figure spans many clock ticks:
+# what the regression check (--quick --check) compares.
+QUICK = Sizes(register_n=100, register_c=10, invite_n=10, login_n=200, login_c=10, plain_n=20,
+              login1_n=5, msg_pairs=4, msg_m=100, roster_u=10, roster_r=20, roster_gets=20,
+              roster_c=10, idle_k=200, idle_c=20, idle10k_k=300, idle_settle=0.5, idle_hold=0.5,
+              pause=0.2, max_seconds=60, op_timeout=10)
 
 
 def cpuPlan() -> tuple[str | None, str | None]:
@@ -644,6 +649,41 @@ def ratioTable(ours: list[dict], theirs: list[dict], ourLabel: str, theirLabel: 
     return "\n".join(lines)
 
 
+def checkAgainst(results: list[dict], reference: dict) -> tuple[str, list[str]]:
+    """
+    The table of each scenario's server CPU ms/op beside the reference's, and
+    the scenarios over C{tolerance} × their reference (or that gave no figure).
+    CPU time per operation, not rates: a loaded machine slows a run down but
+    hardly changes what each operation costs the server.
+    """
+    tolerance = reference.get("tolerance", TOLERANCE)
+    measured = medians(results)
+    lines = ["| scenario | server CPU ms/op | reference | limit | |", "|---|---|---|---|---|"]
+    failed = []
+    for tag, expected in reference["cpu_ms_op"].items():
+        value = measured.get(tag, {}).get("cpu_ms_op")
+        limit = expected * tolerance
+        verdict = "ok" if value is not None and value <= limit else "REGRESSION"
+        if verdict != "ok":
+            failed.append(tag)
+        lines.append(f"| {tag} | {fmt(value)} | {fmt(expected)} | {fmt(limit)} | {verdict} |")
+    return "\n".join(lines), failed
+
+
+def writeReference(path: Path, results: list[dict], machine: dict, quick: bool) -> None:
+    """Record this run's CPU ms/op per scenario as the reference for L{checkAgainst}."""
+    reference = {
+        "about": "server CPU ms per operation at --quick sizes, the reference of"
+                 " 'bench/run.py --quick --check'; rewrite with --write-reference",
+        "sizes": "quick" if quick else "default", "tolerance": TOLERANCE,
+        "machine": f"{machine['cpu_model']}, {machine['cpus']} CPUs; Python {machine['python']}",
+        "date": machine["date"],
+        "cpu_ms_op": {tag: figures["cpu_ms_op"] for tag, figures in medians(results).items()
+                      if figures.get("cpu_ms_op")},
+    }
+    path.write_text(json.dumps(reference, indent=2) + "\n")
+
+
 def parseArgs(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, seconds)")
@@ -660,6 +700,11 @@ def parseArgs(argv=None) -> argparse.Namespace:
                         help="keep the temporary directory (configs, data, server logs)")
     parser.add_argument("--table", nargs="+", metavar="JSONL",
                         help="only print the tables of earlier results files, run nothing")
+    parser.add_argument("--check", nargs="?", const=str(REFERENCE), metavar="REFERENCE",
+                        help="exit 4 when a scenario's server CPU ms/op exceeds the reference's"
+                             f" tolerance (default file: bench/{REFERENCE.name})")
+    parser.add_argument("--write-reference", metavar="FILE",
+                        help="write this run's CPU ms/op as a reference for --check")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if args.scenarios == ["all"]:
@@ -670,6 +715,16 @@ def parseArgs(argv=None) -> argparse.Namespace:
                      f"choose from {', '.join(SCENARIOS)}")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    args.reference = None
+    if args.check:
+        try:
+            args.reference = json.loads(Path(args.check).read_text())
+        except (OSError, ValueError) as e:
+            parser.error(f"--check: cannot read {args.check}: {e}")
+        if args.reference.get("sizes") != ("quick" if args.quick else "default"):
+            parser.error(f"--check: {args.check} was measured at {args.reference.get('sizes')}"
+                         " sizes; run with the same sizes")
+        args.scenarios = list(dict.fromkeys(args.scenarios + list(args.reference["cpu_ms_op"])))
     if args.against == "prosody" and shutil.which("prosody") is None:
         parser.error("--against prosody: prosody is not installed (apt-get install prosody)")
     return args
@@ -750,6 +805,18 @@ def main(argv=None) -> int:
     if failed or missing:
         print("Some runs failed or gave errors (see the note column); errors are not figures.")
         return 3
+    ours = everything[0][1]
+    if args.write_reference:
+        writeReference(Path(args.write_reference), ours, machine, args.quick)
+        print(f"Reference written: {args.write_reference}")
+    if args.reference is not None:
+        text, regressions = checkAgainst(ours, args.reference)
+        print(f"\nCheck against {args.check} (tolerance {args.reference.get('tolerance', TOLERANCE)}×):\n")
+        print(text)
+        if regressions:
+            print(f"\nRegression: {', '.join(regressions)} cost more server CPU per operation"
+                  " than the reference allows")
+            return 4
     return 0
 
 
