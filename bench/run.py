@@ -42,8 +42,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 GENERATOR = HERE / "xmppload.py"
 PROVISION = HERE / "provision.py"
-PROSODY_START = HERE / "prosody" / "start.sh"
-PROSODY_STOP = HERE / "prosody" / "stop.sh"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "roster", "idle",
              "idle10k")
@@ -270,10 +268,15 @@ class Invitesrv:
             self.process.wait()
 
 
-class Prosody:
-    """A private Prosody on loopback, through C{bench/prosody/start.sh} and C{stop.sh}."""
+class ReferenceServer:
+    """
+    A private reference server on loopback, through its C{bench/NAME/start.sh}
+    and C{stop.sh}; its accounts come from in-band registration once it runs
+    (an untimed setup pass, see L{Bench}).
+    """
 
-    name = "prosody"
+    name = ""
+    package = ""  # the Debian package, for the version in the label
 
     def __init__(self, directory: Path, cpu: str | None, certificate: tuple[Path, Path]):
         self.directory = directory
@@ -284,8 +287,8 @@ class Prosody:
         (directory / "certs").mkdir(exist_ok=True)
         shutil.copy(certificate[0], directory / "certs" / f"{DOMAIN}.crt")
         shutil.copy(certificate[1], directory / "certs" / f"{DOMAIN}.key")
-        version = prosodyVersion()
-        self.label = f"prosody-{version}" if version else "prosody"
+        version = packageVersion(self.package)
+        self.label = f"{self.name}-{version}" if version else self.name
         self.fresh = True
 
     @property
@@ -293,15 +296,43 @@ class Prosody:
         return self._pid
 
     def _env(self) -> dict:
-        env = dict(os.environ, PROSODY_BENCH_DIR=str(self.directory),
-                   PROSODY_BENCH_PORT=str(self.port), BENCH_DOMAIN=DOMAIN, PYTHON=sys.executable)
+        prefix = self.name.upper()
+        env = dict(os.environ, BENCH_DOMAIN=DOMAIN, PYTHON=sys.executable,
+                   **{f"{prefix}_BENCH_DIR": str(self.directory),
+                      f"{prefix}_BENCH_PORT": str(self.port)})
         env.pop("SERVER_CPU", None)
         if self.cpu is not None:
             env["SERVER_CPU"] = self.cpu
         return env
 
     def provision(self, count: int) -> None:
-        """Prosody's accounts come from in-band registration once it runs (see L{Bench})."""
+        """Accounts come from in-band registration once the server runs (see L{Bench})."""
+
+    invites = False  # can the server make invite tokens (the invite scenario)?
+
+    def start(self) -> None:
+        self.port = self.port or freePort()
+        env = self._env()
+        env["FRESH"] = "1" if self.fresh else "0"
+        result = subprocess.run([str(HERE / self.name / "start.sh")], env=env,
+                                capture_output=True, text=True, timeout=90, check=False)
+        if result.returncode != 0:
+            raise BenchError(f"{self.name} did not start: {result.stderr.strip()}")
+        self._pid = int(result.stdout.split()[-1])
+        self.fresh = False
+
+    def stop(self) -> None:
+        if self._pid:
+            subprocess.run([str(HERE / self.name / "stop.sh")], env=self._env(),
+                           capture_output=True, timeout=60, check=False)
+            self._pid = 0
+
+
+class Prosody(ReferenceServer):
+    """Debian's Prosody, with the modules of a typical installation (C{bench/prosody/start.sh})."""
+
+    name = package = "prosody"
+    invites = True
 
     def makeInvites(self, count: int, path: Path) -> None:
         """
@@ -322,29 +353,21 @@ class Prosody:
             tokens.append(found.group(1))
         path.write_text("".join(token + "\n" for token in tokens))
 
-    def start(self) -> None:
-        self.port = self.port or freePort()
-        env = self._env()
-        env["FRESH"] = "1" if self.fresh else "0"
-        result = subprocess.run([str(PROSODY_START)], env=env, capture_output=True, text=True,
-                                timeout=60, check=False)
-        if result.returncode != 0:
-            raise BenchError(f"prosody did not start: {result.stderr.strip()}")
-        self._pid = int(result.stdout.split()[-1])
-        self.fresh = False
 
-    def stop(self) -> None:
-        if self._pid:
-            subprocess.run([str(PROSODY_STOP)], env=self._env(), capture_output=True, timeout=30,
-                           check=False)
-            self._pid = 0
+class Ejabberd(ReferenceServer):
+    """Debian's ejabberd on Mnesia, without Erlang distribution (C{bench/ejabberd/start.sh})."""
+
+    name = package = "ejabberd"
 
 
-def prosodyVersion() -> str | None:
-    """Prosody's version from the package manager (never by running prosody itself)."""
+REFERENCES = {"prosody": (Prosody, "prosody"), "ejabberd": (Ejabberd, "ejabberdctl")}
+
+
+def packageVersion(package: str) -> str | None:
+    """A Debian package's version (never by running the server itself)."""
     if shutil.which("dpkg-query") is None:
         return None
-    result = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "prosody"],
+    result = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0 or not result.stdout:
         return None
@@ -415,11 +438,14 @@ class Bench:
         server.start()
         log(f"{server.label}: pid {server.pid} on 127.0.0.1:{server.port}")
         try:
-            if isinstance(server, Prosody) and any(sc != "register" for sc in self.scenarios):
+            if isinstance(server, ReferenceServer) and any(sc != "register" for sc in self.scenarios):
                 self.gen("register", "setup", "register", "-n", str(pool), "-c",
                          str(s.register_c), "--prefix", POOL)
             main = [sc for sc in self.scenarios if sc not in IDLE_SCENARIOS]
             for scenario in main:
+                if scenario == "invite" and not getattr(server, "invites", True):
+                    log(f"{server.label}: no invite tokens; the invite scenario is skipped")
+                    continue
                 getattr(self, "scenario_" + scenario)()
                 self.pause()
             for tag, k in (("idle", s.idle_k), ("idle10k", s.idle10k_k)):
@@ -690,7 +716,8 @@ def parseArgs(argv=None) -> argparse.Namespace:
     parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
                         help=f"comma-separated, from {', '.join(SCENARIOS)}, or all "
                              f"(default: {','.join(DEFAULT_SCENARIOS)})")
-    parser.add_argument("--against", choices=["prosody"], help="also run a private Prosody")
+    parser.add_argument("--against", action="append", choices=sorted(REFERENCES), default=[],
+                        help="also run a private Prosody or ejabberd (may be given twice)")
     parser.add_argument("--repeat", type=int, default=1, help="measured runs per scenario")
     parser.add_argument("--key-type", choices=["rsa", "ec"], default="rsa",
                         help="server certificate key: rsa (RSA-2048, as the reference figures) "
@@ -725,19 +752,20 @@ def parseArgs(argv=None) -> argparse.Namespace:
             parser.error(f"--check: {args.check} was measured at {args.reference.get('sizes')}"
                          " sizes; run with the same sizes")
         args.scenarios = list(dict.fromkeys(args.scenarios + list(args.reference["cpu_ms_op"])))
-    if args.against == "prosody" and shutil.which("prosody") is None:
-        parser.error("--against prosody: prosody is not installed (apt-get install prosody)")
+    for name in args.against:
+        if shutil.which(REFERENCES[name][1]) is None:
+            parser.error(f"--against {name}: {name} is not installed (apt-get install {name})")
     return args
 
 
 def printTables(results: list[dict]) -> None:
-    """The per-run table, then medians and ratios when exactly two servers took part."""
+    """The per-run table, then medians and ratios of the first server to each other one."""
     print(table(results))
     labels = list(dict.fromkeys(r.get("label") for r in results))
-    if len(labels) == 2:
+    for other in labels[1:]:
         print()
         print(ratioTable([r for r in results if r.get("label") == labels[0]],
-                         [r for r in results if r.get("label") == labels[1]], *labels))
+                         [r for r in results if r.get("label") == other], labels[0], other))
 
 
 def main(argv=None) -> int:
@@ -771,8 +799,8 @@ def main(argv=None) -> int:
     certificate = (work / "server.crt", work / "server.key")
     writeCertificate(*certificate, keyType=args.key_type)
     servers = [Invitesrv(work / "invitesrv", serverCPU, certificate)]
-    if args.against == "prosody":
-        servers.append(Prosody(work / "prosody", serverCPU, certificate))
+    for name in dict.fromkeys(args.against):
+        servers.append(REFERENCES[name][0](work / name, serverCPU, certificate))
     everything: list[tuple[object, list[dict]]] = []
     try:
         for server in servers:
