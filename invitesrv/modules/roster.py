@@ -14,12 +14,14 @@ carrying a version the store can diff from is answered with an empty result
 and then one push per changed item, each with the version of its own change,
 so a client cut off half way asks again from the last push it saw.
 
-The roster of a user who is online is kept serialised, with its version, so
-a phone fetching its roster at every reconnect costs no store round trip and
-no XML building: a get with the current version is answered "unchanged" at
-once, a plain get with the bytes kept. The store tells the module before any
-call that changes a roster (L{IRosters.rosterObservers}), whoever makes it,
-and the copy is dropped; it is dropped too when the user's last session ends.
+The roster of a user who is online is kept in memory, as Prosody keeps it in
+the session: presence broadcasts read it without a store round trip, and a
+phone fetching its roster at every reconnect costs no XML building either (it
+is kept serialised once asked for): a get with the current version is
+answered "unchanged" at once, a plain get with the bytes kept. The store tells
+the module before any call that changes a roster (L{IRosters.rosterObservers}),
+whoever makes it, and the copy is dropped; it is dropped too when the user's
+last session has ended (after the unavailable broadcast).
 """
 
 from __future__ import annotations
@@ -115,6 +117,25 @@ def parseSetItem(query: domish.Element,
     return contact.userhost(), name, tuple(groups), item.getAttribute("subscription") == "remove"
 
 
+class KeptRoster:
+    """An online user's roster, and its C{<query/>} once a get asked for it."""
+
+    __slots__ = ("roster", "xml")
+
+    def __init__(self, roster: Roster):
+        self.roster = roster
+        self.xml: str | None = None
+
+    def serialised(self) -> str:
+        if self.xml is None:
+            query = domish.Element((NS_ROSTER, "query"))
+            query["ver"] = str(self.roster.version)
+            for item in self.roster.items:
+                query.addChild(itemElement(item))
+            self.xml = query.toXml()
+        return self.xml
+
+
 class RosterModule(HostModule):
     """
     Roster gets, sets and pushes for one virtual host, and the per-user
@@ -128,14 +149,14 @@ class RosterModule(HostModule):
     # user-registered before the presence module exchanges presence for the same items.
     hooks = (("stream-features", "onStreamFeatures"),
              ("user-registered", "onUserRegistered", 10),
-             ("session-closed", "onSessionClosed"))
+             ("session-closed", "onSessionClosed", -10))  # after the unavailable broadcast
 
     def __init__(self) -> None:
         HostModule.__init__(self)
         self._locks: dict[str, defer.DeferredLock] = {}
         self._pushIds = itertools.count(1)
-        # Online users' rosters: username -> (version, the serialised <query/>).
-        self._serialised: dict[str, tuple[int, str]] = {}
+        # Online users' rosters.
+        self._kept: dict[str, KeptRoster] = {}
         # Bumped when a user's roster (key None: any user's) is about to change,
         # so that a read under way when it changed is not kept.
         self._changes: dict[str | None, int] = {}
@@ -146,7 +167,7 @@ class RosterModule(HostModule):
 
     def connectionLost(self, reason):
         self.parent.store.rosterObservers.remove(self._rosterChanging)
-        self._serialised.clear()
+        self._kept.clear()
         HostModule.connectionLost(self, reason)
 
     def _rosterChanging(self, host: str | None, username: str | None) -> None:
@@ -155,14 +176,29 @@ class RosterModule(HostModule):
             return
         self._changes[username] = self._changes.get(username, 0) + 1
         if username is None:
-            self._serialised.clear()
+            self._kept.clear()
         else:
-            self._serialised.pop(username, None)
+            self._kept.pop(username, None)
 
     def onSessionClosed(self, session) -> None:
-        """Forget the serialised roster of a user who is no longer online."""
+        """Forget the roster of a user who is no longer online."""
         if session.host is self.parent and not self.parent.resources.online(session.bare):
-            self._serialised.pop(session.user, None)
+            self._kept.pop(session.user, None)
+
+    def _read(self, username: str) -> defer.Deferred:
+        """Fire with the user's roster from the store, kept if the user is online."""
+        before = (self._changes.get(username), self._changes.get(None))
+        d = self.parent.store.getRoster(self.parent.name, username)
+        d.addCallback(self._keep, username, before)
+        return d
+
+    def _keep(self, roster: Roster, username: str, before) -> KeptRoster:
+        kept = KeptRoster(roster)
+        # Not if it changed while being read, nor for someone offline.
+        if (before == (self._changes.get(username), self._changes.get(None))
+                and self.parent.resources.online(f"{username}@{self.parent.name}")):
+            self._kept[username] = kept
+        return kept
 
     # -- the API other modules use ------------------------------------------
 
@@ -186,8 +222,11 @@ class RosterModule(HostModule):
         return result
 
     def getRoster(self, username: str) -> defer.Deferred:
-        """Fire with the user's whole L{Roster}."""
-        return self.parent.store.getRoster(self.parent.name, username)
+        """Fire with the user's whole L{Roster} (kept in memory while the user is online)."""
+        kept = self._kept.get(username)
+        if kept is not None:
+            return defer.succeed(kept.roster)
+        return self._read(username).addCallback(lambda kept: kept.roster)
 
     def getItem(self, username: str, contact: str) -> defer.Deferred:
         """Fire with the user's L{RosterItem} for C{contact} (a bare JID), or None."""
@@ -293,8 +332,8 @@ class RosterModule(HostModule):
         since = parseVersion(query.getAttribute("ver"))
         # The copy serves only when no change of the user's is under way:
         # a get answers with every change the client sent before it.
-        kept = self._serialised.get(username) if username not in self._locks else None
-        if kept is not None and since == kept[0]:
+        kept = self._kept.get(username) if username not in self._locks else None
+        if kept is not None and since == kept.roster.version:
             self.send(xmlstream.toResponse(iq, "result"))
             return
         if since is not None:
@@ -308,18 +347,9 @@ class RosterModule(HostModule):
                     self._pushTo(sender.full(), contact, items.get(contact), version)
                 return
         if kept is None:
-            before = (self._changes.get(username), self._changes.get(None))
-            roster = yield self.locked(username, store.getRoster, host, username)
-            result = domish.Element((NS_ROSTER, "query"))
-            result["ver"] = str(roster.version)
-            for item in roster.items:
-                result.addChild(itemElement(item))
-            kept = (roster.version, result.toXml())
-            if (before == (self._changes.get(username), self._changes.get(None))
-                    and self.parent.resources.online(sender.userhost())):
-                self._serialised[username] = kept
+            kept = yield self.locked(username, self._read, username)
         reply = xmlstream.toResponse(iq, "result")
-        reply.addRawXml(kept[1])
+        reply.addRawXml(kept.serialised())
         self.send(reply)
 
     @defer.inlineCallbacks
