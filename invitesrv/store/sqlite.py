@@ -36,6 +36,7 @@ from invitesrv.store.interfaces import (
     OfflineMessage,
     Roster,
     RosterItem,
+    RosterObservers,
     StoreUnavailable,
     UsernameConfusable,
     UsernameReserved,
@@ -107,7 +108,7 @@ def _item(row) -> RosterItem:
 _PENDING = "revoked IS NULL AND expires > ? AND (uses_allowed IS NULL OR uses < uses_allowed)"
 
 _INVITE_COLUMNS = ("id, host, kind, created, expires, username, inviter, allow_registration, "
-                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source")
+                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source, welcome, reminded")
 
 
 def _invite(row, uses=()) -> Invite:
@@ -115,11 +116,12 @@ def _invite(row, uses=()) -> Invite:
                   username=row[5], inviter=row[6], allowRegistration=bool(row[7]),
                   usesAllowed=row[8], uses=row[9], reserved=row[10], revoked=row[11],
                   roles=tuple(json.loads(row[12])), groups=tuple(json.loads(row[13])),
-                  note=row[14], source=row[15], uses_log=tuple(uses))
+                  note=row[14], source=row[15], welcome=row[16], reminded=row[17],
+                  uses_log=tuple(uses))
 
 
 @implementer(IStore)
-class SQLiteStore:
+class SQLiteStore(RosterObservers):
     """
     L{IStore} over one SQLite file (or C{":memory:"}).
 
@@ -147,6 +149,7 @@ class SQLiteStore:
         self._failFast = False  # set in the reactor thread, read by the worker
         self._waiting = busyTimeout  # the busy timeout the connection has now
         self.observeLatency = None  # called with each call's seconds (the metrics endpoint's)
+        RosterObservers.__init__(self)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -230,6 +233,9 @@ class SQLiteStore:
     # -- accounts -----------------------------------------------------------
 
     def createAccount(self, account: NewAccount):
+        self.rosterChanging(account.host, account.username)
+        for owner, _item in account.rosterItems:
+            self.rosterChanging(account.host, owner)
         return self._run(self._createAccount, account)
 
     @staticmethod
@@ -320,6 +326,7 @@ class SQLiteStore:
         return self._run(set_)
 
     def deleteAccount(self, host, username, now=0.0):
+        self.rosterChanging(host, None)  # its own, and every roster it was on
         def delete(conn):
             if conn.execute("DELETE FROM accounts WHERE host = ? AND username = ?",
                             (host, username)).rowcount != 1:
@@ -406,6 +413,7 @@ class SQLiteStore:
         return version
 
     def setRosterItem(self, host, username, item):
+        self.rosterChanging(host, username)
         return self._run(self._setRosterItem, host, username, item)
 
     @staticmethod
@@ -423,6 +431,7 @@ class SQLiteStore:
         return version
 
     def removeRosterItem(self, host, username, contact):
+        self.rosterChanging(host, username)
         return self._run(self._removeRosterItem, host, username, contact)
 
     def getPendingIn(self, host, username):
@@ -506,11 +515,12 @@ class SQLiteStore:
         return self._run(lambda conn: conn.execute(
             "INSERT INTO invites (id, host, token_hash, kind, username, inviter,"
             " allow_registration, uses_allowed, uses, reserved, created, expires, revoked,"
-            " roles, groups, note, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?)",
+            " roles, groups, note, source, welcome)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?, ?)",
             (invite.id, invite.host, tokenHash, invite.kind, invite.username, invite.inviter,
              int(invite.allowRegistration), invite.usesAllowed, invite.created, invite.expires,
              json.dumps(list(invite.roles)), json.dumps(list(invite.groups)), invite.note,
-             invite.source)) and None)
+             invite.source, invite.welcome)) and None)
 
     @staticmethod
     def _getInvite(conn, where: str, value):
@@ -554,6 +564,8 @@ class SQLiteStore:
             (inviteId,)) and None)
 
     def consumeInvite(self, use: InviteUse, now: float, rosterItems=(), usedBy=""):
+        for username, _item in rosterItems:
+            self.rosterChanging(None, username)  # the invite's host is read in the transaction
         def consume(conn):
             row = conn.execute("SELECT host, expires FROM invites WHERE id = ?",
                                (use.inviteId,)).fetchone()
@@ -573,7 +585,8 @@ class SQLiteStore:
         return self._run(consume)
 
     def updateInvite(self, inviteId, **changes):
-        columns = {"expires": "expires", "usesAllowed": "uses_allowed", "note": "note"}
+        columns = {"expires": "expires", "usesAllowed": "uses_allowed", "note": "note",
+                   "reminded": "reminded"}
         unknown = set(changes) - set(columns)
         if unknown:
             raise TypeError(f"cannot change {sorted(unknown)}")
