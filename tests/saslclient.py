@@ -183,7 +183,7 @@ class SASLClient(RawClient):
     def fast(self, mechanism: str, username: str, token: str, inline: str = "") -> Result:
         """A FAST token login: one round trip; the server's proof is checked on success."""
         binding = {"HT-SHA-256-EXPR": "tls-exporter", "HT-SHA-256-ENDP": "tls-server-end-point"}
-        data = self.bindings()[binding[mechanism]] if mechanism in binding else b""
+        data = self.bindings().get(binding[mechanism], b"") if mechanism in binding else b""
         initial = username.encode() + b"\0" + htProof(token, b"Initiator", data)
         result = self.authenticate(mechanism, initial, inline)
         if result.ok:

@@ -11,7 +11,9 @@ C{<inline/>} as the stream supports them.
 A token belongs to one account and one device (the SASL2 user-agent id,
 required both to get and to use one). The store never holds it: only a
 random salt, from which the token is derived with the installation's
-secret, so a copy of the database logs nobody in. Each device has a
+secret (so a copy of the database logs nobody in) and the account's stored
+SCRAM key (so a new password, however it is set, even by C{invitesrvctl}
+while the server is stopped, ends every token at once). Each device has a
 current token and at most one new one: a new token (asked for with
 C{<request-token/>}, or sent unasked once half of the token's life is over)
 does not end the current one until it is used itself, so a client that
@@ -43,6 +45,7 @@ from invitesrv.xmpp.auth import SASLFailure, Success
 from invitesrv.xmpp.channelbinding import TLS_EXPORTER, TLS_SERVER_END_POINT
 
 NS_FAST = "urn:xmpp:fast:0"
+PASSWORD_KEY = "SCRAM-SHA-1"  # every account has keys of this mechanism (imported ones only these)
 # Strongest first; the channel binding each needs (None: none).
 MECHANISMS = {"HT-SHA-256-EXPR": TLS_EXPORTER, "HT-SHA-256-ENDP": TLS_SERVER_END_POINT,
               "HT-SHA-256-NONE": None}
@@ -66,10 +69,23 @@ class Used:
 USED = Slot("fast.used", Used)
 
 
-def tokenSecret(secret: bytes, host: str, username: str, deviceId: str, salt: bytes) -> str:
-    """The token of C{salt}: what the client holds, derived again at each login."""
-    message = "\0".join(("invitesrv FAST token", host, username, deviceId)).encode() + b"\0" + salt
-    return base64.urlsafe_b64encode(hmac.digest(secret, message, "sha256")).decode().rstrip("=")
+def tokenSecret(secret: bytes, host: str, username: str, deviceId: str, salt: bytes,
+                passwordKey: bytes) -> str:
+    """
+    The token of C{salt}: what the client holds, derived again at each
+    login. C{passwordKey}: the account's stored SCRAM-SHA-1 key, which
+    changes with the password.
+    """
+    message = "\0".join(("invitesrv FAST token", host, username, deviceId)).encode()
+    digest = hmac.digest(secret, b"\0".join((message, salt, passwordKey)), "sha256")
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+@defer.inlineCallbacks
+def passwordKey(host, username: str):
+    """The stored key that ties an account's tokens to its password (None: no such account)."""
+    credentials = yield host.store.getCredentials(host.name, username, PASSWORD_KEY)
+    return credentials.storedKey if credentials is not None else None
 
 
 def tokenHMAC(token: str, label: bytes, binding: bytes) -> bytes:
@@ -109,13 +125,14 @@ class FastExchange:
         if agent is None:
             raise SASLFailure("not-authorized", "A token is used with the user-agent id it was issued to")
         device = yield host.store.getDevice(host.name, username, agent.id)
+        key = yield passwordKey(host, username)
         binding = MECHANISMS[self.mechanism]
         data = stream.channelBindings()[binding] if binding else b""
         now = host.now()
-        for token in (device.pending, device.current) if device else ():
+        for token in (device.pending, device.current) if device and key else ():
             if token is None or token.mechanism != self.mechanism or token.expires <= now:
                 continue
-            secret = tokenSecret(stream.server.secret, host.name, username, agent.id, token.salt)
+            secret = tokenSecret(stream.server.secret, host.name, username, agent.id, token.salt, key)
             if hmac.compare_digest(tokenHMAC(secret, b"Initiator", data), proof):
                 break
         else:
@@ -174,16 +191,20 @@ class FastModule(HostModule):
             mechanism = used.token.mechanism  # rotation, unasked
         if mechanism is None or agent is None or mechanism not in offered(stream):
             return
+        key = yield passwordKey(host, stream.username)
         now = host.now()
         token = FastToken(mechanism, secrets.token_bytes(16), now, now + lifetime)
-        if not (yield host.store.issueToken(host.name, stream.username, agent.id, token)):
+        if key is None or not (yield host.store.issueToken(host.name, stream.username, agent.id, token)):
             return
         element = success.addElement((NS_FAST, "token"))
         element["expiry"] = datetime.fromtimestamp(token.expires, timezone.utc).strftime(
             "%Y-%m-%dT%H:%M:%SZ")
         element["token"] = tokenSecret(stream.server.secret, host.name, stream.username, agent.id,
-                                       token.salt)
+                                       token.salt, key)
 
     def onPasswordChanged(self, hostName: str, username: str):
-        """A new password ends every device's tokens: whoever had the old one is out."""
+        """
+        A new password ends every device's tokens (they no longer match the
+        stored key): forget them too.
+        """
         return self.host.store.revokeTokens(self.host.name, username)
