@@ -257,7 +257,7 @@ def test_revokedWithAccount(serverFactory):
 
 
 def test_wrongTokensThrottled(serverFactory):
-    """Wrong tokens count as failed logins: after the free ones the answer waits, then the address is blocked."""
+    """Wrong tokens count as failed logins: past the free ones the answer waits, then blocking."""
     server = serverFactory("[limits]\nallowlist = []\nauth_failures_free = 1\nauth_delay_max = 1\n"
                            "auth_failures_block = 3\n")
     server.adduser("hank@localhost", PASSWORD)
