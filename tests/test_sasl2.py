@@ -270,3 +270,72 @@ def test_wrongTokensThrottled(serverFactory):
         client.send("<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'>"
                     "<initial-response>=</initial-response></authenticate>")
         assert "policy-violation" in client.readAll(5)
+
+
+# -- devices -----------------------------------------------------------------------
+
+
+def command(client: RawClient, iqid: str, payload: str) -> str:
+    client.send(f"<iq type='set' id='{iqid}' to='localhost'><command "
+                f"xmlns='http://jabber.org/protocol/commands' node='urn:invitesrv:devices' {payload}</iq>")
+    return client.recvUntil(rf"<iq [^>]*id='{iqid}'.*?</iq>")
+
+
+def test_myDevicesLogsOut(serverFactory):
+    """
+    "My devices" lists the SASL2 devices with their names; logging one out
+    ends its session and its token, and leaves the others alone.
+    """
+    server = serverFactory()
+    server.adduser("ivy@localhost", PASSWORD)
+    phone, laptop = str(uuid.uuid4()), str(uuid.uuid4())
+    token = getToken(server, "ivy", laptop)
+    with SASLClient(server.port) as session, RawClient(server.port) as desk:
+        session.startTLS()
+        result = session.scram2(scramPlus(session, "ivy"), "SCRAM-SHA-256-PLUS",
+                                userAgent(phone, "Conversations", "Pixel") + bind2("Conv"))
+        assert result.ok
+        desk.login("ivy", PASSWORD, "desk")
+        form = command(desk, "c1", "action='execute'/>")
+        assert "Pixel — Conversations (last login" in form and "test device — testclient" in form
+        sessionid = re.search(r"sessionid='([^']+)'", form).group(1)
+        done = command(desk, "c2", f"sessionid='{sessionid}' action='complete'><x xmlns='jabber:x:data' "
+                       f"type='submit'><field var='logout'><value>{phone}</value></field></x></command>")
+        assert "status='completed'" in done and "1 device(s) logged out" in done, done
+        assert "This device was logged out" in session.readAll(5)
+        form = command(desk, "c3", "action='execute'/>")
+        assert "Pixel" not in form and "test device" in form
+    assert fastLogin(server, "ivy", laptop, token).ok
+    with RawClient(server.port) as desk:
+        desk.login("ivy", PASSWORD, "desk")
+        sessionid = re.search(r"sessionid='([^']+)'", command(desk, "c4", "action='execute'/>")).group(1)
+        command(desk, "c5", f"sessionid='{sessionid}' action='complete'><x xmlns='jabber:x:data' "
+                f"type='submit'><field var='logout'><value>{laptop}</value></field></x></command>")
+    assert not fastLogin(server, "ivy", laptop, token).ok
+
+
+# -- invites -----------------------------------------------------------------------
+
+
+def test_inviteThenOneRoundTrip(serverFactory):
+    """
+    A SASL2 client registers with an invite (XEP-0401 preauth, then
+    XEP-0077) and logs in on the same stream with the new password, asking
+    for a token and a resource; its next login is one round trip.
+    """
+    server = serverFactory()
+    output = server.ctl("invite", "create", "localhost").stdout
+    invite = re.search(r"preauth=([A-Za-z0-9_-]+)", output).group(1)
+    agent = str(uuid.uuid4())
+    with SASLClient(server.port) as client:
+        client.startTLS()
+        client.send(f"<iq type='set' id='pa'><preauth xmlns='urn:xmpp:pars:0' token='{invite}'/></iq>")
+        assert "type='result'" in client.recvUntil(r"<iq [^>]*id='pa'[^>]*(/>|>.*?</iq>)")
+        client.send("<iq type='set' id='reg'><query xmlns='jabber:iq:register'><username>jo</username>"
+                    f"<password>{PASSWORD}</password></query></iq>")
+        assert "type='result'" in client.recvUntil(r"<iq [^>]*id='reg'[^>]*(/>|>.*?</iq>)")
+        result = client.scram2(scramPlus(client, "jo"), "SCRAM-SHA-256-PLUS",
+                               userAgent(agent) + bind2("Conv") + requestToken("HT-SHA-256-EXPR"))
+        assert result.ok and result.token and result.identifier.startswith("jo@localhost/Conv.")
+    again = fastLogin(server, "jo", agent, result.token, "HT-SHA-256-EXPR", bind2("Conv"))
+    assert again.ok and not again.challenges and again.identifier == result.identifier
