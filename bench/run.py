@@ -40,12 +40,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 GENERATOR = HERE / "xmppload.py"
+FASTLOAD = HERE / "fastload.py"  # reconnects with FAST + Bind2, on the same generator
 PROVISION = HERE / "provision.py"
 PROSODY_START = HERE / "prosody" / "start.sh"
 PROSODY_STOP = HERE / "prosody" / "stop.sh"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "roster", "idle",
-             "idle10k")
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "messages", "roster",
+             "idle", "idle10k")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
 DOMAIN = "localhost"
@@ -368,10 +369,10 @@ class Bench:
         self.cache = work / f"{server.name}.scram"
         self.results: list[dict] = []
 
-    def gen(self, tag: str, run: str, *args: str) -> dict:
+    def gen(self, tag: str, run: str, *args: str, generator: Path = GENERATOR) -> dict:
         """One generator call; its JSON line, annotated, is kept and appended to the output."""
         s = self.sizes
-        command = [sys.executable, str(GENERATOR), "--host", "127.0.0.1",
+        command = [sys.executable, str(generator), "--host", "127.0.0.1",
                    "--port", str(self.server.port), "--domain", DOMAIN,
                    "--server-pid", str(self.server.pid), "--scram-cache", str(self.cache),
                    "--max-seconds", str(s.max_seconds), "--op-timeout", str(s.op_timeout),
@@ -476,6 +477,35 @@ class Bench:
         for run in self.runs():
             self.gen("login1", run, "login", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL)
 
+    def fastTokens(self) -> Path | None:
+        """
+        The pool's FAST tokens, got once (untimed SASL2 PLAIN logins asking
+        for one); None for a server without SASL2 and FAST (Prosody 0.12).
+        """
+        tokens = self.work / f"{self.server.name}.fast.json"
+        if isinstance(self.server, Prosody):
+            log(f"{self.server.label}: no SASL2/FAST (Prosody 0.12): fast scenarios skipped")
+            return None
+        if not tokens.exists():
+            self.gen("fast", "setup", "fast", "-n", str(self.sizes.login_n), "-c",
+                     str(self.sizes.login_c), "--prefix", POOL, "--token-file", str(tokens),
+                     "--setup", generator=FASTLOAD)
+        return tokens
+
+    def scenario_fast(self) -> None:
+        s = self.sizes
+        tokens = self.fastTokens()
+        for run in self.runs() if tokens else ():
+            self.gen("fast", run, "fast", "-n", str(s.login_n), "-c", str(s.login_c), "--prefix", POOL,
+                     "--token-file", str(tokens), generator=FASTLOAD)
+
+    def scenario_fast1(self) -> None:
+        s = self.sizes
+        tokens = self.fastTokens()
+        for run in self.runs() if tokens else ():
+            self.gen("fast1", run, "fast", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL,
+                     "--token-file", str(tokens), generator=FASTLOAD)
+
     def scenario_messages(self) -> None:
         s = self.sizes
         for run in self.runs():
@@ -531,8 +561,8 @@ def figures(r: dict) -> dict:
 
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
-         "login1": "logins/s", "messages": "msgs/s", "roster": "gets/s", "idle": "logins/s",
-         "idle10k": "logins/s"}
+         "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s", "messages": "msgs/s",
+         "roster": "gets/s", "idle": "logins/s", "idle10k": "logins/s"}
 
 
 def fmt(value, digits: int = 3) -> str:

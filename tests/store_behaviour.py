@@ -350,9 +350,10 @@ class StoreBehaviour:
         """
         yield store.createAccount(account("alice"))
         first = FastToken("HT-SHA-256-NONE", b"salt1", NOW, NOW + 100)
-        assert not (yield store.issueToken(HOST, "alice", "phone", first))  # unknown device
-        yield store.recordDevice(HOST, "alice", Device("phone", lastLogin=NOW), keep=5)
-        assert (yield store.issueToken(HOST, "alice", "phone", first))
+        yield store.issueToken(HOST, "alice", "phone", first)  # a new device: added
+        assert (yield store.getDevice(HOST, "alice", "phone")) == Device("phone", lastLogin=NOW,
+                                                                         pending=first)
+        yield store.recordDevice(HOST, "alice", Device("phone", "Conv", lastLogin=NOW + 1), keep=5)
         assert (yield store.getDevice(HOST, "alice", "phone")).pending == first
         assert (yield store.useToken(HOST, "alice", "phone", b"salt1", 1))
         device = yield store.getDevice(HOST, "alice", "phone")

@@ -137,7 +137,9 @@ class FastExchange:
                 break
         else:
             raise SASLFailure("not-authorized")
-        if not (yield host.store.useToken(host.name, username, agent.id, token.salt, count)):
+        # The current token without a count changes nothing: no write on the way.
+        if (token is not device.current or count is not None) and not (
+                yield host.store.useToken(host.name, username, agent.id, token.salt, count)):
             raise SASLFailure("not-authorized", "This token was replaced or replayed")
         USED.set(stream, Used(token, invalidate))
         return Success(username, tokenHMAC(secret, b"Responder", data))
@@ -194,8 +196,9 @@ class FastModule(HostModule):
         key = yield passwordKey(host, stream.username)
         now = host.now()
         token = FastToken(mechanism, secrets.token_bytes(16), now, now + lifetime)
-        if key is None or not (yield host.store.issueToken(host.name, stream.username, agent.id, token)):
+        if key is None:
             return
+        yield host.store.issueToken(host.name, stream.username, agent.id, token)
         element = success.addElement((NS_FAST, "token"))
         element["expiry"] = datetime.fromtimestamp(token.expires, timezone.utc).strftime(
             "%Y-%m-%dT%H:%M:%SZ")

@@ -31,7 +31,7 @@ from wokkel import data_form
 
 from invitesrv.modules.adhoc import CommandProvider, CommandResult, FormCommand
 from invitesrv.services.slots import Slot
-from invitesrv.store.interfaces import Device
+from invitesrv.store.interfaces import Device, StoreUnavailable
 from invitesrv.xmpp.auth import SASLFailure, Success, decodeSASL
 from invitesrv.xmpp.stream import NS_SASL
 
@@ -192,12 +192,11 @@ class SASL2Module(CommandProvider):
 
     @defer.inlineCallbacks
     def _succeeded(self, stream, request, result: Success):
-        """Record the device, authenticate the stream, let modules act inline, then say so."""
+        """
+        Authenticate the stream, let modules act inline, say so, then record
+        the device (not on the way of the answer: a failure there is logged).
+        """
         host = self.host
-        agent = AGENT.get(stream)
-        if agent is not None:
-            yield host.store.recordDevice(host.name, result.username, Device(
-                agent.id, agent.software, agent.name, host.now()), keep=self.options.max_devices)
         PENDING.pop(stream)
         stream.authenticatedAs(result.username)
         success = domish.Element((NS_SASL2, "success"))
@@ -212,6 +211,13 @@ class SASL2Module(CommandProvider):
         for callback in after:
             if callable(callback):
                 callback()
+        agent = AGENT.get(stream)
+        if agent is not None:
+            d = host.store.recordDevice(host.name, result.username, Device(
+                agent.id, agent.software, agent.name, host.now()), keep=self.options.max_devices)
+            d.addErrback(lambda failure: log.failure("Cannot record the device of {user}", failure,
+                                                     user=result.username)
+                         if not failure.check(StoreUnavailable) else None)
 
     # -- devices ------------------------------------------------------------
 

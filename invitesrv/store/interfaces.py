@@ -323,7 +323,7 @@ class IDevices(Interface):
         """Fire with the L{Device} or None."""
 
     def issueToken(host: str, username: str, deviceId: str, token: FastToken):
-        """Make C{token} the device's pending token; fire with False if the device is unknown."""
+        """Make C{token} the device's pending token (adding the device if it is new)."""
 
     def useToken(host: str, username: str, deviceId: str, salt: bytes, count: int | None):
         """

@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from invitesrv.store.interfaces import (
     AccountExists,
+    Device,
     Invite,
     InviteUnavailable,
     InviteUse,
@@ -394,11 +395,10 @@ class MemoryStore:
 
     def issueToken(self, host, username, deviceId, token):
         def issue(t):
-            device = t.devices.get((host, username, deviceId))
-            if device is None:
-                return False
+            if (host, username) not in t.accounts:
+                raise KeyError(f"no account {username}@{host}")  # SQLite's foreign key
+            device = t.devices.get((host, username, deviceId)) or Device(deviceId, lastLogin=token.issued)
             t.devices[host, username, deviceId] = replace(device, pending=token)
-            return True
         return self._run(issue)
 
     def useToken(self, host, username, deviceId, salt, count):

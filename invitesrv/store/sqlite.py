@@ -542,10 +542,13 @@ class SQLiteStore:
 
     def issueToken(self, host, username, deviceId, token):
         return self._run(lambda conn: conn.execute(
-            "UPDATE devices SET new_mechanism = ?, new_salt = ?, new_issued = ?, new_expires = ?"
-            " WHERE host = ? AND username = ? AND device = ?",
-            (token.mechanism, token.salt, token.issued, token.expires, host, username,
-             deviceId)).rowcount == 1)
+            "INSERT INTO devices (host, username, device, last_login, new_mechanism, new_salt,"
+            " new_issued, new_expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (host, username, device) DO UPDATE SET new_mechanism = excluded.new_mechanism,"
+            " new_salt = excluded.new_salt, new_issued = excluded.new_issued,"
+            " new_expires = excluded.new_expires",
+            (host, username, deviceId, token.issued, token.mechanism, token.salt, token.issued,
+             token.expires)))
 
     def useToken(self, host, username, deviceId, salt, count):
         def use(conn):
