@@ -137,6 +137,29 @@ def test_abortAndStrayResponse(server):
     assert connection.streamError() == "policy-violation"
 
 
+@pytest.mark.parametrize("mechanism", ["PLAIN", "HT-SHA-256-NONE"])
+def test_encryptionRequired(servers, mechanism):
+    """Before TLS nothing is offered, and an <authenticate/> sent anyway is refused."""
+    server = servers(modules=("sasl2", "bind2", "fast"), require_encryption=True)
+    addAccounts(server, "alice")
+    connection = ClientConnection(server, encrypted=False)
+    connection.openStream()
+    assert "urn:xmpp:sasl:2" not in connection.received()[-1].toXml()
+    failure = authenticate(connection, mechanism, b"alice\0x", AGENT)
+    assert failure.firstChildElement().name == "encryption-required"
+
+
+def test_fastNeedsTLSEvenWhenNotRequired(servers):
+    """Where plaintext streams are allowed, a token still never travels in the clear."""
+    server = servers(modules=("sasl2", "bind2", "fast"), require_encryption=False)
+    addAccounts(server, "alice")
+    connection = ClientConnection(server, encrypted=False)
+    connection.openStream()
+    connection.received()
+    failure = authenticate(connection, "HT-SHA-256-NONE", b"alice\0x", AGENT)
+    assert failure.firstChildElement().name == "encryption-required"
+
+
 def test_badUserAgent(server):
     """A user-agent id longer than 128 characters is malformed."""
     failure = plain(connect(server), f"<user-agent id='{'x' * 129}'/>")

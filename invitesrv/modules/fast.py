@@ -173,6 +173,8 @@ class FastModule(HostModule):
     def onMechanism(self, stream, mechanism, request):
         if mechanism not in MECHANISMS:
             return None
+        if not stream.encrypted:  # a token in the clear could be replayed by whoever saw it
+            raise SASLFailure("encryption-required")
         if mechanism not in offered(stream):
             raise SASLFailure("invalid-mechanism")
         return FastExchange(self, stream, mechanism, request)

@@ -161,6 +161,8 @@ class SASL2Module(CommandProvider):
     def _authenticate(self, stream, request):
         if PENDING.get(stream) is not None:
             raise SASLFailure("malformed-request", "A SASL exchange is already under way")
+        if not stream.preauthAllowed:
+            raise SASLFailure("encryption-required")
         stream.attempted = ""
         agent = userAgent(request)
         if agent is not None:
