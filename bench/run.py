@@ -49,6 +49,7 @@ SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", 
              "idle", "idle10k")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
+FAST_SCENARIOS = ("fast", "fast1")  # SASL2 + FAST: not in Prosody 0.12
 DOMAIN = "localhost"
 POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
 LISTENING = re.compile(r"Clients listening on [\d.]+:(\d+)")
@@ -484,7 +485,7 @@ class Bench:
         """
         tokens = self.work / f"{self.server.name}.fast.json"
         if isinstance(self.server, Prosody):
-            log(f"{self.server.label}: no SASL2/FAST (Prosody 0.12): fast scenarios skipped")
+            log(f"{self.server.label}: no SASL2/FAST (Prosody 0.12): skipped")
             return None
         if not tokens.exists():
             self.gen("fast", "setup", "fast", "-n", str(self.sizes.login_n), "-c",
@@ -776,7 +777,8 @@ def main(argv=None) -> int:
     failed = [r for r in allResults if errorsOf(r) != 0]
     missing = len(servers) > len(everything) or any(
         not any(r.get("tag") == sc for r in results)
-        for _, results in everything for sc in args.scenarios)
+        for server, results in everything for sc in args.scenarios
+        if not (isinstance(server, Prosody) and sc in FAST_SCENARIOS))
     if failed or missing:
         print("Some runs failed or gave errors (see the note column); errors are not figures.")
         return 3
