@@ -226,6 +226,10 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
     The server's limiter (L{invitesrv.limits.Limiter}) admits the connection
     or refuses it with a stream error, throttles failed logins per address
     and per account, and blocks an address that keeps failing.
+
+    The C{sasl2} and C{bind2} modules log in through the same steps:
+    L{channelBindings}, L{newExchange}, L{beginSASL} / L{endSASL},
+    L{saslFailed}, L{authenticatedAs} and L{bindSession}.
     """
 
     namespace = NS_CLIENT
