@@ -129,11 +129,11 @@ def test_bind2WithCarbons(server):
         assert result.ok, result
         full = result.identifier
         assert re.fullmatch(r"bob@localhost/Conv\.[a-z2-7]{8}", full), full
-        assert f"<bound xmlns='{NS_BIND2}'" in result.xml or "<bound" in result.xml
+        assert re.search(r"<bound xmlns=.urn:xmpp:bind:0.", result.xml), result.xml
         desk.login("bob", PASSWORD, "desk")
         desk.send("<message to='carol@localhost' type='chat' id='m1'><body>hi</body></message>")
         carbon = phone.recvUntil(r"<message.*?</message>")
-        assert "<sent xmlns='urn:xmpp:carbons:2'" in carbon or 'sent xmlns="urn:xmpp:carbons:2"' in carbon
+        assert re.search(r"<sent xmlns=.urn:xmpp:carbons:2.", carbon), carbon
         assert "hi" in carbon
         phone.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
         assert "type='result'" in phone.recvUntil(r"<iq[^>]*id=.r1.*?(/>|</iq>)")
