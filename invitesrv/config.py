@@ -40,6 +40,9 @@ DEFAULT_MODULES = (
     "carbons",
     "csi",
     "blocking",
+    "sasl2",
+    "bind2",
+    "fast",
 )
 
 

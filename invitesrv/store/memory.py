@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from invitesrv.store.interfaces import (
     AccountExists,
+    Device,
     Invite,
     InviteUnavailable,
     InviteUse,
@@ -73,6 +74,7 @@ class _Tables:
     tokens: dict = field(default_factory=dict)  # token hash: invite id
     audit: list = field(default_factory=list)  # _Use, oldest first
     apiKeys: dict = field(default_factory=dict)  # key id: (secretHash, host, name, created)
+    devices: dict = field(default_factory=dict)  # (host, username, device id): Device
     lastOfflineId: int = 0
 
     def snapshot(self) -> _Tables:
@@ -215,7 +217,7 @@ class MemoryStore(RosterObservers):
             if t.accounts.pop((host, username), None) is None:
                 return False
             owned = (host, username)
-            for table in (t.credentials, t.roster, t.pendingIn):
+            for table in (t.credentials, t.roster, t.pendingIn, t.devices):
                 for key in [key for key in table if key[:2] == owned]:
                     del table[key]
             t.roles.pop(owned, None)
@@ -374,6 +376,67 @@ class MemoryStore(RosterObservers):
             t.blocklist[host, username] = blocked - gone
             return sorted(gone)
         return self._run(unblock)
+
+    # -- devices and FAST tokens ----------------------------------------------
+
+    def recordDevice(self, host, username, device, keep):
+        def record(t):
+            if (host, username) not in t.accounts:
+                raise KeyError(f"no account {username}@{host}")  # SQLite's foreign key
+            key = (host, username, device.id)
+            old = t.devices.get(key)
+            t.devices[key] = device if old is None else replace(
+                old, software=device.software, name=device.name, lastLogin=device.lastLogin)
+            mine = sorted((d for k, d in t.devices.items() if k[:2] == (host, username)),
+                          key=lambda d: (-d.lastLogin, d.id))
+            for gone in mine[keep:]:
+                del t.devices[host, username, gone.id]
+        return self._run(record)
+
+    def getDevices(self, host, username):
+        return self._run(lambda t: sorted(
+            (d for k, d in t.devices.items() if k[:2] == (host, username)),
+            key=lambda d: (-d.lastLogin, d.id)))
+
+    def getDevice(self, host, username, deviceId):
+        return self._run(lambda t: t.devices.get((host, username, deviceId)))
+
+    def issueToken(self, host, username, deviceId, token):
+        def issue(t):
+            if (host, username) not in t.accounts:
+                raise KeyError(f"no account {username}@{host}")  # SQLite's foreign key
+            device = t.devices.get((host, username, deviceId)) or Device(deviceId, lastLogin=token.issued)
+            t.devices[host, username, deviceId] = replace(device, pending=token)
+        return self._run(issue)
+
+    def useToken(self, host, username, deviceId, salt, count):
+        def use(t):
+            device = t.devices.get((host, username, deviceId))
+            if device is None:
+                return False
+            if device.pending is not None and device.pending.salt == salt:
+                t.devices[host, username, deviceId] = replace(
+                    device, current=replace(device.pending, count=count or 0), pending=None)
+                return True
+            current = device.current
+            if current is None or current.salt != salt or (count is not None and count <= current.count):
+                return False
+            t.devices[host, username, deviceId] = replace(
+                device, current=replace(current, count=max(current.count, count or 0)))
+            return True
+        return self._run(use)
+
+    def revokeTokens(self, host, username, deviceId=None):
+        def revoke(t):
+            keys = [k for k, d in t.devices.items() if k[:2] == (host, username)
+                    and (deviceId is None or k[2] == deviceId)]
+            for key in keys:
+                t.devices[key] = replace(t.devices[key], current=None, pending=None)
+            return len(keys)
+        return self._run(revoke)
+
+    def forgetDevice(self, host, username, deviceId):
+        return self._run(lambda t: t.devices.pop((host, username, deviceId), None) is not None)
 
     # -- invites ------------------------------------------------------------
 

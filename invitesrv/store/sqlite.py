@@ -28,6 +28,8 @@ from invitesrv.limits import EpisodeLog
 from invitesrv.store.interfaces import (
     AccountExists,
     Credentials,
+    Device,
+    FastToken,
     Invite,
     InviteUnavailable,
     InviteUse,
@@ -118,6 +120,17 @@ def _invite(row, uses=()) -> Invite:
                   roles=tuple(json.loads(row[12])), groups=tuple(json.loads(row[13])),
                   note=row[14], source=row[15], welcome=row[16], reminded=row[17],
                   uses_log=tuple(uses))
+
+
+_DEVICE = ("device, software, name, last_login, cur_mechanism, cur_salt, cur_issued, cur_expires,"
+           " cur_count, new_mechanism, new_salt, new_issued, new_expires")
+
+
+def _device(row) -> Device:
+    """A L{Device} from a row of C{_DEVICE}."""
+    current = FastToken(*row[4:8], row[8] or 0) if row[5] is not None else None
+    pending = FastToken(*row[9:13]) if row[10] is not None else None
+    return Device(*row[:4], current=current, pending=pending)
 
 
 @implementer(IStore)
@@ -508,6 +521,71 @@ class SQLiteStore(RosterObservers):
                              [(host, username, item) for item in gone])
             return gone
         return self._run(unblock)
+
+    # -- devices and FAST tokens ----------------------------------------------
+
+    def recordDevice(self, host, username, device, keep):
+        def record(conn):
+            conn.execute(
+                "INSERT INTO devices (host, username, device, software, name, last_login)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host, username, device) DO UPDATE SET"
+                " software = excluded.software, name = excluded.name, last_login = excluded.last_login",
+                (host, username, device.id, device.software, device.name, device.lastLogin))
+            conn.execute(
+                "DELETE FROM devices WHERE host = ? AND username = ? AND device NOT IN ("
+                " SELECT device FROM devices WHERE host = ? AND username = ?"
+                " ORDER BY last_login DESC, device LIMIT ?)", (host, username, host, username, keep))
+        return self._run(record)
+
+    def getDevices(self, host, username):
+        return self._run(lambda conn: [_device(row) for row in conn.execute(
+            f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
+            " ORDER BY last_login DESC, device", (host, username))])
+
+    def getDevice(self, host, username, deviceId):
+        def read(conn):
+            row = conn.execute(f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
+                               " AND device = ?", (host, username, deviceId)).fetchone()
+            return _device(row) if row else None
+        return self._run(read)
+
+    def issueToken(self, host, username, deviceId, token):
+        return self._run(lambda conn: conn.execute(
+            "INSERT INTO devices (host, username, device, last_login, new_mechanism, new_salt,"
+            " new_issued, new_expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (host, username, device) DO UPDATE SET new_mechanism = excluded.new_mechanism,"
+            " new_salt = excluded.new_salt, new_issued = excluded.new_issued,"
+            " new_expires = excluded.new_expires",
+            (host, username, deviceId, token.issued, token.mechanism, token.salt, token.issued,
+             token.expires)))
+
+    def useToken(self, host, username, deviceId, salt, count):
+        def use(conn):
+            key = (host, username, deviceId)
+            if conn.execute(
+                    "UPDATE devices SET cur_mechanism = new_mechanism, cur_salt = new_salt,"
+                    " cur_issued = new_issued, cur_expires = new_expires, cur_count = ?,"
+                    " new_mechanism = NULL, new_salt = NULL, new_issued = NULL, new_expires = NULL"
+                    " WHERE host = ? AND username = ? AND device = ? AND new_salt = ?",
+                    (count or 0, *key, salt)).rowcount:
+                return True
+            return conn.execute(
+                "UPDATE devices SET cur_count = max(cur_count, ?) WHERE host = ? AND username = ?"
+                " AND device = ? AND cur_salt = ? AND (? IS NULL OR ? > cur_count)",
+                (count or 0, *key, salt, count, count)).rowcount == 1
+        return self._run(use)
+
+    def revokeTokens(self, host, username, deviceId=None):
+        return self._run(lambda conn: conn.execute(
+            "UPDATE devices SET cur_mechanism = NULL, cur_salt = NULL, cur_issued = NULL,"
+            " cur_expires = NULL, cur_count = NULL, new_mechanism = NULL, new_salt = NULL,"
+            " new_issued = NULL, new_expires = NULL WHERE host = ? AND username = ?"
+            " AND (? IS NULL OR device = ?)", (host, username, deviceId, deviceId)).rowcount)
+
+    def forgetDevice(self, host, username, deviceId):
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM devices WHERE host = ? AND username = ? AND device = ?",
+            (host, username, deviceId)).rowcount == 1)
 
     # -- invites ------------------------------------------------------------
 
