@@ -1,4 +1,4 @@
--- invitesrv schema, version 4: XEP-0313 message archives, XEP-0441 archive
+-- invitesrv schema, version 6: XEP-0313 message archives, XEP-0441 archive
 -- preferences. All of it goes with its account.
 
 -- One row per archived message. id is the archive's id (XEP-0359
