@@ -45,7 +45,7 @@ FASTLOAD = HERE / "fastload.py"  # reconnects with FAST + Bind2, on the same gen
 PROVISION = HERE / "provision.py"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "messages", "roster",
-             "idle", "idle10k")
+             "mam", "idle", "idle10k")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
 FAST_SCENARIOS = ("fast", "fast1")  # SASL2 + FAST: not in Prosody 0.12
@@ -78,6 +78,10 @@ class Sizes:
     roster_r: int = 100
     roster_gets: int = 20
     roster_c: int = 50
+    mam_archive: int = 10000
+    mam_page: int = 50
+    mam_queries: int = 200
+    mam_c: int = 10
     idle_k: int = 2000
     idle_c: int = 50
     idle10k_k: int = 10000
@@ -98,7 +102,8 @@ class Sizes:
 # what the regression check (--quick --check) compares.
 QUICK = Sizes(register_n=100, register_c=10, invite_n=10, login_n=200, login_c=10, plain_n=20,
               login1_n=5, msg_pairs=4, msg_m=100, roster_u=10, roster_r=20, roster_gets=20,
-              roster_c=10, idle_k=200, idle_c=20, idle10k_k=300, idle_settle=0.5, idle_hold=0.5,
+              roster_c=10, mam_archive=120, mam_page=20, mam_queries=5, mam_c=2,
+              idle_k=200, idle_c=20, idle10k_k=300, idle_settle=0.5, idle_hold=0.5,
               pause=0.2, max_seconds=60, op_timeout=10)
 
 
@@ -292,6 +297,7 @@ class ReferenceServer:
         version = packageVersion(self.package)
         self.label = f"{self.name}-{version}" if version else self.name
         self.fresh = True
+        self.archiveStorage = "internal"  # "sql" for the mam scenario (see main)
 
     @property
     def pid(self) -> int:
@@ -301,7 +307,8 @@ class ReferenceServer:
         prefix = self.name.upper()
         env = dict(os.environ, BENCH_DOMAIN=DOMAIN, PYTHON=sys.executable,
                    **{f"{prefix}_BENCH_DIR": str(self.directory),
-                      f"{prefix}_BENCH_PORT": str(self.port)})
+                      f"{prefix}_BENCH_PORT": str(self.port)},
+                   ARCHIVE_STORAGE=self.archiveStorage)
         env.pop("SERVER_CPU", None)
         if self.cpu is not None:
             env["SERVER_CPU"] = self.cpu
@@ -554,6 +561,16 @@ class Bench:
         for run in self.runs():
             self.gen("roster", run, "roster", "-g", str(s.roster_gets), *common)
 
+    def scenario_mam(self) -> None:
+        s = self.sizes
+        # Untimed: fill the archive (setup_* in the JSON); every run then pages
+        # through the same archive.
+        self.gen("mam", "setup", "mam", "--archive", str(s.mam_archive), "-q", "0", "-c", "1",
+                 "--prefix", POOL)
+        for run in self.runs():
+            self.gen("mam", run, "mam", "--archive", str(s.mam_archive), "--page", str(s.mam_page),
+                     "-q", str(s.mam_queries), "-c", str(s.mam_c), "--prefix", POOL)
+
 
 # -- figures -----------------------------------------------------------------
 
@@ -580,7 +597,8 @@ def figures(r: dict) -> dict:
                    srv_pct=r.get("login_server_cpu_pct"), busy=r.get("login_cpu_busy_pct"))
         cpu = r.get("login_server_cpu_s")
     else:
-        ok = {"messages": r.get("messages_ok"), "roster": r.get("gets_ok")}.get(scenario, r.get("ok"))
+        ok = {"messages": r.get("messages_ok"), "roster": r.get("gets_ok"),
+              "mam": r.get("queries_ok")}.get(scenario, r.get("ok"))
         ok = ok or 0
         if scenario == "messages":
             out.update(rate=r.get("per_s"), p50=r.get("rtt_p50_ms"), p99=r.get("rtt_p99_ms"))
@@ -594,7 +612,7 @@ def figures(r: dict) -> dict:
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
          "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s", "messages": "msgs/s",
-         "roster": "gets/s", "idle": "logins/s", "idle10k": "logins/s"}
+         "roster": "gets/s", "mam": "pages/s", "idle": "logins/s", "idle10k": "logins/s"}
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -831,7 +849,12 @@ def main(argv=None) -> int:
     writeCertificate(*certificate, keyType=args.key_type)
     servers = [Invitesrv(work / "invitesrv", serverCPU, certificate)]
     for name in dict.fromkeys(args.against):
-        servers.append(REFERENCES[name][0](work / name, serverCPU, certificate))
+        reference = REFERENCES[name][0](work / name, serverCPU, certificate)
+        if "mam" in args.scenarios:
+            # With its file storage, Prosody reads a user's whole archive for
+            # every query; with the mam scenario its archives are in SQLite.
+            reference.archiveStorage = "sql"
+        servers.append(reference)
     everything: list[tuple[object, list[dict]]] = []
     try:
         for server in servers:

@@ -70,6 +70,8 @@ NS_REGISTER = "jabber:iq:register"
 NS_ROSTER = "jabber:iq:roster"
 NS_RECEIPTS = "urn:xmpp:receipts"
 NS_PARS = "urn:xmpp:pars:0"
+NS_MAM = "urn:xmpp:mam:2"
+NS_RSM = "http://jabber.org/protocol/rsm"
 
 T_FEATURES = "{%s}features" % NS_STREAM
 T_STREAM_ERROR = "{%s}error" % NS_STREAM
@@ -1104,6 +1106,124 @@ async def sc_roster(o, cache):
     return r
 
 
+_MAM_FIRST = re.compile(rb"<first[^>]*>([^<]+)</first>")
+_MAM_COMPLETE = re.compile(rb"""complete=["']true["']""")
+_MAM_COUNT = re.compile(rb"<count>(\d+)</count>")
+
+
+async def mam_query(c, rsm):
+    """One archive query (RSM C{rsm}); its results and fin are consumed raw:
+    returns (results received, fin bytes)."""
+    i = c.nid("mq").encode()
+    fut = asyncio.get_running_loop().create_future()
+    results = [0]
+
+    def rf(raw):
+        if raw.startswith(b"<message"):
+            if b"<result" in raw:
+                results[0] += 1
+            return True  # results, and any live message, are only counted
+        if not raw.startswith(b"<iq"):
+            return False
+        head = raw[:_START_TAG.match(raw).end()]
+        mi = _ID_ATTR.search(head)
+        if mi is None or (mi.group(1) if mi.group(1) is not None else mi.group(2)) != i:
+            return False
+        mt = _TYPE_ATTR.search(head)
+        if not fut.done():
+            fut.set_result((mt.group(1) or mt.group(2) if mt else b"", raw))
+        return True
+
+    c.proto.raw_filter = rf
+    try:
+        c.send("<iq type='set' id='%s'><query xmlns='%s' queryid='%s'><set xmlns='%s'>%s</set></query></iq>"
+               % (i.decode(), NS_MAM, i.decode(), NS_RSM, rsm))
+        try:
+            typ, raw = await asyncio.wait_for(fut, c.o.op_timeout)
+        except asyncio.TimeoutError:
+            raise XMPPError(str(c.proto.closed) if c.proto.closed else "timeout")
+    finally:
+        c.proto.raw_filter = None
+    if typ != b"result":
+        raise XMPPError("iq-error:" + _stanza_cond(ET.fromstring(c.proto.header + raw + c.proto.close_tag)[0]))
+    return results[0], raw
+
+
+async def sc_mam(o, cache):
+    """XEP-0313: one user's archive of N messages (filled untimed by a peer
+    while the user is online), then C clients of that user each page
+    backward through it, PAGE messages a query, as a client scrolling up
+    its history does; wraps to the last page at the start."""
+    deadline = now() + o.max_seconds
+    owner, peer = o.start, o.start + 1
+    r = base_result(o, "mam")
+    r.update({"archive": o.archive, "page": o.page, "queries_per_client": o.queries, "concurrency": o.c})
+    lst = Stats()
+    setup = await login_many(o, [owner, peer], 2, deadline, cache, lst, keep=True, resource="fill")
+    clients = {}
+    try:
+        if lst.err:
+            r.update({"errors": lst.err, "error_kinds": lst.errs})
+            return r
+        holder, sender = setup[owner], setup[peer]
+        _, fin = await mam_query(holder, "<max>0</max>")
+        have = int(_MAM_COUNT.search(fin).group(1)) if _MAM_COUNT.search(fin) else 0
+        holder.proto.raw_filter = lambda raw: raw.startswith(b"<message")  # live copies: dropped
+        to = "%s@%s" % (user_name(o, owner), o.domain)
+        t0 = now()
+        for b in range(have, o.archive, 200):
+            for k in range(b, min(b + 200, o.archive)):
+                sender.send("<message type='chat' to='%s' id='f%d'><body>archived message %d, "
+                            "long enough to look like a chat line</body></message>" % (to, k, k))
+            await sender.sync()
+        await holder.sync()
+        _, fin = await mam_query(holder, "<max>0</max>")
+        stored = int(_MAM_COUNT.search(fin).group(1)) if _MAM_COUNT.search(fin) else 0
+        r.update({"setup_archived": stored - have, "setup_seconds": round(now() - t0, 2),
+                  "archive_count": stored})
+        close_all(setup)
+        deadline = now() + o.max_seconds  # the fill is setup: the queries get the whole time
+        st = Stats()
+        for k in range(o.c):  # C sessions of one user (login_many keys its clients by user)
+            clients[k] = Client(o, cache)
+            await clients[k].login(user_name(o, owner), user_password(o, owner), "q%d" % k,
+                                   presence=False)
+        got = [0]
+
+        async def pager(k):
+            c = clients[k]
+            before = ""
+            for _ in range(o.queries):
+                if now() > deadline:
+                    return
+                t0 = now()
+                try:
+                    n, fin = await mam_query(c, "<max>%d</max><before>%s</before>" % (o.page, before))
+                except XMPPError as e:
+                    st.fail(e)
+                    return
+                st.lat.append(now() - t0)
+                st.ok += 1
+                got[0] += n
+                first = _MAM_FIRST.search(fin)
+                if n != o.page and not _MAM_COMPLETE.search(fin):
+                    st.fail(XMPPError("short-page"))
+                before = "" if _MAM_COMPLETE.search(fin) or first is None else first.group(1).decode()
+
+        m = Meter(o.server_pid).start()
+        await run_pool(o.c, o.c, pager, deadline)
+        m.stop()
+        r.update({"queries_ok": st.ok, "errors": st.err + lst.err, "error_kinds": st.errs,
+                  "per_s": round(st.ok / max(m.elapsed, 1e-9), 1),
+                  "messages_per_s": round(got[0] / max(m.elapsed, 1e-9), 1)})
+        r.update(latency_fields(st.lat))
+        r.update(m.fields())
+    finally:
+        close_all(setup)
+        close_all(clients)
+    return r
+
+
 # --------------------------------------------------------------------------
 def raise_nofile(want):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1171,6 +1291,11 @@ def parse_args(argv=None):
     p.add_argument("-g", "--gets", type=int, default=5, help="roster gets per user")
     p.add_argument("-c", type=int, default=50)
     p.add_argument("--pool", type=int, default=2000, help="contacts are drawn from users [start, start+pool)")
+    p = sub.add_parser("mam")
+    p.add_argument("--archive", type=int, default=10000, help="messages in the user's archive")
+    p.add_argument("--page", type=int, default=50, help="messages per query")
+    p.add_argument("-q", "--queries", type=int, default=200, help="queries per client")
+    p.add_argument("-c", type=int, default=10, help="clients (sessions of the user) querying at once")
     return ap.parse_args(argv)
 
 
@@ -1187,6 +1312,8 @@ async def amain(o):
             r = await sc_idle(o, cache)
         elif o.scenario == "roster":
             r = await sc_roster(o, cache)
+        elif o.scenario == "mam":
+            r = await sc_mam(o, cache)
         else:
             raise SystemExit("unknown scenario")
     finally:

@@ -43,7 +43,9 @@ DEFAULT_MODULES = (
     "sasl2",
     "bind2",
     "fast",
+    "mam",
 )
+ARCHIVE_POLICIES = ("always", "never", "roster")  # XEP-0441 defaults
 
 
 class ConfigError(Exception):
@@ -105,6 +107,12 @@ class HostOptions:
     registration_allowlist: tuple[str, ...] = ("127.0.0.1", "::1")
     registration_blocklist: tuple[str, ...] = ()
     allowlist_registration_only: bool = False
+    # Message archive (XEP-0313, the mam module).
+    archive_expires_after: Duration = Duration(7 * 86400)
+    archive_default_policy: str = "always"
+    archive_max_items: int = 10_000
+    archive_max_page: int = 50
+    archive_sweep_interval: Duration = Duration(3600)
 
 
 @dataclass(frozen=True)
@@ -348,6 +356,14 @@ def buildTable(cls: type, table: object, where: str, source: str, base: object =
     return replace(base, **values) if base is not None else cls(**values)
 
 
+def _checkHostOptions(options: HostOptions, where: str, source: str) -> HostOptions:
+    """Host options that take one of a few words take one of them."""
+    if options.archive_default_policy not in ARCHIVE_POLICIES:
+        raise ConfigError(f"{source}: {where}.archive_default_policy: expected one of"
+                          f" {', '.join(ARCHIVE_POLICIES)}, not {options.archive_default_policy!r}")
+    return options
+
+
 def _checkHostName(name: str, source: str) -> str:
     try:
         prepared = jid.JID(name)
@@ -486,7 +502,9 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
     if "s2s" in data:
         values["federation"] = _federation(data["s2s"], source)
 
-    defaults = buildTable(HostOptions, data.get("host_defaults", {}), "host_defaults", source)
+    defaults = _checkHostOptions(
+        buildTable(HostOptions, data.get("host_defaults", {}), "host_defaults", source),
+        "host_defaults", source)
     hostTables = data.get("hosts", {"localhost": {}})
     if not isinstance(hostTables, dict) or not hostTables:
         raise ConfigError(f"{source}: [hosts] must name at least one virtual host")
@@ -502,7 +520,8 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
             if "modules" in table:
                 hostModules[host] = _moduleTables(table.pop("modules"), f"hosts.{name}.modules",
                                                   source)
-        options = buildTable(HostOptions, table, f"hosts.{name}", source, base=defaults)
+        options = _checkHostOptions(buildTable(HostOptions, table, f"hosts.{name}", source,
+                                               base=defaults), f"hosts.{name}", source)
         hosts[host] = _checkAdmins(host, options, source)
     values["hosts"] = hosts
     values["components"] = components

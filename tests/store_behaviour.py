@@ -16,6 +16,10 @@ from zope.interface.verify import verifyObject
 
 from invitesrv.store.interfaces import (
     AccountExists,
+    ArchivedMessage,
+    ArchiveItemNotFound,
+    ArchivePrefs,
+    ArchiveQuery,
     Credentials,
     Device,
     FastToken,
@@ -446,6 +450,140 @@ class StoreBehaviour:
         assert [m.stanza for m in rest] == ["<m2/>", "<m3/>", "<m4/>", "<late/>"]
         assert (yield store.removeOffline(HOST, "alice", rest[-1].id)) == 4
         assert (yield store.getOffline(HOST, "bob")) == [OfflineMessage(NOW, "<b/>")]
+
+    # -- message archives ---------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def archive(self, store, username: str, count: int, first: int = 1, peers=("bob@example.org",)):
+        """Archive C{count} messages for C{username}, ids C{first}.., peers in turn."""
+        entries = [(username, ArchivedMessage(first + n, peers[n % len(peers)], f"<m{first + n}/>"), False)
+                   for n in range(count)]
+        assert (yield store.appendArchive(HOST, entries, 1000)) == count
+
+    @staticmethod
+    def ids(page) -> list[int]:
+        return [m.id for m in page.messages]
+
+    @pytest_twisted.inlineCallbacks
+    def test_archivePages(self, store):
+        """
+        Pages go forward from the start or after a cursor, backward from the
+        end or before one, with the count of the whole filtered set, the index
+        of their first message and whether they reach the end.
+        """
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        yield self.archive(store, "alice", 10, peers=("bob@example.org", "carol@example.org"))
+        yield self.archive(store, "bob", 2, first=100)
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(limit=4))
+        assert (self.ids(page), page.count, page.index, page.complete) == ([1, 2, 3, 4], 10, 0, False)
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(limit=4, after=8))
+        assert (self.ids(page), page.count, page.index, page.complete) == ([9, 10], 10, 8, True)
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(limit=4, last=True))
+        assert (self.ids(page), page.index, page.complete) == ([7, 8, 9, 10], None, False)
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(limit=4, last=True, before=3))
+        assert (self.ids(page), page.index, page.complete) == ([1, 2], None, True)
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(limit=3, offset=5))
+        assert (self.ids(page), page.index) == ([6, 7, 8], 5)
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(limit=0))
+        assert (self.ids(page), page.count, page.complete) == ([], 10, False)
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(limit=5, after=10))
+        assert (self.ids(page), page.complete) == ([], True)
+        assert (yield store.queryArchive(HOST, "carol", ArchiveQuery())).count == 0
+        with pytest.raises(ArchiveItemNotFound):
+            yield store.queryArchive(HOST, "alice", ArchiveQuery(after=100))  # bob's, not alice's
+        with pytest.raises(ArchiveItemNotFound):
+            yield store.queryArchive(HOST, "alice", ArchiveQuery(before=11, last=True))
+
+    @pytest_twisted.inlineCallbacks
+    def test_archiveFilters(self, store):
+        """A peer, a resource, an id range and a list of ids each narrow the set that is paged and counted."""
+        yield store.createAccount(account("alice"))
+        yield self.archive(store, "alice", 10, peers=("bob@example.org", "carol@example.org"))
+        yield store.appendArchive(HOST, [("alice", ArchivedMessage(
+            11, "bob@example.org", "<m11/>", "phone"), False)], 1000)
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(peer="bob@example.org", limit=3))
+        assert (self.ids(page), page.count) == ([1, 3, 5], 6)
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(peer="bob@example.org", after=5, limit=2))
+        assert (self.ids(page), page.index, page.complete) == ([7, 9], 3, False)
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(
+            peer="bob@example.org", resource="phone"))
+        assert (self.ids(page), page.messages[0].resource, page.messages[0].stanza) == (
+            [11], "phone", "<m11/>")
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(low=3, high=8))
+        assert (self.ids(page), page.count) == ([4, 5, 6, 7], 4)
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(ids=(2, 9, 42)))
+        assert (self.ids(page), page.count) == ([2, 9], 2)
+
+    @pytest_twisted.inlineCallbacks
+    def test_archiveChecksAccountAndRoster(self, store):
+        """
+        Nothing is archived for an account that does not exist, nor, when
+        asked, from a peer who is not on the roster.
+        """
+        yield store.createAccount(account("alice"))
+        yield store.setRosterItem(HOST, "alice", RosterItem("carol@example.org"))
+        added = yield store.appendArchive(HOST, [
+            ("ghost", ArchivedMessage(1, "bob@example.org", "<m/>"), False),
+            ("alice", ArchivedMessage(2, "bob@example.org", "<m/>"), True),
+            ("alice", ArchivedMessage(3, "carol@example.org", "<m/>"), True),
+            ("alice", ArchivedMessage(4, "bob@example.org", "<m/>"), False)], 1000)
+        assert added == 2
+        assert self.ids((yield store.queryArchive(HOST, "alice", ArchiveQuery()))) == [3, 4]
+        assert (yield store.lastArchiveId(HOST)) == 4
+        assert (yield store.lastArchiveId("other.example")) == 0
+
+    @pytest_twisted.inlineCallbacks
+    def test_archiveLimitAndSweep(self, store):
+        """
+        An archive over its limit loses its oldest messages; the sweep
+        deletes the oldest of the host below an id, at most a batch at a
+        time, and the limit still counts right afterwards.
+        """
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        entries = [("alice", ArchivedMessage(n, "bob@example.org", "<m/>"), False) for n in range(1, 8)]
+        assert (yield store.appendArchive(HOST, entries, 5)) == 7
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery())
+        assert (self.ids(page), page.count) == ([3, 4, 5, 6, 7], 5)
+        yield store.appendArchive(HOST, [("bob", ArchivedMessage(n, "a@example.org", "<m/>"), False)
+                                         for n in (1, 4, 9)], 5)
+        assert (yield store.sweepArchive(HOST, 6, 3)) == 3  # alice's 3 and 4, bob's 1
+        assert (yield store.sweepArchive(HOST, 6, 3)) == 2  # alice's 5, bob's 4
+        assert (yield store.sweepArchive(HOST, 6, 3)) == 0
+        assert self.ids((yield store.queryArchive(HOST, "alice", ArchiveQuery()))) == [6, 7]
+        assert self.ids((yield store.queryArchive(HOST, "bob", ArchiveQuery()))) == [9]
+        yield store.appendArchive(HOST, [("alice", ArchivedMessage(n, "bob@example.org", "<m/>"), False)
+                                         for n in range(10, 14)], 5)
+        assert self.ids((yield store.queryArchive(HOST, "alice", ArchiveQuery()))) == [7, 10, 11, 12, 13]
+
+    @pytest_twisted.inlineCallbacks
+    def test_archiveGoesWithAccount(self, store):
+        """Deleting an account deletes its archive and its preferences with it."""
+        yield store.createAccount(account("alice"))
+        yield self.archive(store, "alice", 3)
+        yield store.setArchivePrefs(HOST, "alice", ArchivePrefs("roster", ("bob@example.org",)))
+        assert (yield store.getArchivePrefs(HOST)) == {
+            "alice": ArchivePrefs("roster", ("bob@example.org",))}
+        assert (yield store.deleteAccount(HOST, "alice"))
+        yield store.createAccount(account("alice"))
+        assert (yield store.queryArchive(HOST, "alice", ArchiveQuery())).count == 0
+        assert (yield store.getArchivePrefs(HOST)) == {}
+        yield store.appendArchive(HOST, [("alice", ArchivedMessage(n, "b@example.org", "<m/>"), False)
+                                         for n in range(10, 13)], 2)
+        assert self.ids((yield store.queryArchive(HOST, "alice", ArchiveQuery()))) == [11, 12]
+
+    @pytest_twisted.inlineCallbacks
+    def test_archivePrefs(self, store):
+        """Preferences are replaced whole, per account."""
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        yield store.setArchivePrefs(HOST, "alice", ArchivePrefs("never", (), ("eve@example.org",)))
+        yield store.setArchivePrefs(HOST, "alice", ArchivePrefs("always", ("x@example.org",)))
+        yield store.setArchivePrefs(HOST, "bob", ArchivePrefs("roster"))
+        assert (yield store.getArchivePrefs(HOST)) == {
+            "alice": ArchivePrefs("always", ("x@example.org",)), "bob": ArchivePrefs("roster")}
+        assert (yield store.getArchivePrefs("other.example")) == {}
 
     # -- invites ------------------------------------------------------------------------
 

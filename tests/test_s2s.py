@@ -247,7 +247,8 @@ def test_chatAcross(net):
     received = bob.expect(isMessage(alice.jid, "to the resource"))
     assert received.uri == "jabber:client"
     assert [child.uri for child in received.elements()] == [
-        "jabber:client", "http://jabber.org/protocol/chatstates"]
+        "jabber:client", "http://jabber.org/protocol/chatstates", "urn:xmpp:sid:0"]
+    assert next(received.elements("urn:xmpp:sid:0", "stanza-id"))["by"] == "bob@b.test"  # its archive
     for server, local, remote in ((net["a.test"], "a.test", "b.test"),
                                   (net["b.test"], "b.test", "a.test")):
         log = server.log()

@@ -23,6 +23,12 @@ is sent only once the stream has taken the one before
 pile up unsent in the server, and one is forgotten only once it was sent.
 A client that stops reading, or goes away, in the middle finds what it did
 not get at its next login.
+
+With the message archive (L{invitesrv.modules.mam}), a message is archived
+and stamped with its archive's C{<stanza-id/>} before it reaches this hook,
+so the kept copy carries the id under which the user's other devices find
+it in the archive. The two stores stay apart on purpose (C{docs/archive.md}):
+this one holds what one device must still be given, the archive the history.
 """
 
 from __future__ import annotations

@@ -101,6 +101,60 @@ class OfflineMessage:
 
 
 @dataclass(frozen=True)
+class ArchivedMessage:
+    """One message of a user's archive (XEP-0313)."""
+
+    id: int  # microseconds since the epoch when archived, increasing: also its time
+    peer: str  # the bare JID of the other party
+    stanza: str  # serialised XML
+    resource: str = ""  # the other party's resource
+
+
+@dataclass(frozen=True)
+class ArchiveQuery:
+    """
+    Which messages of one archive a query asks for: a filter (C{peer} and
+    C{resource}, the exclusive id bounds C{low} and C{high}, or C{ids}) and a
+    page of what passes it (after the exclusive cursor C{after} and before
+    C{before}, skipping C{offset}; the newest C{limit} with C{last}, else the
+    oldest).
+    """
+
+    peer: str | None = None
+    resource: str | None = None
+    low: int | None = None
+    high: int | None = None
+    ids: tuple[int, ...] | None = None
+    after: int | None = None
+    before: int | None = None
+    offset: int = 0
+    limit: int = 20
+    last: bool = False
+
+
+@dataclass(frozen=True)
+class ArchivePage:
+    """A page of an archive query, oldest first."""
+
+    messages: tuple[ArchivedMessage, ...]
+    count: int  # messages that pass the filter
+    # How many of those come before the first of the page; None going backward
+    # (C{last}), where clients do not need it: slixmpp's RSM iterator stops
+    # paging backward at a page whose index plus its length is the count.
+    index: int | None
+    complete: bool  # no more beyond the page in the query's direction
+
+
+@dataclass(frozen=True)
+class ArchivePrefs:
+    """A user's XEP-0441 preferences: the default policy and the JIDs always or never archived."""
+
+    policy: str  # "always", "never" or "roster"
+    always: tuple[str, ...] = ()
+    never: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class InviteUse:
     """One registration or reset done with an invite, for the audit."""
 
@@ -266,6 +320,48 @@ class IOfflineMessages(Interface):
         """Forget the user's messages up to and including id C{upTo}; fire with how many."""
 
 
+class ArchiveItemNotFound(StoreError):
+    """A query names, as a cursor or a bound, an id that is not in the archive."""
+
+
+class IArchives(Interface):
+    """
+    Each account's message archive (XEP-0313) and its preferences
+    (XEP-0441); they go with the account.
+    """
+
+    def appendArchive(host: str, entries, maxItems: int):
+        """
+        Archive C{entries}, (username, L{ArchivedMessage}, rosterOnly)
+        triples, in one transaction; an entry for an account that does not
+        exist, or with C{rosterOnly} whose peer is not on the account's
+        roster, is skipped. An archive over C{maxItems} loses its oldest
+        messages. Fire with how many were archived.
+        """
+
+    def queryArchive(host: str, username: str, query: ArchiveQuery):
+        """
+        Fire with the L{ArchivePage} C{query} asks for; fail with
+        L{ArchiveItemNotFound} when C{query.after} or C{query.before} is not
+        an id of the archive.
+        """
+
+    def lastArchiveId(host: str):
+        """Fire with the highest id archived on C{host} (0 for none)."""
+
+    def sweepArchive(host: str, before: int, limit: int):
+        """
+        Delete at most C{limit} of the oldest messages of C{host} with ids
+        below C{before}; fire with how many.
+        """
+
+    def getArchivePrefs(host: str):
+        """Fire with a dict: each account of C{host} that set preferences, its L{ArchivePrefs}."""
+
+    def setArchivePrefs(host: str, username: str, prefs: ArchivePrefs):
+        """Keep the user's preferences."""
+
+
 class IBlocklists(Interface):
     """
     Each account's XEP-0191 blocklist: JIDs (domain, bare or full, as the
@@ -423,7 +519,8 @@ class RosterObservers:
             observer(host, username)
 
 
-class IStore(IAccounts, IRosters, IOfflineMessages, IBlocklists, IInvites, IApiKeys, IDevices):
+class IStore(IAccounts, IRosters, IOfflineMessages, IArchives, IBlocklists, IInvites, IApiKeys,
+             IDevices):
     """Everything the server stores."""
 
     path = Attribute("Where the data lives, for log lines.")

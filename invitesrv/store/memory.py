@@ -20,6 +20,11 @@ from zope.interface import implementer
 
 from invitesrv.store.interfaces import (
     AccountExists,
+    ArchivedMessage,
+    ArchiveItemNotFound,
+    ArchivePage,
+    ArchivePrefs,
+    ArchiveQuery,
     Device,
     Invite,
     InviteUnavailable,
@@ -70,6 +75,8 @@ class _Tables:
     pendingIn: dict = field(default_factory=dict)  # (host, username, contact): stanza
     offline: dict = field(default_factory=dict)  # id: (host, username, OfflineMessage)
     blocklist: dict = field(default_factory=dict)  # (host, username): frozenset of JIDs
+    archive: dict = field(default_factory=dict)  # (host, username, id): ArchivedMessage
+    archivePrefs: dict = field(default_factory=dict)  # (host, username): ArchivePrefs
     invites: dict = field(default_factory=dict)  # id: Invite (without its uses_log)
     tokens: dict = field(default_factory=dict)  # token hash: invite id
     audit: list = field(default_factory=list)  # _Use, oldest first
@@ -222,6 +229,9 @@ class MemoryStore(RosterObservers):
                     del table[key]
             t.roles.pop(owned, None)
             t.blocklist.pop(owned, None)
+            t.archivePrefs.pop(owned, None)
+            for key in [key for key in t.archive if key[:2] == owned]:
+                del t.archive[key]
             for key in [key for key, row in t.offline.items() if row[:2] == owned]:
                 del t.offline[key]
             bare = f"{username}@{host}"
@@ -350,6 +360,78 @@ class MemoryStore(RosterObservers):
                 del t.offline[messageId]
             return len(gone)
         return self._run(remove)
+
+    # -- message archives ---------------------------------------------------
+
+    @staticmethod
+    def _archive(t: _Tables, host, username) -> list[ArchivedMessage]:
+        """The user's archive, oldest first."""
+        return sorted((m for (h, u, _), m in t.archive.items() if (h, u) == (host, username)),
+                      key=lambda m: m.id)
+
+    def appendArchive(self, host, entries, maxItems):
+        def append(t):
+            added: dict[str, int] = {}
+            for username, message, rosterOnly in entries:
+                if (host, username) not in t.accounts or (host, username, message.id) in t.archive:
+                    continue
+                item = t.roster.get((host, username, message.peer), (None,))[0]
+                if rosterOnly and item is None:
+                    continue
+                t.archive[host, username, message.id] = message
+                added[username] = added.get(username, 0) + 1
+            for username in added:
+                for old in self._archive(t, host, username)[:-maxItems or None]:
+                    del t.archive[host, username, old.id]
+            return sum(added.values())
+        return self._run(append)
+
+    def queryArchive(self, host, username, query: ArchiveQuery):
+        def read(t):
+            archive = self._archive(t, host, username)
+            for cursor in (query.after, query.before):
+                if cursor is not None and cursor not in {m.id for m in archive}:
+                    raise ArchiveItemNotFound(cursor)
+            passing = [m for m in archive
+                       if query.peer in (None, m.peer) and query.resource in (None, m.resource)
+                       and (query.low is None or m.id > query.low)
+                       and (query.high is None or m.id < query.high)
+                       and (query.ids is None or m.id in query.ids)]
+            page = [m for m in passing if (query.after is None or m.id > query.after)
+                    and (query.before is None or m.id < query.before)]
+            if query.last:
+                chosen = page[max(0, len(page) - query.offset - query.limit):len(page) - query.offset]
+                complete = len(page) - query.offset <= query.limit
+            else:
+                chosen = page[query.offset:query.offset + query.limit]
+                complete = len(page) - query.offset <= query.limit
+            index = passing.index(chosen[0]) if chosen else query.offset
+            if query.last:
+                index = None
+            return ArchivePage(tuple(chosen), len(passing), index, complete)
+        return self._run(read)
+
+    def lastArchiveId(self, host):
+        return self._run(lambda t: max((key[2] for key in t.archive if key[0] == host), default=0))
+
+    def sweepArchive(self, host, before, limit):
+        def sweep(t):
+            old = sorted((key for key in t.archive if key[0] == host and key[2] < before),
+                         key=lambda key: key[2])[:limit]
+            for key in old:
+                del t.archive[key]
+            return len(old)
+        return self._run(sweep)
+
+    def getArchivePrefs(self, host):
+        return self._run(lambda t: {u: prefs for (h, u), prefs in t.archivePrefs.items() if h == host})
+
+    def setArchivePrefs(self, host, username, prefs: ArchivePrefs):
+        def set_(t):
+            if (host, username) not in t.accounts:
+                raise KeyError(f"no account {username}@{host}")  # SQLite's foreign key
+            t.archivePrefs[host, username] = prefs
+        return self._run(set_)
 
     # -- blocklists ---------------------------------------------------------
 

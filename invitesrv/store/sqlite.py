@@ -27,6 +27,11 @@ from zope.interface import implementer
 from invitesrv.limits import EpisodeLog
 from invitesrv.store.interfaces import (
     AccountExists,
+    ArchivedMessage,
+    ArchiveItemNotFound,
+    ArchivePage,
+    ArchivePrefs,
+    ArchiveQuery,
     Credentials,
     Device,
     FastToken,
@@ -486,6 +491,109 @@ class SQLiteStore(RosterObservers):
         return self._run(lambda conn: conn.execute(
             "DELETE FROM offline_messages WHERE host = ? AND username = ? AND id <= ?",
             (host, username, upTo)).rowcount)
+
+    # -- message archives ---------------------------------------------------
+
+    def appendArchive(self, host, entries, maxItems):
+        def append(conn):
+            added: dict[str, int] = {}
+            for username, m, rosterOnly in entries:
+                stored = conn.execute(
+                    "INSERT OR IGNORE INTO archive (host, username, id, peer, resource, stanza)"
+                    " SELECT ?, ?, ?, ?, ?, ?"
+                    " WHERE EXISTS (SELECT 1 FROM accounts WHERE host = ? AND username = ?)"
+                    " AND (NOT ? OR EXISTS (SELECT 1 FROM roster_items WHERE host = ?"
+                    " AND username = ? AND contact = ? AND subscription != 'remove'))",
+                    (host, username, m.id, m.peer, m.resource, m.stanza, host, username,
+                     rosterOnly, host, username, m.peer)).rowcount
+                if stored:
+                    added[username] = added.get(username, 0) + 1
+            for username, count in added.items():
+                items = conn.execute(
+                    "INSERT INTO archive_sizes (host, username, items) VALUES (?, ?, ?)"
+                    " ON CONFLICT DO UPDATE SET items = items + excluded.items RETURNING items",
+                    (host, username, count)).fetchone()[0]
+                if items > maxItems:
+                    conn.execute(
+                        "DELETE FROM archive WHERE host = ? AND username = ? AND id IN (SELECT id"
+                        " FROM archive WHERE host = ? AND username = ? ORDER BY id LIMIT ?)",
+                        (host, username, host, username, items - maxItems))
+                    conn.execute("UPDATE archive_sizes SET items = ? WHERE host = ? AND username = ?",
+                                 (maxItems, host, username))
+            return sum(added.values())
+        return self._run(append)
+
+    def queryArchive(self, host, username, query: ArchiveQuery):
+        def read(conn):
+            where, args = ["host = ? AND username = ?"], [host, username]
+            for cursor in (query.after, query.before):
+                if cursor is not None and not conn.execute(
+                        "SELECT 1 FROM archive WHERE host = ? AND username = ? AND id = ?",
+                        (host, username, cursor)).fetchone():
+                    raise ArchiveItemNotFound(cursor)
+            for clause, value in (("peer = ?", query.peer), ("resource = ?", query.resource),
+                                  ("id > ?", query.low), ("id < ?", query.high)):
+                if value is not None:
+                    where.append(clause)
+                    args.append(value)
+            if query.ids is not None:
+                where.append(f"id IN ({', '.join('?' * len(query.ids))})")
+                args += query.ids
+            condition = " AND ".join(where)
+            page, pageArgs = [condition], list(args)
+            for clause, value in (("id > ?", query.after), ("id < ?", query.before)):
+                if value is not None:
+                    page.append(clause)
+                    pageArgs.append(value)
+            rows = conn.execute(
+                f"SELECT id, peer, stanza, resource FROM archive WHERE {' AND '.join(page)}"
+                f" ORDER BY id {'DESC' if query.last else ''} LIMIT ? OFFSET ?",
+                (*pageArgs, query.limit + 1, query.offset)).fetchall()
+            complete = len(rows) <= query.limit
+            rows = rows[:query.limit]
+            if query.last:
+                rows.reverse()
+            count = conn.execute(f"SELECT COUNT(*) FROM archive WHERE {condition}", args).fetchone()[0]
+            if query.last:
+                index = None
+            elif not rows or query.after is None:
+                index = query.offset
+            else:
+                index = conn.execute(f"SELECT COUNT(*) FROM archive WHERE {condition} AND id < ?",
+                                     (*args, rows[0][0])).fetchone()[0]
+            return ArchivePage(tuple(ArchivedMessage(*row) for row in rows), count, index, complete)
+        return self._run(read)
+
+    def lastArchiveId(self, host):
+        return self._run(lambda conn: conn.execute(
+            "SELECT COALESCE(MAX(id), 0) FROM archive WHERE host = ?", (host,)).fetchone()[0])
+
+    def sweepArchive(self, host, before, limit):
+        def sweep(conn):
+            swept = conn.execute(
+                "SELECT username, MAX(id), COUNT(*) FROM (SELECT username, id FROM archive"
+                " WHERE host = ? AND id < ? ORDER BY id LIMIT ?) GROUP BY username",
+                (host, before, limit)).fetchall()
+            for username, top, count in swept:
+                # The batch holds the oldest ids of the host: each user's up to its newest one.
+                conn.execute("DELETE FROM archive WHERE host = ? AND username = ? AND id <= ?",
+                             (host, username, top))
+                conn.execute("UPDATE archive_sizes SET items = items - ? WHERE host = ? AND username = ?",
+                             (count, host, username))
+            return sum(row[2] for row in swept)
+        return self._run(sweep)
+
+    def getArchivePrefs(self, host):
+        return self._run(lambda conn: {
+            username: ArchivePrefs(policy, tuple(json.loads(always)), tuple(json.loads(never)))
+            for username, policy, always, never in conn.execute(
+                "SELECT username, policy, always, never FROM archive_prefs WHERE host = ?", (host,))})
+
+    def setArchivePrefs(self, host, username, prefs: ArchivePrefs):
+        return self._run(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO archive_prefs (host, username, policy, always, never)"
+            " VALUES (?, ?, ?, ?, ?)", (host, username, prefs.policy, json.dumps(list(prefs.always)),
+                                        json.dumps(list(prefs.never)))) and None)
 
     # -- blocklists ---------------------------------------------------------
 
