@@ -644,7 +644,7 @@ class StoreBehaviour:
         assert not (yield store.deletePepNode(HOST, "alice", "m"))
         assert (yield store.getPep(HOST, "alice")) == [PepNode("n", '{"max_items": 9}')]
         assert (yield store.getPep(HOST, "bob")) == [PepNode("n", '{"a": 1}', (("x", "<item/>"),))]
-        with pytest.raises(Exception):
+        with pytest.raises((KeyError, sqlite3.IntegrityError)):
             yield store.publishPepItem(HOST, "nobody", "n", "{}", "1", "<item/>", 1)
 
     @pytest_twisted.inlineCallbacks
