@@ -248,7 +248,7 @@ def test_openAccessForStrangers(pep):
 
 
 def test_publishOptionsPrecondition(pep):
-    """publish-options that the node does not meet: conflict with precondition-not-met; after a configure, fine."""
+    """publish-options the node does not meet: conflict, precondition-not-met; after a configure, fine."""
     alice = pep.online("alice")
     assert publish(alice, NS_DEVICELIST, DEVICES)["type"] == "result"
     reply = publish(alice, NS_DEVICELIST, DEVICES, options={"access_model": "open"})
@@ -309,7 +309,8 @@ def test_limits(servers):
     reply = publish(alice, "n1", big)
     assert condition(reply) == ("not-acceptable", "payload-too-big")
     assert "200 bytes" in str(reply.error.text)
-    assert condition(publish(alice, "n1", "<x xmlns='y'/>", options={"max_items": "4"})) == ("not-acceptable",)
+    tooMany = publish(alice, "n1", "<x xmlns='y'/>", options={"max_items": "4"})
+    assert condition(tooMany) == ("not-acceptable",)
     for n in range(3):
         assert publish(alice, "n1", f"<x xmlns='y'>{'a' * 60}</x>", f"i{n}",
                        options={"max_items": "max"})["type"] == "result"
