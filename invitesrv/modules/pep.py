@@ -137,7 +137,7 @@ class PepModule(HostModule):
         HostModule.__init__(self)
         self.services: OrderedDict[str, Service] = OrderedDict()
         self._loading: dict[str, defer.Deferred] = {}
-        self._busy: dict[str, int] = {}  # username: writes under way (not evicted meanwhile)
+        self._locks: dict[str, defer.DeferredLock] = {}  # username: its changes, one at a time
         # username: {full JID of an interested resource: the nodes it wants}
         self.interest: dict[str, dict[str, frozenset[str]]] = {}
         self.caps: CapsCache | None = None
@@ -186,7 +186,7 @@ class PepModule(HostModule):
                 service.nodes[stored.node] = node
             self.services[username] = result = service
             while len(self.services) > LOADED:
-                oldest = next((name for name in self.services if not self._busy.get(name)), None)
+                oldest = next((name for name in self.services if name not in self._locks), None)
                 if oldest is None:
                     break
                 del self.services[oldest]
@@ -198,16 +198,25 @@ class PepModule(HostModule):
         value = node.options["max_items"]
         return self.options.max_items if value == "max" else min(value, self.options.max_items)
 
-    @defer.inlineCallbacks
-    def _write(self, username: str, call, *args):
-        """Run a store write for C{username}'s nodes, the service kept in memory meanwhile."""
-        self._busy[username] = self._busy.get(username, 0) + 1
-        try:
-            return (yield call(self.parent.name, username, *args))
-        finally:
-            self._busy[username] -= 1
-            if not self._busy[username]:
-                del self._busy[username]
+    def _locked(self, username: str, fn, *args) -> defer.Deferred:
+        """Run C{fn(*args)} after the account's earlier changes (its nodes stay in memory meanwhile)."""
+        lock = self._locks.get(username)
+        if lock is None:
+            lock = self._locks[username] = defer.DeferredLock()
+        d = lock.run(fn, *args)
+        d.addBoth(self._unlocked, username, lock)
+        return d
+
+    def _unlocked(self, result, username: str, lock: defer.DeferredLock):
+        if not lock.locked and not lock.waiting and self._locks.get(username) is lock:
+            del self._locks[username]
+        return result
+
+    def _refused(self, username: str, limit: str, node: str) -> None:
+        """Log a request a limit refused (docs/limits.md)."""
+        log.info("PEP: {user} over {limit} ({value}) publishing to {node}",
+                 user=self._bare(username), limit=f"modules.pep.{limit}",
+                 value=getattr(self.options, limit), node=node)
 
     # -- access ----------------------------------------------------------------
 
@@ -278,11 +287,11 @@ class PepModule(HostModule):
         if key == (NS_PUBSUB, "set", "retract"):
             return (yield self._retract(iq, service, verb))
         if key == (NS_PUBSUB, "set", "create"):
-            return (yield self._create(iq, service, verb, request))
+            return (yield self._locked(username, self._create, iq, service, verb, request))
         if key == (NS_OWNER, "set", "delete"):
-            return (yield self._delete(iq, service, verb))
+            return (yield self._locked(username, self._delete, iq, service, verb))
         if key == (NS_OWNER, "set", "purge"):
-            return (yield self._purge(iq, service, verb))
+            return (yield self._locked(username, self._purge, iq, service, verb))
         if key == (NS_OWNER, "get", "configure"):
             node = self._node(service, verb)
             reply = xmlstream.toResponse(iq, "result")
@@ -291,7 +300,7 @@ class PepModule(HostModule):
             configure.addChild(optionsForm(node.options))
             return reply
         if key == (NS_OWNER, "set", "configure"):
-            return (yield self._configure(iq, service, verb))
+            return (yield self._locked(username, self._configure, iq, service, verb))
         if key == (NS_OWNER, "get", "default"):
             reply = xmlstream.toResponse(iq, "result")
             reply.addElement((NS_OWNER, "pubsub")).addElement("default").addChild(optionsForm(DEFAULTS))
@@ -355,14 +364,14 @@ class PepModule(HostModule):
     def _newNode(self, service: Service, name: str, options: dict) -> Node:
         """A node to create, if the account may have one more."""
         if len(service.nodes) >= self.options.max_nodes:
+            self._refused(service.username, "max_nodes", name)
             raise pubsubError("resource-constraint", text=f"An account has at most"
                               f" {self.options.max_nodes} PEP nodes; delete one first")
         return Node(name, {**DEFAULTS, **options})
 
     @defer.inlineCallbacks
     def _publish(self, iq, service: Service, verb, request):
-        """Publish one item (the node created if missing), then notify."""
-        name = self._nodeName(verb)
+        """A publish request: one item, with publish-options if any."""
         items = list(verb.elements(NS_PUBSUB, "item"))
         if len(items) != 1:
             raise pubsubError("bad-request", "item-required" if not items else "invalid-payload",
@@ -371,20 +380,41 @@ class PepModule(HostModule):
         if len(payloads) != 1:
             raise pubsubError("bad-request", "payload-required" if not payloads else "invalid-payload",
                               text="An item holds one payload element")
-        payload = payloads[0].toXml()
-        size = len(payload.encode("utf-8"))
-        if size > self.options.max_payload:
-            raise pubsubError("not-acceptable", "payload-too-big",
-                              text=f"An item's payload is at most {self.options.max_payload} bytes")
-        itemId = items[0].getAttribute("id") or uuid.uuid4().hex
         wanted = {}
         for child in request.elements(NS_PUBSUB, "publish-options"):
             fields = formValues(child, NS_PUBLISH_OPTIONS)
             if fields is not None:
                 wanted = checkOptions(fields, self.options.max_items)
+        itemId = yield self.publish(service.username, self._nodeName(verb), items[0].getAttribute("id"),
+                                    payloads[0], wanted)
+        reply = xmlstream.toResponse(iq, "result")
+        publish = reply.addElement((NS_PUBSUB, "pubsub")).addElement("publish")
+        publish["node"] = verb["node"]
+        publish.addElement("item")["id"] = itemId
+        return reply
+
+    def publish(self, username: str, name: str, itemId: str | None, payload: domish.Element,
+                wanted: dict | None = None) -> defer.Deferred:
+        """
+        Publish C{payload} as item C{itemId} (None: a new id) of the node
+        C{name} of C{username} (created with the options C{wanted} if
+        missing; if it exists, they are a precondition), store it and tell
+        those interested; fire with the item id. For other modules too (the
+        vCard's avatar, the bookmarks of private storage).
+        """
+        return self._locked(username, self._publishLocked, username, name, itemId or uuid.uuid4().hex,
+                            payload.toXml(), wanted or {})
+
+    @defer.inlineCallbacks
+    def _publishLocked(self, username: str, name: str, itemId: str, payload: str, wanted: dict):
+        service = yield self.service(username)
+        size = len(payload.encode("utf-8"))
+        if size > self.options.max_payload:
+            self._refused(username, "max_payload", name)
+            raise pubsubError("not-acceptable", "payload-too-big",
+                              text=f"An item's payload is at most {self.options.max_payload} bytes")
         node = service.nodes.get(name)
-        created = node is None
-        if created:
+        if node is None:
             node = self._newNode(service, name, wanted)
         elif any(node.options.get(option) != value for option, value in wanted.items()):
             raise pubsubError("conflict", "precondition-not-met",
@@ -392,46 +422,66 @@ class PepModule(HostModule):
         old = node.items.get(itemId)
         grown = size - (len(old.encode("utf-8")) if old is not None else 0)
         if node.options["persist_items"] and grown > 0 and service.size() + grown > self.options.max_bytes:
+            self._refused(username, "max_bytes", name)
             raise pubsubError("resource-constraint", text=f"An account's PEP items take at most"
                               f" {self.options.max_bytes} bytes; retract or delete some first")
         keep = self.maxItems(node) if node.options["persist_items"] else 0
-        yield self._write(service.username, self.parent.store.publishPepItem, name,
-                          dumpOptions(node.options), itemId, payload, keep)
+        yield self.parent.store.publishPepItem(self.parent.name, username, name, dumpOptions(node.options),
+                                               itemId, payload, keep)
         service.nodes[name] = node
         node.items.pop(itemId, None)
         node.items[itemId] = payload
         while len(node.items) > max(keep, 1):  # an item not kept is still the last one
             node.items.popitem(last=False)
-        reply = xmlstream.toResponse(iq, "result")
-        publish = reply.addElement((NS_PUBSUB, "pubsub")).addElement("publish")
-        publish["node"] = name
-        publish.addElement("item")["id"] = itemId
-        self.send(reply)
-        self._background(self.notify(service.username, node, itemElement(itemId, payload)
+        self._background(self.notify(username, node, itemElement(itemId, payload)
                                      if node.options["deliver_payloads"] else itemElement(itemId, None)))
-        return None
+        return itemId
 
     @defer.inlineCallbacks
     def _retract(self, iq, service: Service, verb):
-        """Retract items; notify if asked (or if the node says so)."""
-        node = self._node(service, verb)
+        """A retract request; notify if asked (or if the node says so)."""
         ids = [item.getAttribute("id") for item in verb.elements(NS_PUBSUB, "item")]
         if not ids or None in ids:
             raise pubsubError("bad-request", "item-required", text="Name the items to retract")
-        missing = [i for i in ids if i not in node.items]
-        if missing:
+        notify = verb.getAttribute("notify")
+        yield self.retract(service.username, self._nodeName(verb), ids,
+                           None if notify is None else notify in ("1", "true"))
+        return xmlstream.toResponse(iq, "result")
+
+    def retract(self, username: str, name: str, ids, notify: bool | None = None) -> defer.Deferred:
+        """
+        Retract the items C{ids} of node C{name} (C{item-not-found} if one is
+        missing) and, if C{notify} (None: as the node says), tell those interested.
+        """
+        return self._locked(username, self._retractLocked, username, name, ids, notify)
+
+    @defer.inlineCallbacks
+    def _retractLocked(self, username: str, name: str, ids, notify: bool | None):
+        service = yield self.service(username)
+        node = service.nodes.get(name)
+        if node is None or any(i not in node.items for i in ids):
             raise pubsubError("item-not-found", text="No such item")
         for itemId in ids:
-            yield self._write(service.username, self.parent.store.retractPepItem, node.name, itemId)
+            yield self.parent.store.retractPepItem(self.parent.name, username, name, itemId)
             node.items.pop(itemId, None)
-        self.send(xmlstream.toResponse(iq, "result"))
-        notify = verb.getAttribute("notify")
-        if notify in ("1", "true") or (notify is None and node.options["notify_retract"]):
+        if notify or (notify is None and node.options["notify_retract"]):
             for itemId in ids:
                 retract = domish.Element((NS_EVENT, "retract"))
                 retract["id"] = itemId
-                self._background(self.notify(service.username, node, retract))
-        return None
+                self._background(self.notify(username, node, retract))
+
+    @defer.inlineCallbacks
+    def items(self, username: str, name: str, requestor: jid.JID | None = None):
+        """
+        Fire with the items of node C{name} of C{username} as (id, payload
+        XML), oldest first; None if there is no such node or C{requestor}
+        (None: the owner) may not read it.
+        """
+        service = yield self.service(username)
+        node = service.nodes.get(name)
+        if node is None or (requestor is not None and not (yield self.mayRead(username, node, requestor))):
+            return None
+        return list(node.items.items())
 
     @defer.inlineCallbacks
     def _create(self, iq, service: Service, verb, request):
@@ -445,7 +495,8 @@ class PepModule(HostModule):
             if fields is not None:
                 options = checkOptions(fields, self.options.max_items)
         node = self._newNode(service, name, options)
-        yield self._write(service.username, self.parent.store.setPepNode, name, dumpOptions(node.options))
+        yield self.parent.store.setPepNode(self.parent.name, service.username, name,
+                                           dumpOptions(node.options))
         service.nodes[name] = node
         return xmlstream.toResponse(iq, "result")
 
@@ -457,19 +508,20 @@ class PepModule(HostModule):
         if fields is None:
             raise pubsubError("bad-request", text="A configure request carries a node_config form")
         options = {**node.options, **checkOptions(fields, self.options.max_items)}
-        yield self._write(service.username, self.parent.store.setPepNode, node.name, dumpOptions(options))
+        yield self.parent.store.setPepNode(self.parent.name, service.username, node.name,
+                                           dumpOptions(options))
         node.options = options
         keep = self.maxItems(node) if options["persist_items"] else 0
         while len(node.items) > keep:
             itemId, _ = node.items.popitem(last=False)
-            yield self._write(service.username, self.parent.store.retractPepItem, node.name, itemId)
+            yield self.parent.store.retractPepItem(self.parent.name, service.username, node.name, itemId)
         return xmlstream.toResponse(iq, "result")
 
     @defer.inlineCallbacks
     def _delete(self, iq, service: Service, verb):
         """Delete a node and its items; tell those interested."""
         node = self._node(service, verb)
-        yield self._write(service.username, self.parent.store.deletePepNode, node.name)
+        yield self.parent.store.deletePepNode(self.parent.name, service.username, node.name)
         service.nodes.pop(node.name, None)
         self.send(xmlstream.toResponse(iq, "result"))
         if node.options["notify_delete"]:
@@ -480,7 +532,7 @@ class PepModule(HostModule):
     def _purge(self, iq, service: Service, verb):
         """Delete every item of a node; tell those interested."""
         node = self._node(service, verb)
-        yield self._write(service.username, self.parent.store.purgePepNode, node.name)
+        yield self.parent.store.purgePepNode(self.parent.name, service.username, node.name)
         node.items.clear()
         self.send(xmlstream.toResponse(iq, "result"))
         self._background(self.notify(service.username, node, None, "purge"))
