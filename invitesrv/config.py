@@ -41,6 +41,8 @@ DEFAULT_MODULES = (
     "csi",
     "blocking",
     "pep",
+    "vcard",
+    "private",
 )
 
 

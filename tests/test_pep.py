@@ -18,6 +18,9 @@ from invitesrv.modules.pep import PepOptions
 from invitesrv.pubsub import NS_ERRORS, NS_EVENT, NS_OWNER, NS_PUBSUB
 from invitesrv.store.interfaces import RosterItem
 
+NS_VCARD = "vcard-temp"
+NS_PRIVATE = "jabber:iq:private"
+
 NS_AVATAR_META = "urn:xmpp:avatar:metadata"
 NS_DEVICELIST = "eu.siacs.conversations.axolotl.devicelist"
 NOTIFY = (f"{NS_AVATAR_META}+notify", f"{NS_DEVICELIST}+notify", "urn:xmpp:bookmarks:1+notify")
@@ -66,7 +69,7 @@ class Pep:
     """An in-memory server with PEP, whose users' clients answer caps queries when asked."""
 
     def __init__(self, servers, **options) -> None:
-        self.server = servers(modules=("roster", "presence", "disco", "pep"))
+        self.server = servers(modules=("roster", "presence", "disco", "pep", "vcard", "private"))
         self.host = self.server.hosts["localhost"]
         self.pep = self.host.modules["pep"]
         if options:
@@ -342,3 +345,95 @@ def test_discoAdvertisesPep(pep):
     features = {f["var"] for f in reply.query.elements(NS_DISCO_INFO, "feature")}
     assert ("pubsub", "pep") in identities
     assert {f"{NS_PUBSUB}#publish-options", f"{NS_PUBSUB}#publish", f"{NS_PUBSUB}#access-open"} <= features
+
+
+PNG = "iVBORw0KGgo="  # base64 of 8 bytes, the PNG signature
+
+
+def test_vcardPhotoBecomesAvatar(pep):
+    """
+    XEP-0398: a vCard's PHOTO is published as the PEP avatar (data and
+    metadata, open); a vCard get gives it back; the contact with caps hears
+    of the metadata; presence without a photo hash gets the avatar's id.
+    """
+    import base64
+    import hashlib
+    alice, bob = pep.online("alice"), pep.online("bob")
+    bob.discard()
+    reply = alice.request(f"<vCard xmlns='{NS_VCARD}'><FN>Alice</FN><PHOTO><TYPE>image/png</TYPE>"
+                          f"<BINVAL>{PNG}</BINVAL></PHOTO></vCard>", "set")
+    assert reply["type"] == "result", reply.toXml()
+    avatarId = hashlib.sha1(base64.b64decode(PNG)).hexdigest()
+    bob.expect(isEvent("alice@localhost", NS_AVATAR_META, avatarId))
+    eve = pep.online("eve")
+    reply = eve.request(f"<vCard xmlns='{NS_VCARD}'/>", "get", "alice@localhost")
+    assert str(reply.vCard.FN) == "Alice"
+    assert str(reply.vCard.PHOTO.BINVAL) == PNG and str(reply.vCard.PHOTO.TYPE) == "image/png"
+    assert itemIds(items(eve, "alice@localhost", "urn:xmpp:avatar:data")) == [avatarId]
+    assert condition(eve.request(f"<vCard xmlns='{NS_VCARD}'><FN>Eve</FN></vCard>", "set",
+                                 "alice@localhost")) == ("forbidden",)
+    bob.discard()
+    alice.send("<presence><show>away</show></presence>")
+    presence = bob.expect(isPresence(alice.jid))
+    assert str(next(presence.elements("vcard-temp:x:update", "x")).photo) == avatarId
+
+
+def test_pepAvatarInVcard(pep):
+    """An avatar published over PEP (presence access) is the vCard's photo for a contact, not for a stranger."""
+    alice = pep.online("alice")
+    publish(alice, "urn:xmpp:avatar:data", f"<data xmlns='urn:xmpp:avatar:data'>{PNG}</data>", "abc")
+    publish(alice, NS_AVATAR_META, AVATAR, "abc")
+    bob, eve = pep.online("bob"), pep.online("eve")
+    reply = bob.request(f"<vCard xmlns='{NS_VCARD}'/>", "get", "alice@localhost")
+    assert str(reply.vCard.PHOTO.BINVAL) == PNG
+    reply = eve.request(f"<vCard xmlns='{NS_VCARD}'/>", "get", "alice@localhost")
+    assert reply["type"] == "result" and reply.vCard.PHOTO is None
+
+
+def test_privateStorage(pep):
+    """XEP-0049: the account's own elements, kept by namespace; no one else's; jabber:* refused."""
+    alice, bob = pep.online("alice"), pep.online("bob")
+    assert alice.request(f"<query xmlns='{NS_PRIVATE}'><prefs xmlns='x:y'><a>1</a></prefs></query>",
+                         "set")["type"] == "result"
+    reply = alice.request(f"<query xmlns='{NS_PRIVATE}'><prefs xmlns='x:y'/></query>")
+    assert str(reply.query.prefs.a) == "1"
+    reply = alice.request(f"<query xmlns='{NS_PRIVATE}'><other xmlns='x:z'/></query>")
+    assert reply.query.other is not None and not reply.query.other.children
+    assert condition(bob.request(f"<query xmlns='{NS_PRIVATE}'><prefs xmlns='x:y'/></query>", "get",
+                                 "alice@localhost")) == ("forbidden",)
+    assert condition(alice.request(f"<query xmlns='{NS_PRIVATE}'><x xmlns='jabber:client'/></query>",
+                                   "set")) == ("not-acceptable",)
+
+
+def test_bookmarksBothWays(pep):
+    """
+    XEP-0411: legacy bookmarks set in private storage are XEP-0402 items
+    (a removed room retracted, with notification to the owner's other
+    resource), and a XEP-0402 publish is what the legacy get returns.
+    """
+    alice = pep.online("alice")
+    other = pep.online("alice", "other")
+    legacy = ("<storage xmlns='storage:bookmarks'>"
+              "<conference jid='a@muc.localhost' name='A' autojoin='true'><nick>al</nick></conference>"
+              "<conference jid='b@muc.localhost' name='B'/><url name='w' url='https://example.org/'/>"
+              "</storage>")
+    assert alice.request(f"<query xmlns='{NS_PRIVATE}'>{legacy}</query>", "set")["type"] == "result"
+    reply = items(alice, None, "urn:xmpp:bookmarks:1")
+    assert sorted(itemIds(reply)) == ["a@muc.localhost", "b@muc.localhost"]
+    other.expect(isEvent("alice@localhost", "urn:xmpp:bookmarks:1", "a@muc.localhost"))
+    conference = [i for i in reply.pubsub.items.elements(NS_PUBSUB, "item")
+                  if i["id"] == "a@muc.localhost"][0].conference
+    assert conference["autojoin"] == "true" and str(conference.nick) == "al"
+    config = alice.request(f"<pubsub xmlns='{NS_OWNER}'><configure node='urn:xmpp:bookmarks:1'/></pubsub>")
+    values = {f["var"]: str(f.value) for f in config.pubsub.configure.x.elements() if f.name == "field"
+              and f.getAttribute("var")}
+    assert values["pubsub#access_model"] == "whitelist"
+    alice.request(f"<query xmlns='{NS_PRIVATE}'><storage xmlns='storage:bookmarks'>"
+                  "<conference jid='a@muc.localhost' name='A' autojoin='true'/></storage></query>", "set")
+    other.expect(isEvent("alice@localhost", "urn:xmpp:bookmarks:1", "b@muc.localhost", "retract"))
+    publish(alice, "urn:xmpp:bookmarks:1", "<conference xmlns='urn:xmpp:bookmarks:1' name='C'/>",
+            "c@muc.localhost")
+    reply = alice.request(f"<query xmlns='{NS_PRIVATE}'><storage xmlns='storage:bookmarks'/></query>")
+    rooms = {c["jid"]: c.getAttribute("name") for c in reply.query.storage.elements()
+             if c.name == "conference"}
+    assert rooms == {"a@muc.localhost": "A", "c@muc.localhost": "C"}

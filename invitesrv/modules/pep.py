@@ -124,6 +124,7 @@ class PepModule(HostModule):
     accountIdentities = (disco.DiscoIdentity("pubsub", "pep"),)
     accountFeatures = FEATURES
     hooks = (("client-presence", "onOwnPresence", 10),
+             ("session-bound", "onSessionBound"),
              ("session-closed", "onSessionClosed"),
              ("user-deleted", "onUserDeleted"))
     observers = ((f"/iq/pubsub[@xmlns='{NS_PUBSUB}']", "onRequest"),
@@ -394,19 +395,20 @@ class PepModule(HostModule):
         return reply
 
     def publish(self, username: str, name: str, itemId: str | None, payload: domish.Element,
-                wanted: dict | None = None) -> defer.Deferred:
+                wanted: dict | None = None, defaults: dict | None = None) -> defer.Deferred:
         """
         Publish C{payload} as item C{itemId} (None: a new id) of the node
-        C{name} of C{username} (created with the options C{wanted} if
-        missing; if it exists, they are a precondition), store it and tell
-        those interested; fire with the item id. For other modules too (the
-        vCard's avatar, the bookmarks of private storage).
+        C{name} of C{username} (created with the options C{wanted} and
+        C{defaults} if missing; if it exists, C{wanted} is a precondition),
+        store it and tell those interested; fire with the item id. For other
+        modules too (the vCard's avatar, the bookmarks of private storage).
         """
         return self._locked(username, self._publishLocked, username, name, itemId or uuid.uuid4().hex,
-                            payload.toXml(), wanted or {})
+                            payload.toXml(), wanted or {}, defaults or {})
 
     @defer.inlineCallbacks
-    def _publishLocked(self, username: str, name: str, itemId: str, payload: str, wanted: dict):
+    def _publishLocked(self, username: str, name: str, itemId: str, payload: str, wanted: dict,
+                       defaults: dict):
         service = yield self.service(username)
         size = len(payload.encode("utf-8"))
         if size > self.options.max_payload:
@@ -415,7 +417,7 @@ class PepModule(HostModule):
                               text=f"An item's payload is at most {self.options.max_payload} bytes")
         node = service.nodes.get(name)
         if node is None:
-            node = self._newNode(service, name, wanted)
+            node = self._newNode(service, name, {**defaults, **wanted})
         elif any(node.options.get(option) != value for option, value in wanted.items()):
             raise pubsubError("conflict", "precondition-not-met",
                               text="The node's configuration is not what publish-options asks")
@@ -707,6 +709,14 @@ class PepModule(HostModule):
             self.setInterest(username, full, notify)
 
     # -- life cycle ------------------------------------------------------------
+
+    def onSessionBound(self, session) -> None:
+        """Hook C{session-bound}: read the account's nodes now, before its presence needs them."""
+        self._background(self.service(session.user))
+
+    def loaded(self, username: str) -> Service | None:
+        """The account's nodes if they are in memory (for synchronous hooks), else None."""
+        return self.services.get(username)
 
     def onSessionClosed(self, session) -> None:
         """Hook C{session-closed}: a gone resource of the owner hears nothing more."""
