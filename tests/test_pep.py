@@ -379,7 +379,7 @@ def test_vcardPhotoBecomesAvatar(pep):
 
 
 def test_pepAvatarInVcard(pep):
-    """An avatar published over PEP (presence access) is the vCard's photo for a contact, not for a stranger."""
+    """An avatar published over PEP (presence access) is the vCard photo for a contact, not a stranger."""
     alice = pep.online("alice")
     publish(alice, "urn:xmpp:avatar:data", f"<data xmlns='urn:xmpp:avatar:data'>{PNG}</data>", "abc")
     publish(alice, NS_AVATAR_META, AVATAR, "abc")
