@@ -57,7 +57,8 @@ def test_avatarWithAioxmpp(server):
     b.close()
 
     async def scenario():
-        dave, erin, frank = (aioClient(f"{name}@localhost", server.port) for name in ("dave", "erin", "frank"))
+        dave, erin, frank = (aioClient(f"{name}@localhost", server.port) for name in ("dave", "erin",
+                                                                                       "frank"))
         changed = asyncio.Queue()
         erinAvatars = erin.summon(aioxmpp.avatar.AvatarService)
         erinAvatars.on_metadata_changed.connect(lambda jid, metadata: changed.put_nowait((jid, metadata)))
