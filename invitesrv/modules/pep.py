@@ -473,6 +473,19 @@ class PepModule(HostModule):
                 self._background(self.notify(username, node, retract))
 
     @defer.inlineCallbacks
+    def sharedItems(self, username: str, name: str):
+        """
+        Fire with the items of node C{name} if its owner shares it beyond a
+        whitelist (access model C{open} or C{presence}), else None: what the
+        invite page may show of an inviter.
+        """
+        service = yield self.service(username)
+        node = service.nodes.get(name)
+        if node is None or node.options["access_model"] not in ("open", "presence"):
+            return None
+        return list(node.items.items())
+
+    @defer.inlineCallbacks
     def items(self, username: str, name: str, requestor: jid.JID | None = None):
         """
         Fire with the items of node C{name} of C{username} as (id, payload
