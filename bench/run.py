@@ -44,9 +44,12 @@ PROVISION = HERE / "provision.py"
 PROSODY_START = HERE / "prosody" / "start.sh"
 PROSODY_STOP = HERE / "prosody" / "stop.sh"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "roster", "idle",
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "roster", "pep", "idle",
              "idle10k")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
+# The rows of the tables: the pep scenario measures two things.
+TAGS = tuple(tag for scenario in SCENARIOS
+             for tag in (("pep-publish", "pep-login") if scenario == "pep" else (scenario,)))
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
 DOMAIN = "localhost"
 POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
@@ -75,6 +78,11 @@ class Sizes:
     roster_r: int = 100
     roster_gets: int = 20
     roster_c: int = 50
+    pep_k: int = 100
+    pep_publishes: int = 200
+    pep_w: int = 10
+    pep_logins: int = 100
+    pep_c: int = 5
     idle_k: int = 2000
     idle_c: int = 50
     idle10k_k: int = 10000
@@ -87,12 +95,13 @@ class Sizes:
     def pool(self, scenarios) -> int:
         """Accounts the non-register scenarios log in with."""
         return max(self.login_n, self.plain_n, self.login1_n, self.idle_k, 2 * self.msg_pairs,
-                   self.roster_u + self.roster_r + 1,
+                   self.roster_u + self.roster_r + 1, self.pep_k + 1,
                    self.idle10k_k if "idle10k" in scenarios else 0)
 
 
 QUICK = Sizes(register_n=20, register_c=5, invite_n=10, login_n=30, login_c=10, plain_n=10, login1_n=5,
               msg_pairs=2, msg_m=10, roster_u=4, roster_r=5, roster_gets=2, roster_c=4,
+              pep_k=5, pep_publishes=10, pep_logins=5, pep_c=2,
               idle_k=30, idle_c=10, idle10k_k=60, idle_settle=0.5, idle_hold=0.5, pause=0.2, max_seconds=30,
               op_timeout=10)
 
@@ -368,7 +377,7 @@ class Bench:
         self.cache = work / f"{server.name}.scram"
         self.results: list[dict] = []
 
-    def gen(self, tag: str, run: str, *args: str) -> dict:
+    def gen(self, tag: str, run: str, *args: str, quiet: bool = False) -> dict:
         """One generator call; its JSON line, annotated, is kept and appended to the output."""
         s = self.sizes
         command = [sys.executable, str(GENERATOR), "--host", "127.0.0.1",
@@ -391,7 +400,7 @@ class Bench:
                        "cert_key": self.keyType, "machine": self.machine})
         with self.out.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if tag != "setup" or errorsOf(record):
+        if (tag != "setup" and not quiet) or errorsOf(record):
             log(f"  {self.server.label} {tag} {run}: {brief(record)}")
         self.results.append(record)
         return record
@@ -492,6 +501,25 @@ class Bench:
         for run in self.runs():
             self.gen("roster", run, "roster", "-g", str(s.roster_gets), *common)
 
+    def scenario_pep(self) -> None:
+        """One generator run gives two rows: publications fanned out, and logins with last items."""
+        s = self.sizes
+        for run in self.runs():
+            record = self.gen("pep", run, "pep", "-k", str(s.pep_k), "--publishes", str(s.pep_publishes),
+                              "-w", str(s.pep_w), "--logins", str(s.pep_logins), "-c", str(s.pep_c),
+                              "--prefix", POOL, quiet=True)
+            if "failed_rc" in record:
+                continue
+            self.results.remove(record)
+            for part in ("publish", "login"):
+                row = {key: value for key, value in record.items()
+                       if not key.startswith(("publish_", "login_"))}
+                row.update({key[len(part) + 1:]: value for key, value in record.items()
+                            if key.startswith(part + "_")})
+                row.update({"tag": f"pep-{part}", "errors": record.get(f"{part}_errors", 0)})
+                self.results.append(row)
+                log(f"  {self.server.label} pep-{part} {run}: {brief(row)}")
+
 
 # -- figures -----------------------------------------------------------------
 
@@ -532,6 +560,7 @@ def figures(r: dict) -> dict:
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
          "login1": "logins/s", "messages": "msgs/s", "roster": "gets/s", "idle": "logins/s",
+         "pep-publish": "publishes/s", "pep-login": "logins/s",
          "idle10k": "logins/s"}
 
 
@@ -612,7 +641,7 @@ def table(results: list[dict]) -> str:
 def medians(results: list[dict]) -> dict:
     """{scenario: {figure: median over the measured runs with zero errors}}."""
     out: dict = {}
-    for tag in SCENARIOS:
+    for tag in TAGS:
         runs = [figures(r) for r in results
                 if r.get("tag") == tag and r.get("run") not in ("setup", "warmup")
                 and errorsOf(r) == 0]
@@ -632,7 +661,7 @@ def ratioTable(ours: list[dict], theirs: list[dict], ourLabel: str, theirLabel: 
     names = {"rate": "rate/s (higher is better)", "p50": "p50 ms", "p99": "p99 ms",
              "cpu_ms_op": "server CPU ms/op (lower is better)",
              "bytes_conn": "bytes per idle connection"}
-    for tag in SCENARIOS:
+    for tag in TAGS:
         if tag not in a and tag not in b:
             continue
         for key, name in names.items():
@@ -745,7 +774,7 @@ def main(argv=None) -> int:
     print(f"\nJSON lines: {out}")
     failed = [r for r in allResults if errorsOf(r) != 0]
     missing = len(servers) > len(everything) or any(
-        not any(r.get("tag") == sc for r in results)
+        not any(r.get("tag") == sc or r.get("scenario") == sc for r in results)
         for _, results in everything for sc in args.scenarios)
     if failed or missing:
         print("Some runs failed or gave errors (see the note column); errors are not figures.")

@@ -221,22 +221,27 @@ class PepModule(HostModule):
 
     # -- access ----------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def mayRead(self, username: str, node: Node, requestor: jid.JID):
-        """Whether C{requestor} may read C{node} of C{username}, by its access model."""
-        if requestor.userhost() == self._bare(username):
+    def allowed(self, username: str, node: Node, bare: str, item) -> bool:
+        """Whether C{bare}, whose item in the owner's roster is C{item} (or None), may read C{node}."""
+        if bare == self._bare(username):
             return True
         model = node.options["access_model"]
         if model == "open":
             return True
-        if model not in ("presence", "roster"):
-            return False
-        item = yield self.parent.modules["roster"].getItem(username, requestor.userhost())
-        if item is None:
+        if item is None or model not in ("presence", "roster"):
             return False
         if model == "presence":
             return item.subscription in FROM
         return bool(set(item.groups) & set(node.options["roster_groups_allowed"]))
+
+    @defer.inlineCallbacks
+    def mayRead(self, username: str, node: Node, requestor: jid.JID):
+        """Whether C{requestor} may read C{node} of C{username}, by its access model."""
+        bare = requestor.userhost()
+        item = None
+        if bare != self._bare(username) and node.options["access_model"] in ("presence", "roster"):
+            item = yield self.parent.modules["roster"].getItem(username, bare)
+        return self.allowed(username, node, bare, item)
 
     # -- requests --------------------------------------------------------------
 
@@ -587,34 +592,33 @@ class PepModule(HostModule):
     def _readers(self, username: str, node: Node, fulls) -> set[str]:
         """The bare JIDs, among those of C{fulls}, that may read C{node} (one roster read)."""
         bares = {parseJID(full).userhost() for full in fulls}
-        owner = self._bare(username)
-        model = node.options["access_model"]
-        if model == "open":
-            return bares
-        allowed = {owner} & bares
-        if model in ("presence", "roster"):
+        items = {}
+        if node.options["access_model"] in ("presence", "roster") and bares - {self._bare(username)}:
             roster = yield self.parent.modules["roster"].getRoster(username)
-            groups = set(node.options["roster_groups_allowed"])
-            for item in roster.items:
-                if item.contact in bares and (item.subscription in FROM if model == "presence"
-                                              else groups & set(item.groups)):
-                    allowed.add(item.contact)
-        return allowed
+            items = {item.contact: item for item in roster.items if item.contact in bares}
+        return {bare for bare in bares if self.allowed(username, node, bare, items.get(bare))}
 
     @defer.inlineCallbacks
-    def sendLastItems(self, username: str, full: str, nodes) -> None:
-        """Send C{full} the last item of each of C{nodes} it may read (XEP-0163 section 4.3.2)."""
+    def sendLastItems(self, username: str, full: str, nodes, item) -> None:
+        """
+        Send C{full} the last item of each of C{nodes} it may read (XEP-0163
+        section 4.3.2); C{item} is its bare JID's item in the owner's roster.
+        """
         service = yield self.service(username)
+        bare = parseJID(full).userhost()
         for name in sorted(nodes):
             node = service.nodes.get(name)
             if node is None or not node.items or node.options["send_last_published_item"] == "never":
                 continue
-            if parseJID(full).userhost() in (yield self._readers(username, node, [full])):
+            if self.allowed(username, node, bare, item):
                 itemId, payload = next(reversed(node.items.items()))
                 self.send(self.event(username, full, name, itemElement(itemId, payload)))
 
-    def setInterest(self, username: str, full: str, notify: frozenset[str]) -> None:
-        """C{full} now wants the nodes C{notify}: remember, and send the last items of new ones."""
+    def setInterest(self, username: str, full: str, notify: frozenset[str], item=None) -> None:
+        """
+        C{full} now wants the nodes C{notify}: remember, and send the last
+        items of new ones (C{item}: its bare JID's item in the owner's roster).
+        """
         known = self.interest.setdefault(username, {})
         new = notify - known.get(full, frozenset())
         if notify:
@@ -624,7 +628,7 @@ class PepModule(HostModule):
             if not known:
                 del self.interest[username]
         if new:
-            self._background(self.sendLastItems(username, full, new))
+            self._background(self.sendLastItems(username, full, new, item))
 
     def forget(self, username: str, full: str) -> None:
         """C{full} went away: it hears nothing more from C{username}'s nodes."""
@@ -653,13 +657,16 @@ class PepModule(HostModule):
         if presence.getAttribute("type") is None:
             d = self.parent.modules["roster"].getItem(target.user, sender.userhost())
             d.addCallback(lambda item: item is not None and item.subscription in FROM
-                          and self._presence(target.user, sender.full(), presence))
+                          and self._presence(target.user, sender.full(), presence, item))
             self._background(d)
         elif presence.getAttribute("type") == "unavailable":
             self.forget(target.user, sender.full())
 
-    def _presence(self, username: str, full: str, presence) -> None:
-        """Available (or unavailable) presence of C{full}, seen by C{username}."""
+    def _presence(self, username: str, full: str, presence, item=None) -> None:
+        """
+        Available (or unavailable) presence of C{full}, seen by C{username}
+        (C{item}: its bare JID's item in the roster of C{username}).
+        """
         if presence.getAttribute("type") == "unavailable":
             self.forget(username, full)
             return
@@ -671,16 +678,16 @@ class PepModule(HostModule):
             return
         known = self.caps.get(caps.ver)
         if known is not None:
-            self.setInterest(username, full, notifyNodes(known))
+            self.setInterest(username, full, notifyNodes(known), item)
         else:
-            self._ask(caps, username, full)
+            self._ask(caps, username, full, item)
 
-    def _ask(self, caps: Caps, username: str, full: str) -> None:
+    def _ask(self, caps: Caps, username: str, full: str, item) -> None:
         """Ask C{full} for the disco#info behind C{caps} (once per C{ver} at a time)."""
         for pending, waiting, _ in self._queries.values():
             if pending.ver == caps.ver:
-                if len(waiting) < self.options.caps_cache and (username, full) not in waiting:
-                    waiting.append((username, full))
+                if len(waiting) < self.options.caps_cache and (username, full, item) not in waiting:
+                    waiting.append((username, full, item))
                 return
         if len(self._queries) >= self.options.caps_cache:
             return
@@ -690,7 +697,7 @@ class PepModule(HostModule):
         iq.addElement((NS_DISCO_INFO, "query"))["node"] = f"{caps.node}#{caps.ver}"
         timeout = self.parent.clock.callLater(self.options.caps_timeout,
                                               self._queries.pop, queryId, None)
-        self._queries[queryId] = (caps, [(username, full)], timeout)
+        self._queries[queryId] = (caps, [(username, full, item)], timeout)
         self.send(iq)
 
     def onQueryAnswer(self, iq) -> None:
@@ -699,7 +706,7 @@ class PepModule(HostModule):
         if entry is None:
             return
         caps, waiting, timeout = entry
-        asker, asked = waiting[0]
+        asker, asked, _ = waiting[0]
         try:
             if parseJID(iq["from"]).full() != asked or parseJID(iq["to"]).full() != self._bare(asker):
                 return
@@ -718,8 +725,8 @@ class PepModule(HostModule):
         else:
             log.info("Caps of {full} do not match their hash {ver}; not kept", full=asked, ver=caps.ver)
             waiting = waiting[:1]
-        for username, full in waiting:
-            self.setInterest(username, full, notify)
+        for username, full, item in waiting:
+            self.setInterest(username, full, notify, item)
 
     # -- life cycle ------------------------------------------------------------
 
