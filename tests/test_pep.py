@@ -437,3 +437,37 @@ def test_bookmarksBothWays(pep):
     rooms = {c["jid"]: c.getAttribute("name") for c in reply.query.storage.elements()
              if c.name == "conference"}
     assert rooms == {"a@muc.localhost": "A", "c@muc.localhost": "C"}
+
+
+def test_capsQueryTimesOut(pep):
+    """A resource that never answers the caps query is asked again at its next presence, after the timeout."""
+    isQuery = lambda e: e.name == "iq" and e.getAttribute("type") == "get"  # noqa: E731
+    bob = pep.online("bob", answer=False)
+    bob.expect(isQuery, what="caps query")
+    bob.send(f"<presence><c xmlns='{NS_CAPS}' hash='sha-1' node='https://example.org/test'"
+             f" ver='{capsHash(discoQuery(NOTIFY))}'/></presence>")
+    bob.absent(isQuery, what="a second query while the first waits")
+    pep.server.clock.advance(pep.pep.options.caps_timeout + 1)
+    bob.send(f"<presence><c xmlns='{NS_CAPS}' hash='sha-1' node='https://example.org/test'"
+             f" ver='{capsHash(discoQuery(NOTIFY))}'/></presence>")
+    bob.expect(isQuery, what="caps query after the timeout")
+
+
+def test_interestNeedsSubscriptionAndPresence(pep):
+    """
+    A caps presence from someone not subscribed to the owner registers no
+    interest (even for an open node); a contact that goes unavailable hears nothing more.
+    """
+    alice = pep.online("alice")
+    publish(alice, NS_DEVICELIST, DEVICES, options={"access_model": "open"})
+    eve = pep.online("eve")
+    eve.send(f"<presence to='alice@localhost'><c xmlns='{NS_CAPS}' hash='sha-1' node='https://example.org/test'"
+             f" ver='{capsHash(discoQuery(NOTIFY))}'/></presence>")
+    bob = pep.online("bob")
+    bob.expect(isEvent("alice@localhost", NS_DEVICELIST, "current"))
+    bob.send("<presence type='unavailable'/>")
+    eve.discard()
+    bob.discard()
+    publish(alice, NS_DEVICELIST, DEVICES, "next")
+    eve.absent(lambda e: e.name == "message")
+    bob.absent(lambda e: e.name == "message")

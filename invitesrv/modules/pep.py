@@ -608,7 +608,8 @@ class PepModule(HostModule):
         bare = parseJID(full).userhost()
         for name in sorted(nodes):
             node = service.nodes.get(name)
-            if node is None or not node.items or node.options["send_last_published_item"] == "never":
+            if (node is None or not node.items
+                    or node.options["send_last_published_item"] != "on_sub_and_presence"):
                 continue
             if self.allowed(username, node, bare, item):
                 itemId, payload = next(reversed(node.items.items()))
