@@ -137,12 +137,13 @@ class PepModule(HostModule):
     def __init__(self) -> None:
         HostModule.__init__(self)
         self.services: OrderedDict[str, Service] = OrderedDict()
-        self._loading: dict[str, defer.Deferred] = {}
+        self._loading: dict[str, list[defer.Deferred]] = {}  # username: who waits for its nodes
         self._locks: dict[str, defer.DeferredLock] = {}  # username: its changes, one at a time
         # username: {full JID of an interested resource: the nodes it wants}
         self.interest: dict[str, dict[str, frozenset[str]]] = {}
         self.caps: CapsCache | None = None
-        self._queries: dict[str, tuple[Caps, list[tuple[str, str]], object]] = {}
+        # caps query id: (the caps asked about, [(username, full JID, roster item)] waiting, timeout)
+        self._queries: dict[str, tuple[Caps, list[tuple], object]] = {}
         self._ids = itertools.count(1)
 
     def connectionInitialized(self) -> None:
@@ -192,7 +193,10 @@ class PepModule(HostModule):
                     break
                 del self.services[oldest]
         for d in waiting:
-            d.callback(result) if isinstance(result, Service) else d.errback(result)
+            if isinstance(result, Service):
+                d.callback(result)
+            else:
+                d.errback(result)
 
     def maxItems(self, node: Node) -> int:
         """How many items C{node} keeps."""
