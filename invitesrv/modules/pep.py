@@ -585,7 +585,7 @@ class PepModule(HostModule):
     def notify(self, username: str, node: Node, child, wrapper: str = "items"):
         """Send an event of C{node} to every resource interested in it that may read it."""
         interested = [full for full, nodes in self.interest.get(username, {}).items() if node.name in nodes]
-        if not interested:
+        if not interested or not node.options["deliver_notifications"]:
             return
         allowed = yield self._readers(username, node, interested)
         for full in interested:
