@@ -570,15 +570,25 @@ class PepModule(HostModule):
         d.addErrback(lambda failure: failure.check(StoreUnavailable) or log.failure(
             "PEP notification failed", failure))
 
-    def event(self, username: str, to: str, node: str, child, wrapper: str = "items") -> domish.Element:
-        """A headline message from the account, carrying one pubsub event."""
+    @staticmethod
+    def eventXML(node: str, child, wrapper: str = "items") -> str:
+        """
+        A pubsub C{<event/>} serialised once, to go as it is into the
+        message to each recipient (a fan-out serialises only the envelopes).
+        """
+        event = domish.Element((NS_EVENT, "event"))
+        inner = event.addElement(wrapper)
+        inner["node"] = node
+        if child is not None:
+            inner.addChild(child)
+        return event.toXml()
+
+    def event(self, username: str, to: str, eventXML: str) -> domish.Element:
+        """A headline message from the account to C{to}, carrying a serialised event."""
         message = domish.Element((NS_CLIENT, "message"))
         message["from"], message["to"], message["type"] = self._bare(username), to, "headline"
         message["id"] = f"pep{next(self._ids)}"
-        event = message.addElement((NS_EVENT, "event")).addElement(wrapper)
-        event["node"] = node
-        if child is not None:
-            event.addChild(child)
+        message.addRawXml(eventXML)
         return message
 
     @defer.inlineCallbacks
@@ -588,14 +598,15 @@ class PepModule(HostModule):
         if not interested or not node.options["deliver_notifications"]:
             return
         allowed = yield self._readers(username, node, interested)
+        eventXML = self.eventXML(node.name, child, wrapper)
         for full in interested:
-            if parseJID(full).userhost() in allowed:
-                self.send(self.event(username, full, node.name, child, wrapper))
+            if bareOf(full) in allowed:
+                self.send(self.event(username, full, eventXML))
 
     @defer.inlineCallbacks
     def _readers(self, username: str, node: Node, fulls) -> set[str]:
         """The bare JIDs, among those of C{fulls}, that may read C{node} (one roster read)."""
-        bares = {parseJID(full).userhost() for full in fulls}
+        bares = {bareOf(full) for full in fulls}
         items = {}
         if node.options["access_model"] in ("presence", "roster") and bares - {self._bare(username)}:
             roster = yield self.parent.modules["roster"].getRoster(username)
@@ -609,7 +620,7 @@ class PepModule(HostModule):
         section 4.3.2); C{item} is its bare JID's item in the owner's roster.
         """
         service = yield self.service(username)
-        bare = parseJID(full).userhost()
+        bare = bareOf(full)
         for name in sorted(nodes):
             node = service.nodes.get(name)
             if (node is None or not node.items
@@ -617,7 +628,7 @@ class PepModule(HostModule):
                 continue
             if self.allowed(username, node, bare, item):
                 itemId, payload = next(reversed(node.items.items()))
-                self.send(self.event(username, full, name, itemElement(itemId, payload)))
+                self.send(self.event(username, full, self.eventXML(name, itemElement(itemId, payload))))
 
     def setInterest(self, username: str, full: str, notify: frozenset[str], item=None) -> None:
         """
@@ -759,6 +770,11 @@ class PepModule(HostModule):
         d = self.service(target.user)
         return d.addCallback(lambda service: [disco.DiscoItem(target.userhostJID(), name)
                                               for name in sorted(service.nodes)])
+
+
+def bareOf(full: str) -> str:
+    """The bare JID of a full JID this module keeps (already parsed and normalised)."""
+    return full.split("/", 1)[0]
 
 
 def notifyNodes(featureSet) -> frozenset[str]:
