@@ -671,12 +671,21 @@ class PepModule(HostModule):
         if target.user is None or target.resource is not None or target.host != self.parent.name:
             return
         if presence.getAttribute("type") is None:
+            if self._unchanged(target.user, sender.full(), presence):
+                return  # a presence again (a probe's answer, say): nothing to read or send
             d = self.parent.modules["roster"].getItem(target.user, sender.userhost())
             d.addCallback(lambda item: item is not None and item.subscription in FROM
                           and self._presence(target.user, sender.full(), presence, item))
             self._background(d)
         elif presence.getAttribute("type") == "unavailable":
             self.forget(target.user, sender.full())
+
+    def _unchanged(self, username: str, full: str, presence) -> bool:
+        """Whether C{full} already has the interest its presence's caps say."""
+        known = self.interest.get(username, {}).get(full)
+        caps = parseCaps(presence) if known is not None else None
+        features = self.caps.get(caps.ver) if caps is not None else None
+        return features is not None and notifyNodes(features) == known
 
     def _presence(self, username: str, full: str, presence, item=None) -> None:
         """
