@@ -471,3 +471,27 @@ def test_interestNeedsSubscriptionAndPresence(pep):
     publish(alice, NS_DEVICELIST, DEVICES, "next")
     eve.absent(lambda e: e.name == "message")
     bob.absent(lambda e: e.name == "message")
+
+
+def test_badRequests(pep):
+    """Each malformed or unsupported request gets its own clear error; the service keeps working."""
+    alice = pep.online("alice")
+    eve = pep.online("eve")
+    reply = eve.request(f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{NS_DEVICELIST}' jid='eve@localhost'/>"
+                        "</pubsub>", "set", "alice@localhost")
+    assert condition(reply) == ("feature-not-implemented", "unsupported")
+    assert condition(alice.request(f"<pubsub xmlns='{NS_PUBSUB}'><items node='a'/><items node='b'/></pubsub>")
+                     ) == ("bad-request",)
+    assert condition(items(alice, None, "a", " max_items='many'")) == ("item-not-found",)
+    assert condition(alice.request(f"<pubsub xmlns='{NS_PUBSUB}'><publish node='a'/></pubsub>", "set")) == (
+        "bad-request", "item-required")
+    assert condition(alice.request(f"<pubsub xmlns='{NS_PUBSUB}'><publish node='a'><item id='1'/></publish>"
+                                   "</pubsub>", "set")) == ("bad-request", "payload-required")
+    assert condition(alice.request(f"<pubsub xmlns='{NS_PUBSUB}'><publish><item><x xmlns='y'/></item>"
+                                   "</publish></pubsub>", "set")) == ("bad-request", "nodeid-required")
+    assert condition(alice.request(f"<pubsub xmlns='{NS_PUBSUB}'><retract node='a'><item id='1'/></retract>"
+                                   "</pubsub>", "set")) == ("item-not-found",)
+    assert publish(alice, "a", "<x xmlns='y'/>")["type"] == "result"
+    assert condition(items(alice, None, "a", " max_items='many'")) == ("bad-request",)
+    reply = alice.request(f"<pubsub xmlns='{NS_PUBSUB}'><create node='a'/></pubsub>", "set")
+    assert condition(reply) == ("conflict",)

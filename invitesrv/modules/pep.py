@@ -288,6 +288,10 @@ class PepModule(HostModule):
         key = (request.uri, kind, verb.name)
         if key == (NS_PUBSUB, "get", "items"):
             return (yield self._items(iq, service, verb, sender))
+        if verb.name in ("subscribe", "unsubscribe", "options") and request.uri == NS_PUBSUB:
+            # Interest comes from caps (XEP-0163 section 4): no explicit subscriptions.
+            raise pubsubError("feature-not-implemented", "unsupported", feature="subscribe",
+                              text="PEP notifications follow your caps (+notify); no subscriptions")
         if not owner:
             if key in ((NS_PUBSUB, "get", "subscriptions"), (NS_PUBSUB, "get", "affiliations")):
                 return self._listing(iq, verb.name, ())
