@@ -40,6 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 GENERATOR = HERE / "xmppload.py"
+PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
 PROVISION = HERE / "provision.py"
 PROSODY_START = HERE / "prosody" / "start.sh"
 PROSODY_STOP = HERE / "prosody" / "stop.sh"
@@ -377,10 +378,10 @@ class Bench:
         self.cache = work / f"{server.name}.scram"
         self.results: list[dict] = []
 
-    def gen(self, tag: str, run: str, *args: str, quiet: bool = False) -> dict:
+    def gen(self, tag: str, run: str, *args: str, quiet: bool = False, generator: Path = GENERATOR) -> dict:
         """One generator call; its JSON line, annotated, is kept and appended to the output."""
         s = self.sizes
-        command = [sys.executable, str(GENERATOR), "--host", "127.0.0.1",
+        command = [sys.executable, str(generator), "--host", "127.0.0.1",
                    "--port", str(self.server.port), "--domain", DOMAIN,
                    "--server-pid", str(self.server.pid), "--scram-cache", str(self.cache),
                    "--max-seconds", str(s.max_seconds), "--op-timeout", str(s.op_timeout),
@@ -507,7 +508,7 @@ class Bench:
         for run in self.runs():
             record = self.gen("pep", run, "pep", "-k", str(s.pep_k), "--publishes", str(s.pep_publishes),
                               "-w", str(s.pep_w), "--logins", str(s.pep_logins), "-c", str(s.pep_c),
-                              "--prefix", POOL, quiet=True)
+                              "--prefix", POOL, quiet=True, generator=PEP_GENERATOR)
             if "failed_rc" in record:
                 continue
             self.results.remove(record)

@@ -83,22 +83,6 @@ T_PRESENCE = "{jabber:client}presence"
 T_REQUEST = "{%s}request" % NS_RECEIPTS
 T_RECEIVED = "{%s}received" % NS_RECEIPTS
 
-# PEP workload (XEP-0163): what an OMEMO client with avatars announces in its caps.
-NS_CAPS = "http://jabber.org/protocol/caps"
-NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
-NS_PUBSUB = "http://jabber.org/protocol/pubsub"
-NS_EVENT = "http://jabber.org/protocol/pubsub#event"
-NODE_AVATAR = "urn:xmpp:avatar:metadata"
-NODE_DEVICES = "eu.siacs.conversations.axolotl.devicelist"
-CAPS_NODE = "https://invitesrv.example/xmppload"
-PEP_FEATURES = sorted([NS_DISCO_INFO, NS_CAPS, NODE_AVATAR + "+notify", NODE_DEVICES + "+notify"])
-CAPS_VER = base64.b64encode(hashlib.sha1(("client/pc//xmppload<" + "".join(
-    f + "<" for f in PEP_FEATURES)).encode()).digest()).decode()
-CAPS_PRESENCE = ("<presence><c xmlns='%s' hash='sha-1' node='%s' ver='%s'/></presence>"
-                 % (NS_CAPS, CAPS_NODE, CAPS_VER))
-T_EVENT_ITEMS = "{%s}event/{%s}items" % (NS_EVENT, NS_EVENT)
-T_DISCO_QUERY = "{%s}query" % NS_DISCO_INFO
-
 
 class XMPPError(Exception):
     """A protocol-level failure; str() is a short condition name."""
@@ -1120,210 +1104,6 @@ async def sc_roster(o, cache):
     return r
 
 
-def pep_handler(c, on_event):
-    """
-    Stanza hook of a PEP client: answers the server's disco#info about its
-    caps, accepts subscription requests, hands each pubsub event (node, item
-    id) to on_event(c, sender, node, item id); iq results go to the queue.
-    """
-    def on_stanza(el):
-        if el.tag == T_IQ and el.get("type") == "get" and el.find(T_DISCO_QUERY) is not None:
-            node = el.find(T_DISCO_QUERY).get("node")
-            c.send("<iq type='result' id='%s' to='%s'><query xmlns='%s'%s>"
-                   "<identity category='client' type='pc' name='xmppload'/>%s</query></iq>"
-                   % (xml_escape(el.get("id", ""), {"'": "&apos;"}), el.get("from"), NS_DISCO_INFO,
-                      " node='%s'" % xml_escape(node, {"'": "&apos;"}) if node else "",
-                      "".join("<feature var='%s'/>" % f for f in PEP_FEATURES)))
-            return True
-        if el.tag == T_PRESENCE:
-            if el.get("type") == "subscribe":
-                c.send("<presence type='subscribed' to='%s'/>" % el.get("from").split("/")[0])
-            return True
-        if el.tag == T_MESSAGE:
-            items = el.find(T_EVENT_ITEMS)
-            if items is not None:
-                for item in items:
-                    on_event(c, el.get("from"), items.get("node"), item.get("id"))
-            return True
-        return False
-    return on_stanza
-
-
-async def pep_contacts(o, cache, idxs, deadline, on_event):
-    """Log in idxs with the PEP handler and caps presence; {idx: Client}."""
-    st = Stats()
-    clients = await login_many_presence(o, idxs, o.c, deadline, cache, st, on_event)
-    if st.err:
-        close_all(clients)
-        raise XMPPError("login:%s" % st.errs)
-    return clients
-
-
-async def login_many_presence(o, idxs, conc, deadline, cache, st, on_event, resource="pep"):
-    """login_many, each client with the PEP handler, announcing its caps."""
-    clients = {}
-
-    async def job(k):
-        i = idxs[k]
-        c = Client(o, cache)
-        t0 = now()
-        try:
-            await c.login(user_name(o, i), user_password(o, i), resource, presence=False)
-            c.proto.on_stanza = pep_handler(c, on_event)
-            c.send(CAPS_PRESENCE)
-            st.lat.append(now() - t0)
-            st.ok += 1
-            clients[i] = c
-        except XMPPError as e:
-            st.fail(e)
-            c.abort()
-    await run_pool(len(idxs), conc, job, deadline)
-    return clients
-
-
-async def pep_subscribe(o, cache, hub, contacts, deadline):
-    """Untimed setup: the hub and each contact subscribed to each other (until the hub's roster says so)."""
-    clients = await pep_contacts(o, cache, [hub] + contacts, deadline, lambda *a: None)
-    try:
-        h = clients[hub]
-        hubJid = "%s@%s" % (user_name(o, hub), o.domain)
-        for i in contacts:
-            h.send("<presence type='subscribe' to='%s@%s'/>" % (user_name(o, i), o.domain))
-            clients[i].send("<presence type='subscribe' to='%s'/>" % hubJid)
-        want = {"%s@%s" % (user_name(o, i), o.domain) for i in contacts}
-        while now() < deadline:
-            await asyncio.sleep(0.5)
-            res = await h.iq("<query xmlns='%s'/>" % NS_ROSTER, typ="get")
-            both = {it.get("jid") for it in res.find("{%s}query" % NS_ROSTER) if it.get("subscription") == "both"}
-            if want <= both:
-                return
-        raise XMPPError("subscriptions-not-done")
-    finally:
-        close_all(clients)
-
-
-async def sc_pep(o, cache):
-    """
-    PEP with 'k' contacts of one hub user, all announcing +notify caps:
-    publish: the hub publishes avatar metadata N times (window w), each
-    fanned out to every contact; rate = publications whose notification
-    reached all k contacts, per second. login: each contact has published
-    an avatar and an OMEMO device list (open); the hub logs in L times
-    (concurrency c) and a login counts once the last item of both nodes of
-    every contact arrived.
-    """
-    deadline = now() + o.max_seconds
-    hub, contacts = o.start, [o.start + 1 + j for j in range(o.k)]
-    r = base_result(o, "pep")
-    r.update({"contacts": o.k, "publishes": o.publishes, "window": o.window, "logins": o.logins,
-              "concurrency": o.c})
-    await pep_subscribe(o, cache, hub, contacts, deadline)
-    loop = asyncio.get_running_loop()
-    # -- publish fan-out
-    seen = {}  # item id -> contacts that got it
-    done = {}  # item id -> future, set when all contacts got it
-    sent = {}
-
-    def on_event(c, sender, node, itemId):
-        if node == NODE_AVATAR and itemId in done and c is not clients.get(hub):
-            got = seen.setdefault(itemId, set())
-            got.add(id(c))
-            if len(got) == o.k and not done[itemId].done():
-                done[itemId].set_result(now())
-
-    clients = {}
-    clients.update(await pep_contacts(o, cache, [hub] + contacts, deadline, on_event))
-    st = Stats()
-    try:
-        await asyncio.sleep(2.0)  # caps asked and answered, contacts' presence seen by the hub
-        h = clients[hub]
-        sem = asyncio.Semaphore(o.window)
-        for n in range(o.publishes):
-            done["p%d" % n] = loop.create_future()
-        m = Meter(o.server_pid).start()
-        waits = []
-        for n in range(o.publishes):
-            if now() > deadline:
-                break
-            await sem.acquire()
-            itemId = "p%d" % n
-            sent[itemId] = now()
-            done[itemId].add_done_callback(lambda _f: sem.release())
-            h.send("<iq type='set' id='pub%d'><pubsub xmlns='%s'><publish node='%s'><item id='%s'>"
-                   "<metadata xmlns='%s'><info id='%s' bytes='1234' type='image/png'/></metadata>"
-                   "</item></publish></pubsub></iq>" % (n, NS_PUBSUB, NODE_AVATAR, itemId, NODE_AVATAR, itemId))
-            waits.append(itemId)
-        for itemId in waits:
-            try:
-                t = await asyncio.wait_for(asyncio.shield(done[itemId]), max(0.01, min(o.op_timeout, deadline - now())))
-                st.lat.append(t - sent[itemId])
-                st.ok += 1
-            except asyncio.TimeoutError:
-                st.fail(XMPPError("fanout-timeout"))
-        m.stop()
-        r.update({"publish_ok": st.ok, "publish_errors": st.err, "publish_error_kinds": st.errs,
-                  "publish_per_s": round(st.ok / max(m.elapsed, 1e-9), 1),
-                  "notifications_per_s": round(st.ok * o.k / max(m.elapsed, 1e-9), 1)})
-        r.update(latency_fields(st.lat, "publish_"))
-        r.update({"publish_" + k: v for k, v in m.fields().items()})
-        # -- what contacts publish (untimed), kept online
-        for j, i in enumerate(contacts):
-            c = clients[i]
-            await c.iq("<pubsub xmlns='%s'><publish node='%s'><item id='av%d'><metadata xmlns='%s'>"
-                       "<info id='av%d' bytes='1234' type='image/png'/></metadata></item></publish></pubsub>"
-                       % (NS_PUBSUB, NODE_AVATAR, i, NODE_AVATAR, i))
-            await c.iq("<pubsub xmlns='%s'><publish node='%s'><item id='current'><list "
-                       "xmlns='eu.siacs.conversations.axolotl'><device id='%d'/></list></item></publish>"
-                       "<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' "
-                       "type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value>"
-                       "</field><field var='pubsub#access_model'><value>open</value></field></x>"
-                       "</publish-options></pubsub>" % (NS_PUBSUB, NODE_DEVICES, 1000 + j))
-        clients.pop(hub).close()
-    except XMPPError as e:
-        close_all(clients)
-        r.update({"errors": st.err + 1, "error_kinds": {str(e): 1}})
-        return r
-    # -- hub logins with every contact's last items
-    lt = Stats()
-    want = {("%s@%s" % (user_name(o, i), o.domain), node) for i in contacts for node in (NODE_AVATAR, NODE_DEVICES)}
-
-    async def login(k):
-        got = set()
-        complete = loop.create_future()
-
-        def on_hub_event(c, sender, node, itemId):
-            got.add((sender, node))
-            if want <= got and not complete.done():
-                complete.set_result(now())
-
-        c = Client(o, cache)
-        t0 = now()
-        try:
-            await c.login(user_name(o, hub), user_password(o, hub), "l%d" % k, presence=False)
-            c.proto.on_stanza = pep_handler(c, on_hub_event)
-            c.send(CAPS_PRESENCE)
-            t = await asyncio.wait_for(complete, max(0.01, min(o.op_timeout, deadline - now())))
-            lt.lat.append(t - t0)
-            lt.ok += 1
-        except asyncio.TimeoutError:
-            lt.fail(XMPPError("last-items-timeout:%d/%d" % (len(got & want), len(want))))
-        except XMPPError as e:
-            lt.fail(e)
-        finally:
-            c.close()
-
-    m = Meter(o.server_pid).start()
-    await run_pool(o.logins, o.c, login, deadline)
-    m.stop()
-    close_all(clients)
-    r.update({"login_ok": lt.ok, "login_errors": lt.err, "login_error_kinds": lt.errs,
-              "login_per_s": round(lt.ok / max(m.elapsed, 1e-9), 1),
-              "errors": st.err + lt.err, "ok": st.ok + lt.ok})
-    r.update(latency_fields(lt.lat, "login_"))
-    r.update({"login_" + k: v for k, v in m.fields().items()})
-    return r
-
-
 # --------------------------------------------------------------------------
 def raise_nofile(want):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1391,12 +1171,6 @@ def parse_args(argv=None):
     p.add_argument("-g", "--gets", type=int, default=5, help="roster gets per user")
     p.add_argument("-c", type=int, default=50)
     p.add_argument("--pool", type=int, default=2000, help="contacts are drawn from users [start, start+pool)")
-    p = sub.add_parser("pep")
-    p.add_argument("-k", type=int, default=100, help="contacts of the hub user")
-    p.add_argument("--publishes", type=int, default=200, help="publications by the hub")
-    p.add_argument("-w", "--window", type=int, default=10, help="publications in flight")
-    p.add_argument("--logins", type=int, default=100, help="logins of the hub")
-    p.add_argument("-c", type=int, default=5, help="login concurrency")
     return ap.parse_args(argv)
 
 
@@ -1413,8 +1187,6 @@ async def amain(o):
             r = await sc_idle(o, cache)
         elif o.scenario == "roster":
             r = await sc_roster(o, cache)
-        elif o.scenario == "pep":
-            r = await sc_pep(o, cache)
         else:
             raise SystemExit("unknown scenario")
     finally:
