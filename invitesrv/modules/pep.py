@@ -750,6 +750,7 @@ class PepModule(HostModule):
             return
         notify = notifyNodes(features(query))
         if verified(caps, query):
+            self.caps.size = self.options.caps_cache  # as the config says now (a reload may change it)
             self.caps.put(caps.ver, features(query))
         else:
             log.info("Caps of {full} do not match their hash {ver}; not kept", full=asked, ver=caps.ver)
