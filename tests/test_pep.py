@@ -495,3 +495,16 @@ def test_badRequests(pep):
     assert condition(items(alice, None, "a", " max_items='many'")) == ("bad-request",)
     reply = alice.request(f"<pubsub xmlns='{NS_PUBSUB}'><create node='a'/></pubsub>", "set")
     assert condition(reply) == ("conflict",)
+
+
+def test_storeFaultChangesNothing(pep):
+    """A publication the store cannot take is refused (wait, try later) and changes nothing, nor tells anyone."""
+    alice, bob = pep.online("alice"), pep.online("bob")
+    publish(alice, NS_AVATAR_META, AVATAR, "kept")
+    bob.discard()
+    pep.store.breakDown()
+    reply = publish(alice, NS_AVATAR_META, AVATAR, "lost")
+    assert condition(reply) == ("resource-constraint",) and reply.error["type"] == "wait"
+    bob.absent(lambda e: e.name == "message")
+    pep.store.recover()
+    assert itemIds(items(bob, "alice@localhost", NS_AVATAR_META)) == ["kept"]
