@@ -498,7 +498,7 @@ def test_badRequests(pep):
 
 
 def test_storeFaultChangesNothing(pep):
-    """A publication the store cannot take is refused (wait, try later) and changes nothing, nor tells anyone."""
+    """A publication the store cannot take is refused (wait) and changes nothing, nor tells anyone."""
     alice, bob = pep.online("alice"), pep.online("bob")
     publish(alice, NS_AVATAR_META, AVATAR, "kept")
     bob.discard()
