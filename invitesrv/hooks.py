@@ -97,6 +97,9 @@ C{invite-created} (invite, links)
 C{invite-used} (invite, username, path)
     After an invite was spent: a registration, a reset, or (path C{contact},
     username then the contact's JID) a pre-authorised subscription.
+C{invite-expired} (invite)
+    Synchronous. The hourly sweep found this invite expired (never fully
+    used) and is about to delete it.
 C{invite-preauth} (stream, token) -> Deferred[Invite] or None
     A token presented on an unauthenticated stream: reserve its invite for
     the stream (C{host.registrar.reservations.hold}) or fail with a

@@ -408,7 +408,7 @@ class StoreBehaviour:
         created = yield self.createInvite(store, "i1", kind="contact", username=None, inviter="alice",
                                           allowRegistration=False, usesAllowed=None,
                                           roles=("staff",), groups=("Team",), note="for the team",
-                                          source="alice@example.org")
+                                          source="alice@example.org", welcome="Hi, it's Alice!")
         assert (yield store.getInvite("i1")) == created
         assert (yield store.findInvite(token("i1"))) == created
         assert (yield store.getInvite("nope")) is None
@@ -581,6 +581,15 @@ class StoreBehaviour:
         assert (updated.expires, updated.usesAllowed, updated.note) == (NOW + 7200, 5, "bigger")
         assert (yield store.getInvite("i1")) == updated
         assert (yield store.updateInvite("nope", note="x")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_inviteReminded(self, store):
+        """A new invite was never reminded of; the reminder's time is kept once set."""
+        created = yield self.createInvite(store, "i1")
+        assert created.reminded is None
+        updated = yield store.updateInvite("i1", reminded=NOW + 60)
+        assert updated.reminded == NOW + 60
+        assert (yield store.getInvite("i1")).reminded == NOW + 60
 
     @pytest_twisted.inlineCallbacks
     def test_sweepKeepsAudit(self, store):

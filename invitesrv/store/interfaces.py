@@ -149,6 +149,8 @@ class Invite:
     groups: tuple[str, ...] = ()
     note: str = ""
     source: str = ""
+    welcome: str = ""  # the creator's words to whoever accepts it
+    reminded: float | None = None  # when the creator was told it expires unused
     uses_log: tuple[dict, ...] = field(default=(), compare=False)
 
     def status(self, now: float) -> str:
@@ -215,6 +217,12 @@ class IAccounts(Interface):
 
 class IRosters(Interface):
     """Rosters, with versions for XEP-0237, and pending subscription requests."""
+
+    rosterObservers = Attribute(
+        "Callables run with (host, username) in the caller's thread when a call that will"
+        " change that user's roster is made (username None: any user of the host; host"
+        " None: the host is not known before the transaction), before the change is"
+        " written; a roster cache drops its copy. Reads made after the call see the change.")
 
     def getRoster(host: str, username: str):
         """Fire with the whole L{Roster}."""
@@ -355,7 +363,7 @@ class IInvites(Interface):
         """
 
     def updateInvite(inviteId: str, **changes):
-        """Change expires, usesAllowed or note; fire with the new L{Invite} or None."""
+        """Change expires, usesAllowed, note or reminded; fire with the new L{Invite} or None."""
 
     def revokeInvite(inviteId: str, now: float):
         """Fire with True when a pending invite was revoked."""
@@ -384,6 +392,17 @@ class IApiKeys(Interface):
 
     def deleteApiKey(keyId: str):
         """Fire with True if it existed."""
+
+
+class RosterObservers:
+    """What both stores share for L{IRosters.rosterObservers}."""
+
+    def __init__(self) -> None:
+        self.rosterObservers: list = []
+
+    def rosterChanging(self, host: str, username: str | None) -> None:
+        for observer in list(self.rosterObservers):
+            observer(host, username)
 
 
 class IStore(IAccounts, IRosters, IOfflineMessages, IBlocklists, IPep, IInvites, IApiKeys):

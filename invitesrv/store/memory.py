@@ -29,6 +29,7 @@ from invitesrv.store.interfaces import (
     PepNode,
     Roster,
     RosterItem,
+    RosterObservers,
     StoreUnavailable,
     UsernameConfusable,
     UsernameReserved,
@@ -93,7 +94,7 @@ def _usesLeft(invite: Invite) -> bool:
 
 
 @implementer(IStore)
-class MemoryStore:
+class MemoryStore(RosterObservers):
     """
     L{IStore} in memory, synchronous. While L{breakDown} is in effect every
     call fails with L{StoreUnavailable} and changes nothing, as SQLite's
@@ -106,6 +107,7 @@ class MemoryStore:
         self._tables = _Tables()
         self._fault: str | None = None
         self.observeLatency = None  # as SQLiteStore's; no call here takes any time
+        RosterObservers.__init__(self)
 
     # -- life cycle and faults ----------------------------------------------
 
@@ -140,6 +142,9 @@ class MemoryStore:
     # -- accounts -----------------------------------------------------------
 
     def createAccount(self, account: NewAccount):
+        self.rosterChanging(account.host, account.username)
+        for owner, _item in account.rosterItems:
+            self.rosterChanging(account.host, owner)
         return self._run(self._createAccount, account)
 
     @classmethod
@@ -209,6 +214,7 @@ class MemoryStore:
         return self._run(set_)
 
     def deleteAccount(self, host, username, now=0.0):
+        self.rosterChanging(host, None)  # its own, and every roster it was on
         def delete(t):
             if t.accounts.pop((host, username), None) is None:
                 return False
@@ -288,6 +294,7 @@ class MemoryStore:
         return version
 
     def setRosterItem(self, host, username, item):
+        self.rosterChanging(host, username)
         return self._run(self._setRosterItem, host, username, item)
 
     @classmethod
@@ -300,6 +307,7 @@ class MemoryStore:
         return version
 
     def removeRosterItem(self, host, username, contact):
+        self.rosterChanging(host, username)
         return self._run(self._removeRosterItem, host, username, contact)
 
     def getPendingIn(self, host, username):
@@ -437,7 +445,8 @@ class MemoryStore:
         def create(t):
             if invite.id in t.invites or tokenHash in t.tokens:
                 raise ValueError(f"invite {invite.id} exists")  # SQLite's unique constraints
-            t.invites[invite.id] = replace(invite, uses=0, reserved=0, revoked=None, uses_log=())
+            t.invites[invite.id] = replace(invite, uses=0, reserved=0, revoked=None, reminded=None,
+                                           uses_log=())
             t.tokens[tokenHash] = invite.id
         return self._run(create)
 
@@ -480,6 +489,8 @@ class MemoryStore:
         return self._run(release)
 
     def consumeInvite(self, use: InviteUse, now: float, rosterItems=(), usedBy=""):
+        for username, _item in rosterItems:
+            self.rosterChanging(None, username)  # the invite's host is read in the transaction
         def consume(t):
             invite = t.invites.get(use.inviteId)
             if invite is None or invite.expires <= now or not _usesLeft(invite):
@@ -493,7 +504,7 @@ class MemoryStore:
         return self._run(consume)
 
     def updateInvite(self, inviteId, **changes):
-        unknown = set(changes) - {"expires", "usesAllowed", "note"}
+        unknown = set(changes) - {"expires", "usesAllowed", "note", "reminded"}
         if unknown:
             raise TypeError(f"cannot change {sorted(unknown)}")
 

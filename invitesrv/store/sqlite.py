@@ -37,6 +37,7 @@ from invitesrv.store.interfaces import (
     PepNode,
     Roster,
     RosterItem,
+    RosterObservers,
     StoreUnavailable,
     UsernameConfusable,
     UsernameReserved,
@@ -108,7 +109,7 @@ def _item(row) -> RosterItem:
 _PENDING = "revoked IS NULL AND expires > ? AND (uses_allowed IS NULL OR uses < uses_allowed)"
 
 _INVITE_COLUMNS = ("id, host, kind, created, expires, username, inviter, allow_registration, "
-                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source")
+                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source, welcome, reminded")
 
 
 def _invite(row, uses=()) -> Invite:
@@ -116,11 +117,12 @@ def _invite(row, uses=()) -> Invite:
                   username=row[5], inviter=row[6], allowRegistration=bool(row[7]),
                   usesAllowed=row[8], uses=row[9], reserved=row[10], revoked=row[11],
                   roles=tuple(json.loads(row[12])), groups=tuple(json.loads(row[13])),
-                  note=row[14], source=row[15], uses_log=tuple(uses))
+                  note=row[14], source=row[15], welcome=row[16], reminded=row[17],
+                  uses_log=tuple(uses))
 
 
 @implementer(IStore)
-class SQLiteStore:
+class SQLiteStore(RosterObservers):
     """
     L{IStore} over one SQLite file (or C{":memory:"}).
 
@@ -148,6 +150,7 @@ class SQLiteStore:
         self._failFast = False  # set in the reactor thread, read by the worker
         self._waiting = busyTimeout  # the busy timeout the connection has now
         self.observeLatency = None  # called with each call's seconds (the metrics endpoint's)
+        RosterObservers.__init__(self)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -231,6 +234,9 @@ class SQLiteStore:
     # -- accounts -----------------------------------------------------------
 
     def createAccount(self, account: NewAccount):
+        self.rosterChanging(account.host, account.username)
+        for owner, _item in account.rosterItems:
+            self.rosterChanging(account.host, owner)
         return self._run(self._createAccount, account)
 
     @staticmethod
@@ -321,6 +327,7 @@ class SQLiteStore:
         return self._run(set_)
 
     def deleteAccount(self, host, username, now=0.0):
+        self.rosterChanging(host, None)  # its own, and every roster it was on
         def delete(conn):
             if conn.execute("DELETE FROM accounts WHERE host = ? AND username = ?",
                             (host, username)).rowcount != 1:
@@ -407,6 +414,7 @@ class SQLiteStore:
         return version
 
     def setRosterItem(self, host, username, item):
+        self.rosterChanging(host, username)
         return self._run(self._setRosterItem, host, username, item)
 
     @staticmethod
@@ -424,6 +432,7 @@ class SQLiteStore:
         return version
 
     def removeRosterItem(self, host, username, contact):
+        self.rosterChanging(host, username)
         return self._run(self._removeRosterItem, host, username, contact)
 
     def getPendingIn(self, host, username):
@@ -574,11 +583,12 @@ class SQLiteStore:
         return self._run(lambda conn: conn.execute(
             "INSERT INTO invites (id, host, token_hash, kind, username, inviter,"
             " allow_registration, uses_allowed, uses, reserved, created, expires, revoked,"
-            " roles, groups, note, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?)",
+            " roles, groups, note, source, welcome)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?, ?)",
             (invite.id, invite.host, tokenHash, invite.kind, invite.username, invite.inviter,
              int(invite.allowRegistration), invite.usesAllowed, invite.created, invite.expires,
              json.dumps(list(invite.roles)), json.dumps(list(invite.groups)), invite.note,
-             invite.source)) and None)
+             invite.source, invite.welcome)) and None)
 
     @staticmethod
     def _getInvite(conn, where: str, value):
@@ -622,6 +632,8 @@ class SQLiteStore:
             (inviteId,)) and None)
 
     def consumeInvite(self, use: InviteUse, now: float, rosterItems=(), usedBy=""):
+        for username, _item in rosterItems:
+            self.rosterChanging(None, username)  # the invite's host is read in the transaction
         def consume(conn):
             row = conn.execute("SELECT host, expires FROM invites WHERE id = ?",
                                (use.inviteId,)).fetchone()
@@ -641,7 +653,8 @@ class SQLiteStore:
         return self._run(consume)
 
     def updateInvite(self, inviteId, **changes):
-        columns = {"expires": "expires", "usesAllowed": "uses_allowed", "note": "note"}
+        columns = {"expires": "expires", "usesAllowed": "uses_allowed", "note": "note",
+                   "reminded": "reminded"}
         unknown = set(changes) - set(columns)
         if unknown:
             raise TypeError(f"cannot change {sorted(unknown)}")

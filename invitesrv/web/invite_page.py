@@ -35,6 +35,7 @@ from twisted.internet import defer
 from twisted.web import resource
 from twisted.web.template import Element, renderer, tags
 
+from invitesrv.invites import creatorOf
 from invitesrv.modules.presence import parseStored
 from invitesrv.web.apps import PLATFORMS, App, detectPlatform, recommended
 from invitesrv.web.i18n import LocalTime, Text
@@ -74,9 +75,9 @@ def inviterProfile(host, invite):
     Fire with the L{Profile} of the invite's inviter, if a local user who
     shares it (nothing without the PEP module, or for a remote inviter).
     """
-    inviter = inviterOf(invite, host)
+    inviter = creatorOf(invite)
     pep = host.modules.get("pep")
-    if pep is None or inviter is None or not inviter.endswith(f"@{host.name}"):
+    if pep is None or inviter is None:
         return Profile()
     username = inviter.rsplit("@", 1)[0]
     nick = None
@@ -103,15 +104,6 @@ def avatarImage(pep, username: str, avatarId: str | None, mimeType: str):
                 return mimeType, base64.b64decode(text, validate=True)
             except (binascii.Error, ValueError):
                 return None
-    return None
-
-
-def inviterOf(invite, host) -> str | None:
-    """Who invited: the contact invite's user, or the local user who created the invite."""
-    if invite.inviter:
-        return f"{invite.inviter}@{host.name}"
-    if "@" in invite.source:
-        return invite.source
     return None
 
 
@@ -173,7 +165,7 @@ class InviteBody(Translatable):
         self.platform = platform
         self.showAll = showAll
         self.siteName = context.siteName(host)
-        self.inviter = inviterOf(invite, host)
+        self.inviter = creatorOf(invite)
         self.contactOnly = invite.kind == "contact" and not invite.allowRegistration
         self.registers = invite.kind != "reset" and invite.allowRegistration
 
@@ -270,6 +262,16 @@ class InviteBody(Translatable):
                            class_="avatar") if profile.avatar is not None else "")
         return tag(avatar, tags.span(profile.nick or self.inviter, class_="nick"),
                    " ", tags.span(self.inviter, class_="muted small"))
+
+    @renderer
+    def welcome(self, request, tag):
+        """The creator's welcome text, one paragraph a line (escaped by the template)."""
+        text = self.invite.welcome
+        if not text:
+            return ""
+        paragraphs = [tags.p(line) for line in text.split("\n") if line.strip()]
+        return tag.fillSlots(welcomeText=paragraphs,
+                             welcomeFrom=["— ", self.inviter or self.siteName])
 
     @renderer
     def address(self, request, tag):
