@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.words.protocols.jabber import error, jid, xmlstream
+from twisted.words.protocols.jabber import jid, xmlstream
 from twisted.words.xish import domish
 from wokkel import disco
 
+from invitesrv.accountiq import accountRequest, answer
 from invitesrv.caps import NS_DISCO_INFO, Caps, CapsCache, features, parseCaps, verified
 from invitesrv.config import Duration
 from invitesrv.modules.base import HostModule
@@ -251,27 +252,9 @@ class PepModule(HostModule):
 
     def onRequest(self, iq) -> None:
         """A pubsub request addressed to an account's bare JID."""
-        if iq.getAttribute("type") not in ("get", "set"):
-            return
-        try:
-            sender = parseJID(iq["from"])
-            target = parseJID(iq["to"]) if iq.getAttribute("to") else sender.userhostJID()
-        except (KeyError, jid.InvalidFormat, UnicodeError):
-            return
-        if target.user is None or target.resource is not None or target.host != self.parent.name:
-            return
-        iq.handled = True
-        d = defer.maybeDeferred(self._answer, iq, sender, target.user)
-        d.addErrback(self._failed, iq)
-        d.addCallback(lambda reply: reply is not None and self.send(reply))
-
-    def _failed(self, failure, iq):
-        """The error answering C{iq}: the request's own, or internal-server-error (logged)."""
-        if failure.check(error.StanzaError):
-            return failure.value.toResponse(iq)
-        if not failure.check(StoreUnavailable):
-            log.failure("PEP request from {sender} failed", failure, sender=iq.getAttribute("from"))
-        return error.StanzaError("internal-server-error").toResponse(iq)
+        request = accountRequest(iq, self.parent)
+        if request is not None:
+            answer(self, iq, self._answer, iq, *request, what="PEP request")
 
     @defer.inlineCallbacks
     def _answer(self, iq, sender: jid.JID, username: str):

@@ -23,10 +23,9 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 
+from invitesrv.accountiq import accountRequest, answer
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.presence import parseStored
-from invitesrv.store.interfaces import StoreUnavailable
-from invitesrv.xmpp.router import parseJID
 
 log = Logger()
 
@@ -104,36 +103,19 @@ class PrivateModule(HostModule):
 
     def onRequest(self, iq) -> None:
         """A private storage get or set: from the account itself, to itself."""
-        if iq.getAttribute("type") not in ("get", "set"):
-            return
-        try:
-            sender = parseJID(iq["from"])
-            target = parseJID(iq["to"]) if iq.getAttribute("to") else sender.userhostJID()
-        except (KeyError, jid.InvalidFormat, UnicodeError):
-            return
-        if target.user is None or target.resource is not None or target.host != self.parent.name:
-            return
-        iq.handled = True
-        d = defer.maybeDeferred(self._answer, iq, sender, target)
-        d.addErrback(self._failed, iq)
-        d.addCallback(self.send)
-
-    def _failed(self, failure, iq):
-        if failure.check(error.StanzaError):
-            return failure.value.toResponse(iq)
-        if not failure.check(StoreUnavailable):
-            log.failure("Private storage request from {sender} failed", failure,
-                        sender=iq.getAttribute("from"))
-        return error.StanzaError("internal-server-error").toResponse(iq)
+        request = accountRequest(iq, self.parent)
+        if request is not None:
+            answer(self, iq, self._answer, iq, *request, what="Private storage request")
 
     @defer.inlineCallbacks
-    def _answer(self, iq, sender: jid.JID, target: jid.JID):
-        if sender.userhost() != target.userhost():
+    def _answer(self, iq, sender: jid.JID, username: str):
+        """Check the request comes from the account itself and run it; fire with the answer."""
+        if sender.userhost() != f"{username}@{self.parent.name}":
             raise error.StanzaError("forbidden", text="Private storage is the account's own")
         elements = [child for child in iq.firstChildElement().elements()]
         if len(elements) != 1 or elements[0].uri in RESERVED or not elements[0].uri:
             raise error.StanzaError("not-acceptable", text="One element, in a namespace of its own")
-        element, username = elements[0], target.user
+        element = elements[0]
         if iq["type"] == "get":
             found = yield self.get(username, element)
             reply = xmlstream.toResponse(iq, "result")

@@ -30,10 +30,9 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 
+from invitesrv.accountiq import accountRequest, answer
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.presence import parseStored
-from invitesrv.store.interfaces import StoreUnavailable
-from invitesrv.xmpp.router import parseJID
 
 log = Logger()
 
@@ -70,26 +69,10 @@ class VcardModule(HostModule):
 
     def onRequest(self, iq) -> None:
         """A vCard get or set for an account's bare JID."""
-        if iq.getAttribute("type") not in ("get", "set"):
-            return
-        try:
-            sender = parseJID(iq["from"])
-            target = parseJID(iq["to"]) if iq.getAttribute("to") else sender.userhostJID()
-        except (KeyError, jid.InvalidFormat, UnicodeError):
-            return
-        if target.user is None or target.resource is not None or target.host != self.parent.name:
-            return
-        iq.handled = True
-        d = defer.maybeDeferred(self._get if iq["type"] == "get" else self._set, iq, sender, target.user)
-        d.addErrback(self._failed, iq)
-        d.addCallback(self.send)
-
-    def _failed(self, failure, iq):
-        if failure.check(error.StanzaError):
-            return failure.value.toResponse(iq)
-        if not failure.check(StoreUnavailable):
-            log.failure("vCard request from {sender} failed", failure, sender=iq.getAttribute("from"))
-        return error.StanzaError("internal-server-error").toResponse(iq)
+        request = accountRequest(iq, self.parent)
+        if request is not None:
+            answer(self, iq, self._get if iq["type"] == "get" else self._set, iq, *request,
+                   what="vCard request")
 
     @defer.inlineCallbacks
     def _get(self, iq, sender: jid.JID, username: str):
