@@ -44,9 +44,13 @@ GENERATOR = HERE / "xmppload.py"
 FASTLOAD = HERE / "fastload.py"  # reconnects with FAST + Bind2, on the same generator
 PROVISION = HERE / "provision.py"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
+PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
 SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "messages", "roster",
-             "mam", "idle", "idle10k")
+             "mam", "pep", "idle", "idle10k")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
+# The rows of the tables: the pep scenario measures two things.
+TAGS = tuple(tag for scenario in SCENARIOS
+             for tag in (("pep-publish", "pep-login") if scenario == "pep" else (scenario,)))
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
 FAST_SCENARIOS = ("fast", "fast1")  # SASL2 + FAST: not in Prosody 0.12
 DOMAIN = "localhost"
@@ -82,6 +86,11 @@ class Sizes:
     mam_page: int = 50
     mam_queries: int = 200
     mam_c: int = 10
+    pep_k: int = 100
+    pep_publishes: int = 200
+    pep_w: int = 10
+    pep_logins: int = 100
+    pep_c: int = 5
     idle_k: int = 2000
     idle_c: int = 50
     idle10k_k: int = 10000
@@ -94,7 +103,7 @@ class Sizes:
     def pool(self, scenarios) -> int:
         """Accounts the non-register scenarios log in with."""
         return max(self.login_n, self.plain_n, self.login1_n, self.idle_k, 2 * self.msg_pairs,
-                   self.roster_u + self.roster_r + 1,
+                   self.roster_u + self.roster_r + 1, self.pep_k + 1,
                    self.idle10k_k if "idle10k" in scenarios else 0)
 
 
@@ -103,6 +112,7 @@ class Sizes:
 QUICK = Sizes(register_n=100, register_c=10, invite_n=10, login_n=200, login_c=10, plain_n=20,
               login1_n=5, msg_pairs=4, msg_m=100, roster_u=10, roster_r=20, roster_gets=20,
               roster_c=10, mam_archive=120, mam_page=20, mam_queries=5, mam_c=2,
+              pep_k=5, pep_publishes=10, pep_logins=5, pep_c=2,
               idle_k=200, idle_c=20, idle10k_k=300, idle_settle=0.5, idle_hold=0.5,
               pause=0.2, max_seconds=60, op_timeout=10)
 
@@ -405,7 +415,8 @@ class Bench:
         self.cache = work / f"{server.name}.scram"
         self.results: list[dict] = []
 
-    def gen(self, tag: str, run: str, *args: str, generator: Path = GENERATOR) -> dict:
+    def gen(self, tag: str, run: str, *args: str, quiet: bool = False,
+            generator: Path = GENERATOR) -> dict:
         """One generator call; its JSON line, annotated, is kept and appended to the output."""
         s = self.sizes
         command = [sys.executable, str(generator), "--host", "127.0.0.1",
@@ -428,7 +439,7 @@ class Bench:
                        "cert_key": self.keyType, "machine": self.machine})
         with self.out.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if tag != "setup" or errorsOf(record):
+        if (tag != "setup" and not quiet) or errorsOf(record):
             log(f"  {self.server.label} {tag} {run}: {brief(record)}")
         self.results.append(record)
         return record
@@ -570,6 +581,24 @@ class Bench:
         for run in self.runs():
             self.gen("mam", run, "mam", "--archive", str(s.mam_archive), "--page", str(s.mam_page),
                      "-q", str(s.mam_queries), "-c", str(s.mam_c), "--prefix", POOL)
+    def scenario_pep(self) -> None:
+        """One generator run gives two rows: publications fanned out, and logins with last items."""
+        s = self.sizes
+        for run in self.runs():
+            record = self.gen("pep", run, "pep", "-k", str(s.pep_k), "--publishes", str(s.pep_publishes),
+                              "-w", str(s.pep_w), "--logins", str(s.pep_logins), "-c", str(s.pep_c),
+                              "--prefix", POOL, quiet=True, generator=PEP_GENERATOR)
+            if "failed_rc" in record:
+                continue
+            self.results.remove(record)
+            for part in ("publish", "login"):
+                row = {key: value for key, value in record.items()
+                       if not key.startswith(("publish_", "login_"))}
+                row.update({key[len(part) + 1:]: value for key, value in record.items()
+                            if key.startswith(part + "_")})
+                row.update({"tag": f"pep-{part}", "errors": record.get(f"{part}_errors", 0)})
+                self.results.append(row)
+                log(f"  {self.server.label} pep-{part} {run}: {brief(row)}")
 
 
 # -- figures -----------------------------------------------------------------
@@ -612,7 +641,8 @@ def figures(r: dict) -> dict:
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
          "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s", "messages": "msgs/s",
-         "roster": "gets/s", "mam": "pages/s", "idle": "logins/s", "idle10k": "logins/s"}
+         "roster": "gets/s", "mam": "pages/s", "pep-publish": "publishes/s",
+         "pep-login": "logins/s", "idle": "logins/s", "idle10k": "logins/s"}
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -692,7 +722,7 @@ def table(results: list[dict]) -> str:
 def medians(results: list[dict]) -> dict:
     """{scenario: {figure: median over the measured runs with zero errors}}."""
     out: dict = {}
-    for tag in SCENARIOS:
+    for tag in TAGS:
         runs = [figures(r) for r in results
                 if r.get("tag") == tag and r.get("run") not in ("setup", "warmup")
                 and errorsOf(r) == 0]
@@ -712,7 +742,7 @@ def ratioTable(ours: list[dict], theirs: list[dict], ourLabel: str, theirLabel: 
     names = {"rate": "rate/s (higher is better)", "p50": "p50 ms", "p99": "p99 ms",
              "cpu_ms_op": "server CPU ms/op (lower is better)",
              "bytes_conn": "bytes per idle connection"}
-    for tag in SCENARIOS:
+    for tag in TAGS:
         if tag not in a and tag not in b:
             continue
         for key, name in names.items():
@@ -882,9 +912,9 @@ def main(argv=None) -> int:
     print(f"\nJSON lines: {out}")
     failed = [r for r in allResults if errorsOf(r) != 0]
     missing = len(servers) > len(everything) or any(
-        not any(r.get("tag") == sc for r in results)
+        not any(r.get("tag") == sc or r.get("scenario") == sc for r in results)
         for server, results in everything for sc in args.scenarios
-        if not (isinstance(server, Prosody) and sc in FAST_SCENARIOS))
+        if not (isinstance(server, ReferenceServer) and sc in FAST_SCENARIOS))
     if failed or missing:
         print("Some runs failed or gave errors (see the note column); errors are not figures.")
         return 3

@@ -44,6 +44,9 @@ DEFAULT_MODULES = (
     "bind2",
     "fast",
     "mam",
+    "pep",
+    "vcard",
+    "private",
 )
 ARCHIVE_POLICIES = ("always", "never", "roster")  # XEP-0441 defaults
 

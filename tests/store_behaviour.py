@@ -29,6 +29,7 @@ from invitesrv.store.interfaces import (
     IStore,
     NewAccount,
     OfflineMessage,
+    PepNode,
     RosterItem,
     UsernameConfusable,
     UsernameReserved,
@@ -157,6 +158,8 @@ class StoreBehaviour:
         yield store.setPendingIn(HOST, "alice", "eve@example.org", "<presence type='subscribe'/>")
         yield store.storeOffline(HOST, "alice", OfflineMessage(NOW, "<message/>"), 10)
         yield store.block(HOST, "alice", ["eve@example.org"])
+        yield store.publishPepItem(HOST, "alice", "urn:xmpp:avatar:data", "{}", "1", "<item/>", 1)
+        yield store.setAccountXML(HOST, "alice", "vcard-temp", "<vCard/>")
         assert (yield store.deleteAccount(HOST, "alice"))
         assert not (yield store.deleteAccount(HOST, "alice"))
         assert not (yield store.accountExists(HOST, "alice"))
@@ -169,6 +172,8 @@ class StoreBehaviour:
         assert (yield store.getOffline(HOST, "alice")) == []
         assert (yield store.getRoles(HOST, "alice")) == frozenset()
         assert (yield store.getBlocklist(HOST, "alice")) == []
+        assert (yield store.getPep(HOST, "alice")) == []
+        assert (yield store.getAccountXML(HOST, "alice", "vcard-temp")) is None
 
     @pytest_twisted.inlineCallbacks
     def test_deleteRevokesInvites(self, store):
@@ -812,3 +817,42 @@ class StoreBehaviour:
         assert (yield store.deleteApiKey("k1"))
         assert not (yield store.deleteApiKey("k1"))
         assert (yield store.getApiKey("k1")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_pepItems(self, store):
+        """Publishing keeps items newest last, replaces by id and drops the oldest beyond the cap."""
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        assert (yield store.getPep(HOST, "alice")) == []
+        assert (yield store.publishPepItem(HOST, "alice", "n", "{}", "1", "<item id='1'/>", 2)) == []
+        assert (yield store.publishPepItem(HOST, "alice", "n", "{}", "2", "<item id='2'/>", 2)) == []
+        assert (yield store.publishPepItem(HOST, "alice", "n", "{}", "1", "<item id='1b'/>", 2)) == []
+        assert (yield store.publishPepItem(HOST, "alice", "n", "{}", "3", "<item id='3'/>", 2)) == ["2"]
+        yield store.publishPepItem(HOST, "bob", "n", '{"a": 1}', "x", "<item/>", 5)
+        assert (yield store.getPep(HOST, "alice")) == [
+            PepNode("n", "{}", (("1", "<item id='1b'/>"), ("3", "<item id='3'/>")))]
+        assert (yield store.retractPepItem(HOST, "alice", "n", "1"))
+        assert not (yield store.retractPepItem(HOST, "alice", "n", "1"))
+        yield store.setPepNode(HOST, "alice", "n", '{"max_items": 9}')
+        yield store.setPepNode(HOST, "alice", "m", "{}")
+        assert (yield store.getPep(HOST, "alice")) == [
+            PepNode("m", "{}"), PepNode("n", '{"max_items": 9}', (("3", "<item id='3'/>"),))]
+        assert (yield store.publishPepItem(HOST, "alice", "m", "{}", "z", "<item/>", 0)) == ["z"]
+        yield store.purgePepNode(HOST, "alice", "n")
+        assert (yield store.deletePepNode(HOST, "alice", "m"))
+        assert not (yield store.deletePepNode(HOST, "alice", "m"))
+        assert (yield store.getPep(HOST, "alice")) == [PepNode("n", '{"max_items": 9}')]
+        assert (yield store.getPep(HOST, "bob")) == [PepNode("n", '{"a": 1}', (("x", "<item/>"),))]
+        with pytest.raises((KeyError, sqlite3.IntegrityError)):
+            yield store.publishPepItem(HOST, "nobody", "n", "{}", "1", "<item/>", 1)
+
+    @pytest_twisted.inlineCallbacks
+    def test_accountXML(self, store):
+        """XML kept by key, replaced and forgotten."""
+        yield store.createAccount(account("alice"))
+        assert (yield store.getAccountXML(HOST, "alice", "k")) is None
+        yield store.setAccountXML(HOST, "alice", "k", "<a/>")
+        yield store.setAccountXML(HOST, "alice", "k", "<b/>")
+        assert (yield store.getAccountXML(HOST, "alice", "k")) == "<b/>"
+        yield store.setAccountXML(HOST, "alice", "k", None)
+        assert (yield store.getAccountXML(HOST, "alice", "k")) is None

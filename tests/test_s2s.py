@@ -136,8 +136,8 @@ class Network:
 def net(tmp_path_factory):
     network = Network(tmp_path_factory.mktemp("federation"))
     try:
-        addUsers(network["a.test"], "alice@a.test", "carol@a.test", "grace@a.test")
-        addUsers(network["b.test"], "bob@b.test", "dave@b.test", "erin@b.test")
+        addUsers(network["a.test"], "alice@a.test", "carol@a.test", "grace@a.test", "heidi@a.test")
+        addUsers(network["b.test"], "bob@b.test", "dave@b.test", "erin@b.test", "ivan@b.test")
         addUsers(network["c.test"], "chris@c.test")
         addUsers(network["d.test"], "dana@d.test")
         yield network
@@ -319,6 +319,51 @@ def test_contactInviteAcross(net):
     assert re.search(r"Status:\s+used", shown) and "by erin@b.test via contact" in shown
     grace.close()
     erin.close()
+
+
+def test_pepAcross(net):
+    """
+    XEP-0163 across domains: ivan@b.test, subscribed to heidi@a.test, says
+    in his caps he wants avatar metadata; a.test asks his client (over s2s)
+    for the disco#info behind them, and heidi's publication reaches him.
+    """
+    from test_pep import NOTIFY, discoQuery
+
+    from invitesrv.caps import NS_CAPS, NS_DISCO_INFO, capsHash
+    heidi, ivan = online(net["a.test"], "heidi@a.test"), online(net["b.test"], "ivan@b.test")
+    heidi.send("<presence to='ivan@b.test' type='subscribe'/>")
+    ivan.expect(isPresence("heidi@a.test", "subscribe"), timeout=10)
+    ivan.send("<presence to='heidi@a.test' type='subscribed'/>")
+    ivan.send("<presence to='heidi@a.test' type='subscribe'/>")
+    heidi.expect(isPresence("ivan@b.test", "subscribe"), timeout=10)
+    heidi.send("<presence to='ivan@b.test' type='subscribed'/>")
+    assert eventually(lambda: subscription(heidi, "ivan@b.test") == "both")
+    query = discoQuery(NOTIFY)
+    ivan.send(f"<presence><c xmlns='{NS_CAPS}' hash='sha-1' node='https://example.org/test'"
+              f" ver='{capsHash(query)}'/></presence>")
+    asked = ivan.expect(lambda e: e.name == "iq" and e.getAttribute("from") == "heidi@a.test"
+                        and e.getAttribute("type") == "get", timeout=10, what="caps query from a.test")
+    answer = domish.Element((None, "iq"))
+    answer["type"], answer["id"], answer["to"] = "result", asked["id"], asked["from"]
+    answer.addChild(discoQuery(NOTIFY, next(asked.elements(NS_DISCO_INFO, "query"))["node"]))
+    ivan.send(answer.toXml())
+    metadata = ("<metadata xmlns='urn:xmpp:avatar:metadata'><info id='a1' bytes='9' type='image/png'/>"
+                "</metadata>")
+
+    def published() -> bool:
+        reply = heidi.request("<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish"
+                              f" node='urn:xmpp:avatar:metadata'><item id='a1'>{metadata}</item>"
+                              "</publish></pubsub>", "set")
+        assert reply["type"] == "result", reply.toXml()
+        try:
+            ivan.expect(lambda e: e.name == "message" and e.getAttribute("from") == "heidi@a.test"
+                        and "urn:xmpp:avatar:metadata" in e.toXml(), timeout=3, what="avatar event")
+        except AssertionError:
+            return False  # the answer to the caps query may still be on its way
+        return True
+    assert eventually(published)
+    heidi.close()
+    ivan.close()
 
 
 def test_idleStreamsCloseAndReopen(net):

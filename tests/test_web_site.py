@@ -507,6 +507,48 @@ def test_webOptionsAreChecked(tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_inviterAvatarAndNick(web):
+    """
+    A local inviter's nickname (escaped, cut) and avatar (served under the
+    invite, cached privately) show on the page while shared with contacts;
+    once the avatar's access model is whitelist, it is neither shown nor served.
+    """
+    import base64
+
+    from twisted.words.xish import domish
+
+    from invitesrv.modules.pep import PepModule
+    web.host.addModule("pep", PepModule())
+    pep = web.host.modules["pep"]
+    yield web.adduser("alice")
+    image = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+    nick = domish.Element(("http://jabber.org/protocol/nick", "nick"))
+    nick.addContent("<b>Alice</b> " + "x" * 100)
+    yield pep.publish("alice", "http://jabber.org/protocol/nick", None, nick)
+    data = domish.Element(("urn:xmpp:avatar:data", "data"))
+    data.addContent(base64.b64encode(image).decode())
+    yield pep.publish("alice", "urn:xmpp:avatar:data", "av1", data)
+    metadata = domish.Element(("urn:xmpp:avatar:metadata", "metadata"))
+    info = metadata.addElement("info")
+    info["id"], info["type"], info["bytes"] = "av1", "image/png", str(len(image))
+    yield pep.publish("alice", "urn:xmpp:avatar:metadata", "av1", metadata)
+    created = yield web.manager.createContact("alice", allowRegistration=True)
+    page = (yield web.client().get(f"/invite/{created.token}")).text
+    assert f'src="{created.token}/avatar"' in page
+    assert '<span class="nick">&lt;b&gt;Alice&lt;/b&gt; ' + "x" * 51 + "</span>" in page
+    avatar = yield web.client().get(f"/invite/{created.token}/avatar")
+    assert avatar.code == 200
+    assert avatar.header("content-type") == "image/png"
+    assert avatar.header("cache-control").startswith("private, max-age=")
+    assert avatar.body == image
+    service = yield pep.service("alice")
+    service.nodes["urn:xmpp:avatar:data"].options["access_model"] = "whitelist"
+    page = (yield web.client().get(f"/invite/{created.token}")).text
+    assert "/avatar" not in page and "&lt;b&gt;Alice" in page
+    assert (yield web.client().get(f"/invite/{created.token}/avatar")).code == 404
+
+
+@pytest_twisted.inlineCallbacks
 def test_welcomeTextOnThePage(web):
     """
     The inviter's welcome text shows on the landing page, one paragraph a

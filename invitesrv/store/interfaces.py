@@ -444,6 +444,51 @@ class IDevices(Interface):
         """Forget the device and its tokens; fire with True if it existed."""
 
 
+@dataclass(frozen=True)
+class PepNode:
+    """One PEP node of an account: its options (JSON text) and items, oldest first."""
+
+    node: str
+    config: str
+    items: tuple[tuple[str, str], ...] = ()  # (item id, the <item/> as XML)
+
+
+class IPep(Interface):
+    """
+    Each account's XEP-0163 PEP nodes and their items, and XML kept by key
+    (XEP-0049 private storage, the vCard). All of it goes with the account.
+    """
+
+    def getPep(host: str, username: str):
+        """Fire with the account's L{PepNode}s, sorted by node."""
+
+    def setPepNode(host: str, username: str, node: str, config: str):
+        """Create the node, or set the options of the node that exists."""
+
+    def deletePepNode(host: str, username: str, node: str):
+        """Delete the node and its items; fire with True if it existed."""
+
+    def publishPepItem(host: str, username: str, node: str, config: str, itemId: str, xml: str,
+                       maxItems: int):
+        """
+        Create the node with C{config} if it is missing, store the item as
+        the newest (replacing the one with its id) and drop the oldest beyond
+        C{maxItems} (0: keep none); fire with the ids dropped.
+        """
+
+    def retractPepItem(host: str, username: str, node: str, itemId: str):
+        """Delete an item; fire with True if it existed."""
+
+    def purgePepNode(host: str, username: str, node: str):
+        """Delete every item of the node."""
+
+    def getAccountXML(host: str, username: str, key: str):
+        """Fire with the XML the account keeps under C{key}, or None."""
+
+    def setAccountXML(host: str, username: str, key: str, xml: str | None):
+        """Keep C{xml} under C{key} (None: forget it)."""
+
+
 class IInvites(Interface):
     """Invites, keyed by the hash of their token, with an audit of each use."""
 
@@ -519,8 +564,8 @@ class RosterObservers:
             observer(host, username)
 
 
-class IStore(IAccounts, IRosters, IOfflineMessages, IArchives, IBlocklists, IInvites, IApiKeys,
-             IDevices):
+class IStore(IAccounts, IRosters, IOfflineMessages, IArchives, IBlocklists, IPep, IInvites,
+             IApiKeys, IDevices):
     """Everything the server stores."""
 
     path = Attribute("Where the data lives, for log lines.")

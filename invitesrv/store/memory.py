@@ -32,6 +32,7 @@ from invitesrv.store.interfaces import (
     IStore,
     NewAccount,
     OfflineMessage,
+    PepNode,
     Roster,
     RosterItem,
     RosterObservers,
@@ -77,6 +78,9 @@ class _Tables:
     blocklist: dict = field(default_factory=dict)  # (host, username): frozenset of JIDs
     archive: dict = field(default_factory=dict)  # (host, username, id): ArchivedMessage
     archivePrefs: dict = field(default_factory=dict)  # (host, username): ArchivePrefs
+    pepNodes: dict = field(default_factory=dict)  # (host, username, node): config
+    pepItems: dict = field(default_factory=dict)  # (host, username, node): ((id, xml), ...) oldest first
+    accountXML: dict = field(default_factory=dict)  # (host, username, key): xml
     invites: dict = field(default_factory=dict)  # id: Invite (without its uses_log)
     tokens: dict = field(default_factory=dict)  # token hash: invite id
     audit: list = field(default_factory=list)  # _Use, oldest first
@@ -224,7 +228,8 @@ class MemoryStore(RosterObservers):
             if t.accounts.pop((host, username), None) is None:
                 return False
             owned = (host, username)
-            for table in (t.credentials, t.roster, t.pendingIn, t.devices):
+            for table in (t.credentials, t.roster, t.pendingIn, t.devices, t.pepNodes, t.pepItems,
+                          t.accountXML):
                 for key in [key for key in table if key[:2] == owned]:
                     del table[key]
             t.roles.pop(owned, None)
@@ -519,6 +524,65 @@ class MemoryStore(RosterObservers):
 
     def forgetDevice(self, host, username, deviceId):
         return self._run(lambda t: t.devices.pop((host, username, deviceId), None) is not None)
+    # -- PEP and account XML --------------------------------------------------
+
+    def getPep(self, host, username):
+        return self._run(lambda t: [PepNode(key[2], config, t.pepItems.get(key, ()))
+                                    for key, config in sorted(t.pepNodes.items())
+                                    if key[:2] == (host, username)])
+
+    def setPepNode(self, host, username, node, config):
+        def set_(t):
+            self._owned(t, host, username)
+            t.pepNodes[host, username, node] = config
+        return self._run(set_)
+
+    def deletePepNode(self, host, username, node):
+        def delete(t):
+            t.pepItems.pop((host, username, node), None)
+            return t.pepNodes.pop((host, username, node), None) is not None
+        return self._run(delete)
+
+    def publishPepItem(self, host, username, node, config, itemId, xml, maxItems):
+        def publish(t):
+            self._owned(t, host, username)
+            key = (host, username, node)
+            t.pepNodes.setdefault(key, config)
+            items = [item for item in t.pepItems.get(key, ()) if item[0] != itemId] + [(itemId, xml)]
+            cut = max(0, len(items) - maxItems)
+            t.pepItems[key] = tuple(items[cut:])
+            return [item[0] for item in reversed(items[:cut])]
+        return self._run(publish)
+
+    def retractPepItem(self, host, username, node, itemId):
+        def retract(t):
+            items = t.pepItems.get((host, username, node), ())
+            t.pepItems[host, username, node] = tuple(item for item in items if item[0] != itemId)
+            return len(items) != len(t.pepItems[host, username, node])
+        return self._run(retract)
+
+    def purgePepNode(self, host, username, node):
+        def purge(t):
+            return len(t.pepItems.pop((host, username, node), ()))
+        return self._run(purge)
+
+    def getAccountXML(self, host, username, key):
+        return self._run(lambda t: t.accountXML.get((host, username, key)))
+
+    def setAccountXML(self, host, username, key, xml):
+        def set_(t):
+            self._owned(t, host, username)
+            if xml is None:
+                t.accountXML.pop((host, username, key), None)
+            else:
+                t.accountXML[host, username, key] = xml
+        return self._run(set_)
+
+    @staticmethod
+    def _owned(t, host, username) -> None:
+        """SQLite's foreign key: rows belong to an account that exists."""
+        if (host, username) not in t.accounts:
+            raise KeyError(f"no account {username}@{host}")
 
     # -- invites ------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from invitesrv.store.interfaces import (
     IStore,
     NewAccount,
     OfflineMessage,
+    PepNode,
     Roster,
     RosterItem,
     RosterObservers,
@@ -694,6 +695,72 @@ class SQLiteStore(RosterObservers):
         return self._run(lambda conn: conn.execute(
             "DELETE FROM devices WHERE host = ? AND username = ? AND device = ?",
             (host, username, deviceId)).rowcount == 1)
+    # -- PEP and account XML --------------------------------------------------
+
+    def getPep(self, host, username):
+        def read(conn):
+            items: dict[str, list] = {}
+            for node, itemId, xml in conn.execute(
+                    "SELECT node, item_id, xml FROM pep_items WHERE host = ? AND username = ?"
+                    " ORDER BY node, seq", (host, username)):
+                items.setdefault(node, []).append((itemId, xml))
+            return [PepNode(node, config, tuple(items.get(node, ()))) for node, config in conn.execute(
+                "SELECT node, config FROM pep_nodes WHERE host = ? AND username = ? ORDER BY node",
+                (host, username))]
+        return self._run(read)
+
+    def setPepNode(self, host, username, node, config):
+        return self._run(lambda conn: conn.execute(
+            "INSERT INTO pep_nodes (host, username, node, config) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET config = excluded.config", (host, username, node, config)))
+
+    def deletePepNode(self, host, username, node):
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM pep_nodes WHERE host = ? AND username = ? AND node = ?",
+            (host, username, node)).rowcount == 1)
+
+    def publishPepItem(self, host, username, node, config, itemId, xml, maxItems):
+        def publish(conn):
+            key = (host, username, node)
+            conn.execute("INSERT OR IGNORE INTO pep_nodes (host, username, node, config)"
+                         " VALUES (?, ?, ?, ?)", (*key, config))
+            conn.execute("INSERT OR REPLACE INTO pep_items (host, username, node, item_id, xml, seq)"
+                         " SELECT ?, ?, ?, ?, ?, COALESCE(MAX(seq), 0) + 1 FROM pep_items"
+                         " WHERE host = ? AND username = ? AND node = ?", (*key, itemId, xml, *key))
+            dropped = [row[0] for row in conn.execute(
+                "SELECT item_id FROM pep_items WHERE host = ? AND username = ? AND node = ?"
+                " ORDER BY seq DESC LIMIT -1 OFFSET ?", (*key, maxItems))]
+            conn.executemany("DELETE FROM pep_items WHERE host = ? AND username = ? AND node = ?"
+                             " AND item_id = ?", [(*key, dropped_) for dropped_ in dropped])
+            return dropped
+        return self._run(publish)
+
+    def retractPepItem(self, host, username, node, itemId):
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM pep_items WHERE host = ? AND username = ? AND node = ? AND item_id = ?",
+            (host, username, node, itemId)).rowcount == 1)
+
+    def purgePepNode(self, host, username, node):
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM pep_items WHERE host = ? AND username = ? AND node = ?",
+            (host, username, node)).rowcount)
+
+    def getAccountXML(self, host, username, key):
+        def get(conn):
+            row = conn.execute("SELECT xml FROM account_xml WHERE host = ? AND username = ? AND key = ?",
+                               (host, username, key)).fetchone()
+            return row and row[0]
+        return self._run(get)
+
+    def setAccountXML(self, host, username, key, xml):
+        def set_(conn):
+            if xml is None:
+                conn.execute("DELETE FROM account_xml WHERE host = ? AND username = ? AND key = ?",
+                             (host, username, key))
+            else:
+                conn.execute("INSERT OR REPLACE INTO account_xml (host, username, key, xml)"
+                             " VALUES (?, ?, ?, ?)", (host, username, key, xml))
+        return self._run(set_)
 
     # -- invites ------------------------------------------------------------
 

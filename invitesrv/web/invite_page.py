@@ -9,6 +9,14 @@ registration form instead. The page also carries the URI in a
 C{Link: <xmpp:…>; rel="alternate"} header, which apps that fetch the page
 read instead of the HTML.
 
+When the inviter is a local user, the page shows their nickname (XEP-0172)
+and avatar (XEP-0084, served at C{/invite/TOKEN/avatar}) from PEP, as
+Snikket does, and only what the inviter shares with contacts or everyone
+(access model C{presence} or C{open}): the invitee is about to become a
+contact. The nickname is cut to L{MAX_NICK} characters and escaped like
+every text of the page; an avatar larger than L{MAX_AVATAR} bytes, or not
+PNG, JPEG, GIF or WebP, is not shown.
+
 Looking at the page never uses or changes the invite: link previews of chat
 apps and curious visitors fetch it too. An unknown token gets a 404 page; a
 used, expired or revoked one a 410 page.
@@ -16,6 +24,9 @@ used, expired or revoked one a 410 page.
 
 from __future__ import annotations
 
+import base64
+import binascii
+from dataclasses import dataclass
 from io import BytesIO
 from urllib.parse import quote
 
@@ -25,6 +36,7 @@ from twisted.web import resource
 from twisted.web.template import Element, renderer, tags
 
 from invitesrv.invites import creatorOf
+from invitesrv.modules.presence import parseStored
 from invitesrv.web.apps import PLATFORMS, App, detectPlatform, recommended
 from invitesrv.web.i18n import LocalTime, Text
 from invitesrv.web.pages import (
@@ -40,6 +52,59 @@ from invitesrv.web.pages import (
     servePage,
     template,
 )
+
+NS_NICK = "http://jabber.org/protocol/nick"
+NS_AVATAR_DATA = "urn:xmpp:avatar:data"
+NS_AVATAR_METADATA = "urn:xmpp:avatar:metadata"
+MAX_NICK = 64  # characters of the inviter's nickname shown
+MAX_AVATAR = 65_536  # bytes of the inviter's avatar served
+AVATAR_TYPES = frozenset(("image/png", "image/jpeg", "image/gif", "image/webp"))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the page shows of a local inviter: nickname, avatar (type, bytes)."""
+
+    nick: str | None = None
+    avatar: tuple[str, bytes] | None = None
+
+
+@defer.inlineCallbacks
+def inviterProfile(host, invite):
+    """
+    Fire with the L{Profile} of the invite's inviter, if a local user who
+    shares it (nothing without the PEP module, or for a remote inviter).
+    """
+    inviter = creatorOf(invite)
+    pep = host.modules.get("pep")
+    if pep is None or inviter is None:
+        return Profile()
+    username = inviter.rsplit("@", 1)[0]
+    nick = None
+    for _, payload in ((yield pep.sharedItems(username, NS_NICK)) or ())[-1:]:
+        nick = " ".join(str(parseStored(payload)).split())[:MAX_NICK] or None
+    avatar = None
+    for _, payload in ((yield pep.sharedItems(username, NS_AVATAR_METADATA)) or ())[-1:]:
+        for info in parseStored(payload).elements(NS_AVATAR_METADATA, "info"):
+            if info.getAttribute("type") in AVATAR_TYPES and not info.getAttribute("url"):
+                avatar = yield avatarImage(pep, username, info.getAttribute("id"), info["type"])
+                break
+    return Profile(nick, avatar)
+
+
+@defer.inlineCallbacks
+def avatarImage(pep, username: str, avatarId: str | None, mimeType: str):
+    """The avatar data item C{avatarId} as (type, bytes), if shared, base64 and small enough."""
+    for itemId, payload in (yield pep.sharedItems(username, NS_AVATAR_DATA)) or ():
+        if itemId == avatarId:
+            text = "".join(str(parseStored(payload)).split())
+            if len(text) > (MAX_AVATAR + 2) // 3 * 4:
+                return None
+            try:
+                return mimeType, base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                return None
+    return None
 
 
 def tokenOf(segment: bytes) -> str | None:
@@ -89,8 +154,9 @@ class InviteBody(Translatable):
     loader = template("invite.xml")
 
     def __init__(self, context, host, invite, token: str, uri: str, platform: str | None,
-                 showAll: bool):
+                 showAll: bool, profile: Profile = Profile()):
         Element.__init__(self)
+        self.profile = profile
         self.context = context
         self.host = host
         self.invite = invite
@@ -187,6 +253,17 @@ class InviteBody(Translatable):
             expires=LocalTime(self.invite.expires))
 
     @renderer
+    def inviterCard(self, request, tag):
+        """The inviter's avatar and nickname, when they share them."""
+        profile = self.profile
+        if profile.nick is None and profile.avatar is None:
+            return ""
+        avatar = (tags.img(src=f"{quote(self.token, safe='')}/avatar", alt="", width="64", height="64",
+                           class_="avatar") if profile.avatar is not None else "")
+        return tag(avatar, tags.span(profile.nick or self.inviter, class_="nick"),
+                   " ", tags.span(self.inviter, class_="muted small"))
+
+    @renderer
     def welcome(self, request, tag):
         """The creator's welcome text, one paragraph a line (escaped by the template)."""
         text = self.invite.welcome
@@ -234,7 +311,8 @@ class InvitePage(TokenResource):
         context = self.context
         root = rootOf(request)
         image = request.postpath == [b"qr.png"]
-        if request.postpath and not image:
+        avatar = request.postpath == [b"avatar"]
+        if request.postpath and not image and not avatar:
             return notFound(context.siteName(), root)
         host, invite = yield self.find(request)
         if invite is None:
@@ -246,9 +324,17 @@ class InvitePage(TokenResource):
         uri = context.managers[host.name].uri(invite, self.token)
         if image:
             return qrImage(uri, invite.expires - now)
+        profile = yield inviterProfile(host, invite)
+        if avatar:
+            if profile.avatar is None:
+                return notFound(siteName, root)
+            return File(profile.avatar[1], profile.avatar[0].encode("ascii"), {
+                "cache-control": f"private, max-age={max(0, min(3600, int(invite.expires - now)))}",
+                "x-content-type-options": "nosniff",
+            })
         agent = (request.getHeader(b"user-agent") or b"").decode("latin-1")
         showAll = request.args.get(b"apps") == [b"all"]
-        body = InviteBody(context, host, invite, self.token, uri, detectPlatform(agent), showAll)
+        body = InviteBody(context, host, invite, self.token, uri, detectPlatform(agent), showAll, profile)
         title = body.texts()["heading"]
         return Page(title, body, alternate=uri, root=root, siteName=siteName, headers={
             "link": linkHeader(uri),
