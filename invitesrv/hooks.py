@@ -45,6 +45,11 @@ C{host-send} (stanza) -> True or None
     Run with L{Hooks.first} for every stanza a module sends through the host
     (presence broadcasts and probe answers among them), before the router.
     True: the stanza must not go; it is dropped.
+C{hibernated-stanza} (session, stanza)
+    Synchronous. A stream-managed session whose connection is lost, waiting
+    to be resumed (L{invitesrv.modules.smacks}), was sent C{stanza}: it is
+    queued for the client (push notifications wake the device). Run too for
+    what was unacknowledged when the connection was lost.
 C{stream-closed} (stream)
     An unauthenticated or authenticated stream ended: free what its slots hold.
 C{disco-items} (requestor, node) -> list[DiscoItem]
