@@ -101,6 +101,15 @@ class OfflineMessage:
 
 
 @dataclass(frozen=True)
+class PushRegistration:
+    """An XEP-0357 app server a user's device asked to be woken through."""
+
+    service: str  # the app server's JID
+    node: str
+    options: str = ""  # serialised XML: the publish-options form, if the client gave one
+
+
+@dataclass(frozen=True)
 class InviteUse:
     """One registration or reset done with an invite, for the audit."""
 
@@ -277,6 +286,22 @@ class IBlocklists(Interface):
         """Remove C{items} (all when None); fire with those that were blocked, sorted."""
 
 
+class IPushRegistrations(Interface):
+    """
+    Each account's XEP-0357 push registrations, one per (app server, node).
+    They go with the account.
+    """
+
+    def getPushRegistrations(host: str, username: str):
+        """Fire with the user's L{PushRegistration}s, by service and node."""
+
+    def setPushRegistration(host: str, username: str, registration: PushRegistration):
+        """Add or replace (same service and node) a registration."""
+
+    def removePushRegistrations(host: str, username: str, service: str, node: str | None = None):
+        """Remove the registration (all of C{service}'s when C{node} is None); fire with how many."""
+
+
 class IInvites(Interface):
     """Invites, keyed by the hash of their token, with an audit of each use."""
 
@@ -341,7 +366,8 @@ class IApiKeys(Interface):
         """Fire with True if it existed."""
 
 
-class IStore(IAccounts, IRosters, IOfflineMessages, IBlocklists, IInvites, IApiKeys):
+class IStore(IAccounts, IRosters, IOfflineMessages, IBlocklists, IInvites, IApiKeys,
+             IPushRegistrations):
     """Everything the server stores."""
 
     path = Attribute("Where the data lives, for log lines.")

@@ -68,6 +68,7 @@ class _Tables:
     pendingIn: dict = field(default_factory=dict)  # (host, username, contact): stanza
     offline: dict = field(default_factory=dict)  # id: (host, username, OfflineMessage)
     blocklist: dict = field(default_factory=dict)  # (host, username): frozenset of JIDs
+    push: dict = field(default_factory=dict)  # (host, username, service, node): PushRegistration
     invites: dict = field(default_factory=dict)  # id: Invite (without its uses_log)
     tokens: dict = field(default_factory=dict)  # token hash: invite id
     audit: list = field(default_factory=list)  # _Use, oldest first
@@ -209,7 +210,7 @@ class MemoryStore:
             if t.accounts.pop((host, username), None) is None:
                 return False
             owned = (host, username)
-            for table in (t.credentials, t.roster, t.pendingIn):
+            for table in (t.credentials, t.roster, t.pendingIn, t.push):
                 for key in [key for key in table if key[:2] == owned]:
                     del table[key]
             t.roles.pop(owned, None)
@@ -366,6 +367,28 @@ class MemoryStore:
             t.blocklist[host, username] = blocked - gone
             return sorted(gone)
         return self._run(unblock)
+
+    # -- push registrations ---------------------------------------------------
+
+    def getPushRegistrations(self, host, username):
+        return self._run(lambda t: [registration for key, registration in sorted(t.push.items())
+                                    if key[:2] == (host, username)])
+
+    def setPushRegistration(self, host, username, registration):
+        def set_(t):
+            if (host, username) not in t.accounts:
+                raise KeyError(f"no account {username}@{host}")  # SQLite's foreign key
+            t.push[host, username, registration.service, registration.node] = registration
+        return self._run(set_)
+
+    def removePushRegistrations(self, host, username, service, node=None):
+        def remove(t):
+            gone = [key for key in t.push if key[:3] == (host, username, service)
+                    and node in (None, key[3])]
+            for key in gone:
+                del t.push[key]
+            return len(gone)
+        return self._run(remove)
 
     # -- invites ------------------------------------------------------------
 
