@@ -385,3 +385,28 @@ def test_pingTimeoutHibernates(servers, clock):
     assert "while frozen" in [str(e.body) for e in answer if e.name == "message"]
     clock.advance(120)  # the new stream is pinged like any other
     assert [e for e in connection.received() if e.name == "iq" and e.getAttribute("type") == "get"]
+
+
+def test_offlineDeliveryWaitsForAcks(server, clock):
+    """
+    Messages kept offline are forgotten only once the client acknowledges
+    them: a client that goes away with one unacknowledged (its connection
+    stalled, then lost) gets it at its next login, once, not twice.
+    """
+    alice, bob = Client(server, "alice"), Client(server, "bob")
+    alice.close()
+    alice.drop()
+    chat(bob, "alice@localhost", "one")
+    chat(bob, "alice@localhost", "two")
+    phone = Client(server, "alice", "phone")
+    enable(phone)
+    phone.send("<presence/>")
+    assert bodies(phone) == ["one"]  # the next waits for the acknowledgement
+    phone.stream.pauseProducing()  # the client stops reading
+    phone.send(f"<a xmlns='{NS_SM}' h='2'/>")  # its presence and "one"
+    assert bodies(phone) == ["two"]
+    phone.drop()
+    clock.advance(600)
+    again = Client(server, "alice", "laptop")
+    again.send("<presence/>")
+    assert bodies(again) == ["two"]

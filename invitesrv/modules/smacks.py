@@ -79,12 +79,14 @@ class SmacksOptions:
 class Unacked:
     """A stanza sent to a session and not acknowledged yet, and who else has it."""
 
-    __slots__ = ("element", "stamp", "holders")
+    __slots__ = ("element", "stamp", "holders", "written", "waiters")
 
-    def __init__(self, element: domish.Element, stamp: float):
+    def __init__(self, element: domish.Element, stamp: float, written: bool):
         self.element = element
         self.stamp = stamp
         self.holders: tuple = ()  # other sessions of the account that got it or a carbon of it
+        self.written = written  # False: queued while the connection was gone, never on the wire
+        self.waiters: list | None = None  # whenSent Deferreds: their callers keep the stanza
 
 
 class Managed:
@@ -145,7 +147,8 @@ class SmacksModule(HostModule):
              ("session-bound", "onSessionBound", 100),  # first: its wrapper is nearest the stream
              ("message-delivered", "onDelivered"),
              ("stream-lost", "onStreamLost"),
-             ("session-closed", "onSessionClosed", -100))  # last: after CSI sent what it held
+             ("session-closed", "onSessionClosed", -100),  # last: after CSI sent what it held
+             ("when-sent", "onWhenSent"))
     nonzas = {(NS_SM, "enable"): "onEnable", (NS_SM, "resume"): "onResume",
               (NS_SM, "r"): "onRequest", (NS_SM, "a"): "onAck"}
 
@@ -231,13 +234,15 @@ class SmacksModule(HostModule):
                 "undefined-condition", "You acknowledged more stanzas than were sent",
                 sm("handled-count-too-high", h=h, **{"send-count": state.sent}))
             return False
-        for _ in range(count):
-            state.queue.popleft()
+        delivered = [state.queue.popleft() for _ in range(count)]
         state.acked = h
+        for entry in delivered:
+            for d in entry.waiters or ():
+                d.callback(True)  # offline delivery sends its next message now
         return True
 
     def _queue(self, session, state: Managed, element: domish.Element) -> None:
-        state.queue.append(Unacked(element, self.host.now()))
+        state.queue.append(Unacked(element, self.host.now(), state.hibernation is None))
         if len(state.queue) > self.options.max_queue and state.overflowCall is None:
             state.overflowCall = self.host.clock.callLater(0, self._overflow, session)
         if state.hibernation is not None:
@@ -268,6 +273,29 @@ class SmacksModule(HostModule):
         self.host.metrics["smacks.overflow"] += 1
         self._forgetToken(state)
         session.close("resource-constraint", "Too many unacknowledged stanzas")
+
+    def onWhenSent(self, session):
+        """
+        Hook C{when-sent}: what was sent so far is delivered once the client
+        acknowledges it. The caller (offline delivery) keeps the stanza until
+        then, so the stanza is not handed on with the others if the session
+        ends: it fires False and the caller still has it. One queued while
+        the connection is gone was never written: it is taken back at once.
+        """
+        state = STATE.get(session)
+        if state is None:
+            return None
+        if not state.queue:
+            return defer.succeed(True)
+        last = state.queue[-1]
+        if not last.written:
+            state.queue.pop()
+            return defer.succeed(False)
+        d = defer.Deferred()
+        if last.waiters is None:
+            last.waiters = []
+        last.waiters.append(d)
+        return d
 
     # -- who else has a message ---------------------------------------------------
 
@@ -342,6 +370,7 @@ class SmacksModule(HostModule):
         send = stream.xmlstream.send
         send(sm("resumed", previd=token, h=state.handled))
         for entry in state.queue:
+            entry.written = True
             send(self._again(entry))
         if state.queue:
             self._requestAck(session, state)
@@ -356,8 +385,12 @@ class SmacksModule(HostModule):
         state.cancelTimers()
         self._forgetToken(state, session.user)
         session.stream.send(sm("a", h=state.handled))  # XEP-0198 1.5.2; dropped if the stream is gone
-        unacked = list(state.queue)
+        entries = list(state.queue)
         state.queue.clear()
+        unacked = [entry for entry in entries if not entry.waiters]  # waiters' callers keep theirs
+        for entry in entries:
+            for d in entry.waiters or ():
+                d.callback(False)
         if unacked:
             log.info("{jid}: the session ended with {count} stanzas unacknowledged; handing"
                      " them on", jid=session.full, count=len(unacked))
