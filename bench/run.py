@@ -44,8 +44,8 @@ PROVISION = HERE / "provision.py"
 PROSODY_START = HERE / "prosody" / "start.sh"
 PROSODY_STOP = HERE / "prosody" / "stop.sh"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "roster", "idle",
-             "idle10k")
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "smmessages", "resume",
+             "roster", "idle", "idle10k")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
 DOMAIN = "localhost"
@@ -75,6 +75,7 @@ class Sizes:
     roster_r: int = 100
     roster_gets: int = 20
     roster_c: int = 50
+    resume_n: int = 200
     idle_k: int = 2000
     idle_c: int = 50
     idle10k_k: int = 10000
@@ -92,7 +93,7 @@ class Sizes:
 
 
 QUICK = Sizes(register_n=20, register_c=5, invite_n=10, login_n=30, login_c=10, plain_n=10, login1_n=5,
-              msg_pairs=2, msg_m=10, roster_u=4, roster_r=5, roster_gets=2, roster_c=4,
+              msg_pairs=2, msg_m=10, resume_n=5, roster_u=4, roster_r=5, roster_gets=2, roster_c=4,
               idle_k=30, idle_c=10, idle10k_k=60, idle_settle=0.5, idle_hold=0.5, pause=0.2, max_seconds=30,
               op_timeout=10)
 
@@ -482,6 +483,20 @@ class Bench:
             self.gen("messages", run, "messages", "-p", str(s.msg_pairs), "-m", str(s.msg_m),
                      "-w", str(s.msg_w), "-c", str(s.login_c), "--prefix", POOL)
 
+    def scenario_smmessages(self) -> None:
+        """The messages workload with carbons and XEP-0198 stream management on every client."""
+        s = self.sizes
+        for run in self.runs():
+            self.gen("smmessages", run, "messages", "--sm", "-p", str(s.msg_pairs), "-m",
+                     str(s.msg_m), "-w", str(s.msg_w), "-c", str(s.login_c), "--prefix", POOL)
+
+    def scenario_resume(self) -> None:
+        """XEP-0198 resumption after a dropped connection, one at a time: its latency."""
+        s = self.sizes
+        for run in self.runs():
+            self.gen("resume", run, "resume", "-n", str(s.resume_n), "--pool", str(s.login1_n),
+                     "--prefix", POOL)
+
     def scenario_roster(self) -> None:
         s = self.sizes
         common = ("-u", str(s.roster_u), "-r", str(s.roster_r), "-c", str(s.roster_c),
@@ -518,9 +533,10 @@ def figures(r: dict) -> dict:
                    srv_pct=r.get("login_server_cpu_pct"), busy=r.get("login_cpu_busy_pct"))
         cpu = r.get("login_server_cpu_s")
     else:
-        ok = {"messages": r.get("messages_ok"), "roster": r.get("gets_ok")}.get(scenario, r.get("ok"))
+        ok = {"messages": r.get("messages_ok"), "smmessages": r.get("messages_ok"),
+              "roster": r.get("gets_ok")}.get(scenario, r.get("ok"))
         ok = ok or 0
-        if scenario == "messages":
+        if scenario in ("messages", "smmessages"):
             out.update(rate=r.get("per_s"), p50=r.get("rtt_p50_ms"), p99=r.get("rtt_p99_ms"))
         else:
             out.update(rate=r.get("per_s"), p50=r.get("p50_ms"), p99=r.get("p99_ms"))
@@ -531,7 +547,8 @@ def figures(r: dict) -> dict:
 
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
-         "login1": "logins/s", "messages": "msgs/s", "roster": "gets/s", "idle": "logins/s",
+         "login1": "logins/s", "messages": "msgs/s", "smmessages": "msgs/s", "resume": "resumes/s",
+         "roster": "gets/s", "idle": "logins/s",
          "idle10k": "logins/s"}
 
 
