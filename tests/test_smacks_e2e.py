@@ -21,7 +21,7 @@ from conftest import RunningServer
 from rawxmpp import RawClient
 
 NS_SM = "urn:xmpp:sm:3"
-HIBERNATION = 4  # seconds: short, so that a session that is not resumed ends within a test
+HIBERNATION = 6  # seconds: short, so that a session that is not resumed ends within a test
 
 
 class FreezingProxy:
