@@ -410,3 +410,27 @@ def test_offlineDeliveryWaitsForAcks(server, clock):
     again = Client(server, "alice", "laptop")
     again.send("<presence/>")
     assert bodies(again) == ["two"]
+
+
+def test_hibernatingSessionsPerAccountBounded(servers, clock):
+    """Past max_hibernated waiting sessions of one account, the oldest ends and hands on its messages."""
+    server = servers(clock, modules=MODULES, module_options={"smacks": {"max_hibernated": 2}})
+    addAccounts(server, "alice", "bob")
+    bob = Client(server, "bob")
+    phones = []
+    for name in ("one", "two", "three"):
+        phone = Client(server, "alice", name)
+        phone.send("<presence/>")
+        enable(phone)
+        phones.append(phone)
+    chat(bob, phones[0].jid, "for the first")
+    for phone in phones:
+        clock.advance(1)
+        phone.drop()
+    assert server.router.session(_jid(phones[0])) is None  # the oldest to wait ended
+    assert all(server.router.session(_jid(phone)) is not None for phone in phones[1:])
+    assert server.metrics["smacks.hibernation-limit"] == 1
+    clock.advance(600)
+    again = Client(server, "alice", "laptop")
+    again.send("<presence/>")
+    assert bodies(again) == ["for the first"]

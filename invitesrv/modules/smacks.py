@@ -69,11 +69,13 @@ REMEMBERED = 1000
 class SmacksOptions:
     """
     C{[modules.smacks]}: how long a session whose connection was lost waits
-    to be resumed, and how many unacknowledged stanzas it may hold.
+    to be resumed, how many unacknowledged stanzas it may hold, and how many
+    of an account's sessions may wait at once (the oldest ends first).
     """
 
     hibernation_time: Duration = Duration(600)
     max_queue: int = 500
+    max_hibernated: int = 10
 
 
 class Unacked:
@@ -93,7 +95,7 @@ class Managed:
     """The stream management state of one session; it survives resumption."""
 
     __slots__ = ("queue", "acked", "handled", "token", "awaiting", "requestCall", "hibernation",
-                 "overflowCall")
+                 "hibernatedAt", "overflowCall")
 
     def __init__(self) -> None:
         self.queue: deque[Unacked] = deque()
@@ -103,6 +105,7 @@ class Managed:
         self.awaiting = False  # an <r/> is out, not answered yet
         self.requestCall = None  # the <r/> about to be sent
         self.hibernation = None  # the end of hibernation, while the connection is gone
+        self.hibernatedAt = 0.0
         self.overflowCall = None  # the end of a session over max_queue
 
     @property
@@ -303,6 +306,10 @@ class SmacksModule(HostModule):
         """Note, for a session's unacked copy, the sessions that have it too (or a carbon of it)."""
         carbons = self.host.modules.get("carbons")
         copies = carbons.copiedTo(message, sessions) if carbons is not None else []
+        self._noteHolders(message, sessions, copies)
+
+    def _noteHolders(self, message, sessions, copies) -> None:
+        """C{message} went to C{sessions}, and copies of it to C{copies}: each has it."""
         if len(sessions) < 2 and not copies:
             return
         for session in sessions:
@@ -325,13 +332,26 @@ class SmacksModule(HostModule):
         state.awaiting = False
         seconds = self.options.hibernation_time
         state.hibernation = self.host.clock.callLater(seconds, self._expire, session)
+        state.hibernatedAt = self.host.now()
         self.host.metrics["smacks.hibernated"] += 1
         log.info("{jid}: connection lost; the session waits {seconds:.0f} s to be resumed"
                  " ({count} stanzas unacknowledged)", jid=session.full, seconds=seconds,
                  count=len(state.queue))
         for entry in state.queue:
             self.host.hooks.run("hibernated-stanza", session, entry.element)
+        self._limitHibernated(session.bare)
         return True
+
+    def _limitHibernated(self, bare: str) -> None:
+        """At most C{max_hibernated} sessions of an account wait: the oldest ends, handing on."""
+        waiting = sorted((STATE.get(s).hibernatedAt, index, s)
+                         for index, s in enumerate(self.host.resources.online(bare))
+                         if STATE.get(s) is not None and STATE.get(s).hibernation is not None)
+        for _, _, oldest in waiting[:max(0, len(waiting) - self.options.max_hibernated)]:
+            self.host.metrics["smacks.hibernation-limit"] += 1
+            log.info("{jid}: more than {count} sessions of the account wait to be resumed;"
+                     " the oldest ends", jid=oldest.full, count=self.options.max_hibernated)
+            oldest.close()
 
     def _expire(self, session) -> None:
         state = STATE.get(session)
@@ -424,8 +444,10 @@ class SmacksModule(HostModule):
                 continue
             recipients = host.resources.recipients(session.bare)
             if recipients:
+                again = self._again(entry)
                 for recipient in recipients:
-                    recipient.send(self._again(entry))
+                    recipient.send(again)
+                self._noteHolders(again, recipients, ())  # should they all end, it is kept once
             else:
                 offline.append(self._again(entry))
         if offline:
