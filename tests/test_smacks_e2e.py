@@ -19,6 +19,7 @@ import pytest
 import slix
 from conftest import RunningServer
 from rawxmpp import RawClient
+from saslclient import NS_BIND2, SASLClient
 
 NS_SM = "urn:xmpp:sm:3"
 HIBERNATION = 6  # seconds: short, so that a session that is not resumed ends within a test
@@ -76,7 +77,7 @@ def running(tmp_path_factory):
     """A real server with the default modules and a short hibernation."""
     server = RunningServer(tmp_path_factory.mktemp("smacks"),
                            f"[modules.smacks]\nhibernation_time = {HIBERNATION}\n").start()
-    for user in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"):
+    for user in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan"):
         server.adduser(f"{user}@localhost", f"{user} password")
     yield server
     server.stop()
@@ -299,3 +300,36 @@ def test_slixmppResumes(running):
             bob.close()
             await heidi.logout()
     slix.run(scenario())
+
+
+def test_sasl2InlineEnableAndResume(running):
+    """
+    XEP-0388/0386 in one round trip each: stream management enabled inside
+    Bind2's <bind/> (<enabled/> in <bound/>), and a lost session resumed
+    inside SASL2's <authenticate/> (<resumed/> in <success/>, nothing bound),
+    then what was not acknowledged, again.
+    """
+    with RawClient(running.port) as bob:
+        login(bob, "bob")
+        phone = SASLClient(running.port)
+        phone.startTLS()
+        result = phone.authenticate("PLAIN", b"\0ivan\0ivan password",
+                                    f"<bind xmlns='{NS_BIND2}'><tag>phone</tag>"
+                                    f"<enable xmlns='{NS_SM}' resume='true'/></bind>")
+        assert result.ok, result
+        enabled = re.search(r"<bound xmlns=.urn:xmpp:bind:0.>.*?<enabled [^>]*>", result.xml, re.S)
+        assert enabled, result.xml
+        token = re.search(r"id=.([^'\"]+)", enabled.group(0)).group(1)
+        chat(bob, result.identifier, "one")
+        phone.recvUntil(r"one</body>")
+        phone.close()
+        chat(bob, result.identifier, "two")
+        settled(bob)
+        with SASLClient(running.port) as again:
+            again.startTLS()
+            resumed = again.authenticate("PLAIN", b"\0ivan\0ivan password",
+                                         f"<resume xmlns='{NS_SM}' previd='{token}' h='0'/>"
+                                         f"<bind xmlns='{NS_BIND2}'><tag>phone</tag></bind>")
+            assert resumed.ok and f"previd='{token}'" in resumed.xml, resumed.xml
+            assert "<bound" not in resumed.xml and resumed.identifier == result.identifier
+            assert bodies(again.recvUntil(r"two</body>")) == ["one", "two"]

@@ -23,6 +23,11 @@ C{<failed><item-not-found/></failed>}; for a session of the same account that
 ended not long ago the C{<failed/>} carries its C{h} (XEP-0198 1.6), so the
 client knows which of its stanzas arrived.
 
+Both may be done inline: C{<enable/>} inside XEP-0386 Bind2's C{<bind/>}
+(answered in C{<bound/>}) and C{<resume/>} inside XEP-0388 SASL2's
+C{<authenticate/>} (answered in C{<success/>}, before Bind2, which then binds
+nothing).
+
 A session that ends without resumption (the hibernation ran out, the client
 closed its stream with stanzas unacknowledged, too many unacknowledged
 stanzas: C{max_queue}, which ends the session with C{resource-constraint})
@@ -151,7 +156,10 @@ class SmacksModule(HostModule):
              ("message-delivered", "onDelivered"),
              ("stream-lost", "onStreamLost"),
              ("session-closed", "onSessionClosed", -100),  # last: after CSI sent what it held
-             ("when-sent", "onWhenSent"))
+             ("when-sent", "onWhenSent"),
+             ("sasl2-features", "onSASL2Features"),
+             ("sasl2-inline", "onSASL2Inline", 10),  # before bind2, which binds only if not resumed
+             ("bind2-features", "bind2Feature"), ("bind2-inline", "onBind2"))
     nonzas = {(NS_SM, "enable"): "onEnable", (NS_SM, "resume"): "onResume",
               (NS_SM, "r"): "onRequest", (NS_SM, "a"): "onAck"}
 
@@ -184,10 +192,12 @@ class SmacksModule(HostModule):
         session.addOutput(output)
 
     def onEnable(self, stream, element) -> None:
-        session = stream.session
+        stream.xmlstream.send(self._enable(stream.session, element))
+
+    def _enable(self, session, element) -> domish.Element:
+        """Manage C{session} (None: not bound yet); C{<enabled/>} or C{<failed/>}."""
         if session is None or STATE.get(session) is not None:
-            stream.xmlstream.send(failed("unexpected-request"))
-            return
+            return failed("unexpected-request")
         state = Managed()
         STATE.set(session, state)
 
@@ -202,7 +212,7 @@ class SmacksModule(HostModule):
             enabled["id"] = state.token
             enabled["resume"] = "true"
             enabled["max"] = str(int(self.options.hibernation_time))
-        stream.xmlstream.send(enabled)
+        return enabled
 
     # -- acknowledgements -------------------------------------------------------
 
@@ -366,6 +376,16 @@ class SmacksModule(HostModule):
         if not stream.authenticated or stream.session is not None:
             stream.xmlstream.send(failed("unexpected-request"))
             return
+        answer = self._resume(stream, element)
+        if answer is not None:
+            stream.xmlstream.send(answer)
+            self._resend(stream)
+
+    def _resume(self, stream, element) -> domish.Element | None:
+        """
+        Take over the session C{element} names: fire with C{<resumed/>} (then
+        L{_resend}), C{<failed/>}, or None when a wrong C{h} ended the stream.
+        """
         token = element.getAttribute("previd") or ""
         session = self.resumable.get(token)
         if session is None or session.user != stream.username:
@@ -376,24 +396,55 @@ class SmacksModule(HostModule):
             self.host.metrics["smacks.resume-failed"] += 1
             log.info("{label}: no session of {user} to resume", label=stream.label,
                      user=stream.username)
-            stream.xmlstream.send(failed("item-not-found", known))
-            return
+            return failed("item-not-found", known)
         state = STATE.get(session)
         if not self._acknowledge(stream, state, element.getAttribute("h")):
-            return
+            return None
         state.cancelTimers()
         state.awaiting = False
         stream.takeOver(session)
         self.host.metrics["smacks.resumed"] += 1
         log.info("{jid} resumed from {address}; {count} stanzas sent again", jid=session.full,
                  address=stream.address, count=len(state.queue))
-        send = stream.xmlstream.send
-        send(sm("resumed", previd=token, h=state.handled))
+        return sm("resumed", previd=token, h=state.handled)
+
+    def _resend(self, stream) -> None:
+        """After C{<resumed/>}: what the client did not acknowledge, again, and a request."""
+        session = stream.session
+        state = STATE.get(session) if session is not None else None
+        if state is None:
+            return
         for entry in state.queue:
             entry.written = True
-            send(self._again(entry))
+            stream.xmlstream.send(self._again(entry))
         if state.queue:
             self._requestAck(session, state)
+
+    # -- inline in SASL2 (XEP-0388) and Bind2 (XEP-0386) ---------------------------
+
+    def onSASL2Features(self, stream, inline) -> None:
+        inline.addElement((NS_SM, "sm"))
+
+    def onSASL2Inline(self, stream, request, success):
+        """A C{<resume/>} inside C{<authenticate/>}: resumed (or failed) in C{<success/>}."""
+        resume = next(request.elements(NS_SM, "resume"), None)
+        if resume is None:
+            return None
+        answer = self._resume(stream, resume)
+        if answer is None:
+            return None
+        success.addChild(answer)
+        return lambda: self._resend(stream)
+
+    def bind2Feature(self, stream) -> str:
+        """Stream management can be enabled inside XEP-0386's bind."""
+        return NS_SM
+
+    def onBind2(self, session, request, bound) -> None:
+        """C{<enable/>} inside C{<bind/>}: C{<enabled/>} (or C{<failed/>}) inside C{<bound/>}."""
+        enable = next(request.elements(NS_SM, "enable"), None)
+        if enable is not None:
+            bound.addChild(self._enable(session, enable))
 
     # -- the end of a managed session ------------------------------------------
 
