@@ -45,8 +45,8 @@ FASTLOAD = HERE / "fastload.py"  # reconnects with FAST + Bind2, on the same gen
 PROVISION = HERE / "provision.py"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
-SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "messages", "roster",
-             "mam", "pep", "idle", "idle10k")
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "messages",
+             "smmessages", "resume", "roster", "mam", "pep", "idle", "idle10k")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 # The rows of the tables: the pep scenario measures two things.
 TAGS = tuple(tag for scenario in SCENARIOS
@@ -92,6 +92,7 @@ class Sizes:
     pep_w: int = 10
     pep_logins: int = 100
     pep_c: int = 5
+    resume_n: int = 200
     idle_k: int = 2000
     idle_c: int = 50
     idle10k_k: int = 10000
@@ -115,7 +116,7 @@ QUICK = Sizes(register_n=100, register_c=10, invite_n=10, login_n=200, login_c=1
               roster_c=10, mam_archive=120, mam_page=20, mam_queries=5, mam_c=2,
               pep_k=5, pep_publishes=10, pep_logins=5, pep_c=2,
               idle_k=200, idle_c=20, idle10k_k=300, idle_settle=0.5, idle_hold=0.5,
-              pause=0.2, max_seconds=60, op_timeout=10)
+              pause=0.2, max_seconds=60, op_timeout=10, resume_n=5)
 
 
 def cpuPlan() -> tuple[str | None, str | None]:
@@ -563,6 +564,20 @@ class Bench:
             self.gen("messages", run, "messages", "-p", str(s.msg_pairs), "-m", str(s.msg_m),
                      "-w", str(s.msg_w), "-c", str(s.login_c), "--prefix", POOL)
 
+    def scenario_smmessages(self) -> None:
+        """The messages workload with carbons and XEP-0198 stream management on every client."""
+        s = self.sizes
+        for run in self.runs():
+            self.gen("smmessages", run, "messages", "--sm", "-p", str(s.msg_pairs), "-m",
+                     str(s.msg_m), "-w", str(s.msg_w), "-c", str(s.login_c), "--prefix", POOL)
+
+    def scenario_resume(self) -> None:
+        """XEP-0198 resumption after a dropped connection, one at a time: its latency."""
+        s = self.sizes
+        for run in self.runs():
+            self.gen("resume", run, "resume", "-n", str(s.resume_n), "--pool", str(s.login1_n),
+                     "--prefix", POOL)
+
     def scenario_roster(self) -> None:
         s = self.sizes
         common = ("-u", str(s.roster_u), "-r", str(s.roster_r), "-c", str(s.roster_c),
@@ -627,10 +642,10 @@ def figures(r: dict) -> dict:
                    srv_pct=r.get("login_server_cpu_pct"), busy=r.get("login_cpu_busy_pct"))
         cpu = r.get("login_server_cpu_s")
     else:
-        ok = {"messages": r.get("messages_ok"), "roster": r.get("gets_ok"),
-              "mam": r.get("queries_ok")}.get(scenario, r.get("ok"))
+        ok = {"messages": r.get("messages_ok"), "smmessages": r.get("messages_ok"),
+              "roster": r.get("gets_ok"), "mam": r.get("queries_ok")}.get(scenario, r.get("ok"))
         ok = ok or 0
-        if scenario == "messages":
+        if scenario in ("messages", "smmessages"):
             out.update(rate=r.get("per_s"), p50=r.get("rtt_p50_ms"), p99=r.get("rtt_p99_ms"))
         else:
             out.update(rate=r.get("per_s"), p50=r.get("p50_ms"), p99=r.get("p99_ms"))
@@ -643,7 +658,8 @@ def figures(r: dict) -> dict:
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
          "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s", "messages": "msgs/s",
          "roster": "gets/s", "mam": "pages/s", "pep-publish": "publishes/s",
-         "pep-login": "logins/s", "idle": "logins/s", "idle10k": "logins/s"}
+         "pep-login": "logins/s", "smmessages": "msgs/s", "resume": "resumes/s",
+         "idle": "logins/s", "idle10k": "logins/s"}
 
 
 def fmt(value, digits: int = 3) -> str:

@@ -72,6 +72,8 @@ NS_RECEIPTS = "urn:xmpp:receipts"
 NS_PARS = "urn:xmpp:pars:0"
 NS_MAM = "urn:xmpp:mam:2"
 NS_RSM = "http://jabber.org/protocol/rsm"
+NS_SM = "urn:xmpp:sm:3"
+NS_CARBONS = "urn:xmpp:carbons:2"
 
 T_FEATURES = "{%s}features" % NS_STREAM
 T_STREAM_ERROR = "{%s}error" % NS_STREAM
@@ -84,6 +86,8 @@ T_IQ = "{jabber:client}iq"
 T_PRESENCE = "{jabber:client}presence"
 T_REQUEST = "{%s}request" % NS_RECEIPTS
 T_RECEIVED = "{%s}received" % NS_RECEIPTS
+T_SM_R = "{%s}r" % NS_SM
+T_STANZAS = frozenset((T_MESSAGE, T_IQ, T_PRESENCE))
 
 
 class XMPPError(Exception):
@@ -675,6 +679,28 @@ class Client:
         await self.sync()
         self.phases = (t1 - t0, t2 - t1, t3 - t2, now() - t3)
 
+    async def enable_sm(self, resume=True):
+        """XEP-0198: enable stream management; return the resumption token (None without)."""
+        self.send("<enable xmlns='%s'%s/>" % (NS_SM, " resume='true'" if resume else ""))
+        el = await self.recv()
+        while not el.tag.startswith("{%s}" % NS_SM):  # what was on its way before (presence)
+            el = await self.recv()
+        if el.tag != "{%s}enabled" % NS_SM:
+            raise XMPPError("sm-not-enabled")
+        self.handled = 0
+        return el.get("id")
+
+    def counting(self, handler):
+        """An on_stanza that counts the stanzas received and answers the server's <r/>."""
+        def on_stanza(el):
+            if el.tag in T_STANZAS:
+                self.handled += 1
+            elif el.tag == T_SM_R:
+                self.send("<a xmlns='%s' h='%d'/>" % (NS_SM, self.handled % 2 ** 32))
+                return True
+            return handler(el)
+        return on_stanza
+
     async def sync(self):
         try:
             await self.iq("<ping xmlns='urn:xmpp:ping'/>", typ="get", to=self.o.domain)
@@ -885,7 +911,7 @@ async def sc_messages(o, cache):
     idxs = [o.start + k for k in range(2 * o.pairs)]
     lst = Stats()
     clients = await login_many(o, idxs, o.c, deadline, cache, lst, keep=True, resource="msg")
-    r = base_result(o, "messages")
+    r = base_result(o, "smmessages" if o.sm else "messages")
     r.update({"pairs": o.pairs, "per_side": o.m, "window": o.window, "body_bytes": o.body_bytes,
               "login_ok": lst.ok, "login_errors": lst.err, "login_error_kinds": lst.errs})
     try:
@@ -919,8 +945,16 @@ async def sc_messages(o, cache):
                 return True
             return on_stanza
 
+        if o.sm:
+            # XEP-0280 carbons and XEP-0198 stream management on every client, as a phone has them
+            # (untimed); from then on each client counts what it receives and answers <r/> with it.
+            for c in clients.values():
+                await c.iq("<enable xmlns='%s'/>" % NS_CARBONS)
+                await c.enable_sm()
         for c in clients.values():
             c.proto.on_stanza = make_handler(c)
+            if o.sm:
+                c.proto.on_stanza = c.counting(c.proto.on_stanza)
             if c.proto.queue:
                 c.proto.queue.clear()
         loop = asyncio.get_running_loop()
@@ -965,6 +999,53 @@ async def sc_messages(o, cache):
         r.update(m.fields())
     finally:
         close_all(clients)
+    return r
+
+
+async def sc_resume(o, cache):
+    """
+    XEP-0198 resumption, one at a time: log in, enable management with
+    resumption, drop the connection without a word, then on a new
+    connection (STARTTLS, SCRAM) resume. The latency is <resume/> to
+    <resumed/>; the JSON also has the whole reconnection (connect to resumed).
+    """
+    deadline = now() + o.max_seconds
+    st = Stats()
+    whole = []
+    m = Meter(o.server_pid).start()
+    for k in range(o.n):
+        if now() > deadline:
+            break
+        i = o.start + k % o.pool
+        user, password = user_name(o, i), user_password(o, i)
+        first, again = Client(o, cache), Client(o, cache)
+        try:
+            await first.login(user, password, "resume", presence=False)
+            token = await first.enable_sm()
+            first.abort()
+            t0 = now()
+            await again.connect()
+            await again.auth(user, password)
+            t1 = now()
+            again.send("<resume xmlns='%s' previd='%s' h='0'/>" % (NS_SM, token))
+            el = await again.recv()
+            if el.tag != "{%s}resumed" % NS_SM:
+                raise XMPPError("not-resumed:" + el.tag.split("}")[-1])
+            st.lat.append(now() - t1)
+            whole.append(now() - t0)
+            st.ok += 1
+        except XMPPError as e:
+            st.fail(e)
+        finally:
+            first.abort()
+            again.close()
+    m.stop()
+    r = base_result(o, "resume")
+    r.update({"n": o.n, "ok": st.ok, "errors": st.err, "error_kinds": st.errs,
+              "per_s": round(st.ok / max(m.elapsed, 1e-9), 1)})
+    r.update(latency_fields(st.lat))
+    r.update(latency_fields(whole, "reconnect_"))
+    r.update(m.fields())
     return r
 
 
@@ -1280,6 +1361,10 @@ def parse_args(argv=None):
     p.add_argument("-w", "--window", type=int, default=1, help="unacknowledged messages per sender")
     p.add_argument("-c", type=int, default=50, help="login concurrency")
     p.add_argument("--body-bytes", type=int, default=64)
+    p.add_argument("--sm", action="store_true", help="carbons and XEP-0198 stream management on")
+    p = sub.add_parser("resume")
+    p.add_argument("-n", type=int, default=200, help="resumptions, one at a time")
+    p.add_argument("--pool", type=int, default=100, help="users [start, start+pool) take turns")
     p = sub.add_parser("idle")
     p.add_argument("-k", type=int, default=2000)
     p.add_argument("-c", type=int, default=50, help="login concurrency")
@@ -1308,6 +1393,8 @@ async def amain(o):
             r = await sc_login(o, cache)
         elif o.scenario == "messages":
             r = await sc_messages(o, cache)
+        elif o.scenario == "resume":
+            r = await sc_resume(o, cache)
         elif o.scenario == "idle":
             r = await sc_idle(o, cache)
         elif o.scenario == "roster":

@@ -47,6 +47,8 @@ DEFAULT_MODULES = (
     "pep",
     "vcard",
     "private",
+    "smacks",
+    "push",
 )
 ARCHIVE_POLICIES = ("always", "never", "roster")  # XEP-0441 defaults
 

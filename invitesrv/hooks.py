@@ -69,6 +69,17 @@ C{bind2-inline} (session, request, bound)
     Synchronous, after Bind2 bound C{session} and before C{<success/>} and
     C{session-bound}: each module acts on its child of the C{<bind/>}
     C{request} and may add its answer to C{<bound/>}.
+C{hibernated-stanza} (session, stanza)
+    Synchronous. A stream-managed session whose connection is lost, waiting
+    to be resumed (L{invitesrv.modules.smacks}), was sent C{stanza}: it is
+    queued for the client (push notifications wake the device). Run too for
+    what was unacknowledged when the connection was lost.
+C{when-sent} (session) -> Deferred[bool] or None
+    Run with L{Hooks.first} by L{invitesrv.xmpp.c2s.Session.whenSent}: a
+    module that knows better than the transport when the client has what
+    was sent so far (stream management: its acknowledgement) answers with a
+    Deferred firing True then, or False if the session ends first; what the
+    caller waits for is then the caller's to keep, not the module's.
 C{stream-closed} (stream)
     An unauthenticated or authenticated stream ended: free what its slots hold.
 C{disco-items} (requestor, node) -> list[DiscoItem]

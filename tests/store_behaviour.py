@@ -30,6 +30,7 @@ from invitesrv.store.interfaces import (
     NewAccount,
     OfflineMessage,
     PepNode,
+    PushRegistration,
     RosterItem,
     UsernameConfusable,
     UsernameReserved,
@@ -331,6 +332,31 @@ class StoreBehaviour:
         assert (yield store.countAccountsWithout("other.org", "SCRAM-SHA-256")) == 1
 
     # -- offline messages -----------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_pushRegistrations(self, store):
+        """One registration per app server and node, replaced in place; removed one or all; per account."""
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        assert (yield store.getPushRegistrations(HOST, "alice")) == []
+        phone = PushRegistration("push.example.org", "node1", "<x/>")
+        yield store.setPushRegistration(HOST, "alice", phone)
+        yield store.setPushRegistration(HOST, "alice", PushRegistration("push.example.org", "node2"))
+        yield store.setPushRegistration(HOST, "alice", PushRegistration("apns.example", "n"))
+        yield store.setPushRegistration(HOST, "bob", PushRegistration("push.example.org", "node1"))
+        replaced = PushRegistration("push.example.org", "node1", "<x type='submit'/>")
+        yield store.setPushRegistration(HOST, "alice", replaced)
+        assert (yield store.getPushRegistrations(HOST, "alice")) == [
+            PushRegistration("apns.example", "n"), replaced,
+            PushRegistration("push.example.org", "node2")]
+        assert (yield store.removePushRegistrations(HOST, "alice", "push.example.org", "node2")) == 1
+        assert (yield store.removePushRegistrations(HOST, "alice", "push.example.org", "nope")) == 0
+        assert (yield store.removePushRegistrations(HOST, "alice", "apns.example")) == 1
+        assert (yield store.getPushRegistrations(HOST, "alice")) == [replaced]
+        assert (yield store.deleteAccount(HOST, "alice"))
+        assert (yield store.getPushRegistrations(HOST, "alice")) == []
+        assert (yield store.getPushRegistrations(HOST, "bob")) == [
+            PushRegistration("push.example.org", "node1")]
 
     @pytest_twisted.inlineCallbacks
     def test_devices(self, store):

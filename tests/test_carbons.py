@@ -106,6 +106,24 @@ def test_whatIsNotCopied(world):
     laptop.expect(carbon("received"), "a carbon of a receipt")
 
 
+def test_privateMarkTakenOff(world):
+    """
+    XEP-0280 <private/> is for the servers: the recipient gets the message
+    without it (a <no-copy/> hint instead), and neither side's devices get copies.
+    """
+    phone, laptop, bob = world
+    laptop.request(ENABLE, "set")
+    bobLaptop = available(Client(phone.server, "bob", "laptop"))
+    bobLaptop.request(ENABLE, "set")
+    phone.send(f"<message to='bob@localhost' type='chat'><body>secret</body>"
+               f"<private xmlns='{NS_CARBONS}'/></message>")
+    received = bob.expect(plain("secret"))
+    assert not list(received.elements(NS_CARBONS, "private"))
+    assert list(received.elements("urn:xmpp:hints", "no-copy"))
+    laptop.absent(anyCarbon, "a copy of a private message sent")
+    bobLaptop.absent(anyCarbon, "a copy of a private message received")
+
+
 def test_disabledGetsNone(world):
     """A session that did not enable carbons, or disabled them, gets no copies."""
     phone, laptop, bob = world

@@ -57,7 +57,7 @@ def fastLogin(server, username: str, agent: str, token: str, mechanism: str = "H
 
 
 def test_offer(server):
-    """<authentication/> lists the mechanisms, Bind2 with carbons and CSI, and FAST's mechanisms."""
+    """<authentication/> lists the mechanisms, Bind2 with carbons, CSI and stream management, and FAST's."""
     with SASLClient(server.port) as client:
         features = client.startTLS()
     offer = re.search(r"<authentication xmlns=.urn:xmpp:sasl:2.>(.*?)</authentication>", features).group(1)
@@ -65,7 +65,8 @@ def test_offer(server):
     assert mechanisms == ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1",
                           "PLAIN"]
     bind = re.search(r"<bind xmlns=.urn:xmpp:bind:0.>(.*?)</bind>", offer).group(1)
-    assert re.findall(r"var=.([^'\"]+)", bind) == ["urn:xmpp:carbons:2", "urn:xmpp:csi:0"]
+    assert re.findall(r"var=.([^'\"]+)", bind) == ["urn:xmpp:carbons:2", "urn:xmpp:csi:0",
+                                                      "urn:xmpp:sm:3"]
     fast = re.search(r"<fast xmlns=.urn:xmpp:fast:0.>(.*?)</fast>", offer).group(1)
     assert re.findall(r"<mechanism>([^<]+)</mechanism>", fast) == [
         "HT-SHA-256-EXPR", "HT-SHA-256-ENDP", "HT-SHA-256-NONE"]

@@ -9,7 +9,11 @@ sends is copied to the user's other enabled sessions in C{<sent/>}; one
 delivered to some of the user's sessions (to the bare JID or to a full one)
 is copied to the enabled sessions that did not get it in C{<received/>}.
 C{<private/>} and XEP-0334's C{<no-copy/>} keep a message from being copied;
-error, groupchat and headline messages never are.
+error, groupchat and headline messages never are. A C{<private/>} element is
+the sender's instruction to the servers: as Prosody's mod_carbons does, it is
+taken off a message delivered to a local account, so the recipient never sees
+it; an XEP-0334 C{<no-copy/>} hint (which XEP-0280 has senders add anyway)
+takes its place, so the recipient's other devices get no copies either.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class CarbonsModule(HostModule):
     name = "carbons"
     features = (NS_CARBONS,)
     hooks = (("session-bound", "onSessionBound"), ("message-delivered", "onDelivered"),
+             ("inbound-stanza", "onInbound"),
              ("bind2-features", "bind2Feature"), ("bind2-inline", "onBind2"))
     observers = ((f"/iq[@type='set']/enable[@xmlns='{NS_CARBONS}']", "onToggle"),
                  (f"/iq[@type='set']/disable[@xmlns='{NS_CARBONS}']", "onToggle"))
@@ -91,20 +96,38 @@ class CarbonsModule(HostModule):
         """Watch what the session sends, to copy its messages once they are routed."""
         def sent(element, forward):
             others = self._enabled(session.bare, (session,)) if element.name == "message" else ()
+            copied = bool(others) and isCopied(element)  # before routing takes <private/> off
             forward(element)
-            if (others and not session.closed and element.getAttribute("from") == session.full
-                    and _bare(element.getAttribute("to")) != session.bare and isCopied(element)):
+            if (copied and not session.closed and element.getAttribute("from") == session.full
+                    and _bare(element.getAttribute("to")) != session.bare):
                 self._copy("sent", element, others)
         session.addInput(sent)
 
+    def onInbound(self, stanza, target) -> None:
+        """A message marked C{<private/>} reaches a local account with C{<no-copy/>} instead."""
+        if stanza.name == "message":
+            private = [child for child in stanza.elements(NS_CARBONS, "private")]
+            if private:
+                for child in private:
+                    stanza.children.remove(child)
+                stanza.addElement((NS_HINTS, "no-copy"))
+
     def onDelivered(self, message, sessions) -> None:
         """C{message} went to C{sessions} of one account: its other enabled sessions get a copy."""
-        if not sessions:
-            return
-        sender = message.getAttribute("from")
-        others = [s for s in self._enabled(sessions[0].bare, sessions) if s.full != sender]
-        if others and isCopied(message):
+        others = self.copiedTo(message, sessions)
+        if others:
             self._copy("received", message, others)
+
+    def copiedTo(self, message, sessions) -> list:
+        """
+        The sessions that get a copy of C{message} delivered to C{sessions}
+        (bound sessions of one account): stream management asks, so as not
+        to hand a message again to a device that has a copy.
+        """
+        if not sessions or not isCopied(message):
+            return []
+        sender = message.getAttribute("from")
+        return [s for s in self._enabled(sessions[0].bare, sessions) if s.full != sender]
 
     def _enabled(self, bare: str, excluded) -> list:
         return [s for s in self.host.resources.online(bare)

@@ -9,7 +9,9 @@ carry nothing but a chat state held back, the latest one per contact only
 message with a body, an IQ, a subscription request) first sends what was
 held, then goes at once; so does C{<active/>}, and so does a buffer that
 grows past C{max_held}. A CSI nonza never ends the stream, not even one
-sent before binding (it is ignored then).
+sent before binding (it is ignored then). When the session ends, what is
+held goes on its way out too: stream management (which runs after this
+module on C{session-closed}) hands on what the client did not get.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class CSIModule(HostModule):
     name = "csi"
     Options = CSIOptions
     hooks = (("stream-features", "onFeatures"), ("session-bound", "onSessionBound"),
+             ("session-closed", "onSessionClosed"),
              ("bind2-features", "bind2Feature"), ("bind2-inline", "onBind2"))
     nonzas = {(NS_CSI, "inactive"): "onInactive", (NS_CSI, "active"): "onActive"}
 
@@ -113,6 +116,11 @@ class CSIModule(HostModule):
         if session is not None:
             self.flush(session)
             HELD.pop(session)
+
+    def onSessionClosed(self, session) -> None:
+        """What was held is sent, not forgotten: stream management keeps what the client misses."""
+        self.flush(session)
+        HELD.pop(session)
 
     def flush(self, session) -> None:
         """Send what is held for C{session}, in order; it stays inactive."""

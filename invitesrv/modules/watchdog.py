@@ -110,17 +110,21 @@ class WatchdogModule(CommandProvider):
         if watch is None:
             return
         clock = self.parent.clock
-        received = session.stream.lastReceived
+        stream = session.stream
+        idle = self.limits.idle_timeout
+        if stream.ended:  # a session kept for resumption (XEP-0198): its next stream is watched
+            watch[:] = [clock.callLater(idle, self.check, session), None]
+            return
+        received = stream.lastReceived
         if watch[1] is not None and watch[1] == received:
-            del self.watched[session]
             self.parent.metrics["sessions.ping-timeout"] += 1
             log.info("Closing the session of {jid} from {address}: no answer to a ping in"
                      " {seconds:.0f} s", jid=session.full, address=session.address,
                      seconds=self.limits.ping_timeout)
-            session.close("connection-timeout", "No answer to a ping")
+            watch[:] = [clock.callLater(idle, self.check, session), None]
+            stream.authenticator.connectionDead("connection-timeout", "No answer to a ping")
             return
         silent = clock.seconds() - received
-        idle = self.limits.idle_timeout
         if silent < idle:
             watch[:] = [clock.callLater(idle - silent, self.check, session), None]
             return

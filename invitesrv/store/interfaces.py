@@ -152,6 +152,12 @@ class ArchivePrefs:
     policy: str  # "always", "never" or "roster"
     always: tuple[str, ...] = ()
     never: tuple[str, ...] = ()
+class PushRegistration:
+    """An XEP-0357 app server a user's device asked to be woken through."""
+
+    service: str  # the app server's JID
+    node: str
+    options: str = ""  # serialised XML: the publish-options form, if the client gave one
 
 
 @dataclass(frozen=True)
@@ -381,6 +387,22 @@ class IBlocklists(Interface):
         """Remove C{items} (all when None); fire with those that were blocked, sorted."""
 
 
+class IPushRegistrations(Interface):
+    """
+    Each account's XEP-0357 push registrations, one per (app server, node).
+    They go with the account.
+    """
+
+    def getPushRegistrations(host: str, username: str):
+        """Fire with the user's L{PushRegistration}s, by service and node."""
+
+    def setPushRegistration(host: str, username: str, registration: PushRegistration):
+        """Add or replace (same service and node) a registration."""
+
+    def removePushRegistrations(host: str, username: str, service: str, node: str | None = None):
+        """Remove the registration (all of C{service}'s when C{node} is None); fire with how many."""
+
+
 @dataclass(frozen=True)
 class FastToken:
     """
@@ -565,7 +587,7 @@ class RosterObservers:
 
 
 class IStore(IAccounts, IRosters, IOfflineMessages, IArchives, IBlocklists, IPep, IInvites,
-             IApiKeys, IDevices):
+             IApiKeys, IDevices, IPushRegistrations):
     """Everything the server stores."""
 
     path = Attribute("Where the data lives, for log lines.")

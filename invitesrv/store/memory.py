@@ -81,6 +81,7 @@ class _Tables:
     pepNodes: dict = field(default_factory=dict)  # (host, username, node): config
     pepItems: dict = field(default_factory=dict)  # (host, username, node): ((id, xml), ...) oldest first
     accountXML: dict = field(default_factory=dict)  # (host, username, key): xml
+    push: dict = field(default_factory=dict)  # (host, username, service, node): PushRegistration
     invites: dict = field(default_factory=dict)  # id: Invite (without its uses_log)
     tokens: dict = field(default_factory=dict)  # token hash: invite id
     audit: list = field(default_factory=list)  # _Use, oldest first
@@ -229,7 +230,7 @@ class MemoryStore(RosterObservers):
                 return False
             owned = (host, username)
             for table in (t.credentials, t.roster, t.pendingIn, t.devices, t.pepNodes, t.pepItems,
-                          t.accountXML):
+                          t.accountXML, t.push):
                 for key in [key for key in table if key[:2] == owned]:
                     del table[key]
             t.roles.pop(owned, None)
@@ -463,6 +464,28 @@ class MemoryStore(RosterObservers):
             t.blocklist[host, username] = blocked - gone
             return sorted(gone)
         return self._run(unblock)
+
+    # -- push registrations ---------------------------------------------------
+
+    def getPushRegistrations(self, host, username):
+        return self._run(lambda t: [registration for key, registration in sorted(t.push.items())
+                                    if key[:2] == (host, username)])
+
+    def setPushRegistration(self, host, username, registration):
+        def set_(t):
+            if (host, username) not in t.accounts:
+                raise KeyError(f"no account {username}@{host}")  # SQLite's foreign key
+            t.push[host, username, registration.service, registration.node] = registration
+        return self._run(set_)
+
+    def removePushRegistrations(self, host, username, service, node=None):
+        def remove(t):
+            gone = [key for key in t.push if key[:3] == (host, username, service)
+                    and node in (None, key[3])]
+            for key in gone:
+                del t.push[key]
+            return len(gone)
+        return self._run(remove)
 
     # -- devices and FAST tokens ----------------------------------------------
 

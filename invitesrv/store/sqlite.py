@@ -42,6 +42,7 @@ from invitesrv.store.interfaces import (
     NewAccount,
     OfflineMessage,
     PepNode,
+    PushRegistration,
     Roster,
     RosterItem,
     RosterObservers,
@@ -630,6 +631,29 @@ class SQLiteStore(RosterObservers):
                              [(host, username, item) for item in gone])
             return gone
         return self._run(unblock)
+
+    # -- push registrations ---------------------------------------------------
+
+    def getPushRegistrations(self, host, username):
+        return self._run(lambda conn: [PushRegistration(*row) for row in conn.execute(
+            "SELECT service, node, options FROM push_registrations WHERE host = ? AND username = ?"
+            " ORDER BY service, node", (host, username))])
+
+    def setPushRegistration(self, host, username, registration):
+        def set_(conn):
+            conn.execute("INSERT OR REPLACE INTO push_registrations (host, username, service, node,"
+                         " options) VALUES (?, ?, ?, ?, ?)", (host, username, registration.service,
+                                                              registration.node, registration.options))
+        return self._run(set_)
+
+    def removePushRegistrations(self, host, username, service, node=None):
+        if node is None:
+            return self._run(lambda conn: conn.execute(
+                "DELETE FROM push_registrations WHERE host = ? AND username = ? AND service = ?",
+                (host, username, service)).rowcount)
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM push_registrations WHERE host = ? AND username = ? AND service = ?"
+            " AND node = ?", (host, username, service, node)).rowcount)
 
     # -- devices and FAST tokens ----------------------------------------------
 

@@ -273,6 +273,22 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             self.host.registrar.reservations.release(self, closed=True)
             self.host.hooks.run("stream-closed", self)
 
+    def connectionDead(self, condition: str, text: str) -> None:
+        """
+        The connection is deemed lost (no answer to a ping): end the stream
+        with C{condition}, and its session as a lost connection's is ended
+        (the C{stream-lost} hook may keep it for resumption).
+        """
+        session = self.session
+        if session is not None and not session.closed and self.host.hooks.first(
+                "stream-lost", session, None):
+            self.session = None
+            self.xmlstream.closeWithError(condition, text)
+        elif session is not None:
+            session.close(condition, text)
+        else:
+            self.xmlstream.closeWithError(condition, text)
+
     def takeOver(self, session: Session) -> None:
         """
         Carry on C{session} over this stream, which is authenticated as its

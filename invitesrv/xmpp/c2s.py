@@ -118,13 +118,15 @@ class Session:
     def whenSent(self) -> defer.Deferred:
         """
         Fire True once what was sent to this session so far is delivered as
-        far as the server can tell, False if the session ends first. Without
-        stream management that is when the transport has taken it
-        (L{RestrictedStream.whenSent}); XEP-0198 would make it the client's ack.
+        far as the server can tell, False if the session ends first. With
+        stream management (a module answering the C{when-sent} hook) that is
+        the client's acknowledgement; without, when the transport has taken
+        it (L{RestrictedStream.whenSent}).
         """
         if self.closed:
             return defer.succeed(False)
-        return self.stream.whenSent()
+        d = self.host.hooks.first("when-sent", self)
+        return self.stream.whenSent() if d is None else d
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """End the session: unavailable to everyone at once, then the stream."""

@@ -430,15 +430,18 @@ class RestrictedStream(xmlstream.XmlStream):
             self.transport.loseConnection()
         self._abortLater()
 
-    def closeWithError(self, condition: str, text: str | None = None) -> None:
-        """Send a stream error and close; nothing more is read or sent."""
+    def closeWithError(self, condition: str, text: str | None = None, appCondition=None) -> None:
+        """
+        Send a stream error (with C{appCondition}, an element, if given) and
+        close; nothing more is read or sent.
+        """
         if self.ended:
             return
         self._unregister()
         if self.closing:  # our closing tag is out already: just hang up
             self.transport.loseConnection()
         else:
-            self.sendStreamError(error.StreamError(condition, text))
+            self.sendStreamError(error.StreamError(condition, text, appCondition=appCondition))
         self.closing = self.ended = True
         if self._abortCall is None:
             self._abortLater()
