@@ -152,6 +152,9 @@ class ArchivePrefs:
     policy: str  # "always", "never" or "roster"
     always: tuple[str, ...] = ()
     never: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PushRegistration:
     """An XEP-0357 app server a user's device asked to be woken through."""
 
