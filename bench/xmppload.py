@@ -629,19 +629,7 @@ class Client:
         i = self.nid("rg").encode()
         fut = asyncio.get_running_loop().create_future()
 
-        def rf(raw):
-            if not raw.startswith(b"<iq"):
-                return False
-            head = raw[:_START_TAG.match(raw).end()]
-            mi = _ID_ATTR.search(head)
-            if mi is None or (mi.group(1) if mi.group(1) is not None else mi.group(2)) != i:
-                return False
-            mt = _TYPE_ATTR.search(head)
-            if not fut.done():
-                fut.set_result((mt.group(1) or mt.group(2) if mt else b"", raw))
-            return True
-
-        self.proto.raw_filter = rf
+        self.proto.raw_filter = lambda raw: _iq_answer(raw, i, fut)
         try:
             self.send("<iq type='get' id='%s'><query xmlns='%s'/></iq>" % (i.decode(), NS_ROSTER))
             try:
@@ -1192,6 +1180,20 @@ _MAM_COMPLETE = re.compile(rb"""complete=["']true["']""")
 _MAM_COUNT = re.compile(rb"<count>(\d+)</count>")
 
 
+def _iq_answer(raw, i, fut):
+    """A raw filter's test for the answer to iq C{i}: resolve C{fut} with (type, bytes)."""
+    if not raw.startswith(b"<iq"):
+        return False
+    head = raw[:_START_TAG.match(raw).end()]
+    mi = _ID_ATTR.search(head)
+    if mi is None or (mi.group(1) if mi.group(1) is not None else mi.group(2)) != i:
+        return False
+    mt = _TYPE_ATTR.search(head)
+    if not fut.done():
+        fut.set_result((mt.group(1) or mt.group(2) if mt else b"", raw))
+    return True
+
+
 async def mam_query(c, rsm):
     """One archive query (RSM C{rsm}); its results and fin are consumed raw:
     returns (results received, fin bytes)."""
@@ -1204,16 +1206,7 @@ async def mam_query(c, rsm):
             if b"<result" in raw:
                 results[0] += 1
             return True  # results, and any live message, are only counted
-        if not raw.startswith(b"<iq"):
-            return False
-        head = raw[:_START_TAG.match(raw).end()]
-        mi = _ID_ATTR.search(head)
-        if mi is None or (mi.group(1) if mi.group(1) is not None else mi.group(2)) != i:
-            return False
-        mt = _TYPE_ATTR.search(head)
-        if not fut.done():
-            fut.set_result((mt.group(1) or mt.group(2) if mt else b"", raw))
-        return True
+        return _iq_answer(raw, i, fut)
 
     c.proto.raw_filter = rf
     try:
