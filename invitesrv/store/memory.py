@@ -183,6 +183,11 @@ class MemoryStore(RosterObservers):
         for message in a.offline:
             t.lastOfflineId += 1
             t.offline[t.lastOfflineId] = (a.host, a.username, replace(message, id=t.lastOfflineId))
+        for node in a.pep:
+            t.pepNodes[a.host, a.username, node.node] = node.config
+            t.pepItems[a.host, a.username, node.node] = tuple(node.items)
+        for key, xml in a.accountXML:
+            t.accountXML[a.host, a.username, key] = xml
 
     @staticmethod
     def _useInvite(t: _Tables, use: InviteUse, host: str, username: str, now: float):
