@@ -42,6 +42,11 @@ headlines and errors; an IQ request and a groupchat message bounce with
 C{recipient-unavailable}, as in Prosody. What is sent again, on resumption
 or to another resource, carries an XEP-0203 delay with the time it was first
 sent.
+
+When the host stops (a shutdown: the listeners have let their clients go,
+so their sessions hibernate), every managed session ends and its messages
+go to offline storage, the other resources ending too; the store closes
+once they are kept (the C{host-stopping} hook).
 """
 
 from __future__ import annotations
@@ -157,6 +162,7 @@ class SmacksModule(HostModule):
              ("stream-lost", "onStreamLost"),
              ("session-closed", "onSessionClosed", -100),  # last: after CSI sent what it held
              ("when-sent", "onWhenSent"),
+             ("host-stopping", "onHostStopping"),
              ("sasl2-features", "onSASL2Features"),
              ("sasl2-inline", "onSASL2Inline", 10),  # before bind2, which binds only if not resumed
              ("bind2-features", "bind2Feature"), ("bind2-inline", "onBind2"))
@@ -167,14 +173,21 @@ class SmacksModule(HostModule):
         HostModule.__init__(self)
         self.resumable: dict[str, object] = {}  # token -> session
         self.ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # token -> (user, h)
+        self.managed: set = set()  # the sessions with stream management on
+        self.keeping: set[defer.Deferred] = set()  # offline storage of what sessions handed on
+        self.stopping = False
 
-    def connectionLost(self, reason) -> None:
-        """The host stops: hibernating sessions end, handing on what they hold."""
-        for session in list(self.resumable.values()):
-            state = STATE.get(session)
-            if state is not None and state.hibernation is not None:
-                session.close()
-        HostModule.connectionLost(self, reason)
+    def onHostStopping(self, host) -> defer.Deferred:
+        """
+        Hook C{host-stopping}: every stream-managed session ends (at a
+        shutdown, those whose clients the listener let go are hibernating),
+        its unacknowledged messages kept offline, as the account's other
+        sessions end too; fire once they are all kept.
+        """
+        self.stopping = True
+        for session in list(self.managed):
+            session.close()
+        return defer.DeferredList(list(self.keeping))
 
     # -- negotiation ----------------------------------------------------------
 
@@ -200,6 +213,7 @@ class SmacksModule(HostModule):
             return failed("unexpected-request")
         state = Managed()
         STATE.set(session, state)
+        self.managed.add(session)
 
         def counted(stanza, forward):
             state.handled = (state.handled + 1) % MODULUS
@@ -453,6 +467,7 @@ class SmacksModule(HostModule):
         state = STATE.pop(session)
         if state is None:
             return
+        self.managed.discard(session)
         state.cancelTimers()
         self._forgetToken(state, session.user)
         session.stream.send(sm("a", h=state.handled))  # XEP-0198 1.5.2; dropped if the stream is gone
@@ -493,7 +508,7 @@ class SmacksModule(HostModule):
                 continue
             if any(not holder.closed for holder in entry.holders):
                 continue
-            recipients = host.resources.recipients(session.bare)
+            recipients = () if self.stopping else host.resources.recipients(session.bare)
             if recipients:
                 again = self._again(entry)
                 for recipient in recipients:
@@ -502,9 +517,11 @@ class SmacksModule(HostModule):
             else:
                 offline.append(self._again(entry))
         if offline:
-            self._keep(session.user, offline).addErrback(
-                lambda failure: log.failure("Cannot keep the unacknowledged messages of {jid}",
-                                            failure, jid=session.full))
+            d = self._keep(session.user, offline)
+            d.addErrback(lambda failure: log.failure(
+                "Cannot keep the unacknowledged messages of {jid}", failure, jid=session.full))
+            self.keeping.add(d)
+            d.addBoth(lambda _: self.keeping.discard(d))
 
     @defer.inlineCallbacks
     def _keep(self, user: str, messages: list[domish.Element]):
