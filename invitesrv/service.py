@@ -26,9 +26,9 @@ from pathlib import Path
 
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints
-from twisted.python import failure
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import failure
 
 from invitesrv.components.base import InternalComponent
 from invitesrv.components.external import ComponentFactory, ExternalComponent
