@@ -39,7 +39,11 @@ are none, to offline storage through the C{offline-message} hook; refused
 there, its sender is told C{service-unavailable}. Carbon copies are dropped
 (the device that took part in the conversation has it), as are presence,
 headlines and errors; an IQ request and a groupchat message bounce with
-C{recipient-unavailable}, as in Prosody. What is sent again, on resumption
+C{recipient-unavailable}, as in Prosody. A session whose client queried the
+message archive leaves to the archive the messages it holds (as Prosody's
+C{mam_requested}): they are not stored offline, where the client would find
+them a second time; the archive results it was sent are dropped. What is
+sent again, on resumption
 or to another resource, carries an XEP-0203 delay with the time it was first
 sent.
 
@@ -62,6 +66,7 @@ from twisted.words.xish import domish
 from invitesrv.config import Duration
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.carbons import NS_CARBONS, copyElement
+from invitesrv.modules.mam import NS_MAM
 from invitesrv.modules.offline import NS_DELAY, delayStamp
 from invitesrv.services.slots import Slot
 from invitesrv.xmpp.router import bounce
@@ -149,6 +154,11 @@ def failed(condition: str, h: int | None = None) -> domish.Element:
 
 def isCarbon(message: domish.Element) -> bool:
     return any(child.uri == NS_CARBONS for child in message.elements())
+
+
+def isArchiveResult(message: domish.Element) -> bool:
+    """A message of an archive query's results: the client asks again if it wants it."""
+    return any(True for _ in message.elements(NS_MAM, "result"))
 
 
 class SmacksModule(HostModule):
@@ -504,7 +514,8 @@ class SmacksModule(HostModule):
             if element.name == "iq" and kind in ("get", "set") or (
                     element.name == "message" and kind == "groupchat"):
                 self._bounce(element, "recipient-unavailable")
-            if element.name != "message" or kind not in ("chat", "normal") or isCarbon(element):
+            if (element.name != "message" or kind not in ("chat", "normal") or isCarbon(element)
+                    or isArchiveResult(element)):
                 continue
             if any(not holder.closed for holder in entry.holders):
                 continue
@@ -517,17 +528,33 @@ class SmacksModule(HostModule):
             else:
                 offline.append(self._again(entry))
         if offline:
-            d = self._keep(session.user, offline)
+            d = self._keep(session, offline)
             d.addErrback(lambda failure: log.failure(
                 "Cannot keep the unacknowledged messages of {jid}", failure, jid=session.full))
             self.keeping.add(d)
             d.addBoth(lambda _: self.keeping.discard(d))
 
     @defer.inlineCallbacks
-    def _keep(self, user: str, messages: list[domish.Element]):
-        """Offline storage, one message after the other (so they stay in order)."""
+    def _keep(self, session, messages: list[domish.Element]):
+        """
+        Offline storage, one message after the other (so they stay in
+        order), but for those the client reads from the archive.
+        """
+        mam = self.host.modules.get("mam")
+        archived = []
+        if mam is not None:
+            try:
+                archived = yield mam.readFromArchive(session, messages)
+            except Exception:
+                log.failure("Cannot tell what the archive holds for {jid}; keeping all offline",
+                            jid=session.full)
+        if archived:
+            log.info("{jid}: {count} unacknowledged messages left to the archive, which the"
+                     " client reads", jid=session.full, count=len(archived))
+            self.host.metrics["smacks.archived"] += len(archived)
+            messages = [m for m in messages if not any(m is a for a in archived)]
         for message in messages:
-            d = self.host.hooks.first("offline-message", user, message)
+            d = self.host.hooks.first("offline-message", session.user, message)
             kept = (yield d) if d is not None else False
             if not kept:
                 self._bounce(message, "service-unavailable")
