@@ -14,13 +14,15 @@ node's items in an archive store of its own, C{pep_NODE} (C{pep_NODE/USER.list},
 the store name %-encoded except C{_}, letters and digits), oldest first, each
 item the payload with its id in C{key}. A vCard-temp kept by mod_vcard is in
 C{vcard/USER.dat}; with mod_vcard_legacy it is the C{urn:xmpp:vcard4} node
-and the avatar nodes.
+and the avatar nodes, and Prosody answered vCard-temp requests with a
+vCard-temp made of the vCard4, as L{vcardTemp} does.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import math
 import urllib.parse
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from invitesrv.credentials import makeCredentials
 from invitesrv.host import ADMIN_ROLE
 from invitesrv.luatable import LuaSyntaxError, loadList, loadRecord, sequence
 from invitesrv.modules.pep import PepOptions
+from invitesrv.modules.presence import parseStored
 from invitesrv.modules.vcard import (
     AVATAR_NODES,
     NS_AVATAR_DATA,
@@ -59,6 +62,11 @@ from invitesrv.store.interfaces import (
 MAX_FILE_SIZE = 64 * 1024 * 1024  # one user's store file; Prosody's archives hold 10000 items
 IMPORTED_STORES = ("accounts", "roster", "offline", "invite_token", "pep", "vcard")
 DEFAULT_PEP, DEFAULT_VCARD = PepOptions(), VcardOptions()  # the limits when none are given
+NS_VCARD4 = "urn:ietf:params:xml:ns:vcard-4.0"
+NS_VCARD4_NODE = "urn:xmpp:vcard4"
+# vCard4 properties that are one value in vCard-temp, and the element holding it.
+VCARD4_SIMPLE = {"nickname": "text", "title": "text", "role": "text", "categories": "text",
+                 "note": "text", "url": "uri", "bday": "date"}
 PEP_ITEMS = "pep_"  # the prefix of the stores of PEP items, one per node
 # The node options mod_pep keeps (util.pubsub's names) and invitesrv's names for them.
 PEP_OPTIONS = {"access_model": "access_model", "max_items": "max_items",
@@ -320,6 +328,70 @@ def pepItems(items, what: str) -> list[tuple[str, str]]:
     return list(found.items())
 
 
+def keepVcard(vcard: domish.Element, limits: VcardOptions, account: ProsodyAccount) -> None:
+    """Keep a vCard (without photo) for the account, if within C{max_size}."""
+    xml = vcard.toXml()
+    if len(xml.encode("utf-8")) > limits.max_size:
+        account.skipped.append(f"the vCard: over modules.vcard.max_size ({limits.max_size})")
+    else:
+        account.accountXML.append((VCARD_KEY, xml))
+
+
+def vcardTemp(vcard4: domish.Element) -> domish.Element:
+    """
+    The vCard-temp for an XEP-0292 vCard4, field by field as Prosody's
+    mod_vcard_legacy answers a vCard-temp request (empty fields left out).
+    """
+    def child(parent, name):
+        return next(parent.elements(NS_VCARD4, name), None) if parent is not None else None
+
+    def value(parent, name):
+        found = child(parent, name)
+        return str(found).strip() if found is not None else ""
+
+    def add(parent, name, content):
+        if content:
+            parent.addElement(name, content=content)
+
+    def where(parent, tag) -> None:  # parameters/type/text: home or work
+        kind = value(child(child(tag, "parameters"), "type"), "text")
+        if kind in ("home", "work"):
+            parent.addElement(kind.upper())
+
+    temp = domish.Element((NS_VCARD, "vCard"))
+    add(temp, "FN", value(child(vcard4, "fn"), "text"))
+    names = child(vcard4, "n")
+    if names is not None:
+        n = temp.addElement("N")
+        for name, part in (("FAMILY", "surname"), ("GIVEN", "given"), ("MIDDLE", "additional"),
+                           ("PREFIX", "prefix"), ("SUFFIX", "suffix")):
+            add(n, name, value(names, part))
+    for tag in vcard4.elements(NS_VCARD4):
+        if tag.name in VCARD4_SIMPLE:
+            add(temp, tag.name.upper(), value(tag, VCARD4_SIMPLE[tag.name]))
+        elif tag.name == "email" and value(tag, "text"):
+            email = temp.addElement("EMAIL")
+            add(email, "USERID", value(tag, "text"))
+            email.addElement("INTERNET")
+            where(email, tag)
+        elif tag.name == "tel" and value(tag, "uri"):
+            tel = temp.addElement("TEL")
+            add(tel, "NUMBER", value(tag, "uri").removeprefix("tel:"))
+            where(tel, tag)
+        elif tag.name == "adr":
+            adr = temp.addElement("ADR")
+            for name, part in (("POBOX", "pobox"), ("EXTADD", "ext"), ("STREET", "street"),
+                               ("LOCALITY", "locality"), ("REGION", "region"), ("PCODE", "code"),
+                               ("CTRY", "country")):
+                add(adr, name, value(tag, part))
+            where(adr, tag)
+        elif tag.name == "impp" and value(tag, "uri").startswith("xmpp:"):
+            add(temp, "JABBERID", value(tag, "uri")[len("xmpp:"):])
+        elif tag.name == "org" and value(tag, "text"):
+            temp.addElement("ORG").addElement("ORGNAME", content=value(tag, "text"))
+    return temp
+
+
 class ProsodyDataDir:
     """A Prosody data directory (C{data_path}), read-only."""
 
@@ -394,6 +466,8 @@ class ProsodyDataDir:
         vcard = folder / "vcard" / f"{encodeName(username)}.dat"
         if vcard.is_file():
             self._vcard(readFile(vcard), f"{vcard}", vcardLimits, pepLimits, account)
+        else:
+            self._vcardFromVcard4(vcardLimits, account)
         return account
 
     def _pep(self, host: str, username: str, record, limits: PepOptions,
@@ -452,11 +526,7 @@ class ProsodyDataDir:
             return
         photos = list(vcard.elements(NS_VCARD, "PHOTO"))
         vcard.children = [child for child in vcard.children if child not in photos]
-        xml = vcard.toXml()
-        if len(xml.encode("utf-8")) > limits.max_size:
-            account.skipped.append(f"the vCard: over modules.vcard.max_size ({limits.max_size})")
-        else:
-            account.accountXML.append((VCARD_KEY, xml))
+        keepVcard(vcard, limits, account)
         if not photos or any(node.node in (NS_AVATAR_DATA, NS_AVATAR_METADATA) for node in account.pep):
             return
         try:
@@ -473,6 +543,23 @@ class ProsodyDataDir:
         config = dumpOptions({**PEP_DEFAULTS, **AVATAR_NODES})
         account.pep.extend(PepNode(node, config, ((avatarId, payload.toXml()),))
                            for node, payload in ((NS_AVATAR_DATA, data), (NS_AVATAR_METADATA, metadata)))
+
+    @staticmethod
+    def _vcardFromVcard4(limits: VcardOptions, account: ProsodyAccount) -> None:
+        """
+        Without a C{vcard} store (mod_vcard_legacy, Prosody 0.12's default,
+        keeps the vCard as the vCard4 node), the vCard-temp that Prosody
+        answered with, made from the vCard4 item, if the node was open to
+        all, as vCard-temp is here (a node for contacts only stays a node).
+        """
+        node = next((n for n in account.pep if n.node == NS_VCARD4_NODE and n.items), None)
+        if node is None:
+            return
+        if json.loads(node.config).get("access_model") != "open":
+            account.skipped.append("the vCard4 node is not open to all: no vCard-temp made of it"
+                                   " (vCard-temp is)")
+            return
+        keepVcard(vcardTemp(parseStored(node.items[-1][1])), limits, account)
 
     def invites(self, host: str, now: float) -> tuple[list[tuple[Invite, str]], list[str]]:
         """

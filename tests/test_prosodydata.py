@@ -164,6 +164,44 @@ def test_vcardPhotoOnlyWithoutAvatar(tmp_path):
     assert "not a vCard" in ProsodyDataDir(tmp_path).account(HOST, "alice", path, 4096).skipped[0]
 
 
+def test_vcardTempFromOpenVcard4(tmp_path):
+    """
+    Without a vcard store (mod_vcard_legacy), an open vCard4 node gives the
+    vCard-temp Prosody answered with; a vCard4 for contacts only gives none
+    (vCard-temp is open to all), said so.
+    """
+    path = account(tmp_path)
+    pep = write(tmp_path, "example%2eorg/pep/alice.dat", """return {
+	["urn:xmpp:vcard4"] = { ["name"] = "urn:xmpp:vcard4";
+		["config"] = { ["access_model"] = "open"; ["_defaults_only"] = true; }; };
+};
+""")
+    write(tmp_path, "example%2eorg/pep_urn%3axmpp%3avcard4/alice.list", """item({
+	{ { "Alice Liddell"; ["name"] = "text"; ["attr"] = {}; }; ["name"] = "fn"; ["attr"] = {}; };
+	{ { "Liddell"; ["name"] = "surname"; ["attr"] = {}; }; { "Alice"; ["name"] = "given"; ["attr"] = {}; };
+		["name"] = "n"; ["attr"] = {}; };
+	{ { "ali"; ["name"] = "text"; ["attr"] = {}; }; ["name"] = "nickname"; ["attr"] = {}; };
+	{ { "a@example.org"; ["name"] = "text"; ["attr"] = {}; };
+		{ { { "work"; ["name"] = "text"; ["attr"] = {}; }; ["name"] = "type"; ["attr"] = {}; };
+			["name"] = "parameters"; ["attr"] = {}; };
+		["name"] = "email"; ["attr"] = {}; };
+	{ { "tel:+331234"; ["name"] = "uri"; ["attr"] = {}; }; ["name"] = "tel"; ["attr"] = {}; };
+	{ { "xmpp:alice@example.org"; ["name"] = "uri"; ["attr"] = {}; }; ["name"] = "impp"; ["attr"] = {}; };
+	["name"] = "vcard"; ["key"] = "current"; ["when"] = 1; ["with"] = "alice@example.org";
+	["attr"] = { ["xmlns"] = "urn:ietf:params:xml:ns:vcard-4.0"; ["stamp"] = "2027-01-15T08:00:00Z"; };
+});
+""")
+    data = ProsodyDataDir(tmp_path).account(HOST, "alice", path, 4096)
+    assert data.accountXML == [("vcard-temp", (
+        "<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN><N><FAMILY>Liddell</FAMILY><GIVEN>Alice</GIVEN>"
+        "</N><NICKNAME>ali</NICKNAME><EMAIL><USERID>a@example.org</USERID><INTERNET/><WORK/></EMAIL>"
+        "<TEL><NUMBER>+331234</NUMBER></TEL><JABBERID>alice@example.org</JABBERID></vCard>"))]
+    assert [n.node for n in data.pep] == ["urn:xmpp:vcard4"] and not data.skipped
+    pep.write_text(pep.read_text().replace('"open"', '"presence"'))
+    data = ProsodyDataDir(tmp_path).account(HOST, "alice", path, 4096)
+    assert data.accountXML == [] and "not open to all" in data.skipped[0]
+
+
 def test_damagedFilesAreErrors(tmp_path):
     """A roster that is code, or a username not in prepared form: a clear error for that account."""
     path = account(tmp_path)
