@@ -8,6 +8,7 @@ store) and L{StoreBehaviour.inviteAudit}, and inherits every test.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 import pytest_twisted
@@ -644,8 +645,8 @@ class StoreBehaviour:
         assert not (yield store.abortUpload("u1"))
         stored = yield store.getUpload("u1")
         assert (stored.state, stored.expires) == ("stored", NOW + 7 * 86400)
-        assert (yield store.expiredUploads(NOW + 86400, 10)) == []
-        assert (yield store.expiredUploads(NOW + 7 * 86400, 10)) == [stored]
+        assert (yield store.expiredUploads(HOST, NOW + 86400, 10)) == []
+        assert (yield store.expiredUploads(HOST, NOW + 7 * 86400, 10)) == [stored]
         assert (yield store.deleteUploads(["u1", "nope"])) == 1
         assert (yield store.getUpload("u1")) is None
 
@@ -684,4 +685,6 @@ class StoreBehaviour:
         yield store.beginUpload("u1", NOW)
         for number in range(3):
             yield store.createUpload(self.upload(f"s{number}", created=NOW - number), 0, 0)
-        assert [u.id for u in (yield store.expiredUploads(NOW + 601, 2))] == ["s2", "s1"]
+        yield store.createUpload(replace(self.upload("other", created=NOW - 9), host="other.example"),
+                                 0, 0)
+        assert [u.id for u in (yield store.expiredUploads(HOST, NOW + 601, 2))] == ["s2", "s1"]

@@ -413,8 +413,8 @@ class IUploads(Interface):
     def abortUpload(uploadId: str):
         """The PUT failed: C{uploading} back to C{slot}, to be tried again while its URL is valid."""
 
-    def expiredUploads(now: float, limit: int):
-        """Fire with at most C{limit} uploads expired at C{now} (not being received), oldest first."""
+    def expiredUploads(host: str, now: float, limit: int):
+        """At most C{limit} uploads of C{host} expired at C{now}, oldest first (none being received)."""
 
     def deleteUploads(uploadIds):
         """Forget these uploads (their files are gone); fire with how many there were."""

@@ -26,9 +26,9 @@ from invitesrv.store.interfaces import (
     IStore,
     NewAccount,
     OfflineMessage,
+    QuotaExceeded,
     Roster,
     RosterItem,
-    QuotaExceeded,
     StoreUnavailable,
     Upload,
     UploadUsage,
@@ -531,9 +531,10 @@ class MemoryStore:
     def abortUpload(self, uploadId):
         return self._changeUpload(uploadId, "uploading", state="slot")
 
-    def expiredUploads(self, now, limit):
+    def expiredUploads(self, host, now, limit):
         return self._run(lambda t: sorted(
-            (u for u in t.uploads.values() if u.expires <= now and u.state != "uploading"),
+            (u for u in t.uploads.values()
+             if u.host == host and u.expires <= now and u.state != "uploading"),
             key=lambda u: u.expires)[:limit])
 
     def deleteUploads(self, uploadIds):

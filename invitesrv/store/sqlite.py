@@ -34,9 +34,9 @@ from invitesrv.store.interfaces import (
     IStore,
     NewAccount,
     OfflineMessage,
+    QuotaExceeded,
     Roster,
     RosterItem,
-    QuotaExceeded,
     StoreUnavailable,
     Upload,
     UploadUsage,
@@ -663,10 +663,10 @@ class SQLiteStore:
             "UPDATE uploads SET state = 'slot' WHERE id = ? AND state = 'uploading'",
             (uploadId,)).rowcount == 1)
 
-    def expiredUploads(self, now, limit):
+    def expiredUploads(self, host, now, limit):
         return self._run(lambda conn: [_upload(row) for row in conn.execute(
             f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE expires <= ? AND state != 'uploading'"
-            " ORDER BY expires LIMIT ?", (now, limit))])
+            " AND host = ? ORDER BY expires LIMIT ?", (now, host, limit))])
 
     def deleteUploads(self, uploadIds):
         return self._run(lambda conn: sum(conn.execute(
