@@ -131,6 +131,10 @@ class PartialFile:
             self.failure = f"cannot write {self.path}: {e.strerror}"
             log.error("Upload {id}: {failure}", id=self.upload.id, failure=self.failure)
 
+    def tell(self) -> int:
+        """How many bytes came (Twisted asks before rendering)."""
+        return self.received
+
     def seek(self, offset: int, whence: int = 0) -> None:
         """Twisted rewinds a request's content before rendering: nothing to do for a file being written."""
 

@@ -292,6 +292,7 @@ class WebChannel(http.HTTPChannel):
         """
         request = self.requests[-1]
         request.policy, segments = self.site.policyFor(self._path)
+        request.uri = self._path  # for the check (Twisted sets it once the body is in)
         if self.length == 0:
             self._stopDeadline()
             http.HTTPChannel.allHeadersReceived(self)
