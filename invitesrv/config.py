@@ -41,6 +41,7 @@ DEFAULT_MODULES = (
     "csi",
     "blocking",
     "upload",
+    "external_services",
 )
 
 
