@@ -232,6 +232,18 @@ def test_accountDeletedWithItsFiles(server):
     assert fileName not in uploads(server)
 
 
+def test_usageFromTheCommandLine(server):
+    """invitesrvctl uploads: each account's files, bytes and unused slots."""
+    server.adduser(f"frank@{HOST}", PASSWORD)
+    (putURL, _), _ = slots(server, ("f.txt", 3, "text/plain"), ("g.txt", 4, "text/plain"),
+                           user="frank")
+    assert put(server, putURL, b"abc") == 201
+    lines = server.ctl("uploads", HOST).stdout.splitlines()
+    assert lines[0].split() == ["ACCOUNT", "FILES", "BYTES", "PENDING", "SLOTS"]
+    assert f"frank@{HOST}  1      3      1".split() in [line.split() for line in lines]
+    assert "unknown host" in server.ctl("uploads", "nowhere.example", check=False).stderr
+
+
 def test_invitePagesBesideUploads(server):
     """The landing page and the web registration form work on the listener that serves uploads."""
     link = next(line.split(" ", 1)[1].strip() for line in server.ctl(
