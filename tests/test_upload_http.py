@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -22,7 +23,7 @@ from test_web_e2e import registerOnTheWeb
 
 HOST = "localhost"
 PASSWORD = "a long password"
-MAX = 1_000_000
+MAX = 64 * 1_048_576
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,43 @@ def test_sizeAndTypeBound(server):
                     f"Content-Length: {MAX + 1}\r\n\r\n".encode())
         answer = raw.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413 "), answer
+
+
+def rss(pid: int) -> int:
+    """The resident set size of process C{pid}, in bytes."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_bodyStreamedToDisk(server, tmp_path):
+    """A 60 MB upload is never held in memory: the server grows by less than 20 MB."""
+    size = 60 * 1_048_576
+    (putURL, getURL), = slots(server, ("big.bin", size, "application/octet-stream"))
+    before = rss(server.process.pid)
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss(server.process.pid))
+            time.sleep(0.01)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with open(tmp_path / "zeros", "wb+") as body:
+            body.truncate(size)
+            body.seek(0)
+            code = put(server, putURL, body, "application/octet-stream",
+                       **{"Content-Length": str(size)})
+    finally:
+        done.set()
+        sampler.join()
+    assert code == 201
+    assert peak[0] - before < 20 * 1_048_576, (before, peak[0])
+    stored = server.dataDir / "uploads" / HOST / urlsplit(getURL).path.split("/")[2]
+    assert stored.stat().st_size == size
 
 
 def test_htmlServedInert(server):
