@@ -40,12 +40,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 GENERATOR = HERE / "xmppload.py"
+UPLOAD_GENERATOR = HERE / "uploadload.py"
 PROVISION = HERE / "provision.py"
 PROSODY_START = HERE / "prosody" / "start.sh"
 PROSODY_STOP = HERE / "prosody" / "stop.sh"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "roster", "idle",
-             "idle10k")
+             "idle10k", "upload", "download", "bigupload")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
 DOMAIN = "localhost"
@@ -79,6 +80,10 @@ class Sizes:
     idle_c: int = 50
     idle10k_k: int = 10000
     idle_settle: float = 3.0
+    upload_n: int = 200
+    upload_c: int = 10
+    upload_size: int = 1_048_576
+    big_size: int = 100 * 1_048_576
     idle_hold: float = 5.0
     pause: float = 3.0
     max_seconds: float = 240.0
@@ -94,7 +99,7 @@ class Sizes:
 QUICK = Sizes(register_n=20, register_c=5, invite_n=10, login_n=30, login_c=10, plain_n=10, login1_n=5,
               msg_pairs=2, msg_m=10, roster_u=4, roster_r=5, roster_gets=2, roster_c=4,
               idle_k=30, idle_c=10, idle10k_k=60, idle_settle=0.5, idle_hold=0.5, pause=0.2, max_seconds=30,
-              op_timeout=10)
+              op_timeout=10, upload_n=10, upload_c=2, big_size=5 * 1_048_576)
 
 
 def cpuPlan() -> tuple[str | None, str | None]:
@@ -197,14 +202,19 @@ class Invitesrv:
         self.label = f"invitesrv-{importlib.metadata.version('invitesrv')}"
         cert, key = certificate
         directory.mkdir(parents=True, exist_ok=True)
+        self.httpPort = freePort()
         # Open registration for the register scenario; the generator's
         # passwords (pw-<user>) are short, hence the low minimum length.
+        # Uploads (XEP-0363) on the HTTP listener, without quotas.
         self.configPath.write_text(
             f'[server]\ndata_dir = "{directory / "data"}"\n'
+            f'public_url = "http://127.0.0.1:{self.httpPort}"\n'
             '[listen]\nc2s = ["tcp:0:interface=127.0.0.1"]\n'
+            f'http = ["tcp:{self.httpPort}:interface=127.0.0.1"]\n'
             f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
             '[host_defaults]\nallow_registration = true\nregistration_invite_only = false\n'
-            'password_min_length = 1\n')
+            'password_min_length = 1\n'
+            '[modules.upload]\nmax_file_size = 1073741824\nquota = 0\ndaily_quota = 0\n')
 
     @property
     def pid(self) -> int:
@@ -274,6 +284,7 @@ class Prosody:
         self.directory = directory
         self.cpu = cpu
         self.port = 0
+        self.httpPort = freePort()
         self._pid = 0
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "certs").mkdir(exist_ok=True)
@@ -289,7 +300,8 @@ class Prosody:
 
     def _env(self) -> dict:
         env = dict(os.environ, PROSODY_BENCH_DIR=str(self.directory),
-                   PROSODY_BENCH_PORT=str(self.port), BENCH_DOMAIN=DOMAIN, PYTHON=sys.executable)
+                   PROSODY_BENCH_PORT=str(self.port), BENCH_DOMAIN=DOMAIN, PYTHON=sys.executable,
+                   PROSODY_BENCH_HTTP_PORT=str(self.httpPort))
         env.pop("SERVER_CPU", None)
         if self.cpu is not None:
             env["SERVER_CPU"] = self.cpu
@@ -368,10 +380,10 @@ class Bench:
         self.cache = work / f"{server.name}.scram"
         self.results: list[dict] = []
 
-    def gen(self, tag: str, run: str, *args: str) -> dict:
+    def gen(self, tag: str, run: str, *args: str, generator: Path = GENERATOR) -> dict:
         """One generator call; its JSON line, annotated, is kept and appended to the output."""
         s = self.sizes
-        command = [sys.executable, str(GENERATOR), "--host", "127.0.0.1",
+        command = [sys.executable, str(generator), "--host", "127.0.0.1",
                    "--port", str(self.server.port), "--domain", DOMAIN,
                    "--server-pid", str(self.server.pid), "--scram-cache", str(self.cache),
                    "--max-seconds", str(s.max_seconds), "--op-timeout", str(s.op_timeout),
@@ -482,6 +494,30 @@ class Bench:
             self.gen("messages", run, "messages", "-p", str(s.msg_pairs), "-m", str(s.msg_m),
                      "-w", str(s.msg_w), "-c", str(s.login_c), "--prefix", POOL)
 
+    def scenario_upload(self) -> None:
+        """XEP-0363: slot over XMPP, then PUT, of upload_size bytes (1 MB), upload_n times."""
+        s = self.sizes
+        for run in self.runs():
+            self.gen("upload", run, "put", "-n", str(s.upload_n), "-c", str(s.upload_c),
+                     "--size", str(s.upload_size), "--url-file",
+                     str(self.work / f"{self.server.name}-{run}.urls"), generator=UPLOAD_GENERATOR)
+
+    def scenario_download(self) -> None:
+        """GET of every file the upload runs stored (run upload first)."""
+        s = self.sizes
+        for run in self.runs():
+            self.gen("download", run, "get", "-c", str(s.upload_c), "--url-file",
+                     str(self.work / f"{self.server.name}-{run}.urls"), generator=UPLOAD_GENERATOR)
+
+    def scenario_bigupload(self) -> None:
+        """One big_size (100 MB) upload on a freshly started server, its RSS sampled."""
+        s = self.sizes
+        for run in self.runs():
+            self.server.stop()
+            self.server.start()
+            time.sleep(max(1.0, s.pause))
+            self.gen("bigupload", run, "big", "--size", str(s.big_size), generator=UPLOAD_GENERATOR)
+
     def scenario_roster(self) -> None:
         s = self.sizes
         common = ("-u", str(s.roster_u), "-r", str(s.roster_r), "-c", str(s.roster_c),
@@ -532,7 +568,8 @@ def figures(r: dict) -> dict:
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
          "login1": "logins/s", "messages": "msgs/s", "roster": "gets/s", "idle": "logins/s",
-         "idle10k": "logins/s"}
+         "idle10k": "logins/s", "upload": "uploads/s", "download": "downloads/s",
+         "bigupload": "MB/s"}
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -589,6 +626,9 @@ def note(r: dict) -> str:
                 f"{fmt(r.get('setup_items_per_s'))}/s")
     if r.get("tag") == "register" and r.get("run") == "setup":
         return "account pool, by in-band registration"
+    if r.get("tag") == "bigupload":
+        return (f"{r.get('size', 0) // 1_048_576} MiB: server RSS +{r.get('rss_growth_kb')} KiB"
+                f" (from {r.get('rss_before_kb')} to a peak of {r.get('rss_peak_kb')} KiB)")
     return ""
 
 
