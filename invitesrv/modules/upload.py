@@ -44,7 +44,7 @@ from wokkel import data_form, disco
 
 from invitesrv.config import Duration
 from invitesrv.modules.base import HostModule, ModuleError
-from invitesrv.store.interfaces import QuotaExceeded, StoreUnavailable, Upload
+from invitesrv.store.interfaces import QuotaExceeded, Upload
 
 log = Logger()
 
@@ -398,9 +398,7 @@ class SlotsModule(HostModule):
             log.failure("Upload slot request from {sender} failed", failure,
                         sender=iq.getAttribute("from"))
             return error.StanzaError("internal-server-error").toResponse(iq)
-        if failure.check(StoreUnavailable):
-            return error.StanzaError("resource-constraint", "wait", failure.value.text).toResponse(iq)
-        return failure.value.toResponse(iq)
+        return failure.value.toResponse(iq)  # a store fault is resource-constraint (wait) too
 
     @defer.inlineCallbacks
     def _answer(self, iq):
