@@ -15,9 +15,14 @@ from urllib.parse import urlsplit
 
 from streamharness import Client, addAccounts
 from synchronous import result
+from twisted.internet import defer, error
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.python import failure
 from twisted.words.xish import domish
 
 from invitesrv.modules.upload import NS_UPLOAD, UploadFailed
+from invitesrv.web.site import makeSite
 
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
 DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
@@ -245,3 +250,70 @@ def test_noPublicURL(servers, tmp_path):
     assert list(items.query.elements()) == []
     assert errorOf(slotRequest(alice))[1] == "remote-server-not-found"  # not served here
 
+
+
+# -- the HTTP channel, byte by byte ---------------------------------------------------
+
+
+def putConnection(server, putURL: str, length: int):
+    """A connection to the server's site that has sent a PUT's head for C{putURL}: (channel, transport)."""
+    site = makeSite(server)
+    peer = IPv4Address("TCP", "192.0.2.1", 40000)
+    channel = site.buildProtocol(peer)
+    transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 80), peer)
+    channel.makeConnection(transport)
+    parts = urlsplit(putURL)
+    channel.dataReceived(f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: chat.example\r\n"
+                         f"Content-Type: image/jpeg\r\nContent-Length: {length}\r\n\r\n".encode())
+    return channel, transport
+
+
+def lose(channel) -> None:
+    channel.connectionLost(failure.Failure(error.ConnectionDone()))
+
+
+def test_uploadDeadlineGrowsWithTheSize(servers, tmp_path):
+    """
+    A PUT's body gets http_body_timeout (30 s) plus a second per
+    http_upload_min_rate bytes (16 KiB): 1 600 KiB may take 130 s, no more;
+    one cut at its deadline leaves no file and its slot can be used again.
+    """
+    server = uploadServer(servers, tmp_path)
+    addAccounts(server, "alice")
+    alice = Client(server, "alice")
+    size = 100 * 16_384
+    putURL, getURL = slotURLs(slotRequest(alice, size=size))
+    module = server.hosts["localhost"].modules["upload"]
+    channel, transport = putConnection(server, putURL, size)
+    for _ in range(12):
+        server.clock.advance(10)
+        channel.dataReceived(b"x" * 16_384)
+    assert not transport.disconnecting
+    assert [p.name.endswith(".part") for p in module.directory.iterdir()] == [True]
+    server.clock.advance(10)
+    assert transport.disconnecting and transport.value().startswith(b"HTTP/1.1 408 ")
+    lose(channel)
+    assert list(module.directory.iterdir()) == []
+    uploadId = urlsplit(getURL).path.split("/")[2]
+    assert result(server.store.getUpload(uploadId)).state == "slot"
+    channel, transport = putConnection(server, putURL, size)
+    channel.dataReceived(b"y" * size)
+    assert transport.value().startswith(b"HTTP/1.1 201 ")
+    assert module.path(uploadId).read_bytes() == b"y" * size
+
+
+def test_lostWhileTheSlotIsTaken(servers, tmp_path):
+    """A connection lost while the store takes the slot leaves no file, and the slot free."""
+    server = uploadServer(servers, tmp_path)
+    addAccounts(server, "alice")
+    alice = Client(server, "alice")
+    putURL, getURL = slotURLs(slotRequest(alice, size=10))
+    module = server.hosts["localhost"].modules["upload"]
+    taking = defer.Deferred()
+    begin = server.store.beginUpload
+    server.store.beginUpload = lambda *args: taking.addCallback(lambda _: begin(*args))
+    channel, transport = putConnection(server, putURL, 10)
+    lose(channel)
+    taking.callback(None)
+    assert list(module.directory.iterdir()) == []
+    assert result(server.store.getUpload(urlsplit(getURL).path.split("/")[2])).state == "slot"
