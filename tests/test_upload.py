@@ -317,3 +317,31 @@ def test_lostWhileTheSlotIsTaken(servers, tmp_path):
     taking.callback(None)
     assert list(module.directory.iterdir()) == []
     assert result(server.store.getUpload(urlsplit(getURL).path.split("/")[2])).state == "slot"
+
+
+def test_expiredFileNotServed(servers, tmp_path):
+    """A file past its expiry is not served, even before a sweep deletes it."""
+    server = uploadServer(servers, tmp_path, module_options={"upload": {"sweep_interval": 0}})
+    addAccounts(server, "alice")
+    alice = Client(server, "alice")
+    module, upload = uploadIn(server, alice, b"soon gone")
+    get = module.getURL(upload)
+    site = makeSite(server)
+
+    def fetch() -> bytes:
+        """The answer to a HEAD of the GET URL (a GET's body would come from a pull producer)."""
+        peer = IPv4Address("TCP", "192.0.2.1", 40000)
+        channel = site.buildProtocol(peer)
+        transport = StringTransport(IPv4Address("TCP", "127.0.0.1", 80), peer)
+        channel.makeConnection(transport)
+        channel.dataReceived(f"HEAD {urlsplit(get).path} HTTP/1.1\r\nHost: chat.example\r\n\r\n"
+                             .encode())
+        lose(channel)
+        return transport.value()
+
+    answer = fetch()
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: 9\r\n" in answer
+    assert f"max-age={WEEK}, immutable".encode() in answer
+    server.clock.advance(WEEK)
+    assert fetch().startswith(b"HTTP/1.1 404 ")
+    assert module.path(upload.id).exists()  # no sweep ran
