@@ -72,6 +72,7 @@ class Client(slixmpp.ClientXMPP):
 
 
 def percentile(values: list[float], share: float) -> float | None:
+    """The value below which C{share} of C{values} lie, in ms with two decimals."""
     if not values:
         return None
     ordered = sorted(values)
@@ -79,6 +80,7 @@ def percentile(values: list[float], share: float) -> float | None:
 
 
 async def login(args) -> Client:
+    """The account C{args.user}, logged in."""
     client = Client(f"{args.user}@{args.domain}", args.password)
     client.connect(args.host, args.port)
     if not await asyncio.wait_for(client.started, args.op_timeout):
@@ -87,6 +89,7 @@ async def login(args) -> Client:
 
 
 async def putOne(client, session, args, name: str, body, size: int):
+    """One upload: a slot, then the PUT; return the GET URL."""
     putURL, getURL, headers = await client.slot(args.component, name, size, args.op_timeout)
     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size), **headers}
     async with session.put(putURL, data=body, headers=headers) as response:
@@ -97,6 +100,7 @@ async def putOne(client, session, args, name: str, body, size: int):
 
 
 async def runPut(args, result: dict) -> None:
+    """C{put}: n uploads at concurrency c."""
     client = await login(args)
     data = os.urandom(args.size)
     urls: list[str] = []
@@ -129,6 +133,7 @@ async def runPut(args, result: dict) -> None:
 
 
 async def runGet(args, result: dict) -> None:
+    """C{get}: one GET of each URL of the file, at concurrency c."""
     queue = open(args.url_file).read().split()
     latencies: list[float] = []
     errors: Counter = Counter()
@@ -161,6 +166,7 @@ async def runGet(args, result: dict) -> None:
 
 
 async def runBig(args, result: dict) -> None:
+    """C{big}: one upload of C{size} bytes, the server's RSS sampled every 20 ms."""
     client = await login(args)
     samples: list[int] = []
     before = serverRSS(args.server_pid)

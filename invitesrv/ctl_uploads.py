@@ -13,6 +13,7 @@ from invitesrv.ctl import CommandError
 
 @defer.inlineCallbacks
 def usage(server, args):
+    """Print a table of the accounts with uploads, of one host or all."""
     names = [args.host] if args.host else list(server.hosts)
     rows = []
     for name in names:

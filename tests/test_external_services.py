@@ -49,6 +49,7 @@ def services(client, kind: str | None = None) -> list[dict]:
 
 
 def password(username: str, secret: str = SECRET) -> str:
+    """The coturn REST API password of C{username} under C{secret}."""
     return base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
 
 

@@ -45,6 +45,7 @@ def slotRequest(client, filename="cat.jpg", size=1000, contentType="image/jpeg",
 
 
 def slotURLs(reply) -> tuple[str, str]:
+    """The (PUT, GET) URLs of a successful slot reply."""
     assert reply["type"] == "result", reply.toXml()
     return str(reply.slot.put["url"]), str(reply.slot.get["url"])
 
@@ -269,6 +270,7 @@ def putConnection(server, putURL: str, length: int):
 
 
 def lose(channel) -> None:
+    """The client's connection ends."""
     channel.connectionLost(failure.Failure(error.ConnectionDone()))
 
 

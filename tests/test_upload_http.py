@@ -28,6 +28,7 @@ MAX = 64 * 1_048_576
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """One server for the module: HTTP on a known port (the public URL names it), three users."""
     port = freePort()
     running = RunningServer(tmp_path_factory.mktemp("upload"),
                             f"[modules.upload]\nmax_file_size = {MAX}\n",
@@ -78,7 +79,8 @@ def request(server, method: str, url: str, body: bytes | None = None,
         connection.close()
 
 
-def put(server, url: str, data: bytes, contentType: str = "text/plain", **headers):
+def put(server, url: str, data, contentType: str = "text/plain", **headers) -> int:
+    """PUT C{data} (bytes or a file) to C{url}; the status."""
     return request(server, "PUT", url, data, {"Content-Type": contentType, **headers})[0]
 
 

@@ -63,6 +63,7 @@ class Service:
 
     @property
     def restricted(self) -> bool:
+        """TURN needs credentials; STUN does not."""
         return self.type != "stun"
 
 

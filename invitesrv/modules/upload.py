@@ -180,6 +180,7 @@ class UploadModule(HostModule):
 
     @property
     def directory(self) -> Path:
+        """The host's upload directory: its files and the partial files being received."""
         return self.host.config.data_dir / "uploads" / self.host.name
 
     def path(self, uploadId: str) -> Path:
@@ -187,6 +188,7 @@ class UploadModule(HostModule):
         return self.directory / uploadId
 
     def partialPath(self, uploadId: str) -> Path:
+        """Where a PUT's body is written until all of it has come."""
         return self.directory / (uploadId + PARTIAL)
 
     def connectionInitialized(self) -> None:
@@ -220,6 +222,7 @@ class UploadModule(HostModule):
                 lambda failure: log.failure("Sweeping expired uploads failed", failure))
 
     def connectionLost(self, reason) -> None:
+        """Stop sweeping and serving the component."""
         if self.sweeper is not None and self.sweeper.running:
             self.sweeper.stop()
         if self.component is not None:
@@ -263,6 +266,7 @@ class UploadModule(HostModule):
                 f"{quote(upload.filename, safe='')}")
 
     def putSignature(self, upload: Upload, expires: int) -> str:
+        """The HMAC that binds a PUT URL to the slot's size, type and name, and to its expiry."""
         return sign(self.key, "put", upload.id, upload.size, upload.contentType, upload.filename,
                     expires)
 
@@ -272,6 +276,7 @@ class UploadModule(HostModule):
         return f"{self.getURL(upload)}?expires={expires}&sig={self.putSignature(upload, expires)}"
 
     def checkGet(self, upload: Upload, mac: str) -> bool:
+        """Whether C{mac} is the upload's own (compared in constant time)."""
         return hmac.compare_digest(sign(self.key, "get", upload.id), mac)
 
     def checkPut(self, upload: Upload, mac: str, expires: str, signature: str) -> bool:
@@ -388,12 +393,14 @@ class SlotsModule(HostModule):
                 disco.DiscoFeature(NS_UPLOAD), form]
 
     def onRequest(self, iq) -> None:
+        """A slot request: answered with the slot or the XEP's error."""
         iq.handled = True
         d = defer.maybeDeferred(self._answer, iq)
         d.addErrback(self._failed, iq)
         d.addCallback(self.send)
 
     def _failed(self, failure, iq):
+        """The error answering C{iq}: the request's own, or internal-server-error (logged)."""
         if not failure.check(error.StanzaError):
             log.failure("Upload slot request from {sender} failed", failure,
                         sender=iq.getAttribute("from"))

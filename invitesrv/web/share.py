@@ -61,6 +61,7 @@ class PlainRefusal(resource.Resource):
         self.error = error
 
     def render(self, request):
+        """The status, the refusal's headers and its message."""
         request.setResponseCode(self.error.code)
         request.setHeader(b"content-type", TEXT)
         for name, value in self.error.headers.items():
@@ -103,6 +104,7 @@ class ShareResource(BodyPolicy, resource.Resource):
         return limits.http_body_timeout + (length or 0) / limits.http_upload_min_rate
 
     def refusal(self, error: Refused) -> resource.IResource:
+        """Refusals here are for HTTP clients, not people: plain text."""
         return PlainRefusal(error)
 
     @defer.inlineCallbacks
@@ -157,6 +159,7 @@ class ShareResource(BodyPolicy, resource.Resource):
         return request.checked
 
     def render_PUT(self, request):
+        """The whole body has come: make it the file (201), or say why not."""
         lost = watchConnection(request)
         partial = request.checked
         if partial is None:  # no body at all (Content-Length: 0): no slot is that small
@@ -174,6 +177,7 @@ class ShareResource(BodyPolicy, resource.Resource):
         return NOT_DONE_YET
 
     def render_GET(self, request):
+        """The file of a valid GET URL (and HEAD), or 404."""
         lost = watchConnection(request)
         d = self.find(request.postpath)
         d.addCallback(self.serve, request, lost)
