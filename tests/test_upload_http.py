@@ -144,11 +144,14 @@ def test_forgedURLs(server):
 
 def test_sizeAndTypeBound(server):
     """The PUT must send the slot's size and type; a body over every limit is refused unread."""
-    (putURL, getURL), = slots(server, ("b.bin", 10, "application/octet-stream"))
-    assert put(server, putURL, b"x" * 11, "application/octet-stream") == 413
-    assert put(server, putURL, b"x" * 9, "application/octet-stream") == 413
+    (putURL, getURL), (anyURL, anyGetURL) = slots(server, ("b.txt", 10, "text/plain"),
+                                                  ("c.bin", 10, "application/octet-stream"))
+    assert put(server, putURL, b"x" * 11) == 413
+    assert put(server, putURL, b"x" * 9) == 413
     assert put(server, putURL, b"x" * 10, "text/html") == 415
-    assert put(server, putURL, b"x" * 10, "application/octet-stream") == 201
+    assert put(server, putURL, b"x" * 10, "text/plain; charset=utf-8") == 201
+    assert put(server, anyURL, b"<b>x</b>!!", "text/html") == 201  # a slot without a type
+    assert request(server, "GET", anyGetURL)[1]["Content-Type"] == "application/octet-stream"
     with socket.create_connection(("127.0.0.1", server.httpPort), timeout=30) as raw:
         raw.sendall(f"PUT {urlsplit(putURL).path} HTTP/1.1\r\nHost: x\r\n"
                     f"Content-Length: {MAX + 1}\r\n\r\n".encode())

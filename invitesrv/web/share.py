@@ -7,7 +7,9 @@ C{/share/}: the HTTP side of XEP-0363 uploads (L{invitesrv.modules.upload}).
 A PUT is checked from its request line and headers before a byte of its
 body is read (L{BodyPolicy}): a forged or expired URL is refused with 403,
 a C{Content-Length} other than the slot's size with 413 (or 411 without
-one), another content type with 415, a slot already used or being used
+one), another content type than the slot's with 415 (a slot asked for
+without one takes any, and serves the file as C{application/octet-stream}),
+a slot already used or being used
 with 409. The body then goes to a partial file as it arrives (never into
 memory), under this route's own cap (the largest C{max_file_size}) and a
 body deadline that grows with the size (C{limits.http_upload_min_rate}),
@@ -142,7 +144,8 @@ class ShareResource(BodyPolicy, resource.Resource):
             raise Refused(413, f"The slot is for {upload.size} bytes, not {int(length)}")
         contentType = (request.getHeader(b"content-type") or DEFAULT_TYPE.encode()).decode(
             "latin-1").split(";")[0].strip().lower()
-        if contentType != upload.contentType:
+        if contentType != upload.contentType and upload.contentType != DEFAULT_TYPE:
+            # A slot asked for without a type takes any: it is served as the slot's anyway.
             raise Refused(415, f"The slot is for {upload.contentType}, not {contentType}")
         if upload.state != "slot" or not (yield self.context.store.beginUpload(upload.id,
                                                                                 module.host.now())):
