@@ -8,6 +8,7 @@ generator (C{bench/xmppload.py}), prints a table and writes JSON lines.
     python bench/run.py                         # default sizes, all scenarios
     python bench/run.py --quick                 # tiny sizes: a smoke test
     python bench/run.py --scenarios login,idle --against prosody
+    python bench/run.py --quick --check         # CPU per operation against bench/reference.json
 
 The server is pinned to CPU 0 and the generator to CPU 1 when there are two
 CPUs or more, so that the server's CPU time per operation, the steadiest
@@ -40,18 +41,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 GENERATOR = HERE / "xmppload.py"
+FASTLOAD = HERE / "fastload.py"  # reconnects with FAST + Bind2, on the same generator
 UPLOAD_GENERATOR = HERE / "uploadload.py"
 PROVISION = HERE / "provision.py"
-PROSODY_START = HERE / "prosody" / "start.sh"
-PROSODY_STOP = HERE / "prosody" / "stop.sh"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "roster", "idle",
-             "idle10k", "upload", "download", "bigupload")
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "messages", "roster",
+             "idle", "idle10k", "upload", "download", "bigupload")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
+FAST_SCENARIOS = ("fast", "fast1")  # SASL2 + FAST: not in Prosody 0.12
 DOMAIN = "localhost"
 POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
 LISTENING = re.compile(r"Clients listening on [\d.]+:(\d+)")
+REFERENCE = HERE / "reference.json"
+TOLERANCE = 1.5  # --check fails when a scenario costs more CPU per operation than this × the reference
 
 
 class BenchError(Exception):
@@ -96,10 +99,13 @@ class Sizes:
                    self.idle10k_k if "idle10k" in scenarios else 0)
 
 
-QUICK = Sizes(register_n=20, register_c=5, invite_n=10, login_n=30, login_c=10, plain_n=10, login1_n=5,
-              msg_pairs=2, msg_m=10, roster_u=4, roster_r=5, roster_gets=2, roster_c=4,
-              idle_k=30, idle_c=10, idle10k_k=60, idle_settle=0.5, idle_hold=0.5, pause=0.2, max_seconds=30,
-              op_timeout=10, upload_n=10, upload_c=2, big_size=5 * 1_048_576)
+# Small, but enough operations that each CPU figure spans many clock ticks:
+# what the regression check (--quick --check) compares.
+QUICK = Sizes(register_n=100, register_c=10, invite_n=10, login_n=200, login_c=10, plain_n=20,
+              login1_n=5, msg_pairs=4, msg_m=100, roster_u=10, roster_r=20, roster_gets=20,
+              roster_c=10, idle_k=200, idle_c=20, idle10k_k=300, idle_settle=0.5, idle_hold=0.5,
+              pause=0.2, max_seconds=60, op_timeout=10, upload_n=10, upload_c=2,
+              big_size=5 * 1_048_576)
 
 
 def cpuPlan() -> tuple[str | None, str | None]:
@@ -275,10 +281,15 @@ class Invitesrv:
             self.process.wait()
 
 
-class Prosody:
-    """A private Prosody on loopback, through C{bench/prosody/start.sh} and C{stop.sh}."""
+class ReferenceServer:
+    """
+    A private reference server on loopback, through its C{bench/NAME/start.sh}
+    and C{stop.sh}; its accounts come from in-band registration once it runs
+    (an untimed setup pass, see L{Bench}).
+    """
 
-    name = "prosody"
+    name = ""
+    package = ""  # the Debian package, for the version in the label
 
     def __init__(self, directory: Path, cpu: str | None, certificate: tuple[Path, Path]):
         self.directory = directory
@@ -290,8 +301,8 @@ class Prosody:
         (directory / "certs").mkdir(exist_ok=True)
         shutil.copy(certificate[0], directory / "certs" / f"{DOMAIN}.crt")
         shutil.copy(certificate[1], directory / "certs" / f"{DOMAIN}.key")
-        version = prosodyVersion()
-        self.label = f"prosody-{version}" if version else "prosody"
+        version = packageVersion(self.package)
+        self.label = f"{self.name}-{version}" if version else self.name
         self.fresh = True
 
     @property
@@ -299,16 +310,44 @@ class Prosody:
         return self._pid
 
     def _env(self) -> dict:
-        env = dict(os.environ, PROSODY_BENCH_DIR=str(self.directory),
-                   PROSODY_BENCH_PORT=str(self.port), BENCH_DOMAIN=DOMAIN, PYTHON=sys.executable,
-                   PROSODY_BENCH_HTTP_PORT=str(self.httpPort))
+        prefix = self.name.upper()
+        env = dict(os.environ, BENCH_DOMAIN=DOMAIN, PYTHON=sys.executable,
+                   **{f"{prefix}_BENCH_DIR": str(self.directory),
+                      f"{prefix}_BENCH_PORT": str(self.port),
+                      f"{prefix}_BENCH_HTTP_PORT": str(self.httpPort)})
         env.pop("SERVER_CPU", None)
         if self.cpu is not None:
             env["SERVER_CPU"] = self.cpu
         return env
 
     def provision(self, count: int) -> None:
-        """Prosody's accounts come from in-band registration once it runs (see L{Bench})."""
+        """Accounts come from in-band registration once the server runs (see L{Bench})."""
+
+    invites = False  # can the server make invite tokens (the invite scenario)?
+
+    def start(self) -> None:
+        self.port = self.port or freePort()
+        env = self._env()
+        env["FRESH"] = "1" if self.fresh else "0"
+        result = subprocess.run([str(HERE / self.name / "start.sh")], env=env,
+                                capture_output=True, text=True, timeout=90, check=False)
+        if result.returncode != 0:
+            raise BenchError(f"{self.name} did not start: {result.stderr.strip()}")
+        self._pid = int(result.stdout.split()[-1])
+        self.fresh = False
+
+    def stop(self) -> None:
+        if self._pid:
+            subprocess.run([str(HERE / self.name / "stop.sh")], env=self._env(),
+                           capture_output=True, timeout=60, check=False)
+            self._pid = 0
+
+
+class Prosody(ReferenceServer):
+    """Debian's Prosody, with the modules of a typical installation (C{bench/prosody/start.sh})."""
+
+    name = package = "prosody"
+    invites = True
 
     def makeInvites(self, count: int, path: Path) -> None:
         """
@@ -329,29 +368,21 @@ class Prosody:
             tokens.append(found.group(1))
         path.write_text("".join(token + "\n" for token in tokens))
 
-    def start(self) -> None:
-        self.port = self.port or freePort()
-        env = self._env()
-        env["FRESH"] = "1" if self.fresh else "0"
-        result = subprocess.run([str(PROSODY_START)], env=env, capture_output=True, text=True,
-                                timeout=60, check=False)
-        if result.returncode != 0:
-            raise BenchError(f"prosody did not start: {result.stderr.strip()}")
-        self._pid = int(result.stdout.split()[-1])
-        self.fresh = False
 
-    def stop(self) -> None:
-        if self._pid:
-            subprocess.run([str(PROSODY_STOP)], env=self._env(), capture_output=True, timeout=30,
-                           check=False)
-            self._pid = 0
+class Ejabberd(ReferenceServer):
+    """Debian's ejabberd on Mnesia, without Erlang distribution (C{bench/ejabberd/start.sh})."""
+
+    name = package = "ejabberd"
 
 
-def prosodyVersion() -> str | None:
-    """Prosody's version from the package manager (never by running prosody itself)."""
+REFERENCES = {"prosody": (Prosody, "prosody"), "ejabberd": (Ejabberd, "ejabberdctl")}
+
+
+def packageVersion(package: str) -> str | None:
+    """A Debian package's version (never by running the server itself)."""
     if shutil.which("dpkg-query") is None:
         return None
-    result = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "prosody"],
+    result = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0 or not result.stdout:
         return None
@@ -422,11 +453,14 @@ class Bench:
         server.start()
         log(f"{server.label}: pid {server.pid} on 127.0.0.1:{server.port}")
         try:
-            if isinstance(server, Prosody) and any(sc != "register" for sc in self.scenarios):
+            if isinstance(server, ReferenceServer) and any(sc != "register" for sc in self.scenarios):
                 self.gen("register", "setup", "register", "-n", str(pool), "-c",
                          str(s.register_c), "--prefix", POOL)
             main = [sc for sc in self.scenarios if sc not in IDLE_SCENARIOS]
             for scenario in main:
+                if scenario == "invite" and not getattr(server, "invites", True):
+                    log(f"{server.label}: no invite tokens; the invite scenario is skipped")
+                    continue
                 getattr(self, "scenario_" + scenario)()
                 self.pause()
             for tag, k in (("idle", s.idle_k), ("idle10k", s.idle10k_k)):
@@ -487,6 +521,35 @@ class Bench:
         s = self.sizes
         for run in self.runs():
             self.gen("login1", run, "login", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL)
+
+    def fastTokens(self) -> Path | None:
+        """
+        The pool's FAST tokens, got once (untimed SASL2 PLAIN logins asking
+        for one); None for a server without SASL2 and FAST (Prosody 0.12).
+        """
+        tokens = self.work / f"{self.server.name}.fast.json"
+        if isinstance(self.server, Prosody):
+            log(f"{self.server.label}: no SASL2/FAST (Prosody 0.12): skipped")
+            return None
+        if not tokens.exists():
+            self.gen("fast", "setup", "fast", "-n", str(self.sizes.login_n), "-c",
+                     str(self.sizes.login_c), "--prefix", POOL, "--token-file", str(tokens),
+                     "--setup", generator=FASTLOAD)
+        return tokens
+
+    def scenario_fast(self) -> None:
+        s = self.sizes
+        tokens = self.fastTokens()
+        for run in self.runs() if tokens else ():
+            self.gen("fast", run, "fast", "-n", str(s.login_n), "-c", str(s.login_c), "--prefix", POOL,
+                     "--token-file", str(tokens), generator=FASTLOAD)
+
+    def scenario_fast1(self) -> None:
+        s = self.sizes
+        tokens = self.fastTokens()
+        for run in self.runs() if tokens else ():
+            self.gen("fast1", run, "fast", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL,
+                     "--token-file", str(tokens), generator=FASTLOAD)
 
     def scenario_messages(self) -> None:
         s = self.sizes
@@ -567,9 +630,9 @@ def figures(r: dict) -> dict:
 
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
-         "login1": "logins/s", "messages": "msgs/s", "roster": "gets/s", "idle": "logins/s",
-         "idle10k": "logins/s", "upload": "uploads/s", "download": "downloads/s",
-         "bigupload": "MB/s"}
+         "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s", "messages": "msgs/s",
+         "roster": "gets/s", "idle": "logins/s", "idle10k": "logins/s",
+         "upload": "uploads/s", "download": "downloads/s", "bigupload": "MB/s"}
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -684,13 +747,49 @@ def ratioTable(ours: list[dict], theirs: list[dict], ourLabel: str, theirLabel: 
     return "\n".join(lines)
 
 
+def checkAgainst(results: list[dict], reference: dict) -> tuple[str, list[str]]:
+    """
+    The table of each scenario's server CPU ms/op beside the reference's, and
+    the scenarios over C{tolerance} × their reference (or that gave no figure).
+    CPU time per operation, not rates: a loaded machine slows a run down but
+    hardly changes what each operation costs the server.
+    """
+    tolerance = reference.get("tolerance", TOLERANCE)
+    measured = medians(results)
+    lines = ["| scenario | server CPU ms/op | reference | limit | |", "|---|---|---|---|---|"]
+    failed = []
+    for tag, expected in reference["cpu_ms_op"].items():
+        value = measured.get(tag, {}).get("cpu_ms_op")
+        limit = expected * tolerance
+        verdict = "ok" if value is not None and value <= limit else "REGRESSION"
+        if verdict != "ok":
+            failed.append(tag)
+        lines.append(f"| {tag} | {fmt(value)} | {fmt(expected)} | {fmt(limit)} | {verdict} |")
+    return "\n".join(lines), failed
+
+
+def writeReference(path: Path, results: list[dict], machine: dict, quick: bool) -> None:
+    """Record this run's CPU ms/op per scenario as the reference for L{checkAgainst}."""
+    reference = {
+        "about": "server CPU ms per operation at --quick sizes, the reference of"
+                 " 'bench/run.py --quick --check'; rewrite with --write-reference",
+        "sizes": "quick" if quick else "default", "tolerance": TOLERANCE,
+        "machine": f"{machine['cpu_model']}, {machine['cpus']} CPUs; Python {machine['python']}",
+        "date": machine["date"],
+        "cpu_ms_op": {tag: figures["cpu_ms_op"] for tag, figures in medians(results).items()
+                      if figures.get("cpu_ms_op")},
+    }
+    path.write_text(json.dumps(reference, indent=2) + "\n")
+
+
 def parseArgs(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, seconds)")
     parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
                         help=f"comma-separated, from {', '.join(SCENARIOS)}, or all "
                              f"(default: {','.join(DEFAULT_SCENARIOS)})")
-    parser.add_argument("--against", choices=["prosody"], help="also run a private Prosody")
+    parser.add_argument("--against", action="append", choices=sorted(REFERENCES), default=[],
+                        help="also run a private Prosody or ejabberd (may be given twice)")
     parser.add_argument("--repeat", type=int, default=1, help="measured runs per scenario")
     parser.add_argument("--key-type", choices=["rsa", "ec"], default="rsa",
                         help="server certificate key: rsa (RSA-2048, as the reference figures) "
@@ -700,6 +799,11 @@ def parseArgs(argv=None) -> argparse.Namespace:
                         help="keep the temporary directory (configs, data, server logs)")
     parser.add_argument("--table", nargs="+", metavar="JSONL",
                         help="only print the tables of earlier results files, run nothing")
+    parser.add_argument("--check", nargs="?", const=str(REFERENCE), metavar="REFERENCE",
+                        help="exit 4 when a scenario's server CPU ms/op exceeds the reference's"
+                             f" tolerance (default file: bench/{REFERENCE.name})")
+    parser.add_argument("--write-reference", metavar="FILE",
+                        help="write this run's CPU ms/op as a reference for --check")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if args.scenarios == ["all"]:
@@ -710,19 +814,30 @@ def parseArgs(argv=None) -> argparse.Namespace:
                      f"choose from {', '.join(SCENARIOS)}")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    if args.against == "prosody" and shutil.which("prosody") is None:
-        parser.error("--against prosody: prosody is not installed (apt-get install prosody)")
+    args.reference = None
+    if args.check:
+        try:
+            args.reference = json.loads(Path(args.check).read_text())
+        except (OSError, ValueError) as e:
+            parser.error(f"--check: cannot read {args.check}: {e}")
+        if args.reference.get("sizes") != ("quick" if args.quick else "default"):
+            parser.error(f"--check: {args.check} was measured at {args.reference.get('sizes')}"
+                         " sizes; run with the same sizes")
+        args.scenarios = list(dict.fromkeys(args.scenarios + list(args.reference["cpu_ms_op"])))
+    for name in args.against:
+        if shutil.which(REFERENCES[name][1]) is None:
+            parser.error(f"--against {name}: {name} is not installed (apt-get install {name})")
     return args
 
 
 def printTables(results: list[dict]) -> None:
-    """The per-run table, then medians and ratios when exactly two servers took part."""
+    """The per-run table, then medians and ratios of the first server to each other one."""
     print(table(results))
     labels = list(dict.fromkeys(r.get("label") for r in results))
-    if len(labels) == 2:
+    for other in labels[1:]:
         print()
         print(ratioTable([r for r in results if r.get("label") == labels[0]],
-                         [r for r in results if r.get("label") == labels[1]], *labels))
+                         [r for r in results if r.get("label") == other], labels[0], other))
 
 
 def main(argv=None) -> int:
@@ -756,8 +871,8 @@ def main(argv=None) -> int:
     certificate = (work / "server.crt", work / "server.key")
     writeCertificate(*certificate, keyType=args.key_type)
     servers = [Invitesrv(work / "invitesrv", serverCPU, certificate)]
-    if args.against == "prosody":
-        servers.append(Prosody(work / "prosody", serverCPU, certificate))
+    for name in dict.fromkeys(args.against):
+        servers.append(REFERENCES[name][0](work / name, serverCPU, certificate))
     everything: list[tuple[object, list[dict]]] = []
     try:
         for server in servers:
@@ -786,10 +901,23 @@ def main(argv=None) -> int:
     failed = [r for r in allResults if errorsOf(r) != 0]
     missing = len(servers) > len(everything) or any(
         not any(r.get("tag") == sc for r in results)
-        for _, results in everything for sc in args.scenarios)
+        for server, results in everything for sc in args.scenarios
+        if not (isinstance(server, Prosody) and sc in FAST_SCENARIOS))
     if failed or missing:
         print("Some runs failed or gave errors (see the note column); errors are not figures.")
         return 3
+    ours = everything[0][1]
+    if args.write_reference:
+        writeReference(Path(args.write_reference), ours, machine, args.quick)
+        print(f"Reference written: {args.write_reference}")
+    if args.reference is not None:
+        text, regressions = checkAgainst(ours, args.reference)
+        print(f"\nCheck against {args.check} (tolerance {args.reference.get('tolerance', TOLERANCE)}×):\n")
+        print(text)
+        if regressions:
+            print(f"\nRegression: {', '.join(regressions)} cost more server CPU per operation"
+                  " than the reference allows")
+            return 4
     return 0
 
 

@@ -40,6 +40,9 @@ DEFAULT_MODULES = (
     "carbons",
     "csi",
     "blocking",
+    "sasl2",
+    "bind2",
+    "fast",
     "upload",
     "external_services",
 )
@@ -96,6 +99,7 @@ class HostOptions:
     site_name: str = ""
     notify_inviter: bool = True
     welcome_message: str = ""
+    invite_reminder: Duration = Duration(86400)
     # Registration throttle (per client address).
     min_seconds_between_registrations: Duration = Duration(0)
     registration_throttle_max: int = 0

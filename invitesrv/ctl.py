@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         sys.exit(f"invitesrvctl: {e}")
     database = config.databasePath.resolve()
-    if not database.exists() and not (args.create or args.createsDatabase):
+    if args.opensStore and not database.exists() and not (args.create or args.createsDatabase):
         sys.exit(f"invitesrvctl: no database in {database.parent}: is that the server's data dir?"
                  " (give --config or --data-dir; --create starts a new one)")
 
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.opensStore:
             server.store.open(serving=False)
         args.control = yield control.connect(reactor, config.data_dir)
-        state = ("a new database" if created else
+        state = ("a new database" if created and args.opensStore else
                  "server running" if args.control is not None else "server not running")
         print(f"invitesrvctl: data dir {database.parent} ({state})", file=sys.stderr)
         try:

@@ -20,10 +20,8 @@ from twisted.words.protocols.jabber import jid
 from invitesrv.config import Duration
 from invitesrv.ctl import CommandError
 from invitesrv.host import ADMIN_ROLE
-from invitesrv.invites import STATUSES, InviteError, InviteManager, isoTime
+from invitesrv.invites import MAX_EXPIRY, STATUSES, InviteError, InviteManager, isoTime
 from invitesrv.registrar import RegistrationError, prepareUsername
-
-MAX_EXPIRY = 365 * 86400
 
 
 def usesAllowed(text: str) -> int | None:
@@ -102,6 +100,8 @@ def create(server, args):
         raise CommandError("--admin applies only to invites that create an account")
     if (name or args.reset) and args.uses != 1:
         raise CommandError("an invite for one username can be used only once")
+    if args.welcome and args.reset:
+        raise CommandError("--welcome goes with invites that bring someone new")
     roles = (ADMIN_ROLE,) if args.admin else ()
     manager = InviteManager(host)
     try:
@@ -111,10 +111,12 @@ def create(server, args):
         elif args.contact:
             created = yield manager.createContact(args.contact, args.allow_registration,
                                                   usesAllowed=args.uses, ttl=args.expires,
-                                                  roles=roles, note=args.note, source="cli")
+                                                  roles=roles, note=args.note, source="cli",
+                                                  welcome=args.welcome)
         else:
             created = yield manager.createAccount(name, usesAllowed=args.uses, ttl=args.expires,
-                                                  roles=roles, note=args.note, source="cli")
+                                                  roles=roles, note=args.note, source="cli",
+                                                  welcome=args.welcome)
     except InviteError as e:
         raise CommandError(str(e)) from None
     invite = created.invite
@@ -169,7 +171,7 @@ def show(server, args):
         ("Expires", isoTime(invite.expires)), ("Uses", f"{invite.uses} of {uses}"),
         ("Reserved", str(invite.reserved)), ("Roles", ", ".join(invite.roles) or "-"),
         ("Groups", ", ".join(invite.groups) or "-"), ("Source", invite.source or "-"),
-        ("Note", invite.note or "-"),
+        ("Note", invite.note or "-"), ("Welcome", invite.welcome or "-"),
     ]
     if invite.revoked is not None:
         lines.append(("Revoked", isoTime(invite.revoked)))
@@ -210,6 +212,9 @@ def addInviteCommands(commands) -> None:
                          help="valid for this long, e.g. 1h, 7d, 4w (default: invite_expiry)")
     command.add_argument("--admin", action="store_true", help="the new account is an admin")
     command.add_argument("--note", default="", metavar="TEXT", help="a note for admins")
+    command.add_argument("--welcome", default="", metavar="TEXT",
+                         help="a welcome text for whoever accepts it (shown on the landing page"
+                              " and sent to the new account)")
     command.add_argument("--qr", action="store_true", help="also print a QR code of the link")
     command.add_argument("host", metavar="HOST_OR_JID",
                          help="the host, or user@host for an invite bound to that username")

@@ -45,6 +45,30 @@ C{host-send} (stanza) -> True or None
     Run with L{Hooks.first} for every stanza a module sends through the host
     (presence broadcasts and probe answers among them), before the router.
     True: the stanza must not go; it is dropped.
+C{sasl2-features} (stream, inline)
+    Synchronous. Add what a module does inline in XEP-0388 SASL2 to the
+    C{<inline/>} of C{<authentication/>} (the C{bind2} and C{fast} modules;
+    stream management adds C{<sm/>}).
+C{sasl2-mechanism} (stream, mechanism, request) -> exchange or None
+    Run with L{Hooks.first} when a SASL2 C{<authenticate/>} (C{request})
+    names C{mechanism}: a module that implements it returns an exchange
+    (C{step(data)} firing with a challenge or an
+    L{invitesrv.xmpp.auth.Success}; FAST's token mechanisms), or raises
+    L{invitesrv.xmpp.auth.SASLFailure}. None: the stream's own SASL mechanisms.
+C{sasl2-inline} (stream, request, success) -> callable, None or Deferred
+    Run with L{Hooks.fire} after a SASL2 exchange succeeded (the stream is
+    authenticated), before C{<success/>} is sent: each module acts on its
+    child of C{request} and adds its answer to C{success}. Stream management
+    resumes a session here (priority above 0, with C{stream.takeOver}), and
+    C{bind2} (priority -10) then binds nothing; C{fast} issues tokens. A
+    callable returned (or fired) runs once C{<success/>} is sent.
+C{bind2-features} (stream) -> namespace or None
+    Synchronous: a namespace a module handles inside XEP-0386's C{<bind/>}
+    (carbons, CSI, stream management's C{enable}); offered in SASL2's inline.
+C{bind2-inline} (session, request, bound)
+    Synchronous, after Bind2 bound C{session} and before C{<success/>} and
+    C{session-bound}: each module acts on its child of the C{<bind/>}
+    C{request} and may add its answer to C{<bound/>}.
 C{stream-closed} (stream)
     An unauthenticated or authenticated stream ended: free what its slots hold.
 C{disco-items} (requestor, node) -> list[DiscoItem]
@@ -97,6 +121,9 @@ C{invite-created} (invite, links)
 C{invite-used} (invite, username, path)
     After an invite was spent: a registration, a reset, or (path C{contact},
     username then the contact's JID) a pre-authorised subscription.
+C{invite-expired} (invite)
+    Synchronous. The hourly sweep found this invite expired (never fully
+    used) and is about to delete it.
 C{invite-preauth} (stream, token) -> Deferred[Invite] or None
     A token presented on an unauthenticated stream: reserve its invite for
     the stream (C{host.registrar.reservations.hold}) or fail with a

@@ -11,13 +11,14 @@ third-party package adds one exactly as the built-in ones are added.
 
 from __future__ import annotations
 
+import secrets
 import time
 from importlib.metadata import entry_points
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
-from twisted.words.xish import utility
+from twisted.words.xish import domish, utility
 from wokkel.subprotocols import XMPPHandlerCollection
 
 from invitesrv.config import Config, ConfigError, HostOptions, buildTable
@@ -236,6 +237,20 @@ class VirtualHost(XMPPHandlerCollection):
         """Stanzas from the host's modules go out through the router (unless C{host-send} drops them)."""
         if not self.hooks.first("host-send", obj):
             self.router.route(obj)
+
+    def sendChat(self, to: str, text: str, sender: str | None = None) -> None:
+        """
+        A chat message from the host (or C{sender}, one of its accounts) to
+        C{to}: what the server tells users. It is delivered like any other,
+        kept offline when nobody is online.
+        """
+        message = domish.Element(("jabber:client", "message"))
+        message["from"] = sender or self.name
+        message["to"] = to
+        message["type"] = "chat"
+        message["id"] = secrets.token_hex(8)
+        message.addElement("body", content=text)
+        self.send(message)
 
     # -- delivery -----------------------------------------------------------
 

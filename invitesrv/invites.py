@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -33,6 +34,10 @@ log = Logger()
 TOKEN_BYTES = 18  # 24 characters of base64url: what Prosody's util.id.medium() gives
 MAX_TOKEN_LENGTH = 64  # longer presented tokens are refused before any lookup
 STATUSES = ("pending", "used", "expired", "revoked")
+WELCOME_MAX_LENGTH = 1000  # characters of an inviter's welcome text
+MAX_EXPIRY = 365 * 86400  # the longest an invite may be valid, in seconds
+MAX_USES = 1_000_000  # the most uses one invite may allow, short of unlimited
+ROLE = re.compile(r"[\w:.-]{1,64}")  # a role's or group's name
 
 
 class InviteError(Exception):
@@ -52,6 +57,32 @@ def hashToken(token: str | None) -> bytes | None:
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def welcomeText(text: str | None) -> str:
+    """
+    The welcome text an inviter wrote, trimmed; refuse one too long or with
+    control characters other than line breaks (it becomes a message body
+    and a paragraph of the landing page).
+    """
+    text = (text or "").strip().replace("\r\n", "\n")
+    if len(text) > WELCOME_MAX_LENGTH:
+        raise InviteError(f"The welcome text is longer than {WELCOME_MAX_LENGTH} characters")
+    if any(ord(c) < 32 and c not in "\n\t" or 0x7F <= ord(c) < 0xA0 for c in text):
+        raise InviteError("The welcome text contains control characters")
+    return text
+
+
+def creatorOf(invite: Invite) -> str | None:
+    """
+    The bare JID of the local user who made the invite (its inviter, or the
+    user who asked for it), or None when an admin tool or the API did.
+    """
+    if invite.inviter:
+        return f"{invite.inviter}@{invite.host}"
+    if invite.source.endswith("@" + invite.host) and "/" not in invite.source:
+        return invite.source
+    return None
 
 
 def isoTime(seconds: float) -> str:
@@ -114,27 +145,30 @@ class InviteManager:
     def createAccount(self, username: str | None = None, *, creator: str | None = None,
                       usesAllowed: int | None = 1, ttl: float | None = None,
                       roles: tuple[str, ...] = (), groups: tuple[str, ...] = (), note: str = "",
-                      source: str = ""):
+                      source: str = "", welcome: str = ""):
         """
         An invite to create one account (or C{usesAllowed} accounts; None
         means any number until it expires). With C{username} it creates only
         that account, and the name is held for it: nobody else may take it
         while the invite is pending. C{creator} is the bare JID of the local
         user asking, to whom quotas apply (admins and the command line have
-        none). Fire with a L{CreatedInvite}; fail with L{InviteError}.
+        none). C{welcome} is the creator's text for whoever accepts it, sent
+        to the new account from the creator. Fire with a L{CreatedInvite};
+        fail with L{InviteError}.
         """
         if username is not None:
             if usesAllowed != 1:
                 raise InviteError("An invite for one username can be used only once")
             yield self._checkUsernameFree(username)
         return (yield self._create("account", creator, username=username, usesAllowed=usesAllowed,
-                                   ttl=ttl, roles=roles, groups=groups, note=note, source=source))
+                                   ttl=ttl, roles=roles, groups=groups, note=note, source=source,
+                                   welcome=welcome))
 
     @defer.inlineCallbacks
     def createContact(self, inviter: str, allowRegistration: bool = False, *,
                       creator: str | None = None, usesAllowed: int | None = 1,
                       ttl: float | None = None, roles: tuple[str, ...] = (), note: str = "",
-                      source: str = ""):
+                      source: str = "", welcome: str = ""):
         """
         A contact invite (XEP-0379) from local user C{inviter}: whoever
         redeems it becomes a mutual contact without a prompt; with
@@ -146,7 +180,7 @@ class InviteManager:
         return (yield self._create("contact", creator, inviter=inviter,
                                    allowRegistration=allowRegistration, usesAllowed=usesAllowed,
                                    ttl=ttl, roles=roles if allowRegistration else (), note=note,
-                                   source=source))
+                                   source=source, welcome=welcome))
 
     @defer.inlineCallbacks
     def createReset(self, username: str, *, ttl: float | None = None, note: str = "",
@@ -184,8 +218,9 @@ class InviteManager:
                 inviter: str | None = None, allowRegistration: bool = True,
                 usesAllowed: int | None = 1, ttl: float | None = None,
                 roles: tuple[str, ...] = (), groups: tuple[str, ...] = (), note: str = "",
-                source: str = ""):
+                source: str = "", welcome: str = ""):
         host = self.host
+        welcome = welcomeText(welcome)
         if usesAllowed is not None and usesAllowed < 1:
             raise InviteError("An invite must allow at least one use")
         if ttl is None:
@@ -199,7 +234,7 @@ class InviteManager:
                         expires=now + ttl, username=username, inviter=inviter,
                         allowRegistration=allowRegistration, usesAllowed=usesAllowed,
                         roles=tuple(roles), groups=tuple(groups), note=note,
-                        source=source or creator or "")
+                        source=source or creator or "", welcome=welcome)
         token = newToken()
         yield host.store.createInvite(invite, hashToken(token))
         links = {"uri": self.uri(invite, token), "landing": self.landingURL(invite, token),
@@ -315,3 +350,29 @@ class InviteManager:
     def sweep(self):
         """Delete the invites that can no longer be used (their audit stays)."""
         return self.host.store.sweepInvites(self.host.now())
+
+    @defer.inlineCallbacks
+    def remind(self, before: float):
+        """
+        Tell each local user whose invite expires within C{before} seconds,
+        and has not been used at all, once; fire with the invites reminded of.
+        Only invites that have lived at least that long count, so that a
+        short-lived invite is not announced as expiring when it is made.
+        """
+        host = self.host
+        now = host.now()
+        reminded = []
+        for invite in (yield host.store.listInvites(host.name)):
+            recipient = creatorOf(invite)
+            if (recipient is None or invite.reminded is not None or invite.uses or invite.reserved
+                    or invite.status(now) != "pending" or invite.expires - now > before
+                    or now - invite.created < before):
+                continue
+            yield host.store.updateInvite(invite.id, reminded=now)
+            what = "contact invite" if invite.kind == "contact" else "invite"
+            note = f" ({invite.note})" if invite.note else ""
+            host.sendChat(recipient, f"Your {what} {invite.id}{note} expires at "
+                          f"{isoTime(invite.expires)} and nobody has used it yet. If the person "
+                          "you invited still wants to join, send them a new invite.")
+            reminded.append(invite)
+        return reminded

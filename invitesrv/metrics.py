@@ -66,8 +66,8 @@ class ServerCollector:
 class MetricsService(service.Service):
     """
     Owns the registry: hooks on every host count registrations (by path)
-    and invites (created, used); the store reports its latency; a looping
-    call measures how late the reactor runs.
+    and invites (created, used, expired); the store reports its latency; a
+    looping call measures how late the reactor runs.
     """
 
     def __init__(self, server, reactor):
@@ -78,8 +78,8 @@ class MetricsService(service.Service):
         ProcessCollector(registry=self.registry)
         self.registrations = Counter("invitesrv_registrations", "Accounts created, by path",
                                      ["host", "path"], registry=self.registry)
-        self.invites = Counter("invitesrv_invites", "Invites created and used", ["host", "event"],
-                               registry=self.registry)
+        self.invites = Counter("invitesrv_invites", "Invites created, used and expired",
+                               ["host", "event"], registry=self.registry)
         self.storeLatency = Histogram("invitesrv_store_seconds", "Store operations, in seconds",
                                       registry=self.registry,
                                       buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -88,7 +88,7 @@ class MetricsService(service.Service):
                                     "How late a timer of the reactor fired", registry=self.registry,
                                     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
         self._hooks = [("user-registered", self._registered), ("invite-created", self._created),
-                       ("invite-used", self._used)]
+                       ("invite-used", self._used), ("invite-expired", self._expired)]
         self._probe = task.LoopingCall(self._measureLag)
         self._probe.clock = reactor
         self._expected = None
@@ -138,3 +138,6 @@ class MetricsService(service.Service):
 
     def _used(self, invite, username, path) -> None:
         self.invites.labels(invite.host, "used").inc()
+
+    def _expired(self, invite) -> None:
+        self.invites.labels(invite.host, "expired").inc()

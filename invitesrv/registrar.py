@@ -40,10 +40,18 @@ ADMIN_NAME = "The requested username is reserved for the administrators of this 
 
 
 class RegistrationError(error.StanzaError):
-    """A registration refused, with the XMPP error that says why."""
+    """
+    A registration refused, with the XMPP error that says why. C{text} is
+    English with C{{name}} placeholders filled from C{params}; the web pages
+    translate C{message} (the text before filling) and fill it themselves.
+    """
 
-    def __init__(self, condition: str, text: str | None = None, errorType: str | None = None):
-        error.StanzaError.__init__(self, condition, errorType, text)
+    def __init__(self, condition: str, text: str | None = None, errorType: str | None = None,
+                 **params):
+        self.message = text
+        self.params = params
+        error.StanzaError.__init__(self, condition, errorType,
+                                   text.format(**params) if text and params else text)
 
     def __str__(self) -> str:
         return self.text or self.condition
@@ -103,13 +111,13 @@ class Registrar:
         if not password:
             raise RegistrationError("not-acceptable", "Password: Required value missing", "modify")
         if len(password) < options.password_min_length:
-            raise RegistrationError(
-                "not-acceptable",
-                f"Password is too short (minimum {options.password_min_length} characters)", "modify")
+            raise RegistrationError("not-acceptable",
+                                    "Password is too short (minimum {minimum} characters)",
+                                    "modify", minimum=options.password_min_length)
         if len(password) > options.password_max_length:
-            raise RegistrationError(
-                "not-acceptable",
-                f"Password is too long (maximum {options.password_max_length} characters)", "modify")
+            raise RegistrationError("not-acceptable",
+                                    "Password is too long (maximum {maximum} characters)",
+                                    "modify", maximum=options.password_max_length)
         if username and password.lower() == username.lower():
             raise RegistrationError("not-acceptable", "The password must not be the username", "modify")
 

@@ -144,28 +144,33 @@ def reloadServer(server) -> list[str]:
     """
     Re-read the config (when the server has a file to read it from) and the
     certificates; apply what can change live and log one line per change,
-    and one per change that needs a restart. Return those lines. Raise
-    L{ReloadError} (logged once) and change nothing when either fails.
+    and one per change that needs a restart; a host's certificate that does
+    not load keeps the one in use, with an error line. Return those lines.
+    Raise L{ReloadError} (logged once) and change nothing when the config or
+    the default certificate does not load.
     """
     current = server.config
+    problems: list[str] = []
     try:
         if server.reloadConfig is not None:
             config, applied, needsRestart = compareConfigs(current, server.reloadConfig())
         else:
             config, applied, needsRestart = current, [], []
-        tls = server.makeTLS(config)
+        tls = server.makeTLS(config, problems)
     except ConfigError as e:
         log.error("Reload refused, still running with the configuration loaded before: {error}",
                   error=e)
         raise ReloadError(str(e)) from None
-    lines = applied + certificateChanges(server.tls, tls) + needsRestart
+    changes = applied + certificateChanges(server.tls, tls) + needsRestart
     applyConfig(server, config)
     server.tls = tls
-    for line in lines:
+    for line in changes:
         log.info("Reload: {change}", change=line)
-    if not lines:
+    for problem in problems:
+        log.error("Reload: {problem}", problem=problem)
+    if not changes and not problems:
         log.info("Reload: no changes")
-    return lines
+    return changes + problems
 
 
 class ReloadService(service.Service):

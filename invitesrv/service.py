@@ -160,10 +160,15 @@ class InviteServer:
                     component.loadModules(options.modules)
         return components
 
-    def makeTLS(self, config: Config):
-        """The TLS options of C{config}: its certificates (per host, by SNI) and policy."""
+    def makeTLS(self, config: Config, problems: list[str] | None = None):
+        """
+        The TLS options of C{config}: its certificates (per host, by SNI) and
+        policy. With C{problems} (a reload), a host's certificate that does not
+        load keeps the one in use and is reported there.
+        """
         try:
-            return loadServerTLS(config, list(self.hosts))
+            return loadServerTLS(config, list(self.hosts), self.tls if problems is not None else None,
+                                 problems)
         except ValueError as e:
             raise ConfigError(f"{config.source}: {e}") from None
 

@@ -277,19 +277,33 @@ def loadContextFactory(certPath: Path, keyPath: Path, hosts: list[str], generate
     return options
 
 
-def loadServerTLS(config, hosts: list[str]) -> ServerContextFactory:
+def loadServerTLS(config, hosts: list[str], previous: ServerContextFactory | None = None,
+                  problems: list[str] | None = None) -> ServerContextFactory:
     """
     The server's TLS options: a certificate per name from
     C{[tls] certificates} (each host's, which also serves the subdomains it
     names, and subdomains' own), chosen by SNI; the default is
     C{[tls] certificate} when set, else the first host's, else a generated
     self-signed one.
+
+    On a reload, C{previous} are the options in use: a name whose new files
+    do not load (a renewal written halfway, a key of another certificate)
+    keeps its certificate from there, and what went wrong is added to
+    C{problems}, so one host's mistake does not hold back the others'
+    renewals. Without C{previous}, or for the default certificate, it raises.
     """
     byName: dict[str, ServerContextFactory] = {}
     first = None
     for name, (certPath, keyPath) in hostCertificates(config.certificatesDir, hosts).items():
-        options = loadContextFactory(certPath, keyPath, hosts, False, config.tls_ciphers,
-                                     config.tls_groups)
+        try:
+            options = loadContextFactory(certPath, keyPath, hosts, False, config.tls_ciphers,
+                                         config.tls_groups)
+        except ValueError as e:
+            kept = previous.byName.get(name) if previous is not None else None
+            if kept is None or problems is None:
+                raise
+            options = kept.derive(ciphers=config.tls_ciphers, groups=config.tls_groups)
+            problems.append(f"tls: certificate of {name} does not load, keeping the one in use: {e}")
         first = first or options
         byName[name] = options
         for covered in certificateNames(options.certificate.to_cryptography()):

@@ -18,6 +18,8 @@ from zope.interface.verify import verifyObject
 from invitesrv.store.interfaces import (
     AccountExists,
     Credentials,
+    Device,
+    FastToken,
     Invite,
     InviteUnavailable,
     InviteUse,
@@ -326,6 +328,56 @@ class StoreBehaviour:
     # -- offline messages -----------------------------------------------------------
 
     @pytest_twisted.inlineCallbacks
+    def test_devices(self, store):
+        """Devices are kept per account, most recent first, at most C{keep}, and go with it."""
+        yield store.createAccount(account("alice"))
+        yield store.recordDevice(HOST, "alice", Device("phone", "Conv", "Pixel", NOW), keep=2)
+        yield store.recordDevice(HOST, "alice", Device("laptop", "Dino", "", NOW + 1), keep=2)
+        assert [d.id for d in (yield store.getDevices(HOST, "alice"))] == ["laptop", "phone"]
+        yield store.recordDevice(HOST, "alice", Device("phone", "Conv 2", "Pixel", NOW + 2), keep=2)
+        assert (yield store.getDevice(HOST, "alice", "phone")) == Device("phone", "Conv 2", "Pixel",
+                                                                         NOW + 2)
+        yield store.recordDevice(HOST, "alice", Device("tablet", "", "", NOW + 3), keep=2)
+        assert [d.id for d in (yield store.getDevices(HOST, "alice"))] == ["tablet", "phone"]
+        assert (yield store.forgetDevice(HOST, "alice", "phone"))
+        assert not (yield store.forgetDevice(HOST, "alice", "phone"))
+        assert (yield store.getDevice(HOST, "alice", "phone")) is None
+        yield store.deleteAccount(HOST, "alice")
+        yield store.createAccount(account("alice"))
+        assert (yield store.getDevices(HOST, "alice")) == []
+
+    @pytest_twisted.inlineCallbacks
+    def test_fastTokens(self, store):
+        """
+        A new token is pending until used; the current one stays valid
+        until then, and not after; counts only grow; revocation forgets both.
+        """
+        yield store.createAccount(account("alice"))
+        first = FastToken("HT-SHA-256-NONE", b"salt1", NOW, NOW + 100)
+        yield store.issueToken(HOST, "alice", "phone", first)  # a new device: added
+        assert (yield store.getDevice(HOST, "alice", "phone")) == Device("phone", lastLogin=NOW,
+                                                                         pending=first)
+        yield store.recordDevice(HOST, "alice", Device("phone", "Conv", lastLogin=NOW + 1), keep=5)
+        assert (yield store.getDevice(HOST, "alice", "phone")).pending == first
+        assert (yield store.useToken(HOST, "alice", "phone", b"salt1", 1))
+        device = yield store.getDevice(HOST, "alice", "phone")
+        assert (device.current, device.pending) == (
+            FastToken("HT-SHA-256-NONE", b"salt1", NOW, NOW + 100, count=1), None)
+        assert not (yield store.useToken(HOST, "alice", "phone", b"salt1", 1))  # replayed count
+        assert (yield store.useToken(HOST, "alice", "phone", b"salt1", 2))
+        assert (yield store.useToken(HOST, "alice", "phone", b"salt1", None))
+        second = FastToken("HT-SHA-256-NONE", b"salt2", NOW + 1, NOW + 101)
+        yield store.issueToken(HOST, "alice", "phone", second)
+        assert (yield store.useToken(HOST, "alice", "phone", b"salt1", 3))  # grace: not used yet
+        assert (yield store.useToken(HOST, "alice", "phone", b"salt2", 1))
+        assert not (yield store.useToken(HOST, "alice", "phone", b"salt1", 4))  # replaced
+        assert not (yield store.useToken(HOST, "alice", "other", b"salt2", 5))
+        assert (yield store.revokeTokens(HOST, "alice")) == 1
+        assert not (yield store.useToken(HOST, "alice", "phone", b"salt2", 6))
+        device = yield store.getDevice(HOST, "alice", "phone")
+        assert (device.current, device.pending) == (None, None)
+
+    @pytest_twisted.inlineCallbacks
     def test_blocklist(self, store):
         """Blocking says what is new, unblocking what was there; each account has its own list."""
         yield store.createAccount(account("alice"))
@@ -407,7 +459,7 @@ class StoreBehaviour:
         created = yield self.createInvite(store, "i1", kind="contact", username=None, inviter="alice",
                                           allowRegistration=False, usesAllowed=None,
                                           roles=("staff",), groups=("Team",), note="for the team",
-                                          source="alice@example.org")
+                                          source="alice@example.org", welcome="Hi, it's Alice!")
         assert (yield store.getInvite("i1")) == created
         assert (yield store.findInvite(token("i1"))) == created
         assert (yield store.getInvite("nope")) is None
@@ -580,6 +632,15 @@ class StoreBehaviour:
         assert (updated.expires, updated.usesAllowed, updated.note) == (NOW + 7200, 5, "bigger")
         assert (yield store.getInvite("i1")) == updated
         assert (yield store.updateInvite("nope", note="x")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_inviteReminded(self, store):
+        """A new invite was never reminded of; the reminder's time is kept once set."""
+        created = yield self.createInvite(store, "i1")
+        assert created.reminded is None
+        updated = yield store.updateInvite("i1", reminded=NOW + 60)
+        assert updated.reminded == NOW + 60
+        assert (yield store.getInvite("i1")).reminded == NOW + 60
 
     @pytest_twisted.inlineCallbacks
     def test_sweepKeepsAudit(self, store):

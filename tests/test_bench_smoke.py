@@ -1,8 +1,8 @@
 """
 The benchmark must keep working as the server changes: run C{bench/run.py
---quick} for the login and idle workloads against a real server and check that
-it produced figures with zero errors. No timing is asserted: the machine may
-be busy.
+--quick} for the login, FAST reconnect and idle workloads against a real
+server and check that it produced figures with zero errors. No timing is
+asserted: the machine may be busy.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def quickRun(tmp_path_factory):
     """One quick benchmark run: (exit status, stdout, JSON lines)."""
     out = tmp_path_factory.mktemp("bench") / "results.jsonl"
     result = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--scenarios", "login,idle,upload,download,bigupload",
+        [sys.executable, str(RUN), "--quick", "--scenarios", "login,fast,idle,upload,download,bigupload",
          "--out", str(out)],
         capture_output=True, text=True, timeout=120, check=False)
     lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
@@ -62,6 +62,17 @@ def test_idleFigures(quickRun):
     assert idle["connected"] == idle["k"] == idle["alive_after_hold"]
     assert isinstance(idle["bytes_per_conn"], int)
     assert idle["rss_held_bytes"] > 0
+
+
+def test_fastFigures(quickRun):
+    """Every reconnect with a FAST token and Bind2 succeeded, after the untimed token pass."""
+    _, lines = quickRun
+    [setup] = [r for r in lines if r.get("tag") == "fast" and r.get("run") == "setup"]
+    assert setup["errors"] == 0 and setup["ok"] == setup["n"] > 0, setup.get("error_kinds")
+    [fast] = measured(lines, "fast")
+    assert fast["errors"] == 0, fast.get("error_kinds")
+    assert fast["ok"] == fast["n"] > 0 and fast["per_s"] > 0 and fast["p50_ms"] > 0
+    assert fast["mechanism"] == "HT-SHA-256-NONE"
 
 
 def test_uploadFigures(quickRun):

@@ -49,6 +49,34 @@ def test_sniPicksEachHostsCertificate(tmp_path):
         server.stop()
 
 
+def test_reloadKeepsACertificateThatNoLongerLoads(tmp_path):
+    """
+    A reload after a.test's renewal and a b.test renewal written halfway (a
+    key of another certificate): a.test's new certificate is served, b.test
+    keeps the one in use, and the reload says so instead of refusing both.
+    """
+    ca = CertificateAuthority()
+    server = RunningServer(tmp_path, 'c2s_direct_tls = ["tcp:0:interface=127.0.0.1"]\n' + HOSTS)
+    tls = server.dataDir / "tls"
+    ca.writeCertbot(tls, "a.test")
+    oldB = ca.writeCertbot(tls, "b.test")
+    server.start()
+    try:
+        port = server.listenerPort("Direct TLS clients (XEP-0368)")
+        newA = ca.writeCertbot(tls, "a.test")
+        ca.writeCertbot(tls, "b.test")
+        (tls / "b.test" / "privkey.pem").write_bytes(pemKey(CertificateAuthority().issue(["b.test"])[1]))
+        lines = server.ctl("reload").stdout.splitlines()
+        assert any(line.startswith("tls: certificate of a.test: serial ") for line in lines), lines
+        assert any(line.startswith("tls: certificate of b.test does not load, keeping the one in"
+                                   " use: ") and "is not the key of" in line for line in lines), lines
+        assert servedCertificate(port, "a.test").serial_number == newA.serial_number
+        assert servedCertificate(port, "b.test").serial_number == oldB.serial_number
+        assert "[invitesrv.reload#error] Reload: tls: certificate of b.test does not load" in server.log()
+    finally:
+        server.stop()
+
+
 def test_globalCertificateIsTheDefault(tmp_path):
     """With C{[tls] certificate} set, clients without SNI get it; hosts still get theirs."""
     ca = CertificateAuthority()
@@ -118,6 +146,22 @@ def test_certImport(tmp_path):
         assert not (server.dataDir / "tls" / "b.test").exists()
     finally:
         server.stop()
+
+
+def test_certImportBeforeTheFirstStart(tmp_path):
+    """
+    On a new installation (certbot's first deploy hook, before the server
+    ever ran) the import needs no database: it copies the files for the
+    first start, and creates no database either.
+    """
+    ca = CertificateAuthority()
+    ca.writeCertbot(tmp_path / "live", "a.test")
+    server = RunningServer(tmp_path, HOSTS)
+    result = server.ctl("cert", "import", str(tmp_path / "live"))
+    assert "The server is not running: it uses them from its next start" in result.stdout
+    assert "(server not running)" in result.stderr
+    assert (server.dataDir / "tls" / "a.test" / "fullchain.pem").is_file()
+    assert not (server.dataDir / "invitesrv.sqlite3").exists(), list(server.dataDir.iterdir())
 
 
 def test_checkLooksAtEachHostsCertificate(tmp_path):

@@ -311,3 +311,61 @@ def test_sweepTimer(setup):
     finally:
         host.stop()
     assert module._sweeper is None and not clock.getDelayedCalls()
+
+
+@pytest_twisted.inlineCallbacks
+def test_reminderAndExpiredHook():
+    """
+    A day before an unused invite of a local user expires, the sweep tells
+    that user once (hook C{host-send} sees the chat message); invites made
+    by the command line, already used, or too short-lived for a reminder are
+    not announced; an invite found expired is passed to C{invite-expired}.
+    """
+    host, manager, clock = makeHost(allow_user_invites=True)
+    sent, expired = [], []
+    yield addUser(host, "alice")
+    yield addUser(host, "bob")
+    waiting = yield manager.createContact("alice", True, note="for Carol", welcome="Hi Carol!")
+    used = yield manager.createContact("bob", True)
+    yield host.registrar.register("dave", "a long password", "ibr",
+                                  invite=(yield manager.reserve(used.token)))
+    yield manager.createContact("bob", True, ttl=2 * 3600)
+    yield manager.createAccount(source="cli")
+    host.hooks.add("host-send", lambda stanza: sent.append(stanza) or True)
+    host.hooks.add("invite-expired", expired.append)
+    host.addModule("invites", InvitesModule())
+    host.start()
+    try:
+        for _hour in range(6 * 24 - 1):
+            clock.advance(InvitesModule.sweepInterval)
+            yield task.deferLater(reactor, 0, lambda: None)
+        assert (yield waitFor(lambda: task.deferLater(reactor, 0, lambda: len(expired) == 1)))
+        assert sent == [] and expired[0].inviter == "bob"
+        for _hour in range(3):
+            clock.advance(InvitesModule.sweepInterval)
+            yield waitFor(lambda: task.deferLater(reactor, 0, lambda: bool(sent)), timeout=1)
+        assert len(sent) == 1
+        message = sent[0]
+        assert (message["to"], message["from"], message["type"]) == (f"alice@{HOST}", HOST, "chat")
+        body = str(message.body)
+        assert f"{waiting.invite.id} (for Carol) expires at" in body and "nobody has used it" in body
+        assert (yield manager.get(waiting.invite.id)).reminded is not None
+    finally:
+        host.stop()
+        host.store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_welcomeText(setup):
+    """
+    An inviter's welcome text is kept with the invite, trimmed; one too long
+    or with control characters is refused.
+    """
+    host, manager, _clock = setup
+    yield addUser(host, "alice")
+    created = yield manager.createContact("alice", True, welcome="  Hello!\r\nSee you.  ")
+    assert (yield manager.get(created.invite.id)).welcome == "Hello!\nSee you."
+    with pytest.raises(InviteError, match="longer than 1000"):
+        yield manager.createAccount(welcome="x" * 1001)
+    with pytest.raises(InviteError, match="control characters"):
+        yield manager.createAccount(welcome="ring \x07")

@@ -188,6 +188,7 @@ def test_slixmppAccountFormFlow(server):
         form.add_field(var="username", value="reserved")
         form.add_field(var="roles", ftype="text-multi", value=["member", "beta"])
         form.add_field(var="ttl", value="3600")
+        form.add_field(var="welcome", ftype="text-multi", value=["Welcome aboard!", "— the admin"])
         iq = await adhoc.send_command(HOST, ACCOUNT, action="complete", payload=form,
                                       sessionid=first["command"]["sessionid"], timeout=10)
         await client.logout()
@@ -195,7 +196,7 @@ def test_slixmppAccountFormFlow(server):
             iq["command"]["form"].get_values()
     firstStatus, shown, status, values = run(scenario())
     assert firstStatus == "executing"
-    assert shown == ["username", "roles", "groups", "uses", "ttl"]
+    assert shown == ["username", "roles", "groups", "uses", "ttl", "welcome"]
     assert status == "completed"
     assert re.fullmatch(rf"xmpp:reserved@{HOST}\?register;preauth=\S+", values["uri"])
     expires = calendar.timegm(time.strptime(values["expire"], "%Y-%m-%dT%H:%M:%SZ"))
@@ -204,6 +205,7 @@ def test_slixmppAccountFormFlow(server):
         "invite", "list", HOST).stdout, re.MULTILINE).group(1)
     shownByCtl = server.ctl("invite", "show", inviteId).stdout
     assert "member" in shownByCtl and "beta" in shownByCtl, shownByCtl
+    assert "Welcome:  Welcome aboard!\n— the admin" in shownByCtl, shownByCtl
 
 
 def test_oneStepWithSubmittedChoices(server):
@@ -238,6 +240,9 @@ def test_oneStepWithSubmittedChoices(server):
     ({"ttl": "soon"}, "invalid literal"),
     ({"roles": ["no spaces please"]}, "roles are names"),
     ({"username": "a b"}, "Invalid form"),
+    ({"welcome": ["Hello,", "welcome!"]}, {"welcome": "Hello,\nwelcome!"}),
+    ({"welcome": ["x" * 1001]}, "longer than 1000"),
+    ({"welcome": ["bell \x07"]}, "control characters"),
 ])
 def test_readChoices(fields, expected):
     """Submitted choices become creation arguments; anything out of bounds is a bad-payload."""

@@ -79,11 +79,13 @@ def eventually(check, timeout: float = 5.0):
 def test_contactInviteWithRegistration(server):
     """
     alice's contact invite with ibr=y: the newcomer registers, alice gets a
-    push (both) and a note at once, the newcomer finds alice (both) and the
-    welcome message when logging in.
+    push (both) and a note at once, the newcomer finds alice (both), the
+    host's welcome message and, from alice, the invite's welcome text when
+    logging in.
     """
     alice = online(server, "alice")
-    _, token, output = createInvite(server, "--contact", "alice", "--allow-registration", HOST)
+    _, token, output = createInvite(server, "--contact", "alice", "--allow-registration",
+                                    "--welcome", "Hi Frank, it's Alice <3\nSee you!", HOST)
     assert f"xmpp:alice@{HOST}?roster;preauth={token};ibr=y" in output
     with RawClient(server.port) as newcomer:
         newcomer.startTLS()
@@ -106,7 +108,10 @@ def test_contactInviteWithRegistration(server):
     assert re.search(rf"<item [^>]*jid='alice@{HOST}'[^>]*subscription='both'", roster)
     frank.send("<presence/>")
     welcome = frank.recvUntil(r"<message .*?</message>")
-    assert f"Welcome to {HOST}, frank!" in welcome
+    assert f"Welcome to {HOST}, frank!" in welcome and f"from='{HOST}'" in welcome
+    personal = frank.recvUntil(r"<message .*?</message>")
+    assert re.match(rf"<message [^>]*from='alice@{HOST}'", personal), personal
+    assert "<body>Hi Frank, it's Alice &lt;3\nSee you!</body>" in personal, personal
     frank.close()
     assert subscription(server, "alice", f"frank@{HOST}") == "both"
 

@@ -80,3 +80,35 @@ def test_dashboardNamesExistingMetrics(serverFactory):
               for name in re.findall(r"\b((?:invitesrv|process)_\w+?)(?:_bucket)?\{", target["expr"])}
     exposed = set(re.findall(r"^# TYPE (\w+)", exposition(serverFactory(CONFIG)), re.M))
     assert wanted and wanted <= exposed, wanted - exposed
+
+
+def test_invitesByEvent():
+    """
+    The invite hooks count by host and event: created, used, and expired
+    (run by the invites' sweep for each expired invite before it goes).
+    """
+    from twisted.internet import task
+
+    from invitesrv.config import Config, HostOptions
+    from invitesrv.metrics import MetricsService
+    from invitesrv.service import InviteServer
+    from invitesrv.store.interfaces import Invite
+    from invitesrv.store.memory import MemoryStore
+
+    clock = task.Clock()
+    server = InviteServer(Config(hosts={"example.org": HostOptions()}, modules=()),
+                          store=MemoryStore(), reactor=clock, loadModules=False)
+    metrics = MetricsService(server, clock)
+    metrics.startService()
+    hooks = server.hosts["example.org"].hooks
+    invite = Invite(id="i1", host="example.org", kind="account", created=0.0, expires=1.0)
+    hooks.run("invite-created", invite, {})
+    hooks.run("invite-expired", invite)
+    hooks.run("invite-expired", invite)
+    metrics.stopService()
+    hooks.run("invite-expired", invite)
+
+    def count(event):
+        return metrics.registry.get_sample_value(
+            "invitesrv_invites_total", {"host": "example.org", "event": event})
+    assert (count("created"), count("expired"), count("used")) == (1.0, 2.0, None)

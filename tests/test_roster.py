@@ -23,6 +23,8 @@ from streamharness import Client, Requests, addAccounts
 from synchronous import result
 from twisted.words.xish import domish
 
+from invitesrv.store.interfaces import RosterItem
+
 NS_ROSTER = "jabber:iq:roster"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 PASSWORD = "a long password"
@@ -350,3 +352,43 @@ def test_concurrentChangesAreNotLost(local):
             assert item.getAttribute("ask") == "subscribe"
     finally:
         client.close()
+
+
+def test_onlineUsersRosterKept(local):
+    """
+    An online user's roster is read from the store once: a second get sends
+    the same bytes, a get with the current version is answered "unchanged",
+    and the broadcasts of presence read it, all without a store call. Whatever changes the roster
+    through the store (a roster set, a write by another module, an account
+    deletion) is seen at the next get; the copy goes with the last session.
+    """
+    addAccounts(local, "kim", "lee")
+    store = local.store
+    calls = []
+    for name in ("getRoster", "getRosterChanges"):
+        method = getattr(store, name)
+        setattr(store, name, lambda *args, method=method, name=name: calls.append(name) or method(*args))
+    module = local.hosts["localhost"].modules["roster"]
+    client = Client(local, "kim", "phone")
+    try:
+        client.rosterSet("<item jid='lee@localhost' name='Lee'/>")
+        first = client.rosterGet()
+        client.send("<presence/>")  # its broadcast reads the roster too
+        assert calls == ["getRoster"]
+        again = client.rosterGet()
+        assert again.toXml().replace(again["id"], "") == first.toXml().replace(first["id"], "")
+        version = next(again.elements(NS_ROSTER, "query"))["ver"]
+        unchanged = client.rosterGet(ver=version)
+        assert unchanged["type"] == "result" and not list(unchanged.elements())
+        assert calls == ["getRoster"]
+
+        result(store.setRosterItem("localhost", "kim", RosterItem("sam@localhost", "Sam")))
+        assert sorted(rosterItems(client.rosterGet())) == ["lee@localhost", "sam@localhost"]
+        result(store.deleteAccount("localhost", "lee"))
+        assert sorted(rosterItems(client.rosterGet())) == ["sam@localhost"]
+        assert calls == ["getRoster"] * 3
+        assert "kim" in module._kept
+    finally:
+        client.drop()
+    assert "kim" not in module._kept
+    assert calls == ["getRoster"] * 3  # the unavailable broadcast read the copy

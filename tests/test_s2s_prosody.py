@@ -9,7 +9,9 @@ a.test to our listener. Both have self-signed certificates, so each proves
 its domain by dialback (Prosody with C{s2s_secure_auth = false}).
 
 Across: chat both ways, a presence subscription reaching C{both} on both
-sides, and an a.test contact invite (XEP-0379) redeemed by a Prosody user.
+sides, an a.test contact invite (XEP-0379) redeemed by a Prosody user, and
+a Prosody user's contact invite (made with Prosody's own mod_invites_adhoc)
+redeemed by an a.test user, who is never asked to approve the inviter.
 Skipped when C{/usr/bin/prosody} is not installed (C{apt-get install -y prosody}).
 """
 
@@ -76,7 +78,7 @@ s2s_direct_tls_ports = {{ {s2sDirectTLS} }}
 http_ports = {{ }}
 https_ports = {{ }}
 modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "posix";
-                    "s2s_static_hosts" }}
+                    "s2s_static_hosts"; "adhoc"; "invites"; "invites_adhoc"; "invites_register" }}
 authentication = "internal_hashed"
 s2s_secure_auth = false
 s2s_static_hosts = {{ ["a.test"] = {{ "127.0.0.1", {ours} }} }}
@@ -217,6 +219,31 @@ def test_contactInviteRedeemedFromProsody(pair):
     assert "is now a contact of grace" in server.log()
     grace.close()
     frank.close()
+
+
+def test_contactInviteFromProsody(pair):
+    """
+    bob@prosody.test makes a contact invite with Prosody's own ad-hoc command
+    (as Conversations does); alice@a.test redeems it with a subscription
+    carrying the token. Prosody approves and asks back; invitesrv recorded a
+    pre-approval when alice sent the token, so it answers for her: both
+    rosters reach 'both' and alice never sees bob's request.
+    """
+    server, prosody = pair
+    bob = prosodyOnline(prosody, "bob", "invites")
+    answer = bob.request("<command xmlns='http://jabber.org/protocol/commands'"
+                         " node='urn:xmpp:invite#invite' action='execute'/>", "set", to=DOMAIN)
+    uri = next(str(field.value) for field in answer.command.x.elements("jabber:x:data", "field")
+               if field["var"] == "uri")
+    token = re.fullmatch(rf"xmpp:bob@{re.escape(DOMAIN)}\?roster;preauth=([\w-]+).*", uri).group(1)
+    alice = online(server, "alice@a.test", "invited")
+    alice.send(f"<presence to='bob@{DOMAIN}' type='subscribe'>"
+               f"<preauth xmlns='urn:xmpp:pars:0' token='{token}'/></presence>")
+    assert eventually(lambda: subscription(alice, f"bob@{DOMAIN}") == "both")
+    assert eventually(lambda: subscription(bob, "alice@a.test") == "both")
+    alice.absent(isPresence(f"bob@{DOMAIN}", "subscribe"), wait=0.3, what="subscription request")
+    alice.close()
+    bob.close()
 
 
 def test_noTracebacks(pair):

@@ -130,9 +130,11 @@ def test_createOtherKinds(api):
     unlimited = (yield api.call("POST", "invites", json={"uses": "unlimited"})).json()
     assert unlimited["uses_allowed"] == "unlimited"
     contact = yield api.call("POST", "invites", json={
-        "type": "contact", "inviter": "romeo", "allow_registration": True})
+        "type": "contact", "inviter": "romeo", "allow_registration": True,
+        "welcome": "Welcome, from Romeo"})
     assert contact.code == 201
     assert contact.json()["uri"].endswith(";ibr=y") and contact.json()["inviter"] == "romeo"
+    assert contact.json()["welcome"] == "Welcome, from Romeo"
     reset = (yield api.call("POST", "invites", json={"type": "reset", "username": "romeo"})).json()
     assert (reset["type"], reset["username"]) == ("reset", "romeo")
 
@@ -149,7 +151,9 @@ def test_createBadInput(api):
                  {"type": "contact", "inviter": "romeo", "username": "x"},
                  {"type": "reset"}, {"type": "reset", "username": "romeo", "uses": 1},
                  {"inviter": "romeo"}, {"type": "contact", "inviter": "romeo",
-                                        "allow_registration": "yes"}]:
+                                        "allow_registration": "yes"},
+                 {"welcome": 7}, {"welcome": "x" * 1001}, {"welcome": "bell \x07"},
+                 {"type": "reset", "username": "romeo", "welcome": "hi"}]:
         assertError((yield api.call("POST", "invites", json=body)), 400, "bad-request")
     for raw in (b"[1, 2]", b"{nope"):
         response = yield api.call("POST", "invites", body=raw,

@@ -325,6 +325,9 @@ def test_registrationErrorsRerenderTheForm(web):
         assert response.code == code, response.text
         assert f'<p class="error" role="alert">{html.escape(message, quote=False)}</p>' in response.text
         assert PASSWORD not in response.text
+    german = yield client.request("POST", path, headers={"Accept-Language": "de"}, form={
+        "username": "bob", "password": "short", "confirm": "short", "csrf": csrf})
+    assert "Das Passwort ist zu kurz (mindestens 8 Zeichen)" in german.text, german.text
     invite = yield web.manager.get(created.invite.id)
     assert (invite.uses, invite.reserved) == (0, 0)
     ok = yield post("bob")
@@ -501,3 +504,20 @@ def test_webOptionsAreChecked(tmp_path):
             makeSite(InviteServer(config, store=store, loadModules=False))
     finally:
         store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_welcomeTextOnThePage(web):
+    """
+    The inviter's welcome text shows on the landing page, one paragraph a
+    line, signed by the inviter, and escaped: markup in it stays text.
+    """
+    yield web.adduser("romeo")
+    created = yield web.manager.createContact(
+        "romeo", allowRegistration=True, welcome="Come <b>join</b> us!\nThe band plays at 8.")
+    page = (yield web.client().get(f"/invite/{created.token}")).text
+    assert ('<figure class="welcome"><blockquote><p>Come &lt;b&gt;join&lt;/b&gt; us!</p>'
+            "<p>The band plays at 8.</p></blockquote><figcaption>— romeo@example.org</figcaption>"
+            "</figure>") in page
+    plain = yield web.manager.createAccount()
+    assert 'class="welcome"' not in (yield web.client().get(f"/invite/{plain.token}")).text

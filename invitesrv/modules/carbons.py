@@ -63,7 +63,8 @@ class CarbonsModule(HostModule):
 
     name = "carbons"
     features = (NS_CARBONS,)
-    hooks = (("session-bound", "onSessionBound"), ("message-delivered", "onDelivered"))
+    hooks = (("session-bound", "onSessionBound"), ("message-delivered", "onDelivered"),
+             ("bind2-features", "bind2Feature"), ("bind2-inline", "onBind2"))
     observers = ((f"/iq[@type='set']/enable[@xmlns='{NS_CARBONS}']", "onToggle"),
                  (f"/iq[@type='set']/disable[@xmlns='{NS_CARBONS}']", "onToggle"))
 
@@ -76,6 +77,15 @@ class CarbonsModule(HostModule):
         iq.handled = True
         ENABLED.set(session, iq.firstChildElement().name == "enable")
         self.send(toResponse(iq, "result"))
+
+    def bind2Feature(self, stream) -> str:
+        """Carbons can be enabled inside XEP-0386's bind."""
+        return NS_CARBONS
+
+    def onBind2(self, session, request, bound) -> None:
+        """C{<enable/>} inside C{<bind/>}: as the IQ would (there is nothing to answer)."""
+        if next(request.elements(NS_CARBONS, "enable"), None) is not None:
+            ENABLED.set(session, True)
 
     def onSessionBound(self, session) -> None:
         """Watch what the session sends, to copy its messages once they are routed."""

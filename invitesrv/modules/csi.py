@@ -66,12 +66,22 @@ class CSIModule(HostModule):
 
     name = "csi"
     Options = CSIOptions
-    hooks = (("stream-features", "onFeatures"), ("session-bound", "onSessionBound"))
+    hooks = (("stream-features", "onFeatures"), ("session-bound", "onSessionBound"),
+             ("bind2-features", "bind2Feature"), ("bind2-inline", "onBind2"))
     nonzas = {(NS_CSI, "inactive"): "onInactive", (NS_CSI, "active"): "onActive"}
 
     def onFeatures(self, stream, features) -> None:
         if stream.authenticated:
             features.addElement((NS_CSI, "csi"))
+
+    def bind2Feature(self, stream) -> str:
+        """The client's state can be given inside XEP-0386's bind."""
+        return NS_CSI
+
+    def onBind2(self, session, request, bound) -> None:
+        """C{<inactive/>} inside C{<bind/>}: the session starts inactive."""
+        if next(request.elements(NS_CSI, "inactive"), None) is not None:
+            HELD.set(session, {})
 
     def onSessionBound(self, session) -> None:
         """Every stanza to the session passes here: held while it is inactive and may wait."""

@@ -1,6 +1,8 @@
 """
 The invites of a host, kept tidy: a timer deletes the invites that can no
-longer be used (used up, expired, revoked), keeping the audit of their uses.
+longer be used (used up, expired, revoked), keeping the audit of their uses,
+and reminds users of their invites about to expire unused
+(C{invite_reminder}).
 
 The model and its rules live in L{invitesrv.invites} (no XML there); the
 protocol surfaces are separate modules: C{invites_register} (preauth tokens,
@@ -9,7 +11,7 @@ XEP-0379) and C{invites_adhoc} (XEP-0050 commands).
 
 from __future__ import annotations
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from invitesrv.invites import InviteManager
@@ -19,7 +21,7 @@ log = Logger()
 
 
 class InvitesModule(HostModule):
-    """Sweeps the host's dead invites every L{sweepInterval} seconds, on the host's clock."""
+    """Sweeps the host's invites every L{sweepInterval} seconds, on the host's clock."""
 
     name = "invites"
     sweepInterval = 3600.0
@@ -44,13 +46,24 @@ class InvitesModule(HostModule):
 
     def sweep(self):
         """One sweep; a failure is logged and the next one still runs."""
-        d = self.manager.sweep()
-        d.addCallback(self._swept)
+        d = self._sweep()
         d.addErrback(lambda failure: log.failure("Sweeping the invites of {host} failed", failure,
                                                  host=self.parent.name))
         return d
 
-    def _swept(self, count: int) -> None:
+    @defer.inlineCallbacks
+    def _sweep(self):
+        """Reminders first, then hook C{invite-expired} for each expired invite, then delete."""
+        host = self.parent
+        if host.options.invite_reminder > 0:
+            reminded = yield self.manager.remind(host.options.invite_reminder)
+            if reminded:
+                log.info("Reminded the creators of {count} invite(s) of {host} that expire unused",
+                         count=len(reminded), host=host.name)
+        for invite in (yield self.manager.list("expired")):
+            if not invite.reserved:
+                host.hooks.run("invite-expired", invite)
+        count = yield self.manager.sweep()
         if count:
             log.info("Deleted {count} used or expired invites of {host}", count=count,
-                     host=self.parent.name)
+                     host=host.name)

@@ -16,7 +16,15 @@ from __future__ import annotations
 from twisted.internet import defer
 from wokkel import data_form
 
-from invitesrv.invites import InviteError, InviteManager, isoTime
+from invitesrv.invites import (
+    MAX_EXPIRY,
+    MAX_USES,
+    ROLE,
+    InviteError,
+    InviteManager,
+    isoTime,
+    welcomeText,
+)
 from invitesrv.modules.adhoc import (
     AdHocCommand,
     CommandError,
@@ -26,7 +34,6 @@ from invitesrv.modules.adhoc import (
     checkForm,
 )
 from invitesrv.registrar import RegistrationError, prepareUsername
-from invitesrv.web.api import MAX_EXPIRY, MAX_USES, ROLE
 
 NS_INVITATION = "urn:xmpp:invite#invitation"
 NODE_CONTACT = "urn:xmpp:invite#invite"
@@ -72,11 +79,13 @@ def describe(invite) -> str:
 
 
 def choiceFields(form: data_form.Form, host) -> None:
-    """The fields every creation form has: how many uses, how long valid."""
+    """The fields every creation form has: how many uses, how long valid, a welcome text."""
     form.addField(data_form.Field("text-single", "uses", "1", label="How many uses",
                                   desc='A whole number, or "unlimited"'))
     form.addField(data_form.Field("text-single", "ttl", str(int(host.options.invite_expiry)),
                                   label="Valid for (seconds)"))
+    form.addField(data_form.Field("text-multi", "welcome", label="Welcome text",
+                                  desc="Shown on the invite page and sent to the new account"))
 
 
 def readChoices(form: data_form.Form) -> dict:
@@ -106,7 +115,9 @@ def readChoices(form: data_form.Form) -> dict:
                 raise ValueError(f"ttl is a number of seconds from 1 to {MAX_EXPIRY}")
         if "ibr" in form.fields:
             chosen["allowRegistration"] = bool(values["ibr"])
-    except (ValueError, RegistrationError) as e:
+        if "welcome" in form.fields:
+            chosen["welcome"] = welcomeText("\n".join(form.fields["welcome"].values))
+    except (ValueError, RegistrationError, InviteError) as e:
         raise CommandError("bad-request", f"Invalid form: {e}", "bad-payload") from None
     return chosen
 

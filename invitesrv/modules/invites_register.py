@@ -21,15 +21,12 @@ answered with a subscription of the user's own, so both sides end at C{both}.
 
 from __future__ import annotations
 
-import secrets
-
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import error
 from twisted.words.protocols.jabber.xmlstream import toResponse
-from twisted.words.xish import domish
 
-from invitesrv.invites import InviteManager, hashToken
+from invitesrv.invites import InviteManager, creatorOf, hashToken
 from invitesrv.modules.base import HostModule
 from invitesrv.store.interfaces import InviteUnavailable, InviteUse
 
@@ -122,12 +119,19 @@ class InvitesRegisterModule(HostModule):
     # -- after a registration -------------------------------------------------
 
     def onUserRegistered(self, registration) -> None:
-        """Every new account gets the welcome message, if the host has one."""
+        """
+        Every new account gets the host's welcome message, if it has one, and
+        the welcome text of the invite it used, from whoever made the invite.
+        """
         host = self.parent
+        newJID = f"{registration.username}@{host.name}"
         if host.options.welcome_message:
             text = (host.options.welcome_message.replace("{username}", registration.username)
                     .replace("{host}", host.name))
-            self.sendMessage(f"{registration.username}@{host.name}", text)
+            host.sendChat(newJID, text)
+        invite = registration.invite
+        if invite is not None and invite.welcome and not registration.reset:
+            host.sendChat(newJID, invite.welcome, sender=creatorOf(invite))
 
     def onInviteUsed(self, invite, username: str, path: str) -> None:
         """
@@ -136,31 +140,17 @@ class InvitesRegisterModule(HostModule):
         invite (path C{contact}) shows up as a roster change instead.
         """
         host = self.parent
-        if path == "contact" or not host.options.notify_inviter:
+        recipient = creatorOf(invite)
+        if path == "contact" or not host.options.notify_inviter or recipient is None:
             return
         newJID = f"{username}@{host.name}"
-        if invite.inviter:
-            recipient = f"{invite.inviter}@{host.name}"
-        elif invite.source.endswith("@" + host.name) and "/" not in invite.source:
-            recipient = invite.source
-        else:
-            return
         if invite.kind == "reset":
             text = f"The password of {newJID} was reset with invite {invite.id}."
         elif invite.inviter:
             text = f"{newJID} accepted your invite and is now one of your contacts."
         else:
             text = f"{newJID} registered with your invite {invite.id}."
-        self.sendMessage(recipient, text)
-
-    def sendMessage(self, to: str, text: str) -> None:
-        message = domish.Element((NS_CLIENT, "message"))
-        message["from"] = self.parent.name
-        message["to"] = to
-        message["type"] = "chat"
-        message["id"] = secrets.token_hex(8)
-        message.addElement("body", content=text)
-        self.send(message)
+        host.sendChat(recipient, text)
 
     # -- XEP-0379 -------------------------------------------------------------
 

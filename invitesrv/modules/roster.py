@@ -13,6 +13,15 @@ Versions are the store's per-user counter written as decimal strings. A get
 carrying a version the store can diff from is answered with an empty result
 and then one push per changed item, each with the version of its own change,
 so a client cut off half way asks again from the last push it saw.
+
+The roster of a user who is online is kept in memory, as Prosody keeps it in
+the session: presence broadcasts read it without a store round trip, and a
+phone fetching its roster at every reconnect costs no XML building either (it
+is kept serialised once asked for): a get with the current version is
+answered "unchanged" at once, a plain get with the bytes kept. The store tells
+the module before any call that changes a roster (L{IRosters.rosterObservers}),
+whoever makes it, and the copy is dropped; it is dropped too when the user's
+last session has ended (after the unavailable broadcast).
 """
 
 from __future__ import annotations
@@ -108,6 +117,25 @@ def parseSetItem(query: domish.Element,
     return contact.userhost(), name, tuple(groups), item.getAttribute("subscription") == "remove"
 
 
+class KeptRoster:
+    """An online user's roster, and its C{<query/>} once a get asked for it."""
+
+    __slots__ = ("roster", "xml")
+
+    def __init__(self, roster: Roster):
+        self.roster = roster
+        self.xml: str | None = None
+
+    def serialised(self) -> str:
+        if self.xml is None:
+            query = domish.Element((NS_ROSTER, "query"))
+            query["ver"] = str(self.roster.version)
+            for item in self.roster.items:
+                query.addChild(itemElement(item))
+            self.xml = query.toXml()
+        return self.xml
+
+
 class RosterModule(HostModule):
     """
     Roster gets, sets and pushes for one virtual host, and the per-user
@@ -120,12 +148,57 @@ class RosterModule(HostModule):
     observers = ((ROSTER_REQUEST, "onRosterRequest"),)
     # user-registered before the presence module exchanges presence for the same items.
     hooks = (("stream-features", "onStreamFeatures"),
-             ("user-registered", "onUserRegistered", 10))
+             ("user-registered", "onUserRegistered", 10),
+             ("session-closed", "onSessionClosed", -10))  # after the unavailable broadcast
 
     def __init__(self) -> None:
         HostModule.__init__(self)
         self._locks: dict[str, defer.DeferredLock] = {}
         self._pushIds = itertools.count(1)
+        # Online users' rosters.
+        self._kept: dict[str, KeptRoster] = {}
+        # Bumped when a user's roster (key None: any user's) is about to change,
+        # so that a read under way when it changed is not kept.
+        self._changes: dict[str | None, int] = {}
+
+    def connectionInitialized(self):
+        HostModule.connectionInitialized(self)
+        self.parent.store.rosterObservers.append(self._rosterChanging)
+
+    def connectionLost(self, reason):
+        self.parent.store.rosterObservers.remove(self._rosterChanging)
+        self._kept.clear()
+        HostModule.connectionLost(self, reason)
+
+    def _rosterChanging(self, host: str | None, username: str | None) -> None:
+        """The store is about to change C{username}'s roster (None: anyone's)."""
+        if host not in (None, self.parent.name):
+            return
+        self._changes[username] = self._changes.get(username, 0) + 1
+        if username is None:
+            self._kept.clear()
+        else:
+            self._kept.pop(username, None)
+
+    def onSessionClosed(self, session) -> None:
+        """Forget the roster of a user who is no longer online."""
+        if session.host is self.parent and not self.parent.resources.online(session.bare):
+            self._kept.pop(session.user, None)
+
+    def _read(self, username: str) -> defer.Deferred:
+        """Fire with the user's roster from the store, kept if the user is online."""
+        before = (self._changes.get(username), self._changes.get(None))
+        d = self.parent.store.getRoster(self.parent.name, username)
+        d.addCallback(self._keep, username, before)
+        return d
+
+    def _keep(self, roster: Roster, username: str, before) -> KeptRoster:
+        kept = KeptRoster(roster)
+        # Not if it changed while being read, nor for someone offline.
+        if (before == (self._changes.get(username), self._changes.get(None))
+                and self.parent.resources.online(f"{username}@{self.parent.name}")):
+            self._kept[username] = kept
+        return kept
 
     # -- the API other modules use ------------------------------------------
 
@@ -149,8 +222,11 @@ class RosterModule(HostModule):
         return result
 
     def getRoster(self, username: str) -> defer.Deferred:
-        """Fire with the user's whole L{Roster}."""
-        return self.parent.store.getRoster(self.parent.name, username)
+        """Fire with the user's whole L{Roster} (kept in memory while the user is online)."""
+        kept = self._kept.get(username)
+        if kept is not None:
+            return defer.succeed(kept.roster)
+        return self._read(username).addCallback(lambda kept: kept.roster)
 
     def getItem(self, username: str, contact: str) -> defer.Deferred:
         """Fire with the user's L{RosterItem} for C{contact} (a bare JID), or None."""
@@ -251,26 +327,29 @@ class RosterModule(HostModule):
             # Before reading: a change racing with this get is then pushed
             # (perhaps twice), never lost.
             self.parent.resources.setInterested(session)
-        store, host = self.parent.store, self.parent.name
+        store, host, username = self.parent.store, self.parent.name, sender.user
         query = next(iq.elements(NS_ROSTER, "query"))
         since = parseVersion(query.getAttribute("ver"))
-        # Reads queue behind the user's changes under way, so a get answers
-        # with every change the client sent before it (stanzas keep their order).
+        # The copy serves only when no change of the user's is under way:
+        # a get answers with every change the client sent before it.
+        kept = self._kept.get(username) if username not in self._locks else None
+        if kept is not None and since == kept.roster.version:
+            self.send(xmlstream.toResponse(iq, "result"))
+            return
         if since is not None:
-            changes: Roster | None = yield self.locked(sender.user, store.getRosterChanges, host,
-                                                       sender.user, since)
+            # Reads queue behind the user's changes under way (stanzas keep their order).
+            changes: Roster | None = yield self.locked(username, store.getRosterChanges, host,
+                                                       username, since)
             if changes is not None:
                 self.send(xmlstream.toResponse(iq, "result"))
                 items = {item.contact: item for item in changes.items}
                 for contact, version in changes.changes:
                     self._pushTo(sender.full(), contact, items.get(contact), version)
                 return
-        roster = yield self.locked(sender.user, store.getRoster, host, sender.user)
+        if kept is None:
+            kept = yield self.locked(username, self._read, username)
         reply = xmlstream.toResponse(iq, "result")
-        result = reply.addElement((NS_ROSTER, "query"))
-        result["ver"] = str(roster.version)
-        for item in roster.items:
-            result.addChild(itemElement(item))
+        reply.addRawXml(kept.serialised())
         self.send(reply)
 
     @defer.inlineCallbacks

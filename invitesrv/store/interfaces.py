@@ -149,6 +149,8 @@ class Invite:
     groups: tuple[str, ...] = ()
     note: str = ""
     source: str = ""
+    welcome: str = ""  # the creator's words to whoever accepts it
+    reminded: float | None = None  # when the creator was told it expires unused
     uses_log: tuple[dict, ...] = field(default=(), compare=False)
 
     def status(self, now: float) -> str:
@@ -216,6 +218,12 @@ class IAccounts(Interface):
 class IRosters(Interface):
     """Rosters, with versions for XEP-0237, and pending subscription requests."""
 
+    rosterObservers = Attribute(
+        "Callables run with (host, username) in the caller's thread when a call that will"
+        " change that user's roster is made (username None: any user of the host; host"
+        " None: the host is not known before the transaction), before the change is"
+        " written; a roster cache drops its copy. Reads made after the call see the change.")
+
     def getRoster(host: str, username: str):
         """Fire with the whole L{Roster}."""
 
@@ -277,6 +285,69 @@ class IBlocklists(Interface):
         """Remove C{items} (all when None); fire with those that were blocked, sorted."""
 
 
+@dataclass(frozen=True)
+class FastToken:
+    """
+    A XEP-0484 token of one device: never the token, only the salt it is
+    derived from (with the installation's secret), its mechanism and life.
+    C{count}: the highest use count a client gave for it (replay protection).
+    """
+
+    mechanism: str
+    salt: bytes
+    issued: float
+    expires: float
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class Device:
+    """
+    A device (a SASL2 user-agent id) an account logged in from, with its
+    FAST tokens: C{current}, and C{pending} (issued, not used yet).
+    """
+
+    id: str
+    software: str = ""
+    name: str = ""
+    lastLogin: float = 0.0
+    current: FastToken | None = None
+    pending: FastToken | None = None
+
+
+class IDevices(Interface):
+    """The devices of each account (XEP-0388 user agents) and their FAST tokens."""
+
+    def recordDevice(host: str, username: str, device: Device, keep: int):
+        """
+        Add or update the device's software, name and last login (its tokens
+        stay); forget the account's least recently used devices beyond C{keep}.
+        """
+
+    def getDevices(host: str, username: str):
+        """Fire with the account's L{Device}s, the most recently used first."""
+
+    def getDevice(host: str, username: str, deviceId: str):
+        """Fire with the L{Device} or None."""
+
+    def issueToken(host: str, username: str, deviceId: str, token: FastToken):
+        """Make C{token} the device's pending token (adding the device if it is new)."""
+
+    def useToken(host: str, username: str, deviceId: str, salt: bytes, count: int | None):
+        """
+        A login with the token of C{salt}: the pending one becomes current
+        (the old current one is no longer valid); the current one stays.
+        C{count}, when given, must exceed the highest seen for the token.
+        Fire with True if the token was valid for that use, atomically.
+        """
+
+    def revokeTokens(host: str, username: str, deviceId: str | None = None):
+        """Forget the tokens of the device (of every device when None)."""
+
+    def forgetDevice(host: str, username: str, deviceId: str):
+        """Forget the device and its tokens; fire with True if it existed."""
+
+
 class IInvites(Interface):
     """Invites, keyed by the hash of their token, with an audit of each use."""
 
@@ -310,7 +381,7 @@ class IInvites(Interface):
         """
 
     def updateInvite(inviteId: str, **changes):
-        """Change expires, usesAllowed or note; fire with the new L{Invite} or None."""
+        """Change expires, usesAllowed, note or reminded; fire with the new L{Invite} or None."""
 
     def revokeInvite(inviteId: str, now: float):
         """Fire with True when a pending invite was revoked."""
@@ -339,6 +410,18 @@ class IApiKeys(Interface):
 
     def deleteApiKey(keyId: str):
         """Fire with True if it existed."""
+
+
+class RosterObservers:
+    """What both stores share for L{IRosters.rosterObservers}."""
+
+    def __init__(self) -> None:
+        self.rosterObservers: list = []
+
+    def rosterChanging(self, host: str, username: str | None) -> None:
+        for observer in list(self.rosterObservers):
+            observer(host, username)
+
 
 
 class QuotaExceeded(StoreError):
@@ -426,7 +509,8 @@ class IUploads(Interface):
         """Fire with an L{UploadUsage} per account of C{host} with uploads, by username."""
 
 
-class IStore(IAccounts, IRosters, IOfflineMessages, IBlocklists, IInvites, IApiKeys, IUploads):
+class IStore(IAccounts, IRosters, IOfflineMessages, IBlocklists, IInvites, IApiKeys, IDevices,
+             IUploads):
     """Everything the server stores."""
 
     path = Attribute("Where the data lives, for log lines.")

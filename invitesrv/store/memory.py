@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from invitesrv.store.interfaces import (
     AccountExists,
+    Device,
     Invite,
     InviteUnavailable,
     InviteUse,
@@ -29,6 +30,7 @@ from invitesrv.store.interfaces import (
     QuotaExceeded,
     Roster,
     RosterItem,
+    RosterObservers,
     StoreUnavailable,
     Upload,
     UploadUsage,
@@ -75,6 +77,7 @@ class _Tables:
     tokens: dict = field(default_factory=dict)  # token hash: invite id
     audit: list = field(default_factory=list)  # _Use, oldest first
     apiKeys: dict = field(default_factory=dict)  # key id: (secretHash, host, name, created)
+    devices: dict = field(default_factory=dict)  # (host, username, device id): Device
     uploads: dict = field(default_factory=dict)  # id: Upload
     lastOfflineId: int = 0
 
@@ -93,7 +96,7 @@ def _usesLeft(invite: Invite) -> bool:
 
 
 @implementer(IStore)
-class MemoryStore:
+class MemoryStore(RosterObservers):
     """
     L{IStore} in memory, synchronous. While L{breakDown} is in effect every
     call fails with L{StoreUnavailable} and changes nothing, as SQLite's
@@ -106,6 +109,7 @@ class MemoryStore:
         self._tables = _Tables()
         self._fault: str | None = None
         self.observeLatency = None  # as SQLiteStore's; no call here takes any time
+        RosterObservers.__init__(self)
 
     # -- life cycle and faults ----------------------------------------------
 
@@ -143,6 +147,9 @@ class MemoryStore:
     # -- accounts -----------------------------------------------------------
 
     def createAccount(self, account: NewAccount):
+        self.rosterChanging(account.host, account.username)
+        for owner, _item in account.rosterItems:
+            self.rosterChanging(account.host, owner)
         return self._run(self._createAccount, account)
 
     @classmethod
@@ -212,11 +219,12 @@ class MemoryStore:
         return self._run(set_)
 
     def deleteAccount(self, host, username, now=0.0):
+        self.rosterChanging(host, None)  # its own, and every roster it was on
         def delete(t):
             if t.accounts.pop((host, username), None) is None:
                 return False
             owned = (host, username)
-            for table in (t.credentials, t.roster, t.pendingIn):
+            for table in (t.credentials, t.roster, t.pendingIn, t.devices):
                 for key in [key for key in table if key[:2] == owned]:
                     del table[key]
             t.roles.pop(owned, None)
@@ -291,6 +299,7 @@ class MemoryStore:
         return version
 
     def setRosterItem(self, host, username, item):
+        self.rosterChanging(host, username)
         return self._run(self._setRosterItem, host, username, item)
 
     @classmethod
@@ -303,6 +312,7 @@ class MemoryStore:
         return version
 
     def removeRosterItem(self, host, username, contact):
+        self.rosterChanging(host, username)
         return self._run(self._removeRosterItem, host, username, contact)
 
     def getPendingIn(self, host, username):
@@ -374,13 +384,75 @@ class MemoryStore:
             return sorted(gone)
         return self._run(unblock)
 
+    # -- devices and FAST tokens ----------------------------------------------
+
+    def recordDevice(self, host, username, device, keep):
+        def record(t):
+            if (host, username) not in t.accounts:
+                raise KeyError(f"no account {username}@{host}")  # SQLite's foreign key
+            key = (host, username, device.id)
+            old = t.devices.get(key)
+            t.devices[key] = device if old is None else replace(
+                old, software=device.software, name=device.name, lastLogin=device.lastLogin)
+            mine = sorted((d for k, d in t.devices.items() if k[:2] == (host, username)),
+                          key=lambda d: (-d.lastLogin, d.id))
+            for gone in mine[keep:]:
+                del t.devices[host, username, gone.id]
+        return self._run(record)
+
+    def getDevices(self, host, username):
+        return self._run(lambda t: sorted(
+            (d for k, d in t.devices.items() if k[:2] == (host, username)),
+            key=lambda d: (-d.lastLogin, d.id)))
+
+    def getDevice(self, host, username, deviceId):
+        return self._run(lambda t: t.devices.get((host, username, deviceId)))
+
+    def issueToken(self, host, username, deviceId, token):
+        def issue(t):
+            if (host, username) not in t.accounts:
+                raise KeyError(f"no account {username}@{host}")  # SQLite's foreign key
+            device = t.devices.get((host, username, deviceId)) or Device(deviceId, lastLogin=token.issued)
+            t.devices[host, username, deviceId] = replace(device, pending=token)
+        return self._run(issue)
+
+    def useToken(self, host, username, deviceId, salt, count):
+        def use(t):
+            device = t.devices.get((host, username, deviceId))
+            if device is None:
+                return False
+            if device.pending is not None and device.pending.salt == salt:
+                t.devices[host, username, deviceId] = replace(
+                    device, current=replace(device.pending, count=count or 0), pending=None)
+                return True
+            current = device.current
+            if current is None or current.salt != salt or (count is not None and count <= current.count):
+                return False
+            t.devices[host, username, deviceId] = replace(
+                device, current=replace(current, count=max(current.count, count or 0)))
+            return True
+        return self._run(use)
+
+    def revokeTokens(self, host, username, deviceId=None):
+        def revoke(t):
+            keys = [k for k, d in t.devices.items() if k[:2] == (host, username)
+                    and (deviceId is None or k[2] == deviceId)]
+            for key in keys:
+                t.devices[key] = replace(t.devices[key], current=None, pending=None)
+            return len(keys)
+        return self._run(revoke)
+
+    def forgetDevice(self, host, username, deviceId):
+        return self._run(lambda t: t.devices.pop((host, username, deviceId), None) is not None)
+
     # -- invites ------------------------------------------------------------
 
     def createInvite(self, invite: Invite, tokenHash: bytes):
         def create(t):
             if invite.id in t.invites or tokenHash in t.tokens:
                 raise ValueError(f"invite {invite.id} exists")  # SQLite's unique constraints
-            t.invites[invite.id] = replace(invite, uses=0, reserved=0, revoked=None, uses_log=())
+            t.invites[invite.id] = replace(invite, uses=0, reserved=0, revoked=None, reminded=None,
+                                           uses_log=())
             t.tokens[tokenHash] = invite.id
         return self._run(create)
 
@@ -423,6 +495,8 @@ class MemoryStore:
         return self._run(release)
 
     def consumeInvite(self, use: InviteUse, now: float, rosterItems=(), usedBy=""):
+        for username, _item in rosterItems:
+            self.rosterChanging(None, username)  # the invite's host is read in the transaction
         def consume(t):
             invite = t.invites.get(use.inviteId)
             if invite is None or invite.expires <= now or not _usesLeft(invite):
@@ -436,7 +510,7 @@ class MemoryStore:
         return self._run(consume)
 
     def updateInvite(self, inviteId, **changes):
-        unknown = set(changes) - {"expires", "usesAllowed", "note"}
+        unknown = set(changes) - {"expires", "usesAllowed", "note", "reminded"}
         if unknown:
             raise TypeError(f"cannot change {sorted(unknown)}")
 

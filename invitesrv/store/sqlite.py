@@ -28,6 +28,8 @@ from invitesrv.limits import EpisodeLog
 from invitesrv.store.interfaces import (
     AccountExists,
     Credentials,
+    Device,
+    FastToken,
     Invite,
     InviteUnavailable,
     InviteUse,
@@ -37,6 +39,7 @@ from invitesrv.store.interfaces import (
     QuotaExceeded,
     Roster,
     RosterItem,
+    RosterObservers,
     StoreUnavailable,
     Upload,
     UploadUsage,
@@ -110,7 +113,7 @@ def _item(row) -> RosterItem:
 _PENDING = "revoked IS NULL AND expires > ? AND (uses_allowed IS NULL OR uses < uses_allowed)"
 
 _INVITE_COLUMNS = ("id, host, kind, created, expires, username, inviter, allow_registration, "
-                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source")
+                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source, welcome, reminded")
 
 
 def _invite(row, uses=()) -> Invite:
@@ -118,11 +121,23 @@ def _invite(row, uses=()) -> Invite:
                   username=row[5], inviter=row[6], allowRegistration=bool(row[7]),
                   usesAllowed=row[8], uses=row[9], reserved=row[10], revoked=row[11],
                   roles=tuple(json.loads(row[12])), groups=tuple(json.loads(row[13])),
-                  note=row[14], source=row[15], uses_log=tuple(uses))
+                  note=row[14], source=row[15], welcome=row[16], reminded=row[17],
+                  uses_log=tuple(uses))
+
+
+_DEVICE = ("device, software, name, last_login, cur_mechanism, cur_salt, cur_issued, cur_expires,"
+           " cur_count, new_mechanism, new_salt, new_issued, new_expires")
+
+
+def _device(row) -> Device:
+    """A L{Device} from a row of C{_DEVICE}."""
+    current = FastToken(*row[4:8], row[8] or 0) if row[5] is not None else None
+    pending = FastToken(*row[9:13]) if row[10] is not None else None
+    return Device(*row[:4], current=current, pending=pending)
 
 
 @implementer(IStore)
-class SQLiteStore:
+class SQLiteStore(RosterObservers):
     """
     L{IStore} over one SQLite file (or C{":memory:"}).
 
@@ -150,6 +165,7 @@ class SQLiteStore:
         self._failFast = False  # set in the reactor thread, read by the worker
         self._waiting = busyTimeout  # the busy timeout the connection has now
         self.observeLatency = None  # called with each call's seconds (the metrics endpoint's)
+        RosterObservers.__init__(self)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -235,6 +251,9 @@ class SQLiteStore:
     # -- accounts -----------------------------------------------------------
 
     def createAccount(self, account: NewAccount):
+        self.rosterChanging(account.host, account.username)
+        for owner, _item in account.rosterItems:
+            self.rosterChanging(account.host, owner)
         return self._run(self._createAccount, account)
 
     @staticmethod
@@ -325,6 +344,7 @@ class SQLiteStore:
         return self._run(set_)
 
     def deleteAccount(self, host, username, now=0.0):
+        self.rosterChanging(host, None)  # its own, and every roster it was on
         def delete(conn):
             if conn.execute("DELETE FROM accounts WHERE host = ? AND username = ?",
                             (host, username)).rowcount != 1:
@@ -411,6 +431,7 @@ class SQLiteStore:
         return version
 
     def setRosterItem(self, host, username, item):
+        self.rosterChanging(host, username)
         return self._run(self._setRosterItem, host, username, item)
 
     @staticmethod
@@ -428,6 +449,7 @@ class SQLiteStore:
         return version
 
     def removeRosterItem(self, host, username, contact):
+        self.rosterChanging(host, username)
         return self._run(self._removeRosterItem, host, username, contact)
 
     def getPendingIn(self, host, username):
@@ -505,17 +527,83 @@ class SQLiteStore:
             return gone
         return self._run(unblock)
 
+    # -- devices and FAST tokens ----------------------------------------------
+
+    def recordDevice(self, host, username, device, keep):
+        def record(conn):
+            conn.execute(
+                "INSERT INTO devices (host, username, device, software, name, last_login)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host, username, device) DO UPDATE SET"
+                " software = excluded.software, name = excluded.name, last_login = excluded.last_login",
+                (host, username, device.id, device.software, device.name, device.lastLogin))
+            conn.execute(
+                "DELETE FROM devices WHERE host = ? AND username = ? AND device NOT IN ("
+                " SELECT device FROM devices WHERE host = ? AND username = ?"
+                " ORDER BY last_login DESC, device LIMIT ?)", (host, username, host, username, keep))
+        return self._run(record)
+
+    def getDevices(self, host, username):
+        return self._run(lambda conn: [_device(row) for row in conn.execute(
+            f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
+            " ORDER BY last_login DESC, device", (host, username))])
+
+    def getDevice(self, host, username, deviceId):
+        def read(conn):
+            row = conn.execute(f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
+                               " AND device = ?", (host, username, deviceId)).fetchone()
+            return _device(row) if row else None
+        return self._run(read)
+
+    def issueToken(self, host, username, deviceId, token):
+        return self._run(lambda conn: conn.execute(
+            "INSERT INTO devices (host, username, device, last_login, new_mechanism, new_salt,"
+            " new_issued, new_expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (host, username, device) DO UPDATE SET new_mechanism = excluded.new_mechanism,"
+            " new_salt = excluded.new_salt, new_issued = excluded.new_issued,"
+            " new_expires = excluded.new_expires",
+            (host, username, deviceId, token.issued, token.mechanism, token.salt, token.issued,
+             token.expires)))
+
+    def useToken(self, host, username, deviceId, salt, count):
+        def use(conn):
+            key = (host, username, deviceId)
+            if conn.execute(
+                    "UPDATE devices SET cur_mechanism = new_mechanism, cur_salt = new_salt,"
+                    " cur_issued = new_issued, cur_expires = new_expires, cur_count = ?,"
+                    " new_mechanism = NULL, new_salt = NULL, new_issued = NULL, new_expires = NULL"
+                    " WHERE host = ? AND username = ? AND device = ? AND new_salt = ?",
+                    (count or 0, *key, salt)).rowcount:
+                return True
+            return conn.execute(
+                "UPDATE devices SET cur_count = max(cur_count, ?) WHERE host = ? AND username = ?"
+                " AND device = ? AND cur_salt = ? AND (? IS NULL OR ? > cur_count)",
+                (count or 0, *key, salt, count, count)).rowcount == 1
+        return self._run(use)
+
+    def revokeTokens(self, host, username, deviceId=None):
+        return self._run(lambda conn: conn.execute(
+            "UPDATE devices SET cur_mechanism = NULL, cur_salt = NULL, cur_issued = NULL,"
+            " cur_expires = NULL, cur_count = NULL, new_mechanism = NULL, new_salt = NULL,"
+            " new_issued = NULL, new_expires = NULL WHERE host = ? AND username = ?"
+            " AND (? IS NULL OR device = ?)", (host, username, deviceId, deviceId)).rowcount)
+
+    def forgetDevice(self, host, username, deviceId):
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM devices WHERE host = ? AND username = ? AND device = ?",
+            (host, username, deviceId)).rowcount == 1)
+
     # -- invites ------------------------------------------------------------
 
     def createInvite(self, invite: Invite, tokenHash: bytes):
         return self._run(lambda conn: conn.execute(
             "INSERT INTO invites (id, host, token_hash, kind, username, inviter,"
             " allow_registration, uses_allowed, uses, reserved, created, expires, revoked,"
-            " roles, groups, note, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?)",
+            " roles, groups, note, source, welcome)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?, ?)",
             (invite.id, invite.host, tokenHash, invite.kind, invite.username, invite.inviter,
              int(invite.allowRegistration), invite.usesAllowed, invite.created, invite.expires,
              json.dumps(list(invite.roles)), json.dumps(list(invite.groups)), invite.note,
-             invite.source)) and None)
+             invite.source, invite.welcome)) and None)
 
     @staticmethod
     def _getInvite(conn, where: str, value):
@@ -559,6 +647,8 @@ class SQLiteStore:
             (inviteId,)) and None)
 
     def consumeInvite(self, use: InviteUse, now: float, rosterItems=(), usedBy=""):
+        for username, _item in rosterItems:
+            self.rosterChanging(None, username)  # the invite's host is read in the transaction
         def consume(conn):
             row = conn.execute("SELECT host, expires FROM invites WHERE id = ?",
                                (use.inviteId,)).fetchone()
@@ -578,7 +668,8 @@ class SQLiteStore:
         return self._run(consume)
 
     def updateInvite(self, inviteId, **changes):
-        columns = {"expires": "expires", "usesAllowed": "uses_allowed", "note": "note"}
+        columns = {"expires": "expires", "usesAllowed": "uses_allowed", "note": "note",
+                   "reminded": "reminded"}
         unknown = set(changes) - set(columns)
         if unknown:
             raise TypeError(f"cannot change {sorted(unknown)}")

@@ -45,9 +45,18 @@ from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.server import NOT_DONE_YET
 
-from invitesrv.invites import STATUSES, InviteError, isoTime
+from invitesrv.invites import (
+    MAX_EXPIRY,
+    MAX_USES,
+    ROLE,
+    STATUSES,
+    WELCOME_MAX_LENGTH,
+    InviteError,
+    creatorOf,
+    isoTime,
+    welcomeText,
+)
 from invitesrv.registrar import RegistrationError, prepareUsername
-from invitesrv.web.invite_page import inviterOf
 from invitesrv.web.openapi import openAPIDocument
 from invitesrv.web.pages import BodyPolicy, Refused, finishWith, watchConnection
 
@@ -56,13 +65,10 @@ log = Logger()
 JSON = b"application/json"
 MAX_BODY = 64 * 1024
 MAX_DEPTH = 16
-MAX_EXPIRY = 365 * 86400
 MAX_NOTE = 1000
-MAX_USES = 1_000_000
 # Backslash escapes, and every byte but brackets: what nestingDepth skips.
 ESCAPE = re.compile(rb"\\.", re.S)
 NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-ROLE = re.compile(r"[\w:.-]{1,64}")
 ERRORS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
           405: "method-not-allowed", 409: "conflict", 410: "gone", 413: "too-large",
           415: "unsupported-media-type", 429: "too-many-requests", 500: "internal-error"}
@@ -143,7 +149,7 @@ def inviteJSON(invite, now: float, withUses: bool = False) -> dict:
         "created": isoTime(invite.created), "expires": isoTime(invite.expires),
         "revoked": isoTime(invite.revoked) if invite.revoked is not None else None,
         "roles": list(invite.roles), "groups": list(invite.groups), "note": invite.note,
-        "source": invite.source,
+        "source": invite.source, "welcome": invite.welcome,
     }
     if withUses:
         body["used_by"] = [{"username": use["username"], "at": isoTime(use["used_at"]),
@@ -423,7 +429,7 @@ class ApiRoot(BodyPolicy, resource.Resource):
         first (a reset invite made none).
         """
         invite = yield self._find(host, inviteId)
-        return 200, {"invite": invite.id, "inviter": inviterOf(invite, host), "joined": [
+        return 200, {"invite": invite.id, "inviter": creatorOf(invite), "joined": [
             {"username": use["username"], "jid": f"{use['username']}@{host.name}",
              "at": isoTime(use["used_at"]), "path": use["path"]}
             for use in invite.uses_log if invite.kind != "reset"]}
@@ -432,19 +438,23 @@ class ApiRoot(BodyPolicy, resource.Resource):
     def createInvite(self, request, host, keyId):
         body = readJSON(request)
         checkKeys(body, {"type", "username", "inviter", "uses", "expires_in", "roles", "note",
-                         "allow_registration"})
+                         "allow_registration", "welcome"})
         kind = body.get("type", "account")
         if kind not in ("account", "contact", "reset"):
             raise ApiError(400, "type must be account, contact or reset")
         wrong = {"account": {"inviter", "allow_registration"},
                  "contact": {"username"},
-                 "reset": {"inviter", "allow_registration", "roles", "uses"}}[kind] & set(body)
+                 "reset": {"inviter", "allow_registration", "roles", "uses", "welcome"}}[kind] & set(body)
         if wrong:
             raise ApiError(400, f"{', '.join(sorted(wrong))} cannot be given for a {kind} invite")
         uses = usesValue(body.get("uses", 1))
         ttl = secondsValue(body["expires_in"], "expires_in") if "expires_in" in body else None
         roles = rolesValue(body.get("roles", []))
         note = textValue(body.get("note", ""), "note")
+        try:
+            welcome = welcomeText(textValue(body.get("welcome", ""), "welcome", WELCOME_MAX_LENGTH))
+        except InviteError as e:
+            raise ApiError(400, str(e)) from None
         allowRegistration = body.get("allow_registration", False)
         if not isinstance(allowRegistration, bool):
             raise ApiError(400, "allow_registration must be true or false")
@@ -463,14 +473,16 @@ class ApiRoot(BodyPolicy, resource.Resource):
                     raise ApiError(400, "roles need allow_registration: true")
                 created = yield manager.createContact(
                     usernameValue(body["inviter"], "inviter"), allowRegistration,
-                    usesAllowed=uses, ttl=ttl, roles=roles, note=note, source=source)
+                    usesAllowed=uses, ttl=ttl, roles=roles, note=note, source=source,
+                    welcome=welcome)
             else:
                 username = (usernameValue(body["username"], "username")
                             if body.get("username") is not None else None)
                 if username and uses != 1:
                     raise ApiError(400, "An invite for one username can be used only once")
                 created = yield manager.createAccount(username, usesAllowed=uses, ttl=ttl,
-                                                      roles=roles, note=note, source=source)
+                                                      roles=roles, note=note, source=source,
+                                                      welcome=welcome)
         except InviteError as e:
             raise ApiError(409, str(e)) from None
         return 201, createdJSON(created, host.now()), {"location": f"invites/{created.invite.id}"}

@@ -24,6 +24,7 @@ from twisted.internet import defer
 from twisted.web import resource
 from twisted.web.template import Element, renderer, tags
 
+from invitesrv.invites import creatorOf
 from invitesrv.web.apps import PLATFORMS, App, detectPlatform, recommended
 from invitesrv.web.i18n import LocalTime, Text
 from invitesrv.web.pages import (
@@ -39,15 +40,6 @@ from invitesrv.web.pages import (
     servePage,
     template,
 )
-
-
-def inviterOf(invite, host) -> str | None:
-    """Who invited: the contact invite's user, or the local user who created the invite."""
-    if invite.inviter:
-        return f"{invite.inviter}@{host.name}"
-    if "@" in invite.source:
-        return invite.source
-    return None
 
 
 def tokenOf(segment: bytes) -> str | None:
@@ -107,7 +99,7 @@ class InviteBody(Translatable):
         self.platform = platform
         self.showAll = showAll
         self.siteName = context.siteName(host)
-        self.inviter = inviterOf(invite, host)
+        self.inviter = creatorOf(invite)
         self.contactOnly = invite.kind == "contact" and not invite.allowRegistration
         self.registers = invite.kind != "reset" and invite.allowRegistration
 
@@ -193,6 +185,16 @@ class InviteBody(Translatable):
             registerLink=registerLink, inviter=self.inviter or "",
             qrDownload=f"{quote(self.token, safe='')}/qr.png",
             expires=LocalTime(self.invite.expires))
+
+    @renderer
+    def welcome(self, request, tag):
+        """The creator's welcome text, one paragraph a line (escaped by the template)."""
+        text = self.invite.welcome
+        if not text:
+            return ""
+        paragraphs = [tags.p(line) for line in text.split("\n") if line.strip()]
+        return tag.fillSlots(welcomeText=paragraphs,
+                             welcomeFrom=["— ", self.inviter or self.siteName])
 
     @renderer
     def address(self, request, tag):

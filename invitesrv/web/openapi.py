@@ -55,6 +55,7 @@ SCHEMAS = {
             "roles": {"type": "array", "items": {"type": "string"}},
             "groups": {"type": "array", "items": {"type": "string"}},
             "note": {"type": "string"}, "source": {"type": "string"},
+            "welcome": {"type": "string"},
             "used_by": {"type": "array", "items": {"type": "object", "properties": {
                 "username": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
                 "path": {"type": "string"}, "address": {"type": "string"}}}},
@@ -93,6 +94,9 @@ SCHEMAS = {
             "expires_in": {"type": "number", "minimum": 1, "maximum": 31536000},
             "roles": {"type": "array", "items": {"type": "string"}},
             "note": {"type": "string", "maxLength": 1000},
+            "welcome": {"type": "string", "maxLength": 1000,
+                        "description": "account, contact: shown on the landing page and sent"
+                                       " to the new account from its creator"},
         },
     },
     "InviteChanges": {

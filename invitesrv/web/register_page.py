@@ -25,11 +25,11 @@ from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.template import Element, renderer, tags
 
-from invitesrv.invites import hashToken
+from invitesrv.invites import creatorOf, hashToken
 from invitesrv.registrar import RegistrationError
 from invitesrv.web.apps import detectPlatform, recommended
-from invitesrv.web.i18n import N_, Text
-from invitesrv.web.invite_page import inviterOf, tokenOf
+from invitesrv.web.i18n import Text
+from invitesrv.web.invite_page import tokenOf
 from invitesrv.web.pages import (
     BodyPolicy,
     MessageBody,
@@ -98,7 +98,7 @@ class RegisterForm(Translatable):
     loader = template("register.xml")
 
     def __init__(self, host, invite, siteName: str, csrf: str, app: str, username: str = "",
-                 error: str = ""):
+                 error: Text | None = None):
         Element.__init__(self)
         self.host = host
         self.invite = invite
@@ -120,7 +120,7 @@ class RegisterForm(Translatable):
                 "submit": Text("Set the new password"),
             }
         else:
-            inviter = inviterOf(invite, self.host)
+            inviter = creatorOf(invite)
             choose = Text("Choose your username and a password; then log in with your app.")
             texts = {
                 "heading": Text("Create your account on {site}", site=self.siteName),
@@ -133,7 +133,7 @@ class RegisterForm(Translatable):
                              username=self.username or "", domain=self.host.name,
                              minLength=str(options.password_min_length),
                              maxLength=str(options.password_max_length),
-                             error=Text(self.error) if self.error else "",
+                             error=self.error or "",
                              **texts)
 
     @renderer
@@ -181,7 +181,7 @@ class Registered(Translatable):
                              domain=self.host.name, jidStrong=tags.strong(jid),
                              domainStrong=tags.strong(self.host.name),
                              appName=self.app.name if self.app else Text("your XMPP app"),
-                             inviter=inviterOf(self.invite, self.host) or "", appLinks=links)
+                             inviter=creatorOf(self.invite) or "", appLinks=links)
 
     @renderer
     def ifInviter(self, request, tag):
@@ -218,7 +218,7 @@ class RegisterPage(TokenResource):
         return next((app for app in self.context.apps if app.id == wanted), None)
 
     def _form(self, request, host, invite, code: int = 200, username: str = "",
-              error: str = "") -> Page:
+              error: Text | None = None) -> Page:
         csrf = csrfToken(self.context.secret, self._cookie(request), self.token)
         app = self._app(request)
         siteName = self.context.siteName(host)
@@ -265,21 +265,21 @@ class RegisterPage(TokenResource):
             username, password, confirm, csrf = (field(request, name) for name in (
                 b"username", b"password", b"confirm", b"csrf"))
         except ValueError:
-            return self._form(request, host, invite, 400, error=N_("The form could not be read."))
+            return self._form(request, host, invite, 400, error=Text("The form could not be read."))
         cookie = validCookie(request.getCookie(CSRF_COOKIE))
         expected = csrfToken(self.context.secret, cookie, self.token) if cookie else ""
         if not cookie or not hmac.compare_digest(csrf.encode("utf-8"), expected.encode("ascii")):
-            return self._form(request, host, invite, 403, username, error=N_(
+            return self._form(request, host, invite, 403, username, error=Text(
                 "This form has expired or your browser did not send it back with its cookie. "
                 "Please fill it in again (cookies must be allowed for this site)."))
         if invite.username:
             username = invite.username
         if not username or not password:
             return self._form(request, host, invite, 400, username,
-                              N_("Please fill in all the fields."))
+                              Text("Please fill in all the fields."))
         if password != confirm:
             return self._form(request, host, invite, 400, username,
-                              N_("The two passwords are not the same."))
+                              Text("The two passwords are not the same."))
         return (yield self._register(request, host, username, password))
 
     @defer.inlineCallbacks
@@ -293,8 +293,10 @@ class RegisterPage(TokenResource):
                                                          request.clientIP(), invite=reserved)
         except RegistrationError as e:
             yield manager.release(reserved)
+            refusal = Text(e.message or e.condition,
+                           **{name: str(value) for name, value in e.params.items()})
             return self._form(request, host, reserved, STATUS.get(e.condition, 400), username,
-                              str(e))
+                              refusal)
         except Exception:
             yield manager.release(reserved)
             raise

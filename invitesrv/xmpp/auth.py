@@ -1,18 +1,26 @@
 """
 The server side of stream negotiation (RFC 6120): stream headers, STARTTLS,
-SASL (SCRAM-SHA-256, SCRAM-SHA-1 through scramp, and PLAIN once encrypted),
-resource binding, and the IQs that modules answer before authentication
-(in-band registration, invite tokens) through the C{preauth-iq} hook.
+SASL (SCRAM-SHA-256, SCRAM-SHA-1 through scramp, their -PLUS variants
+bound to the TLS channel, and PLAIN once encrypted), resource binding, and
+the IQs that modules answer before authentication (in-band registration,
+invite tokens) through the C{preauth-iq} hook.
 
 One L{C2SAuthenticator} per connection. Until a resource is bound the
 connection is on a timer; after that its stanzas go to the bound L{Session}.
+
+A SASL mechanism is an exchange object (L{ScramExchange}, L{PlainExchange})
+whose C{step(data)} fires with a challenge (bytes) or, at the end, a
+L{Success}: RFC 6120's SASL here and XEP-0388's SASL2 (the C{sasl2} module)
+drive the same exchanges, with the same failure counting and throttling.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import secrets
+from typing import NamedTuple
 
 import scramp
 from twisted.internet import defer
@@ -24,6 +32,7 @@ from twisted.words.xish import domish
 from invitesrv.credentials import fakeCredentials
 from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.xmpp.c2s import NS_SESSION, Session
+from invitesrv.xmpp.channelbinding import NS_SASL_CB, channelBindings
 from invitesrv.xmpp.stream import NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS
 from invitesrv.xmpp.xmlparser import speaksXMPP1
 
@@ -55,30 +64,78 @@ def decodeSASL(element) -> bytes | None:
         raise SASLFailure("incorrect-encoding") from None
 
 
-def scramUsername(clientFirst: str) -> str:
-    """The username of a SCRAM client-first message (RFC 5802 section 5.1)."""
+class Success(NamedTuple):
+    """The end of a successful exchange: who logged in, and the server's last data."""
+
+    username: str
+    data: bytes | None
+
+
+def scramUsername(clientFirst: str) -> tuple[str, str]:
+    """
+    The GS2 channel-binding flag (C{n}, C{y} or C{p=TYPE}) and the username
+    of a SCRAM client-first message (RFC 5802 section 5.1).
+    """
     try:
         gs2, authzid, bare = clientFirst.split(",", 2)
     except ValueError:
         raise SASLFailure("malformed-request") from None
     if gs2 not in ("n", "y") and not gs2.startswith("p="):
         raise SASLFailure("malformed-request")
-    if gs2.startswith("p="):
-        raise SASLFailure("malformed-request", "Channel binding is not offered")
     for attribute in bare.split(","):
         if attribute.startswith("n="):
-            return attribute[2:].replace("=2C", ",").replace("=3D", "=")
+            return gs2, attribute[2:].replace("=2C", ",").replace("=3D", "=")
     raise SASLFailure("malformed-request")
 
 
+def downgradeProtection(mechanism: str, offered, bindings) -> str:
+    """
+    XEP-0474 (SSDP): the C{d} attribute of server-first, a hash of the
+    mechanisms and channel-binding types offered, so that a client sees
+    whether a man in the middle took some out of the offer.
+    """
+    text = ",".join(sorted(offered))
+    if bindings:
+        text += "|" + ",".join(sorted(bindings))
+    name = scramp.ScramMechanism(mechanism.removesuffix("-PLUS")).hf().name
+    return "d=" + base64.b64encode(hashlib.new(name, text.encode()).digest()).decode("ascii")
+
+
 class ScramExchange:
-    """One SCRAM login: server-first from stored keys, then the proof check."""
+    """
+    One SCRAM login: server-first from stored keys, then the proof check.
+    A C{-PLUS} mechanism checks the channel binding the client names; a
+    client that says C{y} (it would bind, but thinks the server cannot)
+    while this stream offers C{-PLUS} mechanisms met a downgrade, and fails.
+    """
 
     def __init__(self, authenticator, mechanism: str):
         self.authenticator = authenticator
         self.mechanism = mechanism
         self.username: str | None = None
         self.server = None
+
+    def step(self, data: bytes | None):
+        """The client-first (None: send an empty challenge first), then the client-final."""
+        if data is None:
+            return b""
+        if self.server is None:
+            return self.start(data)
+        return self.finish(data)
+
+    def channelBinding(self, gs2: str) -> tuple[str, bytes] | None:
+        """What scramp checks the client's binding against, after the downgrade checks."""
+        bindings = self.authenticator.channelBindings()
+        if self.mechanism.endswith("-PLUS"):
+            name = gs2[2:] if gs2.startswith("p=") else None
+            if name not in bindings:
+                raise SASLFailure("malformed-request", "Unsupported channel-binding type")
+            return name, bindings[name]
+        if gs2.startswith("p="):
+            raise SASLFailure("malformed-request", "Channel binding needs a -PLUS mechanism")
+        if gs2 == "y" and bindings:
+            raise SASLFailure("not-authorized", "Channel binding downgrade detected")
+        return None
 
     @defer.inlineCallbacks
     def start(self, clientFirst: bytes):
@@ -88,35 +145,72 @@ class ScramExchange:
             text = clientFirst.decode("utf-8")
         except UnicodeError:
             raise SASLFailure("malformed-request") from None
-        name = scramUsername(text)
+        gs2, name = scramUsername(text)
+        binding = self.channelBinding(gs2)
         try:
             self.username = nodeprep.prepare(name) or None
         except UnicodeError:
             self.username = None
         auth.attempted = self.username or ""
+        stored = self.mechanism.removesuffix("-PLUS")
         credentials = None
         if self.username:
-            credentials = yield host.store.getCredentials(host.name, self.username, self.mechanism)
+            credentials = yield host.store.getCredentials(host.name, self.username, stored)
         if credentials is None:
             self.username = None
-            credentials = fakeCredentials(auth.server.secret, name, self.mechanism,
+            credentials = fakeCredentials(auth.server.secret, name, stored,
                                           host.config.scram_iterations)
         keys = (credentials.salt, credentials.storedKey, credentials.serverKey, credentials.iterations)
-        self.server = scramp.ScramMechanism(self.mechanism).make_server(lambda user: keys)
+        self.server = scramp.ScramMechanism(self.mechanism).make_server(
+            lambda user: keys, channel_binding=binding)
         try:
             self.server.set_client_first(text)
         except scramp.ScramException:
             raise SASLFailure("malformed-request") from None
-        return self.server.get_server_first().encode("utf-8")
+        serverFirst = self.server.get_server_first()
+        # scramp keeps the server-first it made for the proof: the extension goes on both.
+        self.server.server_first = serverFirst = ",".join((
+            serverFirst, downgradeProtection(self.mechanism, auth.mechanisms(),
+                                             auth.channelBindings())))
+        return serverFirst.encode("utf-8")
 
-    def finish(self, clientFinal: bytes) -> bytes:
+    def finish(self, clientFinal: bytes) -> Success:
         try:
             self.server.set_client_final(clientFinal.decode("utf-8"))
         except (scramp.ScramException, UnicodeError):
             raise SASLFailure("not-authorized") from None
         if self.username is None:
             raise SASLFailure("not-authorized")
-        return self.server.get_server_final().encode("utf-8")
+        return Success(self.username, self.server.get_server_final().encode("utf-8"))
+
+
+class PlainExchange:
+    """SASL PLAIN (once encrypted): the password checked against the stored SCRAM keys."""
+
+    def __init__(self, authenticator, mechanism: str = "PLAIN"):
+        self.authenticator = authenticator
+
+    @defer.inlineCallbacks
+    def step(self, data: bytes | None):
+        if data is None:
+            raise SASLFailure("malformed-request", "PLAIN needs an initial response")
+        parts = data.split(b"\0", 2)  # a NUL inside the password makes it wrong, not malformed
+        if len(parts) != 3:
+            raise SASLFailure("malformed-request")
+        try:
+            authzid, authcid, password = (part.decode("utf-8") for part in parts)
+            username = nodeprep.prepare(authcid)
+        except UnicodeError:
+            raise SASLFailure("not-authorized") from None
+        auth = self.authenticator
+        auth.attempted = username
+        host = auth.host
+        valid = yield host.registrar.verifyPassword(username, password, auth.server.secret)
+        if not valid:
+            raise SASLFailure("not-authorized")
+        if authzid and authzid != f"{username}@{host.name}":
+            raise SASLFailure("invalid-authzid")
+        return Success(username, None)
 
 
 class C2SAuthenticator(xmlstream.ListenAuthenticator):
@@ -132,6 +226,10 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
     The server's limiter (L{invitesrv.limits.Limiter}) admits the connection
     or refuses it with a stream error, throttles failed logins per address
     and per account, and blocks an address that keeps failing.
+
+    The C{sasl2} and C{bind2} modules log in through the same steps:
+    L{channelBindings}, L{newExchange}, L{beginSASL} / L{endSASL},
+    L{saslFailed}, L{authenticatedAs} and L{bindSession}.
     """
 
     namespace = NS_CLIENT
@@ -148,6 +246,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         self.slots: dict = {}  # see invitesrv.services.slots
         self._sasl = None
         self._saslBusy = False
+        self._bindings: dict[str, bytes] | None = None
         self._failures = 0
         self._delayed = None  # an answer held back by a throttle
         self.attempted = ""  # the username of the SASL attempt under way, prepared
@@ -232,6 +331,11 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
                 mechanisms = features.addElement((NS_SASL, "mechanisms"))
                 for name in self.mechanisms():
                     mechanisms.addElement("mechanism", content=name)
+                bindings = self.channelBindings()
+                if bindings:  # XEP-0440
+                    offer = features.addElement((NS_SASL_CB, "sasl-channel-binding"))
+                    for name in bindings:
+                        offer.addElement("channel-binding")["type"] = name
         else:
             features.addElement((NS_BIND, "bind"))
             features.addElement((NS_SESSION, "session")).addElement("optional")
@@ -242,8 +346,31 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         return features
 
     def mechanisms(self) -> tuple[str, ...]:
+        """The SASL mechanisms this stream offers now, strongest first."""
         scram = self.host.scramMechanisms
-        return scram + ("PLAIN",) if self.encrypted else scram
+        if not self.encrypted:
+            return scram
+        plus = tuple(f"{name}-PLUS" for name in scram) if self.channelBindings() else ()
+        return plus + scram + ("PLAIN",)
+
+    def channelBindings(self) -> dict[str, bytes]:
+        """The channel-binding data of this stream's TLS session, by type (empty before TLS)."""
+        if self._bindings is None:
+            self._bindings = channelBindings(self.xmlstream.transport) if self.encrypted else {}
+        return self._bindings
+
+    def newExchange(self, mechanism: str):
+        """
+        An exchange of C{mechanism}, one this stream offers: RFC 6120's SASL
+        and the C{sasl2} module start theirs here.
+        """
+        if self.server.config.require_encryption and not self.encrypted:
+            raise SASLFailure("encryption-required")
+        if not mechanism:
+            raise SASLFailure("malformed-request")
+        if mechanism not in self.mechanisms():
+            raise SASLFailure("invalid-mechanism")
+        return (PlainExchange if mechanism == "PLAIN" else ScramExchange)(self, mechanism)
 
     @property
     def preauthAllowed(self) -> bool:
@@ -285,97 +412,70 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         xs.send(domish.Element((NS_TLS, "proceed")))
         xs.startTLS(self.server.tls)
         self.encrypted = True
+        self._bindings = None
         xs.reset()
 
     # -- SASL ---------------------------------------------------------------
 
     def _sasl_(self, element):
-        if self._saslBusy:
-            self.xmlstream.closeWithError("policy-violation", "SASL exchange already in progress")
-            return
         name = element.name
-        if name == "auth" and self.server.limiter.authBlocked(self.address):
-            self.server.metrics["auth.blocked"] += 1
-            log.info('Authentication failure from {address} for user "" (blocked)',
-                     address=self.address)
-            self.xmlstream.closeWithError("policy-violation", "Too many failed authentication"
-                                          " attempts from your address; try again later")
+        if not self.beginSASL(name == "auth"):
             return
-        self._saslBusy = True
         if name == "auth":
             self.attempted = ""
             d = defer.maybeDeferred(self._saslAuth, element)
         elif name == "response" and self._sasl is not None:
-            d = defer.maybeDeferred(self._saslResponse, element)
+            d = defer.maybeDeferred(self._saslStep, decodeSASL(element) or b"")
         elif name == "abort":
             self._sasl = None
             d = defer.fail(SASLFailure("aborted"))
         else:
             d = defer.fail(SASLFailure("malformed-request"))
-        d.addErrback(self._saslFailed)
-        d.addBoth(self._saslDone)
+        d.addErrback(self.saslFailed, self._failureElement)
+        d.addBoth(self.endSASL)
 
-    def _saslDone(self, _):
+    def beginSASL(self, starting: bool) -> bool:
+        """
+        Admit a SASL or SASL2 element (C{starting}: one that starts an
+        exchange): one at a time, and none from an address that keeps
+        failing. False: refused, the stream is closing. Call L{endSASL} when
+        the element is answered.
+        """
+        if self._saslBusy:
+            self.xmlstream.closeWithError("policy-violation", "SASL exchange already in progress")
+            return False
+        if starting and self.server.limiter.authBlocked(self.address):
+            self.server.metrics["auth.blocked"] += 1
+            log.info('Authentication failure from {address} for user "" (blocked)',
+                     address=self.address)
+            self.xmlstream.closeWithError("policy-violation", "Too many failed authentication"
+                                          " attempts from your address; try again later")
+            return False
+        self._saslBusy = True
+        return True
+
+    def endSASL(self, _=None):
         self._saslBusy = False
 
     def _saslAuth(self, element):
         if self._sasl is not None:
             raise SASLFailure("malformed-request", "A SASL exchange is already under way")
-        if self.server.config.require_encryption and not self.encrypted:
-            raise SASLFailure("encryption-required")
-        mechanism = element.getAttribute("mechanism")
-        if not mechanism:
-            raise SASLFailure("malformed-request")
-        if mechanism not in self.mechanisms():
-            raise SASLFailure("invalid-mechanism")
-        initial = decodeSASL(element)
-        if mechanism == "PLAIN":
-            return self._plain(initial)
-        self._sasl = ScramExchange(self, mechanism)
-        if initial is None:
-            self._sendSASL("challenge", b"")
-            return None
-        return self._scramFirst(initial)
+        self._sasl = self.newExchange(element.getAttribute("mechanism"))
+        return self._saslStep(decodeSASL(element))
 
-    def _saslResponse(self, element):
-        data = decodeSASL(element) or b""
-        exchange = self._sasl
-        if exchange.server is None:
-            return self._scramFirst(data)
-        try:
-            serverFinal = exchange.finish(data)
-        except SASLFailure:
-            self._sasl = None
-            raise
+    def _saslStep(self, data: bytes | None):
+        d = defer.maybeDeferred(self._sasl.step, data)
+        d.addCallback(self._saslStepped)
+        return d
+
+    def _saslStepped(self, result):
+        if not isinstance(result, Success):
+            self._sendSASL("challenge", result)
+            return
         self._sasl = None
-        self._authenticated(exchange.username, serverFinal)
-
-    @defer.inlineCallbacks
-    def _scramFirst(self, data: bytes):
-        serverFirst = yield self._sasl.start(data)
-        self._sendSASL("challenge", serverFirst)
-
-    @defer.inlineCallbacks
-    def _plain(self, data: bytes | None):
-        if data is None:
-            self._sasl = None
-            raise SASLFailure("malformed-request", "PLAIN needs an initial response")
-        parts = data.split(b"\0", 2)  # a NUL inside the password makes it wrong, not malformed
-        if len(parts) != 3:
-            raise SASLFailure("malformed-request")
-        try:
-            authzid, authcid, password = (part.decode("utf-8") for part in parts)
-            username = nodeprep.prepare(authcid)
-        except UnicodeError:
-            raise SASLFailure("not-authorized") from None
-        self.attempted = username
-        host = self.host
-        valid = yield host.registrar.verifyPassword(username, password, self.server.secret)
-        if not valid:
-            raise SASLFailure("not-authorized")
-        if authzid and authzid != f"{username}@{host.name}":
-            raise SASLFailure("invalid-authzid")
-        self._authenticated(username, None)
+        self.authenticatedAs(result.username)
+        self._sendSASL("success", result.data)
+        self.xmlstream.reset()
 
     def _sendSASL(self, name: str, data: bytes | None):
         element = domish.Element((NS_SASL, name))
@@ -383,9 +483,18 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             element.addContent(base64.b64encode(data).decode("ascii") if data else "=")
         self.xmlstream.send(element)
 
-    def _saslFailed(self, failure):
+    @staticmethod
+    def _failureElement(reason: SASLFailure) -> domish.Element:
+        element = domish.Element((NS_SASL, "failure"))
+        element.addElement(reason.condition)
+        if reason.text:
+            element.addElement("text", content=reason.text)
+        return element
+
+    def saslFailed(self, failure, makeElement):
         """
-        Answer a failed exchange. A wrong password (or unknown user: the
+        Answer a failed exchange with C{makeElement(reason)} (a
+        L{SASLFailure}). A wrong password or token (or unknown user: the
         same to the client) is counted by the limiter and logged in one
         fixed format for fail2ban; past the free attempts the answer waits.
         """
@@ -404,10 +513,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             log.info('Authentication failure from {address} for user "{user}"{throttled}',
                      address=self.address, user=self.attempted,
                      throttled=" (throttled)" if delay else "")
-        element = domish.Element((NS_SASL, "failure"))
-        element.addElement(reason.condition)
-        if reason.text:
-            element.addElement("text", content=reason.text)
+        element = makeElement(reason)
         if not delay:
             self._sendFailure(element)
             return None
@@ -422,14 +528,13 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if self._failures >= 5:
             self.xmlstream.closeWithError("policy-violation", "Too many failed authentication attempts")
 
-    def _authenticated(self, username: str, serverFinal: bytes | None):
+    def authenticatedAs(self, username: str) -> None:
+        """The stream is now C{username}'s (the caller tells the client)."""
         self.authenticated = True
         self.username = username
         self.server.metrics["auth.succeeded"] += 1
         # The account's own failures stop counting: only its owner can log in.
         self.server.limiter.authByAccount.reset(f"{username}@{self.host.name}")
-        self._sendSASL("success", serverFinal)
-        self.xmlstream.reset()
 
     # -- binding ------------------------------------------------------------
 
@@ -454,8 +559,19 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if resource is None or len(resource.encode("utf-8")) > 1023:
             self.xmlstream.send(error.StanzaError("bad-request", "modify").toResponse(iq))
             return
+        session = self.bindSession(resource or secrets.token_hex(6))
+        reply = xmlstream.toResponse(iq, "result")
+        reply.addElement((NS_BIND, "bind")).addElement("jid", content=session.full)
+        self.xmlstream.send(reply)
+        self.host.hooks.run("session-bound", session)
+
+    def bindSession(self, resource: str) -> Session:
+        """
+        Bind C{resource} (prepared) to this authenticated stream, replacing
+        an older session of the same full JID. The caller answers the client,
+        then runs the C{session-bound} hook (Bind2 does so inside SASL2's success).
+        """
         host = self.host
-        resource = resource or secrets.token_hex(6)
         full = jid.JID(tuple=(self.username, host.name, resource))
         session = Session(self.xmlstream, host, full, self.address)
         old = host.router.session(full)
@@ -465,10 +581,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         self.session = session
         host.registrar.reservations.release(self)  # logged in: it will not register
         self.xmlstream.established()
-        reply = xmlstream.toResponse(iq, "result")
-        reply.addElement((NS_BIND, "bind")).addElement("jid", content=full.full())
-        self.xmlstream.send(reply)
-        host.hooks.run("session-bound", session)
+        return session
 
     # -- IQs before authentication ------------------------------------------
 

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""
+The reconnect workload: a phone coming back with a FAST token (XEP-0484)
+over SASL2 (XEP-0388) with Bind2 (XEP-0386): TCP, STARTTLS, one
+C{<authenticate/>} answered by C{<success/>} with the bound resource,
+presence, a ping as the sync point. It reuses the load generator of
+C{xmppload.py} (left unchanged: the reference figures were measured with
+it) and prints one JSON line in the same shape as its C{login} scenario,
+so C{run.py} tabulates both side by side.
+
+    python fastload.py --port 5222 fast --prefix bp -n 2000 -c 50 --token-file t.json --setup
+    python fastload.py --port 5222 fast --prefix bp -n 2000 -c 50 --token-file t.json
+
+With C{--setup} it first gets each user's token (an untimed SASL2 PLAIN
+login with C{<request-token/>}) into C{--token-file}; without, it reads them
+there and measures. HT-SHA-256-NONE is used: Python's C{ssl} module cannot
+export keying material for the bound variants. Loops are bounded by count
+and time; only C{--host} (127.0.0.1) is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hmac
+import json
+import sys
+import time
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import xmppload  # noqa: E402
+from xmppload import (  # noqa: E402
+    NS_SASL,
+    TLS_SEEN,
+    Client,
+    Meter,
+    Stats,
+    XMPPError,
+    add_common,
+    base_result,
+    latency_fields,
+    now,
+    raise_nofile,
+    run_pool,
+    user_name,
+    user_password,
+)
+
+NS_SASL2 = "urn:xmpp:sasl:2"
+NS_BIND2 = "urn:xmpp:bind:0"
+NS_FAST = "urn:xmpp:fast:0"
+MECHANISM = "HT-SHA-256-NONE"
+
+
+class FastClient(Client):
+    """A generator client that also speaks SASL2 with FAST tokens and Bind2."""
+
+    def fastOffered(self) -> bool:
+        fast = self.features.find(f"{{{NS_SASL2}}}authentication/{{{NS_SASL2}}}inline/{{{NS_FAST}}}fast")
+        return fast is not None and MECHANISM in [m.text for m in fast]
+
+    async def authenticate(self, mechanism: str, initial: bytes, inline: str):
+        """One C{<authenticate/>} answered at once; returns the C{<success/>}."""
+        self.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'><initial-response>"
+                  f"{base64.b64encode(initial).decode()}</initial-response>{inline}</authenticate>")
+        el = await self.recv()
+        if el.tag != f"{{{NS_SASL2}}}success":
+            cond = next((c.tag.split("}")[-1] for c in el if c.tag.startswith(f"{{{NS_SASL}}}")), el.tag)
+            raise XMPPError("sasl2-failure:" + cond)
+        return el
+
+    @staticmethod
+    def agent(user: str) -> str:
+        return f"<user-agent id='fastload-{escape(user)}'><software>fastload</software></user-agent>"
+
+    async def getToken(self, user: str, password: str) -> str:
+        """Untimed setup: a SASL2 PLAIN login asking for a token."""
+        await self.connect()
+        if not self.fastOffered():
+            raise XMPPError("no-sasl2-fast")
+        el = await self.authenticate("PLAIN", b"\0" + user.encode() + b"\0" + password.encode(),
+                                     self.agent(user) + f"<request-token xmlns='{NS_FAST}' "
+                                     f"mechanism='{MECHANISM}'/>")
+        token = el.find(f"{{{NS_FAST}}}token")
+        if token is None:
+            raise XMPPError("no-token")
+        return token.get("token")
+
+    async def reconnect(self, user: str, token: str, resource: str = "load") -> None:
+        t0 = now()
+        await self.connect()
+        t1 = now()
+        el = await self.authenticate(MECHANISM, user.encode() + b"\0" + hmac.digest(
+            token.encode(), b"Initiator", "sha256"), self.agent(user)
+            + f"<bind xmlns='{NS_BIND2}'><tag>{escape(resource)}</tag></bind>")
+        data = el.find(f"{{{NS_SASL2}}}additional-data")
+        if data is None or base64.b64decode(data.text or "") != hmac.digest(
+                token.encode(), b"Responder", "sha256"):
+            raise XMPPError("fast-bad-server-proof")
+        if el.find(f"{{{NS_BIND2}}}bound") is None:
+            raise XMPPError("not-bound")
+        t2 = now()
+        self.send("<presence/>")
+        await self.sync()
+        self.phases = (t1 - t0, t2 - t1, 0.0, now() - t2)  # bind is inside the SASL2 step
+
+
+async def setup(o, users) -> dict:
+    st = Stats()
+    tokens = {}
+
+    async def job(k):
+        c = FastClient(o)
+        try:
+            tokens[users[k]] = await c.getToken(users[k], user_password(o, o.start + k))
+            st.ok += 1
+        except XMPPError as e:
+            st.fail(e)
+        finally:
+            c.close()
+
+    await run_pool(len(users), o.c, job, now() + o.max_seconds)
+    Path(o.token_file).write_text(json.dumps(tokens))
+    r = base_result(o, "fast")
+    r.update({"n": o.n, "ok": st.ok, "errors": st.err, "error_kinds": st.errs, "setup": True})
+    return r
+
+
+async def measure(o, users) -> dict:
+    tokens = json.loads(Path(o.token_file).read_text())
+    st = Stats()
+
+    async def job(k):
+        c = FastClient(o)
+        t0 = now()
+        try:
+            await c.reconnect(users[k], tokens[users[k]])
+            st.lat.append(now() - t0)
+            st.phases.append(c.phases)
+            st.ok += 1
+        except XMPPError as e:
+            st.fail(e)
+        except Exception as e:  # noqa: BLE001 -- counted, as xmppload does
+            st.fail(XMPPError(f"exception:{type(e).__name__}"))
+        finally:
+            c.close()
+
+    m = Meter(o.server_pid).start()
+    await run_pool(len(users), o.c, job, now() + o.max_seconds)
+    m.stop()
+    r = base_result(o, "fast")
+    r.update({"n": o.n, "concurrency": o.c, "ok": st.ok, "errors": st.err, "error_kinds": st.errs,
+              "per_s": round(st.ok / max(m.elapsed, 1e-9), 1), "mechanism": MECHANISM,
+              "tls": sorted(TLS_SEEN)})
+    r.update(latency_fields(st.lat))
+    r.update(st.phase_fields())
+    r.update(m.fields())
+    return r
+
+
+async def amain(o) -> dict:
+    users = [user_name(o, o.start + k) for k in range(o.n)]
+    r = await (setup(o, users) if o.setup else measure(o, users))
+    await asyncio.sleep(0.2)  # let the closes flush
+    return r
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
+    add_common(ap)
+    ap.add_argument("scenario", choices=["fast"])
+    ap.add_argument("-n", type=int, default=2000)
+    ap.add_argument("-c", type=int, default=50)
+    ap.add_argument("--token-file", required=True, help="JSON: each user's FAST token")
+    ap.add_argument("--setup", action="store_true", help="get the tokens (untimed) into --token-file")
+    o = ap.parse_args(argv)
+    o.nofile = raise_nofile(o.c + 256)
+    if xmppload.uvloop is not None and not o.no_uvloop:
+        asyncio.set_event_loop_policy(xmppload.uvloop.EventLoopPolicy())
+    started = time.time()
+    r = asyncio.run(amain(o))
+    r["started_unix"] = round(started, 1)
+    print(json.dumps(r), flush=True)
+    return 0 if not r.get("errors") else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
