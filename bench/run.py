@@ -49,6 +49,7 @@ SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", 
              "idle", "idle10k", "upload", "download", "bigupload")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
+UPLOAD_SCENARIOS = ("upload", "download", "bigupload")  # XEP-0363, on the HTTP listener
 FAST_SCENARIOS = ("fast", "fast1")  # SASL2 + FAST: not in Prosody 0.12
 DOMAIN = "localhost"
 POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
@@ -373,6 +374,7 @@ class Ejabberd(ReferenceServer):
     """Debian's ejabberd on Mnesia, without Erlang distribution (C{bench/ejabberd/start.sh})."""
 
     name = package = "ejabberd"
+    uploads = False  # start.sh sets up no mod_http_upload
 
 
 REFERENCES = {"prosody": (Prosody, "prosody"), "ejabberd": (Ejabberd, "ejabberdctl")}
@@ -460,6 +462,9 @@ class Bench:
             for scenario in main:
                 if scenario == "invite" and not getattr(server, "invites", True):
                     log(f"{server.label}: no invite tokens; the invite scenario is skipped")
+                    continue
+                if scenario in UPLOAD_SCENARIOS and not getattr(server, "uploads", True):
+                    log(f"{server.label}: no upload service set up; the {scenario} scenario is skipped")
                     continue
                 getattr(self, "scenario_" + scenario)()
                 self.pause()
