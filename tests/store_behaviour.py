@@ -8,6 +8,7 @@ store) and L{StoreBehaviour.inviteAudit}, and inherits every test.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 import pytest_twisted
@@ -31,7 +32,10 @@ from invitesrv.store.interfaces import (
     OfflineMessage,
     PepNode,
     PushRegistration,
+    QuotaExceeded,
     RosterItem,
+    Upload,
+    UploadUsage,
     UsernameConfusable,
     UsernameReserved,
 )
@@ -882,3 +886,73 @@ class StoreBehaviour:
         assert (yield store.getAccountXML(HOST, "alice", "k")) == "<b/>"
         yield store.setAccountXML(HOST, "alice", "k", None)
         assert (yield store.getAccountXML(HOST, "alice", "k")) is None
+    # -- uploads -----------------------------------------------------------------------
+
+    @staticmethod
+    def upload(uploadId: str, username: str = "alice", size: int = 100, created: float = NOW,
+               **kwargs) -> Upload:
+        """A slot whose PUT URL is valid for ten minutes from C{created}."""
+        kwargs.setdefault("expires", created + 600)
+        return Upload(uploadId, HOST, username, f"{uploadId}.txt", size, "text/plain", created,
+                      **kwargs)
+
+    @pytest_twisted.inlineCallbacks
+    def test_uploadLifeCycle(self, store):
+        """A slot is taken by one PUT at a time, only while valid; stored, then expired."""
+        slot = self.upload("u1")
+        yield store.createUpload(slot, 0, 0)
+        assert (yield store.getUpload("u1")) == slot
+        assert (yield store.getUpload("nope")) is None
+        assert not (yield store.beginUpload("u1", NOW + 600))  # the URL has expired
+        assert (yield store.beginUpload("u1", NOW))
+        assert not (yield store.beginUpload("u1", NOW))  # a second PUT at the same time
+        assert (yield store.abortUpload("u1"))  # the first one failed: it may be tried again
+        assert (yield store.beginUpload("u1", NOW))
+        assert (yield store.finishUpload("u1", NOW + 7 * 86400))
+        assert not (yield store.beginUpload("u1", NOW))  # single use
+        assert not (yield store.abortUpload("u1"))
+        stored = yield store.getUpload("u1")
+        assert (stored.state, stored.expires) == ("stored", NOW + 7 * 86400)
+        assert (yield store.expiredUploads(HOST, NOW + 86400, 10)) == []
+        assert (yield store.expiredUploads(HOST, NOW + 7 * 86400, 10)) == [stored]
+        assert (yield store.deleteUploads(["u1", "nope"])) == 1
+        assert (yield store.getUpload("u1")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_uploadQuotas(self, store):
+        """Slots and files count against the quota; the daily limit counts the last 24 hours."""
+        yield store.createUpload(self.upload("old", size=600, created=NOW - 90000), 1000, 0)
+        yield store.createUpload(self.upload("new", size=300), 1000, 500)
+        with pytest.raises(QuotaExceeded) as caught:
+            yield store.createUpload(self.upload("big", size=201), 1000, 0)
+        assert caught.value.kind == "quota"
+        with pytest.raises(QuotaExceeded) as caught:
+            yield store.createUpload(self.upload("day", size=201), 0, 500)
+        assert caught.value.kind == "daily"
+        yield store.createUpload(self.upload("fits", size=100), 1000, 500)
+        yield store.createUpload(self.upload("bob", username="bob", size=900), 1000, 500 + 400)
+        assert (yield store.getUpload("big")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_uploadListsAndUsage(self, store):
+        """Per account: its uploads oldest first, and what it stores."""
+        yield store.createUpload(self.upload("a2", created=NOW + 1, size=5), 0, 0)
+        yield store.createUpload(self.upload("a1", size=7), 0, 0)
+        yield store.createUpload(self.upload("b1", username="bob", size=9), 0, 0)
+        yield store.beginUpload("a1", NOW)
+        yield store.finishUpload("a1", NOW + 100)
+        assert [u.id for u in (yield store.listUploads(HOST, "alice"))] == ["a1", "a2"]
+        assert (yield store.listUploads("other.example", "alice")) == []
+        assert (yield store.uploadUsage(HOST)) == [UploadUsage("alice", 1, 7, 1),
+                                                   UploadUsage("bob", 0, 0, 1)]
+
+    @pytest_twisted.inlineCallbacks
+    def test_expiredSkipsUploading(self, store):
+        """A file being received is not swept; the batch size is kept, oldest first."""
+        yield store.createUpload(self.upload("u1"), 0, 0)
+        yield store.beginUpload("u1", NOW)
+        for number in range(3):
+            yield store.createUpload(self.upload(f"s{number}", created=NOW - number), 0, 0)
+        yield store.createUpload(replace(self.upload("other", created=NOW - 9), host="other.example"),
+                                 0, 0)
+        assert [u.id for u in (yield store.expiredUploads(HOST, NOW + 601, 2))] == ["s2", "s1"]

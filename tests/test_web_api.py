@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from webclient import HOST, PASSWORD, WebClient, WebSetup
+from webclient import HOST, OTHER, PASSWORD, WebClient, WebSetup
 
 from invitesrv.invites import InviteManager
+from invitesrv.store.interfaces import Upload
 from invitesrv.web.api import (
     MAX_DEPTH,
     MAX_USES,
@@ -66,7 +67,7 @@ def assertError(response, code: int, error: str) -> dict:
 
 ROUTES = [("GET", "invites"), ("POST", "invites"), ("GET", "invites/x"), ("PATCH", "invites/x"),
           ("DELETE", "invites/x"), ("GET", "users"), ("DELETE", "users/x"),
-          ("POST", "users/x/reset"), ("GET", "invites/x/joined")]
+          ("POST", "users/x/reset"), ("GET", "invites/x/joined"), ("GET", "uploads")]
 
 
 @pytest_twisted.inlineCallbacks
@@ -341,6 +342,22 @@ def test_users(api):
 
 
 @pytest_twisted.inlineCallbacks
+def test_uploadUsage(api):
+    """GET uploads: per account of the key's host, files kept, their bytes, and unused slots."""
+    assert (yield api.call("GET", "uploads")).json() == {"uploads": []}
+    for uploadId, username, size, host in (("a1", "alice", 10, HOST), ("a2", "alice", 20, HOST),
+                                           ("b1", "bob", 5, HOST), ("o1", "olga", 7, OTHER)):
+        yield api.store.createUpload(Upload(uploadId, host, username, "f", size, "text/plain",
+                                            0, 600), 0, 0)
+    for uploadId in ("a1", "a2", "o1"):
+        yield api.store.beginUpload(uploadId, 0)
+        yield api.store.finishUpload(uploadId, 86400)
+    assert (yield api.call("GET", "uploads")).json()["uploads"] == [
+        {"username": "alice", "jid": f"alice@{HOST}", "files": 2, "bytes": 30, "pending_slots": 0},
+        {"username": "bob", "jid": f"bob@{HOST}", "files": 0, "bytes": 0, "pending_slots": 1}]
+
+
+@pytest_twisted.inlineCallbacks
 def test_openAPIDocument(api):
     """The OpenAPI 3 document is public and describes every route and verb served."""
     response = yield api.call("GET", "openapi.json", key=None)
@@ -351,7 +368,8 @@ def test_openAPIDocument(api):
     served = {("GET", "/invites"), ("POST", "/invites"), ("GET", "/invites/{id}"),
               ("PATCH", "/invites/{id}"), ("DELETE", "/invites/{id}"), ("GET", "/users"),
               ("DELETE", "/users/{username}"), ("POST", "/users/{username}/reset"),
-              ("GET", "/tokens/{token}"), ("GET", "/openapi.json"), ("GET", "/invites/{id}/joined")}
+              ("GET", "/tokens/{token}"), ("GET", "/openapi.json"), ("GET", "/invites/{id}/joined"),
+              ("GET", "/uploads")}
     described = {(verb.upper(), path) for path, item in paths.items() for verb in item
                  if verb != "parameters"}
     assert described == served

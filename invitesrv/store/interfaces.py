@@ -589,8 +589,93 @@ class RosterObservers:
             observer(host, username)
 
 
+class QuotaExceeded(StoreError):
+    """
+    An upload slot would take its owner over a limit: C{kind} is C{"quota"}
+    (the bytes the account may keep) or C{"daily"} (the bytes it may upload
+    in 24 hours).
+    """
+
+    def __init__(self, kind: str):
+        StoreError.__init__(self, kind)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Upload:
+    """
+    One XEP-0363 upload: a slot handed out (C{state} C{"slot"}), being
+    received (C{"uploading"}) or a stored file (C{"stored"}). C{expires} is
+    when the PUT URL stops working for a slot, and when the file goes for a
+    stored upload.
+    """
+
+    id: str
+    host: str
+    username: str
+    filename: str
+    size: int
+    contentType: str
+    created: float
+    expires: float
+    state: str = "slot"
+
+
+@dataclass(frozen=True)
+class UploadUsage:
+    """What one account has stored: C{files} and their C{bytes}, and its slots not used yet."""
+
+    username: str
+    files: int
+    bytes: int
+    pending: int
+
+
+class IUploads(Interface):
+    """
+    XEP-0363 uploads: the slots handed out and the files stored, for
+    quotas, single-use PUT URLs and expiry. The files themselves are on
+    disk, kept by the upload module.
+    """
+
+    def createUpload(upload: Upload, quota: int, daily: int):
+        """
+        Record a new slot if its owner stays within C{quota} bytes in all
+        and C{daily} bytes created in the 24 hours before C{upload.created}
+        (0: no limit), counting slots and files; fail with L{QuotaExceeded}
+        otherwise. One transaction: two requests cannot both pass a limit.
+        """
+
+    def getUpload(uploadId: str):
+        """Fire with the L{Upload} or None."""
+
+    def beginUpload(uploadId: str, now: float):
+        """
+        Take a slot whose PUT URL is still valid for its PUT (C{slot} to
+        C{uploading}); fire with True if this call took it.
+        """
+
+    def finishUpload(uploadId: str, expires: float):
+        """The file is on disk: C{uploading} to C{stored}, kept until C{expires}; fire with True."""
+
+    def abortUpload(uploadId: str):
+        """The PUT failed: C{uploading} back to C{slot}, to be tried again while its URL is valid."""
+
+    def expiredUploads(host: str, now: float, limit: int):
+        """At most C{limit} uploads of C{host} expired at C{now}, oldest first (none being received)."""
+
+    def deleteUploads(uploadIds):
+        """Forget these uploads (their files are gone); fire with how many there were."""
+
+    def listUploads(host: str, username: str):
+        """Fire with the account's uploads (every state), oldest first."""
+
+    def uploadUsage(host: str):
+        """Fire with an L{UploadUsage} per account of C{host} with uploads, by username."""
+
+
 class IStore(IAccounts, IRosters, IOfflineMessages, IArchives, IBlocklists, IPep, IInvites,
-             IApiKeys, IDevices, IPushRegistrations):
+             IApiKeys, IDevices, IPushRegistrations, IUploads):
     """Everything the server stores."""
 
     path = Attribute("Where the data lives, for log lines.")

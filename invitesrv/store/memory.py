@@ -33,10 +33,13 @@ from invitesrv.store.interfaces import (
     NewAccount,
     OfflineMessage,
     PepNode,
+    QuotaExceeded,
     Roster,
     RosterItem,
     RosterObservers,
     StoreUnavailable,
+    Upload,
+    UploadUsage,
     UsernameConfusable,
     UsernameReserved,
 )
@@ -87,6 +90,7 @@ class _Tables:
     audit: list = field(default_factory=list)  # _Use, oldest first
     apiKeys: dict = field(default_factory=dict)  # key id: (secretHash, host, name, created)
     devices: dict = field(default_factory=dict)  # (host, username, device id): Device
+    uploads: dict = field(default_factory=dict)  # id: Upload
     lastOfflineId: int = 0
 
     def snapshot(self) -> _Tables:
@@ -126,6 +130,9 @@ class MemoryStore(RosterObservers):
         if serving:
             for inviteId, invite in self._tables.invites.items():
                 self._tables.invites[inviteId] = replace(invite, reserved=0)
+            for uploadId, upload in self._tables.uploads.items():
+                if upload.state == "uploading":
+                    self._tables.uploads[uploadId] = replace(upload, state="slot")
 
     def close(self) -> None:
         """Nothing to release: the data stays, as a file would."""
@@ -727,3 +734,69 @@ class MemoryStore(RosterObservers):
 
     def deleteApiKey(self, keyId):
         return self._run(lambda t: t.apiKeys.pop(keyId, None) is not None)
+
+    # -- uploads ------------------------------------------------------------
+
+    def createUpload(self, upload: Upload, quota: int, daily: int):
+        def create(t):
+            owned = [u for u in t.uploads.values()
+                     if (u.host, u.username) == (upload.host, upload.username)]
+            if quota and sum(u.size for u in owned) + upload.size > quota:
+                raise QuotaExceeded("quota")
+            if daily and sum(u.size for u in owned
+                             if u.created > upload.created - 86400) + upload.size > daily:
+                raise QuotaExceeded("daily")
+            if upload.id in t.uploads:
+                raise KeyError(upload.id)
+            t.uploads[upload.id] = upload
+        return self._run(create)
+
+    def getUpload(self, uploadId):
+        return self._run(lambda t: t.uploads.get(uploadId))
+
+    def _changeUpload(self, uploadId, fromState: str, condition=lambda upload: True, **changes):
+        """Change an upload in state C{fromState} that meets C{condition}; fire with True if one did."""
+        def change(t):
+            upload = t.uploads.get(uploadId)
+            if upload is None or upload.state != fromState or not condition(upload):
+                return False
+            t.uploads[uploadId] = replace(upload, **changes)
+            return True
+        return self._run(change)
+
+    def beginUpload(self, uploadId, now):
+        return self._changeUpload(uploadId, "slot", lambda upload: upload.expires > now,
+                                  state="uploading")
+
+    def finishUpload(self, uploadId, expires):
+        return self._changeUpload(uploadId, "uploading", state="stored", expires=expires)
+
+    def abortUpload(self, uploadId):
+        return self._changeUpload(uploadId, "uploading", state="slot")
+
+    def expiredUploads(self, host, now, limit):
+        return self._run(lambda t: sorted(
+            (u for u in t.uploads.values()
+             if u.host == host and u.expires <= now and u.state != "uploading"),
+            key=lambda u: u.expires)[:limit])
+
+    def deleteUploads(self, uploadIds):
+        return self._run(lambda t: sum(t.uploads.pop(uploadId, None) is not None
+                                       for uploadId in uploadIds))
+
+    def listUploads(self, host, username):
+        return self._run(lambda t: sorted(
+            (u for u in t.uploads.values() if (u.host, u.username) == (host, username)),
+            key=lambda u: (u.created, u.id)))
+
+    def uploadUsage(self, host):
+        def usage(t):
+            owners: dict[str, list] = {}
+            for upload in t.uploads.values():
+                if upload.host == host:
+                    owners.setdefault(upload.username, []).append(upload)
+            return [UploadUsage(name, sum(u.state == "stored" for u in owned),
+                                sum(u.size for u in owned if u.state == "stored"),
+                                sum(u.state != "stored" for u in owned))
+                    for name, owned in sorted(owners.items())]
+        return self._run(usage)

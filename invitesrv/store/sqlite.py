@@ -43,10 +43,13 @@ from invitesrv.store.interfaces import (
     OfflineMessage,
     PepNode,
     PushRegistration,
+    QuotaExceeded,
     Roster,
     RosterItem,
     RosterObservers,
     StoreUnavailable,
+    Upload,
+    UploadUsage,
     UsernameConfusable,
     UsernameReserved,
 )
@@ -186,6 +189,8 @@ class SQLiteStore(RosterObservers):
         if serving:
             # No registration can be in flight after a start: free leaked reservations.
             self._conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
+            # Nor an upload: a PUT cut by a stop may be tried again.
+            self._conn.execute("UPDATE uploads SET state = 'slot' WHERE state = 'uploading'")
             # A newer ICU may have newer confusables data than the stored skeletons.
             self._conn.execute("UPDATE accounts SET skeleton = username_skeleton(username)"
                                " WHERE skeleton IS NOT username_skeleton(username)")
@@ -910,6 +915,70 @@ class SQLiteStore(RosterObservers):
     def deleteApiKey(self, keyId):
         return self._run(lambda conn: conn.execute(
             "DELETE FROM api_keys WHERE key_id = ?", (keyId,)).rowcount == 1)
+
+    # -- uploads ------------------------------------------------------------
+
+    def createUpload(self, upload: Upload, quota: int, daily: int):
+        def create(conn):
+            owner = (upload.host, upload.username)
+            if quota and conn.execute("SELECT COALESCE(SUM(size), 0) FROM uploads WHERE host = ?"
+                                      " AND username = ?", owner).fetchone()[0] + upload.size > quota:
+                raise QuotaExceeded("quota")
+            if daily and conn.execute(
+                    "SELECT COALESCE(SUM(size), 0) FROM uploads WHERE host = ? AND username = ?"
+                    " AND created > ?", (*owner, upload.created - 86400)
+            ).fetchone()[0] + upload.size > daily:
+                raise QuotaExceeded("daily")
+            conn.execute(f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (upload.id, upload.host, upload.username, upload.filename, upload.size,
+                          upload.contentType, upload.created, upload.expires, upload.state))
+        return self._run(create)
+
+    def getUpload(self, uploadId):
+        return self._run(lambda conn: _upload(conn.execute(
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (uploadId,)).fetchone()))
+
+    def beginUpload(self, uploadId, now):
+        return self._run(lambda conn: conn.execute(
+            "UPDATE uploads SET state = 'uploading' WHERE id = ? AND state = 'slot' AND expires > ?",
+            (uploadId, now)).rowcount == 1)
+
+    def finishUpload(self, uploadId, expires):
+        return self._run(lambda conn: conn.execute(
+            "UPDATE uploads SET state = 'stored', expires = ? WHERE id = ? AND state = 'uploading'",
+            (expires, uploadId)).rowcount == 1)
+
+    def abortUpload(self, uploadId):
+        return self._run(lambda conn: conn.execute(
+            "UPDATE uploads SET state = 'slot' WHERE id = ? AND state = 'uploading'",
+            (uploadId,)).rowcount == 1)
+
+    def expiredUploads(self, host, now, limit):
+        return self._run(lambda conn: [_upload(row) for row in conn.execute(
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE expires <= ? AND state != 'uploading'"
+            " AND host = ? ORDER BY expires LIMIT ?", (now, host, limit))])
+
+    def deleteUploads(self, uploadIds):
+        return self._run(lambda conn: sum(conn.execute(
+            "DELETE FROM uploads WHERE id = ?", (uploadId,)).rowcount for uploadId in uploadIds))
+
+    def listUploads(self, host, username):
+        return self._run(lambda conn: [_upload(row) for row in conn.execute(
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE host = ? AND username = ?"
+            " ORDER BY created, id", (host, username))])
+
+    def uploadUsage(self, host):
+        return self._run(lambda conn: [UploadUsage(*row) for row in conn.execute(
+            "SELECT username, SUM(state = 'stored'), SUM(CASE WHEN state = 'stored' THEN size"
+            " ELSE 0 END), SUM(state != 'stored') FROM uploads WHERE host = ? GROUP BY username"
+            " ORDER BY username", (host,))])
+
+
+_UPLOAD_COLUMNS = "id, host, username, filename, size, content_type, created, expires, state"
+
+
+def _upload(row) -> Upload | None:
+    return Upload(*row) if row is not None else None
 
 
 def backupDatabase(path: str, target: str) -> None:

@@ -15,6 +15,7 @@ SHA-256 of their secret is stored. Routes (see C{/api/v1/openapi.json}):
     GET    users                        list accounts
     DELETE users/NAME                   delete an account
     POST   users/NAME/reset             a password-reset invite
+    GET    uploads                      XEP-0363 upload usage per account
     GET    tokens/TOKEN                 public: is this token valid? (rate-limited)
 
 Errors are C{{"error": CODE, "message": TEXT}} with status 400, 401, 403,
@@ -290,6 +291,7 @@ class ApiRoot(BodyPolicy, resource.Resource):
             (("users",), {"GET": self.listUsers}, True),
             (("users", None), {"DELETE": self.deleteUser}, True),
             (("users", None, "reset"), {"POST": self.resetUser}, True),
+            (("uploads",), {"GET": self.listUploads}, True),
         ]
 
     def render(self, request):
@@ -560,3 +562,13 @@ class ApiRoot(BodyPolicy, resource.Resource):
             raise ApiError(409, str(e)) from None
         return 201, createdJSON(created, host.now()), {
             "location": f"../../invites/{created.invite.id}"}
+
+    # -- uploads ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def listUploads(self, request, host, keyId):
+        """What each account keeps as XEP-0363 uploads, and the slots it has not used yet."""
+        usage = yield self.context.store.uploadUsage(host.name)
+        return 200, {"uploads": [{"username": u.username, "jid": f"{u.username}@{host.name}",
+                                  "files": u.files, "bytes": u.bytes, "pending_slots": u.pending}
+                                 for u in usage]}

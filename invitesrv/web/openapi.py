@@ -212,6 +212,20 @@ def openAPIDocument() -> dict:
                                        "400": BAD_REQUEST, "401": UNAUTHORIZED,
                                        "403": FORBIDDEN, "404": NOT_FOUND}},
             },
+            "/uploads": {
+                "get": {"summary": "Upload usage (XEP-0363) per account: files kept, their bytes,"
+                                   " slots not used yet", "security": secured,
+                        "responses": {"200": {"description": "Accounts with uploads", "content": {
+                            "application/json": {"schema": {"type": "object", "properties": {
+                                "uploads": {"type": "array", "items": {"type": "object",
+                                                                       "properties": {
+                                    "username": {"type": "string"},
+                                    "jid": {"type": "string"},
+                                    "files": {"type": "integer"},
+                                    "bytes": {"type": "integer"},
+                                    "pending_slots": {"type": "integer"}}}}}}}}},
+                            "401": UNAUTHORIZED, "403": FORBIDDEN}},
+            },
             "/tokens/{token}": {
                 "parameters": [{"name": "token", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],
