@@ -40,6 +40,7 @@ DEFAULT_MODULES = (
     "carbons",
     "csi",
     "blocking",
+    "muc",
 )
 
 

@@ -40,6 +40,7 @@ from invitesrv.store.interfaces import (
     UsernameConfusable,
     UsernameReserved,
 )
+from invitesrv.store.sqlite_groups import GroupsSQL
 from invitesrv.usernames import looksAlike, skeleton
 
 log = Logger()
@@ -119,7 +120,7 @@ def _invite(row, uses=()) -> Invite:
 
 
 @implementer(IStore)
-class SQLiteStore:
+class SQLiteStore(GroupsSQL):
     """
     L{IStore} over one SQLite file (or C{":memory:"}).
 
@@ -262,6 +263,8 @@ class SQLiteStore:
                          [(a.host, a.username, contact, stanza) for contact, stanza in a.pendingIn])
         conn.executemany("INSERT INTO offline_messages (host, username, stamp, stanza) VALUES (?, ?, ?, ?)",
                          [(a.host, a.username, m.stamp, m.stanza) for m in a.offline])
+        for circle in a.circles:
+            SQLiteStore._addCircleMember(conn, a.host, circle, a.username)
 
     @staticmethod
     def _useInvite(conn, use: InviteUse, host: str, username: str, now: float):
@@ -376,14 +379,16 @@ class SQLiteStore:
             return Roster(row[0], items, removed, tuple((r[0], r[6]) for r in rows))
         return self._run(get)
 
+    @staticmethod
+    def _getRosterItem(conn, host, username, contact) -> RosterItem | None:
+        row = conn.execute(
+            "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
+            " WHERE host = ? AND username = ? AND contact = ? AND subscription != 'remove'",
+            (host, username, contact)).fetchone()
+        return _item(row) if row else None
+
     def getRosterItem(self, host, username, contact):
-        def get(conn):
-            row = conn.execute(
-                "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
-                " WHERE host = ? AND username = ? AND contact = ? AND subscription != 'remove'",
-                (host, username, contact)).fetchone()
-            return _item(row) if row else None
-        return self._run(get)
+        return self._run(self._getRosterItem, host, username, contact)
 
     @staticmethod
     def _bumpVersion(conn, host, username) -> int:
@@ -696,3 +701,4 @@ def restoreDatabase(backup: str, path: str) -> str | None:
     os.chmod(path, 0o600)
     openDatabase(path).close()  # upgrade an older schema now, with the usual copy
     return kept
+
