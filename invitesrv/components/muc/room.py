@@ -365,8 +365,6 @@ class Room:
         if self.locked:
             selfCodes.append(201)
         self.broadcastPresence(occupant, selfCodes=selfCodes)
-        if self.locked:
-            return  # a new room: no history or subject until it is configured
         self.sendHistory(full, x)
         self.sendSubject(full)
 

@@ -288,8 +288,11 @@ class MUCService(HostModule):
         room = self.rooms.get(to.user)
         kind = presence.getAttribute("type")
         if to.resource is None:
+            occupant = room.occupantOf(sender.full()) if room is not None else None
             if kind is None:
                 self.refuse(presence, "jid-malformed", "Join a room as room@service/nickname")
+            elif kind == "unavailable" and occupant is not None:  # a leave without the nick
+                room.onPresence(presence, sender, occupant.nick)
             return
         if room is not None:
             room.onPresence(presence, sender, to.resource)
@@ -419,10 +422,7 @@ class MUCService(HostModule):
         codes = room.applyConfig(form)
         room.locked = False
         yield self.saveRoom(room)
-        if wasLocked:
-            for full in list(room.nicks):
-                room.sendSubject(full)
-        else:
+        if not wasLocked:
             room.statusMessage(*codes)
         return None
 
