@@ -41,6 +41,7 @@ DEFAULT_MODULES = (
     "csi",
     "blocking",
     "muc",
+    "circles",
 )
 
 

@@ -103,6 +103,12 @@ def create(server, args):
     if (name or args.reset) and args.uses != 1:
         raise CommandError("an invite for one username can be used only once")
     roles = (ADMIN_ROLE,) if args.admin else ()
+    circles = tuple(args.circle)
+    if circles and (args.reset or (args.contact and not args.allow_registration)):
+        raise CommandError("--circle applies only to invites that create an account")
+    for circle in circles:
+        if (yield host.store.getCircle(host.name, circle)) is None:
+            raise CommandError(f"no circle named {circle!r} on {host.name}")
     manager = InviteManager(host)
     try:
         if args.reset:
@@ -111,10 +117,12 @@ def create(server, args):
         elif args.contact:
             created = yield manager.createContact(args.contact, args.allow_registration,
                                                   usesAllowed=args.uses, ttl=args.expires,
-                                                  roles=roles, note=args.note, source="cli")
+                                                  roles=roles, groups=circles, note=args.note,
+                                                  source="cli")
         else:
             created = yield manager.createAccount(name, usesAllowed=args.uses, ttl=args.expires,
-                                                  roles=roles, note=args.note, source="cli")
+                                                  roles=roles, groups=circles, note=args.note,
+                                                  source="cli")
     except InviteError as e:
         raise CommandError(str(e)) from None
     invite = created.invite
@@ -209,6 +217,8 @@ def addInviteCommands(commands) -> None:
     command.add_argument("--expires", type=expiry, default=None, metavar="DURATION",
                          help="valid for this long, e.g. 1h, 7d, 4w (default: invite_expiry)")
     command.add_argument("--admin", action="store_true", help="the new account is an admin")
+    command.add_argument("--circle", action="append", default=[], metavar="NAME",
+                         help="the new account joins this circle (may be repeated)")
     command.add_argument("--note", default="", metavar="TEXT", help="a note for admins")
     command.add_argument("--qr", action="store_true", help="also print a QR code of the link")
     command.add_argument("host", metavar="HOST_OR_JID",
