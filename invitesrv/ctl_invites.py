@@ -104,8 +104,8 @@ def create(server, args):
         raise CommandError("an invite for one username can be used only once")
     roles = (ADMIN_ROLE,) if args.admin else ()
     circles = tuple(args.circle)
-    if circles and (args.reset or (args.contact and not args.allow_registration)):
-        raise CommandError("--circle applies only to invites that create an account")
+    if circles and (args.reset or args.contact):
+        raise CommandError("--circle applies only to account invites")
     for circle in circles:
         if (yield host.store.getCircle(host.name, circle)) is None:
             raise CommandError(f"no circle named {circle!r} on {host.name}")
@@ -117,8 +117,7 @@ def create(server, args):
         elif args.contact:
             created = yield manager.createContact(args.contact, args.allow_registration,
                                                   usesAllowed=args.uses, ttl=args.expires,
-                                                  roles=roles, groups=circles, note=args.note,
-                                                  source="cli")
+                                                  roles=roles, note=args.note, source="cli")
         else:
             created = yield manager.createAccount(name, usesAllowed=args.uses, ttl=args.expires,
                                                   roles=roles, groups=circles, note=args.note,

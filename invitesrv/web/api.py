@@ -15,6 +15,11 @@ SHA-256 of their secret is stored. Routes (see C{/api/v1/openapi.json}):
     GET    users                        list accounts
     DELETE users/NAME                   delete an account
     POST   users/NAME/reset             a password-reset invite
+    GET    circles                      list circles with their members
+    POST   circles                      create a circle (and its room)
+    DELETE circles/NAME                 delete a circle
+    PUT    circles/NAME/members/USER    add an account to a circle
+    DELETE circles/NAME/members/USER    take it out
     GET    tokens/TOKEN                 public: is this token valid? (rate-limited)
 
 Errors are C{{"error": CODE, "message": TEXT}} with status 400, 401, 403,
@@ -284,6 +289,10 @@ class ApiRoot(BodyPolicy, resource.Resource):
             (("users",), {"GET": self.listUsers}, True),
             (("users", None), {"DELETE": self.deleteUser}, True),
             (("users", None, "reset"), {"POST": self.resetUser}, True),
+            (("circles",), {"GET": self.listCircles, "POST": self.createCircle}, True),
+            (("circles", None), {"DELETE": self.deleteCircle}, True),
+            (("circles", None, "members", None), {"PUT": self.addMember,
+                                                  "DELETE": self.removeMember}, True),
         ]
 
     def render(self, request):
@@ -430,13 +439,13 @@ class ApiRoot(BodyPolicy, resource.Resource):
     def createInvite(self, request, host, keyId):
         body = readJSON(request)
         checkKeys(body, {"type", "username", "inviter", "uses", "expires_in", "roles", "note",
-                         "allow_registration"})
+                         "allow_registration", "circles"})
         kind = body.get("type", "account")
         if kind not in ("account", "contact", "reset"):
             raise ApiError(400, "type must be account, contact or reset")
         wrong = {"account": {"inviter", "allow_registration"},
-                 "contact": {"username"},
-                 "reset": {"inviter", "allow_registration", "roles", "uses"}}[kind] & set(body)
+                 "contact": {"username", "circles"},
+                 "reset": {"inviter", "allow_registration", "roles", "uses", "circles"}}[kind] & set(body)
         if wrong:
             raise ApiError(400, f"{', '.join(sorted(wrong))} cannot be given for a {kind} invite")
         uses = usesValue(body.get("uses", 1))
@@ -446,6 +455,7 @@ class ApiRoot(BodyPolicy, resource.Resource):
         allowRegistration = body.get("allow_registration", False)
         if not isinstance(allowRegistration, bool):
             raise ApiError(400, "allow_registration must be true or false")
+        circles = yield self._circleNames(host, body.get("circles", []))
         manager = self.context.managers[host.name]
         source = f"api:{keyId}"
         try:
@@ -468,7 +478,8 @@ class ApiRoot(BodyPolicy, resource.Resource):
                 if username and uses != 1:
                     raise ApiError(400, "An invite for one username can be used only once")
                 created = yield manager.createAccount(username, usesAllowed=uses, ttl=ttl,
-                                                      roles=roles, note=note, source=source)
+                                                      roles=roles, groups=circles, note=note,
+                                                      source=source)
         except InviteError as e:
             raise ApiError(409, str(e)) from None
         return 201, createdJSON(created, host.now()), {"location": f"invites/{created.invite.id}"}
@@ -548,3 +559,70 @@ class ApiRoot(BodyPolicy, resource.Resource):
             raise ApiError(409, str(e)) from None
         return 201, createdJSON(created, host.now()), {
             "location": f"../../invites/{created.invite.id}"}
+
+    # -- circles ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _circleNames(self, host, value):
+        """C{circles} of a new invite: names of existing circles of the host."""
+        if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+            raise ApiError(400, "circles must be a list of circle names")
+        for name in value:
+            if (yield host.store.getCircle(host.name, name)) is None:
+                raise ApiError(400, f"There is no circle {name!r}")
+        return tuple(value)
+
+    @staticmethod
+    def _circles(host):
+        circles = host.modules.get("circles")
+        if circles is None:
+            raise ApiError(404, f"Circles are not on for {host.name} (server.modules)")
+        return circles
+
+    @defer.inlineCallbacks
+    def _change(self, host, keyId, action: str, *args):
+        from invitesrv.modules.circles import CircleError
+        try:
+            circle = yield getattr(self._circles(host), action)(*args)
+        except CircleError as e:
+            raise ApiError(404 if "no circle" in str(e) or "not in" in str(e) else 409,
+                           str(e)) from None
+        log.info("Circle {name!r} on {host}: {action} through the API by key {keyId}",
+                 name=circle.name, host=host.name, action=action, keyId=keyId)
+        return circle
+
+    @defer.inlineCallbacks
+    def listCircles(self, request, host, keyId):
+        circles = yield self._circles(host).list()
+        return 200, {"circles": [circleJSON(circle) for circle in circles]}
+
+    @defer.inlineCallbacks
+    def createCircle(self, request, host, keyId):
+        from invitesrv.modules.circles import CircleError
+        body = readJSON(request)
+        checkKeys(body, {"name"})
+        try:
+            circle = yield self._circles(host).create(textValue(body.get("name"), "name", 64))
+        except CircleError as e:
+            raise ApiError(409 if "exists" in str(e) else 400, str(e)) from None
+        return 201, circleJSON(circle), {"location": f"circles/{circle.name}"}
+
+    @defer.inlineCallbacks
+    def deleteCircle(self, request, host, keyId, name: str):
+        yield self._change(host, keyId, "delete", name)
+        return 204, None
+
+    @defer.inlineCallbacks
+    def addMember(self, request, host, keyId, name: str, user: str):
+        circle = yield self._change(host, keyId, "add", name, self._account(user))
+        return 200, circleJSON(circle)
+
+    @defer.inlineCallbacks
+    def removeMember(self, request, host, keyId, name: str, user: str):
+        yield self._change(host, keyId, "remove", name, self._account(user))
+        return 204, None
+
+
+def circleJSON(circle) -> dict:
+    return {"name": circle.name, "room": circle.room, "members": list(circle.members),
+            "created": isoTime(circle.created)}
