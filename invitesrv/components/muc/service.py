@@ -85,10 +85,17 @@ class MUCService(HostModule):
     observers = (("/presence", "onPresence"), ("/message", "onMessage"), ("/iq", "onIQ", -1))
     Options = MUCOptions
 
-    def __init__(self) -> None:
+    def __init__(self, owner) -> None:
+        self.owner = owner
         self.rooms: dict[str, Room] = {}
         self.loaded: defer.Deferred | None = None
         self.buckets = None
+        self.rate: tuple[int, int] = (0, 0)
+
+    @property
+    def options(self) -> MUCOptions:
+        """The C{[modules.muc]} options of the host module, as a reload leaves them."""
+        return self.owner.options
 
     @property
     def domain(self) -> str:
@@ -105,7 +112,8 @@ class MUCService(HostModule):
         """Attach the observers, then load the persistent rooms (stanzas wait for them)."""
         HostModule.connectionInitialized(self)
         options = self.options
-        self.buckets = BucketTable(self.parent.clock, options.message_rate, options.message_burst)
+        self.rate = (options.message_rate, options.message_burst)
+        self.buckets = BucketTable(self.parent.clock, *self.rate)
         self.loaded = self.loadRooms()
 
     # -- persistence -------------------------------------------------------------
@@ -211,6 +219,10 @@ class MUCService(HostModule):
         if size > self.options.max_message_size:
             raise stanzaError("not-acceptable", f"The message is too large ({size} bytes; at most"
                               f" {self.options.max_message_size})", "modify")
+        rate = (self.options.message_rate, self.options.message_burst)
+        if rate != self.rate:  # a reload changed them
+            self.rate = rate
+            self.buckets.configure(*rate)
         if self.options.message_rate and not self.buckets[f"{room.bare} {occupant.bare}"].tryTake():
             log.info("{user} sends too many messages to {room} (limit message_rate)",
                      user=occupant.bare, room=room.bare)
@@ -545,8 +557,7 @@ class GroupsModule(HostModule):
         if host.router.local(domain) is not None:
             raise ModuleError(f"{domain} is served twice: by modules.muc and as a host or component")
         self.component = InternalComponent(domain, host)
-        self.service = MUCService()
-        self.service.options = options
+        self.service = MUCService(self)
         self.component.addModule("muc", self.service)
         self.component.start()
         log.info("Group chats of {host} on {domain}", host=host.name, domain=domain)
