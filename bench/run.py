@@ -40,12 +40,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 GENERATOR = HERE / "xmppload.py"
+MUC_GENERATOR = HERE / "mucload.py"  # group chat workloads, on xmppload's code
 PROVISION = HERE / "provision.py"
 PROSODY_START = HERE / "prosody" / "start.sh"
 PROSODY_STOP = HERE / "prosody" / "stop.sh"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 SCENARIOS = ("register", "invite", "login", "plain", "login1", "messages", "roster", "idle",
-             "idle10k")
+             "idle10k", "mucmsg", "mucjoin")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
 DOMAIN = "localhost"
@@ -78,6 +79,13 @@ class Sizes:
     idle_k: int = 2000
     idle_c: int = 50
     idle10k_k: int = 10000
+    muc_occupants: int = 50
+    muc_senders: int = 5
+    muc_m: int = 200
+    muc_w: int = 1
+    muc_joins: int = 200
+    muc_join_c: int = 20
+    muc_history: int = 20
     idle_settle: float = 3.0
     idle_hold: float = 5.0
     pause: float = 3.0
@@ -87,13 +95,15 @@ class Sizes:
     def pool(self, scenarios) -> int:
         """Accounts the non-register scenarios log in with."""
         return max(self.login_n, self.plain_n, self.login1_n, self.idle_k, 2 * self.msg_pairs,
+                   self.muc_occupants, self.muc_joins + 1,
                    self.roster_u + self.roster_r + 1,
                    self.idle10k_k if "idle10k" in scenarios else 0)
 
 
 QUICK = Sizes(register_n=20, register_c=5, invite_n=10, login_n=30, login_c=10, plain_n=10, login1_n=5,
               msg_pairs=2, msg_m=10, roster_u=4, roster_r=5, roster_gets=2, roster_c=4,
-              idle_k=30, idle_c=10, idle10k_k=60, idle_settle=0.5, idle_hold=0.5, pause=0.2, max_seconds=30,
+              idle_k=30, idle_c=10, idle10k_k=60, muc_occupants=5, muc_senders=2, muc_m=10,
+              muc_joins=10, muc_join_c=5, idle_settle=0.5, idle_hold=0.5, pause=0.2, max_seconds=30,
               op_timeout=10)
 
 
@@ -368,10 +378,10 @@ class Bench:
         self.cache = work / f"{server.name}.scram"
         self.results: list[dict] = []
 
-    def gen(self, tag: str, run: str, *args: str) -> dict:
+    def gen(self, tag: str, run: str, *args: str, generator: Path = GENERATOR) -> dict:
         """One generator call; its JSON line, annotated, is kept and appended to the output."""
         s = self.sizes
-        command = [sys.executable, str(GENERATOR), "--host", "127.0.0.1",
+        command = [sys.executable, str(generator), "--host", "127.0.0.1",
                    "--port", str(self.server.port), "--domain", DOMAIN,
                    "--server-pid", str(self.server.pid), "--scram-cache", str(self.cache),
                    "--max-seconds", str(s.max_seconds), "--op-timeout", str(s.op_timeout),
@@ -493,6 +503,20 @@ class Bench:
             self.gen("roster", run, "roster", "-g", str(s.roster_gets), *common)
 
 
+    def scenario_mucmsg(self) -> None:
+        s = self.sizes
+        for run in self.runs():
+            self.gen("mucmsg", run, "mucmsg", "-p", str(s.muc_occupants), "-s", str(s.muc_senders),
+                     "-m", str(s.muc_m), "-w", str(s.muc_w), "-c", str(s.login_c),
+                     "--prefix", POOL, generator=MUC_GENERATOR)
+
+    def scenario_mucjoin(self) -> None:
+        s = self.sizes
+        for run in self.runs():
+            self.gen("mucjoin", run, "mucjoin", "-n", str(s.muc_joins), "-c", str(s.muc_join_c),
+                     "--history", str(s.muc_history), "--prefix", POOL, generator=MUC_GENERATOR)
+
+
 # -- figures -----------------------------------------------------------------
 
 
@@ -518,9 +542,10 @@ def figures(r: dict) -> dict:
                    srv_pct=r.get("login_server_cpu_pct"), busy=r.get("login_cpu_busy_pct"))
         cpu = r.get("login_server_cpu_s")
     else:
-        ok = {"messages": r.get("messages_ok"), "roster": r.get("gets_ok")}.get(scenario, r.get("ok"))
+        ok = {"messages": r.get("messages_ok"), "roster": r.get("gets_ok"),
+              "mucmsg": r.get("messages_ok"), "mucjoin": r.get("joins_ok")}.get(scenario, r.get("ok"))
         ok = ok or 0
-        if scenario == "messages":
+        if scenario in ("messages", "mucmsg"):
             out.update(rate=r.get("per_s"), p50=r.get("rtt_p50_ms"), p99=r.get("rtt_p99_ms"))
         else:
             out.update(rate=r.get("per_s"), p50=r.get("p50_ms"), p99=r.get("p99_ms"))
@@ -532,7 +557,7 @@ def figures(r: dict) -> dict:
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
          "login1": "logins/s", "messages": "msgs/s", "roster": "gets/s", "idle": "logins/s",
-         "idle10k": "logins/s"}
+         "idle10k": "logins/s", "mucmsg": "msgs/s (to all)", "mucjoin": "joins/s"}
 
 
 def fmt(value, digits: int = 3) -> str:

@@ -75,6 +75,12 @@ registration_allowlist = { "127.0.0.1", "::1" }
 -- (mod_limits is not loaded: no c2s rate limits)
 ssl = { certificate = "$RUN/certs/$DOMAIN.crt"; key = "$RUN/certs/$DOMAIN.key"; }
 VirtualHost "$DOMAIN"
+-- group chats, as invitesrv serves them on groups.DOMAIN (bench/run.py mucmsg, mucjoin)
+Component "groups.$DOMAIN" "muc"
+    modules_enabled = { "muc_mam" }
+    max_history_messages = 20
+    muc_room_default_history_length = 20
+    muc_max_occupants = 1000
 CFG
 
 # file descriptors: as many as the hard limit allows
