@@ -188,10 +188,18 @@ async def sc_mucjoin(o, cache):
             return r
         keeper = clients[idxs[0]]  # stays in the room, which keeps its history
         await createRoom(o, keeper, "keeper")
+        echoed = asyncio.get_running_loop().create_future()
+
+        def onEcho(el):
+            if el.tag == T_MESSAGE and el.get("id") == f"h{o.history - 1}" and not echoed.done():
+                echoed.set_result(None)
+            return True
+        keeper.proto.on_stanza = onEcho
         for k in range(o.history):
             keeper.send(f"<message type='groupchat' to='{room}' id='h{k}'><body>history {k}"
                         "</body></message>")
-        await keeper.iq("<ping xmlns='urn:xmpp:ping'/>", "get", room)
+        if o.history:
+            await asyncio.wait_for(echoed, o.op_timeout)  # the room has them all
         st = Stats()
         histories = []
 
