@@ -12,6 +12,8 @@ from __future__ import annotations
 import invitesrv  # noqa: F401 (its Wokkel shim goes before any Wokkel import)
 
 # isort: split
+from dataclasses import replace
+
 import pytest
 from twisted.internet import task
 from twisted.words.xish import domish
@@ -402,10 +404,14 @@ def archiveQuery(world, full: str, inner: str = "", queryId: str = "q") -> tuple
 
 
 def test_roomArchiveWithPaging(world):
-    """A persistent room's archive answers MAM queries page by page (RSM), with before-id."""
+    """
+    A persistent room's archive answers MAM queries page by page (RSM),
+    with before-id; chat states are not archived.
+    """
     world.create("alice@localhost/a", "Alice", persistentroom=1)
     for n in range(5):
         say(world, "alice@localhost/a", f"<body>m{n}</body>")
+    say(world, "alice@localhost/a", "<active xmlns='http://jabber.org/protocol/chatstates'/>")
     messages, end = archiveQuery(world, "alice@localhost/a",
                                  "<set xmlns='http://jabber.org/protocol/rsm'><max>2</max></set>")
     texts = [str(m.result.forwarded.message.body) for m in messages]
@@ -515,3 +521,11 @@ def test_limits():
         assert remote == []
     finally:
         world.stop()
+
+
+def test_limitsFollowTheOptionsOfTheHostModule(world):
+    """The service reads the host module's options at each use: a reload's new ones apply at once."""
+    module = world.server.hosts["localhost"].modules["muc"]
+    world.create("alice@localhost/a", "Alice")
+    module.options = replace(module.options, max_occupants=1)
+    assert condition(world.join("bob@localhost/b", "Bob")[0]) == "service-unavailable"

@@ -502,10 +502,10 @@ class Room:
         sid = out.addElement((NS_SID, "stanza-id"))
         sid["id"], sid["by"] = stanzaId, self.bare
         now = self.service.now()
-        if message.body is not None:
+        if message.body is not None:  # not chat states and the like
             self.remember(now, out)
-        if self.archiving:
-            self.service.archive(self, stanzaId, now, out, occupant.bare)
+            if self.archiving:
+                self.service.archive(self, stanzaId, now, out, occupant.bare)
         self.broadcastMessage(out)
 
     def remember(self, stamp: float, message: domish.Element) -> None:
