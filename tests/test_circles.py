@@ -129,6 +129,29 @@ def test_circleMadeWhileStoppedHasItsRoomAtStart(running):
     run(scenario())
 
 
+def test_membersOnlineSeeEachOther(running):
+    """Two members online when the circle brings them together get each other's presence at once."""
+    async def scenario():
+        alice, bob = client("alice"), client("bob")
+        seen: asyncio.Queue = asyncio.Queue()
+        alice.add_event_handler("presence_available", seen.put_nowait)
+        for each in (alice, bob):
+            assert await each.login(running.port)
+            await each.get_roster()
+        def together():
+            running.ctl("circle", "create", "localhost", "Pair")
+            running.ctl("circle", "add", "localhost", "Pair", "alice")
+            running.ctl("circle", "add", "localhost", "Pair", "bob")
+        await asyncio.get_running_loop().run_in_executor(None, together)
+        while str((presence := await asyncio.wait_for(seen.get(), 10))["from"]) != "bob@localhost/desk":
+            pass
+        assert presence["type"] == "available"
+        for each in (alice, bob):
+            await each.logout()
+
+    run(scenario())
+
+
 def test_adhocCommandForAdmins(running):
     """Admins manage circles over XEP-0050; others do not see the command."""
     node = "urn:invitesrv:circles#manage"

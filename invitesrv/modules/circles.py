@@ -73,7 +73,7 @@ class CirclesModule(HostModule):
     """The circles of one host; see the module docstring."""
 
     name = "circles"
-    depends = ("muc", "roster")
+    depends = ("muc", "roster", "presence")
     hooks = (("user-registering", "onRegistering"), ("user-registered", "onRegistered"),
              ("user-deleting", "onDeleting"), ("adhoc-commands", "offeredCommands"))
 
@@ -208,6 +208,11 @@ class CirclesModule(HostModule):
         yield self.pushRoster(username, others)
         for other in others:
             yield self.pushRoster(other, [username])
+        presence = self.parent.modules.get("presence")
+        if presence is not None:  # the new subscriptions: each side sees the other online
+            for other in others:
+                presence.sendCurrentPresence(username, f"{other}@{self.parent.name}")
+                presence.sendCurrentPresence(other, f"{username}@{self.parent.name}")
         log.info("{user} joined the circle {name!r} of {host}", user=username, name=circle.name,
                  host=self.parent.name)
 
