@@ -208,13 +208,15 @@ class Invitesrv:
         cert, key = certificate
         directory.mkdir(parents=True, exist_ok=True)
         # Open registration for the register scenario; the generator's
-        # passwords (pw-<user>) are short, hence the low minimum length.
+        # passwords (pw-<user>) are short, hence the low minimum length. No
+        # per-occupant rate limit in group chats: Prosody's mod_muc has none.
         self.configPath.write_text(
             f'[server]\ndata_dir = "{directory / "data"}"\n'
             '[listen]\nc2s = ["tcp:0:interface=127.0.0.1"]\n'
             f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
             '[host_defaults]\nallow_registration = true\nregistration_invite_only = false\n'
-            'password_min_length = 1\n')
+            'password_min_length = 1\n'
+            '[modules.muc]\nmessage_rate = 0\n')
 
     @property
     def pid(self) -> int:
