@@ -529,3 +529,18 @@ def test_limitsFollowTheOptionsOfTheHostModule(world):
     world.create("alice@localhost/a", "Alice")
     module.options = replace(module.options, max_occupants=1)
     assert condition(world.join("bob@localhost/b", "Bob")[0]) == "service-unavailable"
+
+
+def test_deletedAccountLosesItsAffiliations(world):
+    """Whoever registers a deleted account's name later inherits none of its rooms."""
+    from invitesrv.store.interfaces import NewAccount
+    world.store.createAccount(NewAccount("localhost", "bob", ()))
+    world.create("alice@localhost/a", "Alice", persistentroom=1)
+    world.send(f"<iq type='set' id='o' from='alice@localhost/a' to='{ROOM}'>"
+               f"<query xmlns='{NS_MUC}#admin'><item jid='bob@localhost' affiliation='owner'/>"
+               "</query></iq>")
+    assert world.service.room("room").affiliation("bob@localhost") == "owner"
+    world.server.hosts["localhost"].registrar.deleteAccount("bob")
+    assert world.service.room("room").affiliation("bob@localhost") == "none"
+    (stored,) = world.store.listRooms("groups.localhost").result
+    assert "bob@localhost" not in stored.affiliations

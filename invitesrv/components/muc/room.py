@@ -747,7 +747,7 @@ class Room:
         return form
 
     def applyConfig(self, form: domish.Element) -> list[int]:
-        """A submitted configuration form; fire-and-forget status codes for the occupants."""
+        """Apply a submitted configuration form; return the status codes to announce (104 ...)."""
         values = {}
         for f in form.elements(data_form.NS_X_DATA, "field"):
             value = next(f.elements(data_form.NS_X_DATA, "value"), None)

@@ -539,6 +539,7 @@ class GroupsModule(HostModule):
 
     name = "muc"
     Options = MUCOptions
+    hooks = (("user-deleted", "onUserDeleted"),)
 
     def __init__(self) -> None:
         self.component: InternalComponent | None = None
@@ -567,3 +568,18 @@ class GroupsModule(HostModule):
             self.component.stop()
             self.component = self.service = None
         HostModule.connectionLost(self, reason)
+
+    def onUserDeleted(self, host: str, username: str):
+        """
+        A deleted account's affiliations go with it: whoever takes the name
+        later owns, administers or belongs to no room (nor is banned).
+        """
+        if self.service is None:
+            return None
+        bare = f"{username}@{host}"
+        saved = []
+        for room in list(self.service.rooms.values()):
+            if room.affiliation(bare) != "none":
+                room.setAffiliation(bare, "none")
+                saved.append(self.service.saveRoom(room))
+        return defer.gatherResults(saved)
