@@ -19,7 +19,8 @@ from twisted.internet import task
 from twisted.words.xish import domish
 from wokkel import disco
 
-from invitesrv.config import Config
+from invitesrv.config import ComponentOptions, Config
+from invitesrv.modules.base import ModuleError
 from invitesrv.service import HostsService, InviteServer
 from invitesrv.store.memory import MemoryStore
 
@@ -544,3 +545,12 @@ def test_deletedAccountLosesItsAffiliations(world):
     assert world.service.room("room").affiliation("bob@localhost") == "none"
     (stored,) = world.store.listRooms("groups.localhost").result
     assert "bob@localhost" not in stored.affiliations
+
+
+def test_componentOfTheSameNameStopsStartUp():
+    """A configured component on groups.HOST and the group chats cannot both have the domain."""
+    config = Config(modules=("disco", "muc"), components={
+        "localhost": {"groups.localhost": ComponentOptions(modules=("ping",))}})
+    server = InviteServer(config, store=MemoryStore(), reactor=task.Clock())
+    with pytest.raises(ModuleError, match="groups.localhost is served twice"):
+        HostsService(server).startService()

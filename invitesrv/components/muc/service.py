@@ -555,8 +555,9 @@ class GroupsModule(HostModule):
             return
         host = self.parent
         domain = f"{options.subdomain}.{host.name}"
-        if host.router.local(domain) is not None:
-            raise ModuleError(f"{domain} is served twice: by modules.muc and as a host or component")
+        if host.router.local(domain) is not None or domain in host.config.components.get(host.name, {}):
+            raise ModuleError(f"{domain} is served twice: by modules.muc and as a host or component"
+                              " (set [modules.muc] subdomain to another name)")
         self.component = InternalComponent(domain, host)
         self.service = MUCService(self)
         self.component.addModule("muc", self.service)
