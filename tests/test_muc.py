@@ -291,13 +291,24 @@ def test_participantsCannotKickOrChangeAffiliations(world):
 
 
 def test_membersOnlyRoom(world):
-    """Non-members get registration-required; a member added by an admin may join."""
+    """
+    Non-members get registration-required; a member added by an admin may
+    join and see the owners and members, not the outcasts.
+    """
     world.create("alice@localhost/a", "Alice", membersonly=1)
     assert condition(world.join("bob@localhost/b", "Bob")[0]) == "registration-required"
     world.send(f"<iq type='set' id='m' from='alice@localhost/a' to='{ROOM}'>"
                f"<query xmlns='{NS_MUC}#admin'><item jid='bob@localhost' affiliation='member'/></query></iq>")
     joined = world.join("bob@localhost/b", "Bob")
     assert item([s for s in joined if s.name == "presence"][-1])["affiliation"] == "member"
+    for wanted, listed in (("owner", ["alice@localhost"]), ("member", ["bob@localhost"])):
+        ask(world, "bob@localhost/b", ROOM,
+            f"<query xmlns='{NS_MUC}#admin'><item affiliation='{wanted}'/></query>")
+        answer = world.session("bob@localhost/b").take()[-1]
+        assert [i["jid"] for i in answer.query.elements()] == listed  # a member sees who belongs
+    ask(world, "bob@localhost/b", ROOM,
+        f"<query xmlns='{NS_MUC}#admin'><item affiliation='outcast'/></query>")
+    assert condition(world.session("bob@localhost/b").take()[-1]) == "forbidden"
 
 
 def test_passwordProtectedRoom(world):

@@ -609,9 +609,13 @@ class Room:
             wanted = item["affiliation"]
             if wanted not in AFFILIATION_RANK or wanted == "none":
                 raise stanzaError("bad-request", f"Unknown affiliation {wanted!r}")
-            if mine < AFFILIATION_RANK["admin"] and not (
-                    wanted == "member" and self.config.membersOnly and occupant is not None):
-                raise stanzaError("forbidden", "Only admins and owners see affiliation lists")
+            # Members of a members-only or non-anonymous room see who belongs to it
+            # (clients build a private group's member list from these); the
+            # outcasts are for admins and owners only.
+            seesMembers = mine >= AFFILIATION_RANK["member"] and wanted != "outcast" and (
+                self.config.membersOnly or self.config.whois == "anyone")
+            if mine < AFFILIATION_RANK["admin"] and not seesMembers:
+                raise stanzaError("forbidden", "Only admins and owners see this affiliation list")
             for who, affiliation in sorted(self.affiliations.items()):
                 if affiliation == wanted:
                     row = result.addElement("item")
