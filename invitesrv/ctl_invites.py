@@ -106,6 +106,8 @@ def create(server, args):
     circles = tuple(args.circle)
     if circles and (args.reset or args.contact):
         raise CommandError("--circle applies only to account invites")
+    if args.room and not args.contact:
+        raise CommandError("--room goes with --contact")
     for circle in circles:
         if (yield host.store.getCircle(host.name, circle)) is None:
             raise CommandError(f"no circle named {circle!r} on {host.name}")
@@ -117,7 +119,8 @@ def create(server, args):
         elif args.contact:
             created = yield manager.createContact(args.contact, args.allow_registration,
                                                   usesAllowed=args.uses, ttl=args.expires,
-                                                  roles=roles, note=args.note, source="cli")
+                                                  roles=roles, note=args.note, source="cli",
+                                                  room=args.room or "")
         else:
             created = yield manager.createAccount(name, usesAllowed=args.uses, ttl=args.expires,
                                                   roles=roles, groups=circles, note=args.note,
@@ -175,7 +178,8 @@ def show(server, args):
         ("Status", invite.status(host.now())), ("Created", isoTime(invite.created)),
         ("Expires", isoTime(invite.expires)), ("Uses", f"{invite.uses} of {uses}"),
         ("Reserved", str(invite.reserved)), ("Roles", ", ".join(invite.roles) or "-"),
-        ("Groups", ", ".join(invite.groups) or "-"), ("Source", invite.source or "-"),
+        ("Groups", ", ".join(invite.groups) or "-"), ("Room", invite.room or "-"),
+        ("Source", invite.source or "-"),
         ("Note", invite.note or "-"),
     ]
     if invite.revoked is not None:
@@ -216,6 +220,9 @@ def addInviteCommands(commands) -> None:
     command.add_argument("--expires", type=expiry, default=None, metavar="DURATION",
                          help="valid for this long, e.g. 1h, 7d, 4w (default: invite_expiry)")
     command.add_argument("--admin", action="store_true", help="the new account is an admin")
+    command.add_argument("--room", metavar="JID",
+                         help="with --contact: a room the inviter owns, into which the redeemer"
+                              " is invited")
     command.add_argument("--circle", action="append", default=[], metavar="NAME",
                          help="the new account joins this circle (may be repeated)")
     command.add_argument("--note", default="", metavar="TEXT", help="a note for admins")

@@ -667,6 +667,15 @@ class StoreBehaviour:
         assert [m.stanza for m in page] == ["<message/>"]
         assert (yield store.retractRoomMessage(service, "tea", "nope", "<message/>")) is None
 
+    @pytest_twisted.inlineCallbacks
+    def test_inviteRoom(self, store):
+        """A contact invite keeps the room it brings its redeemer into."""
+        yield store.createInvite(invite("r1", kind="contact", inviter="alice",
+                                        room="tea@groups.example.org"), token("r1"))
+        yield store.createInvite(invite("r2"), token("r2"))
+        assert (yield store.getInvite("r1")).room == "tea@groups.example.org"
+        assert (yield store.findInvite(token("r2"))).room == ""
+
     # -- circles -----------------------------------------------------------------------
 
     @pytest_twisted.inlineCallbacks

@@ -110,10 +110,18 @@ def test_inviteIntoCircleAndFirstLogin(running):
 
 
 def test_circleMadeWhileStoppedHasItsRoomAtStart(running):
-    """Circle changes made with the server stopped reach the rooms when it starts."""
+    """
+    Circle changes made with the server stopped reach the rooms when it
+    starts. A contact invite may not name a room its inviter does not own.
+    """
     running.stop()
     room = re.search(r"room (\S+)\)", running.ctl("circle", "create", "localhost", "Club").stdout).group(1)
     running.ctl("circle", "add", "localhost", "Club", "alice")
+    refused = running.ctl("invite", "create", "--room", room, "localhost", check=False)
+    assert "--room goes with --contact" in refused.stderr
+    refused = running.ctl("invite", "create", "--contact", "alice", "--room", room, "localhost",
+                          check=False)  # a circle's room has no owner
+    assert "alice@localhost owns no such persistent room" in refused.stderr
     running.start()
 
     async def scenario():

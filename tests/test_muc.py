@@ -565,3 +565,25 @@ def test_componentOfTheSameNameStopsStartUp():
     server = InviteServer(config, store=MemoryStore(), reactor=task.Clock())
     with pytest.raises(ModuleError, match="groups.localhost is served twice"):
         HostsService(server).startService()
+
+
+def test_contactInviteBringsIntoTheInvitersRoom(world):
+    """A contact invite naming a room its inviter owns: the redeemer becomes a member and is invited."""
+    from invitesrv.invites import InviteError, InviteManager
+    from invitesrv.store.interfaces import NewAccount
+    host = world.server.hosts["localhost"]
+    for name in ("alice", "bob"):
+        world.store.createAccount(NewAccount("localhost", name, ()))
+    world.create("alice@localhost/a", "Alice", persistentroom=1, membersonly=1)
+    manager = InviteManager(host)
+    refused = []
+    manager.createContact("bob", room=ROOM).addErrback(refused.append)
+    assert refused[0].check(InviteError)  # bob owns no such room
+    invite = manager.createContact("alice", room=ROOM).result.invite
+    assert invite.room == ROOM
+    carol = world.session("carol@localhost/c")
+    host.hooks.fire("invite-used", invite, "carol@localhost", "contact")
+    (message,) = carol.take()
+    assert message["from"] == ROOM
+    assert next(message.elements(NS_USER, "x")).invite["from"] == "alice@localhost"
+    assert world.join("carol@localhost/c", "Carol")[-1].subject is not None

@@ -15,6 +15,7 @@ from webclient import HOST, PASSWORD, WebClient, WebSetup
 
 from invitesrv.invites import InviteManager
 from invitesrv.modules.circles import CirclesModule
+from invitesrv.store.interfaces import StoredRoom
 from invitesrv.web.api import (
     MAX_DEPTH,
     MAX_USES,
@@ -344,7 +345,8 @@ def test_circles(api):
     """
     Circles verb by verb: 404 while the module is off, then create (409 for
     a second of the same name), add and remove members (their subscriptions
-    follow), an invite naming a circle, and delete.
+    follow), an invite naming a circle, and delete. A contact invite names
+    a room only its inviter owns.
     """
     assertError((yield api.call("GET", "circles")), 404, "not-found")
     api.host.addModule("circles", CirclesModule())  # store only: no group chat service here
@@ -369,6 +371,15 @@ def test_circles(api):
     assertError((yield api.call("POST", "invites", json={"circles": ["Nope"]})), 400, "bad-request")
     assertError((yield api.call("POST", "invites", json={"type": "contact", "inviter": "alice",
                                                           "circles": ["Family"]})), 400, "bad-request")
+    yield api.store.saveRoom(StoredRoom("groups.example.org", "tea", {"persistent": True},
+                                        affiliations={f"alice@{HOST}": ("owner", "")}))
+    response = yield api.call("POST", "invites", json={"type": "contact", "inviter": "alice",
+                                                       "room": "tea@groups.example.org"})
+    assert response.code == 201 and response.json()["room"] == "tea@groups.example.org"
+    assertError((yield api.call("POST", "invites", json={
+        "type": "contact", "inviter": "bob", "room": "tea@groups.example.org"})), 409, "conflict")
+    assertError((yield api.call("POST", "invites", json={"room": "tea@groups.example.org"})),
+                400, "bad-request")
     assert (yield api.call("DELETE", "circles/Family/members/bob")).code == 204
     assert (yield api.store.getRosterItem(HOST, "alice", f"bob@{HOST}")) is None
     assertError((yield api.call("DELETE", "circles/Family/members/bob")), 404, "not-found")

@@ -151,6 +151,7 @@ class Invite:
     note: str = ""
     source: str = ""
     uses_log: tuple[dict, ...] = field(default=(), compare=False)
+    room: str = ""  # contact invites: a room of the inviter's the redeemer is invited into
 
     def status(self, now: float) -> str:
         """C{pending}, C{used}, C{expired} or C{revoked}."""

@@ -108,7 +108,7 @@ def _item(row) -> RosterItem:
 _PENDING = "revoked IS NULL AND expires > ? AND (uses_allowed IS NULL OR uses < uses_allowed)"
 
 _INVITE_COLUMNS = ("id, host, kind, created, expires, username, inviter, allow_registration, "
-                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source")
+                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source, room")
 
 
 def _invite(row, uses=()) -> Invite:
@@ -116,7 +116,7 @@ def _invite(row, uses=()) -> Invite:
                   username=row[5], inviter=row[6], allowRegistration=bool(row[7]),
                   usesAllowed=row[8], uses=row[9], reserved=row[10], revoked=row[11],
                   roles=tuple(json.loads(row[12])), groups=tuple(json.loads(row[13])),
-                  note=row[14], source=row[15], uses_log=tuple(uses))
+                  note=row[14], source=row[15], uses_log=tuple(uses), room=row[16])
 
 
 @implementer(IStore)
@@ -511,11 +511,12 @@ class SQLiteStore(GroupsSQL):
         return self._run(lambda conn: conn.execute(
             "INSERT INTO invites (id, host, token_hash, kind, username, inviter,"
             " allow_registration, uses_allowed, uses, reserved, created, expires, revoked,"
-            " roles, groups, note, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?)",
+            " roles, groups, note, source, room)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?, ?)",
             (invite.id, invite.host, tokenHash, invite.kind, invite.username, invite.inviter,
              int(invite.allowRegistration), invite.usesAllowed, invite.created, invite.expires,
              json.dumps(list(invite.roles)), json.dumps(list(invite.groups)), invite.note,
-             invite.source)) and None)
+             invite.source, invite.room)) and None)
 
     @staticmethod
     def _getInvite(conn, where: str, value):

@@ -147,6 +147,7 @@ def inviteJSON(invite, now: float, withUses: bool = False) -> dict:
         "created": isoTime(invite.created), "expires": isoTime(invite.expires),
         "revoked": isoTime(invite.revoked) if invite.revoked is not None else None,
         "roles": list(invite.roles), "groups": list(invite.groups), "note": invite.note,
+        "room": invite.room or None,
         "source": invite.source,
     }
     if withUses:
@@ -439,13 +440,14 @@ class ApiRoot(BodyPolicy, resource.Resource):
     def createInvite(self, request, host, keyId):
         body = readJSON(request)
         checkKeys(body, {"type", "username", "inviter", "uses", "expires_in", "roles", "note",
-                         "allow_registration", "circles"})
+                         "allow_registration", "circles", "room"})
         kind = body.get("type", "account")
         if kind not in ("account", "contact", "reset"):
             raise ApiError(400, "type must be account, contact or reset")
-        wrong = {"account": {"inviter", "allow_registration"},
+        wrong = {"account": {"inviter", "allow_registration", "room"},
                  "contact": {"username", "circles"},
-                 "reset": {"inviter", "allow_registration", "roles", "uses", "circles"}}[kind] & set(body)
+                 "reset": {"inviter", "allow_registration", "roles", "uses", "circles",
+                           "room"}}[kind] & set(body)
         if wrong:
             raise ApiError(400, f"{', '.join(sorted(wrong))} cannot be given for a {kind} invite")
         uses = usesValue(body.get("uses", 1))
@@ -471,7 +473,8 @@ class ApiRoot(BodyPolicy, resource.Resource):
                     raise ApiError(400, "roles need allow_registration: true")
                 created = yield manager.createContact(
                     usernameValue(body["inviter"], "inviter"), allowRegistration,
-                    usesAllowed=uses, ttl=ttl, roles=roles, note=note, source=source)
+                    usesAllowed=uses, ttl=ttl, roles=roles, note=note, source=source,
+                    room=textValue(body.get("room", ""), "room", 3071))
             else:
                 username = (usernameValue(body["username"], "username")
                             if body.get("username") is not None else None)

@@ -55,6 +55,7 @@ SCHEMAS = {
             "revoked": {"type": "string", "format": "date-time", "nullable": True},
             "roles": {"type": "array", "items": {"type": "string"}},
             "groups": {"type": "array", "items": {"type": "string"}},
+            "room": {"type": "string", "nullable": True},
             "note": {"type": "string"}, "source": {"type": "string"},
             "used_by": {"type": "array", "items": {"type": "object", "properties": {
                 "username": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
@@ -94,6 +95,8 @@ SCHEMAS = {
             "expires_in": {"type": "number", "minimum": 1, "maximum": 31536000},
             "roles": {"type": "array", "items": {"type": "string"}},
             "note": {"type": "string", "maxLength": 1000},
+            "room": {"type": "string", "description": "contact: a persistent room the inviter"
+                                                      " owns, into which the redeemer is invited"},
             "circles": {"type": "array", "items": {"type": "string"},
                         "description": "account invites: circles the new account joins"},
         },

@@ -39,6 +39,7 @@ from invitesrv.components.muc.room import (
     RoomError,
     stanzaError,
 )
+from invitesrv.host import moduleOptions
 from invitesrv.limits import BucketTable
 from invitesrv.modules.base import HostModule, ModuleError
 from invitesrv.modules.offline import delayStamp, parseStanza
@@ -530,6 +531,28 @@ class MUCService(HostModule):
                 if room.config.public and not room.locked]
 
 
+@defer.inlineCallbacks
+def ownedRoom(host, username: str, room: str):
+    """
+    Fire with C{room} (a bare JID, prepared) if it is a persistent room of
+    C{host}'s group chats that C{username} owns, else with None. Read from
+    the store, so that C{invitesrvctl} can check it with no server running.
+    """
+    try:
+        parsed = jid.JID(room)
+    except (jid.InvalidFormat, UnicodeError):
+        return None
+    options = moduleOptions(GroupsModule, "muc", host.config, host.name)
+    if parsed.user is None or parsed.resource is not None or not options.subdomain \
+            or parsed.host != f"{options.subdomain}.{host.name}":
+        return None
+    for stored in (yield host.store.listRooms(parsed.host)):
+        if stored.name == parsed.user:
+            owner = stored.affiliations.get(f"{username}@{host.name}", ("none",))[0] == "owner"
+            return parsed.userhost() if owner else None
+    return None
+
+
 class GroupsModule(HostModule):
     """
     The host's group chat service: a component on C{SUBDOMAIN.HOST} served
@@ -539,7 +562,7 @@ class GroupsModule(HostModule):
 
     name = "muc"
     Options = MUCOptions
-    hooks = (("user-deleted", "onUserDeleted"),)
+    hooks = (("user-deleted", "onUserDeleted"), ("invite-used", "onInviteUsed"))
 
     def __init__(self) -> None:
         self.component: InternalComponent | None = None
@@ -569,6 +592,25 @@ class GroupsModule(HostModule):
             self.component.stop()
             self.component = self.service = None
         HostModule.connectionLost(self, reason)
+
+    def onInviteUsed(self, invite, username: str, path: str):
+        """
+        A contact invite naming a room was redeemed: its owner's room invites
+        the redeemer (a member first, if the room is members-only).
+        """
+        if not invite.room or invite.kind != "contact" or self.service is None:
+            return None
+        room = self.service.room(jid.JID(invite.room).user)
+        inviter = f"{invite.inviter}@{self.parent.name}"
+        if room is None or room.affiliation(inviter) != "owner":
+            return None
+        who = username if "@" in username else f"{username}@{self.parent.name}"
+        d = defer.succeed(None)
+        if room.config.membersOnly and room.affiliation(who) == "none":
+            room.setAffiliation(who, "member")
+            d = self.service.saveRoom(room)
+        room.sendInvite(who, inviter)
+        return d
 
     def onUserDeleted(self, host: str, username: str):
         """

@@ -38,6 +38,9 @@ CREATE TABLE muc_archive (
 );
 CREATE INDEX muc_archive_room ON muc_archive (service, name, id);
 
+-- A contact invite may bring its redeemer into a room its inviter owns.
+ALTER TABLE invites ADD COLUMN room TEXT NOT NULL DEFAULT '';
+
 CREATE TABLE circles (
     host        TEXT NOT NULL,
     name        TEXT NOT NULL,
