@@ -484,6 +484,31 @@ def test_selfPing(world):
     assert condition(world.session("alice@localhost/other").take()[-1]) == "not-acceptable"
 
 
+def test_requestsToOccupantsAreRelayed(world):
+    """
+    A request to another occupant goes to it from the sender's room JID (a
+    vCard to its bare JID), and the answer comes back from the addressee's.
+    """
+    world.create("alice@localhost/a", "Alice")
+    world.join("bob@localhost/b", "Bob")
+    alice, bob = world.session("alice@localhost/a"), world.session("bob@localhost/b")
+    alice.take()
+    world.send(f"<iq type='get' id='v1' from='alice@localhost/a' to='{ROOM}/Bob'>"
+               "<query xmlns='jabber:iq:version'/></iq>")
+    (relayed,) = bob.take()
+    assert (relayed["from"], relayed["to"]) == (f"{ROOM}/Alice", "bob@localhost/b")
+    world.send(f"<iq type='result' id='{relayed['id']}' from='bob@localhost/b' to='{ROOM}/Alice'>"
+               "<query xmlns='jabber:iq:version'><name>x</name></query></iq>")
+    (answer,) = alice.take()
+    assert (answer["type"], answer["id"], answer["from"]) == ("result", "v1", f"{ROOM}/Bob")
+    world.send(f"<iq type='get' id='v2' from='alice@localhost/a' to='{ROOM}/Bob'>"
+               "<vCard xmlns='vcard-temp'/></iq>")  # to bob@localhost: nobody answers vCards here
+    (answer,) = alice.take()
+    assert (condition(answer), answer["id"], answer["from"]) == ("service-unavailable", "v2",
+                                                                 f"{ROOM}/Bob")
+    assert world.service.relayed == {}
+
+
 def test_discoOfServiceAndRoom(world):
     """The host lists the service; the service lists public rooms; a room describes itself."""
     alice = world.session("alice@localhost/a")

@@ -16,6 +16,7 @@ the limits of C{[modules.muc]}.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass
 
 from twisted.internet import defer
@@ -37,6 +38,7 @@ from invitesrv.components.muc.room import (
     Room,
     RoomConfig,
     RoomError,
+    copyTo,
     stanzaError,
 )
 from invitesrv.host import moduleOptions
@@ -57,6 +59,8 @@ NS_PING = "urn:xmpp:ping"
 NS_MODERATE = "urn:xmpp:message-moderate:1"
 NS_RETRACT = "urn:xmpp:message-retract:1"
 NS_X_DATA = "jabber:x:data"
+NS_VCARD = "vcard-temp"
+RELAY_TIMEOUT = 60  # seconds a relayed request's answer is awaited
 ROOM_CREATION = ("local", "admins", "anyone")
 
 
@@ -92,6 +96,7 @@ class MUCService(HostModule):
         self.loaded: defer.Deferred | None = None
         self.buckets = None
         self.rate: tuple[int, int] = (0, 0)
+        self.relayed: dict = {}  # relay id -> (requester, its id, occupant JID asked, timer)
 
     @property
     def options(self) -> MUCOptions:
@@ -116,6 +121,13 @@ class MUCService(HostModule):
         self.rate = (options.message_rate, options.message_burst)
         self.buckets = BucketTable(self.parent.clock, *self.rate)
         self.loaded = self.loadRooms()
+
+    def connectionLost(self, reason) -> None:
+        for *_, timer in self.relayed.values():
+            if timer.active():
+                timer.cancel()
+        self.relayed.clear()
+        HostModule.connectionLost(self, reason)
 
     # -- persistence -------------------------------------------------------------
 
@@ -341,7 +353,12 @@ class MUCService(HostModule):
             self.send(e.toResponse(message))
 
     def onIQ(self, iq) -> None:
-        if getattr(iq, "handled", False) or iq.getAttribute("type") not in ("get", "set"):
+        if getattr(iq, "handled", False):
+            return
+        if iq.getAttribute("type") in ("result", "error"):
+            self._relayAnswer(iq)
+            return
+        if iq.getAttribute("type") not in ("get", "set"):
             return
         sender, to = self._addresses(iq)
         if sender is None or to.user is None:
@@ -383,17 +400,41 @@ class MUCService(HostModule):
         self.send(reply)
 
     def _occupantIQ(self, iq, room: Room, sender: jid.JID, nick: str, child) -> None:
-        """XEP-0410: a ping to one's own nick says whether one is still joined; nothing else is relayed."""
-        if (child.uri, child.name) != (NS_PING, "ping"):
-            self.refuse(iq, "service-unavailable", "Requests to occupants are not relayed here")
-            return
+        """
+        XEP-0410: a ping to one's own nick says whether one is still joined.
+        Other requests of an occupant to another (a vCard for an avatar) are
+        relayed from the sender's room JID: a vCard to the addressee's bare
+        JID, anything else to its latest session; the answer comes back the
+        same way (L{_relayAnswer}).
+        """
         occupant = room.occupantOf(sender.full())
+        target = room.occupants.get(nick)
         if occupant is None:
             self.refuse(iq, "not-acceptable", "You are not in this room")
-        elif occupant.nick != nick and nick not in room.occupants:
+        elif target is None:
             self.refuse(iq, "item-not-found", "Nobody has that nickname here")
-        else:
+        elif (child.uri, child.name) == (NS_PING, "ping") and target is occupant:
             self._answer(iq, None)
+        else:
+            relayed = copyTo(iq, target.bare if child.uri == NS_VCARD else target.full)
+            relayed["from"] = f"{room.bare}/{occupant.nick}"
+            relayed["id"] = relayId = f"relay-{uuid.uuid4().hex}"
+            timer = self.parent.clock.callLater(RELAY_TIMEOUT, self.relayed.pop, relayId, None)
+            self.relayed[relayId] = (iq["from"], iq["id"], iq["to"], timer)
+            self.send(relayed)
+
+    def _relayAnswer(self, iq) -> None:
+        """The answer to a relayed request goes back to its sender, from the addressee's room JID."""
+        entry = self.relayed.pop(iq.getAttribute("id", ""), None)
+        if entry is None:
+            return
+        iq.handled = True
+        requester, requestId, occupantJID, timer = entry
+        if timer.active():
+            timer.cancel()
+        answer = copyTo(iq, requester)
+        answer["from"], answer["id"] = occupantJID, requestId
+        self.send(answer)
 
     # -- admin and owner ---------------------------------------------------------------
 
