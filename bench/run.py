@@ -43,12 +43,13 @@ HERE = Path(__file__).resolve().parent
 GENERATOR = HERE / "xmppload.py"
 FASTLOAD = HERE / "fastload.py"  # reconnects with FAST + Bind2, on the same generator
 UPLOAD_GENERATOR = HERE / "uploadload.py"
+MUC_GENERATOR = HERE / "mucload.py"  # group chat workloads, on xmppload's code
 PROVISION = HERE / "provision.py"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
 SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "messages",
              "smmessages", "resume", "roster", "mam", "pep", "idle", "idle10k", "upload", "download",
-             "bigupload")
+             "bigupload", "mucmsg", "mucjoin")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 # The rows of the tables: the pep scenario measures two things.
 TAGS = tuple(tag for scenario in SCENARIOS
@@ -99,6 +100,13 @@ class Sizes:
     idle_k: int = 2000
     idle_c: int = 50
     idle10k_k: int = 10000
+    muc_occupants: int = 50
+    muc_senders: int = 5
+    muc_m: int = 200
+    muc_w: int = 1
+    muc_joins: int = 200
+    muc_join_c: int = 20
+    muc_history: int = 20
     idle_settle: float = 3.0
     upload_n: int = 200
     upload_c: int = 10
@@ -113,6 +121,7 @@ class Sizes:
         """Accounts the non-register scenarios log in with."""
         return max(self.login_n, self.plain_n, self.login1_n, self.idle_k, 2 * self.msg_pairs,
                    self.roster_u + self.roster_r + 1, self.pep_k + 1,
+                   self.muc_occupants, self.muc_joins + 1,
                    self.idle10k_k if "idle10k" in scenarios else 0)
 
 
@@ -124,7 +133,8 @@ QUICK = Sizes(register_n=100, register_c=10, invite_n=10, login_n=200, login_c=1
               pep_k=5, pep_publishes=10, pep_logins=5, pep_c=2,
               idle_k=200, idle_c=20, idle10k_k=300, idle_settle=0.5, idle_hold=0.5,
               pause=0.2, max_seconds=60, op_timeout=10, resume_n=5, upload_n=10, upload_c=2,
-              big_size=5 * 1_048_576)
+              big_size=5 * 1_048_576, muc_occupants=5, muc_senders=2, muc_m=10, muc_joins=10,
+              muc_join_c=5)
 
 
 def cpuPlan() -> tuple[str | None, str | None]:
@@ -230,7 +240,8 @@ class Invitesrv:
         self.httpPort = freePort()
         # Open registration for the register scenario; the generator's
         # passwords (pw-<user>) are short, hence the low minimum length.
-        # Uploads (XEP-0363) on the HTTP listener, without quotas.
+        # Uploads (XEP-0363) on the HTTP listener, without quotas. No
+        # per-occupant rate limit in group chats: Prosody's mod_muc has none.
         self.configPath.write_text(
             f'[server]\ndata_dir = "{directory / "data"}"\n'
             f'public_url = "http://127.0.0.1:{self.httpPort}"\n'
@@ -239,7 +250,8 @@ class Invitesrv:
             f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
             '[host_defaults]\nallow_registration = true\nregistration_invite_only = false\n'
             'password_min_length = 1\n'
-            '[modules.upload]\nmax_file_size = 1073741824\nquota = 0\ndaily_quota = 0\n')
+            '[modules.upload]\nmax_file_size = 1073741824\nquota = 0\ndaily_quota = 0\n'
+            '[modules.muc]\nmessage_rate = 0\n')
 
     @property
     def pid(self) -> int:
@@ -660,6 +672,20 @@ class Bench:
                 log(f"  {self.server.label} pep-{part} {run}: {brief(row)}")
 
 
+    def scenario_mucmsg(self) -> None:
+        s = self.sizes
+        for run in self.runs():
+            self.gen("mucmsg", run, "mucmsg", "-p", str(s.muc_occupants), "-s", str(s.muc_senders),
+                     "-m", str(s.muc_m), "-w", str(s.muc_w), "-c", str(s.login_c),
+                     "--prefix", POOL, generator=MUC_GENERATOR)
+
+    def scenario_mucjoin(self) -> None:
+        s = self.sizes
+        for run in self.runs():
+            self.gen("mucjoin", run, "mucjoin", "-n", str(s.muc_joins), "-c", str(s.muc_join_c),
+                     "--history", str(s.muc_history), "--prefix", POOL, generator=MUC_GENERATOR)
+
+
 # -- figures -----------------------------------------------------------------
 
 
@@ -686,9 +712,10 @@ def figures(r: dict) -> dict:
         cpu = r.get("login_server_cpu_s")
     else:
         ok = {"messages": r.get("messages_ok"), "smmessages": r.get("messages_ok"),
-              "roster": r.get("gets_ok"), "mam": r.get("queries_ok")}.get(scenario, r.get("ok"))
+              "roster": r.get("gets_ok"), "mam": r.get("queries_ok"),
+              "mucmsg": r.get("messages_ok"), "mucjoin": r.get("joins_ok")}.get(scenario, r.get("ok"))
         ok = ok or 0
-        if scenario in ("messages", "smmessages"):
+        if scenario in ("messages", "smmessages", "mucmsg"):
             out.update(rate=r.get("per_s"), p50=r.get("rtt_p50_ms"), p99=r.get("rtt_p99_ms"))
         else:
             out.update(rate=r.get("per_s"), p50=r.get("p50_ms"), p99=r.get("p99_ms"))
@@ -703,7 +730,8 @@ UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", 
          "roster": "gets/s", "mam": "pages/s", "pep-publish": "publishes/s",
          "pep-login": "logins/s", "smmessages": "msgs/s", "resume": "resumes/s",
          "idle": "logins/s", "idle10k": "logins/s", "upload": "uploads/s",
-         "download": "downloads/s", "bigupload": "MB/s"}
+         "download": "downloads/s", "bigupload": "MB/s", "mucmsg": "msgs/s (to all)",
+         "mucjoin": "joins/s"}
 
 
 def fmt(value, digits: int = 3) -> str:

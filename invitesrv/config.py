@@ -51,6 +51,8 @@ DEFAULT_MODULES = (
     "push",
     "upload",
     "external_services",
+    "muc",
+    "circles",
 )
 ARCHIVE_POLICIES = ("always", "never", "roster")  # XEP-0441 defaults
 

@@ -233,6 +233,8 @@ def buildParser() -> argparse.ArgumentParser:
     addImportCommands(commands)
     from invitesrv.ctl_uploads import addUploadCommands
     addUploadCommands(commands)
+    from invitesrv.ctl_circles import addCircleCommands
+    addCircleCommands(commands)
     parser.set_defaults(opensStore=True, createsDatabase=False, fixesDataDir=True)
     return parser
 

@@ -14,7 +14,8 @@ import pytest_twisted
 from webclient import HOST, OTHER, PASSWORD, WebClient, WebSetup
 
 from invitesrv.invites import InviteManager
-from invitesrv.store.interfaces import Upload
+from invitesrv.modules.circles import CirclesModule
+from invitesrv.store.interfaces import StoredRoom, Upload
 from invitesrv.web.api import (
     MAX_DEPTH,
     MAX_USES,
@@ -67,7 +68,9 @@ def assertError(response, code: int, error: str) -> dict:
 
 ROUTES = [("GET", "invites"), ("POST", "invites"), ("GET", "invites/x"), ("PATCH", "invites/x"),
           ("DELETE", "invites/x"), ("GET", "users"), ("DELETE", "users/x"),
-          ("POST", "users/x/reset"), ("GET", "invites/x/joined"), ("GET", "uploads")]
+          ("POST", "users/x/reset"), ("GET", "invites/x/joined"), ("GET", "uploads"),
+          ("GET", "circles"), ("POST", "circles"), ("DELETE", "circles/x"),
+          ("PUT", "circles/x/members/y"), ("DELETE", "circles/x/members/y")]
 
 
 @pytest_twisted.inlineCallbacks
@@ -358,6 +361,53 @@ def test_uploadUsage(api):
 
 
 @pytest_twisted.inlineCallbacks
+def test_circles(api):
+    """
+    Circles verb by verb: 404 while the module is off, then create (409 for
+    a second of the same name), add and remove members (their subscriptions
+    follow), an invite naming a circle, and delete. A contact invite names
+    a room only its inviter owns.
+    """
+    assertError((yield api.call("GET", "circles")), 404, "not-found")
+    api.host.addModule("circles", CirclesModule())  # store only: no group chat service here
+    yield api.adduser("alice")
+    yield api.adduser("bob")
+    response = yield api.call("POST", "circles", json={"name": "Family"})
+    assert response.code == 201 and response.json()["room"].endswith("@groups.example.org")
+    assertError((yield api.call("POST", "circles", json={"name": "Family"})), 409, "conflict")
+    assertError((yield api.call("POST", "circles", json={"name": ""})), 400, "bad-request")
+    assertError((yield api.call("POST", "circles", json={"title": "x"})), 400, "bad-request")
+    assert (yield api.call("PUT", "circles/Family/members/alice")).code == 200
+    response = yield api.call("PUT", "circles/Family/members/bob")
+    assert response.json()["members"] == ["alice", "bob"]
+    assertError((yield api.call("PUT", "circles/Family/members/nobody")), 404, "not-found")
+    assertError((yield api.call("PUT", "circles/Nope/members/bob")), 404, "not-found")
+    item = yield api.store.getRosterItem(HOST, "alice", f"bob@{HOST}")
+    assert (item.subscription, item.groups) == ("both", ("Family",))
+    circles = (yield api.call("GET", "circles")).json()["circles"]
+    assert [(c["name"], c["members"]) for c in circles] == [("Family", ["alice", "bob"])]
+    response = yield api.call("POST", "invites", json={"circles": ["Family"]})
+    assert response.code == 201 and response.json()["groups"] == ["Family"]
+    assertError((yield api.call("POST", "invites", json={"circles": ["Nope"]})), 400, "bad-request")
+    assertError((yield api.call("POST", "invites", json={"type": "contact", "inviter": "alice",
+                                                          "circles": ["Family"]})), 400, "bad-request")
+    yield api.store.saveRoom(StoredRoom("groups.example.org", "tea", {"persistent": True},
+                                        affiliations={f"alice@{HOST}": ("owner", "")}))
+    response = yield api.call("POST", "invites", json={"type": "contact", "inviter": "alice",
+                                                       "room": "tea@groups.example.org"})
+    assert response.code == 201 and response.json()["room"] == "tea@groups.example.org"
+    assertError((yield api.call("POST", "invites", json={
+        "type": "contact", "inviter": "bob", "room": "tea@groups.example.org"})), 409, "conflict")
+    assertError((yield api.call("POST", "invites", json={"room": "tea@groups.example.org"})),
+                400, "bad-request")
+    assert (yield api.call("DELETE", "circles/Family/members/bob")).code == 204
+    assert (yield api.store.getRosterItem(HOST, "alice", f"bob@{HOST}")) is None
+    assertError((yield api.call("DELETE", "circles/Family/members/bob")), 404, "not-found")
+    assert (yield api.call("DELETE", "circles/Family")).code == 204
+    assertError((yield api.call("DELETE", "circles/Family")), 404, "not-found")
+
+
+@pytest_twisted.inlineCallbacks
 def test_openAPIDocument(api):
     """The OpenAPI 3 document is public and describes every route and verb served."""
     response = yield api.call("GET", "openapi.json", key=None)
@@ -369,7 +419,9 @@ def test_openAPIDocument(api):
               ("PATCH", "/invites/{id}"), ("DELETE", "/invites/{id}"), ("GET", "/users"),
               ("DELETE", "/users/{username}"), ("POST", "/users/{username}/reset"),
               ("GET", "/tokens/{token}"), ("GET", "/openapi.json"), ("GET", "/invites/{id}/joined"),
-              ("GET", "/uploads")}
+              ("GET", "/uploads"), ("GET", "/circles"), ("POST", "/circles"),
+              ("DELETE", "/circles/{name}"), ("PUT", "/circles/{name}/members/{username}"),
+              ("DELETE", "/circles/{name}/members/{username}")}
     described = {(verb.upper(), path) for path, item in paths.items() for verb in item
                  if verb != "parameters"}
     assert described == served

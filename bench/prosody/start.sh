@@ -90,6 +90,12 @@ registration_allowlist = { "127.0.0.1", "::1" }
 -- (mod_limits is not loaded: no c2s rate limits)
 ssl = { certificate = "$RUN/certs/$DOMAIN.crt"; key = "$RUN/certs/$DOMAIN.key"; }
 VirtualHost "$DOMAIN"
+-- group chats, as invitesrv serves them on groups.DOMAIN (bench/run.py mucmsg, mucjoin)
+Component "groups.$DOMAIN" "muc"
+    modules_enabled = { "muc_mam" }
+    max_history_messages = 20
+    muc_room_default_history_length = 20
+    muc_max_occupants = 1000
 CFG
 # XEP-0363 uploads (mod_http_file_share, Prosody 0.12) on a plain HTTP port,
 # without quotas, when PROSODY_BENCH_HTTP_PORT is set.

@@ -53,6 +53,7 @@ from invitesrv.store.interfaces import (
     UsernameConfusable,
     UsernameReserved,
 )
+from invitesrv.store.sqlite_groups import GroupsSQL
 from invitesrv.usernames import looksAlike, skeleton
 
 log = Logger()
@@ -120,7 +121,8 @@ def _item(row) -> RosterItem:
 _PENDING = "revoked IS NULL AND expires > ? AND (uses_allowed IS NULL OR uses < uses_allowed)"
 
 _INVITE_COLUMNS = ("id, host, kind, created, expires, username, inviter, allow_registration, "
-                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source, welcome, reminded")
+                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source, welcome, reminded,"
+                   " room")
 
 
 def _invite(row, uses=()) -> Invite:
@@ -128,7 +130,7 @@ def _invite(row, uses=()) -> Invite:
                   username=row[5], inviter=row[6], allowRegistration=bool(row[7]),
                   usesAllowed=row[8], uses=row[9], reserved=row[10], revoked=row[11],
                   roles=tuple(json.loads(row[12])), groups=tuple(json.loads(row[13])),
-                  note=row[14], source=row[15], welcome=row[16], reminded=row[17],
+                  note=row[14], source=row[15], welcome=row[16], reminded=row[17], room=row[18],
                   uses_log=tuple(uses))
 
 
@@ -144,7 +146,7 @@ def _device(row) -> Device:
 
 
 @implementer(IStore)
-class SQLiteStore(RosterObservers):
+class SQLiteStore(GroupsSQL, RosterObservers):
     """
     L{IStore} over one SQLite file (or C{":memory:"}).
 
@@ -261,6 +263,8 @@ class SQLiteStore(RosterObservers):
         self.rosterChanging(account.host, account.username)
         for owner, _item in account.rosterItems:
             self.rosterChanging(account.host, owner)
+        if account.circles:
+            self.rosterChanging(account.host, None)  # every member of those circles
         return self._run(self._createAccount, account)
 
     @staticmethod
@@ -293,6 +297,8 @@ class SQLiteStore(RosterObservers):
                          [(a.host, a.username, contact, stanza) for contact, stanza in a.pendingIn])
         conn.executemany("INSERT INTO offline_messages (host, username, stamp, stanza) VALUES (?, ?, ?, ?)",
                          [(a.host, a.username, m.stamp, m.stanza) for m in a.offline])
+        for circle in a.circles:
+            SQLiteStore._addCircleMember(conn, a.host, circle, a.username)
 
     @staticmethod
     def _useInvite(conn, use: InviteUse, host: str, username: str, now: float):
@@ -408,14 +414,16 @@ class SQLiteStore(RosterObservers):
             return Roster(row[0], items, removed, tuple((r[0], r[6]) for r in rows))
         return self._run(get)
 
+    @staticmethod
+    def _getRosterItem(conn, host, username, contact) -> RosterItem | None:
+        row = conn.execute(
+            "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
+            " WHERE host = ? AND username = ? AND contact = ? AND subscription != 'remove'",
+            (host, username, contact)).fetchone()
+        return _item(row) if row else None
+
     def getRosterItem(self, host, username, contact):
-        def get(conn):
-            row = conn.execute(
-                "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
-                " WHERE host = ? AND username = ? AND contact = ? AND subscription != 'remove'",
-                (host, username, contact)).fetchone()
-            return _item(row) if row else None
-        return self._run(get)
+        return self._run(self._getRosterItem, host, username, contact)
 
     @staticmethod
     def _bumpVersion(conn, host, username) -> int:
@@ -797,12 +805,12 @@ class SQLiteStore(RosterObservers):
         return self._run(lambda conn: conn.execute(
             "INSERT INTO invites (id, host, token_hash, kind, username, inviter,"
             " allow_registration, uses_allowed, uses, reserved, created, expires, revoked,"
-            " roles, groups, note, source, welcome)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?, ?)",
+            " roles, groups, note, source, welcome, room)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?, ?, ?)",
             (invite.id, invite.host, tokenHash, invite.kind, invite.username, invite.inviter,
              int(invite.allowRegistration), invite.usesAllowed, invite.created, invite.expires,
              json.dumps(list(invite.roles)), json.dumps(list(invite.groups)), invite.note,
-             invite.source, invite.welcome)) and None)
+             invite.source, invite.welcome, invite.room)) and None)
 
     @staticmethod
     def _getInvite(conn, where: str, value):
@@ -1055,3 +1063,4 @@ def restoreDatabase(backup: str, path: str) -> str | None:
     os.chmod(path, 0o600)
     openDatabase(path).close()  # upgrade an older schema now, with the usual copy
     return kept
+
