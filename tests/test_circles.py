@@ -17,6 +17,8 @@ from slix import Client, run
 from slixmpp.exceptions import PresenceError
 
 PASSWORD = "a long password"
+NS_BOOKMARKS = "urn:xmpp:bookmarks:1"
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 CONFIG = """
 [hosts.localhost]
 admins = ["boss@localhost"]
@@ -44,15 +46,27 @@ def registerWithInvite(server, token: str, username: str) -> None:
 
 
 def client(name: str) -> Client:
-    return Client(f"{name}@localhost/desk", PASSWORD, plugins=("xep_0030", "xep_0045"))
+    return Client(f"{name}@localhost/desk", PASSWORD, plugins=("xep_0030", "xep_0045", "xep_0060"))
+
+
+async def bookmarks(who: Client) -> dict:
+    """The account's XEP-0402 bookmarks: room JID -> (name, autojoin, nick)."""
+    result = await who.plugin["xep_0060"].get_items(who.boundjid.bare, NS_BOOKMARKS, timeout=10)
+    found = {}
+    for item in result.xml.iter(f"{{{NS_PUBSUB}}}item"):
+        conference = item.find(f"{{{NS_BOOKMARKS}}}conference")
+        found[item.get("id")] = (conference.get("name"), conference.get("autojoin"),
+                                 conference.findtext(f"{{{NS_BOOKMARKS}}}nick"))
+    return found
 
 
 def test_inviteIntoCircleAndFirstLogin(running):
     """
     An admin makes a circle of alice and bob and an invite naming it; carol
     registers with it. At her first login her roster has both, in the
-    circle's group, with mutual subscriptions; the room's invite is waiting
-    and she may join the members-only room. Taken out, she loses both.
+    circle's group, with mutual subscriptions; the room's invite is waiting,
+    the room is in her bookmarks to join automatically (XEP-0402), and she
+    may join the members-only room. Taken out, she loses all three.
     """
     out = running.ctl("circle", "create", "localhost", "Family").stdout
     room = re.search(r"room (\S+@groups\.localhost)\)", out).group(1)
@@ -87,6 +101,7 @@ def test_inviteIntoCircleAndFirstLogin(running):
             "alice@localhost": ("both", ["Family"]), "bob@localhost": ("both", ["Family"])}
         invite = await asyncio.wait_for(invites.get(), 10)
         assert str(invite["from"]) == room
+        assert await bookmarks(carol) == {room: ("Family", "true", "carol")}
         _, _, occupants, _ = await carol.plugin["xep_0045"].join_muc_wait(room, "Carol", timeout=10)
         assert f"{room}/Alice" in [str(p["from"]) for p in occupants]
         info = await carol.plugin["xep_0030"].get_info(jid=room, timeout=10)
@@ -99,6 +114,7 @@ def test_inviteIntoCircleAndFirstLogin(running):
         assert await carol.login(running.port)
         await carol.get_roster()
         assert "alice@localhost" not in carol.client_roster
+        assert await bookmarks(carol) == {}
         with pytest.raises(PresenceError, match="registration-required"):
             await carol.plugin["xep_0045"].join_muc_wait(room, "Carol", timeout=10)
         for each in (alice, carol):

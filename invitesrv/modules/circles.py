@@ -9,9 +9,10 @@ of L{CircleCommand} and the admin API. An account invite names circles in
 its C{groups} (C{invitesrvctl invite create --circle NAME}): whoever
 registers with it joins them in the transaction that creates the account
 (L{onRegistering} puts them in the L{Registration}), and is then invited
-into the room: the invite waits in offline storage, so the group shows at
-the first login, next to the circle's contacts on the roster; the other
-members get roster pushes.
+into the room: the invite waits in offline storage, and the room is in
+the account's bookmarks to join automatically (XEP-0402), so the group
+shows at the first login, next to the circle's contacts on the roster; the
+other members get roster pushes. Leaving takes the bookmark away too.
 
 The rooms live in the group chat service (the C{muc} module): created when
 a circle is, and brought in line with the circles' members when the host
@@ -28,6 +29,7 @@ import unicodedata
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
+from twisted.words.xish import domish
 from wokkel import data_form
 
 from invitesrv.components.muc.room import RoomConfig
@@ -35,6 +37,7 @@ from invitesrv.components.muc.service import GroupsModule
 from invitesrv.host import moduleOptions
 from invitesrv.modules.adhoc import CommandError, CommandResult, FormCommand
 from invitesrv.modules.base import HostModule
+from invitesrv.modules.private import BOOKMARK_NODE, NS_BOOKMARKS
 from invitesrv.store.interfaces import Circle, CircleExists
 
 log = Logger()
@@ -167,6 +170,7 @@ class CirclesModule(HostModule):
             yield service.destroyRoom(room, reason=f"The circle {name} was deleted")
         for member in circle.members:
             yield self.pushRoster(member, [m for m in circle.members if m != member])
+            yield self.unbookmark(member, circle)
         log.info("Circle {name!r} of {host} deleted", name=name, host=self.parent.name)
         return circle
 
@@ -188,6 +192,7 @@ class CirclesModule(HostModule):
             raise CircleError(f"{username!r} is not in a circle named {name!r}")
         circle = yield self.parent.store.getCircle(self.parent.name, name)
         yield self.syncRoom(circle)
+        yield self.unbookmark(username, circle)
         yield self.pushRoster(username, others)
         for other in others:
             yield self.pushRoster(other, [username])
@@ -205,6 +210,7 @@ class CirclesModule(HostModule):
         if room is not None:
             room.sendInvite(f"{username}@{self.parent.name}", "",
                             f"You are in the circle {circle.name}")
+        yield self.bookmark(username, circle)
         yield self.pushRoster(username, others)
         for other in others:
             yield self.pushRoster(other, [username])
@@ -215,6 +221,26 @@ class CirclesModule(HostModule):
                 presence.sendCurrentPresence(other, f"{username}@{self.parent.name}")
         log.info("{user} joined the circle {name!r} of {host}", user=username, name=circle.name,
                  host=self.parent.name)
+
+    def bookmark(self, username: str, circle: Circle):
+        """The circle's room in the member's bookmarks (XEP-0402), to be joined automatically."""
+        pep = self.parent.modules.get("pep")
+        if pep is None:  # invitesrvctl, or PEP switched off
+            return defer.succeed(None)
+        conference = domish.Element((NS_BOOKMARKS, "conference"))
+        conference["name"] = circle.name
+        conference["autojoin"] = "true"
+        conference.addElement("nick", content=username)
+        return pep.publish(username, NS_BOOKMARKS, circle.room, conference, defaults=BOOKMARK_NODE)
+
+    @defer.inlineCallbacks
+    def unbookmark(self, username: str, circle: Circle):
+        """Take the circle's room out of the bookmarks of someone who left it."""
+        pep = self.parent.modules.get("pep")
+        if pep is None:
+            return
+        if circle.room in dict((yield pep.items(username, NS_BOOKMARKS)) or ()):
+            yield pep.retract(username, NS_BOOKMARKS, [circle.room], notify=True)
 
     def pushRoster(self, username: str, contacts):
         """Roster pushes of what a circle change wrote, to the user's interested resources."""
