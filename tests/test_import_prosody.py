@@ -4,11 +4,14 @@ C{invitesrvctl import prosody} against a real Prosody 0.12 data directory.
 The data is made by Debian's prosody and prosodyctl, run privately (their own
 config and data dir, loopback ports): accounts registered with prosodyctl (one
 user and one host with non-ASCII names), a roster with a mutual subscription,
-a pending request and offline messages made over real client streams, and
-mod_invites invites from C{prosodyctl mod_invites generate}. Then the real
+a pending request and offline messages made over real client streams, a
+vCard with a photo, an avatar, a nick, OMEMO device lists and bundles and
+bookmarks published with slixmpp, and mod_invites invites from C{prosodyctl
+mod_invites generate}. Then the real
 CLI imports it into a new invitesrv data dir, the real server starts, and
 clients log in with their Prosody passwords: SCRAM-SHA-1, slixmpp's own
-choice of mechanism, and PLAIN (which gives the account SCRAM-SHA-256 keys).
+choice of mechanism, and PLAIN (which gives the account SCRAM-SHA-256 keys),
+and read what was published back with slixmpp, as open as it was in Prosody.
 Skipped when C{/usr/bin/prosody} is not installed (C{apt-get install -y prosody}).
 """
 
@@ -69,7 +72,7 @@ VirtualHost "{plain}"
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 PHOTO = b"\x89PNG\r\n\x1a\n alice's vCard photo"
 AVATAR = b"\x89PNG\r\n\x1a\n jurgen's avatar"
-PEP_PLUGINS = ("xep_0030", "xep_0054", "xep_0060", "xep_0084", "xep_0163", "xep_0172")
+PEP_PLUGINS = ("xep_0004", "xep_0030", "xep_0054", "xep_0060", "xep_0084", "xep_0163", "xep_0172")
 OPEN = {"access_model": "open"}
 BUNDLE = ("<bundle xmlns='eu.siacs.conversations.axolotl'><signedPreKeyPublic signedPreKeyId='1'>"
           "BQ==</signedPreKeyPublic><identityKey>BQ==</identityKey></bundle>")
@@ -141,15 +144,6 @@ def makeProsodyData(prosody: DataProsody) -> dict[str, str]:
         for number, body in enumerate(("first <offline> message", "zweite Nachricht ✓")):
             alice.send(f"<message to='bob@{DOMAIN}' type='chat' id='m{number}' xml:lang='de'>"
                        f"<body>{body.replace('<', '&lt;').replace('>', '&gt;')}</body></message>")
-        # alice's vCard, kept whole by mod_vcard: its photo is her only avatar.
-        photo = base64.b64encode(PHOTO).decode()
-        assert alice.request("<vCard xmlns='vcard-temp'><FN>Alice</FN><NICKNAME>ali</NICKNAME>"
-                             f"<PHOTO><TYPE>image/png</TYPE><BINVAL>{photo}</BINVAL></PHOTO></vCard>",
-                             "set").getAttribute("type") == "result"
-        # Her OMEMO keys (open, as Conversations publishes them), bookmarks (the owner only)
-        # and a node of no known kind (the default access model: presence).
-        for node, itemId, payload, options in PEP_PUBLISHED:
-            publish(alice, node, itemId, payload, options)
         alice.close()
         jurgen.close()
         slix.run(publishWithSlixmpp(prosody.c2s))
@@ -158,27 +152,37 @@ def makeProsodyData(prosody: DataProsody) -> dict[str, str]:
     return tokens
 
 
-def publish(client: StanzaClient, node: str, itemId: str, payload: str, options: dict) -> None:
-    """A PEP publication with publish-options, as OMEMO and bookmarks clients send it."""
-    fields = "".join(f"<field var='pubsub#{name}'><value>{value}</value></field>"
-                     for name, value in options.items())
-    form = (f"<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'"
-            f" type='hidden'><value>{NS_PUBSUB}#publish-options</value></field>{fields}</x>"
-            "</publish-options>") if options else ""
-    reply = client.request(f"<pubsub xmlns='{NS_PUBSUB}'><publish node='{node}'><item id='{itemId}'>"
-                           f"{payload}</item></publish>{form}</pubsub>", "set")
-    assert reply.getAttribute("type") == "result", reply.toXml()
-
-
 async def publishWithSlixmpp(port: int) -> None:
-    """jürgen sets an avatar and a nick in Prosody with slixmpp's plugins (default access: presence)."""
-    client = slix.Client(f"jürgen@{DOMAIN}", PASSWORDS["jürgen"], plugins=PEP_PLUGINS)
-    assert await client.login(port, presence=False)
-    await client.plugin["xep_0084"].publish_avatar(AVATAR)
-    await client.plugin["xep_0084"].publish_avatar_metadata(
-        [{"id": client.plugin["xep_0084"].generate_id(AVATAR), "type": "image/png", "bytes": len(AVATAR)}])
-    await client.plugin["xep_0172"].publish_nick("Jürgen J.")
-    await client.logout()
+    """
+    With slixmpp's plugins: alice sets her vCard (kept whole by mod_vcard:
+    its photo is her only avatar) and publishes her OMEMO keys (open, with
+    publish-options, as Conversations does), bookmarks (the owner only) and
+    a node of no known kind (the default access model: presence); jürgen
+    sets an avatar and a nick (the default access model too).
+    """
+    alice = slix.Client(f"alice@{DOMAIN}", PASSWORDS["alice"], plugins=PEP_PLUGINS)
+    assert await alice.login(port, presence=False)
+    vcard = alice.plugin["xep_0054"].make_vcard()
+    vcard["FN"], vcard["NICKNAME"] = "Alice", "ali"
+    vcard["PHOTO"]["TYPE"], vcard["PHOTO"]["BINVAL"] = "image/png", PHOTO
+    await alice.plugin["xep_0054"].publish_vcard(vcard)
+    for node, itemId, payload, options in PEP_PUBLISHED:
+        form = None
+        if options:
+            form = alice.plugin["xep_0004"].make_form("submit")
+            form.add_field("FORM_TYPE", "hidden", value=f"{NS_PUBSUB}#publish-options")
+            for name, value in options.items():
+                form.add_field(f"pubsub#{name}", value=value)
+        await alice.plugin["xep_0060"].publish(f"alice@{DOMAIN}", node, itemId,
+                                               ET.fromstring(payload), form)
+    await alice.logout()
+    jurgen = slix.Client(f"jürgen@{DOMAIN}", PASSWORDS["jürgen"], plugins=PEP_PLUGINS)
+    assert await jurgen.login(port, presence=False)
+    await jurgen.plugin["xep_0084"].publish_avatar(AVATAR)
+    await jurgen.plugin["xep_0084"].publish_avatar_metadata(
+        [{"id": jurgen.plugin["xep_0084"].generate_id(AVATAR), "type": "image/png", "bytes": len(AVATAR)}])
+    await jurgen.plugin["xep_0172"].publish_nick("Jürgen J.")
+    await jurgen.logout()
 
 
 @pytest.fixture(scope="module")
