@@ -201,7 +201,8 @@ class MAMModule(HostModule):
     hooks = (("inbound-stanza", "onInbound", -100),
              ("client-stanza", "onClientStanza", -100),
              ("offline-message", "onOffline", -100),
-             ("user-deleted", "onUserDeleted"))
+             ("user-deleted", "onUserDeleted"),
+             ("host-stopping", "onHostStopping", -100))  # after stream management handed on
     observers = ((f"/iq[@type='set']/query[@xmlns='{NS_MAM}']", "onQuery"),
                  (f"/iq[@type='get']/query[@xmlns='{NS_MAM}']", "onFormRequest"),
                  (f"/iq[@type='get']/metadata[@xmlns='{NS_MAM}']", "onMetadata"),
@@ -309,6 +310,10 @@ class MAMModule(HostModule):
         if any(sid.getAttribute("by") == own for sid in message.elements(NS_SID, "stanza-id")):
             return defer.succeed(True)
         return None
+
+    def onHostStopping(self, host) -> defer.Deferred:
+        """Hook C{host-stopping}: the store closes once what was archived so far is written."""
+        return self.writer.written()
 
     def onUserDeleted(self, host: str, username: str) -> None:
         """Hook C{user-deleted}: the store deleted the archive and preferences with the account."""
