@@ -187,6 +187,10 @@ class SmacksModule(HostModule):
         self.keeping: set[defer.Deferred] = set()  # offline storage of what sessions handed on
         self.stopping = False
 
+    def connectionInitialized(self) -> None:
+        HostModule.connectionInitialized(self)
+        self.stopping = False  # a host started again
+
     def onHostStopping(self, host) -> defer.Deferred:
         """
         Hook C{host-stopping}: every stream-managed session ends (at a
