@@ -48,13 +48,13 @@ PROVISION = HERE / "provision.py"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
 SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "messages",
-             "smmessages", "smarchive", "resume", "roster", "mam", "pep", "idle", "idle10k", "upload",
-             "download", "bigupload", "mucmsg", "mucjoin")
+             "smmessages", "smarchive", "resume", "roster", "mam", "pep", "idle", "idle10k", "idlesm",
+             "upload", "download", "bigupload", "mucmsg", "mucjoin")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 # The rows of the tables: the pep scenario measures two things.
 TAGS = tuple(tag for scenario in SCENARIOS
              for tag in (("pep-publish", "pep-login") if scenario == "pep" else (scenario,)))
-IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
+IDLE_SCENARIOS = ("idle", "idle10k", "idlesm")  # each run on a freshly started server
 UPLOAD_SCENARIOS = ("upload", "download", "bigupload")  # XEP-0363, on the HTTP listener
 FAST_SCENARIOS = ("fast", "fast1")  # SASL2 + FAST: not in Prosody 0.12
 DOMAIN = "localhost"
@@ -501,7 +501,8 @@ class Bench:
                     continue
                 getattr(self, "scenario_" + scenario)()
                 self.pause()
-            for tag, k in (("idle", s.idle_k), ("idle10k", s.idle10k_k)):
+            for tag, k, extra in (("idle", s.idle_k, ()), ("idle10k", s.idle10k_k, ()),
+                                  ("idlesm", s.idle_k, ("--sm",))):
                 if tag not in self.scenarios:
                     continue
                 for run in self.runs():
@@ -512,7 +513,7 @@ class Bench:
                     time.sleep(max(1.0, s.pause))
                     self.gen(tag, run, "idle", "-k", str(k), "-c", str(s.idle_c),
                              "--settle", str(s.idle_settle), "--hold", str(s.idle_hold),
-                             "--prefix", POOL)
+                             "--prefix", POOL, *extra)
         finally:
             server.stop()
         return self.results
@@ -742,7 +743,7 @@ UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", 
          "roster": "gets/s", "mam": "pages/s", "pep-publish": "publishes/s",
          "pep-login": "logins/s", "smmessages": "msgs/s", "smarchive": "msgs/s",
          "resume": "resumes/s",
-         "idle": "logins/s", "idle10k": "logins/s", "upload": "uploads/s",
+         "idle": "logins/s", "idle10k": "logins/s", "idlesm": "logins/s", "upload": "uploads/s",
          "download": "downloads/s", "bigupload": "MB/s", "mucmsg": "msgs/s (to all)",
          "mucjoin": "joins/s"}
 

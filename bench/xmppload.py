@@ -1082,11 +1082,22 @@ async def sc_idle(o, cache):
     rss0 = rss()
     lst = Stats()
     m = Meter(o.server_pid).start()
-    clients = await login_many(o, idxs[:half], o.c, deadline, cache, lst, keep=True, resource="idle")
+
+    async def connect(part):
+        """Log in part of the users; with --sm each then enables XEP-0198 with resumption."""
+        batch = await login_many(o, part, o.c, deadline, cache, lst, keep=True, resource="idle")
+        if o.sm:
+            for c in batch.values():
+                await c.enable_sm()
+                c.proto.on_stanza = c.counting(lambda el: True)  # answers the server's <r/>
+                c.proto.queue.clear()
+        return batch
+
+    clients = await connect(idxs[:half])
     n_half = len(clients)
     await asyncio.sleep(o.settle)
     rss_half = rss()
-    clients.update(await login_many(o, idxs[half:], o.c, deadline, cache, lst, keep=True, resource="idle"))
+    clients.update(await connect(idxs[half:]))
     m.stop()
     m.t0 += o.settle  # the settle pause is not login time
     try:
@@ -1398,6 +1409,8 @@ def parse_args(argv=None):
     p.add_argument("-c", type=int, default=50, help="login concurrency")
     p.add_argument("--settle", type=float, default=3.0, help="seconds before the RSS reading")
     p.add_argument("--hold", type=float, default=5.0, help="seconds to hold after it")
+    p.add_argument("--sm", action="store_true",
+                   help="XEP-0198 stream management with resumption on every connection")
     p = sub.add_parser("roster")
     p.add_argument("-u", type=int, default=100, help="users")
     p.add_argument("-r", type=int, default=50, help="roster items per user")
