@@ -33,6 +33,7 @@ from invitesrv.credentials import fakeCredentials
 from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.xmpp.c2s import NS_SESSION, Session
 from invitesrv.xmpp.channelbinding import NS_SASL_CB, channelBindings
+from invitesrv.xmpp.router import parseJID, preparedJID
 from invitesrv.xmpp.stream import NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS
 from invitesrv.xmpp.xmlparser import speaksXMPP1
 
@@ -321,7 +322,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         host = None
         if to is not None:
             try:
-                host = self.server.router.hosts.get(jid.JID(to).host) if "@" not in to else None
+                host = self.server.router.hosts.get(parseJID(to).host) if "@" not in to else None
             except (jid.InvalidFormat, UnicodeError):
                 host = None
         if host is None or (self.host is not None and host is not self.host):
@@ -588,7 +589,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         then runs the C{session-bound} hook (Bind2 does so inside SASL2's success).
         """
         host = self.host
-        full = jid.JID(tuple=(self.username, host.name, resource))
+        full = preparedJID(self.username, host.jid.host, resource)
         session = Session(self.xmlstream, host, full, self.address)
         old = host.router.session(full)
         if old is not None:
