@@ -42,3 +42,57 @@ def test_noStringprepForBoundJIDs(server, monkeypatch):
     assert (session.jid.user, session.jid.host, session.jid.resource) == ("ann", "localhost", "phone")
     assert prepared == []
     client.close()
+
+
+
+class FakeTLSConnection:
+    """A TLS 1.3 connection's channel-binding sources, counting what is computed."""
+
+    def __init__(self, certificate):
+        self.certificate = certificate
+        self.computed: list[str] = []
+
+    def get_protocol_version_name(self) -> str:
+        return "TLSv1.3"
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes:
+        self.computed.append("exporter")
+        return bytes(length)
+
+    def get_certificate(self):
+        return self
+
+    def to_cryptography(self):
+        """The certificate's conversion, the costly part of its hash."""
+        self.computed.append("end-point")
+        return self.certificate
+
+
+def test_channelBindingsComputedWhenAskedFor():
+    """
+    A stream offers the binding types of its TLS session at once, but the
+    keying material and the certificate hash are computed only when a
+    mechanism looks them up, once each.
+    """
+    from testca import CertificateAuthority
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    from invitesrv.xmpp.channelbinding import TLS_EXPORTER, TLS_SERVER_END_POINT, channelBindings
+
+    class Transport(TLSMemoryBIOProtocol):
+        def __init__(self, connection):
+            self.connection = connection
+
+        def getHandle(self):
+            return self.connection
+
+    certificate, _ = CertificateAuthority().issue(["localhost"])
+    connection = FakeTLSConnection(certificate)
+    bindings = channelBindings(Transport(connection))
+    assert list(bindings) == [TLS_EXPORTER, TLS_SERVER_END_POINT] and TLS_EXPORTER in bindings
+    assert connection.computed == []
+    assert bindings[TLS_EXPORTER] == bytes(32) and bindings[TLS_EXPORTER] == bytes(32)
+    assert connection.computed == ["exporter"]
+    assert len(bindings[TLS_SERVER_END_POINT]) == 32
+    assert connection.computed == ["exporter", "end-point"]
+    assert bindings.get("tls-unique") is None

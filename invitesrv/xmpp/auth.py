@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import secrets
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import scramp
@@ -247,7 +248,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         self.slots: dict = {}  # see invitesrv.services.slots
         self._sasl = None
         self._saslBusy = False
-        self._bindings: dict[str, bytes] | None = None
+        self._bindings: Mapping[str, bytes] | None = None
         self._failures = 0
         self._delayed = None  # an answer held back by a throttle
         self.attempted = ""  # the username of the SASL attempt under way, prepared
@@ -370,8 +371,11 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         plus = tuple(f"{name}-PLUS" for name in scram) if self.channelBindings() else ()
         return plus + scram + ("PLAIN",)
 
-    def channelBindings(self) -> dict[str, bytes]:
-        """The channel-binding data of this stream's TLS session, by type (empty before TLS)."""
+    def channelBindings(self) -> Mapping[str, bytes]:
+        """
+        The channel-binding data of this stream's TLS session, by type (empty
+        before TLS); each type's data is computed when first looked up.
+        """
         if self._bindings is None:
             self._bindings = channelBindings(self.xmlstream.transport) if self.encrypted else {}
         return self._bindings
