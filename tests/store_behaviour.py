@@ -409,6 +409,20 @@ class StoreBehaviour:
         assert (device.current, device.pending) == (None, None)
 
     @pytest_twisted.inlineCallbacks
+    def test_tokenLogin(self, store):
+        """A token login reads the device and the account's credentials of a mechanism at once."""
+        yield store.createAccount(account("alice"))
+        token = FastToken("HT-SHA-256-NONE", b"salt1", NOW, NOW + 100)
+        yield store.issueToken(HOST, "alice", "phone", token)
+        keys = yield store.getCredentials(HOST, "alice", "SCRAM-SHA-1")
+        device, found = yield store.getTokenLogin(HOST, "alice", "phone", "SCRAM-SHA-1")
+        assert (device, found) == ((yield store.getDevice(HOST, "alice", "phone")), keys)
+        assert device.pending == token and keys is not None
+        assert (yield store.getTokenLogin(HOST, "alice", "other", "SCRAM-SHA-1")) == (None, keys)
+        assert (yield store.getTokenLogin(HOST, "alice", "phone", "SCRAM-SHA-512"))[1] is None
+        assert (yield store.getTokenLogin(HOST, "nobody", "phone", "SCRAM-SHA-1")) == (None, None)
+
+    @pytest_twisted.inlineCallbacks
     def test_blocklist(self, store):
         """Blocking says what is new, unblocking what was there; each account has its own list."""
         yield store.createAccount(account("alice"))

@@ -7,13 +7,19 @@ stream that uses no channel binding computes none.
 
 from __future__ import annotations
 
+import base64
+import hmac
+
 import pytest
-from streamharness import Client, addAccounts
+from streamharness import PASSWORD, Client, ClientConnection, addAccounts
 from twisted.words.protocols.jabber import jid
 
 from invitesrv.config import DEFAULT_MODULES
 
 NS_PING = "urn:xmpp:ping"
+NS_SASL2 = "urn:xmpp:sasl:2"
+NS_FAST = "urn:xmpp:fast:0"
+AGENT = "<user-agent id='phone-1'><software>unit</software></user-agent>"
 
 
 @pytest.fixture
@@ -43,6 +49,42 @@ def test_noStringprepForBoundJIDs(server, monkeypatch):
     assert prepared == []
     client.close()
 
+
+
+def authenticate(server, mechanism: str, initial: bytes, inline: str):
+    """A SASL2 C{<authenticate/>} on a new encrypted stream: the stream and the answer."""
+    connection = ClientConnection(server, encrypted=True)
+    connection.openStream()
+    connection.received()
+    connection.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'><initial-response>"
+                    f"{base64.b64encode(initial).decode()}</initial-response>{AGENT}{inline}"
+                    "</authenticate>")
+    return connection, connection.next()
+
+
+def test_fastReconnectReadsOnce(server):
+    """
+    A reconnect with a FAST token and Bind2 reads the store once before
+    C{<success/>} (the device's tokens and the password key together), then
+    records the device.
+    """
+    _, success = authenticate(server, "PLAIN", f"\0ann\0{PASSWORD}".encode(),
+                              f"<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-NONE'/>")
+    token = next(success.elements(NS_FAST, "token"))["token"]
+    store = server.store
+    calls = []
+    for name in ("getTokenLogin", "getDevice", "getCredentials", "recordDevice", "useToken"):
+        method = getattr(store, name)
+        setattr(store, name, lambda *args, method=method, name=name, **kwargs:
+                calls.append(name) or method(*args, **kwargs))
+    for _ in range(2):  # the first use makes the new token current: a write
+        del calls[:]
+        proof = hmac.digest(token.encode(), b"Initiator", "sha256")
+        connection, success = authenticate(server, "HT-SHA-256-NONE", b"ann\0" + proof,
+                                           "<bind xmlns='urn:xmpp:bind:0'><tag>load</tag></bind>")
+        assert success.name == "success", success.toXml()
+        connection.send("</stream:stream>")
+    assert calls == ["getTokenLogin", "recordDevice"]
 
 
 class FakeTLSConnection:

@@ -451,6 +451,13 @@ class IDevices(Interface):
     def getDevice(host: str, username: str, deviceId: str):
         """Fire with the L{Device} or None."""
 
+    def getTokenLogin(host: str, username: str, deviceId: str, mechanism: str):
+        """
+        What a token login checks, read at once (a reconnect's one store
+        call): fire with C{(device, credentials)}, the L{Device} (or None)
+        and the account's L{Credentials} of C{mechanism} (or None).
+        """
+
     def issueToken(host: str, username: str, deviceId: str, token: FastToken):
         """Make C{token} the device's pending token (adding the device if it is new)."""
 

@@ -511,6 +511,10 @@ class MemoryStore(RosterObservers):
     def getDevice(self, host, username, deviceId):
         return self._run(lambda t: t.devices.get((host, username, deviceId)))
 
+    def getTokenLogin(self, host, username, deviceId, mechanism):
+        return self._run(lambda t: (t.devices.get((host, username, deviceId)),
+                                    t.credentials.get((host, username, mechanism))))
+
     def issueToken(self, host, username, deviceId, token):
         def issue(t):
             if (host, username) not in t.accounts:

@@ -319,14 +319,16 @@ class SQLiteStore(RosterObservers):
         return self._run(lambda conn: [row[0] for row in conn.execute(
             "SELECT username FROM accounts WHERE host = ? ORDER BY username", (host,))])
 
+    @staticmethod
+    def _getCredentials(conn, host, username, mechanism):
+        row = conn.execute(
+            "SELECT salt, iterations, stored_key, server_key FROM credentials"
+            " WHERE host = ? AND username = ? AND mechanism = ?",
+            (host, username, mechanism)).fetchone()
+        return Credentials(mechanism, *row) if row else None
+
     def getCredentials(self, host, username, mechanism):
-        def get(conn):
-            row = conn.execute(
-                "SELECT salt, iterations, stored_key, server_key FROM credentials"
-                " WHERE host = ? AND username = ? AND mechanism = ?",
-                (host, username, mechanism)).fetchone()
-            return Credentials(mechanism, *row) if row else None
-        return self._run(get)
+        return self._run(self._getCredentials, host, username, mechanism)
 
     def countAccountsWithout(self, host, mechanism):
         return self._run(lambda conn: conn.execute(
@@ -675,12 +677,18 @@ class SQLiteStore(RosterObservers):
             f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
             " ORDER BY last_login DESC, device", (host, username))])
 
+    @staticmethod
+    def _getDevice(conn, host, username, deviceId):
+        row = conn.execute(f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
+                           " AND device = ?", (host, username, deviceId)).fetchone()
+        return _device(row) if row else None
+
     def getDevice(self, host, username, deviceId):
-        def read(conn):
-            row = conn.execute(f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
-                               " AND device = ?", (host, username, deviceId)).fetchone()
-            return _device(row) if row else None
-        return self._run(read)
+        return self._run(self._getDevice, host, username, deviceId)
+
+    def getTokenLogin(self, host, username, deviceId, mechanism):
+        return self._run(lambda conn: (self._getDevice(conn, host, username, deviceId),
+                                       self._getCredentials(conn, host, username, mechanism)))
 
     def issueToken(self, host, username, deviceId, token):
         return self._run(lambda conn: conn.execute(
