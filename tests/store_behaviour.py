@@ -304,6 +304,18 @@ class StoreBehaviour:
         assert (yield store.getPendingIn(HOST, "nobody")) == []
 
     @pytest_twisted.inlineCallbacks
+    def test_rosterAndPendingIn(self, store):
+        """An initial presence reads the roster and the pending requests in one call."""
+        yield store.createAccount(account("alice"))
+        yield store.setRosterItem(HOST, "alice", RosterItem("carol@example.org", "Carol"))
+        yield store.setPendingIn(HOST, "alice", "bob@example.org", "<presence id='1'/>")
+        roster, pending = yield store.getRosterAndPendingIn(HOST, "alice")
+        assert roster == (yield store.getRoster(HOST, "alice")) and roster.items
+        assert [tuple(row) for row in pending] == [("bob@example.org", "<presence id='1'/>")]
+        roster, pending = yield store.getRosterAndPendingIn(HOST, "nobody")
+        assert (roster.items, list(pending)) == ((), [])
+
+    @pytest_twisted.inlineCallbacks
     def test_accountWithImportedData(self, store):
         """
         An imported account comes with its pending requests and offline

@@ -87,6 +87,31 @@ def test_fastReconnectReadsOnce(server):
     assert calls == ["getTokenLogin", "recordDevice"]
 
 
+def test_initialPresenceReadsOnce(server):
+    """
+    An initial presence reads the roster and the stored subscription
+    requests in one store call (the offline module reads its own); a second
+    resource, whose roster is kept, reads the requests alone.
+    """
+    store = server.store
+    calls = []
+    for name in ("getRoster", "getPendingIn", "getRosterAndPendingIn", "getOffline"):
+        method = getattr(store, name)
+        setattr(store, name, lambda *args, method=method, name=name, **kwargs:
+                calls.append(name) or method(*args, **kwargs))
+    phone = Client(server, "ann", "phone")
+    phone.send("<presence/>")
+    assert phone.request(f"<ping xmlns='{NS_PING}'/>", to="localhost")["type"] == "result"
+    assert calls == ["getOffline", "getRosterAndPendingIn"]
+    del calls[:]
+    laptop = Client(server, "ann", "laptop")
+    laptop.send("<presence/>")
+    assert laptop.request(f"<ping xmlns='{NS_PING}'/>", to="localhost")["type"] == "result"
+    assert calls == ["getOffline", "getPendingIn"]
+    phone.close()
+    laptop.close()
+
+
 class FakeTLSConnection:
     """A TLS 1.3 connection's channel-binding sources, counting what is computed."""
 

@@ -305,6 +305,12 @@ class IRosters(Interface):
     def getPendingIn(host: str, username: str):
         """Fire with a list of (contact, stanza XML) subscription requests."""
 
+    def getRosterAndPendingIn(host: str, username: str):
+        """
+        What a session's initial presence reads, at once: fire with the
+        whole L{Roster} and the list L{getPendingIn} gives.
+        """
+
     def setPendingIn(host: str, username: str, contact: str, stanza: str):
         """Remember an inbound subscription request until it is answered."""
 

@@ -378,16 +378,22 @@ class SQLiteStore(RosterObservers):
 
     # -- rosters ------------------------------------------------------------
 
+    @staticmethod
+    def _getRoster(conn, host, username) -> Roster:
+        version = conn.execute("SELECT roster_version FROM accounts WHERE host = ? AND username = ?",
+                               (host, username)).fetchone()
+        rows = conn.execute(
+            "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
+            " WHERE host = ? AND username = ? AND subscription != 'remove' ORDER BY contact",
+            (host, username))
+        return Roster(version[0] if version else 0, tuple(_item(row) for row in rows))
+
     def getRoster(self, host, username):
-        def get(conn):
-            version = conn.execute("SELECT roster_version FROM accounts WHERE host = ? AND username = ?",
-                                   (host, username)).fetchone()
-            rows = conn.execute(
-                "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
-                " WHERE host = ? AND username = ? AND subscription != 'remove' ORDER BY contact",
-                (host, username))
-            return Roster(version[0] if version else 0, tuple(_item(row) for row in rows))
-        return self._run(get)
+        return self._run(self._getRoster, host, username)
+
+    def getRosterAndPendingIn(self, host, username):
+        return self._run(lambda conn: (self._getRoster(conn, host, username),
+                                       self._getPendingIn(conn, host, username)))
 
     def getRosterChanges(self, host, username, since):
         def get(conn):
@@ -456,10 +462,14 @@ class SQLiteStore(RosterObservers):
         self.rosterChanging(host, username)
         return self._run(self._removeRosterItem, host, username, contact)
 
-    def getPendingIn(self, host, username):
-        return self._run(lambda conn: conn.execute(
+    @staticmethod
+    def _getPendingIn(conn, host, username) -> list:
+        return conn.execute(
             "SELECT contact, stanza FROM pending_in WHERE host = ? AND username = ? ORDER BY contact",
-            (host, username)).fetchall())
+            (host, username)).fetchall()
+
+    def getPendingIn(self, host, username):
+        return self._run(self._getPendingIn, host, username)
 
     def setPendingIn(self, host, username, contact, stanza):
         return self._run(lambda conn: conn.execute(
