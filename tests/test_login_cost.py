@@ -1,14 +1,17 @@
 """
 What a login and a reconnect cost the server, counted rather than timed (in
 memory, on a Clock): work that is not needed is not done. A bound session's
-JID and the server's answers to it are not stringprepped again, and a
-stream that uses no channel binding computes none.
+JID and the server's answers to it are not stringprepped again, a stream
+that uses no channel binding computes none, the store is read once where
+once will do, and a parser a restart replaced is freed at once.
 """
 
 from __future__ import annotations
 
 import base64
+import gc
 import hmac
+import weakref
 
 import pytest
 from streamharness import PASSWORD, Client, ClientConnection, addAccounts
@@ -110,6 +113,30 @@ def test_initialPresenceReadsOnce(server):
     assert calls == ["getOffline", "getPendingIn"]
     phone.close()
     laptop.close()
+
+
+def test_replacedParserFreedAtOnce(server):
+    """
+    The parser a stream had before SASL's restart (about 10 KB of expat
+    state once it has parsed a header) is freed when the stream restarts,
+    and the last one when the connection goes: not at some later garbage
+    collection, which left an idle connection's memory kilobytes higher.
+    """
+    gc.disable()
+    try:
+        client = ClientConnection(server, encrypted=True)
+        client.openStream()
+        before = weakref.ref(client.stream.stream)
+        payload = base64.b64encode(f"\0ann\0{PASSWORD}".encode()).decode()
+        client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>")
+        assert client.nextNamed("success") is not None
+        assert before() is None
+        client.openStream()
+        last = weakref.ref(client.stream.stream)
+        client.stream.connectionLost(None)
+        assert last() is None
+    finally:
+        gc.enable()
 
 
 class FakeTLSConnection:

@@ -202,6 +202,8 @@ class RestrictedStream(xmlstream.XmlStream):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, idle))
 
     def _initializeStream(self) -> None:
+        if self.stream is not None:  # a restart: the old parser goes now
+            self.stream.close()
         limits = self.limits
         self.stream = RestrictedElementStream(limits.stanza_size_preauth, limits.max_depth,
                                               limits.max_attributes, limits.max_attribute_length)
@@ -470,6 +472,8 @@ class RestrictedStream(xmlstream.XmlStream):
             self.admitted = False
             self.server.limiter.release(self.address)
             self.factory.streams.discard(self)
+        if self.stream is not None:
+            self.stream.close()
         xmlstream.XmlStream.connectionLost(self, reason)
         self.authenticator.connectionLost(reason)
         self._fireSent(False)  # the session is closed by now
