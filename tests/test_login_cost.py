@@ -139,6 +139,19 @@ def test_replacedParserFreedAtOnce(server):
         gc.enable()
 
 
+def test_idleStreamKeepsASharedDict(server):
+    """
+    A bound stream's instance dict stays within the 30 keys Python shares
+    between instances of a class (past them each stream had a dict of its
+    own, 1.6 KB): the stream's own state is in slots.
+    """
+    client = Client(server, "ann", "phone")
+    client.send("<presence/>")
+    assert len(vars(client.stream)) <= 30, sorted(vars(client.stream))
+    assert client.stream.lastReceived is not None and not client.stream.closing
+    client.close()
+
+
 class FakeTLSConnection:
     """A TLS 1.3 connection's channel-binding sources, counting what is computed."""
 
