@@ -159,22 +159,30 @@ from twisted.internet import defer
 
 
 class Hooks:
-    """A registry of named hooks."""
+    """
+    A registry of named hooks. Each hook's callbacks, in order, are kept
+    ready (a tuple, made again when one is added or removed): several hooks
+    run for every connection and stanza.
+    """
 
     def __init__(self) -> None:
         self._hooks: dict[str, list[tuple[int, int, Callable]]] = {}
+        self._ordered: dict[str, tuple[Callable, ...]] = {}
         self._counter = 0
 
     def add(self, name: str, callback: Callable, priority: int = 0) -> None:
         """Run C{callback} when hook C{name} fires; higher priorities run first."""
         self._counter += 1
         insort(self._hooks.setdefault(name, []), (-priority, self._counter, callback))
+        self._ordered[name] = tuple(entry[2] for entry in self._hooks[name])
 
     def remove(self, name: str, callback: Callable) -> None:
         self._hooks[name] = [entry for entry in self._hooks.get(name, []) if entry[2] != callback]
+        self._ordered[name] = tuple(entry[2] for entry in self._hooks[name])
 
-    def callbacks(self, name: str) -> list[Callable]:
-        return [entry[2] for entry in self._hooks.get(name, ())]
+    def callbacks(self, name: str) -> tuple[Callable, ...]:
+        """The callbacks of hook C{name}, in the order they run (a snapshot: hooks may change meanwhile)."""
+        return self._ordered.get(name, ())
 
     def run(self, name: str, *args: Any) -> list[Any]:
         """Run the callbacks synchronously and return their results."""

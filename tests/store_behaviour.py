@@ -313,6 +313,18 @@ class StoreBehaviour:
         assert (yield store.getPendingIn(HOST, "nobody")) == []
 
     @pytest_twisted.inlineCallbacks
+    def test_rosterAndPendingIn(self, store):
+        """An initial presence reads the roster and the pending requests in one call."""
+        yield store.createAccount(account("alice"))
+        yield store.setRosterItem(HOST, "alice", RosterItem("carol@example.org", "Carol"))
+        yield store.setPendingIn(HOST, "alice", "bob@example.org", "<presence id='1'/>")
+        roster, pending = yield store.getRosterAndPendingIn(HOST, "alice")
+        assert roster == (yield store.getRoster(HOST, "alice")) and roster.items
+        assert [tuple(row) for row in pending] == [("bob@example.org", "<presence id='1'/>")]
+        roster, pending = yield store.getRosterAndPendingIn(HOST, "nobody")
+        assert (roster.items, list(pending)) == ((), [])
+
+    @pytest_twisted.inlineCallbacks
     def test_accountWithImportedData(self, store):
         """
         An imported account comes with its pending requests and offline
@@ -416,6 +428,20 @@ class StoreBehaviour:
         assert not (yield store.useToken(HOST, "alice", "phone", b"salt2", 6))
         device = yield store.getDevice(HOST, "alice", "phone")
         assert (device.current, device.pending) == (None, None)
+
+    @pytest_twisted.inlineCallbacks
+    def test_tokenLogin(self, store):
+        """A token login reads the device and the account's credentials of a mechanism at once."""
+        yield store.createAccount(account("alice"))
+        token = FastToken("HT-SHA-256-NONE", b"salt1", NOW, NOW + 100)
+        yield store.issueToken(HOST, "alice", "phone", token)
+        keys = yield store.getCredentials(HOST, "alice", "SCRAM-SHA-1")
+        device, found = yield store.getTokenLogin(HOST, "alice", "phone", "SCRAM-SHA-1")
+        assert (device, found) == ((yield store.getDevice(HOST, "alice", "phone")), keys)
+        assert device.pending == token and keys is not None
+        assert (yield store.getTokenLogin(HOST, "alice", "other", "SCRAM-SHA-1")) == (None, keys)
+        assert (yield store.getTokenLogin(HOST, "alice", "phone", "SCRAM-SHA-512"))[1] is None
+        assert (yield store.getTokenLogin(HOST, "nobody", "phone", "SCRAM-SHA-1")) == (None, None)
 
     @pytest_twisted.inlineCallbacks
     def test_blocklist(self, store):

@@ -434,6 +434,33 @@ def test_everyHookDocumented():
     assert {"stream-lost", "disco-items"} <= used
 
 
+def test_hookCallbacksKeptInOrder():
+    """
+    A hook's callbacks are made ready once per change, not at every run (some
+    run per stanza), in priority order; a callback that removes another
+    while the hook runs does not change the run under way.
+    """
+    from invitesrv.hooks import Hooks
+    hooks = Hooks()
+    ran = []
+
+    def first():
+        ran.append("first")
+        hooks.remove("h", second)
+        return "one"
+
+    def second():
+        ran.append("second")
+
+    hooks.add("h", second)
+    hooks.add("h", first, priority=5)
+    ready = hooks.callbacks("h")
+    assert ready == (first, second) and hooks.callbacks("h") is ready
+    assert hooks.run("h") == ["one", None] and ran == ["first", "second"]
+    assert hooks.callbacks("h") == (first,) and hooks.callbacks("other") == ()
+    assert hooks.first("h") == "one"
+
+
 @pytest.mark.parametrize(("toml", "message"), [
     ('[server]\nmodules = ["presence"]\n',
      "server.modules: module 'presence' needs module 'roster', which is not listed"),

@@ -124,8 +124,9 @@ class FastExchange:
         agent = AGENT.get(stream)
         if agent is None:
             raise SASLFailure("not-authorized", "A token is used with the user-agent id it was issued to")
-        device = yield host.store.getDevice(host.name, username, agent.id)
-        key = yield passwordKey(host, username)
+        device, credentials = yield host.store.getTokenLogin(host.name, username, agent.id,
+                                                            PASSWORD_KEY)
+        key = credentials.storedKey if credentials is not None else None
         binding = MECHANISMS[self.mechanism]
         data = stream.channelBindings()[binding] if binding else b""
         now = host.now()

@@ -256,12 +256,23 @@ class PresenceModule(HostModule):
         if initial:
             self._watch(defer.maybeDeferred(self.parent.hooks.run, "initial-presence", session),
                         "An initial-presence callback failed for {session}", session=session)
-        d = self.roster.getRoster(session.user)
-        d.addCallback(self._broadcastAvailable, session, presence, initial)
+            # The stored subscription requests go to it too: read with the roster.
+            d = self.roster.getRosterAndPendingIn(session.user)
+        else:
+            d = self.roster.getRoster(session.user).addCallback(lambda roster: (roster, None))
+        d.addCallback(self._broadcastAvailable, session, presence)
         self._watch(d, "Presence broadcast for {session} failed", session=session)
 
     @defer.inlineCallbacks
-    def _broadcastAvailable(self, roster, session, presence, initial: bool):
+    def _broadcastAvailable(self, read, session, presence):
+        """
+        Broadcast C{presence} to the subscribers in C{read} (the roster, and
+        for an initial presence the stored requests, else None), then give an
+        initial presence the presence of the user's other resources, the
+        contacts' (probes) and the requests.
+        """
+        roster, pending = read
+        initial = pending is not None
         for item in roster.items:
             if item.subscription in FROM:
                 self.send(addressed(presence, item.contact))
@@ -276,7 +287,6 @@ class PresenceModule(HostModule):
         for other in self._available(session.user):
             if other is not session:
                 session.send(addressed(other.presence, session.full))
-        pending = yield self.parent.store.getPendingIn(self.parent.name, session.user)
         for _, xml in pending:
             # One at a time as the stream takes them (requests stored before
             # they were capped can be large).

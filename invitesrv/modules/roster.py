@@ -228,6 +228,21 @@ class RosterModule(HostModule):
             return defer.succeed(kept.roster)
         return self._read(username).addCallback(lambda kept: kept.roster)
 
+    def getRosterAndPendingIn(self, username: str) -> defer.Deferred:
+        """
+        Fire with the user's whole L{Roster} and stored subscription requests
+        (as L{IRosters.getPendingIn} gives them): what an initial presence
+        needs, in one store call when the roster is not kept yet.
+        """
+        store, host = self.parent.store, self.parent.name
+        kept = self._kept.get(username)
+        if kept is not None:
+            return store.getPendingIn(host, username).addCallback(lambda pending: (kept.roster, pending))
+        before = (self._changes.get(username), self._changes.get(None))
+        d = store.getRosterAndPendingIn(host, username)
+        d.addCallback(lambda read: (self._keep(read[0], username, before).roster, read[1]))
+        return d
+
     def getItem(self, username: str, contact: str) -> defer.Deferred:
         """Fire with the user's L{RosterItem} for C{contact} (a bare JID), or None."""
         return self.parent.store.getRosterItem(self.parent.name, username, contact)

@@ -310,6 +310,12 @@ class IRosters(Interface):
     def getPendingIn(host: str, username: str):
         """Fire with a list of (contact, stanza XML) subscription requests."""
 
+    def getRosterAndPendingIn(host: str, username: str):
+        """
+        What a session's initial presence reads, at once: fire with the
+        whole L{Roster} and the list L{getPendingIn} gives.
+        """
+
     def setPendingIn(host: str, username: str, contact: str, stanza: str):
         """Remember an inbound subscription request until it is answered."""
 
@@ -455,6 +461,13 @@ class IDevices(Interface):
 
     def getDevice(host: str, username: str, deviceId: str):
         """Fire with the L{Device} or None."""
+
+    def getTokenLogin(host: str, username: str, deviceId: str, mechanism: str):
+        """
+        What a token login checks, read at once (a reconnect's one store
+        call): fire with C{(device, credentials)}, the L{Device} (or None)
+        and the account's L{Credentials} of C{mechanism} (or None).
+        """
 
     def issueToken(host: str, username: str, deviceId: str, token: FastToken):
         """Make C{token} the device's pending token (adding the device if it is new)."""

@@ -296,13 +296,19 @@ class MemoryStore(RosterObservers):
         return [(contact, item, version) for (h, u, contact), (item, version) in t.roster.items()
                 if (h, u) == (host, username)]
 
+    @staticmethod
+    def _getRoster(t: _Tables, host, username) -> Roster:
+        account = t.accounts.get((host, username))
+        items = sorted((item for _, item, _ in MemoryStore._rows(t, host, username) if item),
+                       key=lambda item: item.contact)
+        return Roster(account.rosterVersion if account else 0, tuple(items))
+
     def getRoster(self, host, username):
-        def get(t):
-            account = t.accounts.get((host, username))
-            items = sorted((item for _, item, _ in self._rows(t, host, username) if item),
-                           key=lambda item: item.contact)
-            return Roster(account.rosterVersion if account else 0, tuple(items))
-        return self._run(get)
+        return self._run(self._getRoster, host, username)
+
+    def getRosterAndPendingIn(self, host, username):
+        return self._run(lambda t: (self._getRoster(t, host, username),
+                                    self._getPendingIn(t, host, username)))
 
     def getRosterChanges(self, host, username, since):
         def get(t):
@@ -352,9 +358,13 @@ class MemoryStore(RosterObservers):
         self.rosterChanging(host, username)
         return self._run(self._removeRosterItem, host, username, contact)
 
+    @staticmethod
+    def _getPendingIn(t: _Tables, host, username) -> list:
+        return sorted((contact, stanza) for (h, u, contact), stanza in t.pendingIn.items()
+                      if (h, u) == (host, username))
+
     def getPendingIn(self, host, username):
-        return self._run(lambda t: sorted((contact, stanza) for (h, u, contact), stanza
-                                          in t.pendingIn.items() if (h, u) == (host, username)))
+        return self._run(self._getPendingIn, host, username)
 
     def setPendingIn(self, host, username, contact, stanza):
         def set_(t):
@@ -538,6 +548,10 @@ class MemoryStore(RosterObservers):
 
     def getDevice(self, host, username, deviceId):
         return self._run(lambda t: t.devices.get((host, username, deviceId)))
+
+    def getTokenLogin(self, host, username, deviceId, mechanism):
+        return self._run(lambda t: (t.devices.get((host, username, deviceId)),
+                                    t.credentials.get((host, username, mechanism))))
 
     def issueToken(self, host, username, deviceId, token):
         def issue(t):

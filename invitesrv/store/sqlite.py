@@ -338,14 +338,16 @@ class SQLiteStore(GroupsSQL, RosterObservers):
         return self._run(lambda conn: [row[0] for row in conn.execute(
             "SELECT username FROM accounts WHERE host = ? ORDER BY username", (host,))])
 
+    @staticmethod
+    def _getCredentials(conn, host, username, mechanism):
+        row = conn.execute(
+            "SELECT salt, iterations, stored_key, server_key FROM credentials"
+            " WHERE host = ? AND username = ? AND mechanism = ?",
+            (host, username, mechanism)).fetchone()
+        return Credentials(mechanism, *row) if row else None
+
     def getCredentials(self, host, username, mechanism):
-        def get(conn):
-            row = conn.execute(
-                "SELECT salt, iterations, stored_key, server_key FROM credentials"
-                " WHERE host = ? AND username = ? AND mechanism = ?",
-                (host, username, mechanism)).fetchone()
-            return Credentials(mechanism, *row) if row else None
-        return self._run(get)
+        return self._run(self._getCredentials, host, username, mechanism)
 
     def countAccountsWithout(self, host, mechanism):
         return self._run(lambda conn: conn.execute(
@@ -395,16 +397,22 @@ class SQLiteStore(GroupsSQL, RosterObservers):
 
     # -- rosters ------------------------------------------------------------
 
+    @staticmethod
+    def _getRoster(conn, host, username) -> Roster:
+        version = conn.execute("SELECT roster_version FROM accounts WHERE host = ? AND username = ?",
+                               (host, username)).fetchone()
+        rows = conn.execute(
+            "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
+            " WHERE host = ? AND username = ? AND subscription != 'remove' ORDER BY contact",
+            (host, username))
+        return Roster(version[0] if version else 0, tuple(_item(row) for row in rows))
+
     def getRoster(self, host, username):
-        def get(conn):
-            version = conn.execute("SELECT roster_version FROM accounts WHERE host = ? AND username = ?",
-                                   (host, username)).fetchone()
-            rows = conn.execute(
-                "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
-                " WHERE host = ? AND username = ? AND subscription != 'remove' ORDER BY contact",
-                (host, username))
-            return Roster(version[0] if version else 0, tuple(_item(row) for row in rows))
-        return self._run(get)
+        return self._run(self._getRoster, host, username)
+
+    def getRosterAndPendingIn(self, host, username):
+        return self._run(lambda conn: (self._getRoster(conn, host, username),
+                                       self._getPendingIn(conn, host, username)))
 
     def getRosterChanges(self, host, username, since):
         def get(conn):
@@ -475,10 +483,14 @@ class SQLiteStore(GroupsSQL, RosterObservers):
         self.rosterChanging(host, username)
         return self._run(self._removeRosterItem, host, username, contact)
 
-    def getPendingIn(self, host, username):
-        return self._run(lambda conn: conn.execute(
+    @staticmethod
+    def _getPendingIn(conn, host, username) -> list:
+        return conn.execute(
             "SELECT contact, stanza FROM pending_in WHERE host = ? AND username = ? ORDER BY contact",
-            (host, username)).fetchall())
+            (host, username)).fetchall()
+
+    def getPendingIn(self, host, username):
+        return self._run(self._getPendingIn, host, username)
 
     def setPendingIn(self, host, username, contact, stanza):
         return self._run(lambda conn: conn.execute(
@@ -696,12 +708,18 @@ class SQLiteStore(GroupsSQL, RosterObservers):
             f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
             " ORDER BY last_login DESC, device", (host, username))])
 
+    @staticmethod
+    def _getDevice(conn, host, username, deviceId):
+        row = conn.execute(f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
+                           " AND device = ?", (host, username, deviceId)).fetchone()
+        return _device(row) if row else None
+
     def getDevice(self, host, username, deviceId):
-        def read(conn):
-            row = conn.execute(f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
-                               " AND device = ?", (host, username, deviceId)).fetchone()
-            return _device(row) if row else None
-        return self._run(read)
+        return self._run(self._getDevice, host, username, deviceId)
+
+    def getTokenLogin(self, host, username, deviceId, mechanism):
+        return self._run(lambda conn: (self._getDevice(conn, host, username, deviceId),
+                                       self._getCredentials(conn, host, username, mechanism)))
 
     def issueToken(self, host, username, deviceId, token):
         return self._run(lambda conn: conn.execute(

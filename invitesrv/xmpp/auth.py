@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import secrets
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import scramp
@@ -33,6 +34,7 @@ from invitesrv.credentials import fakeCredentials
 from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.xmpp.c2s import NS_SESSION, Session
 from invitesrv.xmpp.channelbinding import NS_SASL_CB, channelBindings
+from invitesrv.xmpp.router import parseJID, preparedJID
 from invitesrv.xmpp.stream import NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS
 from invitesrv.xmpp.xmlparser import speaksXMPP1
 
@@ -246,7 +248,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         self.slots: dict = {}  # see invitesrv.services.slots
         self._sasl = None
         self._saslBusy = False
-        self._bindings: dict[str, bytes] | None = None
+        self._bindings: Mapping[str, bytes] | None = None
         self._failures = 0
         self._delayed = None  # an answer held back by a throttle
         self.attempted = ""  # the username of the SASL attempt under way, prepared
@@ -321,7 +323,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         host = None
         if to is not None:
             try:
-                host = self.server.router.hosts.get(jid.JID(to).host) if "@" not in to else None
+                host = self.server.router.hosts.get(parseJID(to).host) if "@" not in to else None
             except (jid.InvalidFormat, UnicodeError):
                 host = None
         if host is None or (self.host is not None and host is not self.host):
@@ -369,8 +371,11 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         plus = tuple(f"{name}-PLUS" for name in scram) if self.channelBindings() else ()
         return plus + scram + ("PLAIN",)
 
-    def channelBindings(self) -> dict[str, bytes]:
-        """The channel-binding data of this stream's TLS session, by type (empty before TLS)."""
+    def channelBindings(self) -> Mapping[str, bytes]:
+        """
+        The channel-binding data of this stream's TLS session, by type (empty
+        before TLS); each type's data is computed when first looked up.
+        """
         if self._bindings is None:
             self._bindings = channelBindings(self.xmlstream.transport) if self.encrypted else {}
         return self._bindings
@@ -588,7 +593,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         then runs the C{session-bound} hook (Bind2 does so inside SASL2's success).
         """
         host = self.host
-        full = jid.JID(tuple=(self.username, host.name, resource))
+        full = preparedJID(self.username, host.jid.host, resource)
         session = Session(self.xmlstream, host, full, self.address)
         old = host.router.session(full)
         if old is not None:

@@ -18,6 +18,7 @@ and scramp is handed the exported bytes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import scramp.core
 from cryptography.hazmat.primitives import hashes
@@ -59,17 +60,50 @@ def endPointHash(der: bytes, algorithm: hashes.HashAlgorithm | None) -> bytes:
     return hashlib.new(name, der).digest()
 
 
-def channelBindings(transport) -> dict[str, bytes]:
+class ChannelBindings(Mapping):
+    """
+    The channel-binding data of one TLS connection, by type. The types are
+    known at once (every stream offers them); the data of a type is
+    computed the first time a mechanism asks for it, as most logins bind
+    to nothing.
+    """
+
+    __slots__ = ("_connection", "_types", "_data")
+
+    def __init__(self, connection):
+        self._connection = connection
+        self._types = ((TLS_EXPORTER,) if connection.get_protocol_version_name() == "TLSv1.3"
+                       else ()) + ((TLS_SERVER_END_POINT,) if connection.get_certificate() is not None
+                                   else ())
+        self._data: dict[str, bytes] = {}
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self._types:
+            raise KeyError(name)
+        data = self._data.get(name)
+        if data is None:
+            data = self._data[name] = self._compute(name)
+        return data
+
+    def _compute(self, name: str) -> bytes:
+        connection = self._connection
+        if name == TLS_EXPORTER:
+            return connection.export_keying_material(EXPORTER_LABEL, 32)
+        certificate = connection.get_certificate().to_cryptography()
+        return endPointHash(certificate.public_bytes(Encoding.DER),
+                            certificate.signature_hash_algorithm)
+
+    def __contains__(self, name) -> bool:
+        return name in self._types
+
+    def __iter__(self):
+        return iter(self._types)
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+
+def channelBindings(transport) -> Mapping[str, bytes]:
     """The channel-binding data of each type the connection supports (empty: not TLS)."""
     connection = tlsConnection(transport)
-    if connection is None:
-        return {}
-    bindings = {}
-    if connection.get_protocol_version_name() == "TLSv1.3":
-        bindings[TLS_EXPORTER] = connection.export_keying_material(EXPORTER_LABEL, 32)
-    certificate = connection.get_certificate()
-    if certificate is not None:
-        certificate = certificate.to_cryptography()
-        bindings[TLS_SERVER_END_POINT] = endPointHash(
-            certificate.public_bytes(Encoding.DER), certificate.signature_hash_algorithm)
-    return bindings
+    return {} if connection is None else ChannelBindings(connection)

@@ -26,6 +26,18 @@ def parseJID(text: str) -> jid.JID:
     return jid.JID(text)
 
 
+def preparedJID(user: str, host: str, resource: str) -> jid.JID:
+    """
+    The full JID of parts that are prepared already (an authenticated
+    username, a served host, a resource through resourceprep or made by the
+    server): stringprep, which costs more than the rest of a bind, is not
+    run again on them.
+    """
+    full = jid.JID.__new__(jid.JID)
+    full.user, full.host, full.resource = user, host, resource
+    return full
+
+
 def bounce(stanza, condition: str, errorType: str | None = None, text: str | None = None):
     """The error reply to C{stanza}, or None where RFC 6120 forbids one."""
     if stanza.getAttribute("type") in ("error", "result") or not stanza.getAttribute("from"):
@@ -82,7 +94,7 @@ class Router:
     def route(self, stanza) -> None:
         """Deliver a stanza that carries a C{to}, from a session or from the server."""
         try:
-            target = parseJID(stanza["to"])
+            target = self._boundJID(stanza["to"]) or parseJID(stanza["to"])
         except (KeyError, jid.InvalidFormat, UnicodeError):
             reply = bounce(stanza, "jid-malformed")
             if reply is not None:
@@ -94,6 +106,18 @@ class Router:
             local.receive(stanza, target)
         else:
             self.routeRemote(stanza, target)
+
+    def _boundJID(self, to: str) -> jid.JID | None:
+        """
+        The JID C{to} when a session is bound as it, exactly as written
+        (what the server sends its clients is addressed so): its parts are
+        prepared, no parsing needed.
+        """
+        bare, _, resource = to.partition("/")
+        if not resource or resource not in self.sessions.get(bare, ()):
+            return None
+        user, _, host = bare.partition("@")
+        return preparedJID(user, host, resource)
 
     def routeRemote(self, stanza, target: jid.JID) -> None:
         """The default route: server-to-server streams, or an error when federation is off."""

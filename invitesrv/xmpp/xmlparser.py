@@ -95,6 +95,19 @@ class RestrictedElementStream:
         self._stanzaStart = 0
         self._between = 0  # bytes of text (keepalives) since the last stanza ended
 
+    def close(self) -> None:
+        """
+        Parse no more (the stream restarted with a new parser, or the
+        connection is gone). The expat parser's handlers are what refers
+        back to this object: without them it is freed at once, with the
+        ~10 KB it holds once it has parsed a header, rather than by a later
+        garbage collection. Bytes still in a parse under way are ignored.
+        """
+        parser = self._parser
+        parser.StartElementHandler = parser.EndElementHandler = None
+        parser.CharacterDataHandler = None
+        parser.StartNamespaceDeclHandler = parser.EndNamespaceDeclHandler = None
+
     def parse(self, data: bytes) -> None:
         """Feed bytes; raise L{StreamViolation} on any error."""
         self._fed += len(data)

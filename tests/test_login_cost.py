@@ -1,0 +1,205 @@
+"""
+What a login and a reconnect cost the server, counted rather than timed (in
+memory, on a Clock): work that is not needed is not done. A bound session's
+JID and the server's answers to it are not stringprepped again, a stream
+that uses no channel binding computes none, the store is read once where
+once will do, and a parser a restart replaced is freed at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import hmac
+import weakref
+
+import pytest
+from streamharness import PASSWORD, Client, ClientConnection, addAccounts
+from twisted.words.protocols.jabber import jid
+
+from invitesrv.config import DEFAULT_MODULES
+
+NS_PING = "urn:xmpp:ping"
+NS_SASL2 = "urn:xmpp:sasl:2"
+NS_FAST = "urn:xmpp:fast:0"
+AGENT = "<user-agent id='phone-1'><software>unit</software></user-agent>"
+
+
+@pytest.fixture
+def server(servers):
+    server = servers(modules=DEFAULT_MODULES)
+    addAccounts(server, "ann")
+    return server
+
+
+def test_noStringprepForBoundJIDs(server, monkeypatch):
+    """
+    Binding a resource, presence and a ping answered to the full JID prepare
+    no JID: its parts are prepared already, and stringprep costs more than
+    the rest of a bind.
+    """
+    Client(server, "ann", "warm").close()  # the host's own name, parsed once for good
+    prepared = []
+    original = jid.prep
+    monkeypatch.setattr(jid, "prep", lambda *parts: prepared.append(parts) or original(*parts))
+    client = Client(server, "ann", "phone")
+    client.send("<presence/>")
+    answer = client.request(f"<ping xmlns='{NS_PING}'/>", to="localhost")
+    assert answer["type"] == "result" and answer["to"] == "ann@localhost/phone"
+    assert client.jid == "ann@localhost/phone"
+    session = server.router.resourcesOf("ann@localhost")["phone"]
+    assert (session.jid.user, session.jid.host, session.jid.resource) == ("ann", "localhost", "phone")
+    assert prepared == []
+    client.close()
+
+
+
+def authenticate(server, mechanism: str, initial: bytes, inline: str):
+    """A SASL2 C{<authenticate/>} on a new encrypted stream: the stream and the answer."""
+    connection = ClientConnection(server, encrypted=True)
+    connection.openStream()
+    connection.received()
+    connection.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'><initial-response>"
+                    f"{base64.b64encode(initial).decode()}</initial-response>{AGENT}{inline}"
+                    "</authenticate>")
+    return connection, connection.next()
+
+
+def test_fastReconnectReadsOnce(server):
+    """
+    A reconnect with a FAST token and Bind2 reads the store once before
+    C{<success/>} (the device's tokens and the password key together), then
+    records the device.
+    """
+    _, success = authenticate(server, "PLAIN", f"\0ann\0{PASSWORD}".encode(),
+                              f"<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-NONE'/>")
+    token = next(success.elements(NS_FAST, "token"))["token"]
+    store = server.store
+    calls = []
+    for name in ("getTokenLogin", "getDevice", "getCredentials", "recordDevice", "useToken"):
+        method = getattr(store, name)
+        setattr(store, name, lambda *args, method=method, name=name, **kwargs:
+                calls.append(name) or method(*args, **kwargs))
+    for _ in range(2):  # the first use makes the new token current: a write
+        del calls[:]
+        proof = hmac.digest(token.encode(), b"Initiator", "sha256")
+        connection, success = authenticate(server, "HT-SHA-256-NONE", b"ann\0" + proof,
+                                           "<bind xmlns='urn:xmpp:bind:0'><tag>load</tag></bind>")
+        assert success.name == "success", success.toXml()
+        connection.send("</stream:stream>")
+    assert calls == ["getTokenLogin", "recordDevice"]
+
+
+def test_initialPresenceReadsOnce(server):
+    """
+    An initial presence reads the roster and the stored subscription
+    requests in one store call (the offline module reads its own); a second
+    resource, whose roster is kept, reads the requests alone.
+    """
+    store = server.store
+    calls = []
+    for name in ("getRoster", "getPendingIn", "getRosterAndPendingIn", "getOffline"):
+        method = getattr(store, name)
+        setattr(store, name, lambda *args, method=method, name=name, **kwargs:
+                calls.append(name) or method(*args, **kwargs))
+    phone = Client(server, "ann", "phone")
+    phone.send("<presence/>")
+    assert phone.request(f"<ping xmlns='{NS_PING}'/>", to="localhost")["type"] == "result"
+    assert calls == ["getOffline", "getRosterAndPendingIn"]
+    del calls[:]
+    laptop = Client(server, "ann", "laptop")
+    laptop.send("<presence/>")
+    assert laptop.request(f"<ping xmlns='{NS_PING}'/>", to="localhost")["type"] == "result"
+    assert calls == ["getOffline", "getPendingIn"]
+    phone.close()
+    laptop.close()
+
+
+def test_replacedParserFreedAtOnce(server):
+    """
+    The parser a stream had before SASL's restart (about 10 KB of expat
+    state once it has parsed a header) is freed when the stream restarts,
+    and the last one when the connection goes: not at some later garbage
+    collection, which left an idle connection's memory kilobytes higher.
+    """
+    gc.disable()
+    try:
+        client = ClientConnection(server, encrypted=True)
+        client.openStream()
+        before = weakref.ref(client.stream.stream)
+        payload = base64.b64encode(f"\0ann\0{PASSWORD}".encode()).decode()
+        client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>")
+        assert client.nextNamed("success") is not None
+        assert before() is None
+        client.openStream()
+        last = weakref.ref(client.stream.stream)
+        client.stream.connectionLost(None)
+        assert last() is None
+    finally:
+        gc.enable()
+
+
+def test_idleStreamKeepsASharedDict(server):
+    """
+    A bound stream's instance dict stays within the 30 keys Python shares
+    between instances of a class (past them each stream had a dict of its
+    own, 1.6 KB): the stream's own state is in slots.
+    """
+    client = Client(server, "ann", "phone")
+    client.send("<presence/>")
+    assert len(vars(client.stream)) <= 30, sorted(vars(client.stream))
+    assert client.stream.lastReceived is not None and not client.stream.closing
+    client.close()
+
+
+class FakeTLSConnection:
+    """A TLS 1.3 connection's channel-binding sources, counting what is computed."""
+
+    def __init__(self, certificate):
+        self.certificate = certificate
+        self.computed: list[str] = []
+
+    def get_protocol_version_name(self) -> str:
+        return "TLSv1.3"
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes:
+        self.computed.append("exporter")
+        return bytes(length)
+
+    def get_certificate(self):
+        return self
+
+    def to_cryptography(self):
+        """The certificate's conversion, the costly part of its hash."""
+        self.computed.append("end-point")
+        return self.certificate
+
+
+def test_channelBindingsComputedWhenAskedFor():
+    """
+    A stream offers the binding types of its TLS session at once, but the
+    keying material and the certificate hash are computed only when a
+    mechanism looks them up, once each.
+    """
+    from testca import CertificateAuthority
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    from invitesrv.xmpp.channelbinding import TLS_EXPORTER, TLS_SERVER_END_POINT, channelBindings
+
+    class Transport(TLSMemoryBIOProtocol):
+        def __init__(self, connection):
+            self.connection = connection
+
+        def getHandle(self):
+            return self.connection
+
+    certificate, _ = CertificateAuthority().issue(["localhost"])
+    connection = FakeTLSConnection(certificate)
+    bindings = channelBindings(Transport(connection))
+    assert list(bindings) == [TLS_EXPORTER, TLS_SERVER_END_POINT] and TLS_EXPORTER in bindings
+    assert connection.computed == []
+    assert bindings[TLS_EXPORTER] == bytes(32) and bindings[TLS_EXPORTER] == bytes(32)
+    assert connection.computed == ["exporter"]
+    assert len(bindings[TLS_SERVER_END_POINT]) == 32
+    assert connection.computed == ["exporter", "end-point"]
+    assert bindings.get("tls-unique") is None
