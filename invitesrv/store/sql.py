@@ -155,12 +155,13 @@ class SQLStore(RosterObservers):
             self.rosterChanging(account.host, owner)
         return self._run(self._createAccount, account)
 
-    @staticmethod
-    def _createAccount(conn, a: NewAccount):
+    def _createAccount(self, conn, a: NewAccount):
+        shape = skeleton(a.username)
+        # The same name and its look-alikes share a skeleton: one writer at a time checks it.
+        self._lockName(conn, f"account {a.host} {shape}")
         if conn.execute("SELECT 1 FROM accounts WHERE host = ? AND username = ?",
                         (a.host, a.username)).fetchone():
             raise AccountExists(a.username)
-        shape = skeleton(a.username)
         if any(looksAlike(a.username, other) for (other,) in conn.execute(
                 "SELECT username FROM accounts WHERE host = ? AND skeleton = ?", (a.host, shape))):
             raise UsernameConfusable(a.username)
@@ -190,7 +191,8 @@ class SQLStore(RosterObservers):
     def _useInvite(conn, use: InviteUse, host: str, username: str, now: float):
         """Turn a reservation into a use and write the audit row."""
         cursor = conn.execute(
-            "UPDATE invites SET uses = uses + 1, reserved = MAX(reserved - 1, 0)"
+            "UPDATE invites SET uses = uses + 1,"
+            " reserved = CASE WHEN reserved > 0 THEN reserved - 1 ELSE 0 END"
             " WHERE id = ? AND host = ? AND revoked IS NULL"
             " AND (uses_allowed IS NULL OR uses < uses_allowed)", (use.inviteId, host))
         if cursor.rowcount != 1:
@@ -202,8 +204,10 @@ class SQLStore(RosterObservers):
     @staticmethod
     def _writeCredentials(conn, host, username, credentials):
         conn.executemany(
-            "INSERT OR REPLACE INTO credentials (host, username, mechanism, salt, iterations,"
-            " stored_key, server_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO credentials (host, username, mechanism, salt, iterations, stored_key,"
+            " server_key) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host, username, mechanism)"
+            " DO UPDATE SET salt = excluded.salt, iterations = excluded.iterations,"
+            " stored_key = excluded.stored_key, server_key = excluded.server_key",
             [(host, username, c.mechanism, c.salt, c.iterations, c.storedKey, c.serverKey)
              for c in credentials])
 
@@ -323,8 +327,11 @@ class SQLStore(RosterObservers):
     def _setRosterItem(conn, host, username, item: RosterItem) -> int:
         version = SQLStore._bumpVersion(conn, host, username)
         conn.execute(
-            "INSERT OR REPLACE INTO roster_items (host, username, contact, name, subscription,"
-            " ask, approved, groups, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO roster_items (host, username, contact, name, subscription, ask,"
+            " approved, groups, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (host, username, contact) DO UPDATE SET name = excluded.name,"
+            " subscription = excluded.subscription, ask = excluded.ask,"
+            " approved = excluded.approved, groups = excluded.groups, version = excluded.version",
             (host, username, item.contact, item.name, item.subscription, int(item.ask),
              int(item.approved), json.dumps(list(item.groups)), version))
         return version
@@ -358,9 +365,10 @@ class SQLStore(RosterObservers):
 
     def setPendingIn(self, host, username, contact, stanza):
         return self._run(lambda conn: conn.execute(
-            "INSERT OR REPLACE INTO pending_in (host, username, contact, stanza)"
+            "INSERT INTO pending_in (host, username, contact, stanza)"
             " SELECT ?, ?, ?, ? WHERE EXISTS"
-            " (SELECT 1 FROM accounts WHERE host = ? AND username = ?)",
+            " (SELECT 1 FROM accounts WHERE host = ? AND username = ?)"
+            " ON CONFLICT (host, username, contact) DO UPDATE SET stanza = excluded.stanza",
             (host, username, contact, stanza, host, username)) and None)
 
     def removePendingIn(self, host, username, contact):
@@ -398,11 +406,12 @@ class SQLStore(RosterObservers):
             added: dict[str, int] = {}
             for username, m, rosterOnly in entries:
                 stored = conn.execute(
-                    "INSERT OR IGNORE INTO archive (host, username, id, peer, resource, stanza)"
+                    "INSERT INTO archive (host, username, id, peer, resource, stanza)"
                     " SELECT ?, ?, ?, ?, ?, ?"
                     " WHERE EXISTS (SELECT 1 FROM accounts WHERE host = ? AND username = ?)"
                     " AND (NOT ? OR EXISTS (SELECT 1 FROM roster_items WHERE host = ?"
-                    " AND username = ? AND contact = ? AND subscription != 'remove'))",
+                    " AND username = ? AND contact = ? AND subscription != 'remove'))"
+                    " ON CONFLICT DO NOTHING",
                     (host, username, m.id, m.peer, m.resource, m.stanza, host, username,
                      rosterOnly, host, username, m.peer)).rowcount
                 if stored:
@@ -410,7 +419,8 @@ class SQLStore(RosterObservers):
             for username, count in added.items():
                 items = conn.execute(
                     "INSERT INTO archive_sizes (host, username, items) VALUES (?, ?, ?)"
-                    " ON CONFLICT DO UPDATE SET items = items + excluded.items RETURNING items",
+                    " ON CONFLICT (host, username) DO UPDATE SET items = archive_sizes.items + excluded.items"
+                    " RETURNING items",
                     (host, username, count)).fetchone()[0]
                 if items > maxItems:
                     conn.execute(
@@ -471,7 +481,7 @@ class SQLStore(RosterObservers):
         def sweep(conn):
             swept = conn.execute(
                 "SELECT username, MAX(id), COUNT(*) FROM (SELECT username, id FROM archive"
-                " WHERE host = ? AND id < ? ORDER BY id LIMIT ?) GROUP BY username",
+                " WHERE host = ? AND id < ? ORDER BY id LIMIT ?) AS oldest GROUP BY username",
                 (host, before, limit)).fetchall()
             for username, top, count in swept:
                 # The batch holds the oldest ids of the host: each user's up to its newest one.
@@ -490,8 +500,10 @@ class SQLStore(RosterObservers):
 
     def setArchivePrefs(self, host, username, prefs: ArchivePrefs):
         return self._run(lambda conn: conn.execute(
-            "INSERT OR REPLACE INTO archive_prefs (host, username, policy, always, never)"
-            " VALUES (?, ?, ?, ?, ?)", (host, username, prefs.policy, json.dumps(list(prefs.always)),
+            "INSERT INTO archive_prefs (host, username, policy, always, never)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (host, username) DO UPDATE SET"
+            " policy = excluded.policy, always = excluded.always, never = excluded.never",
+            (host, username, prefs.policy, json.dumps(list(prefs.always)),
                                         json.dumps(list(prefs.never)))) and None)
 
     # -- blocklists ---------------------------------------------------------
@@ -514,7 +526,8 @@ class SQLStore(RosterObservers):
     def block(self, host, username, items):
         def block(conn):
             return [item for item in sorted(set(items)) if conn.execute(
-                "INSERT OR IGNORE INTO blocklist (host, username, blocked) VALUES (?, ?, ?)",
+                "INSERT INTO blocklist (host, username, blocked) VALUES (?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (host, username, item)).rowcount == 1]
         return self._run(block)
 
@@ -538,9 +551,11 @@ class SQLStore(RosterObservers):
 
     def setPushRegistration(self, host, username, registration):
         def set_(conn):
-            conn.execute("INSERT OR REPLACE INTO push_registrations (host, username, service, node,"
-                         " options) VALUES (?, ?, ?, ?, ?)", (host, username, registration.service,
-                                                              registration.node, registration.options))
+            conn.execute("INSERT INTO push_registrations (host, username, service, node, options)"
+                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (host, username, service, node)"
+                         " DO UPDATE SET options = excluded.options",
+                         (host, username, registration.service, registration.node,
+                          registration.options))
         return self._run(set_)
 
     def removePushRegistrations(self, host, username, service, node=None):
@@ -600,9 +615,10 @@ class SQLStore(RosterObservers):
                     (count or 0, *key, salt)).rowcount:
                 return True
             return conn.execute(
-                "UPDATE devices SET cur_count = max(cur_count, ?) WHERE host = ? AND username = ?"
-                " AND device = ? AND cur_salt = ? AND (? IS NULL OR ? > cur_count)",
-                (count or 0, *key, salt, count, count)).rowcount == 1
+                "UPDATE devices SET cur_count = CASE WHEN cur_count > ? THEN cur_count ELSE ? END"
+                " WHERE host = ? AND username = ? AND device = ? AND cur_salt = ?"
+                " AND (? IS NULL OR ? > cur_count)",
+                (count or 0, count or 0, *key, salt, count, count)).rowcount == 1
         return self._run(use)
 
     def revokeTokens(self, host, username, deviceId=None):
@@ -633,7 +649,8 @@ class SQLStore(RosterObservers):
     def setPepNode(self, host, username, node, config):
         return self._run(lambda conn: conn.execute(
             "INSERT INTO pep_nodes (host, username, node, config) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT DO UPDATE SET config = excluded.config", (host, username, node, config)))
+            " ON CONFLICT (host, username, node) DO UPDATE SET config = excluded.config",
+            (host, username, node, config)))
 
     def deletePepNode(self, host, username, node):
         return self._run(lambda conn: conn.execute(
@@ -643,11 +660,14 @@ class SQLStore(RosterObservers):
     def publishPepItem(self, host, username, node, config, itemId, xml, maxItems):
         def publish(conn):
             key = (host, username, node)
-            conn.execute("INSERT OR IGNORE INTO pep_nodes (host, username, node, config)"
-                         " VALUES (?, ?, ?, ?)", (*key, config))
-            conn.execute("INSERT OR REPLACE INTO pep_items (host, username, node, item_id, xml, seq)"
+            conn.execute("INSERT INTO pep_nodes (host, username, node, config)"
+                         " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (*key, config))
+            conn.execute("INSERT INTO pep_items (host, username, node, item_id, xml, seq)"
                          " SELECT ?, ?, ?, ?, ?, COALESCE(MAX(seq), 0) + 1 FROM pep_items"
-                         " WHERE host = ? AND username = ? AND node = ?", (*key, itemId, xml, *key))
+                         " WHERE host = ? AND username = ? AND node = ?"
+                         " ON CONFLICT (host, username, node, item_id)"
+                         " DO UPDATE SET xml = excluded.xml, seq = excluded.seq",
+                         (*key, itemId, xml, *key))
             dropped = [row[0] for row in conn.execute(
                 "SELECT item_id FROM pep_items WHERE host = ? AND username = ? AND node = ?"
                 " ORDER BY seq DESC LIMIT -1 OFFSET ?", (*key, maxItems))]
@@ -679,8 +699,9 @@ class SQLStore(RosterObservers):
                 conn.execute("DELETE FROM account_xml WHERE host = ? AND username = ? AND key = ?",
                              (host, username, key))
             else:
-                conn.execute("INSERT OR REPLACE INTO account_xml (host, username, key, xml)"
-                             " VALUES (?, ?, ?, ?)", (host, username, key, xml))
+                conn.execute("INSERT INTO account_xml (host, username, key, xml) VALUES (?, ?, ?, ?)"
+                             " ON CONFLICT (host, username, key) DO UPDATE SET xml = excluded.xml",
+                             (host, username, key, xml))
         return self._run(set_)
 
     # -- invites ------------------------------------------------------------
