@@ -161,8 +161,10 @@ class PostgreSQLStore(SQLStore):
             " AND application_name = %s AND pid != pg_backend_pid()", (SERVING,)).fetchone()[0]
         if not others:
             # No server is running on the database, so no registration is in
-            # flight: free the reservations a crash leaked.
+            # flight: free the invite reservations a crash leaked.
             conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
+            # Nor an upload: a PUT cut by a stop may be tried again.
+            conn.execute("UPDATE uploads SET state = 'slot' WHERE state = 'uploading'")
         # A newer ICU may have newer confusables data than the stored skeletons.
         stale = [(skeleton(username), host, username) for host, username, shape in conn.execute(
             "SELECT host, username, skeleton FROM accounts") if skeleton(username) != shape]

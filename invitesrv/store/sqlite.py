@@ -117,6 +117,8 @@ class SQLiteStore(SQLStore):
         if serving:
             # No registration can be in flight after a start: free leaked reservations.
             self._conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
+            # Nor an upload: a PUT cut by a stop may be tried again.
+            self._conn.execute("UPDATE uploads SET state = 'slot' WHERE state = 'uploading'")
             # A newer ICU may have newer confusables data than the stored skeletons.
             self._conn.execute("UPDATE accounts SET skeleton = username_skeleton(username)"
                                " WHERE skeleton IS NOT username_skeleton(username)")
