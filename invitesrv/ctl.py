@@ -231,6 +231,8 @@ def buildParser() -> argparse.ArgumentParser:
     addCheckCommands(commands)
     from invitesrv.ctl_import import addImportCommands
     addImportCommands(commands)
+    from invitesrv.ctl_migrate import addMigrateCommands
+    addMigrateCommands(commands)
     from invitesrv.ctl_uploads import addUploadCommands
     addUploadCommands(commands)
     from invitesrv.ctl_circles import addCircleCommands
@@ -259,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         sys.exit(f"invitesrvctl: {e}")
     database = config.databasePath.resolve()
-    if args.opensStore and not database.exists() and not (args.create or args.createsDatabase):
+    sqlite = config.store.backend == "sqlite"  # a file in the data dir (else a database server's)
+    if sqlite and args.opensStore and not database.exists() and not (args.create or args.createsDatabase):
         sys.exit(f"invitesrvctl: no database in {database.parent}: is that the server's data dir?"
                  " (give --config or --data-dir; --create starts a new one)")
 
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             os.umask(PRIVATE_UMASK)
         server = InviteServer(config, reactor=reactor, loadModules=False)
-        created = not database.exists()
+        created = sqlite and not database.exists()
         if args.opensStore:
             server.store.open(serving=False)
         args.control = yield control.connect(reactor, config.data_dir)
