@@ -249,7 +249,8 @@ def test_lostConnectionIsMadeAgain(dsn):
         yield store.createAccount(account("alice"))
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                          " WHERE application_name = 'invitesrv' AND pid != pg_backend_pid()")
+                          " WHERE application_name = 'invitesrv' AND datname = current_database()"
+                          " AND pid != pg_backend_pid()")
         with pytest.raises(StoreUnavailable):
             yield store.createAccount(NewAccount(HOST, "bob", credentials(), now=NOW))
         assert (yield store.listAccounts(HOST)) == ["alice"]
