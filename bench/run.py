@@ -990,9 +990,10 @@ def main(argv=None) -> int:
     postgresql = None
     if "postgresql" in args.stores:
         from pgcluster import PrivatePostgreSQL
-        postgresql = PrivatePostgreSQL().start()
-        log(f"PostgreSQL: a private cluster in {postgresql.directory} (not pinned; its CPU is"
-            " not in the server's figures)")
+        # On the generator's CPU, so that it does not take the server's; its
+        # own CPU time is not in the server's figures.
+        postgresql = PrivatePostgreSQL().start(cpus=genCPU)
+        log(f"PostgreSQL: a private cluster in {postgresql.directory}, CPU {genCPU}")
     servers = [Invitesrv(work / f"invitesrv-{store}", serverCPU, certificate,
                          postgresql.dsn(postgresql.createDatabase()) if store == "postgresql" else None)
                for store in args.stores]

@@ -45,15 +45,16 @@ class PrivatePostgreSQL:
         self.directory: Path | None = None
         self._names = count(1)
 
-    def _run(self, *command: str) -> None:
-        """Run a PostgreSQL program as the cluster's owner."""
-        prefix = []
+    def _run(self, *command: str, cpus: str | None = None) -> None:
+        """Run a PostgreSQL program as the cluster's owner (on CPUs C{cpus}, a taskset list)."""
+        prefix = ["taskset", "-c", cpus] if cpus is not None else []
         if os.geteuid() == 0:
             owner = "postgres" if _userExists("postgres") else "nobody"
-            prefix = ["runuser", "-u", owner, "--"]
+            prefix += ["runuser", "-u", owner, "--"]
         subprocess.run(prefix + list(command), check=True, capture_output=True, timeout=120)
 
-    def start(self) -> PrivatePostgreSQL:
+    def start(self, cpus: str | None = None) -> PrivatePostgreSQL:
+        """Make and start the cluster; its processes run on C{cpus} (a taskset list) if given."""
         bin_ = binaries()
         self.directory = Path(tempfile.mkdtemp(prefix="invitesrv-pg-"))
         if os.geteuid() == 0:
@@ -65,7 +66,8 @@ class PrivatePostgreSQL:
         # No TCP listener, fsync off (a test cluster), room for many stores at once.
         self._run(str(bin_ / "pg_ctl"), "-D", str(data), "-l", str(self.directory / "server.log"),
                   "-w", "-t", "60", "-o",
-                  f"-k {self.directory} -c listen_addresses='' -F -c max_connections=200", "start")
+                  f"-k {self.directory} -c listen_addresses='' -F -c max_connections=200", "start",
+                  cpus=cpus)
         return self
 
     def dsn(self, database: str = "postgres") -> str:
