@@ -42,6 +42,7 @@ from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 from wokkel import data_form, disco
 
+from invitesrv.accountiq import answer
 from invitesrv.config import Duration
 from invitesrv.modules.base import HostModule, ModuleError
 from invitesrv.store.interfaces import QuotaExceeded, Upload
@@ -394,18 +395,7 @@ class SlotsModule(HostModule):
 
     def onRequest(self, iq) -> None:
         """A slot request: answered with the slot or the XEP's error."""
-        iq.handled = True
-        d = defer.maybeDeferred(self._answer, iq)
-        d.addErrback(self._failed, iq)
-        d.addCallback(self.send)
-
-    def _failed(self, failure, iq):
-        """The error answering C{iq}: the request's own, or internal-server-error (logged)."""
-        if not failure.check(error.StanzaError):
-            log.failure("Upload slot request from {sender} failed", failure,
-                        sender=iq.getAttribute("from"))
-            return error.StanzaError("internal-server-error").toResponse(iq)
-        return failure.value.toResponse(iq)  # a store fault is resource-constraint (wait) too
+        answer(self, iq, self._answer, iq, what="Upload slot request")
 
     @defer.inlineCallbacks
     def _answer(self, iq):
