@@ -27,6 +27,7 @@ from invitesrv import control
 from invitesrv.config import ConfigError, loadConfig, withOverrides
 from invitesrv.registrar import RegistrationError, prepareUsername
 from invitesrv.service import PRIVATE_UMASK, InviteServer, secureDataDir
+from invitesrv.store.interfaces import StoreUnavailable
 
 DESCRIPTION = "Accounts, invites and API keys of an invitesrv server, from the command line."
 
@@ -275,7 +276,11 @@ def main(argv: list[str] | None = None) -> None:
         server = InviteServer(config, reactor=reactor, loadModules=False)
         created = sqlite and not database.exists()
         if args.opensStore:
-            server.store.open(serving=False)
+            try:
+                server.store.open(serving=False)
+            except StoreUnavailable as e:  # a database server that cannot be reached
+                print(f"invitesrvctl: {e}", file=sys.stderr)
+                raise SystemExit(1) from None
         args.control = yield control.connect(reactor, config.data_dir)
         state = ("a new database" if created and args.opensStore else
                  "server running" if args.control is not None else "server not running")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import RunningServer
 from rawxmpp import RawClient
 from test_accounts import createInvite
 from test_circles import PASSWORD, registerWithInvite
@@ -53,3 +54,15 @@ def test_serverOnPostgreSQL(serverFactory, postgresqlDSN):
             ("alice",), ("bob",)]
         assert conn.execute("SELECT COUNT(*) FROM invite_uses WHERE username = 'bob'").fetchone() == (1,)
         assert conn.execute("SELECT COUNT(*) FROM offline_messages").fetchone() == (0,)
+
+
+def test_unreachableDatabaseStopsStartUp(tmp_path):
+    """A server whose database cannot be reached says so in one line and exits with status 1."""
+    server = RunningServer(tmp_path, f'[store]\nbackend = "postgresql"\ndsn = "host={tmp_path}'
+                                     ' dbname=none connect_timeout=2"\n')
+    with pytest.raises(RuntimeError, match="server exited"):
+        server.start(timeout=30)
+    assert server.process.wait(10) == 1
+    log = server.log()
+    assert "cannot connect to postgresql " in log and "stopping" in log
+    assert "Traceback" not in log

@@ -141,8 +141,12 @@ class PostgreSQLStore(SQLStore):
         for a tool (C{invitesrvctl}) that may run beside the servers.
         """
         name = SERVING if serving else TOOL
-        with psycopg.connect(self.dsn, application_name=name,
-                             connect_timeout=max(1, round(self.busyTimeout))) as conn:
+        try:
+            conn = psycopg.connect(self.dsn, application_name=name,
+                                   connect_timeout=max(1, round(self.busyTimeout)))
+        except psycopg.OperationalError as e:
+            raise StoreUnavailable(f"cannot connect to {self.path}: {str(e).strip()}") from None
+        with conn:
             upgradeSchema(conn)
             if serving:
                 with conn.transaction():
