@@ -8,6 +8,8 @@ connection that is made again.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import pytest_twisted
 from store_behaviour import HOST, NOW, SQLAudit, StoreBehaviour, account, credentials, invite, token
@@ -216,6 +218,16 @@ def test_sameNameOnTwoNodes(nodes):
     assert len((yield nodes[0].listAccounts(HOST))) == 1
 
 
+def serversGone(dsn: str, timeout: float = 10.0) -> None:
+    """Wait until PostgreSQL has ended the closed stores' sessions (it does so a moment after)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                           " AND application_name = 'invitesrv'").fetchone()[0]:
+            assert time.monotonic() < deadline, "the closed stores' sessions did not end"
+            time.sleep(0.02)
+
+
 @pytest_twisted.inlineCallbacks
 def test_reservationsFreedWhenNoServerRuns(dsn):
     """
@@ -231,6 +243,7 @@ def test_reservationsFreedWhenNoServerRuns(dsn):
     assert (yield second.getInvite("i1")).reserved == 1
     running.close()
     second.close()
+    serversGone(dsn)
     alone = openStore(dsn)
     try:
         assert (yield alone.getInvite("i1")).reserved == 0
@@ -248,7 +261,7 @@ def test_lostConnectionIsMadeAgain(dsn):
     try:
         yield store.createAccount(account("alice"))
         with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            admin.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
                           " WHERE application_name = 'invitesrv' AND datname = current_database()"
                           " AND pid != pg_backend_pid()")
         with pytest.raises(StoreUnavailable):

@@ -200,8 +200,8 @@ class PostgreSQLStore(SQLStore):
         attempt = 1
         while True:
             try:
-                # The worker keeps its connection from call to call (taking it
-                # from the pool each time costs a third of a call's CPU).
+                # The worker keeps its connection from call to call, and takes
+                # one from the pool only when it has none (at first, or after a fault).
                 if self._conn is None:
                     self._conn = self._connections.getconn(timeout=waiting)
                 conn = self._conn
