@@ -9,6 +9,7 @@ generator (C{bench/xmppload.py}), prints a table and writes JSON lines.
     python bench/run.py --quick                 # tiny sizes: a smoke test
     python bench/run.py --scenarios login,idle --against prosody
     python bench/run.py --quick --check         # CPU per operation against bench/reference.json
+    python bench/run.py --scenarios login,messages --store sqlite,postgresql
 
 The server is pinned to CPU 0 and the generator to CPU 1 when there are two
 CPUs or more, so that the server's CPU time per operation, the steadiest
@@ -227,7 +228,9 @@ class Invitesrv:
 
     name = "invitesrv"
 
-    def __init__(self, directory: Path, cpu: str | None, certificate: tuple[Path, Path]):
+    def __init__(self, directory: Path, cpu: str | None, certificate: tuple[Path, Path],
+                 dsn: str | None = None):
+        """C{dsn}: a PostgreSQL database for the store (default: SQLite in the data dir)."""
         self.directory = directory
         self.cpu = cpu
         self.configPath = directory / "invitesrv.toml"
@@ -251,7 +254,10 @@ class Invitesrv:
             '[host_defaults]\nallow_registration = true\nregistration_invite_only = false\n'
             'password_min_length = 1\n'
             '[modules.upload]\nmax_file_size = 1073741824\nquota = 0\ndaily_quota = 0\n'
-            '[modules.muc]\nmessage_rate = 0\n')
+            '[modules.muc]\nmessage_rate = 0\n'
+            + (f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n' if dsn else ''))
+        if dsn:
+            self.label += "-postgresql"
 
     @property
     def pid(self) -> int:
@@ -904,6 +910,10 @@ def parseArgs(argv=None) -> argparse.Namespace:
     parser.add_argument("--against", action="append", choices=sorted(REFERENCES), default=[],
                         help="also run a private Prosody or ejabberd (may be given twice)")
     parser.add_argument("--repeat", type=int, default=1, help="measured runs per scenario")
+    parser.add_argument("--store", default="sqlite",
+                        help="invitesrv's store(s), comma-separated: sqlite, postgresql (a private"
+                             " PostgreSQL, started as the tests start it); the first is compared"
+                             " with the others")
     parser.add_argument("--key-type", choices=["rsa", "ec"], default="rsa",
                         help="server certificate key: rsa (RSA-2048, as the reference figures) "
                              "or ec (ECDSA P-256, invitesrv's own default)")
@@ -927,6 +937,14 @@ def parseArgs(argv=None) -> argparse.Namespace:
                      f"choose from {', '.join(SCENARIOS)}")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    args.stores = list(dict.fromkeys(s.strip() for s in args.store.split(",") if s.strip()))
+    if not args.stores or set(args.stores) - {"sqlite", "postgresql"}:
+        parser.error("--store: choose from sqlite, postgresql")
+    if "postgresql" in args.stores:
+        sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' private PostgreSQL
+        from pgcluster import missing
+        if missing():
+            parser.error(f"--store postgresql: {missing()}")
     args.reference = None
     if args.check:
         try:
@@ -983,7 +1001,16 @@ def main(argv=None) -> int:
         log("note: fewer than two CPUs (or no taskset): server and generator are not pinned")
     certificate = (work / "server.crt", work / "server.key")
     writeCertificate(*certificate, keyType=args.key_type)
-    servers = [Invitesrv(work / "invitesrv", serverCPU, certificate)]
+    postgresql = None
+    if "postgresql" in args.stores:
+        from pgcluster import PrivatePostgreSQL
+        # On the generator's CPU, so that it does not take the server's; its
+        # own CPU time is not in the server's figures.
+        postgresql = PrivatePostgreSQL().start(cpus=genCPU)
+        log(f"PostgreSQL: a private cluster in {postgresql.directory}, CPU {genCPU}")
+    servers = [Invitesrv(work / f"invitesrv-{store}", serverCPU, certificate,
+                         postgresql.dsn(postgresql.createDatabase()) if store == "postgresql" else None)
+               for store in args.stores]
     for name in dict.fromkeys(args.against):
         reference = REFERENCES[name][0](work / name, serverCPU, certificate)
         if "mam" in args.scenarios or "smarchive" in args.scenarios:
@@ -1005,6 +1032,8 @@ def main(argv=None) -> int:
     finally:
         for server in servers:
             server.stop()
+        if postgresql is not None:
+            postgresql.stop()
         if args.keep:
             log(f"kept {work}")
         else:

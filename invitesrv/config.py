@@ -227,6 +227,35 @@ def parseHostPort(text: str, defaultPort: int = DEFAULT_S2S_PORT) -> tuple[str, 
     return host, port
 
 
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """
+    C{[store]}: where accounts and everything else are kept. SQLite (a file
+    in the data dir) serves one node; PostgreSQL, at C{dsn}, several.
+    """
+
+    backend: str = "sqlite"
+    dsn: str = ""
+
+
+def _store(table: object, source: str) -> StoreOptions:
+    """The C{[store]} table, checked: a backend this server has, and a DSN for PostgreSQL only."""
+    options = buildTable(StoreOptions, table, "store", source)
+    if options.backend not in STORE_BACKENDS:
+        raise ConfigError(f"{source}: store.backend: expected one of {', '.join(STORE_BACKENDS)},"
+                          f" not {options.backend!r}")
+    if options.backend == "postgresql" and not options.dsn:
+        raise ConfigError(f"{source}: store.dsn: the postgresql backend needs the database's"
+                          " address (e.g. \"host=/run/postgresql dbname=invitesrv\")")
+    if options.backend == "sqlite" and options.dsn:
+        raise ConfigError(f"{source}: store.dsn is for the postgresql backend; the sqlite"
+                          " database is in the data dir")
+    return options
+
+
 @dataclass(frozen=True)
 class FederationOptions:
     """
@@ -286,6 +315,7 @@ class Config:
     host_module_options: dict[str, dict[str, dict]] = field(default_factory=dict)
     limits: Limits = Limits()
     federation: FederationOptions = FederationOptions()
+    store: StoreOptions = StoreOptions()
     # host -> component domain -> its options, from [hosts."HOST".components.NAME]
     components: dict[str, dict[str, ComponentOptions]] = field(default_factory=dict)
     source: str = "<defaults>"
@@ -484,7 +514,8 @@ def _moduleTables(table: object, where: str, source: str) -> dict[str, dict]:
 
 def parseConfig(data: dict, source: str = "<config>") -> Config:
     """Turn a parsed TOML document into a L{Config}."""
-    known = {"server", "listen", "tls", "limits", "s2s", "host_defaults", "hosts", "modules"}
+    known = {"server", "listen", "tls", "limits", "s2s", "host_defaults", "hosts", "modules",
+             "store"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: unknown section or option {key!r}")
@@ -512,6 +543,8 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
         values["limits"] = buildTable(Limits, data["limits"], "limits", source)
     if "s2s" in data:
         values["federation"] = _federation(data["s2s"], source)
+    if "store" in data:
+        values["store"] = _store(data["store"], source)
 
     defaults = _checkHostOptions(
         buildTable(HostOptions, data.get("host_defaults", {}), "host_defaults", source),

@@ -27,6 +27,7 @@ from invitesrv import control
 from invitesrv.config import ConfigError, loadConfig, withOverrides
 from invitesrv.registrar import RegistrationError, prepareUsername
 from invitesrv.service import PRIVATE_UMASK, InviteServer, secureDataDir
+from invitesrv.store.interfaces import StoreUnavailable
 
 DESCRIPTION = "Accounts, invites and API keys of an invitesrv server, from the command line."
 
@@ -231,6 +232,8 @@ def buildParser() -> argparse.ArgumentParser:
     addCheckCommands(commands)
     from invitesrv.ctl_import import addImportCommands
     addImportCommands(commands)
+    from invitesrv.ctl_migrate import addMigrateCommands
+    addMigrateCommands(commands)
     from invitesrv.ctl_uploads import addUploadCommands
     addUploadCommands(commands)
     from invitesrv.ctl_circles import addCircleCommands
@@ -259,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         sys.exit(f"invitesrvctl: {e}")
     database = config.databasePath.resolve()
-    if args.opensStore and not database.exists() and not (args.create or args.createsDatabase):
+    sqlite = config.store.backend == "sqlite"  # a file in the data dir (else a database server's)
+    if sqlite and args.opensStore and not database.exists() and not (args.create or args.createsDatabase):
         sys.exit(f"invitesrvctl: no database in {database.parent}: is that the server's data dir?"
                  " (give --config or --data-dir; --create starts a new one)")
 
@@ -270,9 +274,13 @@ def main(argv: list[str] | None = None) -> None:
         else:
             os.umask(PRIVATE_UMASK)
         server = InviteServer(config, reactor=reactor, loadModules=False)
-        created = not database.exists()
+        created = sqlite and not database.exists()
         if args.opensStore:
-            server.store.open(serving=False)
+            try:
+                server.store.open(serving=False)
+            except StoreUnavailable as e:  # a database server that cannot be reached
+                print(f"invitesrvctl: {e}", file=sys.stderr)
+                raise SystemExit(1) from None
         args.control = yield control.connect(reactor, config.data_dir)
         state = ("a new database" if created and args.opensStore else
                  "server running" if args.control is not None else "server not running")

@@ -17,7 +17,15 @@ from invitesrv.ctl import CommandError
 from invitesrv.store.sqlite import backupDatabase, checkBackup, restoreDatabase
 
 
+def requireSQLite(server) -> None:
+    """These commands copy the SQLite file; a PostgreSQL database has its own tools."""
+    if server.config.store.backend != "sqlite":
+        raise CommandError("the store is PostgreSQL: back it up and restore it with pg_dump and"
+                           " pg_restore (docs/postgresql.md)")
+
+
 def backup(server, args):
+    requireSQLite(server)
     target = Path(args.file)
     if target.exists() and not args.force:
         raise CommandError(f"{target} exists (--force replaces it)")
@@ -26,6 +34,7 @@ def backup(server, args):
 
 
 def restore(server, args):
+    requireSQLite(server)
     if args.control is not None:
         raise CommandError("the server is running on this data dir: stop it first")
     try:

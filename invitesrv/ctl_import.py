@@ -173,7 +173,7 @@ def importProsody(server, args):
         raise CommandError(str(e)) from None
     report = ImportReport()
     what = "Checking" if args.dry_run else "Importing"
-    print(f"{what} Prosody data in {source.path.resolve()} into {server.config.databasePath}")
+    print(f"{what} Prosody data in {source.path.resolve()} into {server.store.path}")
     for name in source.hostDirs:
         host = server.hosts.get(name)
         if host is None:

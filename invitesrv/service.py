@@ -109,6 +109,19 @@ def raiseFileLimit() -> tuple[int, int]:
     return soft, soft
 
 
+def makeStore(config: Config, reactor):
+    """The store C{[store]} names, not opened yet."""
+    if config.store.backend == "postgresql":
+        try:
+            from invitesrv.store.postgresql import PostgreSQLStore
+        except ImportError as e:
+            raise ConfigError(f"{config.source}: store.backend = \"postgresql\" needs psycopg"
+                              f" ({e}): pip install 'invitesrv[postgresql]'") from None
+        return PostgreSQLStore(config.store.dsn, reactor,
+                               busyTimeout=config.limits.store_busy_timeout)
+    return SQLiteStore(config.databasePath, reactor, busyTimeout=config.limits.store_busy_timeout)
+
+
 class InviteServer:
     """
     One server: its virtual hosts with their modules, over one store. The
@@ -125,8 +138,7 @@ class InviteServer:
         self.config = config
         self.reactor = reactor
         self.clock = reactor
-        self.store = store if store is not None else SQLiteStore(
-            config.databasePath, reactor, busyTimeout=config.limits.store_busy_timeout)
+        self.store = store if store is not None else makeStore(config, reactor)
         self.router = Router()
         self.listeners: list[ListenerService] = []  # filled by makeService
         self.tls = None

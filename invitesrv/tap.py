@@ -19,6 +19,7 @@ from invitesrv.config import ConfigError, loadConfig, withOverrides
 from invitesrv.host import ModuleError, findModule, moduleOptions
 from invitesrv.service import ListenError
 from invitesrv.service import makeService as _makeService
+from invitesrv.store.interfaces import StoreUnavailable
 
 log = Logger()
 
@@ -116,15 +117,15 @@ class Options(usage.Options):
 
 class TwistdService(service.MultiService):
     """
-    The server as twistd runs it: a listener that cannot listen ends
-    start-up with one line in the log (by then standard error goes there
-    too), and exit status 1.
+    The server as twistd runs it: a listener that cannot listen, or a store
+    that cannot be reached, ends start-up with one line in the log (by then
+    standard error goes there too), and exit status 1.
     """
 
     def privilegedStartService(self):
         try:
             service.MultiService.privilegedStartService(self)
-        except ListenError as e:
+        except (ListenError, StoreUnavailable) as e:
             log.critical("{error}; stopping", error=e)
             raise SystemExit(1) from None
 

@@ -5,6 +5,7 @@ listening on an ephemeral port on 127.0.0.1, with its own data directory.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -157,3 +158,46 @@ def servers():
     pool = Servers()
     yield pool
     pool.closeAll()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """
+    On CI (the environment variable CI set) every system the tests start
+    is installed by C{.ci/run}, so a skipped test is a failure there: a
+    skip would pass off a missing system as coverage.
+    """
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if os.environ.get("CI") and skipped and session.exitstatus == pytest.ExitCode.OK:
+        reporter.ensure_newline()
+        reporter.write_line(f"CI: {len(skipped)} test(s) skipped; on CI nothing may be", red=True)
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+            reporter.write_line(f"  {report.nodeid}: {reason}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def postgresql():
+    """
+    A private PostgreSQL server (L{pgcluster.PrivatePostgreSQL}) for the
+    session. Without PostgreSQL its tests skip saying why; on CI (the
+    environment variable CI set), where it is installed, they fail instead.
+    """
+    from pgcluster import PrivatePostgreSQL, missing
+    reason = missing()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}, and CI needs it")
+        pytest.skip(reason)
+    server = PrivatePostgreSQL().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgresqlDSN(postgresql):
+    """The DSN of a new, empty database of the private PostgreSQL, dropped afterwards."""
+    name = postgresql.createDatabase()
+    yield postgresql.dsn(name)
+    postgresql.dropDatabase(name)

@@ -271,3 +271,13 @@ def test_twistdStopsOnBadConfig(tmp_path):
         assert result.returncode != 0, output
         assert str(path) in output and key in output, output
         assert "listening" not in output
+
+
+def test_storeBackend(tmp_path):
+    """[store] names a backend this server has; PostgreSQL needs a DSN, SQLite takes none."""
+    assert Config().store.backend == "sqlite"
+    config = loadConfig(writeConfig(tmp_path, '[store]\nbackend = "postgresql"\ndsn = "dbname=x"\n'))
+    assert (config.store.backend, config.store.dsn) == ("postgresql", "dbname=x")
+    assert "store.backend" in configError(tmp_path, '[store]\nbackend = "mysql"\n')
+    assert "store.dsn" in configError(tmp_path, '[store]\nbackend = "postgresql"\n')
+    assert "store.dsn" in configError(tmp_path, '[store]\ndsn = "dbname=x"\n')

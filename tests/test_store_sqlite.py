@@ -11,23 +11,14 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from store_behaviour import HOST, NOW, StoreBehaviour, account, invite, token
+from store_behaviour import HOST, NOW, SQLAudit, StoreBehaviour, account, invite, token
 from synchronous import InlineThreadPool, ThreadlessClock, result
 
 from invitesrv.store.interfaces import RosterItem, UsernameConfusable
 from invitesrv.store.sqlite import SQLiteStore, openDatabase, schemaScripts
 
 
-class SQLiteAudit:
-    """Reads the audit straight from the SQLite connection, on the store's own thread."""
-
-    def inviteAudit(self, store, inviteId):
-        return store._run(lambda conn: conn.execute(
-            "SELECT username, path, address FROM invite_uses WHERE invite_id = ? ORDER BY id",
-            (inviteId,)).fetchall())
-
-
-class TestMemoryDatabase(SQLiteAudit, StoreBehaviour):
+class TestMemoryDatabase(SQLAudit, StoreBehaviour):
     """The behaviour suite on C{:memory:}, as the unit tests use the store."""
 
     @pytest.fixture
@@ -38,7 +29,7 @@ class TestMemoryDatabase(SQLiteAudit, StoreBehaviour):
         store.close()
 
 
-class TestInlineStore(SQLiteAudit, StoreBehaviour):
+class TestInlineStore(SQLAudit, StoreBehaviour):
     """
     The behaviour suite with the statements run inline by an injected pool:
     every answer has fired when the call returns, with no thread or reactor.
@@ -57,7 +48,7 @@ class TestInlineStore(SQLiteAudit, StoreBehaviour):
         assert result(store.accountExists(HOST, "alice"))
 
 
-class TestFileStore(SQLiteAudit, StoreBehaviour):
+class TestFileStore(SQLAudit, StoreBehaviour):
     """The behaviour suite on a file in WAL mode, as the server uses the store."""
 
     @pytest.fixture

@@ -1,7 +1,7 @@
 """
-Group chat rooms, their archives and circles in SQLite (L{IRooms},
-L{ICircles}): a part of L{invitesrv.store.sqlite.SQLiteStore}, which runs
-each call as one transaction on its worker thread.
+Group chat rooms, their archives and circles in SQL (L{IRooms},
+L{ICircles}): a part of L{invitesrv.store.sql.SQLStore} (SQLite and
+PostgreSQL), which runs each call as one transaction on its worker thread.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _archived(row) -> ArchivedRoomMessage:
 
 
 class GroupsSQL:
-    """Rooms, their archives and circles in SQLite (L{IRooms}, L{ICircles}), mixed into the store."""
+    """Rooms, their archives and circles in SQL (L{IRooms}, L{ICircles}), mixed into the store."""
 
     # -- rooms --------------------------------------------------------------
 
@@ -193,8 +193,8 @@ class GroupsSQL:
                 (host, username)).fetchone():
             return None
         others = [member for member in circle.members if member != username]
-        conn.execute("INSERT OR IGNORE INTO circle_members (host, circle, username) VALUES (?, ?, ?)",
-                     (host, name, username))
+        conn.execute("INSERT INTO circle_members (host, circle, username) VALUES (?, ?, ?)"
+                     " ON CONFLICT DO NOTHING", (host, name, username))
         for owner, contact in [(username, o) for o in others] + [(o, username) for o in others]:
             bare = f"{contact}@{host}"
             item = cls._getRosterItem(conn, host, owner, bare)

@@ -1,0 +1,226 @@
+"""
+The store on PostgreSQL, for an installation that outgrows one file: several
+nodes over one database, or a database server of its own.
+
+The queries are the shared ones of L{invitesrv.store.sql}; this module gives
+them a connection and transactions, and speaks PostgreSQL where SQLite's SQL
+differs (L{translate}). Each store (each node) uses one connection from one
+worker thread, so its calls commit in the order they are made, as on SQLite;
+what several nodes do at once is made safe by PostgreSQL: conditional
+updates for invites (C{... WHERE uses + reserved < uses_allowed}, atomic at
+any isolation level), and a transaction-scoped advisory lock where a check
+and the write it allows must not interleave (L{PostgreSQLStore._lockName}).
+
+The schema is a series of numbered SQL files in C{schema_postgresql/}; the
+table C{invitesrv_schema} says how many have been applied. They are applied
+at start in one transaction, under an advisory lock, so nodes starting at
+once upgrade the database once.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+
+import psycopg
+from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from invitesrv.store.interfaces import StoreUnavailable
+from invitesrv.store.sql import SQLStore
+from invitesrv.store.sqlite import schemaScripts
+from invitesrv.usernames import skeleton
+
+log = Logger()
+
+SERVING = "invitesrv"  # the application_name of a server's connections
+TOOL = "invitesrvctl"  # and of a tool's, which holds no reservations
+SCHEMA_LOCK = 0x696E7673  # the advisory lock held while the schema is upgraded
+RETRIES = 3  # attempts of a transaction PostgreSQL rolled back (deadlock, serialization)
+
+# Where SQLite's SQL is not PostgreSQL's: a parameter whose type only its
+# value would tell, IS NOT meaning "is distinct from", no limit as -1.
+_REWRITES = (
+    (re.compile(r"\? IS NULL"), "CAST(? AS TEXT) IS NULL"),
+    (re.compile(r"IS NOT \?"), "IS DISTINCT FROM ?"),
+    (re.compile(r"LIMIT -1\b"), "LIMIT ALL"),
+)
+
+
+@functools.lru_cache(maxsize=2048)
+def translate(sql: str) -> str:
+    """The shared SQL statement C{sql}, with C{?} parameters, as psycopg's PostgreSQL."""
+    sql = sql.replace("%", "%%")
+    for pattern, replacement in _REWRITES:
+        sql = pattern.sub(replacement, sql)
+    return sql.replace("?", "%s")
+
+
+def schemaFiles() -> list[tuple[int, str]]:
+    """The numbered PostgreSQL schema files shipped with the package, in order."""
+    return schemaScripts(importlib.resources.files("invitesrv.store") / "schema_postgresql")
+
+
+def describe(dsn: str) -> str:
+    """C{dsn} without its password, to be logged."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql (an unreadable dsn)"
+    params.pop("password", None)
+    return f"postgresql {make_conninfo(**params)}"
+
+
+def upgradeSchema(conn: psycopg.Connection, scripts: list[tuple[int, str]] | None = None) -> int:
+    """
+    Bring the database of C{conn} to the latest schema in one transaction
+    (nothing changes if a step fails); return the version it was at.
+    """
+    scripts = schemaFiles() if scripts is None else scripts
+    latest = scripts[-1][0] if scripts else 0
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS invitesrv_schema (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM invitesrv_schema").fetchone()
+        version = row[0] if row else 0
+        if version > latest:
+            raise RuntimeError(f"the database's schema version {version} is newer than this"
+                               f" invitesrv's ({latest})")
+        for number, script in scripts:
+            if number > version:
+                conn.execute(script)
+        if version < latest:
+            log.info("PostgreSQL schema upgraded from {old} to {new}", old=version, new=latest)
+            conn.execute("DELETE FROM invitesrv_schema")
+            conn.execute("INSERT INTO invitesrv_schema (version) VALUES (%s)", (latest,))
+    return version
+
+
+class _Connection:
+    """The C{execute} and C{executemany} of a DB-API connection, taking the shared SQL."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: psycopg.Connection):
+        self._conn = conn
+
+    def execute(self, sql: str, params=()):
+        return self._conn.execute(translate(sql), params)
+
+    def executemany(self, sql: str, rows):
+        cursor = self._conn.cursor()
+        rows = list(rows)
+        if rows:
+            cursor.executemany(translate(sql), rows)
+        return cursor
+
+
+class PostgreSQLStore(SQLStore):
+    """
+    L{IStore} on the PostgreSQL database at C{dsn} (a libpq connection
+    string or URI). A database that cannot be reached, a connection lost,
+    or a lock held beyond C{busyTimeout} seconds fails calls with
+    L{StoreUnavailable}; the transaction is rolled back, and the connection
+    is made again for the next call.
+    """
+
+    def __init__(self, dsn: str, reactor=None, busyTimeout: float = 5.0):
+        SQLStore.__init__(self, reactor, busyTimeout, ThreadPool(1, 1, name="invitesrv-db"))
+        self.dsn = dsn
+        self.path = describe(dsn)  # what the logs say the store is
+        self._connections: ConnectionPool | None = None
+        self._conn: psycopg.Connection | None = None  # held by the worker between calls
+
+    def open(self, serving: bool = True) -> None:
+        """
+        Upgrade the schema, connect and start the worker. C{serving} is False
+        for a tool (C{invitesrvctl}) that may run beside the servers.
+        """
+        name = SERVING if serving else TOOL
+        try:
+            conn = psycopg.connect(self.dsn, application_name=name,
+                                   connect_timeout=max(1, round(self.busyTimeout)))
+        except psycopg.OperationalError as e:
+            raise StoreUnavailable(f"cannot connect to {self.path}: {str(e).strip()}") from None
+        with conn:
+            upgradeSchema(conn)
+            if serving:
+                with conn.transaction():
+                    self._started(conn)
+        self._connections = ConnectionPool(
+            self.dsn, min_size=1, max_size=1, open=False, name="invitesrv",
+            kwargs={"application_name": name}, configure=self._configure,
+            timeout=self.busyTimeout)
+        self._connections.open(wait=True, timeout=max(self.busyTimeout, 1))
+        self._pool.start()
+
+    @staticmethod
+    def _started(conn: psycopg.Connection) -> None:
+        """What a server does once at start, in one transaction on C{conn}."""
+        others = conn.execute(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = %s AND pid != pg_backend_pid()", (SERVING,)).fetchone()[0]
+        if not others:
+            # No server is running on the database, so no registration is in
+            # flight: free the invite reservations a crash leaked.
+            conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
+            # Nor an upload: a PUT cut by a stop may be tried again.
+            conn.execute("UPDATE uploads SET state = 'slot' WHERE state = 'uploading'")
+        # A newer ICU may have newer confusables data than the stored skeletons.
+        stale = [(skeleton(username), host, username) for host, username, shape in conn.execute(
+            "SELECT host, username, skeleton FROM accounts") if skeleton(username) != shape]
+        if stale:
+            conn.cursor().executemany(
+                "UPDATE accounts SET skeleton = %s WHERE host = %s AND username = %s", stale)
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        """A new connection waits for a row lock no longer than a call waits for SQLite's."""
+        conn.execute(f"SET lock_timeout = {int(self.busyTimeout * 1000)}")
+        conn.commit()
+
+    def close(self) -> None:
+        self._pool.stop()
+        self._release()
+        if self._connections is not None:
+            self._connections.close()
+            self._connections = None
+
+    def _release(self) -> None:
+        """Give the held connection back to the pool, which replaces it if it is broken."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            self._connections.putconn(conn)
+
+    def _transaction(self, fn, args):
+        waiting = min(self.busyTimeout, 0.05) if self._failFast else self.busyTimeout
+        attempt = 1
+        while True:
+            try:
+                # The worker keeps its connection from call to call, and takes
+                # one from the pool only when it has none (at first, or after a fault).
+                if self._conn is None:
+                    self._conn = self._connections.getconn(timeout=waiting)
+                conn = self._conn
+                try:
+                    result = fn(_Connection(conn), *args)
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+                return result
+            except errors.TransactionRollback as e:
+                # A deadlock or a serialization failure: the whole transaction
+                # was rolled back, and may be tried again.
+                if attempt == RETRIES:
+                    raise StoreUnavailable(str(e).strip()) from e
+                attempt += 1
+            except psycopg.OperationalError as e:
+                self._release()
+                raise StoreUnavailable(str(e).strip()) from e
+
+    def _lockName(self, conn, name: str) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))

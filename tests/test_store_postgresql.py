@@ -1,0 +1,274 @@
+"""
+The PostgreSQL store: the shared behaviour suite against a real, private
+PostgreSQL (started by the C{postgresql} fixture), then what only it has:
+versioned schema files applied atomically, the same tables as SQLite's,
+invites that stay atomic with several nodes writing at once, and a lost
+connection that is made again.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import pytest_twisted
+from store_behaviour import HOST, NOW, SQLAudit, StoreBehaviour, account, credentials, invite, token
+from twisted.internet import defer
+
+from invitesrv.store.interfaces import (
+    AccountExists,
+    InviteUnavailable,
+    InviteUse,
+    NewAccount,
+    StoreUnavailable,
+)
+from invitesrv.store.sqlite import openDatabase
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgresql]')")
+
+from invitesrv.store.postgresql import (  # noqa: E402 (psycopg first)
+    PostgreSQLStore,
+    describe,
+    schemaFiles,
+    translate,
+    upgradeSchema,
+)
+
+
+@pytest.fixture(scope="module")
+def template(postgresql):
+    """A database at the latest schema, copied for each test (faster than applying it each time)."""
+    name = postgresql.createDatabase()
+    with psycopg.connect(postgresql.dsn(name)) as conn:
+        upgradeSchema(conn)
+    yield name
+    postgresql.dropDatabase(name)
+
+
+@pytest.fixture
+def dsn(postgresql, template):
+    """A new database at the latest schema, empty."""
+    name = postgresql.createDatabase(template)
+    yield postgresql.dsn(name)
+    postgresql.dropDatabase(name)
+
+
+def openStore(dsn: str, serving: bool = True) -> PostgreSQLStore:
+    store = PostgreSQLStore(dsn, busyTimeout=5)
+    store.open(serving)
+    return store
+
+
+class TestPostgreSQLStore(SQLAudit, StoreBehaviour):
+    """The behaviour suite on PostgreSQL, as the server uses the store."""
+
+    integrityErrors = (KeyError, psycopg.IntegrityError)
+
+    @pytest.fixture
+    def store(self, dsn):
+        store = openStore(dsn)
+        yield store
+        store.close()
+
+
+# -- the SQL dialect ------------------------------------------------------------------------
+
+
+def test_translate():
+    """The shared SQL's parameters and SQLite-only phrases become PostgreSQL's; % is escaped."""
+    assert translate("SELECT 1 FROM t WHERE a = ? AND (? IS NULL OR b = ?)") == (
+        "SELECT 1 FROM t WHERE a = %s AND (CAST(%s AS TEXT) IS NULL OR b = %s)")
+    assert translate("SELECT 1 FROM t WHERE id IS NOT ? AND s LIKE '%@%'") == (
+        "SELECT 1 FROM t WHERE id IS DISTINCT FROM %s AND s LIKE '%%@%%'")
+    assert translate("SELECT x FROM t ORDER BY seq DESC LIMIT -1 OFFSET ?") == (
+        "SELECT x FROM t ORDER BY seq DESC LIMIT ALL OFFSET %s")
+
+
+def test_describeHidesThePassword():
+    """The store is named in the log by its DSN, without the password."""
+    described = describe("host=/run/pg dbname=xmpp user=invitesrv password=sekrit")
+    assert "sekrit" not in described and "dbname=xmpp" in described
+    assert "sekrit" not in describe("postgresql://invitesrv:sekrit@127.0.0.1/xmpp")
+
+
+# -- the schema -----------------------------------------------------------------------------
+
+
+def columns(conn, query: str) -> dict[str, list[str]]:
+    tables: dict[str, list[str]] = {}
+    for table, column in conn.execute(query).fetchall():
+        tables.setdefault(table, []).append(column)
+    return {table: sorted(names) for table, names in tables.items()}
+
+
+def test_schemaHasSQLitesTables(postgresqlDSN):
+    """
+    A new database gets the latest schema, recorded in invitesrv_schema,
+    and has every table and column the SQLite schema has: the shared SQL
+    runs on both, and migrate-store copies each table as it is.
+    """
+    store = openStore(postgresqlDSN)
+    store.close()
+    with psycopg.connect(postgresqlDSN) as conn:
+        assert conn.execute("SELECT version FROM invitesrv_schema").fetchall() == [
+            (schemaFiles()[-1][0],)]
+        postgres = columns(conn, "SELECT table_name, column_name FROM information_schema.columns"
+                                 " WHERE table_schema = 'public' AND table_name != 'invitesrv_schema'")
+    lite = openDatabase(":memory:")
+    sqlite = columns(lite, "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p"
+                           " WHERE m.type = 'table'")
+    lite.close()
+    assert postgres == sqlite
+
+
+def test_schemaStepsAreAtomic(postgresqlDSN):
+    """A step that fails leaves the database as it was: no table of the failed run, no version."""
+    scripts = [(1, "CREATE TABLE one (x INTEGER);"), (2, "CREATE TABLE two (x NOSUCHTYPE);")]
+    with psycopg.connect(postgresqlDSN) as conn:
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            upgradeSchema(conn, scripts)
+        assert conn.execute("SELECT to_regclass('one'), to_regclass('invitesrv_schema')").fetchone() == (
+            None, None)
+        assert upgradeSchema(conn, scripts[:1]) == 0
+        assert upgradeSchema(conn, scripts[:1]) == 1  # already there: nothing to do
+        assert conn.execute("SELECT version FROM invitesrv_schema").fetchall() == [(1,)]
+
+
+def test_newerSchemaRefused(postgresqlDSN):
+    """A database upgraded by a newer invitesrv is not used by an older one."""
+    with psycopg.connect(postgresqlDSN) as conn:
+        upgradeSchema(conn, [(1, "SELECT 1;"), (2, "SELECT 2;")])
+        with pytest.raises(RuntimeError, match="newer"):
+            upgradeSchema(conn, [(1, "SELECT 1;")])
+
+
+# -- several nodes on one database ------------------------------------------------------------
+
+
+@pytest.fixture
+def nodes(dsn):
+    """Two stores on one database, as two nodes of a cluster use it."""
+    stores = [openStore(dsn), openStore(dsn)]
+    yield stores
+    for store in stores:
+        store.close()
+
+
+@defer.inlineCallbacks
+def register(store, username: str):
+    """What the registrar does with a token: reserve it, create the account using it."""
+    reserved = yield store.reserveInvite(token("once"), HOST, NOW)
+    if reserved is None:
+        return None
+    try:
+        yield store.createAccount(account(username, inviteUse=InviteUse(reserved.id, "ibr")))
+    except (InviteUnavailable, AccountExists):
+        yield store.releaseInvite(reserved.id)
+        return None
+    return username
+
+
+@pytest_twisted.inlineCallbacks
+def test_inviteRaceAcrossNodes(nodes):
+    """
+    Twenty registrations with one single-use token, spread over two nodes
+    and started at once, give exactly one account; the invite shows one use
+    and no reservation left.
+    """
+    first, second = nodes
+    yield first.createInvite(invite("once", usesAllowed=1), token("once"))
+    attempts = [register(nodes[i % 2], f"user{i}") for i in range(20)]
+    results = yield defer.gatherResults(attempts)
+    winners = [name for name in results if name is not None]
+    assert len(winners) == 1
+    assert (yield second.listAccounts(HOST)) == winners
+    used = yield first.getInvite("once")
+    assert (used.uses, used.reserved) == (1, 0)
+    assert [use["username"] for use in used.uses_log] == winners
+
+
+@pytest_twisted.inlineCallbacks
+def test_inviteRaceManyWriters(postgresql, template):
+    """
+    The same race with twenty writers at once (a connection each), so that
+    every attempt's transaction overlaps the others': still one account.
+    """
+    dsn = postgresql.dsn(postgresql.createDatabase(template))
+    stores = [openStore(dsn) for _ in range(20)]
+    try:
+        yield stores[0].createInvite(invite("once", usesAllowed=1), token("once"))
+        results = yield defer.gatherResults([register(store, f"user{i}")
+                                             for i, store in enumerate(stores)])
+        assert len([name for name in results if name is not None]) == 1
+        assert len((yield stores[1].listAccounts(HOST))) == 1
+        used = yield stores[2].getInvite("once")
+        assert (used.uses, used.reserved) == (1, 0)
+    finally:
+        for store in stores:
+            store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_sameNameOnTwoNodes(nodes):
+    """The same (or a look-alike) username created on two nodes at once: one account."""
+    attempts = [defer.maybeDeferred(nodes[i % 2].createAccount, account(name))
+                for i, name in enumerate(["anna", "anna", "аnna", "anna"])]  # Cyrillic а
+    outcomes = yield defer.DeferredList(attempts, consumeErrors=True)
+    assert [ok for ok, _ in outcomes].count(True) == 1
+    assert len((yield nodes[0].listAccounts(HOST))) == 1
+
+
+def serversGone(dsn: str, timeout: float = 10.0) -> None:
+    """Wait until PostgreSQL has ended the closed stores' sessions (it does so a moment after)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                           " AND application_name = 'invitesrv'").fetchone()[0]:
+            assert time.monotonic() < deadline, "the closed stores' sessions did not end"
+            time.sleep(0.02)
+
+
+@pytest_twisted.inlineCallbacks
+def test_reservationsFreedWhenNoServerRuns(dsn):
+    """
+    A server starting alone frees the reservations a crash leaked; one
+    starting beside another server leaves them, as they may be in use.
+    """
+    running = openStore(dsn)
+    yield running.createInvite(invite("i1", usesAllowed=1), token("i1"))
+    assert (yield running.reserveInvite(token("i1"), HOST, NOW)) is not None
+    tool = openStore(dsn, serving=False)
+    tool.close()
+    second = openStore(dsn)
+    assert (yield second.getInvite("i1")).reserved == 1
+    running.close()
+    second.close()
+    serversGone(dsn)
+    alone = openStore(dsn)
+    try:
+        assert (yield alone.getInvite("i1")).reserved == 0
+    finally:
+        alone.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_lostConnectionIsMadeAgain(dsn):
+    """
+    When the server ends the store's connection, the call under way fails
+    with StoreUnavailable (nothing written), and the next one reconnects.
+    """
+    store = openStore(dsn)
+    try:
+        yield store.createAccount(account("alice"))
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+                          " WHERE application_name = 'invitesrv' AND datname = current_database()"
+                          " AND pid != pg_backend_pid()")
+        with pytest.raises(StoreUnavailable):
+            yield store.createAccount(NewAccount(HOST, "bob", credentials(), now=NOW))
+        assert (yield store.listAccounts(HOST)) == ["alice"]
+        yield store.createAccount(account("bob"))
+        assert (yield store.listAccounts(HOST)) == ["alice", "bob"]
+    finally:
+        store.close()
+
