@@ -41,6 +41,8 @@ class Router:
         self.components: dict = {}  # subdomain services, routed like hosts: domain -> component
         self.sessions: dict[str, dict[str, object]] = {}  # bare JID -> resource -> session
         self.remote = None  # the default route: route(stanza, target), or None (no federation)
+        # Cluster mode: the sessions of the other nodes (invitesrv.cluster.directory), or None.
+        self.directory = None
 
     def addHost(self, host) -> None:
         self.hosts[host.name] = host
@@ -73,11 +75,18 @@ class Router:
                 del self.sessions[session.bare]
 
     def resourcesOf(self, bare: str) -> dict:
-        """The bound sessions of an account, by resource (do not modify)."""
-        return self.sessions.get(bare, {})
+        """The bound sessions of an account, by resource, on every node (do not modify)."""
+        sessions = self.sessions.get(bare, {})
+        if self.directory is None:
+            return sessions
+        return self.directory.resourcesOf(bare, sessions)
 
     def session(self, full: jid.JID):
-        return self.sessions.get(full.userhost(), {}).get(full.resource)
+        """The session bound to C{full}, here or (cluster mode) on another node."""
+        session = self.sessions.get(full.userhost(), {}).get(full.resource)
+        if session is None and self.directory is not None:
+            return self.directory.session(full)
+        return session
 
     def route(self, stanza) -> None:
         """Deliver a stanza that carries a C{to}, from a session or from the server."""
