@@ -47,7 +47,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """Its URL without the database number (so that clusters in one test run stay apart)."""
+        return f"redis://127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 15.0) -> RedisServer:
         self.process = subprocess.Popen([str(REDIS_SERVER), str(self.config)],

@@ -153,9 +153,10 @@ class Directory:
         view = self.nodes.pop(node, None)
         if view is None:
             return []
-        for full in list(view.sessions):
-            self._set(view, full, None)
-        return list(view.sessions.values())
+        sessions = list(view.sessions.values())
+        for session in sessions:
+            self._set(view, session.full, None)
+        return sessions
 
     def _set(self, view: NodeView, full: str, state: list | None) -> None:
         old = view.sessions.pop(full, None)

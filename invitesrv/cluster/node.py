@@ -6,12 +6,14 @@ Redis holds, for each node, the key C{invitesrv:node:NAME} (its incarnation)
 and the hash C{invitesrv:sessions:NAME} (full JID -> the session's state, with
 the node's C{~epoch} and C{~seq}), both with a TTL that the node refreshes
 every third of it: a node that dies leaves nothing behind once the TTL
-passes. Each change is also published on C{invitesrv:events}, numbered, so
+passes. Each change is also published on C{invitesrv:events:DB}, numbered, so
 that every node keeps a mirror (L{invitesrv.cluster.directory}) and reads a
 node's hash again when it missed a number.
 
 Stanzas for a session of another node are published on that node's channel
-C{invitesrv:to:NAME}. Redis answers a PUBLISH with the number of subscribers
+C{invitesrv:to:DB:NAME} (channels, unlike keys, are not kept apart by the
+database number: it is in their names, so that clusters on one Redis with
+different databases do not hear each other). Redis answers a PUBLISH with the number of subscribers
 that got it: none means the node is gone (its connection to Redis went with
 it), and the stanza is then handled as for a session that ended: a message
 goes to offline storage, a request is answered with an error.
@@ -41,7 +43,6 @@ from invitesrv.xmpp.router import bounce, parseJID
 log = Logger()
 
 PREFIX = "invitesrv:"
-EVENTS = PREFIX + "events"
 
 
 def nodeKey(node: str) -> str:
@@ -50,10 +51,6 @@ def nodeKey(node: str) -> str:
 
 def sessionsKey(node: str) -> str:
     return f"{PREFIX}sessions:{node}"
-
-
-def channelOf(node: str) -> str:
-    return f"{PREFIX}to:{node}"
 
 
 def sessionKey(session) -> tuple:
@@ -91,12 +88,14 @@ class ClusterNode(service.Service):
                                     onConnected=self._commandsUp)
         self.subscriber = RedisClient(reactor, options.redis, f"invitesrv-{self.node}-events",
                                       onConnected=self._subscriberUp, onMessage=self._received)
+        self.events = f"{PREFIX}events:{self.commands.db}"
         self.heartbeat = task.LoopingCall(self.beat)
         self.heartbeat.clock = reactor
         self.ready = False
         self.synced: tuple = (None, None)  # the connections the last _sync used
         self.handlers = {b"d": self._deliver, b"c": self._close}
-        self.events = {"s": self._sessionEvent, "r": self._resetEvent, "roster": self._rosterEvent}
+        self.eventHandlers = {"s": self._sessionEvent, "r": self._resetEvent,
+                              "roster": self._rosterEvent}
         server.router.directory = self.directory
 
     # -- start and stop ---------------------------------------------------------
@@ -130,7 +129,7 @@ class ClusterNode(service.Service):
 
     def _subscriberUp(self, connection):
         d = defer.gatherResults([connection.execute("SUBSCRIBE", channel)
-                                 for channel in (EVENTS, channelOf(self.node))])
+                                 for channel in (self.events, self.channelOf(self.node))])
         return d.addCallback(lambda _: self._sync())
 
     def _commandsUp(self, connection):
@@ -160,7 +159,7 @@ class ClusterNode(service.Service):
         execute("HSET", key, *fields)
         execute("EXPIRE", key, self.ttl)
         execute("SET", nodeKey(self.node), self.epoch, "EX", self.ttl)
-        execute("PUBLISH", EVENTS, json.dumps({"k": "r", "n": self.node, "e": self.epoch}))
+        execute("PUBLISH", self.events, json.dumps({"k": "r", "n": self.node, "e": self.epoch}))
         yield execute("EXEC")
         self.ready = True
         cursor = b"0"
@@ -245,7 +244,7 @@ class ClusterNode(service.Service):
             change = (("HDEL", key, session.full), ("HSET", key, "~seq", self.seq))
         else:
             change = (("HSET", key, session.full, state, "~seq", self.seq),)
-        self._write(("MULTI",), *change, ("PUBLISH", EVENTS, event), ("EXEC",))
+        self._write(("MULTI",), *change, ("PUBLISH", self.events, event), ("EXEC",))
 
     def _write(self, *commands) -> None:
         """Send commands whose answers nobody waits for; a failure is logged."""
@@ -269,10 +268,10 @@ class ClusterNode(service.Service):
 
     def _received(self, channel: bytes, data: bytes) -> None:
         try:
-            if channel == EVENTS.encode():
+            if channel == self.events.encode():
                 event = json.loads(data)
                 if event.get("n") != self.node:
-                    self.events[event["k"]](event)
+                    self.eventHandlers[event["k"]](event)
             else:
                 self.handlers[data[:1]](data[1:])
         except Exception:
@@ -294,7 +293,7 @@ class ClusterNode(service.Service):
     def forward(self, remote: RemoteSession, element) -> None:
         """Send C{element} to C{remote}'s node for it; if the node is gone, as for an ended session."""
         payload = b"d" + remote.full.encode() + b"\n" + element.toXml().encode()
-        d = self.commands.execute("PUBLISH", channelOf(remote.node), payload)
+        d = self.commands.execute("PUBLISH", self.channelOf(remote.node), payload)
         d.addCallbacks(self._forwarded, self._notForwarded, (remote, element), None,
                        (remote, element), None)
 
@@ -310,7 +309,11 @@ class ClusterNode(service.Service):
 
     def closeRemote(self, remote: RemoteSession, condition: str | None, text: str | None) -> None:
         payload = "\n".join((remote.full, condition or "", text or "")).encode()
-        self._write(("PUBLISH", channelOf(remote.node), b"c" + payload))
+        self._write(("PUBLISH", self.channelOf(remote.node), b"c" + payload))
+
+    def channelOf(self, node: str) -> str:
+        """The channel of stanzas for C{node}'s sessions."""
+        return f"{PREFIX}to:{self.commands.db}:{node}"
 
     def _local(self, full: str):
         target = parseJID(full)
@@ -370,7 +373,7 @@ class ClusterNode(service.Service):
         if self.relaying or not self.ready:
             return
         event = json.dumps({"k": "roster", "n": self.node, "h": host, "u": username})
-        self._write(("PUBLISH", EVENTS, event))
+        self._write(("PUBLISH", self.events, event))
 
     def _rosterEvent(self, event: dict) -> None:
         self._dropRoster(event["h"], event["u"])
