@@ -35,7 +35,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from invitesrv.cluster.directory import Directory, RemoteSession
-from invitesrv.cluster.redis import RedisClient, RedisError, RedisUnavailable
+from invitesrv.cluster.limits import SharedLimits
+from invitesrv.cluster.redis import RedisClient, RedisError, RedisUnavailable, parseURL
 from invitesrv.modules.presence import parseStored
 from invitesrv.services.slots import Slot
 from invitesrv.xmpp.router import bounce, parseJID
@@ -84,45 +85,64 @@ class ClusterNode(service.Service):
         self.directory = Directory(self, server.router, Slot.named)
         self.published: WeakKeyDictionary = WeakKeyDictionary()  # session -> sessionKey published
         self.relaying = False  # applying another node's roster change to our store's observers
-        self.commands = RedisClient(reactor, options.redis, f"invitesrv-{self.node}",
-                                    onConnected=self._commandsUp)
-        self.subscriber = RedisClient(reactor, options.redis, f"invitesrv-{self.node}-events",
-                                      onConnected=self._subscriberUp, onMessage=self._received)
-        self.events = f"{PREFIX}events:{self.commands.db}"
+        self.db = parseURL(options.redis)[2]
+        self.events = f"{PREFIX}events:{self.db}"
+        self.commands: RedisClient | None = None  # made when the service starts
+        self.subscriber: RedisClient | None = None
         self.heartbeat = task.LoopingCall(self.beat)
         self.heartbeat.clock = reactor
         self.ready = False
         self.synced: tuple = (None, None)  # the connections the last _sync used
         self.handlers = {b"d": self._deliver, b"c": self._close}
+        self.limits = SharedLimits(self)
         self.eventHandlers = {"s": self._sessionEvent, "r": self._resetEvent,
-                              "roster": self._rosterEvent}
+                              "roster": self._rosterEvent, "failures": self.limits.onFailures,
+                              "connections": self.limits.onConnections,
+                              "registered": self.limits.onRegistered}
         server.router.directory = self.directory
 
     # -- start and stop ---------------------------------------------------------
 
     def startService(self):
         service.Service.startService(self)
-        for host in self.server.hosts.values():
-            host.hooks.add("session-bound", self.sessionBound, -100)
-            host.hooks.add("session-closed", self.sessionClosed, -100)
-        self.server.store.rosterObservers.append(self.rosterChanging)
+        self.attach()
+        self.commands = RedisClient(self.reactor, self.options.redis, f"invitesrv-{self.node}",
+                                    onConnected=self._commandsUp)
+        self.subscriber = RedisClient(self.reactor, self.options.redis,
+                                      f"invitesrv-{self.node}-events",
+                                      onConnected=self._subscriberUp, onMessage=self._received)
         log.info("Cluster node {node} joining through Redis at {url}", node=self.node,
                  url=self.commands.url)
         self.subscriber.start()
         self.commands.start()
         self.heartbeat.start(self.ttl / 3, now=False)
 
+    def attach(self) -> None:
+        """Hear of this node's sessions, roster changes and limits."""
+        for host in self.server.hosts.values():
+            host.hooks.add("session-bound", self.sessionBound, -100)
+            host.hooks.add("session-closed", self.sessionClosed, -100)
+        self.server.store.rosterObservers.append(self.rosterChanging)
+        self.limits.attach()
+
+    def detach(self) -> None:
+        for host in self.server.hosts.values():
+            host.hooks.remove("session-bound", self.sessionBound)
+            host.hooks.remove("session-closed", self.sessionClosed)
+        self.server.store.rosterObservers.remove(self.rosterChanging)
+        self.limits.detach()
+
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
         if self.heartbeat.running:
             self.heartbeat.stop()
-        for host in self.server.hosts.values():
-            host.hooks.remove("session-bound", self.sessionBound)
-            host.hooks.remove("session-closed", self.sessionClosed)
-        self.server.store.rosterObservers.remove(self.rosterChanging)
+        self.detach()
         try:  # leave at once rather than when the TTL passes
-            yield self.commands.execute("DEL", nodeKey(self.node), sessionsKey(self.node))
+            yield self.commands.execute("DEL", nodeKey(self.node), sessionsKey(self.node),
+                                        self.limits.connectionsKey(self.node))
+            yield self.commands.execute("PUBLISH", self.events, json.dumps(
+                {"k": "r", "n": self.node, "e": self.epoch}))  # the others read it gone
         except (RedisError, RedisUnavailable):
             pass
         yield defer.DeferredList([self.subscriber.stop(), self.commands.stop()])
@@ -159,6 +179,8 @@ class ClusterNode(service.Service):
         execute("HSET", key, *fields)
         execute("EXPIRE", key, self.ttl)
         execute("SET", nodeKey(self.node), self.epoch, "EX", self.ttl)
+        for command in self.limits.snapshot():
+            execute(*command)
         execute("PUBLISH", self.events, json.dumps({"k": "r", "n": self.node, "e": self.epoch}))
         yield execute("EXEC")
         self.ready = True
@@ -177,11 +199,17 @@ class ClusterNode(service.Service):
 
     @defer.inlineCallbacks
     def _loadNode(self, node: str):
-        fields = yield self.commands.execute("HGETALL", sessionsKey(node))
+        """Read C{node}'s sessions and connection counts from Redis."""
+        fields, connections = yield defer.gatherResults([
+            self.commands.execute("HGETALL", sessionsKey(node)),
+            self.commands.execute("HGETALL", self.limits.connectionsKey(node))],
+            consumeErrors=True)
         if fields:
             self.directory.load(node, dict(zip(fields[::2], fields[1::2], strict=True)))
+            self.limits.load(node, connections)
         else:
             self.directory.drop(node)
+            self.limits.drop(node)
 
     @defer.inlineCallbacks
     def beat(self):
@@ -191,9 +219,10 @@ class ClusterNode(service.Service):
         execute = self.commands.execute
         peers = list(self.directory.nodes)
         try:
-            registered, kept, alive = yield defer.gatherResults([
+            registered, kept, _, alive = yield defer.gatherResults([
                 execute("SET", nodeKey(self.node), self.epoch, "EX", self.ttl),
                 execute("EXPIRE", sessionsKey(self.node), self.ttl),
+                execute("EXPIRE", self.limits.connectionsKey(self.node), self.ttl),
                 execute("MGET", *map(nodeKey, peers)) if peers else defer.succeed([])],
                 consumeErrors=True)
         except defer.FirstError as e:
@@ -208,6 +237,7 @@ class ClusterNode(service.Service):
                 self.nodeGone(node, "its registration expired")
 
     def nodeGone(self, node: str, why: str) -> None:
+        self.limits.drop(node)
         if node in self.directory.nodes:
             sessions = self.directory.drop(node)
             log.warn("Cluster node {node} is gone ({why}): {count} of its sessions dropped",
@@ -283,10 +313,13 @@ class ClusterNode(service.Service):
         if accepted:
             self.directory.apply(node, event["s"], event["j"], event["st"])
         elif accepted is None:
-            self._loadNode(node).addErrback(log.failure, "Cluster: cannot read node " + node)
+            self._loadNode(node).addErrback(self._unread, node)
 
     def _resetEvent(self, event: dict) -> None:
-        self._loadNode(event["n"]).addErrback(log.failure, "Cluster: cannot read node " + event["n"])
+        self._loadNode(event["n"]).addErrback(self._unread, event["n"])
+
+    def _unread(self, failure, node: str) -> None:
+        log.failure("Cluster: cannot read the sessions of node {node}", failure, node=node)
 
     # -- stanzas between nodes -------------------------------------------------------
 
@@ -313,7 +346,7 @@ class ClusterNode(service.Service):
 
     def channelOf(self, node: str) -> str:
         """The channel of stanzas for C{node}'s sessions."""
-        return f"{PREFIX}to:{self.commands.db}:{node}"
+        return f"{PREFIX}to:{self.db}:{node}"
 
     def _local(self, full: str):
         target = parseJID(full)
