@@ -42,16 +42,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 GENERATOR = HERE / "xmppload.py"
 FASTLOAD = HERE / "fastload.py"  # reconnects with FAST + Bind2, on the same generator
+UPLOAD_GENERATOR = HERE / "uploadload.py"
+MUC_GENERATOR = HERE / "mucload.py"  # group chat workloads, on xmppload's code
 PROVISION = HERE / "provision.py"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
 SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "messages",
-             "smmessages", "resume", "roster", "mam", "pep", "idle", "idle10k")
+             "smmessages", "resume", "roster", "mam", "pep", "idle", "idle10k", "upload", "download",
+             "bigupload", "mucmsg", "mucjoin")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 # The rows of the tables: the pep scenario measures two things.
 TAGS = tuple(tag for scenario in SCENARIOS
              for tag in (("pep-publish", "pep-login") if scenario == "pep" else (scenario,)))
 IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
+UPLOAD_SCENARIOS = ("upload", "download", "bigupload")  # XEP-0363, on the HTTP listener
 FAST_SCENARIOS = ("fast", "fast1")  # SASL2 + FAST: not in Prosody 0.12
 DOMAIN = "localhost"
 POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
@@ -96,7 +100,18 @@ class Sizes:
     idle_k: int = 2000
     idle_c: int = 50
     idle10k_k: int = 10000
+    muc_occupants: int = 50
+    muc_senders: int = 5
+    muc_m: int = 200
+    muc_w: int = 1
+    muc_joins: int = 200
+    muc_join_c: int = 20
+    muc_history: int = 20
     idle_settle: float = 3.0
+    upload_n: int = 200
+    upload_c: int = 10
+    upload_size: int = 1_048_576
+    big_size: int = 100 * 1_048_576
     idle_hold: float = 5.0
     pause: float = 3.0
     max_seconds: float = 240.0
@@ -106,6 +121,7 @@ class Sizes:
         """Accounts the non-register scenarios log in with."""
         return max(self.login_n, self.plain_n, self.login1_n, self.idle_k, 2 * self.msg_pairs,
                    self.roster_u + self.roster_r + 1, self.pep_k + 1,
+                   self.muc_occupants, self.muc_joins + 1,
                    self.idle10k_k if "idle10k" in scenarios else 0)
 
 
@@ -116,7 +132,9 @@ QUICK = Sizes(register_n=100, register_c=10, invite_n=10, login_n=200, login_c=1
               roster_c=10, mam_archive=120, mam_page=20, mam_queries=5, mam_c=2,
               pep_k=5, pep_publishes=10, pep_logins=5, pep_c=2,
               idle_k=200, idle_c=20, idle10k_k=300, idle_settle=0.5, idle_hold=0.5,
-              pause=0.2, max_seconds=60, op_timeout=10, resume_n=5)
+              pause=0.2, max_seconds=60, op_timeout=10, resume_n=5, upload_n=10, upload_c=2,
+              big_size=5 * 1_048_576, muc_occupants=5, muc_senders=2, muc_m=10, muc_joins=10,
+              muc_join_c=5)
 
 
 def cpuPlan() -> tuple[str | None, str | None]:
@@ -219,14 +237,21 @@ class Invitesrv:
         self.label = f"invitesrv-{importlib.metadata.version('invitesrv')}"
         cert, key = certificate
         directory.mkdir(parents=True, exist_ok=True)
+        self.httpPort = freePort()
         # Open registration for the register scenario; the generator's
         # passwords (pw-<user>) are short, hence the low minimum length.
+        # Uploads (XEP-0363) on the HTTP listener, without quotas. No
+        # per-occupant rate limit in group chats: Prosody's mod_muc has none.
         self.configPath.write_text(
             f'[server]\ndata_dir = "{directory / "data"}"\n'
+            f'public_url = "http://127.0.0.1:{self.httpPort}"\n'
             '[listen]\nc2s = ["tcp:0:interface=127.0.0.1"]\n'
+            f'http = ["tcp:{self.httpPort}:interface=127.0.0.1"]\n'
             f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
             '[host_defaults]\nallow_registration = true\nregistration_invite_only = false\n'
-            'password_min_length = 1\n')
+            'password_min_length = 1\n'
+            '[modules.upload]\nmax_file_size = 1073741824\nquota = 0\ndaily_quota = 0\n'
+            '[modules.muc]\nmessage_rate = 0\n')
 
     @property
     def pid(self) -> int:
@@ -301,6 +326,7 @@ class ReferenceServer:
         self.directory = directory
         self.cpu = cpu
         self.port = 0
+        self.httpPort = freePort()
         self._pid = 0
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "certs").mkdir(exist_ok=True)
@@ -319,7 +345,8 @@ class ReferenceServer:
         prefix = self.name.upper()
         env = dict(os.environ, BENCH_DOMAIN=DOMAIN, PYTHON=sys.executable,
                    **{f"{prefix}_BENCH_DIR": str(self.directory),
-                      f"{prefix}_BENCH_PORT": str(self.port)},
+                      f"{prefix}_BENCH_PORT": str(self.port),
+                      f"{prefix}_BENCH_HTTP_PORT": str(self.httpPort)},
                    ARCHIVE_STORAGE=self.archiveStorage)
         env.pop("SERVER_CPU", None)
         if self.cpu is not None:
@@ -379,6 +406,7 @@ class Ejabberd(ReferenceServer):
     """Debian's ejabberd on Mnesia, without Erlang distribution (C{bench/ejabberd/start.sh})."""
 
     name = package = "ejabberd"
+    uploads = False  # start.sh sets up no mod_http_upload
 
 
 REFERENCES = {"prosody": (Prosody, "prosody"), "ejabberd": (Ejabberd, "ejabberdctl")}
@@ -467,6 +495,9 @@ class Bench:
             for scenario in main:
                 if scenario == "invite" and not getattr(server, "invites", True):
                     log(f"{server.label}: no invite tokens; the invite scenario is skipped")
+                    continue
+                if scenario in UPLOAD_SCENARIOS and not getattr(server, "uploads", True):
+                    log(f"{server.label}: no upload service set up; the {scenario} scenario is skipped")
                     continue
                 getattr(self, "scenario_" + scenario)()
                 self.pause()
@@ -578,6 +609,30 @@ class Bench:
             self.gen("resume", run, "resume", "-n", str(s.resume_n), "--pool", str(s.login1_n),
                      "--prefix", POOL)
 
+    def scenario_upload(self) -> None:
+        """XEP-0363: slot over XMPP, then PUT, of upload_size bytes (1 MB), upload_n times."""
+        s = self.sizes
+        for run in self.runs():
+            self.gen("upload", run, "put", "-n", str(s.upload_n), "-c", str(s.upload_c),
+                     "--size", str(s.upload_size), "--url-file",
+                     str(self.work / f"{self.server.name}-{run}.urls"), generator=UPLOAD_GENERATOR)
+
+    def scenario_download(self) -> None:
+        """GET of every file the upload runs stored (run upload first)."""
+        s = self.sizes
+        for run in self.runs():
+            self.gen("download", run, "get", "-c", str(s.upload_c), "--url-file",
+                     str(self.work / f"{self.server.name}-{run}.urls"), generator=UPLOAD_GENERATOR)
+
+    def scenario_bigupload(self) -> None:
+        """One big_size (100 MB) upload on a freshly started server, its RSS sampled."""
+        s = self.sizes
+        for run in self.runs():
+            self.server.stop()
+            self.server.start()
+            time.sleep(max(1.0, s.pause))
+            self.gen("bigupload", run, "big", "--size", str(s.big_size), generator=UPLOAD_GENERATOR)
+
     def scenario_roster(self) -> None:
         s = self.sizes
         common = ("-u", str(s.roster_u), "-r", str(s.roster_r), "-c", str(s.roster_c),
@@ -617,6 +672,20 @@ class Bench:
                 log(f"  {self.server.label} pep-{part} {run}: {brief(row)}")
 
 
+    def scenario_mucmsg(self) -> None:
+        s = self.sizes
+        for run in self.runs():
+            self.gen("mucmsg", run, "mucmsg", "-p", str(s.muc_occupants), "-s", str(s.muc_senders),
+                     "-m", str(s.muc_m), "-w", str(s.muc_w), "-c", str(s.login_c),
+                     "--prefix", POOL, generator=MUC_GENERATOR)
+
+    def scenario_mucjoin(self) -> None:
+        s = self.sizes
+        for run in self.runs():
+            self.gen("mucjoin", run, "mucjoin", "-n", str(s.muc_joins), "-c", str(s.muc_join_c),
+                     "--history", str(s.muc_history), "--prefix", POOL, generator=MUC_GENERATOR)
+
+
 # -- figures -----------------------------------------------------------------
 
 
@@ -643,9 +712,10 @@ def figures(r: dict) -> dict:
         cpu = r.get("login_server_cpu_s")
     else:
         ok = {"messages": r.get("messages_ok"), "smmessages": r.get("messages_ok"),
-              "roster": r.get("gets_ok"), "mam": r.get("queries_ok")}.get(scenario, r.get("ok"))
+              "roster": r.get("gets_ok"), "mam": r.get("queries_ok"),
+              "mucmsg": r.get("messages_ok"), "mucjoin": r.get("joins_ok")}.get(scenario, r.get("ok"))
         ok = ok or 0
-        if scenario in ("messages", "smmessages"):
+        if scenario in ("messages", "smmessages", "mucmsg"):
             out.update(rate=r.get("per_s"), p50=r.get("rtt_p50_ms"), p99=r.get("rtt_p99_ms"))
         else:
             out.update(rate=r.get("per_s"), p50=r.get("p50_ms"), p99=r.get("p99_ms"))
@@ -659,7 +729,9 @@ UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", 
          "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s", "messages": "msgs/s",
          "roster": "gets/s", "mam": "pages/s", "pep-publish": "publishes/s",
          "pep-login": "logins/s", "smmessages": "msgs/s", "resume": "resumes/s",
-         "idle": "logins/s", "idle10k": "logins/s"}
+         "idle": "logins/s", "idle10k": "logins/s", "upload": "uploads/s",
+         "download": "downloads/s", "bigupload": "MB/s", "mucmsg": "msgs/s (to all)",
+         "mucjoin": "joins/s"}
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -716,6 +788,9 @@ def note(r: dict) -> str:
                 f"{fmt(r.get('setup_items_per_s'))}/s")
     if r.get("tag") == "register" and r.get("run") == "setup":
         return "account pool, by in-band registration"
+    if r.get("tag") == "bigupload":
+        return (f"{r.get('size', 0) // 1_048_576} MiB: server RSS +{r.get('rss_growth_kb')} KiB"
+                f" (from {r.get('rss_before_kb')} to a peak of {r.get('rss_peak_kb')} KiB)")
     return ""
 
 

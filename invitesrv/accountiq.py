@@ -2,7 +2,8 @@
 Requests the server answers for one of its accounts: a get or set addressed
 to the account's bare JID (or, from the account's own client, to no one),
 as PEP, vCards and private storage take them. One place says which IQs
-these are and how a failure is answered.
+these are, and how a failure of any request a module answers (these, the
+blocklist's, upload slots) is answered.
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ DEFAULT_MODULES = (
     "private",
     "smacks",
     "push",
+    "upload",
+    "external_services",
+    "muc",
+    "circles",
 )
 ARCHIVE_POLICIES = ("always", "never", "roster")  # XEP-0441 defaults
 
@@ -155,6 +159,8 @@ class Limits:
     http_connection_burst: int = 50
     http_header_timeout: Duration = Duration(20)
     http_body_timeout: Duration = Duration(30)
+    # An upload's body (XEP-0363) may take one second more per this many bytes.
+    http_upload_min_rate: int = 16_384
     # Failed authentications and invite tokens.
     auth_failures_free: int = 5
     auth_failures_block: int = 30

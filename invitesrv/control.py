@@ -102,6 +102,18 @@ class Reload(amp.Command):
     errors = _ERRORS
 
 
+class ChangeCircle(amp.Command):
+    """
+    Create or delete a circle, or add or remove a member, through the host's
+    circles module (rooms, roster pushes and invites follow at once).
+    """
+
+    arguments = [(b"host", amp.Unicode()), (b"action", amp.Unicode()), (b"name", amp.Unicode()),
+                 (b"username", amp.Unicode(optional=True))]
+    response = [(b"room", amp.Unicode())]
+    errors = _ERRORS
+
+
 class ControlProtocol(amp.AMP):
     """The server's side of one control connection."""
 
@@ -197,6 +209,26 @@ class ControlProtocol(amp.AMP):
                     sent += 1
         log.info("Announcement sent to {count} session(s) on {host}", count=sent, host=host)
         return {"sent": sent}
+
+
+    @ChangeCircle.responder
+    @defer.inlineCallbacks
+    def changeCircle(self, host, action, name, username=None):
+        from invitesrv.modules.circles import CircleError
+        served = self.server.hosts.get(host)
+        if served is None:
+            raise ControlError(f"unknown host {host!r}")
+        circles = served.modules.get("circles")
+        if circles is None or action not in ("create", "delete", "add", "remove"):
+            raise ControlError("circles are not on (server.modules) or the action is unknown")
+        try:
+            if action in ("add", "remove"):
+                circle = yield getattr(circles, action)(name, username or "")
+            else:
+                circle = yield getattr(circles, action)(name)
+        except CircleError as e:
+            raise ControlError(str(e)) from None
+        return {"room": circle.room}
 
 
 class ControlFactory(protocol.ServerFactory):

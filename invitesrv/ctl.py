@@ -231,6 +231,10 @@ def buildParser() -> argparse.ArgumentParser:
     addCheckCommands(commands)
     from invitesrv.ctl_import import addImportCommands
     addImportCommands(commands)
+    from invitesrv.ctl_uploads import addUploadCommands
+    addUploadCommands(commands)
+    from invitesrv.ctl_circles import addCircleCommands
+    addCircleCommands(commands)
     parser.set_defaults(opensStore=True, createsDatabase=False, fixesDataDir=True)
     return parser
 

@@ -103,6 +103,14 @@ def create(server, args):
     if args.welcome and args.reset:
         raise CommandError("--welcome goes with invites that bring someone new")
     roles = (ADMIN_ROLE,) if args.admin else ()
+    circles = tuple(args.circle)
+    if circles and (args.reset or args.contact):
+        raise CommandError("--circle applies only to account invites")
+    if args.room and not args.contact:
+        raise CommandError("--room goes with --contact")
+    for circle in circles:
+        if (yield host.store.getCircle(host.name, circle)) is None:
+            raise CommandError(f"no circle named {circle!r} on {host.name}")
     manager = InviteManager(host)
     try:
         if args.reset:
@@ -112,11 +120,11 @@ def create(server, args):
             created = yield manager.createContact(args.contact, args.allow_registration,
                                                   usesAllowed=args.uses, ttl=args.expires,
                                                   roles=roles, note=args.note, source="cli",
-                                                  welcome=args.welcome)
+                                                  welcome=args.welcome, room=args.room or "")
         else:
             created = yield manager.createAccount(name, usesAllowed=args.uses, ttl=args.expires,
-                                                  roles=roles, note=args.note, source="cli",
-                                                  welcome=args.welcome)
+                                                  roles=roles, groups=circles, note=args.note,
+                                                  source="cli", welcome=args.welcome)
     except InviteError as e:
         raise CommandError(str(e)) from None
     invite = created.invite
@@ -170,7 +178,8 @@ def show(server, args):
         ("Status", invite.status(host.now())), ("Created", isoTime(invite.created)),
         ("Expires", isoTime(invite.expires)), ("Uses", f"{invite.uses} of {uses}"),
         ("Reserved", str(invite.reserved)), ("Roles", ", ".join(invite.roles) or "-"),
-        ("Groups", ", ".join(invite.groups) or "-"), ("Source", invite.source or "-"),
+        ("Groups", ", ".join(invite.groups) or "-"), ("Room", invite.room or "-"),
+        ("Source", invite.source or "-"),
         ("Note", invite.note or "-"), ("Welcome", invite.welcome or "-"),
     ]
     if invite.revoked is not None:
@@ -211,6 +220,11 @@ def addInviteCommands(commands) -> None:
     command.add_argument("--expires", type=expiry, default=None, metavar="DURATION",
                          help="valid for this long, e.g. 1h, 7d, 4w (default: invite_expiry)")
     command.add_argument("--admin", action="store_true", help="the new account is an admin")
+    command.add_argument("--room", metavar="JID",
+                         help="with --contact: a room the inviter owns, into which the redeemer"
+                              " is invited")
+    command.add_argument("--circle", action="append", default=[], metavar="NAME",
+                         help="the new account joins this circle (may be repeated)")
     command.add_argument("--note", default="", metavar="TEXT", help="a note for admins")
     command.add_argument("--welcome", default="", metavar="TEXT",
                          help="a welcome text for whoever accepts it (shown on the landing page"

@@ -87,7 +87,8 @@ C{disco-items} (requestor, node) -> list[DiscoItem]
     components), for C{node} ('' for the top level).
 C{user-registering} (registration)
     Before an account is created; raise a C{StanzaError} to refuse. May add to
-    C{registration.rosterItems}, C{registration.roles} and the like.
+    C{registration.rosterItems}, C{registration.roles} and the like
+    (C{registration.circles}: circles joined in the account's transaction).
 C{user-registered} (registration)
     After the account, and everything written with it, is committed.
 C{password-changed} (host, username)

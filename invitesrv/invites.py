@@ -168,19 +168,25 @@ class InviteManager:
     def createContact(self, inviter: str, allowRegistration: bool = False, *,
                       creator: str | None = None, usesAllowed: int | None = 1,
                       ttl: float | None = None, roles: tuple[str, ...] = (), note: str = "",
-                      source: str = "", welcome: str = ""):
+                      source: str = "", welcome: str = "", room: str = ""):
         """
         A contact invite (XEP-0379) from local user C{inviter}: whoever
         redeems it becomes a mutual contact without a prompt; with
         C{allowRegistration} the token also creates an account (C{ibr=y})
-        with C{roles}.
+        with C{roles}. With C{room} (a persistent room of the host's group
+        chats that the inviter owns) the redeemer is also invited into it.
         """
         if not (yield self.host.store.accountExists(self.host.name, inviter)):
             raise InviteError(f"There is no account {inviter}@{self.host.name}")
+        if room:
+            from invitesrv.components.muc.service import ownedRoom
+            room = yield ownedRoom(self.host, inviter, room)
+            if room is None:
+                raise InviteError(f"{inviter}@{self.host.name} owns no such persistent room")
         return (yield self._create("contact", creator, inviter=inviter,
                                    allowRegistration=allowRegistration, usesAllowed=usesAllowed,
                                    ttl=ttl, roles=roles if allowRegistration else (), note=note,
-                                   source=source, welcome=welcome))
+                                   source=source, welcome=welcome, room=room))
 
     @defer.inlineCallbacks
     def createReset(self, username: str, *, ttl: float | None = None, note: str = "",
@@ -218,7 +224,7 @@ class InviteManager:
                 inviter: str | None = None, allowRegistration: bool = True,
                 usesAllowed: int | None = 1, ttl: float | None = None,
                 roles: tuple[str, ...] = (), groups: tuple[str, ...] = (), note: str = "",
-                source: str = "", welcome: str = ""):
+                source: str = "", welcome: str = "", room: str = ""):
         host = self.host
         welcome = welcomeText(welcome)
         if usesAllowed is not None and usesAllowed < 1:
@@ -234,7 +240,7 @@ class InviteManager:
                         expires=now + ttl, username=username, inviter=inviter,
                         allowRegistration=allowRegistration, usesAllowed=usesAllowed,
                         roles=tuple(roles), groups=tuple(groups), note=note,
-                        source=source or creator or "", welcome=welcome)
+                        source=source or creator or "", welcome=welcome, room=room)
         token = newToken()
         yield host.store.createInvite(invite, hashToken(token))
         links = {"uri": self.uri(invite, token), "landing": self.landingURL(invite, token),

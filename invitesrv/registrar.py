@@ -70,6 +70,7 @@ class Registration:
     roles: list[str] = field(default_factory=list)
     rosterItems: list[tuple[str, RosterItem]] = field(default_factory=list)
     reset: bool = False
+    circles: list[str] = field(default_factory=list)  # joined with the account
 
 
 def prepareUsername(raw: str | None) -> str:
@@ -186,7 +187,7 @@ class Registrar:
             else:
                 yield self.host.store.createAccount(NewAccount(
                     self.host.name, name, credentials, tuple(registration.roles), use,
-                    tuple(registration.rosterItems), now))
+                    tuple(registration.rosterItems), now, circles=tuple(registration.circles)))
         except AccountExists:
             raise RegistrationError("conflict", "The requested username already exists.",
                                     "cancel") from None

@@ -8,6 +8,7 @@ store) and L{StoreBehaviour.inviteAudit}, and inherits every test.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 import pytest_twisted
@@ -17,9 +18,12 @@ from zope.interface.verify import verifyObject
 from invitesrv.store.interfaces import (
     AccountExists,
     ArchivedMessage,
+    ArchivedRoomMessage,
     ArchiveItemNotFound,
     ArchivePrefs,
     ArchiveQuery,
+    Circle,
+    CircleExists,
     Credentials,
     Device,
     FastToken,
@@ -31,7 +35,12 @@ from invitesrv.store.interfaces import (
     OfflineMessage,
     PepNode,
     PushRegistration,
+    QuotaExceeded,
+    RoomArchiveQuery,
     RosterItem,
+    StoredRoom,
+    Upload,
+    UploadUsage,
     UsernameConfusable,
     UsernameReserved,
 )
@@ -882,3 +891,191 @@ class StoreBehaviour:
         assert (yield store.getAccountXML(HOST, "alice", "k")) == "<b/>"
         yield store.setAccountXML(HOST, "alice", "k", None)
         assert (yield store.getAccountXML(HOST, "alice", "k")) is None
+    # -- uploads -----------------------------------------------------------------------
+
+    @staticmethod
+    def upload(uploadId: str, username: str = "alice", size: int = 100, created: float = NOW,
+               **kwargs) -> Upload:
+        """A slot whose PUT URL is valid for ten minutes from C{created}."""
+        kwargs.setdefault("expires", created + 600)
+        return Upload(uploadId, HOST, username, f"{uploadId}.txt", size, "text/plain", created,
+                      **kwargs)
+
+    @pytest_twisted.inlineCallbacks
+    def test_uploadLifeCycle(self, store):
+        """A slot is taken by one PUT at a time, only while valid; stored, then expired."""
+        slot = self.upload("u1")
+        yield store.createUpload(slot, 0, 0)
+        assert (yield store.getUpload("u1")) == slot
+        assert (yield store.getUpload("nope")) is None
+        assert not (yield store.beginUpload("u1", NOW + 600))  # the URL has expired
+        assert (yield store.beginUpload("u1", NOW))
+        assert not (yield store.beginUpload("u1", NOW))  # a second PUT at the same time
+        assert (yield store.abortUpload("u1"))  # the first one failed: it may be tried again
+        assert (yield store.beginUpload("u1", NOW))
+        assert (yield store.finishUpload("u1", NOW + 7 * 86400))
+        assert not (yield store.beginUpload("u1", NOW))  # single use
+        assert not (yield store.abortUpload("u1"))
+        stored = yield store.getUpload("u1")
+        assert (stored.state, stored.expires) == ("stored", NOW + 7 * 86400)
+        assert (yield store.expiredUploads(HOST, NOW + 86400, 10)) == []
+        assert (yield store.expiredUploads(HOST, NOW + 7 * 86400, 10)) == [stored]
+        assert (yield store.deleteUploads(["u1", "nope"])) == 1
+        assert (yield store.getUpload("u1")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_uploadQuotas(self, store):
+        """Slots and files count against the quota; the daily limit counts the last 24 hours."""
+        yield store.createUpload(self.upload("old", size=600, created=NOW - 90000), 1000, 0)
+        yield store.createUpload(self.upload("new", size=300), 1000, 500)
+        with pytest.raises(QuotaExceeded) as caught:
+            yield store.createUpload(self.upload("big", size=201), 1000, 0)
+        assert caught.value.kind == "quota"
+        with pytest.raises(QuotaExceeded) as caught:
+            yield store.createUpload(self.upload("day", size=201), 0, 500)
+        assert caught.value.kind == "daily"
+        yield store.createUpload(self.upload("fits", size=100), 1000, 500)
+        yield store.createUpload(self.upload("bob", username="bob", size=900), 1000, 500 + 400)
+        assert (yield store.getUpload("big")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_uploadListsAndUsage(self, store):
+        """Per account: its uploads oldest first, and what it stores."""
+        yield store.createUpload(self.upload("a2", created=NOW + 1, size=5), 0, 0)
+        yield store.createUpload(self.upload("a1", size=7), 0, 0)
+        yield store.createUpload(self.upload("b1", username="bob", size=9), 0, 0)
+        yield store.beginUpload("a1", NOW)
+        yield store.finishUpload("a1", NOW + 100)
+        assert [u.id for u in (yield store.listUploads(HOST, "alice"))] == ["a1", "a2"]
+        assert (yield store.listUploads("other.example", "alice")) == []
+        assert (yield store.uploadUsage(HOST)) == [UploadUsage("alice", 1, 7, 1),
+                                                   UploadUsage("bob", 0, 0, 1)]
+
+    @pytest_twisted.inlineCallbacks
+    def test_expiredSkipsUploading(self, store):
+        """A file being received is not swept; the batch size is kept, oldest first."""
+        yield store.createUpload(self.upload("u1"), 0, 0)
+        yield store.beginUpload("u1", NOW)
+        for number in range(3):
+            yield store.createUpload(self.upload(f"s{number}", created=NOW - number), 0, 0)
+        yield store.createUpload(replace(self.upload("other", created=NOW - 9), host="other.example"),
+                                 0, 0)
+        assert [u.id for u in (yield store.expiredUploads(HOST, NOW + 601, 2))] == ["s2", "s1"]
+    # -- group chat rooms and their archives -----------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_roomsWithAffiliations(self, store):
+        """A room is written whole (affiliations replaced) and deleted with its archive."""
+        room = StoredRoom("groups.example.org", "tea", {"name": "Tea", "persistent": True},
+                          "Rules", "Alice", NOW, {"alice@example.org": ("owner", "")})
+        yield store.saveRoom(room)
+        yield store.saveRoom(replace(room, affiliations={"bob@example.org": ("outcast", "spam")}))
+        (loaded,) = yield store.listRooms("groups.example.org")
+        assert (loaded.config, loaded.subject, loaded.affiliations) == (
+            {"name": "Tea", "persistent": True}, "Rules", {"bob@example.org": ("outcast", "spam")})
+        assert (yield store.listRooms("elsewhere.example.org")) == []
+        yield store.archiveRoomMessage("groups.example.org", "tea", archived("m1"), 0)
+        assert (yield store.deleteRoom("groups.example.org", "tea"))
+        assert not (yield store.deleteRoom("groups.example.org", "tea"))
+        yield store.saveRoom(room)
+        page, complete = yield store.queryRoomArchive("groups.example.org", "tea", RoomArchiveQuery())
+        assert (page, complete) == ([], True)
+
+    @pytest_twisted.inlineCallbacks
+    def test_roomArchivePagingAndCap(self, store):
+        """Pages forward and from the end, id bounds, a cap on what is kept, retraction."""
+        service = "groups.example.org"
+        yield store.saveRoom(StoredRoom(service, "tea", {}, created=NOW))
+        for n in range(6):
+            yield store.archiveRoomMessage(service, "tea", archived(f"m{n}", NOW + n), 5)
+
+        def ids(page):
+            return [m.id for m in page[0]], page[1]
+        assert ids((yield store.queryRoomArchive(service, "tea", RoomArchiveQuery(max=2)))) \
+            == (["m1", "m2"], False)
+        assert ids((yield store.queryRoomArchive(service, "tea", RoomArchiveQuery(
+            afterId="m2", max=5)))) == (["m3", "m4", "m5"], True)
+        assert ids((yield store.queryRoomArchive(service, "tea", RoomArchiveQuery(
+            last=True, max=2)))) == (["m4", "m5"], False)
+        assert ids((yield store.queryRoomArchive(service, "tea", RoomArchiveQuery(
+            beforeId="m4", start=NOW + 2, with_="tea@groups.example.org/Alice")))) == (["m2", "m3"], True)
+        with pytest.raises(ArchiveItemNotFound):
+            yield store.queryRoomArchive(service, "tea", RoomArchiveQuery(afterId="m0"))
+        gone = yield store.retractRoomMessage(service, "tea", "m3", "<message/>")
+        assert gone.stanza == "<message>m3</message>"
+        page, _ = yield store.queryRoomArchive(service, "tea", RoomArchiveQuery(ids=("m3",)))
+        assert [m.stanza for m in page] == ["<message/>"]
+        assert (yield store.retractRoomMessage(service, "tea", "nope", "<message/>")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_inviteRoom(self, store):
+        """A contact invite keeps the room it brings its redeemer into."""
+        yield store.createInvite(invite("r1", kind="contact", inviter="alice",
+                                        room="tea@groups.example.org"), token("r1"))
+        yield store.createInvite(invite("r2"), token("r2"))
+        assert (yield store.getInvite("r1")).room == "tea@groups.example.org"
+        assert (yield store.findInvite(token("r2"))).room == ""
+
+    # -- circles -----------------------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_circlesGiveAndTakeSubscriptions(self, store):
+        """Members get mutual subscriptions in the circle's group; leaving takes only what it gave."""
+        for name in ("alice", "bob", "carol"):
+            yield store.createAccount(account(name))
+        yield store.createCircle(Circle(HOST, "Family", "family@groups.example.org", NOW))
+        with pytest.raises(CircleExists):
+            yield store.createCircle(Circle(HOST, "Family", "other@groups.example.org", NOW))
+        assert (yield store.addCircleMember(HOST, "Family", "alice")) == []
+        assert (yield store.addCircleMember(HOST, "Family", "bob")) == ["alice"]
+        assert (yield store.addCircleMember(HOST, "Family", "nobody")) is None
+        item = yield store.getRosterItem(HOST, "alice", f"bob@{HOST}")
+        assert (item.subscription, item.groups) == ("both", ("Family",))
+        yield store.setRosterItem(HOST, "carol", RosterItem(f"alice@{HOST}", "Mum", "both",
+                                                            groups=("Friends",)))
+        yield store.createAccount(account("dave", circles=("Family", "Nope")))
+        circle = yield store.getCircle(HOST, "Family")
+        assert circle.members == ("alice", "bob", "dave")
+        assert (yield store.getRosterItem(HOST, "alice", f"dave@{HOST}")).groups == ("Family",)
+        yield store.addCircleMember(HOST, "Family", "carol")
+        kept = yield store.getRosterItem(HOST, "carol", f"alice@{HOST}")
+        assert (kept.name, kept.groups) == ("Mum", ("Friends", "Family"))
+        assert (yield store.removeCircleMember(HOST, "Family", "carol")) == ["alice", "bob", "dave"]
+        assert (yield store.getRosterItem(HOST, "carol", f"alice@{HOST}")).groups == ("Friends",)
+        assert (yield store.getRosterItem(HOST, "carol", f"bob@{HOST}")) is None
+        assert (yield store.removeCircleMember(HOST, "Family", "carol")) is None
+        yield store.deleteAccount(HOST, "dave", NOW)
+        assert (yield store.getCircle(HOST, "Family")).members == ("alice", "bob")
+        deleted = yield store.deleteCircle(HOST, "Family")
+        assert deleted.members == ("alice", "bob")
+        assert (yield store.getRosterItem(HOST, "alice", f"bob@{HOST}")) is None
+        assert (yield store.listCircles(HOST)) == []
+        assert (yield store.deleteCircle(HOST, "Family")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_circlesTellRosterObservers(self, store):
+        """
+        Every circle change rewrites members' rosters, so the observers (the
+        roster module's in-memory copies) hear of each before it is made.
+        """
+        for name in ("alice", "bob"):
+            yield store.createAccount(account(name))
+        yield store.createCircle(Circle(HOST, "Family", "family@groups.example.org", NOW))
+        heard = []
+        store.rosterObservers.append(lambda host, username: heard.append((host, username)))
+        yield store.addCircleMember(HOST, "Family", "alice")
+        yield store.addCircleMember(HOST, "Family", "bob")
+        assert heard == [(HOST, None)] * 2
+        del heard[:]
+        yield store.createAccount(account("carol", circles=("Family",)))
+        assert (HOST, None) in heard
+        for change in (lambda: store.removeCircleMember(HOST, "Family", "carol"),
+                       lambda: store.deleteCircle(HOST, "Family")):
+            del heard[:]
+            yield change()
+            assert heard == [(HOST, None)]
+
+
+def archived(stanzaId: str, stamp: float = NOW) -> ArchivedRoomMessage:
+    return ArchivedRoomMessage(stanzaId, stamp, "tea@groups.example.org/Alice", "alice@example.org",
+                               f"<message>{stanzaId}</message>")

@@ -22,7 +22,8 @@ def quickRun(tmp_path_factory):
     """One quick benchmark run: (exit status, stdout, JSON lines)."""
     out = tmp_path_factory.mktemp("bench") / "results.jsonl"
     result = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--scenarios", "login,fast,idle", "--out", str(out)],
+        [sys.executable, str(RUN), "--quick", "--scenarios", "login,fast,idle,upload,download,bigupload",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=120, check=False)
     lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     return result, lines
@@ -72,3 +73,15 @@ def test_fastFigures(quickRun):
     assert fast["errors"] == 0, fast.get("error_kinds")
     assert fast["ok"] == fast["n"] > 0 and fast["per_s"] > 0 and fast["p50_ms"] > 0
     assert fast["mechanism"] == "HT-SHA-256-NONE"
+
+
+def test_uploadFigures(quickRun):
+    """Every upload and download of 1 MiB went through, and a big upload's RSS was sampled."""
+    _, lines = quickRun
+    [upload], [download], [big] = (measured(lines, tag) for tag in ("upload", "download", "bigupload"))
+    for record in (upload, download):
+        assert record["errors"] == 0, record.get("error_kinds")
+        assert record["ok"] == 10 and record["per_s"] > 0 and record["server_cpu_s"] is not None
+    assert download["bytes"] == 10 * 1_048_576
+    assert big["errors"] == 0, big.get("error_kinds")
+    assert big["rss_peak_kb"] >= big["rss_before_kb"] > 0

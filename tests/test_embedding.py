@@ -63,7 +63,7 @@ class Example:
 @pytest.fixture
 def example(tmp_path):
     running = Example(tmp_path)
-    running.waitFor(r"\bReady\b")
+    running.waitFor(r"(?m)\] Ready$")  # the application's line, not the server's "Ready: serving …"
     yield running
     running.stop()
 

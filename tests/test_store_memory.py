@@ -83,3 +83,14 @@ def test_reservationsFreedAtOpen():
     assert result(store.reserveInvite(token("i1"), HOST, NOW)) is None
     store.open()
     assert result(store.reserveInvite(token("i1"), HOST, NOW)) is not None
+
+
+def test_uploadsFreedAtOpen():
+    """Opening for serving frees the slots of PUTs a stop cut, as SQLite's open does."""
+    store = MemoryStore()
+    result(store.createUpload(StoreBehaviour.upload("u1"), 0, 0))
+    assert result(store.beginUpload("u1", NOW))
+    store.open(serving=False)
+    assert not result(store.beginUpload("u1", NOW))
+    store.open()
+    assert result(store.beginUpload("u1", NOW))

@@ -122,6 +122,26 @@ def test_reservationsFreedAtStart(path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_uploadsFreedAtStart(path):
+    """A PUT cut by a stop leaves its slot to be tried again once the server starts."""
+    store = SQLiteStore(path)
+    store.open()
+    yield store.createUpload(StoreBehaviour.upload("u1"), 0, 0)
+    assert (yield store.beginUpload("u1", NOW))
+    store.close()
+    store = SQLiteStore(path)
+    store.open(serving=False)
+    assert (yield store.getUpload("u1")).state == "uploading"  # invitesrvctl leaves it
+    store.close()
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        assert (yield store.beginUpload("u1", NOW))
+    finally:
+        store.close()
+
+
+@pytest_twisted.inlineCallbacks
 def test_skeletonsRefreshedAtStart(path):
     """
     Skeletons stored with older confusables data (here: a wrong one) are

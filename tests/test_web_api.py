@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from webclient import HOST, PASSWORD, WebClient, WebSetup
+from webclient import HOST, OTHER, PASSWORD, WebClient, WebSetup
 
 from invitesrv.invites import InviteManager
+from invitesrv.modules.circles import CirclesModule
+from invitesrv.store.interfaces import StoredRoom, Upload
 from invitesrv.web.api import (
     MAX_DEPTH,
     MAX_USES,
@@ -66,7 +68,9 @@ def assertError(response, code: int, error: str) -> dict:
 
 ROUTES = [("GET", "invites"), ("POST", "invites"), ("GET", "invites/x"), ("PATCH", "invites/x"),
           ("DELETE", "invites/x"), ("GET", "users"), ("DELETE", "users/x"),
-          ("POST", "users/x/reset"), ("GET", "invites/x/joined")]
+          ("POST", "users/x/reset"), ("GET", "invites/x/joined"), ("GET", "uploads"),
+          ("GET", "circles"), ("POST", "circles"), ("DELETE", "circles/x"),
+          ("PUT", "circles/x/members/y"), ("DELETE", "circles/x/members/y")]
 
 
 @pytest_twisted.inlineCallbacks
@@ -341,6 +345,69 @@ def test_users(api):
 
 
 @pytest_twisted.inlineCallbacks
+def test_uploadUsage(api):
+    """GET uploads: per account of the key's host, files kept, their bytes, and unused slots."""
+    assert (yield api.call("GET", "uploads")).json() == {"uploads": []}
+    for uploadId, username, size, host in (("a1", "alice", 10, HOST), ("a2", "alice", 20, HOST),
+                                           ("b1", "bob", 5, HOST), ("o1", "olga", 7, OTHER)):
+        yield api.store.createUpload(Upload(uploadId, host, username, "f", size, "text/plain",
+                                            0, 600), 0, 0)
+    for uploadId in ("a1", "a2", "o1"):
+        yield api.store.beginUpload(uploadId, 0)
+        yield api.store.finishUpload(uploadId, 86400)
+    assert (yield api.call("GET", "uploads")).json()["uploads"] == [
+        {"username": "alice", "jid": f"alice@{HOST}", "files": 2, "bytes": 30, "pending_slots": 0},
+        {"username": "bob", "jid": f"bob@{HOST}", "files": 0, "bytes": 0, "pending_slots": 1}]
+
+
+@pytest_twisted.inlineCallbacks
+def test_circles(api):
+    """
+    Circles verb by verb: 404 while the module is off, then create (409 for
+    a second of the same name), add and remove members (their subscriptions
+    follow), an invite naming a circle, and delete. A contact invite names
+    a room only its inviter owns.
+    """
+    assertError((yield api.call("GET", "circles")), 404, "not-found")
+    api.host.addModule("circles", CirclesModule())  # store only: no group chat service here
+    yield api.adduser("alice")
+    yield api.adduser("bob")
+    response = yield api.call("POST", "circles", json={"name": "Family"})
+    assert response.code == 201 and response.json()["room"].endswith("@groups.example.org")
+    assertError((yield api.call("POST", "circles", json={"name": "Family"})), 409, "conflict")
+    assertError((yield api.call("POST", "circles", json={"name": ""})), 400, "bad-request")
+    assertError((yield api.call("POST", "circles", json={"title": "x"})), 400, "bad-request")
+    assert (yield api.call("PUT", "circles/Family/members/alice")).code == 200
+    response = yield api.call("PUT", "circles/Family/members/bob")
+    assert response.json()["members"] == ["alice", "bob"]
+    assertError((yield api.call("PUT", "circles/Family/members/nobody")), 404, "not-found")
+    assertError((yield api.call("PUT", "circles/Nope/members/bob")), 404, "not-found")
+    item = yield api.store.getRosterItem(HOST, "alice", f"bob@{HOST}")
+    assert (item.subscription, item.groups) == ("both", ("Family",))
+    circles = (yield api.call("GET", "circles")).json()["circles"]
+    assert [(c["name"], c["members"]) for c in circles] == [("Family", ["alice", "bob"])]
+    response = yield api.call("POST", "invites", json={"circles": ["Family"]})
+    assert response.code == 201 and response.json()["groups"] == ["Family"]
+    assertError((yield api.call("POST", "invites", json={"circles": ["Nope"]})), 400, "bad-request")
+    assertError((yield api.call("POST", "invites", json={"type": "contact", "inviter": "alice",
+                                                          "circles": ["Family"]})), 400, "bad-request")
+    yield api.store.saveRoom(StoredRoom("groups.example.org", "tea", {"persistent": True},
+                                        affiliations={f"alice@{HOST}": ("owner", "")}))
+    response = yield api.call("POST", "invites", json={"type": "contact", "inviter": "alice",
+                                                       "room": "tea@groups.example.org"})
+    assert response.code == 201 and response.json()["room"] == "tea@groups.example.org"
+    assertError((yield api.call("POST", "invites", json={
+        "type": "contact", "inviter": "bob", "room": "tea@groups.example.org"})), 409, "conflict")
+    assertError((yield api.call("POST", "invites", json={"room": "tea@groups.example.org"})),
+                400, "bad-request")
+    assert (yield api.call("DELETE", "circles/Family/members/bob")).code == 204
+    assert (yield api.store.getRosterItem(HOST, "alice", f"bob@{HOST}")) is None
+    assertError((yield api.call("DELETE", "circles/Family/members/bob")), 404, "not-found")
+    assert (yield api.call("DELETE", "circles/Family")).code == 204
+    assertError((yield api.call("DELETE", "circles/Family")), 404, "not-found")
+
+
+@pytest_twisted.inlineCallbacks
 def test_openAPIDocument(api):
     """The OpenAPI 3 document is public and describes every route and verb served."""
     response = yield api.call("GET", "openapi.json", key=None)
@@ -351,7 +418,10 @@ def test_openAPIDocument(api):
     served = {("GET", "/invites"), ("POST", "/invites"), ("GET", "/invites/{id}"),
               ("PATCH", "/invites/{id}"), ("DELETE", "/invites/{id}"), ("GET", "/users"),
               ("DELETE", "/users/{username}"), ("POST", "/users/{username}/reset"),
-              ("GET", "/tokens/{token}"), ("GET", "/openapi.json"), ("GET", "/invites/{id}/joined")}
+              ("GET", "/tokens/{token}"), ("GET", "/openapi.json"), ("GET", "/invites/{id}/joined"),
+              ("GET", "/uploads"), ("GET", "/circles"), ("POST", "/circles"),
+              ("DELETE", "/circles/{name}"), ("PUT", "/circles/{name}/members/{username}"),
+              ("DELETE", "/circles/{name}/members/{username}")}
     described = {(verb.upper(), path) for path, item in paths.items() for verb in item
                  if verb != "parameters"}
     assert described == served

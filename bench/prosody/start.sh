@@ -65,7 +65,10 @@ interfaces = { "127.0.0.1" }
 c2s_interfaces = { "127.0.0.1" }
 c2s_ports = { $PORT }
 s2s_ports = { }
-http_ports = { }
+http_ports = { ${PROSODY_BENCH_HTTP_PORT:-} }
+http_interfaces = { "127.0.0.1" }
+http_default_host = "share.$DOMAIN"
+http_external_url = "http://127.0.0.1:${PROSODY_BENCH_HTTP_PORT:-0}/"
 https_ports = { }
 modules_disabled = { "s2s" }
 modules_enabled = {
@@ -87,7 +90,23 @@ registration_allowlist = { "127.0.0.1", "::1" }
 -- (mod_limits is not loaded: no c2s rate limits)
 ssl = { certificate = "$RUN/certs/$DOMAIN.crt"; key = "$RUN/certs/$DOMAIN.key"; }
 VirtualHost "$DOMAIN"
+-- group chats, as invitesrv serves them on groups.DOMAIN (bench/run.py mucmsg, mucjoin)
+Component "groups.$DOMAIN" "muc"
+    modules_enabled = { "muc_mam" }
+    max_history_messages = 20
+    muc_room_default_history_length = 20
+    muc_max_occupants = 1000
 CFG
+# XEP-0363 uploads (mod_http_file_share, Prosody 0.12) on a plain HTTP port,
+# without quotas, when PROSODY_BENCH_HTTP_PORT is set.
+if [ -n "${PROSODY_BENCH_HTTP_PORT:-}" ]; then
+    cat >> "$RUN/prosody.cfg.lua" <<CFG
+Component "share.$DOMAIN" "http_file_share"
+    http_file_share_size_limit = 1073741824
+    http_file_share_daily_quota = 1099511627776
+    http_file_share_global_quota = 1099511627776
+CFG
+fi
 
 # file descriptors: as many as the hard limit allows
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

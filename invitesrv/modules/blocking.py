@@ -39,11 +39,11 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 
+from invitesrv.accountiq import answer
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.presence import addressed, makePresence
 from invitesrv.modules.roster import FROM, TO
 from invitesrv.services.slots import Slot
-from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.xmpp.router import bounce, parseJID
 
 log = Logger()
@@ -159,19 +159,7 @@ class BlockingModule(HostModule):
         """A blocklist get, block or unblock from the account itself."""
         if iq.getAttribute("type") not in ("get", "set"):
             return  # a client's answer to a push
-        iq.handled = True
-        d = defer.maybeDeferred(self._answer, iq)
-        d.addErrback(self._failed, iq)
-        d.addCallback(self.send)
-
-    def _failed(self, failure, iq):
-        """The error answering C{iq}: the request's own, or internal-server-error (logged)."""
-        if not failure.check(error.StanzaError):
-            if not failure.check(StoreUnavailable):
-                log.failure("Blocking request from {sender} failed", failure,
-                            sender=iq.getAttribute("from"))
-            return error.StanzaError("internal-server-error").toResponse(iq)
-        return failure.value.toResponse(iq)
+        answer(self, iq, self._answer, iq, what="Blocking request")
 
     def _answer(self, iq):
         """Check the request comes from the account itself and run it; fire with the answer."""

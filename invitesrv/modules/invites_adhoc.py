@@ -218,7 +218,7 @@ class AccountInviteCommand(CreationCommand):
                               instructions=["Every field may be left as it is"])
         form.addField(data_form.Field("text-single", "username", label="Reserve a username"))
         form.addField(data_form.Field("text-multi", "roles", label="Roles of the new account"))
-        form.addField(data_form.Field("text-multi", "groups", label="Groups of the new account"))
+        form.addField(data_form.Field("text-multi", "groups", label="Circles the new account joins"))
         choiceFields(form, host)
         return form
 

@@ -190,6 +190,7 @@ class NewAccount:
     now: float = 0.0
     pendingIn: tuple[tuple[str, str], ...] = ()  # (contact, subscribe stanza XML)
     offline: tuple[OfflineMessage, ...] = ()
+    circles: tuple[str, ...] = ()  # circles of the host it joins (those that exist)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ class Invite:
     welcome: str = ""  # the creator's words to whoever accepts it
     reminded: float | None = None  # when the creator was told it expires unused
     uses_log: tuple[dict, ...] = field(default=(), compare=False)
+    room: str = ""  # contact invites: a room of the inviter's the redeemer is invited into
 
     def status(self, now: float) -> str:
         """C{pending}, C{used}, C{expired} or C{revoked}."""
@@ -589,8 +591,233 @@ class RosterObservers:
             observer(host, username)
 
 
+class QuotaExceeded(StoreError):
+    """
+    An upload slot would take its owner over a limit: C{kind} is C{"quota"}
+    (the bytes the account may keep) or C{"daily"} (the bytes it may upload
+    in 24 hours).
+    """
+
+    def __init__(self, kind: str):
+        StoreError.__init__(self, kind)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Upload:
+    """
+    One XEP-0363 upload: a slot handed out (C{state} C{"slot"}), being
+    received (C{"uploading"}) or a stored file (C{"stored"}). C{expires} is
+    when the PUT URL stops working for a slot, and when the file goes for a
+    stored upload.
+    """
+
+    id: str
+    host: str
+    username: str
+    filename: str
+    size: int
+    contentType: str
+    created: float
+    expires: float
+    state: str = "slot"
+
+
+@dataclass(frozen=True)
+class UploadUsage:
+    """What one account has stored: C{files} and their C{bytes}, and its slots not used yet."""
+
+    username: str
+    files: int
+    bytes: int
+    pending: int
+
+
+class IUploads(Interface):
+    """
+    XEP-0363 uploads: the slots handed out and the files stored, for
+    quotas, single-use PUT URLs and expiry. The files themselves are on
+    disk, kept by the upload module.
+    """
+
+    def createUpload(upload: Upload, quota: int, daily: int):
+        """
+        Record a new slot if its owner stays within C{quota} bytes in all
+        and C{daily} bytes created in the 24 hours before C{upload.created}
+        (0: no limit), counting slots and files; fail with L{QuotaExceeded}
+        otherwise. One transaction: two requests cannot both pass a limit.
+        """
+
+    def getUpload(uploadId: str):
+        """Fire with the L{Upload} or None."""
+
+    def beginUpload(uploadId: str, now: float):
+        """
+        Take a slot whose PUT URL is still valid for its PUT (C{slot} to
+        C{uploading}); fire with True if this call took it.
+        """
+
+    def finishUpload(uploadId: str, expires: float):
+        """The file is on disk: C{uploading} to C{stored}, kept until C{expires}; fire with True."""
+
+    def abortUpload(uploadId: str):
+        """The PUT failed: C{uploading} back to C{slot}, to be tried again while its URL is valid."""
+
+    def expiredUploads(host: str, now: float, limit: int):
+        """At most C{limit} uploads of C{host} expired at C{now}, oldest first (none being received)."""
+
+    def deleteUploads(uploadIds):
+        """Forget these uploads (their files are gone); fire with how many there were."""
+
+    def listUploads(host: str, username: str):
+        """Fire with the account's uploads (every state), oldest first."""
+
+    def uploadUsage(host: str):
+        """Fire with an L{UploadUsage} per account of C{host} with uploads, by username."""
+
+
+class CircleExists(StoreError):
+    """A circle of that name exists on the host."""
+
+
+@dataclass(frozen=True)
+class StoredRoom:
+    """A persistent group chat room: its configuration (a JSON-able dict), subject, affiliations."""
+
+    service: str
+    name: str
+    config: dict
+    subject: str = ""
+    subjectBy: str = ""
+    created: float = 0.0
+    affiliations: dict = field(default_factory=dict)  # bare JID -> (affiliation, reason)
+
+
+@dataclass(frozen=True)
+class RoomArchiveQuery:
+    """
+    Which archived messages of a room to return (XEP-0313 with XEP-0059):
+    C{with_} (the sender's room JID), a time range, exclusive bounds by
+    message id (C{afterId}, C{beforeId}: RSM after/before or the
+    before-id/after-id fields), and C{last}: the page at the end rather
+    than the beginning (RSM C{<before/>}).
+    """
+
+    with_: str | None = None
+    start: float | None = None
+    end: float | None = None
+    afterId: str | None = None
+    beforeId: str | None = None
+    ids: tuple[str, ...] = ()
+    last: bool = False
+    max: int = 50
+
+
+@dataclass(frozen=True)
+class ArchivedRoomMessage:
+    """One groupchat message of a room archive."""
+
+    id: str  # its stanza id (XEP-0359), unique
+    stamp: float
+    sender: str  # room@service/nick
+    occupant: str  # the sender's real bare JID
+    stanza: str  # serialised XML, as broadcast
+
+
+@dataclass(frozen=True)
+class Circle:
+    """A named group of accounts of a host, with its members-only room."""
+
+    host: str
+    name: str
+    room: str  # the room's bare JID
+    created: float = 0.0
+    members: tuple[str, ...] = ()  # usernames, sorted
+
+
+def joinedCircle(item: RosterItem | None, contact: str, circle: str) -> RosterItem:
+    """A roster item for a fellow member of C{circle}: mutual subscription, in its group."""
+    if item is None:
+        return RosterItem(contact, subscription="both", groups=(circle,))
+    groups = item.groups if circle in item.groups else item.groups + (circle,)
+    return RosterItem(contact, item.name, "both", groups=groups)
+
+
+def leftCircle(item: RosterItem | None, circle: str) -> RosterItem | None | bool:
+    """
+    What becomes of a roster item when its contact and its owner no longer
+    share C{circle}: False to leave it alone (not the circle's), None to
+    remove it (the circle's group was its only one), or the item without it.
+    """
+    if item is None or circle not in item.groups:
+        return False
+    groups = tuple(group for group in item.groups if group != circle)
+    return RosterItem(item.contact, item.name, item.subscription, item.ask, item.approved,
+                      groups) if groups else None
+
+
+class IRooms(Interface):
+    """Persistent group chat rooms (XEP-0045) and their archives (XEP-0313)."""
+
+    def saveRoom(room: StoredRoom):
+        """Write the room, its configuration, subject and affiliations (replacing all of them)."""
+
+    def listRooms(service: str):
+        """Fire with every stored L{StoredRoom} of the service."""
+
+    def deleteRoom(service: str, name: str):
+        """Forget the room with its affiliations and archive; fire with True if it existed."""
+
+    def archiveRoomMessage(service: str, name: str, message: ArchivedRoomMessage, cap: int):
+        """Append a message to a stored room's archive, keeping its last C{cap} (0: all)."""
+
+    def queryRoomArchive(service: str, name: str, query: RoomArchiveQuery):
+        """
+        Fire with (messages, complete): up to C{query.max} messages, oldest
+        first, and whether no more match beyond them in the paging direction.
+        Fails with L{ArchiveItemNotFound} when an id bound is not archived.
+        """
+
+    def retractRoomMessage(service: str, name: str, stanzaId: str, tombstone: str):
+        """Replace an archived message by C{tombstone}; fire with its L{ArchivedRoomMessage} or None."""
+
+
+class ICircles(Interface):
+    """Circles: named groups of a host's accounts whose members see each other."""
+
+    def createCircle(circle: Circle):
+        """Store a new circle (without members); fails with L{CircleExists}."""
+
+    def getCircle(host: str, name: str):
+        """Fire with the L{Circle} and its members, or None."""
+
+    def listCircles(host: str):
+        """Fire with the host's circles (with members), by name."""
+
+    def deleteCircle(host: str, name: str):
+        """
+        Delete the circle and the roster items in its group between its
+        members; fire with the L{Circle} as it was, or None.
+        """
+
+    def addCircleMember(host: str, name: str, username: str):
+        """
+        Add an account to a circle and give it and every other member mutual
+        subscriptions (roster group: the circle's name), in one transaction;
+        fire with the other members, or None when the circle or account does
+        not exist.
+        """
+
+    def removeCircleMember(host: str, name: str, username: str):
+        """
+        Take an account out of a circle with the roster items the circle gave
+        it and the other members; fire with the other members, or None if it
+        was not a member.
+        """
+
+
 class IStore(IAccounts, IRosters, IOfflineMessages, IArchives, IBlocklists, IPep, IInvites,
-             IApiKeys, IDevices, IPushRegistrations):
+             IApiKeys, IDevices, IPushRegistrations, IUploads, IRooms, ICircles):
     """Everything the server stores."""
 
     path = Attribute("Where the data lives, for log lines.")

@@ -25,6 +25,8 @@ from invitesrv.store.interfaces import (
     ArchivePage,
     ArchivePrefs,
     ArchiveQuery,
+    Circle,
+    CircleExists,
     Device,
     Invite,
     InviteUnavailable,
@@ -33,12 +35,18 @@ from invitesrv.store.interfaces import (
     NewAccount,
     OfflineMessage,
     PepNode,
+    QuotaExceeded,
     Roster,
     RosterItem,
     RosterObservers,
+    StoredRoom,
     StoreUnavailable,
+    Upload,
+    UploadUsage,
     UsernameConfusable,
     UsernameReserved,
+    joinedCircle,
+    leftCircle,
 )
 from invitesrv.usernames import looksAlike, skeleton
 
@@ -87,7 +95,13 @@ class _Tables:
     audit: list = field(default_factory=list)  # _Use, oldest first
     apiKeys: dict = field(default_factory=dict)  # key id: (secretHash, host, name, created)
     devices: dict = field(default_factory=dict)  # (host, username, device id): Device
+    uploads: dict = field(default_factory=dict)  # id: Upload
     lastOfflineId: int = 0
+    rooms: dict = field(default_factory=dict)  # (service, name): StoredRoom
+    roomArchive: dict = field(default_factory=dict)  # id: (service, name, ArchivedRoomMessage)
+    lastArchiveId: int = 0
+    circles: dict = field(default_factory=dict)  # (host, name): Circle (members left empty)
+    circleMembers: dict = field(default_factory=dict)  # (host, circle, username): True
 
     def snapshot(self) -> _Tables:
         return _Tables(**{name: copy.copy(value) for name, value in vars(self).items()})
@@ -126,6 +140,9 @@ class MemoryStore(RosterObservers):
         if serving:
             for inviteId, invite in self._tables.invites.items():
                 self._tables.invites[inviteId] = replace(invite, reserved=0)
+            for uploadId, upload in self._tables.uploads.items():
+                if upload.state == "uploading":
+                    self._tables.uploads[uploadId] = replace(upload, state="slot")
 
     def close(self) -> None:
         """Nothing to release: the data stays, as a file would."""
@@ -155,6 +172,8 @@ class MemoryStore(RosterObservers):
         self.rosterChanging(account.host, account.username)
         for owner, _item in account.rosterItems:
             self.rosterChanging(account.host, owner)
+        if account.circles:
+            self.rosterChanging(account.host, None)  # every member of those circles
         return self._run(self._createAccount, account)
 
     @classmethod
@@ -183,6 +202,8 @@ class MemoryStore(RosterObservers):
         for message in a.offline:
             t.lastOfflineId += 1
             t.offline[t.lastOfflineId] = (a.host, a.username, replace(message, id=t.lastOfflineId))
+        for circle in a.circles:
+            cls._addCircleMember(t, a.host, circle, a.username)
 
     @staticmethod
     def _useInvite(t: _Tables, use: InviteUse, host: str, username: str, now: float):
@@ -238,6 +259,8 @@ class MemoryStore(RosterObservers):
             t.archivePrefs.pop(owned, None)
             for key in [key for key in t.archive if key[:2] == owned]:
                 del t.archive[key]
+            for key in [key for key in t.circleMembers if (key[0], key[2]) == owned]:
+                del t.circleMembers[key]
             for key in [key for key, row in t.offline.items() if row[:2] == owned]:
                 del t.offline[key]
             bare = f"{username}@{host}"
@@ -727,3 +750,218 @@ class MemoryStore(RosterObservers):
 
     def deleteApiKey(self, keyId):
         return self._run(lambda t: t.apiKeys.pop(keyId, None) is not None)
+
+    # -- uploads ------------------------------------------------------------
+
+    def createUpload(self, upload: Upload, quota: int, daily: int):
+        def create(t):
+            owned = [u for u in t.uploads.values()
+                     if (u.host, u.username) == (upload.host, upload.username)]
+            if quota and sum(u.size for u in owned) + upload.size > quota:
+                raise QuotaExceeded("quota")
+            if daily and sum(u.size for u in owned
+                             if u.created > upload.created - 86400) + upload.size > daily:
+                raise QuotaExceeded("daily")
+            if upload.id in t.uploads:
+                raise KeyError(upload.id)
+            t.uploads[upload.id] = upload
+        return self._run(create)
+
+    def getUpload(self, uploadId):
+        return self._run(lambda t: t.uploads.get(uploadId))
+
+    def _changeUpload(self, uploadId, fromState: str, condition=lambda upload: True, **changes):
+        """Change an upload in state C{fromState} that meets C{condition}; fire with True if one did."""
+        def change(t):
+            upload = t.uploads.get(uploadId)
+            if upload is None or upload.state != fromState or not condition(upload):
+                return False
+            t.uploads[uploadId] = replace(upload, **changes)
+            return True
+        return self._run(change)
+
+    def beginUpload(self, uploadId, now):
+        return self._changeUpload(uploadId, "slot", lambda upload: upload.expires > now,
+                                  state="uploading")
+
+    def finishUpload(self, uploadId, expires):
+        return self._changeUpload(uploadId, "uploading", state="stored", expires=expires)
+
+    def abortUpload(self, uploadId):
+        return self._changeUpload(uploadId, "uploading", state="slot")
+
+    def expiredUploads(self, host, now, limit):
+        return self._run(lambda t: sorted(
+            (u for u in t.uploads.values()
+             if u.host == host and u.expires <= now and u.state != "uploading"),
+            key=lambda u: u.expires)[:limit])
+
+    def deleteUploads(self, uploadIds):
+        return self._run(lambda t: sum(t.uploads.pop(uploadId, None) is not None
+                                       for uploadId in uploadIds))
+
+    def listUploads(self, host, username):
+        return self._run(lambda t: sorted(
+            (u for u in t.uploads.values() if (u.host, u.username) == (host, username)),
+            key=lambda u: (u.created, u.id)))
+
+    def uploadUsage(self, host):
+        def usage(t):
+            owners: dict[str, list] = {}
+            for upload in t.uploads.values():
+                if upload.host == host:
+                    owners.setdefault(upload.username, []).append(upload)
+            return [UploadUsage(name, sum(u.state == "stored" for u in owned),
+                                sum(u.size for u in owned if u.state == "stored"),
+                                sum(u.state != "stored" for u in owned))
+                    for name, owned in sorted(owners.items())]
+        return self._run(usage)
+    # -- rooms --------------------------------------------------------------
+
+    def saveRoom(self, room: StoredRoom):
+        def save(t):
+            old = t.rooms.get((room.service, room.name))
+            created = old.created if old is not None else room.created
+            t.rooms[room.service, room.name] = replace(room, created=created,
+                                                       config=copy.deepcopy(room.config),
+                                                       affiliations=dict(room.affiliations))
+        return self._run(save)
+
+    def listRooms(self, service):
+        return self._run(lambda t: [
+            replace(room, config=copy.deepcopy(room.config), affiliations=dict(room.affiliations))
+            for (s, _), room in sorted(t.rooms.items()) if s == service])
+
+    def deleteRoom(self, service, name):
+        def delete(t):
+            if t.rooms.pop((service, name), None) is None:
+                return False
+            for key in [key for key, row in t.roomArchive.items() if row[:2] == (service, name)]:
+                del t.roomArchive[key]
+            return True
+        return self._run(delete)
+
+    def archiveRoomMessage(self, service, name, message, cap):
+        def archive(t):
+            if (service, name) not in t.rooms:
+                raise KeyError(f"no room {name} at {service}")  # SQLite's foreign key
+            if any(row[2].id == message.id for row in t.roomArchive.values()):
+                raise ValueError(f"message {message.id} is archived")  # SQLite's unique key
+            t.lastArchiveId += 1
+            t.roomArchive[t.lastArchiveId] = (service, name, message)
+            if cap:
+                mine = [key for key, row in t.roomArchive.items() if row[:2] == (service, name)]
+                for key in mine[:-cap]:
+                    del t.roomArchive[key]
+        return self._run(archive)
+
+    def queryRoomArchive(self, service, name, query):
+        def run(t):
+            rows = [(key, row[2]) for key, row in sorted(t.roomArchive.items())
+                    if row[:2] == (service, name)]
+            position = {message.id: key for key, message in rows}
+
+            def keyOf(stanzaId):
+                if stanzaId not in position:
+                    raise ArchiveItemNotFound(stanzaId)
+                return position[stanzaId]
+            low = keyOf(query.afterId) if query.afterId is not None else None
+            high = keyOf(query.beforeId) if query.beforeId is not None else None
+            chosen = [message for key, message in rows
+                      if (low is None or key > low) and (high is None or key < high)
+                      and (query.with_ is None or message.sender == query.with_)
+                      and (query.start is None or message.stamp >= query.start)
+                      and (query.end is None or message.stamp <= query.end)
+                      and (not query.ids or message.id in query.ids)]
+            if query.last:
+                return chosen[-query.max:] if query.max else [], len(chosen) <= query.max
+            return chosen[:query.max], len(chosen) <= query.max
+        return self._run(run)
+
+    def retractRoomMessage(self, service, name, stanzaId, tombstone):
+        def retract(t):
+            for key, (s, n, message) in t.roomArchive.items():
+                if (s, n) == (service, name) and message.id == stanzaId:
+                    t.roomArchive[key] = (s, n, replace(message, stanza=tombstone))
+                    return message
+            return None
+        return self._run(retract)
+
+    # -- circles ------------------------------------------------------------
+
+    def createCircle(self, circle: Circle):
+        def create(t):
+            if (circle.host, circle.name) in t.circles:
+                raise CircleExists(circle.name)
+            t.circles[circle.host, circle.name] = replace(circle, members=())
+        return self._run(create)
+
+    @staticmethod
+    def _getCircle(t: _Tables, host, name) -> Circle | None:
+        circle = t.circles.get((host, name))
+        if circle is None:
+            return None
+        return replace(circle, members=tuple(sorted(
+            u for (h, c, u) in t.circleMembers if (h, c) == (host, name))))
+
+    def getCircle(self, host, name):
+        return self._run(self._getCircle, host, name)
+
+    def listCircles(self, host):
+        return self._run(lambda t: [self._getCircle(t, h, name)
+                                    for (h, name) in sorted(t.circles) if h == host])
+
+    @classmethod
+    def _leave(cls, t: _Tables, host, name, username, others) -> None:
+        """Undo what circle C{name} gave C{username} and each of C{others} on their rosters."""
+        for owner, contact in [(username, o) for o in others] + [(o, username) for o in others]:
+            bare = f"{contact}@{host}"
+            changed = leftCircle(t.roster.get((host, owner, bare), (None, 0))[0], name)
+            if changed is None:
+                cls._removeRosterItem(t, host, owner, bare)
+            elif changed is not False:
+                cls._setRosterItem(t, host, owner, changed)
+
+    def deleteCircle(self, host, name):
+        self.rosterChanging(host, None)  # every member's roster loses the others
+        def delete(t):
+            circle = self._getCircle(t, host, name)
+            if circle is None:
+                return None
+            members = list(circle.members)
+            while members:
+                self._leave(t, host, name, members.pop(), members)
+            del t.circles[host, name]
+            for member in circle.members:
+                del t.circleMembers[host, name, member]
+            return circle
+        return self._run(delete)
+
+    @classmethod
+    def _addCircleMember(cls, t: _Tables, host, name, username):
+        circle = cls._getCircle(t, host, name)
+        if circle is None or (host, username) not in t.accounts:
+            return None
+        others = [member for member in circle.members if member != username]
+        t.circleMembers[host, name, username] = True
+        for owner, contact in [(username, o) for o in others] + [(o, username) for o in others]:
+            bare = f"{contact}@{host}"
+            item = t.roster.get((host, owner, bare), (None, 0))[0]
+            cls._setRosterItem(t, host, owner, joinedCircle(item, bare, name))
+        return others
+
+    def addCircleMember(self, host, name, username):
+        self.rosterChanging(host, None)  # the newcomer's and every member's
+        return self._run(self._addCircleMember, host, name, username)
+
+    def removeCircleMember(self, host, name, username):
+        self.rosterChanging(host, None)  # the leaver's and every member's
+        def remove(t):
+            circle = self._getCircle(t, host, name)
+            if circle is None or username not in circle.members:
+                return None
+            others = [member for member in circle.members if member != username]
+            self._leave(t, host, name, username, others)
+            del t.circleMembers[host, name, username]
+            return others
+        return self._run(remove)

@@ -43,13 +43,17 @@ from invitesrv.store.interfaces import (
     OfflineMessage,
     PepNode,
     PushRegistration,
+    QuotaExceeded,
     Roster,
     RosterItem,
     RosterObservers,
     StoreUnavailable,
+    Upload,
+    UploadUsage,
     UsernameConfusable,
     UsernameReserved,
 )
+from invitesrv.store.sqlite_groups import GroupsSQL
 from invitesrv.usernames import looksAlike, skeleton
 
 log = Logger()
@@ -117,7 +121,8 @@ def _item(row) -> RosterItem:
 _PENDING = "revoked IS NULL AND expires > ? AND (uses_allowed IS NULL OR uses < uses_allowed)"
 
 _INVITE_COLUMNS = ("id, host, kind, created, expires, username, inviter, allow_registration, "
-                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source, welcome, reminded")
+                   "uses_allowed, uses, reserved, revoked, roles, groups, note, source, welcome, reminded,"
+                   " room")
 
 
 def _invite(row, uses=()) -> Invite:
@@ -125,7 +130,7 @@ def _invite(row, uses=()) -> Invite:
                   username=row[5], inviter=row[6], allowRegistration=bool(row[7]),
                   usesAllowed=row[8], uses=row[9], reserved=row[10], revoked=row[11],
                   roles=tuple(json.loads(row[12])), groups=tuple(json.loads(row[13])),
-                  note=row[14], source=row[15], welcome=row[16], reminded=row[17],
+                  note=row[14], source=row[15], welcome=row[16], reminded=row[17], room=row[18],
                   uses_log=tuple(uses))
 
 
@@ -141,7 +146,7 @@ def _device(row) -> Device:
 
 
 @implementer(IStore)
-class SQLiteStore(RosterObservers):
+class SQLiteStore(GroupsSQL, RosterObservers):
     """
     L{IStore} over one SQLite file (or C{":memory:"}).
 
@@ -186,6 +191,8 @@ class SQLiteStore(RosterObservers):
         if serving:
             # No registration can be in flight after a start: free leaked reservations.
             self._conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
+            # Nor an upload: a PUT cut by a stop may be tried again.
+            self._conn.execute("UPDATE uploads SET state = 'slot' WHERE state = 'uploading'")
             # A newer ICU may have newer confusables data than the stored skeletons.
             self._conn.execute("UPDATE accounts SET skeleton = username_skeleton(username)"
                                " WHERE skeleton IS NOT username_skeleton(username)")
@@ -256,6 +263,8 @@ class SQLiteStore(RosterObservers):
         self.rosterChanging(account.host, account.username)
         for owner, _item in account.rosterItems:
             self.rosterChanging(account.host, owner)
+        if account.circles:
+            self.rosterChanging(account.host, None)  # every member of those circles
         return self._run(self._createAccount, account)
 
     @staticmethod
@@ -288,6 +297,8 @@ class SQLiteStore(RosterObservers):
                          [(a.host, a.username, contact, stanza) for contact, stanza in a.pendingIn])
         conn.executemany("INSERT INTO offline_messages (host, username, stamp, stanza) VALUES (?, ?, ?, ?)",
                          [(a.host, a.username, m.stamp, m.stanza) for m in a.offline])
+        for circle in a.circles:
+            SQLiteStore._addCircleMember(conn, a.host, circle, a.username)
 
     @staticmethod
     def _useInvite(conn, use: InviteUse, host: str, username: str, now: float):
@@ -403,14 +414,16 @@ class SQLiteStore(RosterObservers):
             return Roster(row[0], items, removed, tuple((r[0], r[6]) for r in rows))
         return self._run(get)
 
+    @staticmethod
+    def _getRosterItem(conn, host, username, contact) -> RosterItem | None:
+        row = conn.execute(
+            "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
+            " WHERE host = ? AND username = ? AND contact = ? AND subscription != 'remove'",
+            (host, username, contact)).fetchone()
+        return _item(row) if row else None
+
     def getRosterItem(self, host, username, contact):
-        def get(conn):
-            row = conn.execute(
-                "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
-                " WHERE host = ? AND username = ? AND contact = ? AND subscription != 'remove'",
-                (host, username, contact)).fetchone()
-            return _item(row) if row else None
-        return self._run(get)
+        return self._run(self._getRosterItem, host, username, contact)
 
     @staticmethod
     def _bumpVersion(conn, host, username) -> int:
@@ -792,12 +805,12 @@ class SQLiteStore(RosterObservers):
         return self._run(lambda conn: conn.execute(
             "INSERT INTO invites (id, host, token_hash, kind, username, inviter,"
             " allow_registration, uses_allowed, uses, reserved, created, expires, revoked,"
-            " roles, groups, note, source, welcome)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?, ?)",
+            " roles, groups, note, source, welcome, room)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, NULL, ?, ?, ?, ?, ?, ?)",
             (invite.id, invite.host, tokenHash, invite.kind, invite.username, invite.inviter,
              int(invite.allowRegistration), invite.usesAllowed, invite.created, invite.expires,
              json.dumps(list(invite.roles)), json.dumps(list(invite.groups)), invite.note,
-             invite.source, invite.welcome)) and None)
+             invite.source, invite.welcome, invite.room)) and None)
 
     @staticmethod
     def _getInvite(conn, where: str, value):
@@ -911,6 +924,70 @@ class SQLiteStore(RosterObservers):
         return self._run(lambda conn: conn.execute(
             "DELETE FROM api_keys WHERE key_id = ?", (keyId,)).rowcount == 1)
 
+    # -- uploads ------------------------------------------------------------
+
+    def createUpload(self, upload: Upload, quota: int, daily: int):
+        def create(conn):
+            owner = (upload.host, upload.username)
+            if quota and conn.execute("SELECT COALESCE(SUM(size), 0) FROM uploads WHERE host = ?"
+                                      " AND username = ?", owner).fetchone()[0] + upload.size > quota:
+                raise QuotaExceeded("quota")
+            if daily and conn.execute(
+                    "SELECT COALESCE(SUM(size), 0) FROM uploads WHERE host = ? AND username = ?"
+                    " AND created > ?", (*owner, upload.created - 86400)
+            ).fetchone()[0] + upload.size > daily:
+                raise QuotaExceeded("daily")
+            conn.execute(f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (upload.id, upload.host, upload.username, upload.filename, upload.size,
+                          upload.contentType, upload.created, upload.expires, upload.state))
+        return self._run(create)
+
+    def getUpload(self, uploadId):
+        return self._run(lambda conn: _upload(conn.execute(
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (uploadId,)).fetchone()))
+
+    def beginUpload(self, uploadId, now):
+        return self._run(lambda conn: conn.execute(
+            "UPDATE uploads SET state = 'uploading' WHERE id = ? AND state = 'slot' AND expires > ?",
+            (uploadId, now)).rowcount == 1)
+
+    def finishUpload(self, uploadId, expires):
+        return self._run(lambda conn: conn.execute(
+            "UPDATE uploads SET state = 'stored', expires = ? WHERE id = ? AND state = 'uploading'",
+            (expires, uploadId)).rowcount == 1)
+
+    def abortUpload(self, uploadId):
+        return self._run(lambda conn: conn.execute(
+            "UPDATE uploads SET state = 'slot' WHERE id = ? AND state = 'uploading'",
+            (uploadId,)).rowcount == 1)
+
+    def expiredUploads(self, host, now, limit):
+        return self._run(lambda conn: [_upload(row) for row in conn.execute(
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE expires <= ? AND state != 'uploading'"
+            " AND host = ? ORDER BY expires LIMIT ?", (now, host, limit))])
+
+    def deleteUploads(self, uploadIds):
+        return self._run(lambda conn: sum(conn.execute(
+            "DELETE FROM uploads WHERE id = ?", (uploadId,)).rowcount for uploadId in uploadIds))
+
+    def listUploads(self, host, username):
+        return self._run(lambda conn: [_upload(row) for row in conn.execute(
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE host = ? AND username = ?"
+            " ORDER BY created, id", (host, username))])
+
+    def uploadUsage(self, host):
+        return self._run(lambda conn: [UploadUsage(*row) for row in conn.execute(
+            "SELECT username, SUM(state = 'stored'), SUM(CASE WHEN state = 'stored' THEN size"
+            " ELSE 0 END), SUM(state != 'stored') FROM uploads WHERE host = ? GROUP BY username"
+            " ORDER BY username", (host,))])
+
+
+_UPLOAD_COLUMNS = "id, host, username, filename, size, content_type, created, expires, state"
+
+
+def _upload(row) -> Upload | None:
+    return Upload(*row) if row is not None else None
+
 
 def backupDatabase(path: str, target: str) -> None:
     """
@@ -986,3 +1063,4 @@ def restoreDatabase(backup: str, path: str) -> str | None:
     os.chmod(path, 0o600)
     openDatabase(path).close()  # upgrade an older schema now, with the usual copy
     return kept
+

@@ -15,6 +15,12 @@ SHA-256 of their secret is stored. Routes (see C{/api/v1/openapi.json}):
     GET    users                        list accounts
     DELETE users/NAME                   delete an account
     POST   users/NAME/reset             a password-reset invite
+    GET    uploads                      XEP-0363 upload usage per account
+    GET    circles                      list circles with their members
+    POST   circles                      create a circle (and its room)
+    DELETE circles/NAME                 delete a circle
+    PUT    circles/NAME/members/USER    add an account to a circle
+    DELETE circles/NAME/members/USER    take it out
     GET    tokens/TOKEN                 public: is this token valid? (rate-limited)
 
 Errors are C{{"error": CODE, "message": TEXT}} with status 400, 401, 403,
@@ -148,6 +154,7 @@ def inviteJSON(invite, now: float, withUses: bool = False) -> dict:
         "created": isoTime(invite.created), "expires": isoTime(invite.expires),
         "revoked": isoTime(invite.revoked) if invite.revoked is not None else None,
         "roles": list(invite.roles), "groups": list(invite.groups), "note": invite.note,
+        "room": invite.room or None,
         "source": invite.source, "welcome": invite.welcome,
     }
     if withUses:
@@ -290,6 +297,11 @@ class ApiRoot(BodyPolicy, resource.Resource):
             (("users",), {"GET": self.listUsers}, True),
             (("users", None), {"DELETE": self.deleteUser}, True),
             (("users", None, "reset"), {"POST": self.resetUser}, True),
+            (("uploads",), {"GET": self.listUploads}, True),
+            (("circles",), {"GET": self.listCircles, "POST": self.createCircle}, True),
+            (("circles", None), {"DELETE": self.deleteCircle}, True),
+            (("circles", None, "members", None), {"PUT": self.addMember,
+                                                  "DELETE": self.removeMember}, True),
         ]
 
     def render(self, request):
@@ -436,13 +448,14 @@ class ApiRoot(BodyPolicy, resource.Resource):
     def createInvite(self, request, host, keyId):
         body = readJSON(request)
         checkKeys(body, {"type", "username", "inviter", "uses", "expires_in", "roles", "note",
-                         "allow_registration", "welcome"})
+                         "allow_registration", "welcome", "circles", "room"})
         kind = body.get("type", "account")
         if kind not in ("account", "contact", "reset"):
             raise ApiError(400, "type must be account, contact or reset")
-        wrong = {"account": {"inviter", "allow_registration"},
-                 "contact": {"username"},
-                 "reset": {"inviter", "allow_registration", "roles", "uses", "welcome"}}[kind] & set(body)
+        wrong = {"account": {"inviter", "allow_registration", "room"},
+                 "contact": {"username", "circles"},
+                 "reset": {"inviter", "allow_registration", "roles", "uses", "welcome",
+                           "circles", "room"}}[kind] & set(body)
         if wrong:
             raise ApiError(400, f"{', '.join(sorted(wrong))} cannot be given for a {kind} invite")
         uses = usesValue(body.get("uses", 1))
@@ -456,6 +469,7 @@ class ApiRoot(BodyPolicy, resource.Resource):
         allowRegistration = body.get("allow_registration", False)
         if not isinstance(allowRegistration, bool):
             raise ApiError(400, "allow_registration must be true or false")
+        circles = yield self._circleNames(host, body.get("circles", []))
         manager = self.context.managers[host.name]
         source = f"api:{keyId}"
         try:
@@ -472,15 +486,15 @@ class ApiRoot(BodyPolicy, resource.Resource):
                 created = yield manager.createContact(
                     usernameValue(body["inviter"], "inviter"), allowRegistration,
                     usesAllowed=uses, ttl=ttl, roles=roles, note=note, source=source,
-                    welcome=welcome)
+                    welcome=welcome, room=textValue(body.get("room", ""), "room", 3071))
             else:
                 username = (usernameValue(body["username"], "username")
                             if body.get("username") is not None else None)
                 if username and uses != 1:
                     raise ApiError(400, "An invite for one username can be used only once")
                 created = yield manager.createAccount(username, usesAllowed=uses, ttl=ttl,
-                                                      roles=roles, note=note, source=source,
-                                                      welcome=welcome)
+                                                      roles=roles, groups=circles, note=note,
+                                                      source=source, welcome=welcome)
         except InviteError as e:
             raise ApiError(409, str(e)) from None
         return 201, createdJSON(created, host.now()), {"location": f"invites/{created.invite.id}"}
@@ -560,3 +574,80 @@ class ApiRoot(BodyPolicy, resource.Resource):
             raise ApiError(409, str(e)) from None
         return 201, createdJSON(created, host.now()), {
             "location": f"../../invites/{created.invite.id}"}
+
+    # -- uploads ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def listUploads(self, request, host, keyId):
+        """What each account keeps as XEP-0363 uploads, and the slots it has not used yet."""
+        usage = yield self.context.store.uploadUsage(host.name)
+        return 200, {"uploads": [{"username": u.username, "jid": f"{u.username}@{host.name}",
+                                  "files": u.files, "bytes": u.bytes, "pending_slots": u.pending}
+                                 for u in usage]}
+
+    # -- circles ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _circleNames(self, host, value):
+        """C{circles} of a new invite: names of existing circles of the host."""
+        if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+            raise ApiError(400, "circles must be a list of circle names")
+        for name in value:
+            if (yield host.store.getCircle(host.name, name)) is None:
+                raise ApiError(400, f"There is no circle {name!r}")
+        return tuple(value)
+
+    @staticmethod
+    def _circles(host):
+        circles = host.modules.get("circles")
+        if circles is None:
+            raise ApiError(404, f"Circles are not on for {host.name} (server.modules)")
+        return circles
+
+    @defer.inlineCallbacks
+    def _change(self, host, keyId, action: str, *args):
+        from invitesrv.modules.circles import CircleError
+        try:
+            circle = yield getattr(self._circles(host), action)(*args)
+        except CircleError as e:
+            raise ApiError(404 if "no circle" in str(e) or "not in" in str(e) else 409,
+                           str(e)) from None
+        log.info("Circle {name!r} on {host}: {action} through the API by key {keyId}",
+                 name=circle.name, host=host.name, action=action, keyId=keyId)
+        return circle
+
+    @defer.inlineCallbacks
+    def listCircles(self, request, host, keyId):
+        circles = yield self._circles(host).list()
+        return 200, {"circles": [circleJSON(circle) for circle in circles]}
+
+    @defer.inlineCallbacks
+    def createCircle(self, request, host, keyId):
+        from invitesrv.modules.circles import CircleError
+        body = readJSON(request)
+        checkKeys(body, {"name"})
+        try:
+            circle = yield self._circles(host).create(textValue(body.get("name"), "name", 64))
+        except CircleError as e:
+            raise ApiError(409 if "exists" in str(e) else 400, str(e)) from None
+        return 201, circleJSON(circle), {"location": f"circles/{circle.name}"}
+
+    @defer.inlineCallbacks
+    def deleteCircle(self, request, host, keyId, name: str):
+        yield self._change(host, keyId, "delete", name)
+        return 204, None
+
+    @defer.inlineCallbacks
+    def addMember(self, request, host, keyId, name: str, user: str):
+        circle = yield self._change(host, keyId, "add", name, self._account(user))
+        return 200, circleJSON(circle)
+
+    @defer.inlineCallbacks
+    def removeMember(self, request, host, keyId, name: str, user: str):
+        yield self._change(host, keyId, "remove", name, self._account(user))
+        return 204, None
+
+
+def circleJSON(circle) -> dict:
+    return {"name": circle.name, "room": circle.room, "members": list(circle.members),
+            "created": isoTime(circle.created)}

@@ -30,6 +30,7 @@ NOT_FOUND = _error("No such object on the key's host")
 
 INVITE_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 USERNAME = {"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}
+CIRCLE = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
 USES = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "enum": ["unlimited"]}]}
 
@@ -54,6 +55,7 @@ SCHEMAS = {
             "revoked": {"type": "string", "format": "date-time", "nullable": True},
             "roles": {"type": "array", "items": {"type": "string"}},
             "groups": {"type": "array", "items": {"type": "string"}},
+            "room": {"type": "string", "nullable": True},
             "note": {"type": "string"}, "source": {"type": "string"},
             "welcome": {"type": "string"},
             "used_by": {"type": "array", "items": {"type": "object", "properties": {
@@ -97,7 +99,18 @@ SCHEMAS = {
             "welcome": {"type": "string", "maxLength": 1000,
                         "description": "account, contact: shown on the landing page and sent"
                                        " to the new account from its creator"},
+            "room": {"type": "string", "description": "contact: a persistent room the inviter"
+                                                      " owns, into which the redeemer is invited"},
+            "circles": {"type": "array", "items": {"type": "string"},
+                        "description": "account invites: circles the new account joins"},
         },
+    },
+    "Circle": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"}, "room": {"type": "string", "description": "its group chat"},
+            "members": {"type": "array", "items": {"type": "string"}},
+            "created": {"type": "string", "format": "date-time"}},
     },
     "InviteChanges": {
         "type": "object", "additionalProperties": False, "minProperties": 1,
@@ -211,6 +224,56 @@ def openAPIDocument() -> dict:
                          "responses": {"201": _json("CreatedInvite", "Created"),
                                        "400": BAD_REQUEST, "401": UNAUTHORIZED,
                                        "403": FORBIDDEN, "404": NOT_FOUND}},
+            },
+            "/uploads": {
+                "get": {"summary": "Upload usage (XEP-0363) per account: files kept, their bytes,"
+                                   " slots not used yet", "security": secured,
+                        "responses": {"200": {"description": "Accounts with uploads", "content": {
+                            "application/json": {"schema": {"type": "object", "properties": {
+                                "uploads": {"type": "array", "items": {"type": "object",
+                                                                       "properties": {
+                                    "username": {"type": "string"},
+                                    "jid": {"type": "string"},
+                                    "files": {"type": "integer"},
+                                    "bytes": {"type": "integer"},
+                                    "pending_slots": {"type": "integer"}}}}}}}}},
+                            "401": UNAUTHORIZED, "403": FORBIDDEN}},
+            },
+            "/circles": {
+                "get": {"summary": "List circles with their members", "security": secured,
+                        "responses": {"200": {"description": "The circles", "content": {
+                            "application/json": {"schema": {"type": "object", "properties": {
+                                "circles": {"type": "array", "items": {
+                                    "$ref": "#/components/schemas/Circle"}}}}}}},
+                            "401": UNAUTHORIZED, "403": FORBIDDEN, "404": NOT_FOUND}},
+                "post": {"summary": "Create a circle and its members-only room", "security": secured,
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"type": "object", "additionalProperties": False,
+                                        "required": ["name"],
+                                        "properties": {"name": {"type": "string",
+                                                                "maxLength": 64}}}}}},
+                         "responses": {"201": _json("Circle", "Created"),
+                                       "400": BAD_REQUEST, "401": UNAUTHORIZED,
+                                       "403": FORBIDDEN, "404": NOT_FOUND,
+                                       "409": _error("A circle of that name exists")}},
+            },
+            "/circles/{name}": {
+                "parameters": [CIRCLE],
+                "delete": {"summary": "Delete a circle, its room and the subscriptions it gave",
+                           "security": secured,
+                           "responses": {"204": {"description": "Deleted"},
+                                         "401": UNAUTHORIZED, "403": FORBIDDEN,
+                                         "404": NOT_FOUND}},
+            },
+            "/circles/{name}/members/{username}": {
+                "parameters": [CIRCLE, USERNAME],
+                "put": {"summary": "Add an account to a circle", "security": secured,
+                        "responses": {"200": _json("Circle", "The circle with its members"),
+                                      "401": UNAUTHORIZED, "403": FORBIDDEN, "404": NOT_FOUND}},
+                "delete": {"summary": "Take an account out of a circle", "security": secured,
+                           "responses": {"204": {"description": "Removed"},
+                                         "401": UNAUTHORIZED, "403": FORBIDDEN,
+                                         "404": NOT_FOUND}},
             },
             "/tokens/{token}": {
                 "parameters": [{"name": "token", "in": "path", "required": True,

@@ -136,6 +136,19 @@ class BodyPolicy:
         """The resource that answers a request refused with C{error}."""
         return RefusalPage(error)
 
+    def bodyTimeout(self, length: int | None, limits) -> float:
+        """Seconds the body of C{length} bytes (None: chunked) may take to arrive: C{http_body_timeout}."""
+        return limits.http_body_timeout
+
+    def openBody(self, request):
+        """
+        Where the body of an allowed request goes (after the check, with
+        its result in C{request.checked}): None for memory, up to
+        L{maxBody}, or a file-like object that the request writes into and
+        closes when it is done with it, also when the connection is lost.
+        """
+        return None
+
 
 class RefusalPage(resource.Resource):
     """A L{Refused} answered with a message page."""

@@ -48,10 +48,11 @@ SECURITY_HEADERS = {
     b"cross-origin-opener-policy": b"same-origin",
     b"cache-control": b"no-store",
 }
-# Paths whose rest is a secret: the access log shows "[token]" instead.
+# Paths whose rest is a secret (an invite token, an upload's URL): the access
+# log shows "[token]" instead.
 # Anywhere in the URI, so that a referrer (absolute, perhaps under a proxy's
 # sub-path) is covered too; repeated slashes count as one, as in routing.
-SECRET_PATH = re.compile(rb"(/+(?:invite|register|api/+v1/+tokens)/+).+", re.S)
+SECRET_PATH = re.compile(rb"(/+(?:invite|register|api/+v1/+tokens|share)/+).+", re.S)
 # A refused connection's answer, and how long a closed one may take to go.
 REFUSED = (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
            b"Content-Length: %d\r\nRetry-After: 10\r\nConnection: close\r\n\r\n%s")
@@ -101,7 +102,9 @@ class WebRequest(server.Request):
     L{WebChannel} before the body comes, with the C{checked} result of the
     policy's check), never spooled to a temporary file, and never parsed
     as a form unless a resource asks: Twisted would do both for any route.
-    A body over the cap sets C{refusal} and is dropped.
+    A body over the cap sets C{refusal} and is dropped. A policy may have
+    the body written to a file of its own instead (L{BodyPolicy.openBody}:
+    uploads).
     """
 
     policy: BodyPolicy | None = None
@@ -122,6 +125,7 @@ class WebRequest(server.Request):
         self.received += len(data)
         if self.refusal is None and self.received > self.policy.maxBody:
             self.refusal = tooLarge(self.policy.maxBody)
+            self.content.close()
             self.content = BytesIO()
         if self.refusal is None:
             self.content.write(data)
@@ -200,7 +204,8 @@ class WebChannel(http.HTTPChannel):
         twisted.web's idle timeout, never these. A late request gets 408 and
         the connection ends; an idle keep-alive connection just ends;
       - the body policy of the request's path (L{BodyPolicy}) is applied
-        before the body is read: a C{Content-Length} over the cap, or a
+        before the body is read (and may set a longer body deadline for a
+        large upload): a C{Content-Length} over the cap, or a
         failed check (the API key), is answered at once and the connection
         ends with the body unread; a chunked body is counted as it comes and
         cut at the cap; while the check runs, the channel reads nothing.
@@ -287,11 +292,12 @@ class WebChannel(http.HTTPChannel):
         """
         request = self.requests[-1]
         request.policy, segments = self.site.policyFor(self._path)
+        request.uri = self._path  # for the check (Twisted sets it once the body is in)
         if self.length == 0:
             self._stopDeadline()
             http.HTTPChannel.allHeadersReceived(self)
             return
-        self._await(self.limits.http_body_timeout, "body")
+        self._await(request.policy.bodyTimeout(self.length, self.limits), "body")
         error = check = expect = None
         if self.length is not None and self.length > request.policy.maxBody:
             error = tooLarge(request.policy.maxBody)
@@ -318,9 +324,14 @@ class WebChannel(http.HTTPChannel):
     def _bodyAllowed(self, checked, request, expect) -> None:
         """The policy's check passed: ask for the body if asked to, and read it."""
         held, self._held = self._held, None
-        if self._ended or held is None:
-            return
         request.checked = checked
+        sink = request.policy.openBody(request)
+        if sink is not None:
+            request.content = sink
+        if self._ended or held is None:
+            if sink is not None:  # lost meanwhile: the request has closed its content already
+                sink.close()
+            return
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self._send100Continue()
         self._networkProducer.resumeProducing()
@@ -553,12 +564,13 @@ class Root(BodyPolicy, resource.Resource):
 def makeSite(server, clock=None) -> WebSite:
     """
     The whole site for an L{invitesrv.service.InviteServer}: C{/invite/},
-    C{/register/}, C{/api/v1/} and C{/static/}. C{clock} drives the rate
+    C{/register/}, C{/api/v1/}, C{/static/} and C{/share/} (uploads). C{clock} drives the rate
     limits (the server's reactor by default).
     """
     from invitesrv.web.api import ApiRoot
     from invitesrv.web.invite_page import InviteResource
     from invitesrv.web.register_page import RegisterResource
+    from invitesrv.web.share import ShareResource
 
     config = server.config
     try:
@@ -573,6 +585,7 @@ def makeSite(server, clock=None) -> WebSite:
     api.putChild(b"v1", ApiRoot(context))
     root.putChild(b"api", api)
     root.putChild(b"static", StaticFiles(str(STATIC)))
+    root.putChild(b"share", ShareResource(context))
     return WebSite(root, server.limiter, config.trusted_proxies, server.reactor,
                    hstsMaxAge=int(config.hsts_max_age),
                    publicHTTPS=config.public_url.lower().startswith("https://"))
