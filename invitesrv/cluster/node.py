@@ -33,13 +33,14 @@ from weakref import WeakKeyDictionary
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.words.xish import domish
 
 from invitesrv.cluster.directory import Directory, RemoteSession
 from invitesrv.cluster.limits import SharedLimits
 from invitesrv.cluster.redis import RedisClient, RedisError, RedisUnavailable, parseURL
-from invitesrv.modules.presence import parseStored
 from invitesrv.services.slots import Slot
 from invitesrv.xmpp.router import bounce, parseJID
+from invitesrv.xmpp.xmlparser import RestrictedElementStream
 
 log = Logger()
 
@@ -68,6 +69,37 @@ def sessionState(key: tuple) -> str:
                        interested, flags, address], separators=(",", ":"))
 
 
+class StanzaReader:
+    """
+    Parses the stanzas other nodes forward, with the restricted parser of
+    client streams kept open between them (a parser made per stanza would
+    cost more than the stanza), and made anew after a bad one.
+    """
+
+    maxSize = 16 * 1024 * 1024  # what a node sends is what a client or the server made
+
+    def __init__(self):
+        self.parser = None
+
+    def parse(self, data: bytes) -> domish.Element:
+        if self.parser is None:
+            self.parser = RestrictedElementStream(self.maxSize)
+            self.parser.DocumentStartEvent = lambda root: None
+            self.parser.DocumentEndEvent = lambda: None
+            self.parser.parse(b"<stream xmlns='jabber:client'>")
+        elements = []
+        self.parser.ElementEvent = elements.append
+        try:
+            self.parser.parse(data)
+        except Exception:
+            self.parser = None
+            raise
+        if len(elements) != 1:
+            self.parser = None
+            raise ValueError(f"expected one stanza, got {len(elements)}")
+        return elements[0]
+
+
 class ClusterNode(service.Service):
     """
     Joins the cluster: publishes this node's sessions, mirrors the others',
@@ -94,6 +126,7 @@ class ClusterNode(service.Service):
         self.ready = False
         self.synced: tuple = (None, None)  # the connections the last _sync used
         self.handlers = {b"d": self._deliver, b"c": self._close}
+        self.reader = StanzaReader()
         self.limits = SharedLimits(self)
         self.eventHandlers = {"s": self._sessionEvent, "r": self._resetEvent,
                               "roster": self._rosterEvent, "failures": self.limits.onFailures,
@@ -156,13 +189,14 @@ class ClusterNode(service.Service):
         return self._sync()
 
     @defer.inlineCallbacks
-    def _sync(self):
+    def _sync(self, again: bool = False):
         """
-        Once both connections are up (again): write every local session
-        under a new incarnation, tell the others, and read theirs.
+        Once both connections are up (again), or C{again} when this node's
+        entries expired: write every local session under a new incarnation,
+        tell the others, and read theirs.
         """
         connections = (self.subscriber.connection, self.commands.connection)
-        if None in connections or connections == self.synced:
+        if None in connections or (connections == self.synced and not again):
             return
         self.synced = connections
         self.epoch = secrets.token_hex(6)
@@ -231,7 +265,7 @@ class ClusterNode(service.Service):
         if not kept:  # our entries expired (the process was stopped longer than the TTL)
             log.warn("Cluster node {node}: its registration had expired; writing it again",
                      node=self.node)
-            yield self._sync()
+            yield self._sync(again=True)
         for node, epoch in zip(peers, alive, strict=True):
             if epoch is None:
                 self.nodeGone(node, "its registration expired")
@@ -355,7 +389,7 @@ class ClusterNode(service.Service):
     def _deliver(self, data: bytes) -> None:
         """A stanza from another node for one of this node's sessions."""
         full, xml = data.split(b"\n", 1)
-        element = parseStored(xml.decode())
+        element = self.reader.parse(xml)
         target, session = self._local(full.decode())
         if session is not None and not session.closed:
             session.send(element)
