@@ -333,3 +333,18 @@ def test_connectionsPerAddressAcrossNodes(node):
     assert ("HSET", "invitesrv:connections:n1", "192.0.2.5", 1) in node.commands.sent
     connections.release("192.0.2.5")
     assert ("HDEL", "invitesrv:connections:n1", "192.0.2.5") in node.commands.sent
+
+
+def test_expiredEntriesWrittenAgain(node):
+    """A node that finds its own entries expired (it was stopped past the TTL) writes them all again."""
+    node.commands.connection = object()
+    node.subscriber = node.commands
+    node.synced = (node.commands.connection, node.commands.connection)
+    Client(node.server, "bob", "desk")
+    node.commands.answers.update({"EXPIRE": 0, "SCAN": [b"0", []]})
+    node.commands.sent.clear()
+    node.beat()
+    sent = node.commands.sent
+    assert ("DEL", "invitesrv:sessions:n1") in sent
+    written = [args for args in sent if args[0] == "HSET" and args[1] == "invitesrv:sessions:n1"]
+    assert written and "bob@localhost/desk" in written[0]

@@ -28,7 +28,7 @@ PASSWORD = "a long password"
 class Cluster:
     """Nodes n1, n2, ... of one cluster: one Redis, one database file, one server secret."""
 
-    def __init__(self, root, redis: RedisServer, count: int = 2, db: int = 0):
+    def __init__(self, root, redis: RedisServer, count: int = 2, db: int = 0, extra: str = ""):
         self.nodes: list[RunningServer] = []
         for index in range(1, count + 1):
             directory = root / f"n{index}"
@@ -40,7 +40,7 @@ class Cluster:
                 os.symlink(first / "server.secret", data / "server.secret")
             self.nodes.append(RunningServer(directory, (
                 f'[cluster]\nenabled = true\nredis = "{redis.url}{db}"\nnode = "n{index}"\n'
-                'ttl = 3\n')))
+                'ttl = 3\n' + extra)))
         self.nodes[0].start()  # creates the database and the secret the others open
         startAll(self.nodes[1:])
         for node in self.nodes:
@@ -316,5 +316,31 @@ def test_killedNodeLosesNoMessage(tmp_path, redis):
         alice.send(f"<iq type='get' id='ping' to='{HOST}'><ping xmlns='urn:xmpp:ping'/></iq>")
         assert "type='result'" in alice.recvUntil(r"<iq [^>]*id='ping'[^>]*(/>|>.*?</iq>)")
         alice.close()
+    finally:
+        nodes.stop()
+
+
+def test_failedLoginsCountedAcrossNodes(tmp_path, redis):
+    """
+    Failed logins from one address are counted for the cluster: after
+    three on node 1 (the block is at three here), the address is refused on
+    node 2 at its next attempt.
+    """
+    limits = ("[limits]\nallowlist = []\nauth_failures_free = 0\nauth_failures_block = 3\n"
+              "auth_delay_max = 0\n")
+    nodes = Cluster(tmp_path, redis, db=2, extra=limits)
+    try:
+        n1, n2 = nodes.nodes
+        n1.adduser(f"mallory@{HOST}", PASSWORD)
+        for _ in range(3):
+            with RawClient(n1.port) as client:
+                client.startTLS()
+                assert "<not-authorized" in client.scram("mallory", "wrong password")
+        time.sleep(0.5)  # the count travels through Redis
+        with RawClient(n2.port) as client:
+            client.startTLS()
+            client.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                        "AG1hbGxvcnkAd3JvbmcgcGFzc3dvcmQ=</auth>")
+            assert "policy-violation" in client.readAll(5)
     finally:
         nodes.stop()
