@@ -72,6 +72,26 @@ def test_connectionLostFailsWhatWaits():
         result(d)
 
 
+def test_readingInBatches():
+    """
+    With readEvery, the connection stops reading after each read and reads
+    again that much later: the answers of many commands come in one read.
+    """
+    clock = task.Clock()
+    protocol = RedisProtocol(readEvery=0.02, clock=clock)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    first, second = protocol.execute("PUBLISH", "c", "a"), protocol.execute("PUBLISH", "c", "b")
+    protocol.dataReceived(b":1\r\n")
+    assert result(first) == 1 and transport.producerState == "paused"
+    clock.advance(0.02)
+    assert transport.producerState == "producing"
+    protocol.dataReceived(b":0\r\n")
+    assert result(second) == 0
+    protocol.connectionLost(failure.Failure(ConnectionDone()))
+    assert not clock.getDelayedCalls()
+
+
 def test_parseURL():
     assert parseURL("redis://127.0.0.1:6380/2") == ("127.0.0.1", 6380, 2, None, None)
     assert parseURL("redis://:s%40cret@[::1]") == ("::1", 6379, 0, None, "s@cret")
