@@ -368,3 +368,28 @@ def test_expiredEntriesWrittenAgain(node):
     assert ("DEL", "invitesrv:sessions:n1") in sent
     written = [args for args in sent if args[0] == "HSET" and args[1] == "invitesrv:sessions:n1"]
     assert written and "bob@localhost/desk" in written[0]
+
+
+def test_componentsServedByTheOldestNode(node):
+    """
+    Stanzas for an internal component (the group chats) go to the node
+    running longest; when it is gone, the next one (here this one) serves them.
+    """
+    from invitesrv.components.base import InternalComponent
+    component = InternalComponent("groups.localhost", node.server.hosts["localhost"])
+    node.server.router.addComponent(component)
+    received = []
+    component.receive = lambda stanza, target: received.append(stanza)
+    node.since = 100.0
+    node.directory.load("n0", {b"~epoch": b"e", b"~seq": b"0", b"~since": b"50.0"})
+    node.directory.load("n9", {b"~epoch": b"e", b"~seq": b"0", b"~since": b"150.0"})
+    assert node.componentNode() == "n0"
+    node.commands.answers["PUBLISH"] = 0  # n0 died
+    alice = Client(node.server, "alice", "phone")
+    alice.send("<presence to='tea@groups.localhost/Alice'/>")
+    assert node.commands.published("invitesrv:to:0:n0")[0].startswith(b"r<presence")
+    assert "n0" not in node.directory.nodes and node.componentNode() == "n1"
+    assert [stanza.getAttribute("to") for stanza in received] == ["tea@groups.localhost/Alice"]
+    node._received(b"invitesrv:to:0:n1", b"r<presence from='bob@localhost/x'"
+                   b" to='tea@groups.localhost/Bob'/>")
+    assert received[-1]["from"] == "bob@localhost/x"

@@ -237,6 +237,40 @@ def test_presenceProbeAnsweredFromOtherNode(cluster):
     run(scenario())
 
 
+def test_groupChatAcrossNodes(cluster):
+    """
+    Alice on node 1 and Bob on node 2 join one room: both see each other
+    join, and a message to the room reaches both (the room lives on the
+    node that serves the group chats for the cluster, and its stanzas for
+    occupants on the other node are forwarded).
+    """
+    n1, n2 = cluster.nodes
+    room = "tea@groups.localhost"
+
+    async def scenario():
+        plugins = ("xep_0030", "xep_0045", "xep_0004", "xep_0359")
+        alice = SlixClient(f"alice@{HOST}/muc", PASSWORD, plugins=plugins)
+        bob = SlixClient(f"bob@{HOST}/muc", PASSWORD, plugins=plugins)
+        assert await alice.login(n1.port)
+        assert await bob.login(n2.port)
+        await alice.plugin["xep_0045"].join_muc_wait(room, "Alice", timeout=10)
+        form = alice.plugin["xep_0004"].make_form("submit")  # an instant room
+        form.add_field("FORM_TYPE", value="http://jabber.org/protocol/muc#roomconfig")
+        await alice.plugin["xep_0045"].set_room_config(room, form)
+        _, _, occupants, _ = await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=10)
+        assert f"{room}/Alice" in [str(p["from"]) for p in occupants]
+        got = {"alice": asyncio.Queue(), "bob": asyncio.Queue()}
+        alice.add_event_handler("groupchat_message", got["alice"].put_nowait)
+        bob.add_event_handler("groupchat_message", got["bob"].put_nowait)
+        bob.send_message(mto=room, mbody="from node 2", mtype="groupchat")
+        for name in ("alice", "bob"):
+            message = await asyncio.wait_for(got[name].get(), 10)
+            assert (str(message["from"]), message["body"]) == (f"{room}/Bob", "from node 2")
+        for client in (alice, bob):
+            await client.logout()
+    run(scenario())
+
+
 def test_inviteCreatedOnOneNodeUsedOnTheOther(cluster):
     """An invite made through node 1 registers an account on node 2, which logs in on node 1."""
     n1, n2 = cluster.nodes

@@ -81,12 +81,13 @@ class RemoteSession:
 
 
 class NodeView:
-    """What this node knows of another: its incarnation, last event, and sessions."""
+    """What this node knows of another: its incarnation, last event, start and sessions."""
 
-    def __init__(self, name: str, epoch: str, seq: int):
+    def __init__(self, name: str, epoch: str, seq: int, since: float = 0.0):
         self.name = name
         self.epoch = epoch
         self.seq = seq
+        self.since = since  # when it started: the oldest node serves the components
         self.sessions: dict[str, RemoteSession] = {}
 
 
@@ -114,6 +115,14 @@ class Directory:
     def session(self, full: jid.JID) -> RemoteSession | None:
         return self.byBare.get(full.userhost(), {}).get(full.resource)
 
+    def routeElsewhere(self, local, stanza) -> bool:
+        """
+        Whether C{stanza}, for the host or component C{local}, was handed
+        to the node that serves that component for the cluster (group chat
+        rooms live in one node's memory): True if it went there.
+        """
+        return self.cluster.routeElsewhere(local, stanza)
+
     # -- what the other nodes say ----------------------------------------------
 
     def accepts(self, node: str, epoch: str, seq: int) -> bool | None:
@@ -136,15 +145,16 @@ class Directory:
     def load(self, node: str, fields: dict[bytes, bytes]) -> None:
         """
         All of C{node}'s sessions as read from Redis (its hash, with its
-        C{~epoch} and C{~seq}); ignored if events already went further.
+        C{~epoch}, C{~seq} and C{~since}); ignored if events already went further.
         """
         epoch = fields.pop(b"~epoch", b"").decode()
         seq = int(fields.pop(b"~seq", b"0"))
+        since = float(fields.pop(b"~since", b"0"))
         view = self.nodes.get(node)
         if view is not None and view.epoch == epoch and view.seq >= seq:
             return
         self.drop(node)
-        view = self.nodes[node] = NodeView(node, epoch, seq)
+        view = self.nodes[node] = NodeView(node, epoch, seq, since)
         for full, state in fields.items():
             self._set(view, full.decode(), json.loads(state))
 

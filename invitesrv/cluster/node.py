@@ -38,6 +38,7 @@ from twisted.words.xish import domish
 from invitesrv.cluster.directory import Directory, RemoteSession
 from invitesrv.cluster.limits import SharedLimits
 from invitesrv.cluster.redis import RedisClient, RedisError, RedisUnavailable, parseURL
+from invitesrv.components.base import InternalComponent
 from invitesrv.services.slots import Slot
 from invitesrv.xmpp.router import bounce, parseJID
 from invitesrv.xmpp.xmlparser import RestrictedElementStream
@@ -130,7 +131,8 @@ class ClusterNode(service.Service):
         self.heartbeat.clock = reactor
         self.ready = False
         self.synced: tuple = (None, None)  # the connections the last _sync used
-        self.handlers = {b"d": self._deliver, b"c": self._close}
+        self.handlers = {b"d": self._deliver, b"c": self._close, b"r": self._route}
+        self.since = reactor.seconds()  # the oldest node serves the internal components
         self.reader = StanzaReader()
         self.limits = SharedLimits(self)
         self.eventHandlers = {"s": self._sessionEvent, "r": self._resetEvent,
@@ -206,7 +208,7 @@ class ClusterNode(service.Service):
         self.synced = connections
         self.epoch = secrets.token_hex(6)
         self.seq = 0
-        fields = ["~epoch", self.epoch, "~seq", "0"]
+        fields = ["~epoch", self.epoch, "~seq", "0", "~since", repr(self.since)]
         for resources in list(self.server.router.sessions.values()):
             for session in resources.values():
                 key = self.published[session] = sessionKey(session)
@@ -378,6 +380,52 @@ class ClusterNode(service.Service):
         if not failure.check(RedisUnavailable):
             log.failure("Cluster: cannot forward to {jid}", failure, jid=remote.full)
         self.undeliverable(remote.host, remote.jid, element)
+
+    # -- components ----------------------------------------------------------------
+
+    def componentNode(self) -> str:
+        """
+        The node that serves the internal components (group chats) for the
+        cluster: the one running longest, so that rooms move only when it goes.
+        """
+        oldest = min(((view.since, name) for name, view in self.directory.nodes.items()),
+                     default=None)
+        return oldest[1] if oldest is not None and oldest < (self.since, self.node) else self.node
+
+    def routeElsewhere(self, local, stanza) -> bool:
+        """Hand a stanza for an internal component to the node serving it, if not this one."""
+        if not isinstance(local, InternalComponent) or not self.ready:
+            return False
+        node = self.componentNode()
+        if node == self.node:
+            return False
+        d = self.commands.execute("PUBLISH", self.channelOf(node), b"r" + stanza.toXml().encode())
+        d.addCallbacks(self._routed, self._notRouted, (node, local, stanza), None,
+                       (local, stanza), None)
+        return True
+
+    def _routed(self, receivers: int, node: str, local, stanza) -> None:
+        if not receivers:  # gone: the next oldest serves it, perhaps this node
+            self.nodeGone(node, "nobody listens on its channel")
+            self.server.router.route(stanza)
+
+    def _notRouted(self, failure, local, stanza) -> None:
+        if not failure.check(RedisUnavailable):
+            log.failure("Cluster: cannot hand over a stanza for {to}", failure,
+                        to=stanza.getAttribute("to"))
+        local.receive(stanza, parseJID(stanza["to"]))  # served here meanwhile
+
+    def _route(self, data: bytes) -> None:
+        """
+        A stanza for a component this node serves for the cluster: C{r},
+        stanza. Served here whatever this node thinks (two nodes that
+        disagree for a moment do not hand it back and forth).
+        """
+        stanza = self.reader.parse(data[1:])
+        target = parseJID(stanza["to"])
+        local = self.server.router.local(target.host)
+        if local is not None:
+            local.receive(stanza, target)
 
     def closeRemote(self, remote: RemoteSession, condition: str | None, text: str | None) -> None:
         payload = "\n".join((remote.full, condition or "", text or "")).encode()

@@ -100,7 +100,8 @@ class Router:
             return
         local = self.local(target.host)
         if local is not None:
-            local.receive(stanza, target)
+            if self.directory is None or not self.directory.routeElsewhere(local, stanza):
+                local.receive(stanza, target)
         else:
             self.routeRemote(stanza, target)
 
