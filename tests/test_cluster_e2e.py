@@ -12,7 +12,9 @@ import asyncio
 import os
 import re
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import RunningServer, startAll
@@ -289,6 +291,35 @@ def test_inviteCreatedOnOneNodeUsedOnTheOther(cluster):
         client.startTLS()
         client.send(f"<iq type='set' id='pa'><preauth xmlns='urn:xmpp:pars:0' token='{token}'/></iq>")
         assert "type='error'" in client.recvUntil(r"<iq [^>]*id='pa'[^>]*(/>|>.*?</iq>)")
+
+
+def test_inviteRaceAcrossNodes(cluster):
+    """
+    Twenty streams, ten on each node, race on one single-use token: exactly
+    one account is made (the reservation is one conditional update in the
+    shared store, whichever node makes it).
+    """
+    n1, n2 = cluster.nodes
+    output = n1.ctl("invite", "create", HOST).stdout
+    token = re.search(r"preauth=([A-Za-z0-9_-]+)", output).group(1)
+    barrier = threading.Barrier(20, timeout=30)
+
+    def attempt(index: int) -> bool:
+        with RawClient((n1, n2)[index % 2].port, timeout=30) as client:
+            client.startTLS()
+            barrier.wait()
+            client.send(f"<iq type='set' id='pa'><preauth xmlns='urn:xmpp:pars:0' token='{token}'/></iq>")
+            if "type='result'" not in client.recvUntil(r"<iq [^>]*id='pa'[^>]*(/>|>.*?</iq>)"):
+                return False
+            client.send("<iq type='set' id='reg'><query xmlns='jabber:iq:register'>"
+                        f"<username>racer{index}</username><password>{PASSWORD}</password></query></iq>")
+            return "type='result'" in client.recvUntil(r"<iq [^>]*id='reg'[^>]*(/>|>.*?</iq>)")
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(attempt, range(20)))
+    assert results.count(True) == 1
+    made = [user for user in n2.ctl("users", HOST).stdout.split() if user.startswith("racer")]
+    assert len(made) == 1
 
 
 def bodies(text: str) -> list[str]:
