@@ -4,7 +4,7 @@ domains with the same config and the same store, coordinated through Redis.
 
 Redis holds, for each node, the key C{invitesrv:node:NAME} (its incarnation)
 and the hash C{invitesrv:sessions:NAME} (full JID -> the session's state, with
-the node's C{~epoch} and C{~seq}), both with a TTL that the node refreshes
+the node's C{~epoch}, C{~seq} and C{~since}), both with a TTL that the node refreshes
 every third of it: a node that dies leaves nothing behind once the TTL
 passes. Each change is also published on C{invitesrv:events:DB}, numbered, so
 that every node keeps a mirror (L{invitesrv.cluster.directory}) and reads a
@@ -13,10 +13,12 @@ node's hash again when it missed a number.
 Stanzas for a session of another node are published on that node's channel
 C{invitesrv:to:DB:NAME} (channels, unlike keys, are not kept apart by the
 database number: it is in their names, so that clusters on one Redis with
-different databases do not hear each other). Redis answers a PUBLISH with the number of subscribers
-that got it: none means the node is gone (its connection to Redis went with
-it), and the stanza is then handled as for a session that ended: a message
-goes to offline storage, a request is answered with an error.
+different databases do not hear each other). Redis answers a PUBLISH with
+the number of subscribers that got it: none means the node is gone (its
+connection to Redis went with it), and the stanza is then handled as for a
+session that ended: a message goes to offline storage, a request is answered
+with an error. Stanzas for an internal component (the group chats) go the
+same way to the node running longest, which serves them for the cluster.
 
 The same channel of events carries what keeps the nodes' memories right:
 roster changes (the roster module's copies of online users' rosters), and
@@ -108,7 +110,8 @@ class StanzaReader:
 class ClusterNode(service.Service):
     """
     Joins the cluster: publishes this node's sessions, mirrors the others',
-    forwards stanzas between nodes and relays roster changes.
+    forwards stanzas between nodes, hands component stanzas to the node
+    serving them, relays roster changes and shares the per-address limits.
     """
 
     def __init__(self, server, options, reactor):

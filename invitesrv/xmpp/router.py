@@ -8,6 +8,11 @@ rules, or to the component serving that subdomain (L{invitesrv.components}),
 which answers for itself; a stanza for any other domain goes to
 the default route: the server-to-server service (L{invitesrv.xmpp.s2s}) when
 federation is on, else a C{remote-server-not-found} error to the sender.
+
+In cluster mode (L{invitesrv.cluster}) the router's C{directory} adds the
+sessions bound on the other nodes to what L{Router.resourcesOf} and
+L{Router.session} answer, and may hand a stanza for an internal component
+to the node that serves it; without it (one node) nothing changes.
 """
 
 from __future__ import annotations
