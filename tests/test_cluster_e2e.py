@@ -409,3 +409,53 @@ def test_failedLoginsCountedAcrossNodes(tmp_path, redis):
             assert "policy-violation" in client.readAll(5)
     finally:
         nodes.stop()
+
+
+def test_redisRestarted(tmp_path):
+    """
+    Redis stops: each node keeps its clients, and a message for a session
+    of the other node waits in offline storage. Redis comes back (empty):
+    the nodes write their sessions again and read each other's, and
+    messages cross again.
+    """
+    needRedis()
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis").start()
+    nodes = None
+    try:
+        nodes = Cluster(tmp_path, redis)
+        n1, n2 = nodes.nodes
+        for user in ("alice", "bob"):
+            n1.adduser(f"{user}@{HOST}", PASSWORD)
+        bob = RawClient(n2.port)
+        bob.login("bob", PASSWORD, "desk")
+        bob.send("<presence/>")
+        alice = RawClient(n1.port)
+        alice.login("alice", PASSWORD, "desk")
+        alice.send("<presence/>")
+        time.sleep(0.5)
+        alice.send(f"<message to='bob@{HOST}' type='chat' id='m1'><body>m1</body></message>")
+        assert "m1" in bob.recvUntil(r"<body>m1</body>")
+
+        redis.stop()
+        time.sleep(0.5)
+        alice.send(f"<message to='bob@{HOST}' type='chat' id='m2'><body>m2</body></message>")
+        redis.start()
+        for node in (n1, n2):
+            deadline = time.monotonic() + 30
+            while node.log().count("joined") < 2:
+                assert time.monotonic() < deadline, node.log()
+                time.sleep(0.1)
+        time.sleep(0.5)
+        alice.send(f"<message to='bob@{HOST}' type='chat' id='m3'><body>m3</body></message>")
+        assert "m3" in bob.recvUntil(r"<body>m3</body>")
+        bob.close()
+        with RawClient(n1.port) as again:  # m2 waited offline
+            again.login("bob", PASSWORD, "phone")
+            again.send("<presence/>")
+            assert "m2" in again.recvUntil(r"<body>m2</body>")
+        alice.close()
+    finally:
+        if nodes is not None:
+            nodes.stop()
+        redis.stop()
