@@ -127,6 +127,10 @@ C{adhoc-commands} (host) -> list[AdHocCommand]
     Synchronous, run at every XEP-0050 request: the ad-hoc commands a module
     offers now (L{invitesrv.modules.adhoc.AdHocCommand}; a
     L{invitesrv.modules.adhoc.CommandProvider} module adds this callback itself).
+C{blocklist-changed} (host, username)
+    Synchronous. The user's blocklist (XEP-0191) was changed in the store by
+    a block or an unblock; cluster mode has the other nodes read it again
+    (L{invitesrv.modules.blocking.BlockingModule.refresh}).
 C{invite-created} (invite, links)
     After an invite is stored; C{links} is a dict (C{uri}, C{landing}, C{token})
     a callback may change, e.g. to point C{landing} elsewhere.

@@ -213,7 +213,7 @@ class FakeRedis:
 def node(servers):
     """A node 'n1' of a cluster, with the messaging modules, alice and bob, on a Clock."""
     clock = task.Clock()
-    server = servers(clock=clock, modules=("roster", "presence", "offline", "carbons"))
+    server = servers(clock=clock, modules=("roster", "presence", "offline", "carbons", "blocking"))
     addAccounts(server, "alice", "bob")
     cluster = ClusterNode(server, ClusterOptions(enabled=True, node="n1", ttl=6), clock)
     cluster.commands = FakeRedis()
@@ -393,3 +393,19 @@ def test_componentsServedByTheOldestNode(node):
     node._received(b"invitesrv:to:0:n1", b"r<presence from='bob@localhost/x'"
                    b" to='tea@groups.localhost/Bob'/>")
     assert received[-1]["from"] == "bob@localhost/x"
+
+
+def test_blocklistChangesTold(node):
+    """A block made here is told to the other nodes; one made on another node is read from the store."""
+    alice = Client(node.server, "alice", "phone")
+    alice.send("<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'>"
+               "<item jid='mallory@example.net'/></block></iq>")
+    assert alice.expect(lambda e: e.getAttribute("id") == "b1")["type"] == "result"
+    told = [json.loads(e) for e in node.commands.published("invitesrv:events:0")]
+    assert {"k": "blocklist", "n": "n1", "h": "localhost", "u": "alice"} in told
+    blocking = node.server.hosts["localhost"].modules["blocking"]
+    result(node.server.store.block("localhost", "bob", ["eve@example.net"]))  # as node 2 did
+    assert not blocking.isBlocked("bob", "eve@example.net")
+    node._received(b"invitesrv:events:0", json.dumps(
+        {"k": "blocklist", "n": "n2", "h": "localhost", "u": "bob"}).encode())
+    assert blocking.isBlocked("bob", "eve@example.net")

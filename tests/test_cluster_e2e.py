@@ -273,6 +273,26 @@ def test_groupChatAcrossNodes(cluster):
     run(scenario())
 
 
+def test_blockHoldsOnTheOtherNode(cluster):
+    """Carol on node 2 blocks Dave: Dave's message from node 1 is refused there, not delivered."""
+    n1, n2 = cluster.nodes
+    with RawClient(n2.port) as carol, RawClient(n1.port) as dave:
+        carol.login("carol", PASSWORD, "blocker")
+        carol.send("<presence/>")
+        carol.send(f"<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'>"
+                   f"<item jid='dave@{HOST}'/></block></iq>")
+        assert "type='result'" in carol.recvUntil(r"<iq [^>]*id='b1'[^>]*(/>|>.*?</iq>)")
+        time.sleep(0.5)  # node 1 reads Carol's blocklist again
+        dave.login("dave", PASSWORD, "blocked")
+        dave.send(f"<message to='carol@{HOST}' type='chat' id='x1'><body>hello?</body></message>")
+        answer = dave.recvUntil(r"<message [^>]*id='x1'.*?</message>")
+        assert "type='error'" in answer and "service-unavailable" in answer
+        carol.send(f"<iq type='set' id='b2'><unblock xmlns='urn:xmpp:blocking'>"
+                   f"<item jid='dave@{HOST}'/></unblock></iq>")
+        assert "type='result'" in carol.recvUntil(r"<iq [^>]*id='b2'[^>]*(/>|>.*?</iq>)")
+        assert "hello?" not in carol.readAll(0.5)
+
+
 def test_inviteCreatedOnOneNodeUsedOnTheOther(cluster):
     """An invite made through node 1 registers an account on node 2, which logs in on node 1."""
     n1, n2 = cluster.nodes

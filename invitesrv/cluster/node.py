@@ -139,7 +139,8 @@ class ClusterNode(service.Service):
         self.reader = StanzaReader()
         self.limits = SharedLimits(self)
         self.eventHandlers = {"s": self._sessionEvent, "r": self._resetEvent,
-                              "roster": self._rosterEvent, "failures": self.limits.onFailures,
+                              "roster": self._rosterEvent, "blocklist": self._blocklistEvent,
+                              "failures": self.limits.onFailures,
                               "connections": self.limits.onConnections,
                               "registered": self.limits.onRegistered}
         server.router.directory = self.directory
@@ -165,6 +166,7 @@ class ClusterNode(service.Service):
         for host in self.server.hosts.values():
             host.hooks.add("session-bound", self.sessionBound, -100)
             host.hooks.add("session-closed", self.sessionClosed, -100)
+            host.hooks.add("blocklist-changed", self.blocklistChanged)
         self.server.store.rosterObservers.append(self.rosterChanging)
         self.limits.attach()
 
@@ -172,6 +174,7 @@ class ClusterNode(service.Service):
         for host in self.server.hosts.values():
             host.hooks.remove("session-bound", self.sessionBound)
             host.hooks.remove("session-closed", self.sessionClosed)
+            host.hooks.remove("blocklist-changed", self.blocklistChanged)
         self.server.store.rosterObservers.remove(self.rosterChanging)
         self.limits.detach()
 
@@ -502,6 +505,22 @@ class ClusterNode(service.Service):
     def _rosterEvent(self, event: dict) -> None:
         self._dropRoster(event["h"], event["u"])
         self.reactor.callLater(self.options.roster_settle, self._dropRoster, event["h"], event["u"])
+
+    # -- blocklists ---------------------------------------------------------------
+
+    def blocklistChanged(self, host, username: str) -> None:
+        """Hook C{blocklist-changed}: the other nodes read the user's blocklist again."""
+        if self.ready:
+            self._write(("PUBLISH", self.events, json.dumps(
+                {"k": "blocklist", "n": self.node, "h": host.name, "u": username})))
+
+    def _blocklistEvent(self, event: dict) -> None:
+        host = self.server.hosts.get(event["h"])
+        module = host.modules.get("blocking") if host is not None else None
+        if module is not None:
+            module.refresh(event["u"]).addErrback(
+                lambda failure: log.failure("Cluster: cannot read the blocklist of {user}",
+                                            failure, user=event["u"]))
 
     def _dropRoster(self, host, username) -> None:
         self.relaying = True
