@@ -480,6 +480,12 @@ def _cluster(table: object, source: str) -> ClusterOptions:
                           " (letters, digits, '.', '_' and '-')")
     if options.ttl < 3:
         raise ConfigError(f"{source}: cluster.ttl must be at least 3 seconds")
+    if options.enabled:
+        try:
+            import hiredis  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"{source}: cluster.enabled needs the hiredis package"
+                              " (pip install 'invitesrv[cluster]')") from None
     return options
 
 

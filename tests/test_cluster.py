@@ -8,6 +8,7 @@ goes, what happens when that node is gone, shared limits).
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from streamharness import Client, addAccounts, result
@@ -110,6 +111,14 @@ def test_clusterConfig():
                        ({"nodes": 3}, "cluster.nodes")):
         with pytest.raises(ConfigError, match=key):
             parseConfig({"cluster": table})
+
+
+def test_clusterNeedsHiredis(monkeypatch):
+    """Cluster mode without the hiredis package stops start-up saying what to install."""
+    monkeypatch.setitem(sys.modules, "hiredis", None)
+    with pytest.raises(ConfigError, match=r"invitesrv\[cluster\]"):
+        parseConfig({"cluster": {"enabled": True}})
+    assert not parseConfig({"cluster": {"enabled": False}}).cluster.enabled
 
 
 # -- the directory -----------------------------------------------------------------
