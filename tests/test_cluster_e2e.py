@@ -73,7 +73,7 @@ def redis(tmp_path_factory):
 def cluster(tmp_path_factory, redis):
     """Two nodes, with accounts made through the first."""
     nodes = Cluster(tmp_path_factory.mktemp("cluster"), redis)
-    for user in ("alice", "bob", "carol", "dave", "eve", "frank"):
+    for user in ("alice", "bob", "carol", "dave", "eve", "frank", "grace", "heidi"):
         nodes.nodes[0].adduser(f"{user}@{HOST}", PASSWORD)
     yield nodes
     nodes.stop()
@@ -239,6 +239,45 @@ def test_presenceProbeAnsweredFromOtherNode(cluster):
     run(scenario())
 
 
+def test_rosterChangedOnOtherNode(cluster):
+    """
+    Grace's roster is kept in node 1's memory while she is online there;
+    Heidi, on node 2, cancels Grace's subscription (node 2 writes Grace's
+    roster): node 1 drops its copy, and Grace's next roster get says 'from'.
+    """
+    n1, n2 = cluster.nodes
+
+    async def befriend():
+        grace = SlixClient(f"grace@{HOST}/one", PASSWORD)
+        heidi = SlixClient(f"heidi@{HOST}/one", PASSWORD)
+        for client in (grace, heidi):
+            assert await client.login(n1.port, presence=False)
+            await client.get_roster()
+            client.send_presence()
+        grace.send_presence(pto=f"heidi@{HOST}", ptype="subscribe")
+        await until(lambda: grace.client_roster[f"heidi@{HOST}"]["subscription"] == "both"
+                    and heidi.client_roster[f"grace@{HOST}"]["subscription"] == "both",
+                    what="a mutual subscription")
+        for client in (grace, heidi):
+            await client.logout()
+    run(befriend())
+
+    def rosterGet(client: RawClient, iqid: str) -> str:
+        """The answer to a roster get (not the pushes received before it)."""
+        client.send(f"<iq type='get' id='{iqid}'><query xmlns='jabber:iq:roster'/></iq>")
+        pattern = rf"<iq [^>]*id='{iqid}'.*?</iq>"
+        return re.search(pattern, client.recvUntil(pattern), re.S).group(0)
+
+    with RawClient(n1.port) as grace, RawClient(n2.port) as heidi:
+        grace.login("grace", PASSWORD, "desk")
+        assert re.search(rf"jid='heidi@{HOST}'[^>]*subscription='both'", rosterGet(grace, "r1"))
+        grace.send("<presence/>")
+        heidi.login("heidi", PASSWORD, "desk")
+        heidi.send(f"<presence to='grace@{HOST}' type='unsubscribed'/>")
+        time.sleep(1.5)  # past roster_settle
+        assert re.search(rf"jid='heidi@{HOST}'[^>]*subscription='from'", rosterGet(grace, "r2"))
+
+
 def test_groupChatAcrossNodes(cluster):
     """
     Alice on node 1 and Bob on node 2 join one room: both see each other
@@ -285,7 +324,8 @@ def test_blockHoldsOnTheOtherNode(cluster):
         time.sleep(0.5)  # node 1 reads Carol's blocklist again
         dave.login("dave", PASSWORD, "blocked")
         dave.send(f"<message to='carol@{HOST}' type='chat' id='x1'><body>hello?</body></message>")
-        answer = dave.recvUntil(r"<message [^>]*id='x1'.*?</message>")
+        pattern = r"<message [^>]*id='x1'.*?</message>"
+        answer = re.search(pattern, dave.recvUntil(pattern), re.S).group(0)
         assert "type='error'" in answer and "service-unavailable" in answer
         carol.send(f"<iq type='set' id='b2'><unblock xmlns='urn:xmpp:blocking'>"
                    f"<item jid='dave@{HOST}'/></unblock></iq>")
