@@ -418,3 +418,30 @@ def test_blocklistChangesTold(node):
     node._received(b"invitesrv:events:0", json.dumps(
         {"k": "blocklist", "n": "n2", "h": "localhost", "u": "bob"}).encode())
     assert blocking.isBlocked("bob", "eve@example.net")
+
+
+def test_archivePrefsTold(servers):
+    """Archive preferences set here are told to the other nodes; those told are archived by."""
+    clock = task.Clock()
+    server = servers(clock=clock, modules=("roster", "presence", "mam"))
+    addAccounts(server, "alice")
+    cluster = ClusterNode(server, ClusterOptions(enabled=True, node="n1"), clock)
+    cluster.commands = FakeRedis()
+    cluster.attach()
+    cluster.ready = True
+    try:
+        alice = Client(server, "alice", "phone")
+        alice.send("<iq type='set' id='p1'><prefs xmlns='urn:xmpp:mam:2' default='never'>"
+                   "<always><jid>bob@localhost</jid></always></prefs></iq>")
+        assert alice.expect(lambda e: e.getAttribute("id") == "p1")["type"] == "result"
+        told = [json.loads(e) for e in cluster.commands.published("invitesrv:events:0")]
+        assert {"k": "archive-prefs", "n": "n1", "h": "localhost", "u": "alice",
+                "p": ["never", ["bob@localhost"], []]} in told
+        mam = server.hosts["localhost"].modules["mam"]
+        assert mam.policy("carol", "bob@localhost") is True  # the default: always
+        cluster._received(b"invitesrv:events:0", json.dumps(
+            {"k": "archive-prefs", "n": "n2", "h": "localhost", "u": "carol",
+             "p": ["always", [], ["bob@localhost"]]}).encode())
+        assert mam.policy("carol", "bob@localhost") is False
+    finally:
+        cluster.detach()

@@ -42,6 +42,7 @@ from invitesrv.cluster.limits import SharedLimits
 from invitesrv.cluster.redis import RedisClient, RedisError, RedisUnavailable, parseURL
 from invitesrv.components.base import InternalComponent
 from invitesrv.services.slots import Slot
+from invitesrv.store.interfaces import ArchivePrefs
 from invitesrv.xmpp.router import bounce, parseJID
 from invitesrv.xmpp.xmlparser import RestrictedElementStream
 
@@ -140,6 +141,7 @@ class ClusterNode(service.Service):
         self.limits = SharedLimits(self)
         self.eventHandlers = {"s": self._sessionEvent, "r": self._resetEvent,
                               "roster": self._rosterEvent, "blocklist": self._blocklistEvent,
+                              "archive-prefs": self._archivePrefsEvent,
                               "failures": self.limits.onFailures,
                               "connections": self.limits.onConnections,
                               "registered": self.limits.onRegistered}
@@ -167,6 +169,7 @@ class ClusterNode(service.Service):
             host.hooks.add("session-bound", self.sessionBound, -100)
             host.hooks.add("session-closed", self.sessionClosed, -100)
             host.hooks.add("blocklist-changed", self.blocklistChanged)
+            host.hooks.add("archive-prefs-changed", self.archivePrefsChanged)
         self.server.store.rosterObservers.append(self.rosterChanging)
         self.limits.attach()
 
@@ -175,6 +178,7 @@ class ClusterNode(service.Service):
             host.hooks.remove("session-bound", self.sessionBound)
             host.hooks.remove("session-closed", self.sessionClosed)
             host.hooks.remove("blocklist-changed", self.blocklistChanged)
+            host.hooks.remove("archive-prefs-changed", self.archivePrefsChanged)
         self.server.store.rosterObservers.remove(self.rosterChanging)
         self.limits.detach()
 
@@ -521,6 +525,22 @@ class ClusterNode(service.Service):
             module.refresh(event["u"]).addErrback(
                 lambda failure: log.failure("Cluster: cannot read the blocklist of {user}",
                                             failure, user=event["u"]))
+
+    # -- archive preferences ------------------------------------------------------
+
+    def archivePrefsChanged(self, host, username: str, prefs) -> None:
+        """Hook C{archive-prefs-changed}: the other nodes archive as the user now wants."""
+        if self.ready:
+            self._write(("PUBLISH", self.events, json.dumps(
+                {"k": "archive-prefs", "n": self.node, "h": host.name, "u": username,
+                 "p": [prefs.policy, list(prefs.always), list(prefs.never)]})))
+
+    def _archivePrefsEvent(self, event: dict) -> None:
+        host = self.server.hosts.get(event["h"])
+        module = host.modules.get("mam") if host is not None else None
+        if module is not None:
+            policy, always, never = event["p"]
+            module.learnPrefs(event["u"], ArchivePrefs(policy, tuple(always), tuple(never)))
 
     def _dropRoster(self, host, username) -> None:
         self.relaying = True
