@@ -48,13 +48,13 @@ PROVISION = HERE / "provision.py"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
 SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "messages",
-             "smmessages", "resume", "roster", "mam", "pep", "idle", "idle10k", "upload", "download",
-             "bigupload", "mucmsg", "mucjoin")
+             "smmessages", "smarchive", "resume", "roster", "mam", "pep", "idle", "idle10k", "idlesm",
+             "upload", "download", "bigupload", "mucmsg", "mucjoin")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 # The rows of the tables: the pep scenario measures two things.
 TAGS = tuple(tag for scenario in SCENARIOS
              for tag in (("pep-publish", "pep-login") if scenario == "pep" else (scenario,)))
-IDLE_SCENARIOS = ("idle", "idle10k")  # each run on a freshly started server
+IDLE_SCENARIOS = ("idle", "idle10k", "idlesm")  # each run on a freshly started server
 UPLOAD_SCENARIOS = ("upload", "download", "bigupload")  # XEP-0363, on the HTTP listener
 FAST_SCENARIOS = ("fast", "fast1")  # SASL2 + FAST: not in Prosody 0.12
 DOMAIN = "localhost"
@@ -501,7 +501,8 @@ class Bench:
                     continue
                 getattr(self, "scenario_" + scenario)()
                 self.pause()
-            for tag, k in (("idle", s.idle_k), ("idle10k", s.idle10k_k)):
+            for tag, k, extra in (("idle", s.idle_k, ()), ("idle10k", s.idle10k_k, ()),
+                                  ("idlesm", s.idle_k, ("--sm",))):
                 if tag not in self.scenarios:
                     continue
                 for run in self.runs():
@@ -512,7 +513,7 @@ class Bench:
                     time.sleep(max(1.0, s.pause))
                     self.gen(tag, run, "idle", "-k", str(k), "-c", str(s.idle_c),
                              "--settle", str(s.idle_settle), "--hold", str(s.idle_hold),
-                             "--prefix", POOL)
+                             "--prefix", POOL, *extra)
         finally:
             server.stop()
         return self.results
@@ -601,6 +602,17 @@ class Bench:
         for run in self.runs():
             self.gen("smmessages", run, "messages", "--sm", "-p", str(s.msg_pairs), "-m",
                      str(s.msg_m), "-w", str(s.msg_w), "-c", str(s.login_c), "--prefix", POOL)
+
+    def scenario_smarchive(self) -> None:
+        """
+        Receipted messages as phones with a desktop beside them send them:
+        every account has two clients with carbons and stream management on,
+        and both servers archive every message (XEP-0313).
+        """
+        s = self.sizes
+        for run in self.runs():
+            self.gen("smarchive", run, "messages", "--sm", "--devices", "2", "-p", str(s.msg_pairs),
+                     "-m", str(s.msg_m), "-w", str(s.msg_w), "-c", str(s.login_c), "--prefix", POOL)
 
     def scenario_resume(self) -> None:
         """XEP-0198 resumption after a dropped connection, one at a time: its latency."""
@@ -712,10 +724,11 @@ def figures(r: dict) -> dict:
         cpu = r.get("login_server_cpu_s")
     else:
         ok = {"messages": r.get("messages_ok"), "smmessages": r.get("messages_ok"),
+              "smarchive": r.get("messages_ok"),
               "roster": r.get("gets_ok"), "mam": r.get("queries_ok"),
               "mucmsg": r.get("messages_ok"), "mucjoin": r.get("joins_ok")}.get(scenario, r.get("ok"))
         ok = ok or 0
-        if scenario in ("messages", "smmessages", "mucmsg"):
+        if scenario in ("messages", "smmessages", "smarchive", "mucmsg"):
             out.update(rate=r.get("per_s"), p50=r.get("rtt_p50_ms"), p99=r.get("rtt_p99_ms"))
         else:
             out.update(rate=r.get("per_s"), p50=r.get("p50_ms"), p99=r.get("p99_ms"))
@@ -728,8 +741,9 @@ def figures(r: dict) -> dict:
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
          "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s", "messages": "msgs/s",
          "roster": "gets/s", "mam": "pages/s", "pep-publish": "publishes/s",
-         "pep-login": "logins/s", "smmessages": "msgs/s", "resume": "resumes/s",
-         "idle": "logins/s", "idle10k": "logins/s", "upload": "uploads/s",
+         "pep-login": "logins/s", "smmessages": "msgs/s", "smarchive": "msgs/s",
+         "resume": "resumes/s",
+         "idle": "logins/s", "idle10k": "logins/s", "idlesm": "logins/s", "upload": "uploads/s",
          "download": "downloads/s", "bigupload": "MB/s", "mucmsg": "msgs/s (to all)",
          "mucjoin": "joins/s"}
 
@@ -972,9 +986,10 @@ def main(argv=None) -> int:
     servers = [Invitesrv(work / "invitesrv", serverCPU, certificate)]
     for name in dict.fromkeys(args.against):
         reference = REFERENCES[name][0](work / name, serverCPU, certificate)
-        if "mam" in args.scenarios:
+        if "mam" in args.scenarios or "smarchive" in args.scenarios:
             # With its file storage, Prosody reads a user's whole archive for
-            # every query; with the mam scenario its archives are in SQLite.
+            # every query (and rewrites it for every message kept with an id):
+            # with the archive scenarios its archives are in SQLite.
             reference.archiveStorage = "sql"
         servers.append(reference)
     everything: list[tuple[object, list[dict]]] = []

@@ -19,7 +19,10 @@ Scenarios (each prints ONE JSON line on stdout; progress goes to stderr):
             also the median time of each step (phase_*_p50_ms); --plain forces
             SASL PLAIN (the server then runs PBKDF2 itself)
   messages  P pairs, each side sends M chat messages to its peer and waits for
-            the XEP-0184 receipt (window W) -> messages/s, round-trip latency
+            the XEP-0184 receipt (window W) -> messages/s, round-trip latency;
+            --sm: carbons and stream management on every client; --devices D:
+            D clients per account, the others getting carbons (smarchive; it
+            also reports one account's archive count, untimed)
   idle      hold K authenticated connections (presence sent); server RSS
             (process tree of --server-pid) before/after -> bytes per connection
   roster    U users with R roster items each; roster gets/s and latency
@@ -47,6 +50,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import resource
 import ssl
 import sys
@@ -915,8 +919,12 @@ async def sc_messages(o, cache):
                                         resource="msg"))
     else:
         clients = await login_many(o, idxs, o.c, deadline, cache, lst, keep=True, resource="msg")
-    r = base_result(o, "smmessages" if o.sm else "messages")
-    r.update({"pairs": o.pairs, "per_side": o.m, "port2": o.port2, "window": o.window, "body_bytes": o.body_bytes,
+    # --devices: each account's other devices (carbons and SM on, never a receipt of their own)
+    others = [await login_many(o, idxs, o.c, deadline, cache, lst, keep=True, resource="dev%d" % d)
+              for d in range(1, o.devices)] if o.sm else []
+    r = base_result(o, "smarchive" if o.sm and o.devices > 1 else "smmessages" if o.sm else "messages")
+    r.update({"pairs": o.pairs, "per_side": o.m, "port2": o.port2, "window": o.window,
+              "body_bytes": o.body_bytes, "devices": o.devices if o.sm else 1,
               "login_ok": lst.ok, "login_errors": lst.err, "login_error_kinds": lst.errs})
     try:
         if lst.err:
@@ -952,9 +960,20 @@ async def sc_messages(o, cache):
         if o.sm:
             # XEP-0280 carbons and XEP-0198 stream management on every client, as a phone has them
             # (untimed); from then on each client counts what it receives and answers <r/> with it.
-            for c in clients.values():
+            for c in [*clients.values(), *(c for device in others for c in device.values())]:
                 await c.iq("<enable xmlns='%s'/>" % NS_CARBONS)
                 await c.enable_sm()
+            copies = Stats()  # what the other devices get: messages, receipts, carbons of both
+
+            def silent(el):
+                if el.tag == T_MESSAGE:
+                    copies.ok += 1
+                return True
+            for device in others:
+                for c in device.values():
+                    c.proto.on_stanza = c.counting(silent)
+                    if c.proto.queue:
+                        c.proto.queue.clear()
         for c in clients.values():
             c.proto.on_stanza = make_handler(c)
             if o.sm:
@@ -1001,8 +1020,22 @@ async def sc_messages(o, cache):
                   "stanzas_routed_per_s": round(2 * st.ok / max(m.elapsed, 1e-9), 1)})
         r.update(latency_fields(st.lat, "rtt_"))
         r.update(m.fields())
+        if others:
+            # Untimed: what the other devices got, and whether the archive is on (its count).
+            r["device_messages"] = copies.ok
+            holder = clients[idxs[0]]
+            holder.proto.on_stanza = holder.counting(lambda el: True)
+            try:
+                _, fin = await mam_query(holder, "<max>0</max>")
+                found = re.search(rb"<count>(\d+)</count>", fin)
+                r["archive_count"] = int(found.group(1)) if found else None
+            except XMPPError as e:
+                r["archive_count"] = None
+                r["archive_error"] = str(e)
     finally:
         close_all(clients)
+        for device in others:
+            close_all(device)
     return r
 
 
@@ -1065,11 +1098,22 @@ async def sc_idle(o, cache):
     rss0 = rss()
     lst = Stats()
     m = Meter(o.server_pid).start()
-    clients = await login_many(o, idxs[:half], o.c, deadline, cache, lst, keep=True, resource="idle")
+
+    async def connect(part):
+        """Log in part of the users; with --sm each then enables XEP-0198 with resumption."""
+        batch = await login_many(o, part, o.c, deadline, cache, lst, keep=True, resource="idle")
+        if o.sm:
+            for c in batch.values():
+                await c.enable_sm()
+                c.proto.on_stanza = c.counting(lambda el: True)  # answers the server's <r/>
+                c.proto.queue.clear()
+        return batch
+
+    clients = await connect(idxs[:half])
     n_half = len(clients)
     await asyncio.sleep(o.settle)
     rss_half = rss()
-    clients.update(await login_many(o, idxs[half:], o.c, deadline, cache, lst, keep=True, resource="idle"))
+    clients.update(await connect(idxs[half:]))
     m.stop()
     m.t0 += o.settle  # the settle pause is not login time
     try:
@@ -1373,6 +1417,8 @@ def parse_args(argv=None):
     p.add_argument("-c", type=int, default=50, help="login concurrency")
     p.add_argument("--body-bytes", type=int, default=64)
     p.add_argument("--sm", action="store_true", help="carbons and XEP-0198 stream management on")
+    p.add_argument("--devices", type=int, default=1,
+                   help="with --sm: clients per account; the others get carbons (smarchive)")
     p.add_argument("--port2", type=int, default=0,
                    help="the second side of each pair logs in on this port (another node of a cluster)")
     p = sub.add_parser("resume")
@@ -1383,6 +1429,8 @@ def parse_args(argv=None):
     p.add_argument("-c", type=int, default=50, help="login concurrency")
     p.add_argument("--settle", type=float, default=3.0, help="seconds before the RSS reading")
     p.add_argument("--hold", type=float, default=5.0, help="seconds to hold after it")
+    p.add_argument("--sm", action="store_true",
+                   help="XEP-0198 stream management with resumption on every connection")
     p = sub.add_parser("roster")
     p.add_argument("-u", type=int, default=100, help="users")
     p.add_argument("-r", type=int, default=50, help="roster items per user")
@@ -1425,7 +1473,8 @@ async def amain(o):
 def main(argv=None):
     o = parse_args(argv)
     Meter.also = tuple(int(pid) for pid in o.also_pids.split(",") if pid)
-    want = {"idle": o.__dict__.get("k", 0), "messages": 2 * o.__dict__.get("pairs", 0)}.get(o.scenario, 0)
+    want = {"idle": o.__dict__.get("k", 0),
+            "messages": 2 * o.__dict__.get("pairs", 0) * o.__dict__.get("devices", 1)}.get(o.scenario, 0)
     want = max(want, o.__dict__.get("u", 0), o.__dict__.get("c", 0)) + 256
     o.nofile = raise_nofile(want)
     if o.nofile < want:

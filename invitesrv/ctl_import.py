@@ -4,15 +4,17 @@ C{invitesrvctl import prosody DATA_DIR}: move accounts from Prosody 0.12.
 It reads Prosody's internal storage (L{invitesrv.prosodydata}) and writes
 through the store interface, so it works on any backend. For each host of the
 Prosody data directory that this invitesrv serves it imports every account
-with its password keys, roster, pending subscription requests and offline
-messages, each account in one transaction, then the pending invites of
-mod_invites (their tokens are hashed: the links already sent keep working).
+with its password keys, roster, pending subscription requests, offline
+messages, PEP nodes (with their access models and items: avatars, OMEMO
+keys, bookmarks, nick...) and vCard, each account in one transaction, then
+the pending invites of mod_invites (their tokens are hashed: the links
+already sent keep working).
 
 An account that already exists in invitesrv is never overwritten: it is
 skipped and said so, with everything it owns in Prosody. So the command can be
 run again after a failure, or after Prosody ran a little longer: it adds what
 is new and changes nothing else. Stores invitesrv has no place for yet
-(vCards, PEP, archives...) are counted and reported as skipped.
+(archives, private XML...) are counted and reported as skipped.
 """
 
 from __future__ import annotations
@@ -25,19 +27,23 @@ import sys
 from twisted.internet import defer
 
 from invitesrv.ctl import CommandError
+from invitesrv.host import moduleOptions
 from invitesrv.invites import hashToken
+from invitesrv.modules.pep import PepModule
+from invitesrv.modules.vcard import VcardModule
 from invitesrv.prosodydata import ProsodyDataDir, ProsodyDataError, tokenLabel
 from invitesrv.store.interfaces import AccountExists, NewAccount, UsernameReserved
 
 DESCRIPTION = """\
 Reads Prosody's internal storage (the data_path directory) and imports, for
 each of its hosts that this invitesrv serves, every account with its
-password, roster, pending subscription requests and offline messages (each
-account in one transaction), then the pending invites of mod_invites, whose
-links keep working. An account that exists in invitesrv already is never
-overwritten: it is skipped and reported, so the command can be run again.
-vCards, PEP and other stores invitesrv cannot keep yet are counted and
-reported as skipped.
+password, roster, pending subscription requests, offline messages, PEP nodes
+and items (avatars, OMEMO keys, bookmarks, nick, with their access models)
+and vCard (each account in one transaction), then the pending invites of
+mod_invites, whose links keep working. An account that exists in invitesrv
+already is never overwritten: it is skipped and reported, so the command can
+be run again. Stores invitesrv cannot keep yet (archives, private XML...)
+are counted and reported as skipped.
 """
 
 EPILOG = """\
@@ -52,8 +58,7 @@ when some data could not be read or written (the lines starting 'error:').
 """
 
 # Prosody stores invitesrv has no storage for yet, and what they hold.
-KNOWN_STORES = {"vcard": "vCards", "vcard4": "vCards", "vcard_muc": "vCards",
-                "pep": "PEP nodes", "archive": "message archives", "private": "private XML",
+KNOWN_STORES = {"vcard_muc": "group chat vCards", "archive": "message archives", "private": "private XML",
                 "blocklist": "block lists", "muc_log": "group chat logs"}
 
 
@@ -74,8 +79,9 @@ class ImportReport:
         for host, counts in self.counts.items():
             print(f"{host}: {counts.get('accounts', 0)} accounts, {counts.get('roster', 0)} roster"
                   f" items, {counts.get('pending', 0)} pending subscription requests,"
-                  f" {counts.get('offline', 0)} offline messages, {counts.get('invites', 0)}"
-                  f" invites {verb}")
+                  f" {counts.get('offline', 0)} offline messages, {counts.get('vcards', 0)} vCards,"
+                  f" {counts.get('pep', 0)} PEP nodes with {counts.get('items', 0)} items,"
+                  f" {counts.get('invites', 0)} invites {verb}")
         for line in self.skipped:
             print(f"skipped: {line}")
         for line in self.errors:
@@ -98,7 +104,10 @@ def importAccount(host, source: ProsodyDataDir, username: str, path, report: Imp
         report.skipped.append(f"{where}: the account exists in invitesrv (left unchanged)")
         return
     try:
-        account = source.account(host.name, username, path, host.config.scram_iterations)
+        account = source.account(
+            host.name, username, path, host.config.scram_iterations,
+            moduleOptions(PepModule, "pep", host.config, host.name),
+            moduleOptions(VcardModule, "vcard", host.config, host.name))
     except ProsodyDataError as e:
         report.errors.append(f"{where}: {e}")
         return
@@ -108,7 +117,8 @@ def importAccount(host, source: ProsodyDataDir, username: str, path, report: Imp
             yield store.createAccount(NewAccount(
                 host.name, account.username, account.credentials,
                 rosterItems=tuple((account.username, item) for item in account.rosterItems),
-                now=host.now(), pendingIn=tuple(account.pendingIn), offline=tuple(account.offline)))
+                now=host.now(), pendingIn=tuple(account.pendingIn), offline=tuple(account.offline),
+                pep=tuple(account.pep), accountXML=tuple(account.accountXML)))
         except AccountExists:
             report.skipped.append(f"{where}: the account exists in invitesrv (left unchanged)")
             return
@@ -119,6 +129,9 @@ def importAccount(host, source: ProsodyDataDir, username: str, path, report: Imp
     report.add(host.name, "roster", len(account.rosterItems))
     report.add(host.name, "pending", len(account.pendingIn))
     report.add(host.name, "offline", len(account.offline))
+    report.add(host.name, "vcards", len(account.accountXML))
+    report.add(host.name, "pep", len(account.pep))
+    report.add(host.name, "items", sum(len(node.items) for node in account.pep))
 
 
 @defer.inlineCallbacks

@@ -80,6 +80,12 @@ C{when-sent} (session) -> Deferred[bool] or None
     was sent so far (stream management: its acknowledgement) answers with a
     Deferred firing True then, or False if the session ends first; what the
     caller waits for is then the caller's to keep, not the module's.
+C{host-stopping} (host) -> Deferred or None
+    The host is stopping (the listeners have let their clients go) and its
+    modules are still up: end what is held in memory and must not be lost
+    (stream management hands on its sessions' stanzas); a Deferred returned
+    is waited for (at most 10 s at a shutdown) before the modules stop and
+    the store closes.
 C{stream-closed} (stream)
     An unauthenticated or authenticated stream ended: free what its slots hold.
 C{disco-items} (requestor, node) -> list[DiscoItem]

@@ -228,8 +228,21 @@ class VirtualHost(XMPPHandlerCollection):
             handler.makeConnection(self.stream)
             handler.connectionInitialized()
 
-    def stop(self) -> None:
+    def stop(self) -> defer.Deferred:
+        """
+        Stop the modules, once what the C{host-stopping} hook started
+        (writes to the store) is done; fire then.
+        """
         self.started = False
+        pending = [d for d in self.hooks.run("host-stopping", self) if d is not None]
+        d = defer.DeferredList(pending, consumeErrors=True)
+        d.addCallback(self._stopped)
+        return d
+
+    def _stopped(self, results) -> None:
+        for ok, result in results:
+            if not ok:
+                log.failure("A module of {host} failed while stopping", result, host=self.name)
         for handler in list(self):
             handler.connectionLost(None)
 

@@ -29,6 +29,7 @@ from twisted.application import internet, service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import failure
 
 from invitesrv.components.base import InternalComponent
 from invitesrv.components.external import ComponentFactory, ExternalComponent
@@ -49,6 +50,7 @@ from invitesrv.xmpp.s2s.service import S2SService
 log = Logger()
 
 
+STOP_TIMEOUT = 10  # seconds the hosts' modules have at shutdown to write what they hold
 PRIVATE_UMASK = 0o077  # what the process creates (database, WAL, key, backups) is the owner's
 
 
@@ -241,11 +243,24 @@ class HostsService(service.Service):
         service.Service.startService(self)
 
     def stopService(self):
+        """
+        Stop the components, then the hosts; fire once their modules have
+        written what they still hold (at most L{STOP_TIMEOUT} seconds).
+        """
         service.Service.stopService(self)
         for component in self.server.components.values():
             component.stop()
-        for host in self.server.hosts.values():
-            host.stop()
+        stopping = defer.DeferredList([host.stop() for host in self.server.hosts.values()])
+        clock = self.server.clock
+        timeout = clock.callLater(STOP_TIMEOUT, stopping.cancel)
+
+        def stopped(result):
+            if timeout.active():
+                timeout.cancel()
+            else:
+                log.warn("The hosts' modules did not finish writing within {seconds} s;"
+                         " stopping anyway", seconds=STOP_TIMEOUT)
+        return stopping.addBoth(stopped)
 
 
 class ListenError(Exception):
@@ -347,6 +362,29 @@ class ServerService(service.MultiService):
         """Start every child; the log says when all of them (every listener) are up."""
         service.MultiService.startService(self)
         log.info("Ready: serving {hosts}", hosts=", ".join(self.server.hosts))
+
+    def stopService(self):
+        """
+        Stop the children one after the other, the last started first, each
+        once the one before has stopped: the listeners let their clients go,
+        then the hosts' modules finish what they write (stream management
+        keeps its sessions' unacknowledged messages offline), and only then
+        does the store close.
+        """
+        service.Service.stopService(self)
+        d = defer.succeed(None)
+        for child in reversed(list(self)):
+            d.addBoth(self._stopNext, child)
+        return d.addErrback(self._stopFailed)
+
+    def _stopNext(self, result, child):
+        self._stopFailed(result)
+        return defer.maybeDeferred(child.stopService)
+
+    @staticmethod
+    def _stopFailed(result) -> None:
+        if isinstance(result, failure.Failure):
+            log.failure("Stopping a part of the server failed", result)
 
 
 def makeService(config: Config, reactor=None, store=None,

@@ -882,6 +882,19 @@ class StoreBehaviour:
             yield store.publishPepItem(HOST, "nobody", "n", "{}", "1", "<item/>", 1)
 
     @pytest_twisted.inlineCallbacks
+    def test_createAccountWithPep(self, store):
+        """
+        An imported account's PEP nodes (items in order) and keyed XML are
+        written with the account, and a later publication goes after them.
+        """
+        nodes = (PepNode("a", '{"max_items": 2}', (("1", "<x/>"), ("2", "<y/>"))), PepNode("b", "{}"))
+        yield store.createAccount(account("alice", pep=nodes, accountXML=(("vcard-temp", "<vCard/>"),)))
+        assert (yield store.getPep(HOST, "alice")) == list(nodes)
+        assert (yield store.getAccountXML(HOST, "alice", "vcard-temp")) == "<vCard/>"
+        assert (yield store.publishPepItem(HOST, "alice", "a", "{}", "3", "<z/>", 2)) == ["1"]
+        assert (yield store.getPep(HOST, "alice"))[0].items == (("2", "<y/>"), ("3", "<z/>"))
+
+    @pytest_twisted.inlineCallbacks
     def test_accountXML(self, store):
         """XML kept by key, replaced and forgotten."""
         yield store.createAccount(account("alice"))

@@ -4,25 +4,31 @@ C{invitesrvctl import prosody} against a real Prosody 0.12 data directory.
 The data is made by Debian's prosody and prosodyctl, run privately (their own
 config and data dir, loopback ports): accounts registered with prosodyctl (one
 user and one host with non-ASCII names), a roster with a mutual subscription,
-a pending request and offline messages made over real client streams, and
-mod_invites invites from C{prosodyctl mod_invites generate}. Then the real
+a pending request and offline messages made over real client streams, a
+vCard with a photo, an avatar, a nick, OMEMO device lists and bundles and
+bookmarks published with slixmpp, and mod_invites invites from C{prosodyctl
+mod_invites generate}. Then the real
 CLI imports it into a new invitesrv data dir, the real server starts, and
 clients log in with their Prosody passwords: SCRAM-SHA-1, slixmpp's own
-choice of mechanism, and PLAIN (which gives the account SCRAM-SHA-256 keys).
+choice of mechanism, and PLAIN (which gives the account SCRAM-SHA-256 keys),
+and read what was published back with slixmpp, as open as it was in Prosody.
 Skipped when C{/usr/bin/prosody} is not installed (C{apt-get install -y prosody}).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 
 import pytest
 import slix
 from conftest import RunningServer
 from rawxmpp import RawClient
+from slixmpp.exceptions import IqError
 from test_invites_register import isResult, preauth, register
 from test_roster import NS_ROSTER, StanzaClient, rosterItems
 from test_s2s import freePort, isPresence
@@ -61,6 +67,29 @@ VirtualHost "{other}"
 VirtualHost "{plain}"
   authentication = "internal_plain"
 """
+
+
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+PHOTO = b"\x89PNG\r\n\x1a\n alice's vCard photo"
+AVATAR = b"\x89PNG\r\n\x1a\n jurgen's avatar"
+PEP_PLUGINS = ("xep_0004", "xep_0030", "xep_0054", "xep_0060", "xep_0084", "xep_0163", "xep_0172")
+OPEN = {"access_model": "open"}
+BUNDLE = ("<bundle xmlns='eu.siacs.conversations.axolotl'><signedPreKeyPublic signedPreKeyId='1'>"
+          "BQ==</signedPreKeyPublic><identityKey>BQ==</identityKey></bundle>")
+PEP_PUBLISHED = (  # (node, item id, payload, publish-options)
+    ("eu.siacs.conversations.axolotl.devicelist", "current",
+     "<list xmlns='eu.siacs.conversations.axolotl'><device id='1234'/></list>", OPEN),
+    ("eu.siacs.conversations.axolotl.bundles:1234", "current", BUNDLE, OPEN),
+    ("urn:xmpp:omemo:2:devices", "current",
+     "<devices xmlns='urn:xmpp:omemo:2'><device id='1234' label='desk'/></devices>", OPEN),
+    ("urn:xmpp:omemo:2:bundles", "1234", "<bundle xmlns='urn:xmpp:omemo:2'><spk id='1'>BQ==</spk>"
+     "<ik>BQ==</ik></bundle>", {"access_model": "open", "max_items": "max"}),
+    ("urn:xmpp:bookmarks:1", f"room@conference.{DOMAIN}",
+     "<conference xmlns='urn:xmpp:bookmarks:1' name='The room' autojoin='true'><nick>ali</nick>"
+     "</conference>", {"persist_items": "true", "access_model": "whitelist", "max_items": "max",
+                       "send_last_published_item": "never"}),
+    ("urn:xmpp:test:0", "current", "<x xmlns='urn:xmpp:test:0'/>", {}),
+)
 
 
 class DataProsody(Prosody):
@@ -115,18 +144,45 @@ def makeProsodyData(prosody: DataProsody) -> dict[str, str]:
         for number, body in enumerate(("first <offline> message", "zweite Nachricht ✓")):
             alice.send(f"<message to='bob@{DOMAIN}' type='chat' id='m{number}' xml:lang='de'>"
                        f"<body>{body.replace('<', '&lt;').replace('>', '&gt;')}</body></message>")
-        # What invitesrv cannot keep yet: a vCard and a PEP item.
-        assert alice.request("<vCard xmlns='vcard-temp'><FN>Alice</FN></vCard>", "set"
-                             ).getAttribute("type") == "result"
-        assert alice.request("<pubsub xmlns='http://jabber.org/protocol/pubsub'>"
-                             "<publish node='urn:xmpp:test:0'><item id='current'>"
-                             "<x xmlns='urn:xmpp:test:0'/></item></publish></pubsub>", "set"
-                             ).getAttribute("type") == "result"
         alice.close()
         jurgen.close()
+        slix.run(publishWithSlixmpp(prosody.c2s))
     finally:
         prosody.stop()
     return tokens
+
+
+async def publishWithSlixmpp(port: int) -> None:
+    """
+    With slixmpp's plugins: alice sets her vCard (kept whole by mod_vcard:
+    its photo is her only avatar) and publishes her OMEMO keys (open, with
+    publish-options, as Conversations does), bookmarks (the owner only) and
+    a node of no known kind (the default access model: presence); jürgen
+    sets an avatar and a nick (the default access model too).
+    """
+    alice = slix.Client(f"alice@{DOMAIN}", PASSWORDS["alice"], plugins=PEP_PLUGINS)
+    assert await alice.login(port, presence=False)
+    vcard = alice.plugin["xep_0054"].make_vcard()
+    vcard["FN"], vcard["NICKNAME"] = "Alice", "ali"
+    vcard["PHOTO"]["TYPE"], vcard["PHOTO"]["BINVAL"] = "image/png", PHOTO
+    await alice.plugin["xep_0054"].publish_vcard(vcard)
+    for node, itemId, payload, options in PEP_PUBLISHED:
+        form = None
+        if options:
+            form = alice.plugin["xep_0004"].make_form("submit")
+            form.add_field("FORM_TYPE", "hidden", value=f"{NS_PUBSUB}#publish-options")
+            for name, value in options.items():
+                form.add_field(f"pubsub#{name}", value=value)
+        await alice.plugin["xep_0060"].publish(f"alice@{DOMAIN}", node, itemId,
+                                               ET.fromstring(payload), form)
+    await alice.logout()
+    jurgen = slix.Client(f"jürgen@{DOMAIN}", PASSWORDS["jürgen"], plugins=PEP_PLUGINS)
+    assert await jurgen.login(port, presence=False)
+    await jurgen.plugin["xep_0084"].publish_avatar(AVATAR)
+    await jurgen.plugin["xep_0084"].publish_avatar_metadata(
+        [{"id": jurgen.plugin["xep_0084"].generate_id(AVATAR), "type": "image/png", "bytes": len(AVATAR)}])
+    await jurgen.plugin["xep_0172"].publish_nick("Jürgen J.")
+    await jurgen.logout()
 
 
 @pytest.fixture(scope="module")
@@ -154,11 +210,12 @@ def test_summary(imported):
     """The CLI says what it imported, and what it skipped (vCards, PEP) and why."""
     server, _, _, result = imported
     output = result.stdout
+    # alice: 6 nodes and 2 made from her vCard's photo; jürgen: avatar (2) and nick
     assert (f"{DOMAIN}: 3 accounts, 3 roster items, 1 pending subscription requests,"
-            " 2 offline messages, 2 invites imported") in output, output
+            " 2 offline messages, 1 vCards, 11 PEP nodes with 11 items, 2 invites imported"
+            ) in output, output
     assert f"{OTHER}: 1 accounts," in output
-    assert re.search(r"skipped: .*vCards \(store vcard\)|skipped: .*PEP", output), output
-    assert "invitesrv has no storage for them yet" in output
+    assert "invitesrv has no storage for them yet" not in output, output  # vCards and PEP too
     assert set(server.ctl("users", DOMAIN).stdout.split()) == {
         f"{name}@{DOMAIN}" for name in ("alice", "bob", "jürgen")}
     assert server.ctl("users", OTHER).stdout.split() == [f"carol@{OTHER}"]
@@ -169,7 +226,7 @@ def test_secondRunChangesNothing(imported):
     server, prosody, tokens, _ = imported
     output = server.ctl("import", "prosody", str(prosody.root / "data")).stdout
     assert f"{DOMAIN}: 0 accounts, 0 roster items, 0 pending subscription requests," \
-           " 0 offline messages, 0 invites imported" in output
+           " 0 offline messages, 0 vCards, 0 PEP nodes with 0 items, 0 invites imported" in output
     assert f"skipped: jürgen@{DOMAIN}: the account exists in invitesrv (left unchanged)" in output
     assert output.count("already imported") == 2
     for path in server.dataDir.glob("invitesrv.sqlite3*"):  # only the tokens' hashes are kept
@@ -190,7 +247,8 @@ def test_dryRunAndDamagedFile(imported, tmp_path):
     result = other.ctl("import", "prosody", "--dry-run", str(data), check=False)
     assert result.returncode == 1
     assert (f"{DOMAIN}: 2 accounts, 3 roster items, 0 pending subscription requests,"
-            " 0 offline messages, 2 invites would be imported") in result.stdout, result.stdout
+            " 0 offline messages, 1 vCards, 11 PEP nodes with 11 items, 2 invites would be imported"
+            ) in result.stdout, result.stdout
     assert f"host {OTHER}: not served by this invitesrv" in result.stdout
     assert re.search(rf"error: bob@{DOMAIN}: not Prosody data: .*bob\.dat:1:8: expected a string",
                      result.stderr), result.stderr
@@ -265,6 +323,61 @@ def test_rosterPendingRequestAndOfflineMessages(imported):
         bodies.append(str(next(message.elements("jabber:client", "body"))))
     assert bodies == ["first <offline> message", "zweite Nachricht ✓"]
     bob.close()
+
+
+def test_vcardAvatarOmemoBookmarksAndNick(imported):
+    """
+    What alice and jürgen published in Prosody, read from invitesrv with
+    slixmpp, each node as open as it was there: bob, a stranger to both,
+    gets alice's vCard with her photo (now her avatar), her OMEMO device
+    lists and bundles (open), but neither her bookmarks (the owner only),
+    nor her node of no known kind, nor jürgen's avatar and nick (contacts
+    only); alice, jürgen's contact, gets those, and her own bookmarks.
+    """
+    server = imported[0]
+
+    async def scenario():
+        alice = slix.Client(f"alice@{DOMAIN}", PASSWORDS["alice"], "SCRAM-SHA-1", PEP_PLUGINS)
+        bob = slix.Client(f"bob@{DOMAIN}", PASSWORDS["bob"], "SCRAM-SHA-1", PEP_PLUGINS)
+        assert await alice.login(server.port, presence=False)
+        assert await bob.login(server.port, presence=False)
+        vcard = (await bob.plugin["xep_0054"].get_vcard(f"alice@{DOMAIN}", cached=False))["vcard_temp"]
+        assert (vcard["FN"], vcard["NICKNAME"]) == ("Alice", ["ali"])
+        assert vcard["PHOTO"]["BINVAL"] == PHOTO and vcard["PHOTO"]["TYPE"] == "image/png"
+        for node, itemId, payload, options in PEP_PUBLISHED:
+            reader = bob if options.get("access_model") == "open" else alice
+            items = (await reader.plugin["xep_0060"].get_items(f"alice@{DOMAIN}", node))["pubsub"]["items"]
+            assert [(item["id"], shape(item["payload"])) for item in items] == [
+                (itemId, shape(ET.fromstring(payload)))], node
+            if reader is alice:
+                await refused(bob, f"alice@{DOMAIN}", node)
+        avatarId = hashlib.sha1(AVATAR).hexdigest()
+        fetched = await alice.plugin["xep_0084"].retrieve_avatar(f"jürgen@{DOMAIN}", avatarId)
+        assert fetched["pubsub"]["items"]["item"]["avatar_data"]["value"] == AVATAR
+        nick = await alice.plugin["xep_0060"].get_items(f"jürgen@{DOMAIN}", "http://jabber.org/protocol/nick")
+        assert nick["pubsub"]["items"]["item"]["payload"].text == "Jürgen J."
+        for node in ("urn:xmpp:avatar:data", "urn:xmpp:avatar:metadata", "http://jabber.org/protocol/nick"):
+            await refused(bob, f"jürgen@{DOMAIN}", node)
+        await alice.logout()
+        await bob.logout()
+
+    slix.run(scenario(), 120)
+
+
+def shape(element) -> tuple:
+    """An element's name, attributes, text and children, for comparing payloads."""
+    return (element.tag, sorted(element.attrib.items()), (element.text or "").strip(),
+            [shape(child) for child in element])
+
+
+async def refused(client, owner: str, node: str) -> None:
+    """C{client} may not read the node: item-not-found, as for a node that does not exist."""
+    try:
+        await client.plugin["xep_0060"].get_items(owner, node)
+    except IqError as e:
+        assert e.condition == "item-not-found"
+    else:
+        raise AssertionError(f"{client.boundjid} read {owner}'s {node}")
 
 
 def test_importedInvitesRedeem(imported):

@@ -162,6 +162,33 @@ def test_receivedAndSentAreArchivedWithIds(makeServer):
     assert next(bobResults[0].elements(NS_MAM, "result"))["id"] != archiveId
 
 
+def test_stopWaitsForArchiveWrites(makeServer):
+    """
+    A host that stops fires only once the archive's writes under way, and
+    those gathered behind them, are written: the store closes after them.
+    """
+    server = makeServer()
+    write, writes = server.store.appendArchive, []
+
+    def slowly(*args):
+        writes.append((args, defer.Deferred()))
+        return writes[-1][1]
+    server.store.appendArchive = slowly
+    bob = available(Client(server, "bob", "desk"))
+    for body in ("one", "two"):
+        bob.send(message("alice@localhost", body))
+    stopped = server.hosts["localhost"].stop()
+    batches = 0
+    while writes:
+        assert not stopped.called
+        args, d = writes.pop(0)
+        write(*args).chainDeferred(d)
+        batches += 1
+    assert stopped.called and batches == 2  # the first batch, and the one gathered behind it
+    server.store.appendArchive = write
+    assert len(result(server.store.queryArchive("localhost", "alice", ArchiveQuery())).messages) == 2
+
+
 def test_spoofedIdsAreRemoved(makeServer):
     """A stanza id by the recipient that came from outside is dropped; others' stay."""
     server = makeServer()

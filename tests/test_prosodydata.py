@@ -7,9 +7,15 @@ as older record shapes, other password hashes and damaged files.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
+from invitesrv.modules.pep import PepOptions
+from invitesrv.modules.vcard import VcardOptions
 from invitesrv.prosodydata import ProsodyDataDir, ProsodyDataError, credentialsOf, tokenLabel
+from invitesrv.pubsub import DEFAULTS
 
 HOST = "example.org"
 NOW = 1_800_000_000
@@ -81,6 +87,119 @@ def test_offlineStampsAndNamespaces(tmp_path):
     assert message.stamp == 1800000000.0
     assert message.stanza == ("<message xmlns='jabber:client' to='alice@example.org' xml:lang='de'>"
                               "<body>hallo</body><x xmlns='urn:example'/></message>")
+
+
+def pepItem(key: str, text: str) -> str:
+    """An item as mod_pep's archive store writes it."""
+    return (f'item({{ "{text}"; ["name"] = "n"; ["key"] = "{key}"; ["when"] = 1;'
+            f' ["with"] = "alice@example.org"; ["attr"] = {{ ["xmlns"] = "urn:x";'
+            f' ["stamp"] = "2027-01-15T08:00:00Z"; }}; }});\n')
+
+
+def test_pepOptionsItemsAndLimits(tmp_path):
+    """
+    Options Prosody had and invitesrv lacks are made safe (an unknown access
+    model: the owner only), a max_items beyond this server's becomes 'max',
+    a republished id keeps its newest payload, the oldest items beyond the
+    node's max_items and payloads over max_payload stay behind (said so),
+    a node without persistence brings no items, a node kept as C{true}
+    (older Prosody) gets mod_pep's defaults, and nodes beyond max_nodes
+    are left out.
+    """
+    path = account(tmp_path)
+    write(tmp_path, "example%2eorg/pep/alice.dat", """return {
+	["a"] = { ["name"] = "a"; ["config"] = { ["access_model"] = "authorize"; ["max_items"] = 2; }; };
+	["b"] = { ["name"] = "b"; ["config"] = { ["max_items"] = 1000; ["include_payload"] = false; }; };
+	["c"] = { ["name"] = "c"; ["config"] = { ["persist_items"] = false; }; };
+	["d"] = true;
+	["e"] = { ["name"] = "e"; ["config"] = {}; };
+};
+""")
+    write(tmp_path, "example%2eorg/pep_a/alice.list",
+          pepItem("1", "one") + pepItem("2", "two") + pepItem("1", "newer") + pepItem("3", "three"))
+    write(tmp_path, "example%2eorg/pep_b/alice.list", pepItem("big", "x" * 200) + pepItem("ok", "y"))
+    write(tmp_path, "example%2eorg/pep_c/alice.list", pepItem("1", "kept in memory only"))
+    data = ProsodyDataDir(tmp_path).account(HOST, "alice", path, 4096,
+                                            PepOptions(max_items=10, max_nodes=4, max_payload=100))
+    nodes = {node.node: (json.loads(node.config), node.items) for node in data.pep}
+    assert list(nodes) == ["a", "b", "c", "d"]
+    assert nodes["a"][0]["access_model"] == "whitelist" and nodes["a"][0]["max_items"] == 2
+    assert nodes["a"][1] == (("1", "<n xmlns='urn:x'>newer</n>"), ("3", "<n xmlns='urn:x'>three</n>"))
+    assert nodes["b"][0]["max_items"] == "max" and nodes["b"][0]["deliver_payloads"] is False
+    assert nodes["b"][1] == (("ok", "<n xmlns='urn:x'>y</n>"),)
+    assert nodes["c"][1] == () and nodes["c"][0]["persist_items"] is False
+    assert nodes["d"][0] == {**DEFAULTS, "access_model": "presence", "max_items": 1}
+    assert len(data.skipped) == 4, data.skipped
+    assert "'authorize' unknown here: the owner only" in data.skipped[0]
+    assert "1 item(s) beyond its max_items" in data.skipped[1]
+    assert "item big over modules.pep.max_payload (100)" in data.skipped[2]
+    assert "PEP node e: over modules.pep.max_nodes (4)" in data.skipped[3]
+
+
+def test_vcardPhotoOnlyWithoutAvatar(tmp_path):
+    """
+    A vCard is kept without its photo; the photo becomes the avatar (open)
+    only when PEP has none, as mod_vcard_legacy moves it; a vCard over
+    max_size is left out, said so.
+    """
+    path = account(tmp_path)
+    vcard = write(tmp_path, "example%2eorg/vcard/alice.dat", """return {
+	{ "Alice"; ["name"] = "FN"; ["attr"] = { ["xmlns"] = "vcard-temp"; }; };
+	{ { "aGk="; ["name"] = "BINVAL"; ["attr"] = { ["xmlns"] = "vcard-temp"; }; };
+		["name"] = "PHOTO"; ["attr"] = { ["xmlns"] = "vcard-temp"; }; };
+	["name"] = "vCard"; ["attr"] = { ["xmlns"] = "vcard-temp"; };
+};
+""")
+    data = ProsodyDataDir(tmp_path).account(HOST, "alice", path, 4096)
+    assert data.accountXML == [("vcard-temp", "<vCard xmlns='vcard-temp'><FN>Alice</FN></vCard>")]
+    assert [(n.node, json.loads(n.config)["access_model"], n.items[0][0]) for n in data.pep] == [
+        ("urn:xmpp:avatar:data", "open", hashlib.sha1(b"hi").hexdigest()),
+        ("urn:xmpp:avatar:metadata", "open", hashlib.sha1(b"hi").hexdigest())]
+    write(tmp_path, "example%2eorg/pep/alice.dat",
+          'return { ["urn:xmpp:avatar:metadata"] = { ["config"] = {}; }; };\n')
+    data = ProsodyDataDir(tmp_path).account(HOST, "alice", path, 4096, vcardLimits=VcardOptions(10))
+    assert [n.node for n in data.pep] == ["urn:xmpp:avatar:metadata"] and data.pep[0].items == ()
+    assert data.accountXML == [] and data.skipped == ["the vCard: over modules.vcard.max_size (10)"]
+    vcard.write_text('return { ["name"] = "x"; ["attr"] = {}; };\n')
+    assert "not a vCard" in ProsodyDataDir(tmp_path).account(HOST, "alice", path, 4096).skipped[0]
+
+
+def test_vcardTempFromOpenVcard4(tmp_path):
+    """
+    Without a vcard store (mod_vcard_legacy), an open vCard4 node gives the
+    vCard-temp Prosody answered with; a vCard4 for contacts only gives none
+    (vCard-temp is open to all), said so.
+    """
+    path = account(tmp_path)
+    pep = write(tmp_path, "example%2eorg/pep/alice.dat", """return {
+	["urn:xmpp:vcard4"] = { ["name"] = "urn:xmpp:vcard4";
+		["config"] = { ["access_model"] = "open"; ["_defaults_only"] = true; }; };
+};
+""")
+    write(tmp_path, "example%2eorg/pep_urn%3axmpp%3avcard4/alice.list", """item({
+	{ { "Alice Liddell"; ["name"] = "text"; ["attr"] = {}; }; ["name"] = "fn"; ["attr"] = {}; };
+	{ { "Liddell"; ["name"] = "surname"; ["attr"] = {}; }; { "Alice"; ["name"] = "given"; ["attr"] = {}; };
+		["name"] = "n"; ["attr"] = {}; };
+	{ { "ali"; ["name"] = "text"; ["attr"] = {}; }; ["name"] = "nickname"; ["attr"] = {}; };
+	{ { "a@example.org"; ["name"] = "text"; ["attr"] = {}; };
+		{ { { "work"; ["name"] = "text"; ["attr"] = {}; }; ["name"] = "type"; ["attr"] = {}; };
+			["name"] = "parameters"; ["attr"] = {}; };
+		["name"] = "email"; ["attr"] = {}; };
+	{ { "tel:+331234"; ["name"] = "uri"; ["attr"] = {}; }; ["name"] = "tel"; ["attr"] = {}; };
+	{ { "xmpp:alice@example.org"; ["name"] = "uri"; ["attr"] = {}; }; ["name"] = "impp"; ["attr"] = {}; };
+	["name"] = "vcard"; ["key"] = "current"; ["when"] = 1; ["with"] = "alice@example.org";
+	["attr"] = { ["xmlns"] = "urn:ietf:params:xml:ns:vcard-4.0"; ["stamp"] = "2027-01-15T08:00:00Z"; };
+});
+""")
+    data = ProsodyDataDir(tmp_path).account(HOST, "alice", path, 4096)
+    assert data.accountXML == [("vcard-temp", (
+        "<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN><N><FAMILY>Liddell</FAMILY><GIVEN>Alice</GIVEN>"
+        "</N><NICKNAME>ali</NICKNAME><EMAIL><USERID>a@example.org</USERID><INTERNET/><WORK/></EMAIL>"
+        "<TEL><NUMBER>+331234</NUMBER></TEL><JABBERID>alice@example.org</JABBERID></vCard>"))]
+    assert [n.node for n in data.pep] == ["urn:xmpp:vcard4"] and not data.skipped
+    pep.write_text(pep.read_text().replace('"open"', '"presence"'))
+    data = ProsodyDataDir(tmp_path).account(HOST, "alice", path, 4096)
+    assert data.accountXML == [] and "not open to all" in data.skipped[0]
 
 
 def test_damagedFilesAreErrors(tmp_path):

@@ -111,10 +111,11 @@ def test_badRequests(server):
     assert registrations(server, "bob") == [] and registrations(server) == []
 
 
-def test_offlineMessageNotified(server, app):
+def test_offlineMessageNotified(server, app, clock):
     """
     A message kept offline publishes the summary form to the node, with the
-    publish-options; the count grows until the user is back; no body by default.
+    publish-options; the count grows until the user is back (the second
+    notification comes at the end of min_interval); no body by default.
     """
     alice, bob = Client(server, "alice"), Client(server, "bob")
     register(alice)
@@ -124,6 +125,9 @@ def test_offlineMessageNotified(server, app):
     bob.send("<message to='alice@localhost' type='chat'><composing"
              " xmlns='http://jabber.org/protocol/chatstates'/></message>")  # not worth waking for
     bob.send("<message to='alice@localhost' type='chat'><body>again</body></message>")
+    assert len(app.received) == 1
+    app.answer(app.received[0])
+    clock.advance(30)
     assert len(app.received) == 2
     iq = app.received[0]
     assert (iq["type"], iq["from"], iq["to"]) == ("set", "alice@localhost", APP)
@@ -168,6 +172,56 @@ def test_hibernatedSessionNotified(server, app):
     assert len(app.received) == 1 and app.fields()["last-message-sender"] == bob.jid
 
 
+def test_burstToHibernatedSessionCoalesced(server, app, clock):
+    """
+    Fifty messages to a hibernated session: one notification at once, one
+    more at the end of min_interval (30 s) with the count and last sender by
+    then, and nothing else; a message after the interval is notified at
+    once again. Once the user is back, what was held back is not sent.
+    """
+    alice, bob = Client(server, "alice"), Client(server, "bob")
+    alice.send("<presence/>")
+    register(alice)
+    alice.send(f"<enable xmlns='{NS_SM}' resume='true'/>")
+    alice.drop()
+    for number in range(50):
+        clock.advance(0.1)
+        bob.send(f"<message to='{alice.jid}' type='chat'><body>{number}</body></message>")
+    assert len(app.received) == 1 and app.fields()["message-count"] == "1"
+    assert server.metrics["push.coalesced"] == 49
+    app.answer(app.received[0])
+    clock.advance(30 - 5.0 + 0.1 - 0.01)
+    assert len(app.received) == 1
+    clock.advance(0.02)
+    assert len(app.received) == 2 and app.fields()["message-count"] == "50"
+    app.answer(app.received[1])
+    clock.advance(300)
+    assert len(app.received) == 2
+    bob.send(f"<message to='{alice.jid}' type='chat'><body>later</body></message>")
+    assert len(app.received) == 3 and app.fields()["message-count"] == "51"
+    app.answer(app.received[2])
+    bob.send(f"<message to='{alice.jid}' type='chat'><body>held</body></message>")
+    back = Client(server, "alice", "back")
+    back.send("<presence/>")
+    clock.advance(60)
+    assert len(app.received) == 3
+
+
+def test_minIntervalZeroSendsEach(servers, clock):
+    """min_interval = 0: every message is notified on its own, as before."""
+    server = servers(clock, modules=("roster", "presence", "offline", "push"),
+                     module_options={"push": {"min_interval": 0}})
+    addAccounts(server, "alice", "bob")
+    app = AppServer(server.router)
+    alice, bob = Client(server, "alice"), Client(server, "bob")
+    register(alice)
+    alice.close()
+    alice.drop()
+    for _ in range(3):
+        bob.send("<message to='alice@localhost' type='chat'><body>hi</body></message>")
+    assert [app.fields(i)["message-count"] for i in range(3)] == ["1", "2", "3"]
+
+
 def test_retriedWithBackoff(server, app, clock):
     """Unanswered, a notification is sent again after 30 s, then 60 s, then 120 s; then given up."""
     alice, bob = Client(server, "alice"), Client(server, "bob")
@@ -203,8 +257,11 @@ def test_answeredNotRetried(server, app, clock):
     assert len(app.received) == 2 and server.metrics["push.sent"] == 1
 
 
-def test_cancelRemovesRegistration(server, app):
-    """An error of type cancel from the app server removes that registration."""
+def test_cancelRemovesRegistration(server, app, clock):
+    """
+    An error of type cancel from the app server removes that registration;
+    what is held back for it is not sent.
+    """
     alice, bob = Client(server, "alice"), Client(server, "bob")
     register(alice)
     register(alice, "node2")
@@ -213,9 +270,11 @@ def test_cancelRemovesRegistration(server, app):
     bob.send("<message to='alice@localhost' type='chat'><body>one</body></message>")
     assert len(app.received) == 2
     cancelled = next(iq for iq in app.received if iq.pubsub.publish["node"] == "node1")
+    bob.send("<message to='alice@localhost' type='chat'><body>two</body></message>")
     app.answer(cancelled, "error", "cancel")
     assert [r.node for r in registrations(server)] == ["node2"]
-    bob.send("<message to='alice@localhost' type='chat'><body>two</body></message>")
+    app.answer(next(iq for iq in app.received if iq.pubsub.publish["node"] == "node2"))
+    clock.advance(30)
     assert [iq.pubsub.publish["node"] for iq in app.received[2:]] == ["node2"]
 
 

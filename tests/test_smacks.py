@@ -434,3 +434,47 @@ def test_hibernatingSessionsPerAccountBounded(servers, clock):
     again = Client(server, "alice", "laptop")
     again.send("<presence/>")
     assert bodies(again) == ["for the first"]
+
+
+def mamQuery(client: Client) -> list[str]:
+    """Read the whole archive; return the bodies of its messages (the results stay unacked)."""
+    client.request("<query xmlns='urn:xmpp:mam:2' queryid='q'/>", "set")
+    client._collect()
+    results = [e for e in client.backlog if e.name == "message"
+               and any(True for _ in e.elements("urn:xmpp:mam:2", "result"))]
+    client.backlog = [e for e in client.backlog if e not in results]
+    return [str(next(r.elements("urn:xmpp:mam:2", "result")).forwarded.message.body) for r in results]
+
+
+def test_mamClientReadsUnackedFromArchive(servers, clock):
+    """
+    A session whose client queried the archive ends with messages
+    unacknowledged: those the archive holds are not kept offline too (its
+    client reads them from the archive, and would get them twice), as in
+    Prosody; one the archive does not hold (a no-permanent-store hint) is
+    kept offline; its archive query results are not kept at all; the sender
+    gets no error. A session that never queried the archive has all of its
+    messages kept offline, as before.
+    """
+    server = servers(clock, modules=MODULES + ("mam",))
+    addAccounts(server, "alice", "bob", "carol")
+    alice, bob, carol = Client(server, "alice"), Client(server, "bob"), Client(server, "carol")
+    for phone in (alice, carol):
+        enable(phone)
+        phone.send("<presence/>")
+    chat(bob, alice.jid, "earlier")
+    assert mamQuery(alice) == ["earlier"]
+    for phone in (alice, carol):
+        chat(bob, phone.jid, "one")
+        bob.send(f"<message to='{phone.jid}' type='chat'><body>unarchived</body>"
+                 "<no-permanent-store xmlns='urn:xmpp:hints'/></message>")
+        phone.drop()
+        chat(bob, phone.jid, "two")
+    clock.advance(600)
+    assert server.metrics["smacks.archived"] == 3  # earlier, one, two
+    for name, kept in (("alice", ["unarchived"]), ("carol", ["one", "unarchived", "two"])):
+        again = Client(server, name, "laptop")
+        again.send("<presence/>")
+        assert bodies(again) == kept
+    assert mamQuery(Client(server, "alice", "desk")) == ["earlier", "one", "two"]
+    assert not [e for e in bob.backlog if e.getAttribute("type") == "error"]

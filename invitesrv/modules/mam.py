@@ -41,6 +41,7 @@ from twisted.words.xish import domish
 from invitesrv.config import ARCHIVE_POLICIES
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.offline import NS_CHATSTATES, NS_CLIENT, NS_DELAY, NS_HINTS, delayStamp
+from invitesrv.services.slots import Slot
 from invitesrv.store.interfaces import (
     ArchivedMessage,
     ArchiveItemNotFound,
@@ -67,6 +68,7 @@ ARCHIVED_PAYLOADS = frozenset((
 FORM_FIELDS = ("with", "start", "end", "before-id", "after-id", "ids")
 DEFAULT_PAGE = 20  # messages in a page when the query gives no <max/> (Prosody's)
 SWEEP_BATCH = 1000  # messages the retention sweep deletes per transaction
+QUERIED = Slot("mam.queried", bool, default=False)  # the session's client read the archive
 
 
 def shouldArchive(message: domish.Element) -> bool:
@@ -199,7 +201,8 @@ class MAMModule(HostModule):
     hooks = (("inbound-stanza", "onInbound", -100),
              ("client-stanza", "onClientStanza", -100),
              ("offline-message", "onOffline", -100),
-             ("user-deleted", "onUserDeleted"))
+             ("user-deleted", "onUserDeleted"),
+             ("host-stopping", "onHostStopping", -100))  # after stream management handed on
     observers = ((f"/iq[@type='set']/query[@xmlns='{NS_MAM}']", "onQuery"),
                  (f"/iq[@type='get']/query[@xmlns='{NS_MAM}']", "onFormRequest"),
                  (f"/iq[@type='get']/metadata[@xmlns='{NS_MAM}']", "onMetadata"),
@@ -308,6 +311,10 @@ class MAMModule(HostModule):
             return defer.succeed(True)
         return None
 
+    def onHostStopping(self, host) -> defer.Deferred:
+        """Hook C{host-stopping}: the store closes once what was archived so far is written."""
+        return self.writer.written()
+
     def onUserDeleted(self, host: str, username: str) -> None:
         """Hook C{user-deleted}: the store deleted the archive and preferences with the account."""
         self.prefs.pop(username, None)
@@ -382,10 +389,42 @@ class MAMModule(HostModule):
             self.send(e.toResponse(iq))
             return
         host = self.parent
+        session = host.router.session(parseJID(iq["from"]))
+        if session is not None:
+            QUERIED.set(session, True)
         d = self.writer.written()
         d.addCallback(lambda _: host.store.queryArchive(host.name, username, query))
         d.addCallback(self._answer, iq, request.getAttribute("queryid"), query, flip)
         d.addErrback(lambda failure: self._reply(iq, failure))
+
+    def readFromArchive(self, session, messages: list[domish.Element]) -> defer.Deferred:
+        """
+        Fire with those of C{messages}, sent to C{session} and not
+        acknowledged when it ended, that its client will read from the
+        archive instead: the client queried the archive in that session (as
+        Prosody's C{mam_requested}), and the archive holds them, under the
+        stanza id they carry (asked of the store, once what is being
+        written is written). Prosody's mod_smacks keeps those out of
+        offline storage, so the client does not get them twice.
+        """
+        numbers: dict[int, domish.Element] = {}
+        if QUERIED.get(session):
+            for message in messages:
+                for stanzaId in message.elements(NS_SID, "stanza-id"):
+                    if stanzaId.getAttribute("by") == session.bare:
+                        try:
+                            numbers[decodeId(stanzaId.getAttribute("id"))] = message
+                        except error.StanzaError:
+                            pass
+        if not numbers:
+            return defer.succeed([])
+        host = self.parent
+        query = ArchiveQuery(ids=tuple(numbers), limit=len(numbers))
+        d = self.writer.written()
+        d.addCallback(lambda _: host.store.queryArchive(host.name, session.user, query))
+        d.addCallback(lambda page: [numbers[found.id] for found in page.messages
+                                    if found.id in numbers])
+        return d
 
     def _parseQuery(self, request) -> tuple[ArchiveQuery, bool]:
         """The L{ArchiveQuery} a C{<query/>} asks for, and whether the page is flipped."""

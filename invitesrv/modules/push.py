@@ -15,6 +15,14 @@ read it: C{message-count} (the messages since the user was last online),
 C{last-message-sender}, and C{last-message-body} only with
 C{include_body}, for privacy, as in Prosody's mod_cloud_notify.
 
+Notifications are coalesced, as a phone needs one to wake, not one per
+message (a burst of messages to a hibernated session would otherwise send
+as many pushes): a registration gets at most one notification per
+C{min_interval}; what comes meanwhile is summed up in one more notification
+at the end of the interval, with the count and the last sender by then, so
+the last message is never left without one. A user who comes back online
+starts afresh.
+
 The publish goes from the account's bare JID through the router. Not
 answered within C{timeout}, or answered with an error of type C{wait}, it
 is sent again after C{timeout} doubled each time, at most C{retries} times;
@@ -60,6 +68,24 @@ class PushOptions:
     include_body: bool = False
     timeout: Duration = Duration(30)
     retries: int = 3
+    min_interval: Duration = Duration(30)  # at most one notification per registration this often
+
+
+class Throttle:
+    """When a registration was last notified, and the notification held back since."""
+
+    __slots__ = ("last", "call", "message", "held")
+
+    def __init__(self, last: float):
+        self.last = last
+        self.call = None  # the coalesced notification, due at the end of the interval
+        self.message = None  # the last message held back
+        self.held = 0  # how many were held back
+
+    def cancel(self) -> None:
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
 
 
 def isImportant(message: domish.Element) -> bool:
@@ -113,6 +139,8 @@ class PushModule(HostModule):
         HostModule.__init__(self)
         self.counts: dict[str, int] = {}  # username: messages notified since last online
         self.pending: dict[str, Publish] = {}  # iq id: publish waiting for its answer
+        # (username, service, node): when it was last notified, and what waits
+        self.throttles: dict[tuple[str, str, str], Throttle] = {}
         self._ids = itertools.count(1)
 
     def connectionLost(self, reason) -> None:
@@ -120,6 +148,7 @@ class PushModule(HostModule):
             if publish.timer is not None and publish.timer.active():
                 publish.timer.cancel()
         self.pending.clear()
+        self._forgetThrottles(None)
         HostModule.connectionLost(self, reason)
 
     # -- registrations ------------------------------------------------------------
@@ -147,6 +176,7 @@ class PushModule(HostModule):
             raise error.StanzaError("bad-request", text="A push request names the app server's jid")
         store, host = self.host.store, self.host.name
         if request.name == "disable":
+            self._forgetThrottles(username)
             return store.removePushRegistrations(host, username, service, node or None)
         if not node:
             raise error.StanzaError("bad-request", text="Enabling push needs a node")
@@ -170,6 +200,7 @@ class PushModule(HostModule):
     def onUserDeleted(self, host, username: str) -> None:
         """The store deleted the account's registrations with it; forget what is under way."""
         self.counts.pop(username, None)
+        self._forgetThrottles(username)
         for key, publish in list(self.pending.items()):
             if publish.username == username:
                 if publish.timer is not None and publish.timer.active():
@@ -189,8 +220,14 @@ class PushModule(HostModule):
             self.notify(session.user, stanza)
 
     def onOnline(self, session) -> None:
-        """The user is back: the count starts again."""
+        """The user is back: the count starts again, and nothing held back is sent."""
         self.counts.pop(session.user, None)
+        self._forgetThrottles(session.user)
+
+    def _forgetThrottles(self, username: str | None) -> None:
+        """Forget when C{username}'s registrations (None: everyone's) were notified."""
+        for key in [key for key in self.throttles if username is None or key[0] == username]:
+            self.throttles.pop(key).cancel()
 
     def notify(self, username: str, message: domish.Element) -> defer.Deferred:
         """Publish a summary of C{message} to each of the user's app servers."""
@@ -202,11 +239,40 @@ class PushModule(HostModule):
         return d
 
     def _publishAll(self, registrations, username: str, message, count: int) -> None:
+        interval = self.options.min_interval
+        now = self.host.now()
         for registration in registrations:
-            iq = self._notification(username, registration, message, count)
-            publish = Publish(username, registration, iq)
-            self.pending[iq["id"]] = publish
-            self._send(publish)
+            key = (username, registration.service, registration.node)
+            throttle = self.throttles.get(key)
+            if throttle is None or (throttle.call is None and now - throttle.last >= interval):
+                self.throttles[key] = Throttle(now)
+                self._publish(username, registration, message, count)
+                continue
+            throttle.message = message
+            throttle.held += 1
+            self.host.metrics["push.coalesced"] += 1
+            if throttle.call is None:
+                throttle.call = self.host.clock.callLater(
+                    max(0.0, throttle.last + interval - now), self._publishHeld, key, registration)
+
+    def _publishHeld(self, key: tuple[str, str, str], registration: PushRegistration) -> None:
+        """The end of the interval: one notification for what was held back, with the count now."""
+        throttle = self.throttles[key]
+        throttle.call = None
+        throttle.last = self.host.now()
+        username = key[0]
+        log.info("Push notifications for {user}@{host} to {service}: {count} held back for"
+                 " modules.push.min_interval ({interval:.0f} s), sent as one", user=username,
+                 host=self.host.name, service=registration.service, count=throttle.held,
+                 interval=self.options.min_interval)
+        message, throttle.message, throttle.held = throttle.message, None, 0
+        self._publish(username, registration, message, self.counts.get(username, 1))
+
+    def _publish(self, username: str, registration: PushRegistration, message, count: int) -> None:
+        iq = self._notification(username, registration, message, count)
+        publish = Publish(username, registration, iq)
+        self.pending[iq["id"]] = publish
+        self._send(publish)
 
     def _notification(self, username: str, registration: PushRegistration, message,
                       count: int) -> domish.Element:
@@ -281,6 +347,8 @@ class PushModule(HostModule):
                      " removed", service=registration.service, user=publish.username,
                      host=self.host.name)
             self.host.metrics["push.disabled"] += 1
+            self.throttles.pop((publish.username, registration.service, registration.node),
+                               Throttle(0)).cancel()
             d = self.host.store.removePushRegistrations(self.host.name, publish.username,
                                                         registration.service, registration.node)
             d.addErrback(lambda failure: failure.check(StoreUnavailable) or log.failure(

@@ -39,9 +39,18 @@ are none, to offline storage through the C{offline-message} hook; refused
 there, its sender is told C{service-unavailable}. Carbon copies are dropped
 (the device that took part in the conversation has it), as are presence,
 headlines and errors; an IQ request and a groupchat message bounce with
-C{recipient-unavailable}, as in Prosody. What is sent again, on resumption
+C{recipient-unavailable}, as in Prosody. A session whose client queried the
+message archive leaves to the archive the messages it holds (as Prosody's
+C{mam_requested}): they are not stored offline, where the client would find
+them a second time; the archive results it was sent are dropped. What is
+sent again, on resumption
 or to another resource, carries an XEP-0203 delay with the time it was first
 sent.
+
+When the host stops (a shutdown: the listeners have let their clients go,
+so their sessions hibernate), every managed session ends and its messages
+go to offline storage, the other resources ending too; the store closes
+once they are kept (the C{host-stopping} hook).
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ from twisted.words.xish import domish
 from invitesrv.config import Duration
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.carbons import NS_CARBONS, copyElement
+from invitesrv.modules.mam import NS_MAM
 from invitesrv.modules.offline import NS_DELAY, delayStamp
 from invitesrv.services.slots import Slot
 from invitesrv.xmpp.router import bounce
@@ -146,6 +156,11 @@ def isCarbon(message: domish.Element) -> bool:
     return any(child.uri == NS_CARBONS for child in message.elements())
 
 
+def isArchiveResult(message: domish.Element) -> bool:
+    """A message of an archive query's results: the client asks again if it wants it."""
+    return any(True for _ in message.elements(NS_MAM, "result"))
+
+
 class SmacksModule(HostModule):
     """Counts, queues and resends what a stream-managed session is sent; resumes it."""
 
@@ -157,6 +172,7 @@ class SmacksModule(HostModule):
              ("stream-lost", "onStreamLost"),
              ("session-closed", "onSessionClosed", -100),  # last: after CSI sent what it held
              ("when-sent", "onWhenSent"),
+             ("host-stopping", "onHostStopping"),
              ("sasl2-features", "onSASL2Features"),
              ("sasl2-inline", "onSASL2Inline", 10),  # before bind2, which binds only if not resumed
              ("bind2-features", "bind2Feature"), ("bind2-inline", "onBind2"))
@@ -167,14 +183,25 @@ class SmacksModule(HostModule):
         HostModule.__init__(self)
         self.resumable: dict[str, object] = {}  # token -> session
         self.ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # token -> (user, h)
+        self.managed: set = set()  # the sessions with stream management on
+        self.keeping: set[defer.Deferred] = set()  # offline storage of what sessions handed on
+        self.stopping = False
 
-    def connectionLost(self, reason) -> None:
-        """The host stops: hibernating sessions end, handing on what they hold."""
-        for session in list(self.resumable.values()):
-            state = STATE.get(session)
-            if state is not None and state.hibernation is not None:
-                session.close()
-        HostModule.connectionLost(self, reason)
+    def connectionInitialized(self) -> None:
+        HostModule.connectionInitialized(self)
+        self.stopping = False  # a host started again
+
+    def onHostStopping(self, host) -> defer.Deferred:
+        """
+        Hook C{host-stopping}: every stream-managed session ends (at a
+        shutdown, those whose clients the listener let go are hibernating),
+        its unacknowledged messages kept offline, as the account's other
+        sessions end too; fire once they are all kept.
+        """
+        self.stopping = True
+        for session in list(self.managed):
+            session.close()
+        return defer.DeferredList(list(self.keeping))
 
     # -- negotiation ----------------------------------------------------------
 
@@ -200,6 +227,7 @@ class SmacksModule(HostModule):
             return failed("unexpected-request")
         state = Managed()
         STATE.set(session, state)
+        self.managed.add(session)
 
         def counted(stanza, forward):
             state.handled = (state.handled + 1) % MODULUS
@@ -453,6 +481,7 @@ class SmacksModule(HostModule):
         state = STATE.pop(session)
         if state is None:
             return
+        self.managed.discard(session)
         state.cancelTimers()
         self._forgetToken(state, session.user)
         session.stream.send(sm("a", h=state.handled))  # XEP-0198 1.5.2; dropped if the stream is gone
@@ -489,11 +518,12 @@ class SmacksModule(HostModule):
             if element.name == "iq" and kind in ("get", "set") or (
                     element.name == "message" and kind == "groupchat"):
                 self._bounce(element, "recipient-unavailable")
-            if element.name != "message" or kind not in ("chat", "normal") or isCarbon(element):
+            if (element.name != "message" or kind not in ("chat", "normal") or isCarbon(element)
+                    or isArchiveResult(element)):
                 continue
             if any(not holder.closed for holder in entry.holders):
                 continue
-            recipients = host.resources.recipients(session.bare)
+            recipients = () if self.stopping else host.resources.recipients(session.bare)
             if recipients:
                 again = self._again(entry)
                 for recipient in recipients:
@@ -502,15 +532,33 @@ class SmacksModule(HostModule):
             else:
                 offline.append(self._again(entry))
         if offline:
-            self._keep(session.user, offline).addErrback(
-                lambda failure: log.failure("Cannot keep the unacknowledged messages of {jid}",
-                                            failure, jid=session.full))
+            d = self._keep(session, offline)
+            d.addErrback(lambda failure: log.failure(
+                "Cannot keep the unacknowledged messages of {jid}", failure, jid=session.full))
+            self.keeping.add(d)
+            d.addBoth(lambda _: self.keeping.discard(d))
 
     @defer.inlineCallbacks
-    def _keep(self, user: str, messages: list[domish.Element]):
-        """Offline storage, one message after the other (so they stay in order)."""
+    def _keep(self, session, messages: list[domish.Element]):
+        """
+        Offline storage, one message after the other (so they stay in
+        order), but for those the client reads from the archive.
+        """
+        mam = self.host.modules.get("mam")
+        archived = []
+        if mam is not None:
+            try:
+                archived = yield mam.readFromArchive(session, messages)
+            except Exception:
+                log.failure("Cannot tell what the archive holds for {jid}; keeping all offline",
+                            jid=session.full)
+        if archived:
+            log.info("{jid}: {count} unacknowledged messages left to the archive, which the"
+                     " client reads", jid=session.full, count=len(archived))
+            self.host.metrics["smacks.archived"] += len(archived)
+            messages = [m for m in messages if not any(m is a for a in archived)]
         for message in messages:
-            d = self.host.hooks.first("offline-message", user, message)
+            d = self.host.hooks.first("offline-message", session.user, message)
             kept = (yield d) if d is not None else False
             if not kept:
                 self._bounce(message, "service-unavailable")

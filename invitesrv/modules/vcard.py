@@ -125,22 +125,12 @@ class VcardModule(HostModule):
     @defer.inlineCallbacks
     def _publishPhoto(self, username: str, photo: domish.Element):
         """XEP-0398: a vCard's photo published as the avatar (an empty one: no avatar)."""
-        binval = "".join(str(child) for child in photo.elements(NS_VCARD, "BINVAL")).strip()
-        mimeType = "".join(str(child) for child in photo.elements(NS_VCARD, "TYPE")).strip() or "image/png"
-        metadata = domish.Element((NS_AVATAR_METADATA, "metadata"))
-        if not binval:
-            yield self.pep.publish(username, NS_AVATAR_METADATA, "current", metadata, defaults=AVATAR_NODES)
-            return
         try:
-            image = base64.b64decode("".join(binval.split()), validate=True)
-        except (binascii.Error, ValueError):
+            avatarId, data, metadata = photoAvatar(photo)
+        except ValueError:
             raise error.StanzaError("bad-request", text="The PHOTO's BINVAL is not base64") from None
-        avatarId = hashlib.sha1(image).hexdigest()
-        data = domish.Element((NS_AVATAR_DATA, "data"))
-        data.addContent(base64.b64encode(image).decode("ascii"))
-        yield self.pep.publish(username, NS_AVATAR_DATA, avatarId, data, defaults=AVATAR_NODES)
-        info = metadata.addElement("info")
-        info["id"], info["bytes"], info["type"] = avatarId, str(len(image)), mimeType
+        if data is not None:
+            yield self.pep.publish(username, NS_AVATAR_DATA, avatarId, data, defaults=AVATAR_NODES)
         yield self.pep.publish(username, NS_AVATAR_METADATA, avatarId, metadata, defaults=AVATAR_NODES)
 
     def onOwnPresence(self, session, presence) -> None:
@@ -156,6 +146,29 @@ class VcardModule(HostModule):
         info = avatarInfo(list(node.items.items())) if node is not None else None
         update = presence.addElement((NS_VCARD_UPDATE, "x"))
         update.addElement("photo", content=info[0] if info is not None else "")
+
+
+def photoAvatar(photo: domish.Element) -> tuple[str, domish.Element | None, domish.Element]:
+    """
+    XEP-0398: the avatar a vCard's C{<PHOTO/>} stands for, as (item id, data
+    payload, metadata payload); without an image, ("current", None, an empty
+    metadata: no avatar). ValueError when the BINVAL is not base64.
+    """
+    binval = "".join(str(child) for child in photo.elements(NS_VCARD, "BINVAL")).strip()
+    mimeType = "".join(str(child) for child in photo.elements(NS_VCARD, "TYPE")).strip() or "image/png"
+    metadata = domish.Element((NS_AVATAR_METADATA, "metadata"))
+    if not binval:
+        return "current", None, metadata
+    try:
+        image = base64.b64decode("".join(binval.split()), validate=True)
+    except binascii.Error:
+        raise ValueError("the PHOTO's BINVAL is not base64") from None
+    avatarId = hashlib.sha1(image).hexdigest()
+    data = domish.Element((NS_AVATAR_DATA, "data"))
+    data.addContent(base64.b64encode(image).decode("ascii"))
+    info = metadata.addElement("info")
+    info["id"], info["bytes"], info["type"] = avatarId, str(len(image)), mimeType
+    return avatarId, data, metadata
 
 
 def avatarInfo(metadata) -> tuple[str, str] | None:

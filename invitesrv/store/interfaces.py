@@ -178,7 +178,8 @@ class NewAccount:
     Everything an account creation writes, applied in one transaction: the
     account, its credentials and roles, the invite use (consumption and audit),
     roster items on both sides, and (for an account imported from another
-    server) its pending subscription requests and offline messages.
+    server) its pending subscription requests, offline messages, PEP nodes
+    with their items, and XML kept by key (the vCard).
     """
 
     host: str
@@ -190,6 +191,8 @@ class NewAccount:
     now: float = 0.0
     pendingIn: tuple[tuple[str, str], ...] = ()  # (contact, subscribe stanza XML)
     offline: tuple[OfflineMessage, ...] = ()
+    pep: tuple[PepNode, ...] = ()
+    accountXML: tuple[tuple[str, str], ...] = ()  # (key, XML), as L{IPep.setAccountXML} keeps it
     circles: tuple[str, ...] = ()  # circles of the host it joins (those that exist)
 
 

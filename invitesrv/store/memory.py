@@ -202,6 +202,11 @@ class MemoryStore(RosterObservers):
         for message in a.offline:
             t.lastOfflineId += 1
             t.offline[t.lastOfflineId] = (a.host, a.username, replace(message, id=t.lastOfflineId))
+        for node in a.pep:
+            t.pepNodes[a.host, a.username, node.node] = node.config
+            t.pepItems[a.host, a.username, node.node] = tuple(node.items)
+        for key, xml in a.accountXML:
+            t.accountXML[a.host, a.username, key] = xml
         for circle in a.circles:
             cls._addCircleMember(t, a.host, circle, a.username)
 

@@ -297,6 +297,14 @@ class SQLiteStore(GroupsSQL, RosterObservers):
                          [(a.host, a.username, contact, stanza) for contact, stanza in a.pendingIn])
         conn.executemany("INSERT INTO offline_messages (host, username, stamp, stanza) VALUES (?, ?, ?, ?)",
                          [(a.host, a.username, m.stamp, m.stanza) for m in a.offline])
+        conn.executemany("INSERT INTO pep_nodes (host, username, node, config) VALUES (?, ?, ?, ?)",
+                         [(a.host, a.username, n.node, n.config) for n in a.pep])
+        conn.executemany("INSERT INTO pep_items (host, username, node, item_id, xml, seq)"
+                         " VALUES (?, ?, ?, ?, ?, ?)",
+                         [(a.host, a.username, n.node, itemId, xml, seq) for n in a.pep
+                          for seq, (itemId, xml) in enumerate(n.items, 1)])
+        conn.executemany("INSERT INTO account_xml (host, username, key, xml) VALUES (?, ?, ?, ?)",
+                         [(a.host, a.username, key, xml) for key, xml in a.accountXML])
         for circle in a.circles:
             SQLiteStore._addCircleMember(conn, a.host, circle, a.username)
 
