@@ -190,22 +190,32 @@ def self_cpu_seconds():
 
 
 class Meter:
-    """CPU of the generator and of the server tree over one measured phase."""
+    """CPU of the generator and of the server tree (and of the also-pids) over one measured phase."""
+
+    also = ()  # set from --also-pids
 
     def __init__(self, server_pid):
         self.server_pid = server_pid
 
+    def server_cpu(self):
+        total = tree_cpu_seconds(self.server_pid)
+        for pid in self.also:
+            extra = tree_cpu_seconds(pid)
+            if total is not None and extra is not None:
+                total += extra
+        return total
+
     def start(self):
         self.t0 = now()
         self.g0 = self_cpu_seconds()
-        self.s0 = tree_cpu_seconds(self.server_pid)
+        self.s0 = self.server_cpu()
         self.c0 = per_cpu_busy()
         return self
 
     def stop(self):
         self.t1 = now()
         self.g1 = self_cpu_seconds()
-        self.s1 = tree_cpu_seconds(self.server_pid)
+        self.s1 = self.server_cpu()
         self.c1 = per_cpu_busy()
         return self
 
@@ -902,13 +912,19 @@ async def sc_messages(o, cache):
     deadline = now() + o.max_seconds
     idxs = [o.start + k for k in range(2 * o.pairs)]
     lst = Stats()
-    clients = await login_many(o, idxs, o.c, deadline, cache, lst, keep=True, resource="msg")
+    if o.port2:  # pairs across two nodes: the first side on --port, the second on --port2
+        other = argparse.Namespace(**{**vars(o), "port": o.port2})
+        clients = await login_many(o, idxs[0::2], o.c, deadline, cache, lst, keep=True, resource="msg")
+        clients.update(await login_many(other, idxs[1::2], o.c, deadline, cache, lst, keep=True,
+                                        resource="msg"))
+    else:
+        clients = await login_many(o, idxs, o.c, deadline, cache, lst, keep=True, resource="msg")
     # --devices: each account's other devices (carbons and SM on, never a receipt of their own)
     others = [await login_many(o, idxs, o.c, deadline, cache, lst, keep=True, resource="dev%d" % d)
               for d in range(1, o.devices)] if o.sm else []
     r = base_result(o, "smarchive" if o.sm and o.devices > 1 else "smmessages" if o.sm else "messages")
-    r.update({"pairs": o.pairs, "per_side": o.m, "window": o.window, "body_bytes": o.body_bytes,
-              "devices": o.devices if o.sm else 1,
+    r.update({"pairs": o.pairs, "per_side": o.m, "port2": o.port2, "window": o.window,
+              "body_bytes": o.body_bytes, "devices": o.devices if o.sm else 1,
               "login_ok": lst.ok, "login_errors": lst.err, "login_error_kinds": lst.errs})
     try:
         if lst.err:
@@ -1361,6 +1377,8 @@ def add_common(ap, sup=False):
     ap.add_argument("--port", type=int, default=d(5222))
     ap.add_argument("--domain", default=d("localhost"))
     ap.add_argument("--server-pid", type=int, default=d(0), help="server PID for RSS/CPU (children included)")
+    ap.add_argument("--also-pids", default=d(""),
+                    help="comma-separated PIDs whose CPU counts with the server's (a cluster's other nodes, Redis)")
     ap.add_argument("--prefix", default=d("bench"), help="username prefix (user = PREFIX + index)")
     ap.add_argument("--password", default=d(""), help="one password for all (default: pw-<user>)")
     ap.add_argument("--start", type=int, default=d(0), help="first user index")
@@ -1401,6 +1419,8 @@ def parse_args(argv=None):
     p.add_argument("--sm", action="store_true", help="carbons and XEP-0198 stream management on")
     p.add_argument("--devices", type=int, default=1,
                    help="with --sm: clients per account; the others get carbons (smarchive)")
+    p.add_argument("--port2", type=int, default=0,
+                   help="the second side of each pair logs in on this port (another node of a cluster)")
     p = sub.add_parser("resume")
     p.add_argument("-n", type=int, default=200, help="resumptions, one at a time")
     p.add_argument("--pool", type=int, default=100, help="users [start, start+pool) take turns")
@@ -1452,6 +1472,7 @@ async def amain(o):
 
 def main(argv=None):
     o = parse_args(argv)
+    Meter.also = tuple(int(pid) for pid in o.also_pids.split(",") if pid)
     want = {"idle": o.__dict__.get("k", 0),
             "messages": 2 * o.__dict__.get("pairs", 0) * o.__dict__.get("devices", 1)}.get(o.scenario, 0)
     want = max(want, o.__dict__.get("u", 0), o.__dict__.get("c", 0)) + 256

@@ -284,6 +284,21 @@ class FederationOptions:
 
 
 @dataclass(frozen=True)
+class ClusterOptions:
+    """
+    Cluster mode (the C{[cluster]} table, L{invitesrv.cluster}): nodes that
+    serve the same domains with the same config and store, coordinated
+    through Redis. Off unless C{enabled}.
+    """
+
+    enabled: bool = False
+    redis: str = "redis://127.0.0.1:6379/0"
+    node: str = ""  # this node's name, unique in the cluster; empty: the host name
+    ttl: Duration = Duration(15)  # a silent node's sessions expire after this
+    roster_settle: Duration = Duration(1)  # a roster changed elsewhere is read again this late
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole server configuration."""
 
@@ -318,6 +333,7 @@ class Config:
     store: StoreOptions = StoreOptions()
     # host -> component domain -> its options, from [hosts."HOST".components.NAME]
     components: dict[str, dict[str, ComponentOptions]] = field(default_factory=dict)
+    cluster: ClusterOptions = ClusterOptions()
     source: str = "<defaults>"
 
     @property
@@ -481,6 +497,28 @@ def _federation(table: object, source: str) -> FederationOptions:
     return replace(options, hosts=routes)
 
 
+def _cluster(table: object, source: str) -> ClusterOptions:
+    """The C{[cluster]} table: a Redis URL that parses, a node name without spaces."""
+    from invitesrv.cluster.redis import parseURL
+    options = buildTable(ClusterOptions, table, "cluster", source)
+    try:
+        parseURL(options.redis)
+    except ValueError as e:
+        raise ConfigError(f"{source}: cluster.redis: {e}") from None
+    if options.node and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", options.node):
+        raise ConfigError(f"{source}: cluster.node: {options.node!r} is not a node name"
+                          " (letters, digits, '.', '_' and '-')")
+    if options.ttl < 3:
+        raise ConfigError(f"{source}: cluster.ttl must be at least 3 seconds")
+    if options.enabled:
+        try:
+            import hiredis  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"{source}: cluster.enabled needs the hiredis package"
+                              " (pip install 'invitesrv[cluster]')") from None
+    return options
+
+
 def _components(host: str, table: object, source: str) -> dict[str, ComponentOptions]:
     """The C{components} table of host C{host}: subdomain name -> its options, checked."""
     where = f"hosts.{host}.components"
@@ -515,7 +553,7 @@ def _moduleTables(table: object, where: str, source: str) -> dict[str, dict]:
 def parseConfig(data: dict, source: str = "<config>") -> Config:
     """Turn a parsed TOML document into a L{Config}."""
     known = {"server", "listen", "tls", "limits", "s2s", "host_defaults", "hosts", "modules",
-             "store"}
+             "store", "cluster"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: unknown section or option {key!r}")
@@ -545,6 +583,8 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
         values["federation"] = _federation(data["s2s"], source)
     if "store" in data:
         values["store"] = _store(data["store"], source)
+    if "cluster" in data:
+        values["cluster"] = _cluster(data["cluster"], source)
 
     defaults = _checkHostOptions(
         buildTable(HostOptions, data.get("host_defaults", {}), "host_defaults", source),

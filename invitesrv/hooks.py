@@ -133,6 +133,15 @@ C{adhoc-commands} (host) -> list[AdHocCommand]
     Synchronous, run at every XEP-0050 request: the ad-hoc commands a module
     offers now (L{invitesrv.modules.adhoc.AdHocCommand}; a
     L{invitesrv.modules.adhoc.CommandProvider} module adds this callback itself).
+C{archive-prefs-changed} (host, username, prefs)
+    Synchronous. The user's XEP-0313 preferences (an
+    L{invitesrv.store.interfaces.ArchivePrefs}) were stored; cluster mode
+    gives them to the other nodes
+    (L{invitesrv.modules.mam.MAMModule.learnPrefs}).
+C{blocklist-changed} (host, username)
+    Synchronous. The user's blocklist (XEP-0191) was changed in the store by
+    a block or an unblock; cluster mode has the other nodes read it again
+    (L{invitesrv.modules.blocking.BlockingModule.refresh}).
 C{invite-created} (invite, links)
     After an invite is stored; C{links} is a dict (C{uri}, C{landing}, C{token})
     a callback may change, e.g. to point C{landing} elsewhere.

@@ -146,6 +146,8 @@ class FailureCounter:
         self.window = window
         self.maxEntries = maxEntries
         self._entries: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # Cluster mode: told of each failure and reset (added, reset), see invitesrv.cluster.limits.
+        self.shared = None
 
     def count(self, key: str) -> int:
         """The failures of C{key} in the current window."""
@@ -159,7 +161,17 @@ class FailureCounter:
 
     def add(self, key: str) -> int:
         """Count one more failure for C{key}; return its count."""
-        count = self.count(key) + 1
+        count = self.learn(key, self.count(key) + 1)
+        if self.shared is not None:
+            self.shared.added(self, key)
+        return count
+
+    def learn(self, key: str, count: int) -> int:
+        """
+        Take C{count} as C{key}'s failures (the cluster's count, when
+        another node counted too) if it is more than known; return the count.
+        """
+        count = max(count, self.count(key))
         self._entries.pop(key, None)
         self._entries[key] = (count, self.clock.seconds())
         while len(self._entries) > self.maxEntries:
@@ -168,6 +180,12 @@ class FailureCounter:
 
     def reset(self, key: str) -> None:
         """Forget the failures of C{key}."""
+        self.forget(key)
+        if self.shared is not None:
+            self.shared.reset(self, key)
+
+    def forget(self, key: str) -> None:
+        """Forget the failures of C{key} here (another node's reset)."""
         self._entries.pop(key, None)
 
     def __len__(self) -> int:
@@ -206,6 +224,9 @@ class ConnectionLimiter:
         self.maxEntries = maxEntries
         self.total = 0
         self.open: dict[str, int] = {}
+        # Cluster mode: elsewhere(key), the connections from that address to the
+        # other nodes, and told of this node's (counted), see invitesrv.cluster.limits.
+        self.shared = None
         self._buckets = BucketTable(clock, rate, burst, maxEntries)
         self.configure(maxConnections, maxPerAddress, rate, burst, allowlist)
 
@@ -226,13 +247,18 @@ class ConnectionLimiter:
                                                   " try again later")
         key = addressKey(address)
         if address not in self.allowlist:
-            if self.maxPerAddress and self.open.get(key, 0) >= self.maxPerAddress:
+            already = self.open.get(key, 0)
+            if self.shared is not None:
+                already += self.shared.elsewhere(key)
+            if self.maxPerAddress and already >= self.maxPerAddress:
                 return Refusal("policy-violation", "Too many connections from your address")
             if self.rate and not self._buckets[key].tryTake():
                 return Refusal("policy-violation", "Too many new connections from your address;"
                                                    " slow down")
         self.open[key] = self.open.get(key, 0) + 1
         self.total += 1
+        if self.shared is not None:
+            self.shared.counted(key, self.open[key])
         return None
 
     def release(self, address: str) -> None:
@@ -244,6 +270,8 @@ class ConnectionLimiter:
             self.open[key] = left
         else:
             self.open.pop(key, None)
+        if self.shared is not None:
+            self.shared.counted(key, max(left, 0))
 
 
 class Metrics(Counter):

@@ -6,7 +6,8 @@ virtual hosts, TLS). L{makeService} wraps it in a C{MultiService} of named
 children, so an embedding application can take the pieces it wants:
 C{"store"}, C{"hosts"} (with their components, L{invitesrv.components}),
 C{"control"} (the channel C{invitesrvctl} reaches a running server through,
-L{invitesrv.control}), C{"reload"} (SIGHUP reloads certificates and config,
+L{invitesrv.control}), C{"cluster"} (cluster mode, L{invitesrv.cluster.node}, when
+C{[cluster] enabled}), C{"reload"} (SIGHUP reloads certificates and config,
 L{invitesrv.reload}), C{"s2s"} (federation, when C{[listen] s2s} names a
 listener), C{"c2s"}, C{"c2s-direct-tls"}, C{"http"} (invite pages, web
 registration and the admin API), C{"component"} (external XEP-0114
@@ -425,6 +426,11 @@ def makeService(config: Config, reactor=None, store=None,
                         ("reload", ReloadService(server, reactor))):
         child.setName(name)
         child.setServiceParent(top)
+    if config.cluster.enabled:  # before the listeners: sessions are published from the first
+        from invitesrv.cluster.node import ClusterNode
+        cluster = ClusterNode(server, config.cluster, reactor)
+        cluster.setName("cluster")
+        cluster.setServiceParent(top)
 
     def group(name: str) -> service.MultiService:
         child = service.MultiService()

@@ -36,7 +36,7 @@ OPTION_LINE = re.compile(r"^#(?=[a-z][a-z0-9_]* = )", re.MULTILINE)
 # Config fields that are not options of a [server]/[listen]/[tls] table.
 STRUCTURE = {"hosts", "components", "source", "module_options", "host_module_options"}
 # Config fields that hold a table of their own, and that table's name.
-TABLES = {"limits": "limits", "federation": "s2s"}
+TABLES = {"limits": "limits", "federation": "s2s", "cluster": "cluster"}
 
 
 def documentedOptions() -> dict[str, dict[str, object]]:

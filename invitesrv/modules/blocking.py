@@ -98,6 +98,12 @@ class BlockingModule(HostModule):
         d.addErrback(lambda failure: log.failure("Cannot read the blocklists of {host}", failure,
                                                  host=self.parent.name))
 
+    def refresh(self, username: str) -> defer.Deferred:
+        """Read the user's blocklist from the store again (another node of a cluster changed it)."""
+        d = self.parent.store.getBlocklist(self.parent.name, username)
+        d.addCallback(lambda items: self.blocked.__setitem__(username, frozenset(items)))
+        return d
+
     def isBlocked(self, username: str, address: str | None) -> bool:
         """
         Whether the account C{username} blocks C{address} (a JID as text);
@@ -231,6 +237,7 @@ class BlockingModule(HostModule):
                      text=text[:REPORT_TEXT])
         self._tellContacts(username, roster, added, unavailable=True)
         self.blocked[username] = self.blocked.get(username, frozenset()) | set(added)
+        host.hooks.run("blocklist-changed", host, username)
         self._push(username, "block", added)
         return self._reply(iq, None, ())
 
@@ -241,6 +248,7 @@ class BlockingModule(HostModule):
         roster = yield host.store.getRoster(host.name, username)
         removed = yield host.store.unblock(host.name, username, items)
         self.blocked[username] = self.blocked.get(username, frozenset()) - set(removed)
+        host.hooks.run("blocklist-changed", host, username)
         self._tellContacts(username, roster, removed, unavailable=False)
         self._push(username, "unblock", removed if items is not None else None if removed else ())
         return self._reply(iq, None, ())

@@ -572,9 +572,15 @@ class MAMModule(HostModule):
             return
         prefs = ArchivePrefs(policy, *lists)
         d = self.parent.store.setArchivePrefs(self.parent.name, username, prefs)
-        d.addCallback(lambda _: self.prefs.__setitem__(username, prefs))
+        d.addCallback(lambda _: self.learnPrefs(username, prefs))
+        d.addCallback(lambda _: self.parent.hooks.run("archive-prefs-changed", self.parent,
+                                                      username, prefs))
         d.addCallback(lambda _: self._sendPrefs(iq, prefs))
         d.addErrback(lambda failure: self._reply(iq, failure))
+
+    def learnPrefs(self, username: str, prefs: ArchivePrefs) -> None:
+        """The user's preferences as stored (here, or by another node of a cluster)."""
+        self.prefs[username] = prefs
 
     def _prefsOf(self, username: str) -> ArchivePrefs:
         return self.prefs.get(username) or ArchivePrefs(self.parent.options.archive_default_policy)

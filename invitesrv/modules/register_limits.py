@@ -97,8 +97,12 @@ class RegisterLimitsModule(HostModule):
     def record(self, registration: Registration) -> None:
         if registration.trusted or not registration.address:
             return
-        history = self.history.pop(registration.address, None) or deque()
-        history.append(self.parent.now())
-        self.history[registration.address] = history
+        self.remember(registration.address, self.parent.now())
+
+    def remember(self, address: str, when: float) -> None:
+        """Count a registration from C{address} at C{when} (here, or on another node of a cluster)."""
+        history = self.history.pop(address, None) or deque()
+        history.append(when)
+        self.history[address] = history
         while len(self.history) > self.maxAddresses:
             self.history.popitem(last=False)

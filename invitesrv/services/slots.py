@@ -26,7 +26,11 @@ _MISSING = object()
 class Slot(Generic[T]):
     """One module's value of type C{kind} on each session or stream."""
 
+    # Every slot by name: cluster mode carries a session's boolean slots to the other nodes.
+    named: dict[str, Slot] = {}
+
     def __init__(self, name: str, kind: type[T], default: T | None = None):
+        Slot.named[name] = self
         self.name = name
         self.kind = kind
         self.default = default

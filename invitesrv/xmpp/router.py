@@ -8,6 +8,11 @@ rules, or to the component serving that subdomain (L{invitesrv.components}),
 which answers for itself; a stanza for any other domain goes to
 the default route: the server-to-server service (L{invitesrv.xmpp.s2s}) when
 federation is on, else a C{remote-server-not-found} error to the sender.
+
+In cluster mode (L{invitesrv.cluster}) the router's C{directory} adds the
+sessions bound on the other nodes to what L{Router.resourcesOf} and
+L{Router.session} answer, and may hand a stanza for an internal component
+to the node that serves it; without it (one node) nothing changes.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class Router:
         self.components: dict = {}  # subdomain services, routed like hosts: domain -> component
         self.sessions: dict[str, dict[str, object]] = {}  # bare JID -> resource -> session
         self.remote = None  # the default route: route(stanza, target), or None (no federation)
+        # Cluster mode: the sessions of the other nodes (invitesrv.cluster.directory), or None.
+        self.directory = None
 
     def addHost(self, host) -> None:
         self.hosts[host.name] = host
@@ -85,11 +92,18 @@ class Router:
                 del self.sessions[session.bare]
 
     def resourcesOf(self, bare: str) -> dict:
-        """The bound sessions of an account, by resource (do not modify)."""
-        return self.sessions.get(bare, {})
+        """The bound sessions of an account, by resource, on every node (do not modify)."""
+        sessions = self.sessions.get(bare, {})
+        if self.directory is None:
+            return sessions
+        return self.directory.resourcesOf(bare, sessions)
 
     def session(self, full: jid.JID):
-        return self.sessions.get(full.userhost(), {}).get(full.resource)
+        """The session bound to C{full}, here or (cluster mode) on another node."""
+        session = self.sessions.get(full.userhost(), {}).get(full.resource)
+        if session is None and self.directory is not None:
+            return self.directory.session(full)
+        return session
 
     def route(self, stanza) -> None:
         """Deliver a stanza that carries a C{to}, from a session or from the server."""
@@ -103,7 +117,8 @@ class Router:
             return
         local = self.local(target.host)
         if local is not None:
-            local.receive(stanza, target)
+            if self.directory is None or not self.directory.routeElsewhere(local, stanza):
+                local.receive(stanza, target)
         else:
             self.routeRemote(stanza, target)
 

@@ -1,0 +1,1 @@
+"""Cluster mode: several nodes serving the same domains, coordinated through Redis."""

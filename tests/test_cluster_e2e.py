@@ -1,0 +1,521 @@
+"""
+Cluster mode end to end: a private redis-server and two real nodes
+(C{twistd -n invitesrv}) serving one domain over one store, clients on
+different nodes. The store is one SQLite file in WAL mode that both nodes
+open (several processes on one machine is what SQLite's WAL supports); the
+cluster code does not depend on which store it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import RunningServer, startAll
+from rawxmpp import RawClient
+from redisserver import RedisServer, needRedis
+from slix import Client as SlixClient
+from slix import run
+
+HOST = "localhost"
+PASSWORD = "a long password"
+
+
+class Cluster:
+    """Nodes n1, n2, ... of one cluster: one Redis, one database file, one server secret."""
+
+    def __init__(self, root, redis: RedisServer, count: int = 2, db: int = 0, extra: str = ""):
+        self.nodes: list[RunningServer] = []
+        for index in range(1, count + 1):
+            directory = root / f"n{index}"
+            data = directory / "data"
+            data.mkdir(parents=True, mode=0o700)
+            if index > 1:  # what a shared store and a copied secret give a real cluster
+                first = root / "n1" / "data"
+                os.symlink(first / "invitesrv.sqlite3", data / "invitesrv.sqlite3")
+                os.symlink(first / "server.secret", data / "server.secret")
+            self.nodes.append(RunningServer(directory, (
+                f'[cluster]\nenabled = true\nredis = "{redis.url}{db}"\nnode = "n{index}"\n'
+                'ttl = 3\n' + extra)))
+        self.nodes[0].start()  # creates the database and the secret the others open
+        startAll(self.nodes[1:])
+        for node in self.nodes:
+            waitForLog(node, "joined")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def waitForLog(server: RunningServer, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.log():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {text!r} in the log of {server.directory}:\n{server.log()}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory):
+    needRedis()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, redis):
+    """Two nodes, with accounts made through the first."""
+    nodes = Cluster(tmp_path_factory.mktemp("cluster"), redis)
+    for user in ("alice", "bob", "carol", "dave", "eve", "frank", "grace", "heidi"):
+        nodes.nodes[0].adduser(f"{user}@{HOST}", PASSWORD)
+    yield nodes
+    nodes.stop()
+
+
+async def until(condition, timeout: float = 10.0, what: str = "") -> None:
+    """Wait (bounded) until C{condition()} holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await asyncio.sleep(0.05)
+
+
+def test_contactsOnTwoNodes(cluster):
+    """
+    Alice on node 1, Bob on node 2: a subscription both ways (roster pushes
+    on both nodes), each sees the other online, they chat both ways, and a
+    message to Bob's bare JID reaches his one session on the other node.
+    """
+    n1, n2 = cluster.nodes
+
+    async def scenario():
+        alice = SlixClient(f"alice@{HOST}/phone", PASSWORD)
+        bob = SlixClient(f"bob@{HOST}/desk", PASSWORD)
+        online = {"alice": asyncio.Event(), "bob": asyncio.Event()}
+        alice.add_event_handler("got_online", lambda p: p["from"].bare == f"bob@{HOST}"
+                                and online["bob"].set())
+        bob.add_event_handler("got_online", lambda p: p["from"].bare == f"alice@{HOST}"
+                              and online["alice"].set())
+        got = {"alice": asyncio.Queue(), "bob": asyncio.Queue()}
+        alice.add_event_handler("message", lambda m: got["alice"].put_nowait(m))
+        bob.add_event_handler("message", lambda m: got["bob"].put_nowait(m))
+        assert await alice.login(n1.port, presence=False)
+        assert await bob.login(n2.port, presence=False)
+        for client in (alice, bob):
+            await client.get_roster()
+            client.send_presence()
+        alice.send_presence(pto=f"bob@{HOST}", ptype="subscribe")
+        await asyncio.wait_for(asyncio.gather(online["alice"].wait(), online["bob"].wait()), 15)
+        await until(lambda: alice.client_roster[f"bob@{HOST}"]["subscription"] == "both"
+                    and bob.client_roster[f"alice@{HOST}"]["subscription"] == "both",
+                    what="both rosters at 'both' (roster pushes across nodes)")
+
+        alice.send_message(mto=f"bob@{HOST}", mbody="hello from node 1", mtype="chat")
+        message = await asyncio.wait_for(got["bob"].get(), 10)
+        assert str(message["body"]) == "hello from node 1"
+        assert message["from"] == f"alice@{HOST}/phone"
+        bob.send_message(mto=f"alice@{HOST}/phone", mbody="hello from node 2", mtype="chat")
+        assert str((await asyncio.wait_for(got["alice"].get(), 10))["body"]) == "hello from node 2"
+        for client in (alice, bob):
+            await client.logout()
+    run(scenario())
+
+
+def test_carbonsAndPushesAcrossNodes(cluster):
+    """
+    Carol on both nodes (phone on node 1, laptop on node 2, carbons on the
+    laptop), Dave on node 1: the laptop gets carbons of what the phone sends
+    and receives, and a roster push when the phone adds a contact; a message
+    to Carol's bare JID goes to the session of highest priority, whichever
+    node holds it; Dave sees Carol's laptop's presence through the probe.
+    """
+    n1, n2 = cluster.nodes
+
+    async def scenario():
+        plugins = ("xep_0030", "xep_0280")
+        phone = SlixClient(f"carol@{HOST}/phone", PASSWORD, plugins=plugins)
+        laptop = SlixClient(f"carol@{HOST}/laptop", PASSWORD, plugins=plugins)
+        dave = SlixClient(f"dave@{HOST}/desk", PASSWORD, plugins=plugins)
+        copies: asyncio.Queue = asyncio.Queue()
+        laptop.add_event_handler("carbon_sent", lambda m: copies.put_nowait(("sent", m)))
+        laptop.add_event_handler("carbon_received", lambda m: copies.put_nowait(("received", m)))
+        got = {name: asyncio.Queue() for name in ("phone", "laptop", "dave")}
+        for name, client in (("phone", phone), ("laptop", laptop), ("dave", dave)):
+            client.add_event_handler("message", lambda m, name=name: m["body"]
+                                     and got[name].put_nowait(m))
+        pushes: asyncio.Queue = asyncio.Queue()
+        laptop.add_event_handler("roster_update", lambda iq: pushes.put_nowait(iq))
+
+        assert await phone.login(n1.port, presence=False)
+        assert await laptop.login(n2.port, presence=False)
+        assert await dave.login(n1.port, presence=False)
+        for client in (phone, laptop, dave):
+            await client.get_roster()
+        await laptop.plugin["xep_0280"].enable(timeout=10)
+        phone.send_presence(ppriority=1)
+        laptop.send_presence(ppriority=5)
+        dave.send_presence()
+        await asyncio.sleep(0.5)  # the nodes hear of the sessions' presence
+
+        phone.send_message(mto=f"dave@{HOST}", mbody="sent by the phone", mtype="chat")
+        assert str((await asyncio.wait_for(got["dave"].get(), 10))["body"]) == "sent by the phone"
+        direction, message = await asyncio.wait_for(copies.get(), 10)
+        assert direction == "sent" and message["carbon_sent"]["body"] == "sent by the phone"
+
+        dave.send_message(mto=f"carol@{HOST}/phone", mbody="for the phone", mtype="chat")
+        assert str((await asyncio.wait_for(got["phone"].get(), 10))["body"]) == "for the phone"
+        direction, message = await asyncio.wait_for(copies.get(), 10)
+        assert direction == "received" and message["carbon_received"]["body"] == "for the phone"
+
+        dave.send_message(mto=f"carol@{HOST}", mbody="to the bare JID", mtype="chat")
+        assert str((await asyncio.wait_for(got["laptop"].get(), 10))["body"]) == "to the bare JID"
+        await asyncio.sleep(0.3)
+        assert got["phone"].empty()  # priority 1 < 5: only the laptop, on the other node
+
+        await phone.update_roster(f"dave@{HOST}", name="Dave")
+        deadline = time.monotonic() + 10
+        while True:
+            push = await asyncio.wait_for(pushes.get(), max(0.1, deadline - time.monotonic()))
+            if f"dave@{HOST}" in push["roster"]["items"]:
+                assert push["roster"]["items"][f"dave@{HOST}"]["name"] == "Dave"
+                break
+        for client in (phone, laptop, dave):
+            await client.logout()
+    run(scenario())
+
+
+def test_presenceProbeAnsweredFromOtherNode(cluster):
+    """
+    Eve and Frank are mutual contacts. Eve comes online on node 2; Frank,
+    logging in later on node 1, is told of her at once (his probe answered
+    from the mirror of node 2's sessions), and hears when she leaves.
+    """
+    n1, n2 = cluster.nodes
+
+    async def befriend():
+        eve = SlixClient(f"eve@{HOST}/one", PASSWORD)
+        frank = SlixClient(f"frank@{HOST}/one", PASSWORD)
+        for client, node in ((eve, n1), (frank, n2)):
+            assert await client.login(node.port, presence=False)
+            await client.get_roster()
+            client.send_presence()
+        eve.send_presence(pto=f"frank@{HOST}", ptype="subscribe")
+        await until(lambda: eve.client_roster[f"frank@{HOST}"]["subscription"] == "both"
+                    and frank.client_roster[f"eve@{HOST}"]["subscription"] == "both",
+                    what="a mutual subscription")
+        for client in (eve, frank):
+            await client.logout()
+
+    async def scenario():
+        eve = SlixClient(f"eve@{HOST}/laptop", PASSWORD)
+        frank = SlixClient(f"frank@{HOST}/desk", PASSWORD)
+        seen, gone = asyncio.Event(), asyncio.Event()
+        statuses = []
+        frank.add_event_handler("got_online", lambda p: p["from"].bare == f"eve@{HOST}"
+                                and (statuses.append(p["status"]), seen.set()))
+        frank.add_event_handler("got_offline", lambda p: p["from"].bare == f"eve@{HOST}"
+                                and gone.set())
+        assert await eve.login(n2.port, presence=False)
+        await eve.get_roster()
+        eve.send_presence(pstatus="on node 2")
+        await asyncio.sleep(0.5)
+        assert await frank.login(n1.port, presence=False)
+        await frank.get_roster()
+        frank.send_presence()
+        await asyncio.wait_for(seen.wait(), 10)
+        assert statuses == ["on node 2"]
+        await eve.logout()
+        await asyncio.wait_for(gone.wait(), 10)
+        await frank.logout()
+    run(befriend())
+    run(scenario())
+
+
+def test_rosterChangedOnOtherNode(cluster):
+    """
+    Grace's roster is kept in node 1's memory while she is online there;
+    Heidi, on node 2, cancels Grace's subscription (node 2 writes Grace's
+    roster): node 1 drops its copy, and Grace's next roster get says 'from'.
+    """
+    n1, n2 = cluster.nodes
+
+    async def befriend():
+        grace = SlixClient(f"grace@{HOST}/one", PASSWORD)
+        heidi = SlixClient(f"heidi@{HOST}/one", PASSWORD)
+        for client in (grace, heidi):
+            assert await client.login(n1.port, presence=False)
+            await client.get_roster()
+            client.send_presence()
+        grace.send_presence(pto=f"heidi@{HOST}", ptype="subscribe")
+        await until(lambda: grace.client_roster[f"heidi@{HOST}"]["subscription"] == "both"
+                    and heidi.client_roster[f"grace@{HOST}"]["subscription"] == "both",
+                    what="a mutual subscription")
+        for client in (grace, heidi):
+            await client.logout()
+    run(befriend())
+
+    def rosterGet(client: RawClient, iqid: str) -> str:
+        """The answer to a roster get (not the pushes received before it)."""
+        client.send(f"<iq type='get' id='{iqid}'><query xmlns='jabber:iq:roster'/></iq>")
+        pattern = rf"<iq [^>]*id='{iqid}'.*?</iq>"
+        return re.search(pattern, client.recvUntil(pattern), re.S).group(0)
+
+    with RawClient(n1.port) as grace, RawClient(n2.port) as heidi:
+        grace.login("grace", PASSWORD, "desk")
+        assert re.search(rf"jid='heidi@{HOST}'[^>]*subscription='both'", rosterGet(grace, "r1"))
+        grace.send("<presence/>")
+        heidi.login("heidi", PASSWORD, "desk")
+        heidi.send(f"<presence to='grace@{HOST}' type='unsubscribed'/>")
+        time.sleep(1.5)  # past roster_settle
+        assert re.search(rf"jid='heidi@{HOST}'[^>]*subscription='from'", rosterGet(grace, "r2"))
+
+
+def test_groupChatAcrossNodes(cluster):
+    """
+    Alice on node 1 and Bob on node 2 join one room: both see each other
+    join, and a message to the room reaches both (the room lives on the
+    node that serves the group chats for the cluster, and its stanzas for
+    occupants on the other node are forwarded).
+    """
+    n1, n2 = cluster.nodes
+    room = "tea@groups.localhost"
+
+    async def scenario():
+        plugins = ("xep_0030", "xep_0045", "xep_0004", "xep_0359")
+        alice = SlixClient(f"alice@{HOST}/muc", PASSWORD, plugins=plugins)
+        bob = SlixClient(f"bob@{HOST}/muc", PASSWORD, plugins=plugins)
+        assert await alice.login(n1.port)
+        assert await bob.login(n2.port)
+        await alice.plugin["xep_0045"].join_muc_wait(room, "Alice", timeout=10)
+        form = alice.plugin["xep_0004"].make_form("submit")  # an instant room
+        form.add_field("FORM_TYPE", value="http://jabber.org/protocol/muc#roomconfig")
+        await alice.plugin["xep_0045"].set_room_config(room, form)
+        _, _, occupants, _ = await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=10)
+        assert f"{room}/Alice" in [str(p["from"]) for p in occupants]
+        got = {"alice": asyncio.Queue(), "bob": asyncio.Queue()}
+        alice.add_event_handler("groupchat_message", got["alice"].put_nowait)
+        bob.add_event_handler("groupchat_message", got["bob"].put_nowait)
+        bob.send_message(mto=room, mbody="from node 2", mtype="groupchat")
+        for name in ("alice", "bob"):
+            message = await asyncio.wait_for(got[name].get(), 10)
+            assert (str(message["from"]), message["body"]) == (f"{room}/Bob", "from node 2")
+        for client in (alice, bob):
+            await client.logout()
+    run(scenario())
+
+
+def test_blockHoldsOnTheOtherNode(cluster):
+    """Carol on node 2 blocks Dave: Dave's message from node 1 is refused there, not delivered."""
+    n1, n2 = cluster.nodes
+    with RawClient(n2.port) as carol, RawClient(n1.port) as dave:
+        carol.login("carol", PASSWORD, "blocker")
+        carol.send("<presence/>")
+        carol.send(f"<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'>"
+                   f"<item jid='dave@{HOST}'/></block></iq>")
+        assert "type='result'" in carol.recvUntil(r"<iq [^>]*id='b1'[^>]*(/>|>.*?</iq>)")
+        time.sleep(0.5)  # node 1 reads Carol's blocklist again
+        dave.login("dave", PASSWORD, "blocked")
+        dave.send(f"<message to='carol@{HOST}' type='chat' id='x1'><body>hello?</body></message>")
+        pattern = r"<message [^>]*id='x1'.*?</message>"
+        answer = re.search(pattern, dave.recvUntil(pattern), re.S).group(0)
+        assert "type='error'" in answer and "service-unavailable" in answer
+        carol.send(f"<iq type='set' id='b2'><unblock xmlns='urn:xmpp:blocking'>"
+                   f"<item jid='dave@{HOST}'/></unblock></iq>")
+        assert "type='result'" in carol.recvUntil(r"<iq [^>]*id='b2'[^>]*(/>|>.*?</iq>)")
+        assert "hello?" not in carol.readAll(0.5)
+
+
+def test_inviteCreatedOnOneNodeUsedOnTheOther(cluster):
+    """An invite made through node 1 registers an account on node 2, which logs in on node 1."""
+    n1, n2 = cluster.nodes
+    output = n1.ctl("invite", "create", HOST).stdout
+    token = re.search(r"preauth=([A-Za-z0-9_-]+)", output).group(1)
+    with RawClient(n2.port) as client:
+        client.startTLS()
+        client.send(f"<iq type='set' id='pa'><preauth xmlns='urn:xmpp:pars:0' token='{token}'/></iq>")
+        assert "type='result'" in client.recvUntil(r"<iq [^>]*id='pa'[^>]*(/>|>.*?</iq>)")
+        client.send("<iq type='set' id='reg'><query xmlns='jabber:iq:register'>"
+                    f"<username>newcomer</username><password>{PASSWORD}</password></query></iq>")
+        assert "type='result'" in client.recvUntil(r"<iq [^>]*id='reg'[^>]*(/>|>.*?</iq>)")
+    with RawClient(n1.port) as client:
+        assert client.login("newcomer", PASSWORD) == f"newcomer@{HOST}/raw"
+    with RawClient(n1.port) as client:  # spent: a second use fails on either node
+        client.startTLS()
+        client.send(f"<iq type='set' id='pa'><preauth xmlns='urn:xmpp:pars:0' token='{token}'/></iq>")
+        assert "type='error'" in client.recvUntil(r"<iq [^>]*id='pa'[^>]*(/>|>.*?</iq>)")
+
+
+def test_inviteRaceAcrossNodes(cluster):
+    """
+    Twenty streams, ten on each node, race on one single-use token: exactly
+    one account is made (the reservation is one conditional update in the
+    shared store, whichever node makes it).
+    """
+    n1, n2 = cluster.nodes
+    output = n1.ctl("invite", "create", HOST).stdout
+    token = re.search(r"preauth=([A-Za-z0-9_-]+)", output).group(1)
+    barrier = threading.Barrier(20, timeout=30)
+
+    def attempt(index: int) -> bool:
+        with RawClient((n1, n2)[index % 2].port, timeout=30) as client:
+            client.startTLS()
+            barrier.wait()
+            client.send(f"<iq type='set' id='pa'><preauth xmlns='urn:xmpp:pars:0' token='{token}'/></iq>")
+            if "type='result'" not in client.recvUntil(r"<iq [^>]*id='pa'[^>]*(/>|>.*?</iq>)"):
+                return False
+            client.send("<iq type='set' id='reg'><query xmlns='jabber:iq:register'>"
+                        f"<username>racer{index}</username><password>{PASSWORD}</password></query></iq>")
+            return "type='result'" in client.recvUntil(r"<iq [^>]*id='reg'[^>]*(/>|>.*?</iq>)")
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(attempt, range(20)))
+    assert results.count(True) == 1
+    made = [user for user in n2.ctl("users", HOST).stdout.split() if user.startswith("racer")]
+    assert len(made) == 1
+
+
+def bodies(text: str) -> list[str]:
+    return re.findall(r"<body>(m\d+)</body>", text)
+
+
+def test_killedNodeLosesNoMessage(tmp_path, redis):
+    """
+    Alice on node 1 writes to Bob, whose session is on node 2; node 2 is
+    killed (SIGKILL) in the middle. Every message is delivered, or kept
+    for Bob: those sent after the kill wait in offline storage (node 1 saw
+    that nobody listens for node 2 any more), and all are in his archive.
+    Node 1 keeps serving: Bob logs in there and gets them.
+    """
+    nodes = Cluster(tmp_path, redis, db=1)
+    try:
+        n1, n2 = nodes.nodes
+        for user in ("alice", "bob"):
+            n1.adduser(f"{user}@{HOST}", PASSWORD)
+        bob = RawClient(n2.port)
+        bob.login("bob", PASSWORD, "desk")
+        bob.send("<presence/>")
+        alice = RawClient(n1.port)
+        alice.login("alice", PASSWORD, "desk")
+        alice.send("<presence/>")
+        time.sleep(0.5)  # node 1 hears of Bob's presence
+
+        def send(index: int) -> None:
+            alice.send(f"<message to='bob@{HOST}' type='chat' id='m{index}'>"
+                       f"<body>m{index}</body></message>")
+
+        for index in range(10):
+            send(index)
+        live = bodies(bob.recvUntil(r"<body>m9</body>"))
+        assert live == [f"m{i}" for i in range(10)]
+        for index in range(10, 13):
+            send(index)
+            time.sleep(0.02)
+        n2.process.send_signal(signal.SIGKILL)  # mid-traffic
+        n2.process.wait(10)
+        live += bodies(bob.readAll(1))
+        time.sleep(0.2)  # Redis sees node 2's connections closed
+        for index in range(13, 20):
+            send(index)
+            time.sleep(0.02)
+        bob.close()
+
+        with RawClient(n1.port) as again:
+            again.login("bob", PASSWORD, "phone")
+            again.send("<presence/>")
+            offline = bodies(again.readAll(3))
+            again.send("<iq type='set' id='mam'><query xmlns='urn:xmpp:mam:2' queryid='q'/></iq>")
+            archived = bodies(again.recvUntil(r"<iq [^>]*id='mam'.*?</iq>"))
+        sent = [f"m{i}" for i in range(20)]
+        assert set(sent) <= set(live) | set(offline) | set(archived), (live, offline, archived)
+        assert set(sent[13:]) <= set(offline), offline  # after the kill: kept for Bob
+        assert set(sent) <= set(archived)
+        assert "Cluster node n2 is gone" in n1.log()
+        alice.send(f"<iq type='get' id='ping' to='{HOST}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        assert "type='result'" in alice.recvUntil(r"<iq [^>]*id='ping'[^>]*(/>|>.*?</iq>)")
+        alice.close()
+    finally:
+        nodes.stop()
+
+
+def test_failedLoginsCountedAcrossNodes(tmp_path, redis):
+    """
+    Failed logins from one address are counted for the cluster: after
+    three on node 1 (the block is at three here), the address is refused on
+    node 2 at its next attempt.
+    """
+    limits = ("[limits]\nallowlist = []\nauth_failures_free = 0\nauth_failures_block = 3\n"
+              "auth_delay_max = 0\n")
+    nodes = Cluster(tmp_path, redis, db=2, extra=limits)
+    try:
+        n1, n2 = nodes.nodes
+        n1.adduser(f"mallory@{HOST}", PASSWORD)
+        for _ in range(3):
+            with RawClient(n1.port) as client:
+                client.startTLS()
+                assert "<not-authorized" in client.scram("mallory", "wrong password")
+        time.sleep(0.5)  # the count travels through Redis
+        with RawClient(n2.port) as client:
+            client.startTLS()
+            client.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                        "AG1hbGxvcnkAd3JvbmcgcGFzc3dvcmQ=</auth>")
+            assert "policy-violation" in client.readAll(5)
+    finally:
+        nodes.stop()
+
+
+def test_redisRestarted(tmp_path):
+    """
+    Redis stops: each node keeps its clients, and a message for a session
+    of the other node waits in offline storage. Redis comes back (empty):
+    the nodes write their sessions again and read each other's, and
+    messages cross again.
+    """
+    needRedis()
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis").start()
+    nodes = None
+    try:
+        nodes = Cluster(tmp_path, redis)
+        n1, n2 = nodes.nodes
+        for user in ("alice", "bob"):
+            n1.adduser(f"{user}@{HOST}", PASSWORD)
+        bob = RawClient(n2.port)
+        bob.login("bob", PASSWORD, "desk")
+        bob.send("<presence/>")
+        alice = RawClient(n1.port)
+        alice.login("alice", PASSWORD, "desk")
+        alice.send("<presence/>")
+        time.sleep(0.5)
+        alice.send(f"<message to='bob@{HOST}' type='chat' id='m1'><body>m1</body></message>")
+        assert "m1" in bob.recvUntil(r"<body>m1</body>")
+
+        redis.stop()
+        time.sleep(0.5)
+        alice.send(f"<message to='bob@{HOST}' type='chat' id='m2'><body>m2</body></message>")
+        redis.start()
+        for node in (n1, n2):
+            deadline = time.monotonic() + 30
+            while node.log().count("joined") < 2:
+                assert time.monotonic() < deadline, node.log()
+                time.sleep(0.1)
+        time.sleep(0.5)
+        alice.send(f"<message to='bob@{HOST}' type='chat' id='m3'><body>m3</body></message>")
+        assert "m3" in bob.recvUntil(r"<body>m3</body>")
+        bob.close()
+        with RawClient(n1.port) as again:  # m2 waited offline
+            again.login("bob", PASSWORD, "phone")
+            again.send("<presence/>")
+            assert "m2" in again.recvUntil(r"<body>m2</body>")
+        alice.close()
+    finally:
+        if nodes is not None:
+            nodes.stop()
+        redis.stop()
