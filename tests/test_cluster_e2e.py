@@ -339,24 +339,27 @@ def test_blockHoldsOnTheOtherNode(cluster):
         assert "hello?" not in carol.readAll(0.5)
 
 
+def preauth(client: RawClient, token: str) -> str:
+    """Send invite C{token} (XEP-0401) on a new stream; the answer."""
+    client.startTLS()
+    client.send(f"<iq type='set' id='pa'><preauth xmlns='urn:xmpp:pars:0' token='{token}'/></iq>")
+    return client.recvUntil(r"<iq [^>]*id='pa'[^>]*(/>|>.*?</iq>)")
+
+
 def test_inviteCreatedOnOneNodeUsedOnTheOther(cluster):
     """An invite made through node 1 registers an account on node 2, which logs in on node 1."""
     n1, n2 = cluster.nodes
     output = n1.ctl("invite", "create", HOST).stdout
     token = re.search(r"preauth=([A-Za-z0-9_-]+)", output).group(1)
     with RawClient(n2.port) as client:
-        client.startTLS()
-        client.send(f"<iq type='set' id='pa'><preauth xmlns='urn:xmpp:pars:0' token='{token}'/></iq>")
-        assert "type='result'" in client.recvUntil(r"<iq [^>]*id='pa'[^>]*(/>|>.*?</iq>)")
+        assert "type='result'" in preauth(client, token)
         client.send("<iq type='set' id='reg'><query xmlns='jabber:iq:register'>"
                     f"<username>newcomer</username><password>{PASSWORD}</password></query></iq>")
         assert "type='result'" in client.recvUntil(r"<iq [^>]*id='reg'[^>]*(/>|>.*?</iq>)")
     with RawClient(n1.port) as client:
         assert client.login("newcomer", PASSWORD) == f"newcomer@{HOST}/raw"
     with RawClient(n1.port) as client:  # spent: a second use fails on either node
-        client.startTLS()
-        client.send(f"<iq type='set' id='pa'><preauth xmlns='urn:xmpp:pars:0' token='{token}'/></iq>")
-        assert "type='error'" in client.recvUntil(r"<iq [^>]*id='pa'[^>]*(/>|>.*?</iq>)")
+        assert "type='error'" in preauth(client, token)
 
 
 def test_inviteRaceAcrossNodes(cluster):
@@ -428,6 +431,9 @@ def test_killedNodeLosesNoMessage(tmp_path, redis, postgresqlDSN):
         alice = RawClient(n1.port)
         alice.login("alice", PASSWORD, "desk")
         alice.send("<presence/>")
+        token = re.search(r"preauth=([A-Za-z0-9_-]+)", n1.ctl("invite", "create", HOST).stdout).group(1)
+        newcomer = RawClient(n2.port)  # holds the invite's one use on node 2, as it dies
+        assert "type='result'" in preauth(newcomer, token)
         time.sleep(0.5)  # node 1 hears of Bob's presence
 
         def send(index: int) -> None:
@@ -449,6 +455,7 @@ def test_killedNodeLosesNoMessage(tmp_path, redis, postgresqlDSN):
             send(index)
             time.sleep(0.02)
         bob.close()
+        newcomer.close()
         sent = [f"m{i}" for i in range(20)]
         # In the shared store before anyone asks: all archived, those after the kill kept offline.
         kept, inArchive = stored(postgresqlDSN, "bob", lambda kept, archived: set(sent) <= set(
@@ -468,6 +475,13 @@ def test_killedNodeLosesNoMessage(tmp_path, redis, postgresqlDSN):
         alice.send(f"<iq type='get' id='ping' to='{HOST}'><ping xmlns='urn:xmpp:ping'/></iq>")
         assert "type='result'" in alice.recvUntil(r"<iq [^>]*id='ping'[^>]*(/>|>.*?</iq>)")
         alice.close()
+
+        # Node 2 comes back beside node 1 and frees what it held when it died: the invite works.
+        with RawClient(n1.port) as client:
+            assert "type='error'" in preauth(client, token)
+        n2.start()
+        with RawClient(n1.port) as client:
+            assert "type='result'" in preauth(client, token)
     finally:
         nodes.stop()
 
