@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """
-Cluster mode's cost: two invitesrv nodes (cluster mode, one Redis, one store)
-and the messages workload of C{bench/run.py} twice, with both sides of each
-pair on node 1 (same-node messages) and with the sides on different nodes
-(cross-node messages: every message and receipt goes through Redis). The
-figure is the CPU time per message of both nodes and Redis together.
+Cluster mode's cost: two invitesrv nodes (cluster mode, one Redis, one
+private PostgreSQL as the shared store) and the messages workload of
+C{bench/run.py} twice, with both sides of each pair on node 1 (same-node
+messages) and with the sides on different nodes (cross-node messages: every
+message and receipt goes through Redis). The figure is the CPU time per
+message of both nodes, Redis and PostgreSQL together. Then what the nodes
+hold: K idle logins on node 1 alone, and K on each node at once.
 
-    python bench/cluster.py                 # 20 pairs x 200 messages per side, each layout
-    python bench/cluster.py --quick         # 2 pairs x 20
+    python bench/cluster.py                 # 20 pairs x 200 messages per side, K = 1000
+    python bench/cluster.py --quick         # 2 pairs x 20, K = 50
 
-The nodes and Redis share CPU 0 and the generator has CPU 1 (when there are
-two); only 127.0.0.1 is used; only the processes started here are stopped, by
-their PID. Needs redis-server (Debian's package).
+The nodes and Redis share CPU 0; the generator and PostgreSQL have CPU 1
+(when there are two); only 127.0.0.1 and a Unix socket are used; only the
+processes started here are stopped, by their PID. Needs redis-server and
+postgresql (Debian's packages) and psycopg.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' private PostgreSQL
 
 from run import (  # noqa: E402
     DOMAIN,
@@ -68,82 +72,133 @@ class Redis:
             self.process.wait(10)
 
 
-def node(work: Path, index: int, cpu: str | None, certificate, redis: Redis) -> Invitesrv:
-    """Node C{index} of the cluster: the bench's config with [cluster]; the others open node 1's store."""
-    server = Invitesrv(work / f"n{index}", cpu, certificate)
+def node(work: Path, index: int, cpu: str | None, certificate, redis: Redis, dsn: str) -> Invitesrv:
+    """Node C{index} of the cluster: the bench's config with the shared store and [cluster]."""
+    server = Invitesrv(work / f"n{index}", cpu, certificate, dsn)
     with server.configPath.open("a") as f:
         f.write(f'[cluster]\nenabled = true\nredis = "redis://127.0.0.1:{redis.port}/0"\n'
                 f'node = "n{index}"\n')
-    if index > 1:
-        data = server.directory / "data"
-        data.mkdir(mode=0o700)
-        first = work / "n1" / "data"
-        os.symlink(first / "invitesrv.sqlite3", data / "invitesrv.sqlite3")
-        os.symlink(first / "server.secret", data / "server.secret")
     return server
 
 
+def postgresqlPids(postgresql) -> list[int]:
+    """The private PostgreSQL's processes: the postmaster and its children (backends and all)."""
+    master = int((postgresql.directory / "data" / "postmaster.pid").read_text().split()[0])
+    children = [int(path.parent.name) for path in Path("/proc").glob("[0-9]*/stat")
+                if _parent(path) == master]
+    return [master, *children]
+
+
+def _parent(stat: Path) -> int:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def cpuSeconds(pid: int) -> float:
-    """User and system CPU seconds of process C{pid} so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User and system CPU seconds of process C{pid} so far (0 for one that ended)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def messages(nodes, redis: Redis, pairs: int, per: int, crossNode: bool, genCPU, work: Path) -> dict:
+def messages(nodes, redis: Redis, pgPids: list[int], pairs: int, per: int, crossNode: bool,
+             genCPU, work: Path) -> dict:
     n1, n2 = nodes
+    others = [n2.pid, redis.process.pid, *pgPids]
     command = [sys.executable, str(GENERATOR), "--host", "127.0.0.1", "--port", str(n1.port),
                "--domain", DOMAIN, "--server-pid", str(n1.pid),
-               "--also-pids", f"{n2.pid},{redis.process.pid}", "--scram-cache",
+               "--also-pids", ",".join(map(str, others)), "--scram-cache",
                str(work / "scram"), "--prefix", POOL, "messages", "-p", str(pairs), "-m", str(per)]
     if crossNode:
         command += ["--port2", str(n2.port)]
     if genCPU is not None:
         command = ["taskset", "-c", genCPU, *command]
-    before = [cpuSeconds(pid) for pid in (n1.pid, n2.pid, redis.process.pid)]
+    groups = {"n1": [n1.pid], "n2": [n2.pid], "redis": [redis.process.pid], "postgresql": pgPids}
+    before = {name: sum(map(cpuSeconds, pids)) for name, pids in groups.items()}
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
-    after = [cpuSeconds(pid) for pid in (n1.pid, n2.pid, redis.process.pid)]
+    after = {name: sum(map(cpuSeconds, pids)) for name, pids in groups.items()}
     lines = result.stdout.strip().splitlines()
     if not lines:
         raise BenchError(f"the generator failed: {result.stderr[-500:]}")
     record = json.loads(lines[-1])
     record["layout"] = "cross-node" if crossNode else "same-node"
     ok = max(1, record.get("messages_ok") or 0)  # the whole run, logins and all
-    record["cpu_ms_msg_run"] = {name: round(1000 * (a - b) / ok, 3)
-                                for name, a, b in zip(("n1", "n2", "redis"), after, before, strict=True)}
+    record["cpu_ms_msg_run"] = {name: round(1000 * (after[name] - before[name]) / ok, 3)
+                                for name in groups}
     record["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
     return record
 
 
+def idle(servers, k: int, genCPU, work: Path, start: int) -> list[dict]:
+    """K idle logins held on each of C{servers} at once (a generator each); their records."""
+    commands = []
+    for index, server in enumerate(servers):
+        command = [sys.executable, str(GENERATOR), "--host", "127.0.0.1", "--port", str(server.port),
+                   "--domain", DOMAIN, "--server-pid", str(server.pid), "--scram-cache",
+                   str(work / f"scram-idle{index}"), "--prefix", POOL, "--start",
+                   str(start + index * k), "idle", "-k", str(k), "-c", "50", "--settle", "2",
+                   "--hold", "2"]
+        commands.append(["taskset", "-c", genCPU, *command] if genCPU is not None else command)
+    running = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for c in commands]
+    records = []
+    for process, server in zip(running, servers, strict=True):
+        out, err = process.communicate(timeout=600)
+        lines = out.strip().splitlines()
+        if not lines:
+            raise BenchError(f"the idle generator failed: {err[-500:]}")
+        record = json.loads(lines[-1])
+        record["node"] = server.directory.name
+        record["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+        records.append(record)
+    return records
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--quick", action="store_true", help="2 pairs x 20 messages")
+    parser.add_argument("--quick", action="store_true", help="2 pairs x 20 messages, K = 50")
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("-m", type=int, default=200, help="messages sent by each side of a pair")
+    parser.add_argument("-k", type=int, default=1000, help="idle logins held per node")
     parser.add_argument("--repeat", type=int, default=1)
     options = parser.parse_args(argv)
     if not Path(REDIS_SERVER).exists():
         raise SystemExit(f"{REDIS_SERVER} is not installed (apt-get install redis-server)")
-    pairs, per = (2, 20) if options.quick else (options.pairs, options.m)
+    from pgcluster import PrivatePostgreSQL, missing
+    if missing() is not None:
+        raise SystemExit(missing())
+    pairs, per, k = (2, 20, 50) if options.quick else (options.pairs, options.m, options.k)
     serverCPU, genCPU = cpuPlan()
     work = Path(tempfile.mkdtemp(prefix="invitesrv-cluster-bench-"))
-    redis = None
+    redis = postgresql = None
     nodes = []
     try:
         certificate = (work / "server.crt", work / "server.key")
         writeCertificate(*certificate)
         redis = Redis(work, serverCPU)
-        nodes = [node(work, index, serverCPU, certificate, redis) for index in (1, 2)]
-        nodes[0].provision(2 * pairs)
-        for server in nodes:
-            server.start()
+        postgresql = PrivatePostgreSQL().start(cpus=genCPU)
+        dsn = postgresql.dsn(postgresql.createDatabase())
+        log(f"PostgreSQL: a private cluster in {postgresql.directory}, CPU {genCPU}")
+        nodes = [node(work, index, serverCPU, certificate, redis, dsn) for index in (1, 2)]
+        nodes[0].provision(max(2 * pairs, 3 * k))
+        nodes[0].start()  # makes the server secret, which the other node must share
+        secret = work / "n1" / "data" / "server.secret"
+        (work / "n2" / "data").mkdir(mode=0o700)
+        shutil.copy2(secret, work / "n2" / "data" / "server.secret")
+        nodes[1].start()
         time.sleep(1)  # both joined
         results = []
         for _ in range(options.repeat):
             for crossNode in (False, True):
-                record = messages(nodes, redis, pairs, per, crossNode, genCPU, work)
+                record = messages(nodes, redis, postgresqlPids(postgresql), pairs, per, crossNode,
+                                  genCPU, work)
                 shown = figures(record)
                 log(f"{record['layout']}: {shown['rate']} msgs/s, p50 {shown['p50']} ms,"
-                    f" {shown['cpu_ms_op']} CPU ms/msg (both nodes and Redis), errors"
+                    f" {shown['cpu_ms_op']} CPU ms/msg (both nodes, Redis and PostgreSQL), errors"
                     f" {record.get('errors')}, load {' '.join(record['loadavg'])}; whole run"
                     f" (with logins) per process: {record['cpu_ms_msg_run']}")
                 results.append(record)
@@ -151,6 +206,14 @@ def main(argv=None) -> int:
         cross = [figures(r)["cpu_ms_op"] for r in results if r["layout"] == "cross-node"]
         if all(same) and all(cross):
             log(f"cross-node / same-node CPU per message: {min(cross) / min(same):.2f}")
+        for held in ([nodes[0]], nodes):  # one node, then both at once (fresh users each time)
+            for record in idle(held, k, genCPU, work, start=0 if len(held) == 1 else k):
+                log(f"idle on {record['node']} ({len(held)} node(s) loaded):"
+                    f" {record.get('alive_after_hold')} of {k} held, {record.get('login_per_s')}"
+                    f" logins/s, {record.get('bytes_per_conn')} bytes RSS per connection,"
+                    f" load {' '.join(record['loadavg'])}")
+                record["layout"] = f"idle-{len(held)}-node"
+                results.append(record)
         print(json.dumps({"machine": machineInfo(), "results": results}))
         return 0 if not any(r.get("errors") for r in results) else 1
     finally:
@@ -158,6 +221,8 @@ def main(argv=None) -> int:
             server.stop()
         if redis is not None:
             redis.stop()
+        if postgresql is not None:
+            postgresql.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -585,6 +585,11 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
         values["store"] = _store(data["store"], source)
     if "cluster" in data:
         values["cluster"] = _cluster(data["cluster"], source)
+        if values["cluster"].enabled and values.get("store", StoreOptions()).backend == "sqlite":
+            # Each node's start would free the others' invite reservations, and
+            # a file serves one machine: the nodes share a PostgreSQL store.
+            raise ConfigError(f"{source}: cluster.enabled needs the postgresql store that every"
+                              " node shares ([store] backend = \"postgresql\" and dsn)")
 
     defaults = _checkHostOptions(
         buildTable(HostOptions, data.get("host_defaults", {}), "host_defaults", source),

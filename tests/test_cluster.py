@@ -101,10 +101,14 @@ def test_parseURL():
             parseURL(bad)
 
 
+SHARED_STORE = {"backend": "postgresql", "dsn": "host=/run/postgresql dbname=invitesrv"}
+
+
 def test_clusterConfig():
     """[cluster] is off by default; a bad URL, node name or TTL is refused naming the key."""
     assert parseConfig({}).cluster == ClusterOptions(enabled=False)
-    config = parseConfig({"cluster": {"enabled": True, "node": "n1", "ttl": "30s"}})
+    config = parseConfig({"cluster": {"enabled": True, "node": "n1", "ttl": "30s"},
+                          "store": SHARED_STORE})
     assert config.cluster.enabled and config.cluster.node == "n1" and config.cluster.ttl == 30
     for table, key in (({"redis": "localhost:6379"}, "cluster.redis"),
                        ({"node": "two words"}, "cluster.node"), ({"ttl": 1}, "cluster.ttl"),
@@ -117,8 +121,21 @@ def test_clusterNeedsHiredis(monkeypatch):
     """Cluster mode without the hiredis package stops start-up saying what to install."""
     monkeypatch.setitem(sys.modules, "hiredis", None)
     with pytest.raises(ConfigError, match=r"invitesrv\[cluster\]"):
-        parseConfig({"cluster": {"enabled": True}})
+        parseConfig({"cluster": {"enabled": True}, "store": SHARED_STORE})
     assert not parseConfig({"cluster": {"enabled": False}}).cluster.enabled
+
+
+def test_clusterNeedsTheSharedStore():
+    """
+    Cluster mode on the SQLite store is refused at start, saying what to
+    use: each node's start would free the invite reservations of the
+    others' registrations in flight, and a file serves one machine only.
+    """
+    with pytest.raises(ConfigError, match=r'cluster.enabled needs the postgresql store'):
+        parseConfig({"cluster": {"enabled": True}})
+    with pytest.raises(ConfigError, match=r'cluster.enabled needs the postgresql store'):
+        parseConfig({"cluster": {"enabled": True}, "store": {"backend": "sqlite"}})
+    assert parseConfig({"cluster": {"enabled": True}, "store": SHARED_STORE}).cluster.enabled
 
 
 # -- the directory -----------------------------------------------------------------

@@ -118,6 +118,8 @@ def test_schemaHasSQLitesTables(postgresqlDSN):
     sqlite = columns(lite, "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p"
                            " WHERE m.type = 'table'")
     lite.close()
+    # Its own: which server holds the invite reservations (several servers share the database).
+    assert set(postgres.pop("invite_holds")) == {"invite_id", "holder", "held"}
     assert postgres == sqlite
 
 
@@ -185,6 +187,8 @@ def test_inviteRaceAcrossNodes(nodes):
     used = yield first.getInvite("once")
     assert (used.uses, used.reserved) == (1, 0)
     assert [use["username"] for use in used.uses_log] == winners
+    with psycopg.connect(first.dsn) as conn:  # every hold given back or turned into the use
+        assert conn.execute("SELECT COUNT(*) FROM invite_holds").fetchone() == (0,)
 
 
 @pytest_twisted.inlineCallbacks
@@ -223,7 +227,7 @@ def serversGone(dsn: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     with psycopg.connect(dsn, autocommit=True) as conn:
         while conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
-                           " AND application_name = 'invitesrv'").fetchone()[0]:
+                           " AND application_name LIKE 'invitesrv %'").fetchone()[0]:
             assert time.monotonic() < deadline, "the closed stores' sessions did not end"
             time.sleep(0.02)
 
@@ -252,6 +256,43 @@ def test_reservationsFreedWhenNoServerRuns(dsn):
 
 
 @pytest_twisted.inlineCallbacks
+def test_reservationsOfADeadServerFreedBesideOthers(dsn):
+    """
+    A node of a cluster that dies (its connection gone) with reservations
+    leaks them while the other nodes run: the next server to start frees
+    those, and leaves the reservations of the servers still running.
+    """
+    survivor, dying = opened = [openStore(dsn), openStore(dsn)]
+    try:
+        for name in ("i1", "i2"):
+            yield survivor.createInvite(invite(name, usesAllowed=1), token(name))
+        assert (yield survivor.reserveInvite(token("i1"), HOST, NOW)) is not None
+        assert (yield dying.reserveInvite(token("i2"), HOST, NOW)) is not None
+        opened.remove(dying)
+        dying.close()  # as a killed process: its reservation stays in the database
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 10
+            while conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname ="
+                               " current_database() AND application_name LIKE 'invitesrv%'"
+                               ).fetchone()[0] > 1:  # the survivor's session only
+                assert time.monotonic() < deadline, "the closed store's session did not end"
+                time.sleep(0.02)
+        assert (yield survivor.getInvite("i2")).reserved == 1
+        restarted = openStore(dsn)
+        opened.append(restarted)
+        assert (yield restarted.getInvite("i2")).reserved == 0  # usable again
+        assert (yield restarted.getInvite("i1")).reserved == 1  # in use on the survivor
+        assert (yield restarted.reserveInvite(token("i2"), HOST, NOW)) is not None
+        yield survivor.releaseInvite("i1")
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT holder, held FROM invite_holds").fetchall() == [
+                (restarted.holder, 1)]
+    finally:
+        for store in opened:
+            store.close()
+
+
+@pytest_twisted.inlineCallbacks
 def test_lostConnectionIsMadeAgain(dsn):
     """
     When the server ends the store's connection, the call under way fails
@@ -262,7 +303,7 @@ def test_lostConnectionIsMadeAgain(dsn):
         yield store.createAccount(account("alice"))
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
-                          " WHERE application_name = 'invitesrv' AND datname = current_database()"
+                          " WHERE application_name LIKE 'invitesrv %' AND datname = current_database()"
                           " AND pid != pg_backend_pid()")
         with pytest.raises(StoreUnavailable):
             yield store.createAccount(NewAccount(HOST, "bob", credentials(), now=NOW))

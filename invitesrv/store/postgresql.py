@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import re
+import secrets
 
 import psycopg
 from psycopg import errors
@@ -37,7 +38,7 @@ from invitesrv.usernames import skeleton
 
 log = Logger()
 
-SERVING = "invitesrv"  # the application_name of a server's connections
+SERVING = "invitesrv"  # the application_name of a server's connections, with its holder id
 TOOL = "invitesrvctl"  # and of a tool's, which holds no reservations
 SCHEMA_LOCK = 0x696E7673  # the advisory lock held while the schema is upgraded
 RETRIES = 3  # attempts of a transaction PostgreSQL rolled back (deadlock, serialization)
@@ -134,13 +135,15 @@ class PostgreSQLStore(SQLStore):
         self.path = describe(dsn)  # what the logs say the store is
         self._connections: ConnectionPool | None = None
         self._conn: psycopg.Connection | None = None  # held by the worker between calls
+        # This process's name for its reservations (invite_holds), and its connections'.
+        self.holder = f"{SERVING} {secrets.token_hex(8)}"
 
     def open(self, serving: bool = True) -> None:
         """
         Upgrade the schema, connect and start the worker. C{serving} is False
         for a tool (C{invitesrvctl}) that may run beside the servers.
         """
-        name = SERVING if serving else TOOL
+        name = self.holder if serving else TOOL
         try:
             conn = psycopg.connect(self.dsn, application_name=name,
                                    connect_timeout=max(1, round(self.busyTimeout)))
@@ -163,19 +166,49 @@ class PostgreSQLStore(SQLStore):
         """What a server does once at start, in one transaction on C{conn}."""
         others = conn.execute(
             "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = %s AND pid != pg_backend_pid()", (SERVING,)).fetchone()[0]
+            " AND application_name LIKE %s AND pid != pg_backend_pid()",
+            (f"{SERVING} %",)).fetchone()[0]
         if not others:
             # No server is running on the database, so no registration is in
             # flight: free the invite reservations a crash leaked.
             conn.execute("UPDATE invites SET reserved = 0 WHERE reserved != 0")
+            conn.execute("DELETE FROM invite_holds")
             # Nor an upload: a PUT cut by a stop may be tried again.
             conn.execute("UPDATE uploads SET state = 'slot' WHERE state = 'uploading'")
+        else:
+            PostgreSQLStore._freeAbandoned(conn)
         # A newer ICU may have newer confusables data than the stored skeletons.
         stale = [(skeleton(username), host, username) for host, username, shape in conn.execute(
             "SELECT host, username, skeleton FROM accounts") if skeleton(username) != shape]
         if stale:
             conn.cursor().executemany(
                 "UPDATE accounts SET skeleton = %s WHERE host = %s AND username = %s", stale)
+
+    @staticmethod
+    def _freeAbandoned(conn: psycopg.Connection) -> None:
+        """
+        Free the invite reservations of the servers no longer connected (a
+        node of a cluster that was killed), leaving those of the running ones.
+        """
+        conn.execute(
+            "WITH gone AS (DELETE FROM invite_holds WHERE holder NOT IN ("
+            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name IS NOT NULL) RETURNING invite_id, held)"
+            " UPDATE invites SET reserved = GREATEST(reserved - freed.held, 0)"
+            " FROM (SELECT invite_id, SUM(held) AS held FROM gone GROUP BY invite_id) AS freed"
+            " WHERE invites.id = freed.invite_id")
+
+    def _held(self, conn, inviteId: str, change: int) -> None:
+        if change > 0:
+            conn.execute("INSERT INTO invite_holds (invite_id, holder, held) VALUES (?, ?, ?)"
+                         " ON CONFLICT (invite_id, holder)"
+                         " DO UPDATE SET held = invite_holds.held + EXCLUDED.held",
+                         (inviteId, self.holder, change))
+        elif not conn.execute("UPDATE invite_holds SET held = held + ? WHERE invite_id = ?"
+                              " AND holder = ? AND held > ?",
+                              (change, inviteId, self.holder, -change)).rowcount:
+            conn.execute("DELETE FROM invite_holds WHERE invite_id = ? AND holder = ?",
+                         (inviteId, self.holder))
 
     def _configure(self, conn: psycopg.Connection) -> None:
         """A new connection waits for a row lock no longer than a call waits for SQLite's."""

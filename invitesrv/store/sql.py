@@ -122,6 +122,14 @@ class SQLStore(GroupsSQL, RosterObservers):
         A backend whose write transactions run one at a time has nothing to do.
         """
 
+    def _held(self, conn, inviteId: str, change: int) -> None:
+        """
+        Count C{change} more (or fewer) reservations of invite C{inviteId}
+        as this server's, where several servers share the store and one may
+        die holding some. A backend that one server uses alone frees every
+        reservation at its start, and has nothing to do.
+        """
+
     def _run(self, fn, *args):
         """Run C{fn(conn, *args)} in one transaction on a worker thread."""
         d = threads.deferToThreadPool(self._reactor, self._pool, self._transaction, fn, args)
@@ -185,6 +193,7 @@ class SQLStore(GroupsSQL, RosterObservers):
                          [(a.host, a.username, role) for role in a.roles])
         if a.inviteUse:
             SQLStore._useInvite(conn, a.inviteUse, a.host, a.username, a.now)
+            self._held(conn, a.inviteUse.inviteId, -1)
         for owner, item in a.rosterItems:
             if conn.execute("SELECT 1 FROM accounts WHERE host = ? AND username = ?",
                             (a.host, owner)).fetchone():
@@ -787,13 +796,19 @@ class SQLStore(GroupsSQL, RosterObservers):
                 " AND revoked IS NULL AND expires > ?"
                 " AND (uses_allowed IS NULL OR uses + reserved < uses_allowed)",
                 (tokenHash, host, now))
-            return self._getInvite(conn, "token_hash", tokenHash) if cursor.rowcount == 1 else None
+            if cursor.rowcount != 1:
+                return None
+            invite = self._getInvite(conn, "token_hash", tokenHash)
+            self._held(conn, invite.id, 1)
+            return invite
         return self._run(reserve)
 
     def releaseInvite(self, inviteId):
-        return self._run(lambda conn: conn.execute(
-            "UPDATE invites SET reserved = reserved - 1 WHERE id = ? AND reserved > 0",
-            (inviteId,)) and None)
+        def release(conn):
+            if conn.execute("UPDATE invites SET reserved = reserved - 1 WHERE id = ? AND reserved > 0",
+                            (inviteId,)).rowcount:
+                self._held(conn, inviteId, -1)
+        return self._run(release)
 
     def consumeInvite(self, use: InviteUse, now: float, rosterItems=(), usedBy=""):
         for username, _item in rosterItems:
