@@ -23,6 +23,7 @@ from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
+from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 from wokkel import disco
 
@@ -60,6 +61,7 @@ class Session:
 
     def __init__(self, full: str):
         self.full = full
+        self.jid = jid.JID(full)
         self.bare, self.resource = full.split("/")
         self.available, self.priority = True, 0
         self.received: list[domish.Element] = []

@@ -124,15 +124,12 @@ class Router:
 
     def _boundJID(self, to: str) -> jid.JID | None:
         """
-        The JID C{to} when a session is bound as it, exactly as written
-        (what the server sends its clients is addressed so): its parts are
-        prepared, no parsing needed.
+        The JID of the session bound as C{to}, exactly as written (what the
+        server sends its clients is addressed so): no parsing needed.
         """
         bare, _, resource = to.partition("/")
-        if not resource or resource not in self.sessions.get(bare, ()):
-            return None
-        user, _, host = bare.partition("@")
-        return preparedJID(user, host, resource)
+        session = self.sessions.get(bare, {}).get(resource) if resource else None
+        return session.jid if session is not None else None
 
     def routeRemote(self, stanza, target: jid.JID) -> None:
         """The default route: server-to-server streams, or an error when federation is off."""
