@@ -556,7 +556,8 @@ class SmacksModule(HostModule):
             log.info("{jid}: {count} unacknowledged messages left to the archive, which the"
                      " client reads", jid=session.full, count=len(archived))
             self.host.metrics["smacks.archived"] += len(archived)
-            messages = [m for m in messages if not any(m is a for a in archived)]
+            left = {id(message) for message in archived}
+            messages = [m for m in messages if id(m) not in left]
         for message in messages:
             d = self.host.hooks.first("offline-message", session.user, message)
             kept = (yield d) if d is not None else False
