@@ -94,6 +94,23 @@ async def until(condition, timeout: float = 10.0, what: str = "") -> None:
         await asyncio.sleep(0.05)
 
 
+async def befriend(first: tuple[str, RunningServer], second: tuple[str, RunningServer]) -> None:
+    """Two users, each logged in on a node, subscribe to each other both ways, then log out."""
+    (one, oneNode), (other, otherNode) = first, second
+    a = SlixClient(f"{one}@{HOST}/one", PASSWORD)
+    b = SlixClient(f"{other}@{HOST}/one", PASSWORD)
+    for client, node in ((a, oneNode), (b, otherNode)):
+        assert await client.login(node.port, presence=False)
+        await client.get_roster()
+        client.send_presence()
+    a.send_presence(pto=f"{other}@{HOST}", ptype="subscribe")
+    await until(lambda: a.client_roster[f"{other}@{HOST}"]["subscription"] == "both"
+                and b.client_roster[f"{one}@{HOST}"]["subscription"] == "both",
+                what="a mutual subscription")
+    for client in (a, b):
+        await client.logout()
+
+
 def test_contactsOnTwoNodes(cluster):
     """
     Alice on node 1, Bob on node 2: a subscription both ways (roster pushes
@@ -206,20 +223,6 @@ def test_presenceProbeAnsweredFromOtherNode(cluster):
     """
     n1, n2 = cluster.nodes
 
-    async def befriend():
-        eve = SlixClient(f"eve@{HOST}/one", PASSWORD)
-        frank = SlixClient(f"frank@{HOST}/one", PASSWORD)
-        for client, node in ((eve, n1), (frank, n2)):
-            assert await client.login(node.port, presence=False)
-            await client.get_roster()
-            client.send_presence()
-        eve.send_presence(pto=f"frank@{HOST}", ptype="subscribe")
-        await until(lambda: eve.client_roster[f"frank@{HOST}"]["subscription"] == "both"
-                    and frank.client_roster[f"eve@{HOST}"]["subscription"] == "both",
-                    what="a mutual subscription")
-        for client in (eve, frank):
-            await client.logout()
-
     async def scenario():
         eve = SlixClient(f"eve@{HOST}/laptop", PASSWORD)
         frank = SlixClient(f"frank@{HOST}/desk", PASSWORD)
@@ -241,7 +244,7 @@ def test_presenceProbeAnsweredFromOtherNode(cluster):
         await eve.logout()
         await asyncio.wait_for(gone.wait(), 10)
         await frank.logout()
-    run(befriend())
+    run(befriend(("eve", n1), ("frank", n2)))
     run(scenario())
 
 
@@ -253,20 +256,7 @@ def test_rosterChangedOnOtherNode(cluster):
     """
     n1, n2 = cluster.nodes
 
-    async def befriend():
-        grace = SlixClient(f"grace@{HOST}/one", PASSWORD)
-        heidi = SlixClient(f"heidi@{HOST}/one", PASSWORD)
-        for client in (grace, heidi):
-            assert await client.login(n1.port, presence=False)
-            await client.get_roster()
-            client.send_presence()
-        grace.send_presence(pto=f"heidi@{HOST}", ptype="subscribe")
-        await until(lambda: grace.client_roster[f"heidi@{HOST}"]["subscription"] == "both"
-                    and heidi.client_roster[f"grace@{HOST}"]["subscription"] == "both",
-                    what="a mutual subscription")
-        for client in (grace, heidi):
-            await client.logout()
-    run(befriend())
+    run(befriend(("grace", n1), ("heidi", n1)))
 
     def rosterGet(client: RawClient, iqid: str) -> str:
         """The answer to a roster get (not the pushes received before it)."""

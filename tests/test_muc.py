@@ -15,6 +15,7 @@ import invitesrv  # noqa: F401 (its Wokkel shim goes before any Wokkel import)
 from dataclasses import replace
 
 import pytest
+from test_components import Session as ComponentsSession
 from twisted.internet import task
 from twisted.words.xish import domish
 from wokkel import disco
@@ -31,18 +32,12 @@ NS_USER = NS_MUC + "#user"
 ROOM = "room@groups.localhost"
 
 
-class Session:
-    """A bound client resource standing in for a stream: what it is sent is kept."""
+class Session(ComponentsSession):
+    """A bound client resource standing in for a stream, with the directed presence it sent."""
 
     def __init__(self, full: str):
-        self.full = full
-        self.bare, self.resource = full.split("/")
-        self.available, self.priority = True, 0
-        self.received: list[domish.Element] = []
+        ComponentsSession.__init__(self, full)
         self.directed: set[str] = set()
-
-    def send(self, element) -> None:
-        self.received.append(element)
 
     def take(self) -> list[domish.Element]:
         received, self.received = self.received, []
