@@ -139,8 +139,8 @@ class PushModule(HostModule):
         HostModule.__init__(self)
         self.counts: dict[str, int] = {}  # username: messages notified since last online
         self.pending: dict[str, Publish] = {}  # iq id: publish waiting for its answer
-        # (username, service, node): when it was last notified, and what waits
-        self.throttles: dict[tuple[str, str, str], Throttle] = {}
+        # username -> (service, node): when it was last notified, and what waits
+        self.throttles: dict[str, dict[tuple[str, str], Throttle]] = {}
         self._ids = itertools.count(1)
 
     def connectionLost(self, reason) -> None:
@@ -226,8 +226,13 @@ class PushModule(HostModule):
 
     def _forgetThrottles(self, username: str | None) -> None:
         """Forget when C{username}'s registrations (None: everyone's) were notified."""
-        for key in [key for key in self.throttles if username is None or key[0] == username]:
-            self.throttles.pop(key).cancel()
+        if username is None:
+            gone, self.throttles = list(self.throttles.values()), {}
+        else:
+            gone = [self.throttles.pop(username, {})]
+        for throttles in gone:
+            for throttle in throttles.values():
+                throttle.cancel()
 
     def notify(self, username: str, message: domish.Element) -> defer.Deferred:
         """Publish a summary of C{message} to each of the user's app servers."""
@@ -242,10 +247,11 @@ class PushModule(HostModule):
         interval = self.options.min_interval
         now = self.host.now()
         for registration in registrations:
-            key = (username, registration.service, registration.node)
-            throttle = self.throttles.get(key)
+            throttles = self.throttles.setdefault(username, {})
+            key = (registration.service, registration.node)
+            throttle = throttles.get(key)
             if throttle is None or (throttle.call is None and now - throttle.last >= interval):
-                self.throttles[key] = Throttle(now)
+                throttles[key] = Throttle(now)
                 self._publish(username, registration, message, count)
                 continue
             throttle.message = message
@@ -253,14 +259,14 @@ class PushModule(HostModule):
             self.host.metrics["push.coalesced"] += 1
             if throttle.call is None:
                 throttle.call = self.host.clock.callLater(
-                    max(0.0, throttle.last + interval - now), self._publishHeld, key, registration)
+                    max(0.0, throttle.last + interval - now), self._publishHeld, username,
+                    registration)
 
-    def _publishHeld(self, key: tuple[str, str, str], registration: PushRegistration) -> None:
+    def _publishHeld(self, username: str, registration: PushRegistration) -> None:
         """The end of the interval: one notification for what was held back, with the count now."""
-        throttle = self.throttles[key]
+        throttle = self.throttles[username][registration.service, registration.node]
         throttle.call = None
         throttle.last = self.host.now()
-        username = key[0]
         log.info("Push notifications for {user}@{host} to {service}: {count} held back for"
                  " modules.push.min_interval ({interval:.0f} s), sent as one", user=username,
                  host=self.host.name, service=registration.service, count=throttle.held,
@@ -347,8 +353,10 @@ class PushModule(HostModule):
                      " removed", service=registration.service, user=publish.username,
                      host=self.host.name)
             self.host.metrics["push.disabled"] += 1
-            self.throttles.pop((publish.username, registration.service, registration.node),
-                               Throttle(0)).cancel()
+            throttle = self.throttles.get(publish.username, {}).pop(
+                (registration.service, registration.node), None)
+            if throttle is not None:
+                throttle.cancel()
             d = self.host.store.removePushRegistrations(self.host.name, publish.username,
                                                         registration.service, registration.node)
             d.addErrback(lambda failure: failure.check(StoreUnavailable) or log.failure(
