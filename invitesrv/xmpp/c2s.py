@@ -10,10 +10,10 @@ to its host or the router. No feature logic lives here.
 
 from __future__ import annotations
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.words.protocols.jabber import error, jid, xmlstream
 
-from invitesrv.xmpp.stream import NS_CLIENT, STANZAS, RestrictedStream, badIQ
+from invitesrv.xmpp.stream import NS_CLIENT, STANZAS, ListeningFactory, RestrictedStream, badIQ
 
 # The counters of stanzas from and to clients, by kind (names made once, not per stanza).
 RECEIVED = {name: f"stanzas.in.{name}" for name in STANZAS}
@@ -193,17 +193,12 @@ def _forwarding(wrapper, forward):
     return lambda element: wrapper(element, forward)
 
 
-class C2SFactory(protocol.ServerFactory):
-    """
-    Builds a stream and its authenticator per connection. It keeps the live
-    streams so that a shutdown can say goodbye to each one.
-    """
+class C2SFactory(ListeningFactory):
+    """Builds a stream and its authenticator per connection."""
 
     def __init__(self, server, directTLS: bool = False):
-        self.server = server
+        ListeningFactory.__init__(self, server)
         self.directTLS = directTLS
-        self.streams: set[C2SStream] = set()
-        self.noisy = False
 
     def buildProtocol(self, addr):
         from invitesrv.xmpp.auth import C2SAuthenticator
