@@ -298,12 +298,14 @@ class ClusterNode(service.Service):
 
     def sessionBound(self, session) -> None:
         """Publish a new session, and watch what it sends for changes of its state."""
-        def watch(element, forward):
-            forward(element)
-            if not session.closed and self.published.get(session) != sessionKey(session):
-                self._publish(session)
-        session.addInput(watch)
+        session.addInput(self.watch)
         self._publish(session)
+
+    def watch(self, session, element, forward) -> None:
+        """After each stanza a session sends: publish its state again if that changed it."""
+        forward(element)
+        if not session.closed and self.published.get(session) != sessionKey(session):
+            self._publish(session)
 
     def sessionClosed(self, session) -> None:
         if self.published.pop(session, None) is not None:

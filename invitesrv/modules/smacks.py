@@ -210,13 +210,22 @@ class SmacksModule(HostModule):
             features.addElement((NS_SM, "sm"))
 
     def onSessionBound(self, session) -> None:
-        """Every stanza to the session passes here: counted and kept once management is on."""
-        def output(element, forward):
-            state = STATE.get(session)
-            if state is not None:
-                self._queue(session, state, element)
-            forward(element)
-        session.addOutput(output)
+        session.addOutput(self.output)
+
+    def output(self, session, element, forward) -> None:
+        """Every stanza to a session passes here: counted and kept once management is on."""
+        state = STATE.get(session)
+        if state is not None:
+            self._queue(session, state, element)
+        forward(element)
+
+    @staticmethod
+    def counted(session, stanza, forward) -> None:
+        """Every stanza from a managed session passes here: counted for the client's <a/>."""
+        state = STATE.get(session)
+        if state is not None:
+            state.handled = (state.handled + 1) % MODULUS
+        forward(stanza)
 
     def onEnable(self, stream, element) -> None:
         stream.xmlstream.send(self._enable(stream.session, element))
@@ -228,11 +237,7 @@ class SmacksModule(HostModule):
         state = Managed()
         STATE.set(session, state)
         self.managed.add(session)
-
-        def counted(stanza, forward):
-            state.handled = (state.handled + 1) % MODULUS
-            forward(stanza)
-        session.addInput(counted)
+        session.addInput(self.counted)
         enabled = sm("enabled")
         if element.getAttribute("resume") in ("true", "1"):
             state.token = secrets.token_urlsafe(24)
