@@ -13,6 +13,7 @@ import base64
 import gc
 import hmac
 import weakref
+from dataclasses import replace
 
 import pytest
 from streamharness import PASSWORD, Client, ClientConnection, addAccounts
@@ -170,6 +171,40 @@ def test_wrappersMadeOncePerModule(server):
     answer = client.request(f"<ping xmlns='{NS_PING}'/>", to="localhost")
     assert answer["type"] == "result"
     client.close()
+
+
+def test_streamFeaturesMadeOncePerStage(server):
+    """
+    The features offered before TLS, after it and after authentication are
+    built and serialised once each (more than 0.1 ms a stream); the next
+    stream at a stage gets the same bytes without running the hooks. A hook
+    added afterwards, or a reloaded configuration, is offered from the next
+    stream on.
+    """
+    host = server.hosts["localhost"]
+    runs = []
+    host.hooks.add("stream-features", lambda stream, features: runs.append(stream.encrypted))
+    first = ClientConnection(server, encrypted=True)
+    first.openStream()
+    offered = first.features().toXml()
+    second = ClientConnection(server, encrypted=True)
+    second.openStream()
+    assert second.features().toXml() == offered and runs == [True]
+    plain = ClientConnection(server)
+    plain.openStream()
+    assert plain.features().toXml() != offered and runs == [True, False]
+
+    def extra(stream, features):
+        features.addElement(("urn:example:extra", "extra"))
+    host.hooks.add("stream-features", extra)
+    third = ClientConnection(server, encrypted=True)
+    third.openStream()
+    assert "urn:example:extra" in third.features().toXml()
+    host.hooks.remove("stream-features", extra)
+    host.options = replace(host.options, allow_registration=not host.options.allow_registration)
+    fourth = ClientConnection(server, encrypted=True)
+    fourth.openStream()
+    assert "urn:example:extra" not in fourth.features().toXml() and runs.count(True) == 3
 
 
 def test_idleStreamsParserRests(servers):
