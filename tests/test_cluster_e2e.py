@@ -727,3 +727,40 @@ def test_resumeFailsWhenTheNodeWasKilled(tmp_path, redis, postgresqlDSN):
                 assert {"m1", "m2"} <= set(archived), archived
     finally:
         nodes.stop()
+
+
+def test_sasl2InlineResumeOnTheOtherNode(cluster):
+    """
+    Stream management enabled inside Bind2 on node 1, and the lost session
+    resumed inside SASL2's <authenticate/> on node 2: <resumed/> in
+    <success/>, nothing bound anew, what was not acknowledged sent again.
+    """
+    from saslclient import NS_BIND2, SASLClient
+    n1, n2 = cluster.nodes
+    for user in ("nina", "omar"):
+        n1.adduser(f"{user}@{HOST}", PASSWORD)
+    credentials = f"\0nina\0{PASSWORD}".encode()
+    with RawClient(n2.port) as omar:
+        omar.login("omar", PASSWORD)
+        phone = SASLClient(n1.port)
+        phone.startTLS()
+        result = phone.authenticate("PLAIN", credentials, f"<bind xmlns='{NS_BIND2}'><tag>phone</tag>"
+                                    f"<enable xmlns='{NS_SM}' resume='true'/></bind>")
+        assert result.ok, result
+        token = re.search(r"<enabled [^>]*id=.([^'\"]+)", result.xml).group(1)
+        time.sleep(0.3)  # node 2 knows of the session
+        chatTo(omar, result.identifier, "one")
+        phone.recvUntil(r"one</body>")
+        phone.close()
+        time.sleep(0.5)
+        chatTo(omar, result.identifier, "two")
+        settledOn(omar)
+        time.sleep(0.3)
+        with SASLClient(n2.port) as again:
+            again.startTLS()
+            resumed = again.authenticate("PLAIN", credentials,
+                                         f"<resume xmlns='{NS_SM}' previd='{token}' h='0'/>"
+                                         f"<bind xmlns='{NS_BIND2}'><tag>phone</tag></bind>")
+            assert resumed.ok and f"previd='{token}'" in resumed.xml, resumed.xml
+            assert "<bound" not in resumed.xml and resumed.identifier == result.identifier
+            assert allBodies(again.recvUntil(r"two</body>")) == ["one", "two"]
