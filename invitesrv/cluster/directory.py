@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 
 from invitesrv.modules.presence import parseStored
+from invitesrv.xmpp.c2s import NOBODY
 from invitesrv.xmpp.router import parseJID
 
 log = Logger()
@@ -76,7 +77,7 @@ class RemoteSession:
         self.available = False
         self.presence = None
         self.interested = False
-        self.directed: set[str] = set()  # kept by its own node
+        self.directed = NOBODY  # kept by its own node
         self.address = ""
         self.closed = False
         self.slots: dict = {}
