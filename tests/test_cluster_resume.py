@@ -157,9 +157,16 @@ def test_stanzaArrivingAtTheOldNodeForwarded(pair):
 
 
 def test_flagsAndInactivityTravel(pair):
-    """Carbons enabled and an inactive client (CSI) are so on the node that resumes."""
+    """
+    Carbons enabled, directed presence and an inactive client (CSI) are so
+    on the node that resumes; the target of the directed presence is told
+    nothing by the hand-over.
+    """
     n1, n2 = pair.nodes
+    mallory = Client(n1.server, "mallory", "x")
     alice = Client(n1.server, "alice", "phone")
+    alice.send("<presence to='mallory@localhost/x'/>")
+    mallory.expect(lambda e: e.name == "presence", "directed presence")
     token = enable(alice)["id"]
     alice.send("<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
     alice.send("<inactive xmlns='urn:xmpp:csi:0'/>")
@@ -169,6 +176,8 @@ def test_flagsAndInactivityTravel(pair):
     pair.settle()
     session = n2.server.router.sessions["alice@localhost"]["phone"]
     assert ENABLED.get(session) and HELD.get(session) == {}
+    assert session.directed == {"mallory@localhost/x"}
+    mallory.absent(lambda e: e.name == "presence", "presence")
 
 
 def test_anotherAccountsTokenFails(pair):

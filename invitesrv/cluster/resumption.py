@@ -42,7 +42,7 @@ from invitesrv.cluster.directory import applyState, sessionKey, sessionState
 from invitesrv.cluster.redis import RedisUnavailable
 from invitesrv.modules.csi import HELD
 from invitesrv.services.slots import Slot
-from invitesrv.xmpp.c2s import Session
+from invitesrv.xmpp.c2s import NOBODY, Session
 from invitesrv.xmpp.router import parseJID
 
 log = Logger()
@@ -176,7 +176,7 @@ class Resumption:
             address = answer["st"][-1]
         applyState(session, answer["st"], Slot.named)
         session.address = address
-        session.directed.update(answer["d"])
+        session.directed = NOBODY.union(answer["d"])
         if stream is not None:
             host.hooks.run("session-bound", session)
         if answer["x"]:
@@ -214,7 +214,7 @@ class Resumption:
         directed = sorted(session.directed)
         inactive = HELD.get(session) is not None
         host.resources.setUnavailable(session)  # nobody is told: the session goes on elsewhere
-        session.directed.clear()
+        session.directed = NOBODY
         managed = smacks.handOver(session)
         self.cluster.directory.moved(node, session.full, state)
         log.info("{jid}: handed over to node {node} to be resumed there ({count} stanzas"
