@@ -78,6 +78,11 @@ C{hibernated-stanza} (session, stanza)
     to be resumed (L{invitesrv.modules.smacks}), was sent C{stanza}: it is
     queued for the client (push notifications wake the device). Run too for
     what was unacknowledged when the connection was lost.
+C{resume-elsewhere} (stream, token) -> Deferred or None
+    Run with L{Hooks.first} by stream management when a C{<resume/>} names
+    a token this node does not hold (cluster mode asks the other nodes,
+    L{invitesrv.cluster.resumption}). A Deferred returned fires with the
+    session, handed over and bound to C{stream}, or None (C{<failed/>}).
 C{when-sent} (session) -> Deferred[bool] or None
     Run with L{Hooks.first} by L{invitesrv.xmpp.c2s.Session.whenSent}: a
     module that knows better than the transport when the client has what

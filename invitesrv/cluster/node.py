@@ -37,9 +37,10 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from invitesrv.cluster.directory import Directory, RemoteSession
+from invitesrv.cluster.directory import Directory, RemoteSession, sessionKey, sessionState
 from invitesrv.cluster.limits import SharedLimits
 from invitesrv.cluster.redis import RedisClient, RedisError, RedisUnavailable, parseURL
+from invitesrv.cluster.resumption import Resumption
 from invitesrv.components.base import InternalComponent
 from invitesrv.services.slots import Slot
 from invitesrv.store.interfaces import ArchivePrefs
@@ -61,20 +62,6 @@ def nodeKey(node: str) -> str:
 
 def sessionsKey(node: str) -> str:
     return f"{PREFIX}sessions:{node}"
-
-
-def sessionKey(session) -> tuple:
-    """What other nodes need to know of a session, compared cheaply after each stanza."""
-    return (session.priority, session.available, session.presence, session.interested,
-            tuple(sorted(slot.name for slot, value in session.slots.items() if value is True)),
-            session.address or "")
-
-
-def sessionState(key: tuple) -> str:
-    """The state of L{sessionKey} as published (the presence serialised)."""
-    priority, available, presence, interested, flags, address = key
-    return json.dumps([priority, available, presence.toXml() if presence is not None else None,
-                       interested, flags, address], separators=(",", ":"))
 
 
 class StanzaReader:
@@ -135,7 +122,9 @@ class ClusterNode(service.Service):
         self.heartbeat.clock = reactor
         self.ready = False
         self.synced: tuple = (None, None)  # the connections the last _sync used
-        self.handlers = {b"d": self._deliver, b"c": self._close, b"r": self._route}
+        self.resumption = Resumption(self)
+        self.handlers = {b"d": self._deliver, b"c": self._close, b"r": self._route,
+                         b"q": self.resumption.onRequest, b"a": self.resumption.onAnswer}
         self.since = reactor.seconds()  # the oldest node serves the internal components
         self.reader = StanzaReader()
         self.limits = SharedLimits(self)
@@ -170,6 +159,7 @@ class ClusterNode(service.Service):
             host.hooks.add("session-closed", self.sessionClosed, -100)
             host.hooks.add("blocklist-changed", self.blocklistChanged)
             host.hooks.add("archive-prefs-changed", self.archivePrefsChanged)
+            self.resumption.attach(host)
         self.server.store.rosterObservers.append(self.rosterChanging)
         self.limits.attach()
 
@@ -179,6 +169,7 @@ class ClusterNode(service.Service):
             host.hooks.remove("session-closed", self.sessionClosed)
             host.hooks.remove("blocklist-changed", self.blocklistChanged)
             host.hooks.remove("archive-prefs-changed", self.archivePrefsChanged)
+            self.resumption.detach(host)
         self.server.store.rosterObservers.remove(self.rosterChanging)
         self.limits.detach()
 
