@@ -17,6 +17,8 @@ from twisted.internet import defer
 
 from invitesrv.store.interfaces import (
     AccountExists,
+    ArchivedMessage,
+    ArchiveQuery,
     InviteUnavailable,
     InviteUse,
     NewAccount,
@@ -28,6 +30,7 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip i
 
 from invitesrv.store.postgresql import (  # noqa: E402 (psycopg first)
     PostgreSQLStore,
+    _Connection,
     describe,
     schemaFiles,
     translate,
@@ -313,3 +316,37 @@ def test_lostConnectionIsMadeAgain(dsn):
     finally:
         store.close()
 
+
+
+@pytest_twisted.inlineCallbacks
+def test_archiveBatchInTwoStatements(dsn, monkeypatch):
+    """
+    A batch of archived messages costs two statements (round trips to the
+    server) whatever its size, not one per message and per user: a busy
+    node archives thousands a second, and statement by statement its writes
+    fell seconds behind the messages (bench/cluster.py).
+    """
+    store = openStore(dsn)
+    statements = []
+    execute = _Connection.execute
+
+    def counted(self, sql, params=()):
+        statements.append(sql)
+        return execute(self, sql, params)
+    try:
+        for name in ("alice", "bob", "carol"):
+            yield store.createAccount(account(name))
+        monkeypatch.setattr(_Connection, "execute", counted)
+        entries = [(name, ArchivedMessage(n, "dave@example.org", f"<m{n}/>"), False)
+                   for n in range(1, 41) for name in ("alice", "bob", "carol", "ghost")]
+        assert (yield store.appendArchive(HOST, entries, 1000)) == 120
+        assert len(statements) == 2
+        del statements[:]
+        assert (yield store.appendArchive(HOST, entries[:8] + [
+            ("alice", ArchivedMessage(50, "dave@example.org", "<m/>"), False)], 40)) == 1
+        assert len(statements) == 4  # and alice's oldest message deleted, her size set
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery(limit=2))
+        assert ([m.id for m in page.messages], page.count) == ([2, 3], 40)
+        assert (yield store.queryArchive(HOST, "bob", ArchiveQuery())).count == 40
+    finally:
+        store.close()

@@ -257,3 +257,36 @@ class PostgreSQLStore(SQLStore):
 
     def _lockName(self, conn, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
+
+    def _archiveRows(self, conn, host: str, entries) -> dict[str, int]:
+        """
+        The batch of archived messages in one statement: each statement is a
+        round trip to the server, and a busy node archives thousands of
+        messages a second (bench/cluster.py).
+        """
+        columns = list(zip(*((username, m.id, m.peer, m.resource, m.stanza, rosterOnly)
+                             for username, m, rosterOnly in entries), strict=True)) or [()] * 6
+        added: dict[str, int] = {}
+        for (username,) in conn.execute(
+                "INSERT INTO archive (host, username, id, peer, resource, stanza)"
+                " SELECT ?, e.username, e.id, e.peer, e.resource, e.stanza"
+                " FROM unnest(?::text[], ?::bigint[], ?::text[], ?::text[], ?::text[], ?::boolean[])"
+                " WITH ORDINALITY AS e(username, id, peer, resource, stanza, roster_only, n)"
+                " WHERE EXISTS (SELECT 1 FROM accounts a WHERE a.host = ? AND a.username = e.username)"
+                " AND (NOT e.roster_only OR EXISTS (SELECT 1 FROM roster_items r WHERE r.host = ?"
+                " AND r.username = e.username AND r.contact = e.peer AND r.subscription != 'remove'))"
+                " ORDER BY e.n ON CONFLICT DO NOTHING RETURNING username",
+                (host, *map(list, columns), host, host)):
+            added[username] = added.get(username, 0) + 1
+        return added
+
+    def _archiveSizes(self, conn, host: str, added: dict[str, int]) -> list[tuple[str, int]]:
+        """The sizes in one statement, in the order of the usernames (as every node locks them)."""
+        users = sorted(added)
+        return conn.execute(
+            "INSERT INTO archive_sizes (host, username, items)"
+            " SELECT ?, s.username, s.items FROM unnest(?::text[], ?::integer[]) AS s(username, items)"
+            " ORDER BY s.username"
+            " ON CONFLICT (host, username) DO UPDATE SET items = archive_sizes.items + excluded.items"
+            " RETURNING username, items",
+            (host, users, [added[u] for u in users])).fetchall()
