@@ -443,47 +443,39 @@ class SQLStore(GroupsSQL, RosterObservers):
 
     def appendArchive(self, host, entries, maxItems):
         def append(conn):
-            added = self._archiveRows(conn, host, entries)
-            for username, items in self._archiveSizes(conn, host, added):
-                if items > maxItems:
-                    conn.execute(
-                        "DELETE FROM archive WHERE host = ? AND username = ? AND id IN (SELECT id"
-                        " FROM archive WHERE host = ? AND username = ? ORDER BY id LIMIT ?)",
-                        (host, username, host, username, items - maxItems))
-                    conn.execute("UPDATE archive_sizes SET items = ? WHERE host = ? AND username = ?",
-                                 (maxItems, host, username))
+            added: dict[str, int] = {}
+            for username, m, rosterOnly in entries:
+                stored = conn.execute(
+                    "INSERT INTO archive (host, username, id, peer, resource, stanza)"
+                    " SELECT ?, ?, ?, ?, ?, ?"
+                    " WHERE EXISTS (SELECT 1 FROM accounts WHERE host = ? AND username = ?)"
+                    " AND (NOT ? OR EXISTS (SELECT 1 FROM roster_items WHERE host = ?"
+                    " AND username = ? AND contact = ? AND subscription != 'remove'))"
+                    " ON CONFLICT DO NOTHING",
+                    (host, username, m.id, m.peer, m.resource, m.stanza, host, username,
+                     rosterOnly, host, username, m.peer)).rowcount
+                if stored:
+                    added[username] = added.get(username, 0) + 1
+            for username, count in added.items():
+                items = conn.execute(
+                    "INSERT INTO archive_sizes (host, username, items) VALUES (?, ?, ?)"
+                    " ON CONFLICT (host, username) DO UPDATE SET items = archive_sizes.items + excluded.items"
+                    " RETURNING items",
+                    (host, username, count)).fetchone()[0]
+                self._trimArchive(conn, host, username, items, maxItems)
             return sum(added.values())
         return self._run(append)
 
-    def _archiveRows(self, conn, host: str, entries) -> dict[str, int]:
-        """
-        Insert the archived messages C{entries} (see L{appendArchive}) of
-        accounts that exist; how many were stored for each username. A
-        statement per message: SQLite runs in this process, so each costs
-        no more than its work.
-        """
-        added: dict[str, int] = {}
-        for username, m, rosterOnly in entries:
-            stored = conn.execute(
-                "INSERT INTO archive (host, username, id, peer, resource, stanza)"
-                " SELECT ?, ?, ?, ?, ?, ?"
-                " WHERE EXISTS (SELECT 1 FROM accounts WHERE host = ? AND username = ?)"
-                " AND (NOT ? OR EXISTS (SELECT 1 FROM roster_items WHERE host = ?"
-                " AND username = ? AND contact = ? AND subscription != 'remove'))"
-                " ON CONFLICT DO NOTHING",
-                (host, username, m.id, m.peer, m.resource, m.stanza, host, username,
-                 rosterOnly, host, username, m.peer)).rowcount
-            if stored:
-                added[username] = added.get(username, 0) + 1
-        return added
-
-    def _archiveSizes(self, conn, host: str, added: dict[str, int]) -> list[tuple[str, int]]:
-        """Count the messages C{added} in the archives' sizes; each username's new size."""
-        return [(username, conn.execute(
-            "INSERT INTO archive_sizes (host, username, items) VALUES (?, ?, ?)"
-            " ON CONFLICT (host, username) DO UPDATE SET items = archive_sizes.items + excluded.items"
-            " RETURNING items", (host, username, count)).fetchone()[0])
-            for username, count in added.items()]
+    @staticmethod
+    def _trimArchive(conn, host: str, username: str, items: int, maxItems: int) -> None:
+        """A user's archive holding C{items} messages loses its oldest beyond C{maxItems}."""
+        if items > maxItems:
+            conn.execute(
+                "DELETE FROM archive WHERE host = ? AND username = ? AND id IN (SELECT id"
+                " FROM archive WHERE host = ? AND username = ? ORDER BY id LIMIT ?)",
+                (host, username, host, username, items - maxItems))
+            conn.execute("UPDATE archive_sizes SET items = ? WHERE host = ? AND username = ?",
+                         (maxItems, host, username))
 
     def queryArchive(self, host, username, query: ArchiveQuery):
         def read(conn):
