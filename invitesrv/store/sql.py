@@ -476,15 +476,20 @@ class SQLStore(GroupsSQL, RosterObservers):
                     " ON CONFLICT (host, username) DO UPDATE SET items = archive_sizes.items + excluded.items"
                     " RETURNING items",
                     (host, username, count)).fetchone()[0]
-                if items > maxItems:
-                    conn.execute(
-                        "DELETE FROM archive WHERE host = ? AND username = ? AND id IN (SELECT id"
-                        " FROM archive WHERE host = ? AND username = ? ORDER BY id LIMIT ?)",
-                        (host, username, host, username, items - maxItems))
-                    conn.execute("UPDATE archive_sizes SET items = ? WHERE host = ? AND username = ?",
-                                 (maxItems, host, username))
+                self._trimArchive(conn, host, username, items, maxItems)
             return sum(added.values())
         return self._run(append)
+
+    @staticmethod
+    def _trimArchive(conn, host: str, username: str, items: int, maxItems: int) -> None:
+        """A user's archive holding C{items} messages loses its oldest beyond C{maxItems}."""
+        if items > maxItems:
+            conn.execute(
+                "DELETE FROM archive WHERE host = ? AND username = ? AND id IN (SELECT id"
+                " FROM archive WHERE host = ? AND username = ? ORDER BY id LIMIT ?)",
+                (host, username, host, username, items - maxItems))
+            conn.execute("UPDATE archive_sizes SET items = ? WHERE host = ? AND username = ?",
+                         (maxItems, host, username))
 
     def queryArchive(self, host, username, query: ArchiveQuery):
         def read(conn):
