@@ -614,8 +614,10 @@ def test_frozenLinkResumedOnTheOtherNode(cluster):
             token = enableSM(phone)
             chatTo(judy, me, "before")
             assert allBodies(phone.recvUntil(r"before</body>.*?</message>")) == ["before"]
-            phone.send(f"<a xmlns='{NS_SM}' h='1'/>")
-            time.sleep(0.3)  # the acknowledgement is read before the link freezes
+            # The acknowledgement is read before the link freezes: the answer
+            # to the <r/> behind it says so.
+            phone.send(f"<a xmlns='{NS_SM}' h='1'/><r xmlns='{NS_SM}'/>")
+            phone.recvUntil(r"<a [^>]*h='\d+'[^>]*/>")
             proxy.freeze()
             chatTo(judy, me, "frozen 1")
             chatTo(judy, me, "frozen 2")
