@@ -736,3 +736,10 @@ def test_redisRestarted(tmp_path, postgresqlDSN):
         if nodes is not None:
             nodes.stop()
         redis.stop()
+
+
+def test_noFailuresLogged(cluster):
+    """Everything the two nodes of the module's cluster did ran without a failure in their logs."""
+    for node in cluster.nodes:
+        log = node.log()
+        assert "Traceback" not in log and "Unhandled" not in log, log
