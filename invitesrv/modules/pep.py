@@ -32,10 +32,11 @@ C{pep-presence}), where its caps query is answered. Each change is told to
 the other nodes with its event (hook C{pep-changed}): they forget their
 copy of the account's nodes, and tell the interested resources they hold
 (L{PepModule.changedElsewhere}). A publication costs one message to Redis,
-whatever the number of nodes and contacts. The limits (items per node, nodes per account,
-payload bytes, bytes per account) are C{[modules.pep]} options; what they
-refuse is answered C{not-acceptable} or C{resource-constraint} with a text
-(docs/limits.md).
+whatever the number of nodes and contacts.
+
+The limits (items per node, nodes per account, payload bytes, bytes per
+account) are C{[modules.pep]} options; what they refuse is answered
+C{not-acceptable} or C{resource-constraint} with a text (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -625,12 +626,13 @@ class PepModule(HostModule):
         C{pep-changed}), which forget their copy and tell their own. The
         event is made only if someone may hear it.
         """
-        elsewhere = self.parent.hooks.callbacks("pep-changed")
         tell = node is not None and wrapper is not None and node.options["deliver_notifications"]
         here = self.interested(username, node.name) if tell else []
-        eventXML = self.eventXML(node.name, child, wrapper) if here or (tell and elsewhere) else None
-        for callback in elsewhere:
-            callback(self.parent, username, node and node.name, node and node.options, eventXML)
+        eventXML = None
+        if here or (tell and self.parent.hooks.callbacks("pep-changed")):
+            eventXML = self.eventXML(node.name, child, wrapper)
+        self.parent.hooks.run("pep-changed", self.parent, username, node and node.name,
+                              node and node.options, eventXML)
         if here:
             self._background(self.deliver(username, node, here, eventXML))
 
@@ -645,11 +647,9 @@ class PepModule(HostModule):
         self.forgetService(username)
         if self.parent.router.sessions.get(self._bare(username)):
             self._background(self.service(username))
-        if eventXML is not None:
-            node = Node(name, options)
-            here = self.interested(username, name)
-            if here:
-                self._background(self.deliver(username, node, here, eventXML))
+        here = self.interested(username, name) if eventXML is not None else []
+        if here:  # (options a node of another version left out: their defaults)
+            self._background(self.deliver(username, Node(name, {**DEFAULTS, **options}), here, eventXML))
 
     def interested(self, username: str, name: str) -> list[str]:
         """The full JIDs here interested in node C{name} of C{username}."""
