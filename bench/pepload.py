@@ -154,8 +154,12 @@ async def loginHubAndContacts(o, cache, hub, contacts, deadline, onEvent):
 
 
 async def subscribeAll(o, cache, hub, contacts, deadline):
-    """Untimed setup: the hub and each contact subscribe to each other, until the hub's roster says both."""
-    clients = await loginHubAndContacts(o, cache, hub, contacts, deadline, lambda *_: None)
+    """
+    Untimed setup: the hub and each contact subscribe to each other, until
+    the hub's roster says both (all on --port: with --port2, the two sides of
+    each mutual request would write both rosters on both nodes at once).
+    """
+    clients = await loginAll(o, cache, [hub] + contacts, deadline, lambda *_: None)
     try:
         hubJID = f"{user_name(o, hub)}@{o.domain}"
         for i in contacts:
