@@ -555,8 +555,10 @@ def test_pepPresenceHandedOver(pepNode):
     ver = capsHash(discoQuery(NOTIFY))
     presence = (f"<presence from='bob@localhost/desk' to='alice@localhost'><c xmlns='{NS_CAPS}'"
                 f" hash='sha-1' node='https://example.org/test' ver='{ver}'/></presence>")
+    pep.server.router.route(cluster.reader.parse(
+        b"<presence type='probe' from='bob@localhost/desk' to='alice@localhost'/>"))
     pep.server.router.route(cluster.reader.parse(presence.encode()))
-    [handed] = cluster.commands.published("invitesrv:to:0:n2")
+    [handed] = [m for m in cluster.commands.published("invitesrv:to:0:n2") if m[:1] == b"p"]
     assert handed.startswith(b"p<presence") and b"bob@localhost/desk" in handed
     assert pep.pep.interest == {} and pep.pep._queries == {}
 

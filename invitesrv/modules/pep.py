@@ -728,7 +728,8 @@ class PepModule(HostModule):
             sender = parseJID(presence["from"])
         except (KeyError, jid.InvalidFormat, UnicodeError):
             return
-        if target.user is None or target.resource is not None or target.host != self.parent.name:
+        if (target.user is None or target.resource is not None or target.host != self.parent.name
+                or presence.getAttribute("type") not in (None, "unavailable")):
             return
         if self.parent.hooks.first("pep-presence", self.parent, sender, presence):
             return  # a resource of another node: that node reads it
