@@ -6,7 +6,9 @@ C{bench/run.py} twice, with both sides of each pair on node 1 (same-node
 messages) and with the sides on different nodes (cross-node messages: every
 message and receipt goes through Redis). The figure is the CPU time per
 message of both nodes, Redis and PostgreSQL together. Then what the nodes
-hold: K idle logins on node 1 alone, and K on each node at once.
+hold: K idle logins on node 1 alone, and K on each node at once. And how
+long a stream management resumption takes (C{<resume/>} to C{<resumed/>})
+of a session held by node 1, resumed on node 1 and on node 2 (handed over).
 
 With --pep, the PEP workload of C{bench/pepload.py} instead (a hub user and
 its contacts, avatar publications and logins that get the contacts' last
@@ -17,6 +19,7 @@ login, of both nodes, Redis and PostgreSQL together.
     python bench/cluster.py                 # 20 pairs x 200 messages per side, K = 1000
     python bench/cluster.py --quick         # 2 pairs x 20, K = 50
     python bench/cluster.py --pep           # 100 contacts, 200 publications, 50 logins
+    python bench/cluster.py --resume-only   # the resumptions alone
 
 The nodes and Redis share CPU 0; the generator and PostgreSQL have CPU 1
 (when there are two); only 127.0.0.1 and a Unix socket are used; only the
@@ -29,7 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -196,6 +201,39 @@ def idle(servers, k: int, genCPU, work: Path, start: int) -> list[dict]:
     return records
 
 
+def resumptions(nodes, rounds: int) -> list[dict]:
+    """
+    Milliseconds from C{<resume/>} to C{<resumed/>} for a session that node
+    1 holds (its client gone without a word), resumed on node 1 itself and
+    on node 2, one after the other, C{rounds} times.
+    """
+    from rawxmpp import RawClient
+    user, password = f"{POOL}0", f"pw-{POOL}0"
+    timings: dict[str, list[float]] = {"resume-same-node": [], "resume-cross-node": []}
+    for _ in range(rounds):
+        for layout, target in (("resume-same-node", nodes[0]), ("resume-cross-node", nodes[1])):
+            phone = RawClient(nodes[0].port, DOMAIN)
+            phone.login(user, password, "phone")
+            phone.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+            token = re.search(r"id='([^']+)'", phone.recvUntil(r"<enabled [^>]*/>")).group(1)
+            phone.close()
+            time.sleep(0.3)  # node 1 finds the connection gone: the session waits
+            again = RawClient(target.port, DOMAIN)
+            again.startTLS()
+            again.scram(user, password)
+            again.openStream()
+            started = time.perf_counter()
+            again.send(f"<resume xmlns='urn:xmpp:sm:3' previd='{token}' h='0'/>")
+            again.recvUntil(r"<resumed [^>]*/>")
+            timings[layout].append(1000 * (time.perf_counter() - started))
+            again.send("</stream:stream>")
+            again.close()
+    return [{"layout": layout, "ms_median": round(statistics.median(ms), 2),
+             "ms_max": round(max(ms), 2), "rounds": rounds,
+             "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+            for layout, ms in timings.items()]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--quick", action="store_true", help="2 pairs x 20 messages, K = 50")
@@ -205,6 +243,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--pep", action="store_true",
                         help="the PEP workload on one node, then across the two (see above)")
+    parser.add_argument("--resumptions", type=int, default=20, help="of each kind")
+    parser.add_argument("--resume-only", action="store_true",
+                        help="only the stream management resumptions")
     options = parser.parse_args(argv)
     if not Path(REDIS_SERVER).exists():
         raise SystemExit(f"{REDIS_SERVER} is not installed (apt-get install redis-server)")
@@ -225,15 +266,16 @@ def main(argv=None) -> int:
         dsn = postgresql.dsn(postgresql.createDatabase())
         log(f"PostgreSQL: a private cluster in {postgresql.directory}, CPU {genCPU}")
         nodes = [node(work, index, serverCPU, certificate, redis, dsn) for index in (1, 2)]
-        nodes[0].provision(2 * (pepSizes[0] + 1) if options.pep else max(2 * pairs, 3 * k))
+        nodes[0].provision(2 * (pepSizes[0] + 1) if options.pep
+                           else 1 if options.resume_only else max(2 * pairs, 3 * k))
         nodes[0].start()  # makes the server secret, which the other node must share
         secret = work / "n1" / "data" / "server.secret"
         (work / "n2" / "data").mkdir(mode=0o700)
         shutil.copy2(secret, work / "n2" / "data" / "server.secret")
         nodes[1].start()
         time.sleep(1)  # both joined
-        results = []
         if options.pep:
+            results = []
             for crossNode in (False, True):  # fresh users for each layout
                 record = pep(nodes, redis, postgresqlPids(postgresql), pepSizes, crossNode, genCPU,
                              work, start=(pepSizes[0] + 1) if crossNode else 0)
@@ -247,7 +289,11 @@ def main(argv=None) -> int:
                 results.append(record)
             print(json.dumps({"machine": machineInfo(), "results": results}))
             return 0 if not any(r.get("errors") for r in results) else 1
-        for _ in range(options.repeat):
+        results = resumptions(nodes, 5 if options.quick else options.resumptions)
+        for record in results:
+            log(f"{record['layout']}: median {record['ms_median']} ms, max {record['ms_max']} ms"
+                f" ({record['rounds']} rounds), load {' '.join(record['loadavg'])}")
+        for _ in range(0 if options.resume_only else options.repeat):
             for crossNode in (False, True):
                 record = messages(nodes, redis, postgresqlPids(postgresql), pairs, per, crossNode,
                                   genCPU, work)
@@ -259,9 +305,9 @@ def main(argv=None) -> int:
                 results.append(record)
         same = [figures(r)["cpu_ms_op"] for r in results if r["layout"] == "same-node"]
         cross = [figures(r)["cpu_ms_op"] for r in results if r["layout"] == "cross-node"]
-        if all(same) and all(cross):
+        if same and cross and all(same) and all(cross):
             log(f"cross-node / same-node CPU per message: {min(cross) / min(same):.2f}")
-        for held in ([nodes[0]], nodes):  # one node, then both at once (fresh users each time)
+        for held in ([nodes[0]], nodes) if not options.resume_only else ():  # fresh users each time
             for record in idle(held, k, genCPU, work, start=0 if len(held) == 1 else k):
                 log(f"idle on {record['node']} ({len(held)} node(s) loaded):"
                     f" {record.get('alive_after_hold')} of {k} held, {record.get('login_per_s')}"

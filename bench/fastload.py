@@ -8,12 +8,20 @@ C{xmppload.py} (left unchanged: the reference figures were measured with
 it) and prints one JSON line in the same shape as its C{login} scenario,
 so C{run.py} tabulates both side by side.
 
+The C{fastsm} workload is the reconnect of a phone whose session waited
+(XEP-0198): the same C{<authenticate/>} carries C{<resume/>} instead of
+C{<bind/>}, so the session, its presence and roster go on as they were;
+C{<r/>} answered by C{<a/>} is the sync point, then the connection is cut
+without a word, as a phone's network does, and the session waits again.
+
     python fastload.py --port 5222 fast --prefix bp -n 2000 -c 50 --token-file t.json --setup
     python fastload.py --port 5222 fast --prefix bp -n 2000 -c 50 --token-file t.json
+    python fastload.py --port 5222 fastsm --prefix bp -n 2000 -c 50 --token-file s.json --setup
 
 With C{--setup} it first gets each user's token (an untimed SASL2 PLAIN
-login with C{<request-token/>}) into C{--token-file}; without, it reads them
-there and measures. HT-SHA-256-NONE is used: Python's C{ssl} module cannot
+login with C{<request-token/>}; for C{fastsm} with Bind2, resumable stream
+management and presence, then the connection cut) into C{--token-file};
+without, it reads them there and measures. HT-SHA-256-NONE is used: Python's C{ssl} module cannot
 export keying material for the bound variants. Loops are bounded by count
 and time; only C{--host} (127.0.0.1) is contacted.
 """
@@ -34,6 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import xmppload  # noqa: E402
 from xmppload import (  # noqa: E402
     NS_SASL,
+    NS_SM,
+    T_IQ,
+    T_STANZAS,
     TLS_SEEN,
     Client,
     Meter,
@@ -72,9 +83,10 @@ class FastClient(Client):
             raise XMPPError("sasl2-failure:" + cond)
         return el
 
-    @staticmethod
-    def agent(user: str) -> str:
-        return f"<user-agent id='fastload-{escape(user)}'><software>fastload</software></user-agent>"
+    def agent(self, user: str) -> str:
+        """The device: one per user and workload, so that each workload's token is its own."""
+        return (f"<user-agent id='{self.o.scenario}-{escape(user)}'><software>fastload</software>"
+                f"</user-agent>")
 
     async def getToken(self, user: str, password: str) -> str:
         """Untimed setup: a SASL2 PLAIN login asking for a token."""
@@ -88,6 +100,51 @@ class FastClient(Client):
         if token is None:
             raise XMPPError("no-token")
         return token.get("token")
+
+    async def getTokenAndSession(self, user: str, password: str) -> dict:
+        """
+        Untimed setup of C{fastsm}: a token, a bound session with resumable
+        stream management and presence, and the count of stanzas it was sent
+        (its C{h}); then the connection is cut and the session waits.
+        """
+        await self.connect()
+        el = await self.authenticate("PLAIN", b"\0" + user.encode() + b"\0" + password.encode(),
+                                     self.agent(user) + f"<request-token xmlns='{NS_FAST}' "
+                                     f"mechanism='{MECHANISM}'/><bind xmlns='{NS_BIND2}'><tag>phone"
+                                     f"</tag><enable xmlns='{NS_SM}' resume='true'/></bind>")
+        token = el.find(f"{{{NS_FAST}}}token")
+        enabled = el.find(f"{{{NS_BIND2}}}bound/{{{NS_SM}}}enabled")
+        if token is None or enabled is None:
+            raise XMPPError("no-token-or-sm")
+        self.send("<presence/>")
+        ping = self.nid("p")
+        self.send(f"<iq type='get' id='{ping}' to='{self.o.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        handled = 0
+        while True:
+            el = await self.recv()
+            handled += el.tag in T_STANZAS
+            if el.tag == T_IQ and el.get("id") == ping:
+                break
+        self.abort()
+        return {"token": token.get("token"), "previd": enabled.get("id"), "h": handled}
+
+    async def resume(self, user: str, waiting: dict) -> None:
+        """The C{fastsm} reconnect: FAST with C{<resume/>} inline, C{<r/>} to C{<a/>}, cut."""
+        t0 = now()
+        await self.connect()
+        t1 = now()
+        token = waiting["token"]
+        el = await self.authenticate(MECHANISM, user.encode() + b"\0" + hmac.digest(
+            token.encode(), b"Initiator", "sha256"), self.agent(user)
+            + f"<resume xmlns='{NS_SM}' previd='{escape(waiting['previd'])}' h='{waiting['h']}'/>")
+        if el.find(f"{{{NS_SM}}}resumed") is None:
+            raise XMPPError("not-resumed")
+        t2 = now()
+        self.send(f"<r xmlns='{NS_SM}'/>")
+        while (await self.recv()).tag != f"{{{NS_SM}}}a":
+            pass
+        self.phases = (t1 - t0, t2 - t1, 0.0, now() - t2)
+        self.abort()
 
     async def reconnect(self, user: str, token: str, resource: str = "load") -> None:
         t0 = now()
@@ -115,7 +172,9 @@ async def setup(o, users) -> dict:
     async def job(k):
         c = FastClient(o)
         try:
-            tokens[users[k]] = await c.getToken(users[k], user_password(o, o.start + k))
+            password = user_password(o, o.start + k)
+            tokens[users[k]] = await (c.getTokenAndSession(users[k], password) if o.scenario == "fastsm"
+                                      else c.getToken(users[k], password))
             st.ok += 1
         except XMPPError as e:
             st.fail(e)
@@ -124,7 +183,7 @@ async def setup(o, users) -> dict:
 
     await run_pool(len(users), o.c, job, now() + o.max_seconds)
     Path(o.token_file).write_text(json.dumps(tokens))
-    r = base_result(o, "fast")
+    r = base_result(o, o.scenario)
     r.update({"n": o.n, "ok": st.ok, "errors": st.err, "error_kinds": st.errs, "setup": True})
     return r
 
@@ -137,7 +196,10 @@ async def measure(o, users) -> dict:
         c = FastClient(o)
         t0 = now()
         try:
-            await c.reconnect(users[k], tokens[users[k]])
+            if o.scenario == "fastsm":
+                await c.resume(users[k], tokens[users[k]])
+            else:
+                await c.reconnect(users[k], tokens[users[k]])
             st.lat.append(now() - t0)
             st.phases.append(c.phases)
             st.ok += 1
@@ -151,7 +213,7 @@ async def measure(o, users) -> dict:
     m = Meter(o.server_pid).start()
     await run_pool(len(users), o.c, job, now() + o.max_seconds)
     m.stop()
-    r = base_result(o, "fast")
+    r = base_result(o, o.scenario)
     r.update({"n": o.n, "concurrency": o.c, "ok": st.ok, "errors": st.err, "error_kinds": st.errs,
               "per_s": round(st.ok / max(m.elapsed, 1e-9), 1), "mechanism": MECHANISM,
               "tls": sorted(TLS_SEEN)})
@@ -171,10 +233,11 @@ async def amain(o) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
     add_common(ap)
-    ap.add_argument("scenario", choices=["fast"])
+    ap.add_argument("scenario", choices=["fast", "fastsm"])
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("-c", type=int, default=50)
-    ap.add_argument("--token-file", required=True, help="JSON: each user's FAST token")
+    ap.add_argument("--token-file", required=True,
+                    help="JSON: each user's FAST token (fastsm: and its waiting session)")
     ap.add_argument("--setup", action="store_true", help="get the tokens (untimed) into --token-file")
     o = ap.parse_args(argv)
     o.nofile = raise_nofile(o.c + 256)

@@ -48,16 +48,16 @@ MUC_GENERATOR = HERE / "mucload.py"  # group chat workloads, on xmppload's code
 PROVISION = HERE / "provision.py"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
-SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "messages",
-             "smmessages", "smarchive", "resume", "roster", "mam", "pep", "idle", "idle10k", "idlesm",
-             "upload", "download", "bigupload", "mucmsg", "mucjoin")
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "fastsm", "fastsm1",
+             "messages", "smmessages", "smarchive", "resume", "roster", "mam", "pep", "idle", "idle10k",
+             "idlesm", "upload", "download", "bigupload", "mucmsg", "mucjoin")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 # The rows of the tables: the pep scenario measures two things.
 TAGS = tuple(tag for scenario in SCENARIOS
              for tag in (("pep-publish", "pep-login") if scenario == "pep" else (scenario,)))
 IDLE_SCENARIOS = ("idle", "idle10k", "idlesm")  # each run on a freshly started server
 UPLOAD_SCENARIOS = ("upload", "download", "bigupload")  # XEP-0363, on the HTTP listener
-FAST_SCENARIOS = ("fast", "fast1")  # SASL2 + FAST: not in Prosody 0.12
+FAST_SCENARIOS = ("fast", "fast1", "fastsm", "fastsm1")  # SASL2 + FAST: not in Prosody 0.12
 DOMAIN = "localhost"
 POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
 LISTENING = re.compile(r"Clients listening on [\d.]+:(\d+)")
@@ -567,17 +567,18 @@ class Bench:
         for run in self.runs():
             self.gen("login1", run, "login", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL)
 
-    def fastTokens(self) -> Path | None:
+    def fastTokens(self, workload: str = "fast") -> Path | None:
         """
         The pool's FAST tokens, got once (untimed SASL2 PLAIN logins asking
-        for one); None for a server without SASL2 and FAST (Prosody 0.12).
+        for one; for C{fastsm} with sessions left waiting to be resumed);
+        None for a server without SASL2 and FAST (Prosody 0.12).
         """
-        tokens = self.work / f"{self.server.name}.fast.json"
+        tokens = self.work / f"{self.server.name}.{workload}.json"
         if isinstance(self.server, Prosody):
             log(f"{self.server.label}: no SASL2/FAST (Prosody 0.12): skipped")
             return None
         if not tokens.exists():
-            self.gen("fast", "setup", "fast", "-n", str(self.sizes.login_n), "-c",
+            self.gen(workload, "setup", workload, "-n", str(self.sizes.login_n), "-c",
                      str(self.sizes.login_c), "--prefix", POOL, "--token-file", str(tokens),
                      "--setup", generator=FASTLOAD)
         return tokens
@@ -594,6 +595,20 @@ class Bench:
         tokens = self.fastTokens()
         for run in self.runs() if tokens else ():
             self.gen("fast1", run, "fast", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL,
+                     "--token-file", str(tokens), generator=FASTLOAD)
+
+    def scenario_fastsm(self) -> None:
+        s = self.sizes
+        tokens = self.fastTokens("fastsm")
+        for run in self.runs() if tokens else ():
+            self.gen("fastsm", run, "fastsm", "-n", str(s.login_n), "-c", str(s.login_c),
+                     "--prefix", POOL, "--token-file", str(tokens), generator=FASTLOAD)
+
+    def scenario_fastsm1(self) -> None:
+        s = self.sizes
+        tokens = self.fastTokens("fastsm")
+        for run in self.runs() if tokens else ():
+            self.gen("fastsm1", run, "fastsm", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL,
                      "--token-file", str(tokens), generator=FASTLOAD)
 
     def scenario_messages(self) -> None:
@@ -745,7 +760,8 @@ def figures(r: dict) -> dict:
 
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
-         "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s", "messages": "msgs/s",
+         "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s",
+         "fastsm": "reconnects/s", "fastsm1": "reconnects/s", "messages": "msgs/s",
          "roster": "gets/s", "mam": "pages/s", "pep-publish": "publishes/s",
          "pep-login": "logins/s", "smmessages": "msgs/s", "smarchive": "msgs/s",
          "resume": "resumes/s",

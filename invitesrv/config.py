@@ -296,6 +296,7 @@ class ClusterOptions:
     node: str = ""  # this node's name, unique in the cluster; empty: the host name
     ttl: Duration = Duration(15)  # a silent node's sessions expire after this
     roster_settle: Duration = Duration(1)  # a roster changed elsewhere is read again this late
+    resume_timeout: Duration = Duration(5)  # a node asked for a session to resume answers within
 
 
 @dataclass(frozen=True)

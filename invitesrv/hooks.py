@@ -22,7 +22,11 @@ These are all the hooks, with what they are given:
 C{stream-features} (stream, features)
     Synchronous. Add feature elements to the C{<stream:features/>} being sent,
     before authentication and after (C{stream.authenticated} and
-    C{stream.encrypted} say which stage it is).
+    C{stream.encrypted} say which stage it is). What is added may depend on
+    the stage, the channel-binding types and the host's configuration and
+    modules, not on one stream: the features are made once per stage
+    (L{invitesrv.host.VirtualHost.streamFeatures}). C{sasl2-features} and
+    C{bind2-features}, run from here, are under the same rule.
 C{preauth-iq} (stream, iq) -> Deferred or None
     An IQ on an unauthenticated stream. The first callback that returns a
     Deferred owns the IQ; it fires with the response element.
@@ -74,6 +78,11 @@ C{hibernated-stanza} (session, stanza)
     to be resumed (L{invitesrv.modules.smacks}), was sent C{stanza}: it is
     queued for the client (push notifications wake the device). Run too for
     what was unacknowledged when the connection was lost.
+C{resume-elsewhere} (stream, token) -> Deferred or None
+    Run with L{Hooks.first} by stream management when a C{<resume/>} names
+    a token this node does not hold (cluster mode asks the other nodes,
+    L{invitesrv.cluster.resumption}). A Deferred returned fires with the
+    session, handed over and bound to C{stream}, or None (C{<failed/>}).
 C{when-sent} (session) -> Deferred[bool] or None
     Run with L{Hooks.first} by L{invitesrv.xmpp.c2s.Session.whenSent}: a
     module that knows better than the transport when the client has what
@@ -187,21 +196,25 @@ class Hooks:
     """
     A registry of named hooks. Each hook's callbacks, in order, are kept
     ready (a tuple, made again when one is added or removed): several hooks
-    run for every connection and stanza.
+    run for every connection and stanza. C{version} changes with every
+    addition and removal, for what is made from the callbacks' answers.
     """
 
     def __init__(self) -> None:
         self._hooks: dict[str, list[tuple[int, int, Callable]]] = {}
         self._ordered: dict[str, tuple[Callable, ...]] = {}
         self._counter = 0
+        self.version = 0
 
     def add(self, name: str, callback: Callable, priority: int = 0) -> None:
         """Run C{callback} when hook C{name} fires; higher priorities run first."""
         self._counter += 1
+        self.version += 1
         insort(self._hooks.setdefault(name, []), (-priority, self._counter, callback))
         self._ordered[name] = tuple(entry[2] for entry in self._hooks[name])
 
     def remove(self, name: str, callback: Callable) -> None:
+        self.version += 1
         self._hooks[name] = [entry for entry in self._hooks.get(name, []) if entry[2] != callback]
         self._ordered[name] = tuple(entry[2] for entry in self._hooks[name])
 

@@ -22,8 +22,8 @@ def quickRun(tmp_path_factory):
     """One quick benchmark run: (exit status, stdout, JSON lines)."""
     out = tmp_path_factory.mktemp("bench") / "results.jsonl"
     result = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--scenarios", "login,fast,idle,upload,download,bigupload",
-         "--out", str(out)],
+        [sys.executable, str(RUN), "--quick", "--scenarios",
+         "login,fast,fastsm,idle,upload,download,bigupload", "--out", str(out)],
         capture_output=True, text=True, timeout=120, check=False)
     lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     return result, lines
@@ -73,6 +73,19 @@ def test_fastFigures(quickRun):
     assert fast["errors"] == 0, fast.get("error_kinds")
     assert fast["ok"] == fast["n"] > 0 and fast["per_s"] > 0 and fast["p50_ms"] > 0
     assert fast["mechanism"] == "HT-SHA-256-NONE"
+
+
+def test_fastResumeFigures(quickRun):
+    """
+    Every reconnect with a FAST token resumed its waiting session inline in
+    SASL2, each time: the run's sessions waited again after each cut.
+    """
+    _, lines = quickRun
+    [setup] = [r for r in lines if r.get("tag") == "fastsm" and r.get("run") == "setup"]
+    assert setup["errors"] == 0 and setup["ok"] == setup["n"] > 0, setup.get("error_kinds")
+    [resumed] = measured(lines, "fastsm")
+    assert resumed["errors"] == 0, resumed.get("error_kinds")
+    assert resumed["ok"] == resumed["n"] > 0 and resumed["server_cpu_s"] is not None
 
 
 def test_uploadFigures(quickRun):

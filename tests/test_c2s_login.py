@@ -1,6 +1,7 @@
 """End to end: a real server process, real TLS, real SQLite, slixmpp logging in."""
 
 import ssl
+import time
 
 import pytest
 from rawxmpp import RawClient
@@ -44,6 +45,26 @@ def test_rawLoginAndPing(server):
         client.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         reply = client.recvUntil(r"<iq[^>]*id='p1'[^>]*/>")
         assert "type='result'" in reply
+
+
+def test_quietStreamReadAfterItsParserRests(server):
+    """
+    Over real TLS, a client quiet for longer than the parser's rest (its
+    parser is freed) is read as before when it speaks again, and a stanza
+    left half-sent across that time (the parser must keep it) completes.
+    """
+    from invitesrv.xmpp.stream import PARSER_REST
+    with RawClient(server.port) as client:
+        client.login("alice", "correct horse", "quiet")
+        client.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        client.recvUntil(r"<iq[^>]*id='p1'[^>]*/>")
+        time.sleep(2 * PARSER_REST + 0.5)
+        client.send("<iq type='get' id='p2' to='localhost'><ping xmlns")
+        time.sleep(2 * PARSER_REST + 0.5)
+        client.send("='urn:xmpp:ping'/></iq>")
+        assert "type='result'" in client.recvUntil(r"<iq[^>]*id='p2'[^>]*/>")
+        client.send("</stream:stream>")
+        assert client.isClosed()
 
 
 def test_directTLS(tmp_path):

@@ -738,6 +738,220 @@ def test_redisRestarted(tmp_path, postgresqlDSN):
         redis.stop()
 
 
+# -- stream management resumed on another node -------------------------------------
+
+NS_SM = "urn:xmpp:sm:3"
+
+
+def enableSM(client: RawClient) -> str:
+    """Resumable stream management on; the token."""
+    client.send(f"<enable xmlns='{NS_SM}' resume='true'/>")
+    return re.search(r"id='([^']+)'", client.recvUntil(r"<enabled [^>]*/>")).group(1)
+
+
+def authenticated(port: int, user: str) -> RawClient:
+    """A new connection authenticated as C{user}, its stream restarted, nothing bound."""
+    client = RawClient(port)
+    client.startTLS()
+    assert "<success" in client.scram(user, PASSWORD)
+    client.openStream()
+    return client
+
+
+def chatTo(sender: RawClient, to: str, body: str) -> None:
+    sender.send(f"<message to='{to}' type='chat' id='{body}'><body>{body}</body></message>")
+
+
+def settledOn(client: RawClient) -> str:
+    """Wait until the node has handled what C{client} sent; what came until then."""
+    client.send("<iq type='get' id='settled'><ping xmlns='urn:xmpp:ping'/></iq>")
+    return client.recvUntil(r"<iq[^>]*id='settled'[^>]*/?>")
+
+
+def allBodies(text: str) -> list[str]:
+    return re.findall(r"<body>([^<]*)</body>", text)
+
+
+def test_frozenLinkResumedOnTheOtherNode(cluster):
+    """
+    Ivan's phone on node 1 with stream management; its link freezes (the
+    old TCP connection still open, as a phone changing networks leaves it).
+    Judy, on node 2, writes to it meanwhile. The phone reconnects to node 2
+    and resumes: <resumed/> with its count, the two messages it did not
+    acknowledge once each, then the conversation goes on on node 2; Judy
+    sees no presence from Ivan at all (no unavailable, no new session).
+    """
+    from test_smacks_e2e import FreezingProxy
+    n1, n2 = cluster.nodes
+    for user in ("ivan", "judy"):
+        n1.adduser(f"{user}@{HOST}", PASSWORD)
+    run(befriend(("ivan", n1), ("judy", n2)))
+    proxy = FreezingProxy(n1.port)
+    try:
+        with RawClient(proxy.port) as phone, RawClient(n2.port) as judy:
+            me = phone.login("ivan", PASSWORD, "phone")
+            judy.login("judy", PASSWORD, "desk")
+            judy.send("<presence/>")
+            settledOn(judy)
+            phone.send("<presence/>")
+            judy.recvUntil(r"<presence [^>]*from='ivan@localhost/phone'")
+            phone.recvUntil(r"<presence [^>]*from='judy@localhost/desk'")
+            settledOn(phone)  # before management: not counted
+            token = enableSM(phone)
+            chatTo(judy, me, "before")
+            assert allBodies(phone.recvUntil(r"before</body>.*?</message>")) == ["before"]
+            phone.send(f"<a xmlns='{NS_SM}' h='1'/>")
+            time.sleep(0.3)  # the acknowledgement is read before the link freezes
+            proxy.freeze()
+            chatTo(judy, me, "frozen 1")
+            chatTo(judy, me, "frozen 2")
+            settledOn(judy)
+            time.sleep(0.3)  # node 1 has them
+            with authenticated(n2.port, "ivan") as again:
+                again.send(f"<resume xmlns='{NS_SM}' previd='{token}' h='1'/>")
+                resumed = again.recvUntil(r"<resumed [^>]*/>")
+                assert f"previd='{token}'" in resumed and "h='0'" in resumed, resumed
+                text = again.recvUntil(r"frozen 2</body>.*?</message>")
+                assert allBodies(text) == ["frozen 1", "frozen 2"]
+                chatTo(judy, me, "after")
+                text = again.recvUntil(r"after</body>.*?</message>") + again.readAll(1.0)
+                assert allBodies(text) == ["after"]
+                chatTo(again, "judy@localhost", "back")
+                seen = judy.recvUntil(r"back</body>.*?</message>") + judy.readAll(0.5)
+                assert "<presence" not in seen, seen
+        assert "ivan@localhost/phone: handed over to node n2" in n1.log()
+        assert "ivan@localhost/phone: handed over by node n1" in n2.log()
+    finally:
+        proxy.close()
+
+
+def test_slixmppResumesOnTheOtherNode(cluster):
+    """
+    slixmpp's xep_0198 on node 1 loses its connection; a message reaches
+    it on node 1 meanwhile; it reconnects to node 2 and resumes there: the
+    message arrives once.
+    """
+    n1, n2 = cluster.nodes
+    for user in ("kim", "leo"):
+        n1.adduser(f"{user}@{HOST}", PASSWORD)
+
+    async def scenario():
+        kim = SlixClient(f"kim@{HOST}/slix", PASSWORD, plugins=("xep_0030", "xep_0199", "xep_0198"))
+        got: asyncio.Queue = asyncio.Queue()
+        kim.add_event_handler("message", lambda message: got.put_nowait(str(message["body"])))
+        loop = asyncio.get_event_loop()
+        enabled, resumed = loop.create_future(), loop.create_future()
+        kim.add_event_handler("sm_enabled", lambda _: enabled.done() or enabled.set_result(True))
+        kim.add_event_handler("session_resumed",
+                              lambda _: resumed.done() or resumed.set_result(True))
+        assert await kim.login(n1.port)
+        await asyncio.wait_for(enabled, 10)
+        leo = RawClient(n2.port)
+        try:
+            leo.login("leo", PASSWORD)
+            chatTo(leo, f"kim@{HOST}/slix", "one")
+            assert await asyncio.wait_for(got.get(), 10) == "one"
+            lost = kim.disconnected
+            kim.abort()
+            await asyncio.wait_for(lost, 10)
+            await asyncio.sleep(0.5)  # node 1 notices the connection is gone
+            chatTo(leo, f"kim@{HOST}/slix", "two")
+            settledOn(leo)
+            kim.connect("127.0.0.1", n2.port)
+            await asyncio.wait_for(resumed, 15)
+            assert await asyncio.wait_for(got.get(), 10) == "two"
+            await asyncio.sleep(0.5)
+            assert got.empty()
+        finally:
+            leo.close()
+            await kim.logout()
+    run(scenario())
+    assert "kim@localhost/slix: handed over by node n1" in n2.log()
+
+
+def test_resumeFailsWhenTheNodeWasKilled(tmp_path, redis, postgresqlDSN):
+    """
+    The node holding the session is killed (SIGKILL) while it waits: the
+    resumption on the other node fails at once with item-not-found, the
+    client binds afresh on the same stream, and what it was sent is in
+    the archive (and what the dead node had not handed on waits nowhere
+    else: nothing is lost).
+    """
+    nodes = Cluster(tmp_path, redis, postgresqlDSN, db=3)
+    try:
+        n1, n2 = nodes.nodes
+        for user in ("lena", "mike"):
+            n1.adduser(f"{user}@{HOST}", PASSWORD)
+        phone = RawClient(n1.port)
+        me = phone.login("lena", PASSWORD, "phone")
+        token = enableSM(phone)
+        with RawClient(n2.port) as mike:
+            mike.login("mike", PASSWORD)
+            settledOn(mike)
+            time.sleep(0.3)  # node 2 knows of Lena's session
+            chatTo(mike, me, "m1")
+            phone.recvUntil(r"m1</body>")
+            phone.close()  # cut, no acknowledgement
+            time.sleep(0.5)
+            chatTo(mike, me, "m2")
+            settledOn(mike)
+            time.sleep(0.3)
+            n1.process.send_signal(signal.SIGKILL)
+            n1.process.wait(10)
+            time.sleep(0.2)
+            with authenticated(n2.port, "lena") as again:
+                started = time.monotonic()
+                again.send(f"<resume xmlns='{NS_SM}' previd='{token}' h='0'/>")
+                failed = again.recvUntil(r"</failed>")
+                assert "item-not-found" in failed and time.monotonic() - started < 3
+                again.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                           "<resource>phone</resource></bind></iq>")
+                again.recvUntil(r"<iq[^>]*id='b'.*?</iq>")
+                again.send("<presence/>")
+                again.send("<iq type='set' id='mam'><query xmlns='urn:xmpp:mam:2' queryid='q'/></iq>")
+                archived = allBodies(again.recvUntil(r"<iq [^>]*id='mam'.*?</iq>"))
+                assert {"m1", "m2"} <= set(archived), archived
+    finally:
+        nodes.stop()
+
+
+def test_sasl2InlineResumeOnTheOtherNode(cluster):
+    """
+    Stream management enabled inside Bind2 on node 1, and the lost session
+    resumed inside SASL2's <authenticate/> on node 2: <resumed/> in
+    <success/>, nothing bound anew, what was not acknowledged sent again.
+    """
+    from saslclient import NS_BIND2, SASLClient
+    n1, n2 = cluster.nodes
+    for user in ("nina", "omar"):
+        n1.adduser(f"{user}@{HOST}", PASSWORD)
+    credentials = f"\0nina\0{PASSWORD}".encode()
+    with RawClient(n2.port) as omar:
+        omar.login("omar", PASSWORD)
+        phone = SASLClient(n1.port)
+        phone.startTLS()
+        result = phone.authenticate("PLAIN", credentials, f"<bind xmlns='{NS_BIND2}'><tag>phone</tag>"
+                                    f"<enable xmlns='{NS_SM}' resume='true'/></bind>")
+        assert result.ok, result
+        token = re.search(r"<enabled [^>]*id=.([^'\"]+)", result.xml).group(1)
+        time.sleep(0.3)  # node 2 knows of the session
+        chatTo(omar, result.identifier, "one")
+        phone.recvUntil(r"one</body>")
+        phone.close()
+        time.sleep(0.5)
+        chatTo(omar, result.identifier, "two")
+        settledOn(omar)
+        time.sleep(0.3)
+        with SASLClient(n2.port) as again:
+            again.startTLS()
+            resumed = again.authenticate("PLAIN", credentials,
+                                         f"<resume xmlns='{NS_SM}' previd='{token}' h='0'/>"
+                                         f"<bind xmlns='{NS_BIND2}'><tag>phone</tag></bind>")
+            assert resumed.ok and f"previd='{token}'" in resumed.xml, resumed.xml
+            assert "<bound" not in resumed.xml and resumed.identifier == result.identifier
+            assert allBodies(again.recvUntil(r"two</body>")) == ["one", "two"]
+
+
 def test_noFailuresLogged(cluster):
     """Everything the two nodes of the module's cluster did ran without a failure in their logs."""
     for node in cluster.nodes:

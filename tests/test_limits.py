@@ -438,6 +438,31 @@ def test_idleSessionPinged(servers):
 
 
 @pytest_twisted.inlineCallbacks
+def test_oneTimerWatchesEverySession(servers):
+    """
+    Sessions are watched by one sweep, not a timer each (a timer is about
+    600 bytes, per idle connection); each silent one is still pinged, and
+    within a quarter of the ping timeout of when it is due.
+    """
+    clock = task.Clock()
+    server = watched(servers, clock, idle_timeout=60, ping_timeout=10)
+    names = [f"user{i}" for i in range(5)]
+    for name in names:
+        yield addAccount(server, name, PASSWORD)
+    timers = len(clock.getDelayedCalls())
+    clients = []
+    for name in names:
+        clients.append(ClientConnection(server, encrypted=True))
+        yield login(clients[-1], name, PASSWORD)
+        clock.advance(1)
+    assert len(clock.getDelayedCalls()) == timers
+    clock.advance(55)  # the first was bound 60 s ago
+    assert [len(pings(client)) for client in clients] == [1, 0, 0, 0, 0]
+    clock.advance(4 + 10 / 4)
+    assert [len(pings(client)) for client in clients[1:]] == [1, 1, 1, 1]
+
+
+@pytest_twisted.inlineCallbacks
 def test_busySessionNotPinged(servers):
     """A session that keeps talking (whitespace keepalives count) is never pinged."""
     clock = task.Clock()

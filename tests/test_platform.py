@@ -54,15 +54,16 @@ class CounterModule(HostModule):
     hooks = (("session-bound", "onSessionBound"),)
 
     def onSessionBound(self, session):
-        def countOut(element, forward):
-            SENT.set(session, SENT.get(session) + 1)
-            forward(element)
+        session.addOutput(self.countOut)
+        session.addInput(self.countIn)
 
-        def countIn(element, forward):
-            RECEIVED.set(session, RECEIVED.get(session) + 1)
-            forward(element)
-        session.addOutput(countOut)
-        session.addInput(countIn)
+    def countOut(self, session, element, forward):
+        SENT.set(session, SENT.get(session) + 1)
+        forward(element)
+
+    def countIn(self, session, element, forward):
+        RECEIVED.set(session, RECEIVED.get(session) + 1)
+        forward(element)
 
 
 HELD = Slot("test.held", list)
@@ -77,14 +78,14 @@ class HoldModule(HostModule):
 
     def onSessionBound(self, session):
         HELD.set(session, [])
+        session.addOutput(self.hold)
 
-        def hold(element, forward):
-            held = HELD.get(session)
-            if held is None:
-                forward(element)
-            else:
-                held.append((element, forward))
-        session.addOutput(hold)
+    def hold(self, session, element, forward):
+        held = HELD.get(session)
+        if held is None:
+            forward(element)
+        else:
+            held.append((element, forward))
 
     def onFlush(self, stream, element):
         for held, forward in HELD.pop(stream.session):

@@ -233,15 +233,25 @@ STREAM = (
 ).encode()
 
 
-def parseAll(chunks) -> tuple[object, list[str], bool]:
-    """Parse C{chunks}; return the root, the stanzas serialised, and whether it ended."""
+def parseAll(chunks, rest: bool = False) -> tuple[object, list[str], bool]:
+    """
+    Parse C{chunks}; return the root, the stanzas serialised, and whether it
+    ended. With C{rest}, the parser is told to rest after every chunk.
+    """
     parser = RestrictedElementStream(10_000)
-    found: dict = {"root": None, "stanzas": [], "ended": False}
-    parser.DocumentStartEvent = lambda root: found.update(root=root)
+    found: dict = {"root": None, "stanzas": [], "ended": False, "starts": 0}
+
+    def started(root):
+        found.update(root=root, starts=found["starts"] + 1)
+
+    parser.DocumentStartEvent = started
     parser.ElementEvent = lambda element: found["stanzas"].append(element.toXml())
     parser.DocumentEndEvent = lambda: found.update(ended=True)
     for chunk in chunks:
         parser.parse(chunk)
+        if rest:
+            parser.rest()
+    assert found["starts"] == 1
     return found["root"], found["stanzas"], found["ended"]
 
 
@@ -272,6 +282,95 @@ def test_chunkBoundariesDoNotMatter(cuts):
     root, stanzas, ended = parseAll(chunks)
     _, expected, _ = parseAll([STREAM])
     assert stanzas == expected and ended and root.name == "stream"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, len(STREAM)), max_size=12))
+def test_restingChangesNothing(cuts):
+    """
+    A parser told to rest after every chunk, wherever the chunks end (inside
+    a tag, an attribute value, a UTF-8 sequence or between stanzas), parses
+    the stream exactly as one that never rests: it rests only where nothing
+    is pending, and the stand-in header restores every namespace.
+    """
+    positions = sorted(set(cuts))
+    chunks = [STREAM[a:b] for a, b in zip([0, *positions], [*positions, len(STREAM)], strict=True)]
+    root, stanzas, ended = parseAll(chunks, rest=True)
+    _, expected, _ = parseAll([STREAM])
+    assert stanzas == expected and ended and root.name == "stream"
+
+
+def restingParser(header: bytes) -> tuple[RestrictedElementStream, list]:
+    """A parser that has read C{header} and a stanza; its events go to the list."""
+    parser = RestrictedElementStream(1000)
+    events: list = []
+    parser.DocumentStartEvent = lambda root: events.append(("start", root.name))
+    parser.ElementEvent = events.append
+    parser.DocumentEndEvent = lambda: events.append("end")
+    parser.parse(header + b"<presence/>")
+    return parser, events
+
+
+def test_restFreesTheParser():
+    """Between stanzas the expat parser goes; the next bytes bring a new one."""
+    parser, events = restingParser(STREAM[:STREAM.index(b"<message")])
+    assert parser.rest() and parser.resting
+    parser.parse(b"<iq type='get' id='1'/></stream:stream>")
+    assert not parser.resting
+    assert events[0] == ("start", "stream") and events[-1] == "end"
+    assert [(e.name, e.uri) for e in events[1:-1]] == [("presence", "jabber:client"),
+                                                        ("iq", "jabber:client")]
+
+
+@pytest.mark.parametrize("pending", [b"<message to='a>", b"<message><body>", b"<iq", b"\xc3"])
+def test_noRestWithBytesPending(pending):
+    """Inside a stanza, a tag, or a character, the parser keeps what it holds."""
+    parser, events = restingParser(STREAM[:STREAM.index(b"<message")])
+    parser.parse(pending)
+    assert not parser.rest() and not parser.resting
+
+
+def test_noRestBeforeTheHeader():
+    """Without a complete stream header there is nothing to go on from."""
+    parser = RestrictedElementStream(1000)
+    parser.parse(b"<?xml version='1.0'?>")
+    assert not parser.rest()
+
+
+def test_restKeepsTheHeadersPrefixes():
+    """
+    A server stream's header declares dialback's prefix: after a rest, a
+    C{<db:result/>} is still in dialback's namespace, and the closing tag of
+    a header with an unusual prefix still matches.
+    """
+    header = (b"<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='jabber:server'"
+              b" xmlns:db='jabber:server:dialback'>")
+    parser, events = restingParser(header)
+    assert parser.rest()
+    parser.parse(b"<db:result to='a' from='b'>key</db:result>")
+    assert parser.rest()
+    parser.parse(b"</s:stream>")
+    assert (events[2].uri, events[2].name) == ("jabber:server:dialback", "result")
+    assert events[-1] == "end"
+
+
+def test_ambiguousHeaderNeverRests():
+    """A header whose own prefix cannot be told from its declarations keeps its parser."""
+    header = (b"<a:stream xmlns:a='http://etherx.jabber.org/streams'"
+              b" xmlns:b='http://etherx.jabber.org/streams' xmlns='jabber:client'>")
+    parser, events = restingParser(header)
+    assert not parser.rest()
+    parser.parse(b"</a:stream>")
+    assert events[-1] == "end"
+
+
+def test_limitsHoldAfterRest():
+    """A stanza over the size limit is refused after a rest as before."""
+    parser, _ = restingParser(STREAM[:STREAM.index(b"<message")])
+    assert parser.rest()
+    with pytest.raises(StreamViolation) as caught:
+        parser.parse(b"<message><body>" + b"x" * 2000 + b"</body></message>")
+    assert caught.value.condition == "policy-violation"
 
 
 def test_violationCarriesCondition():

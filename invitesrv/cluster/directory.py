@@ -20,9 +20,35 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 
 from invitesrv.modules.presence import parseStored
+from invitesrv.xmpp.c2s import NOBODY
 from invitesrv.xmpp.router import parseJID
 
 log = Logger()
+
+
+def sessionKey(session) -> tuple:
+    """What other nodes need to know of a session, compared cheaply after each stanza."""
+    return (session.priority, session.available, session.presence, session.interested,
+            tuple(sorted(slot.name for slot, value in session.slots.items() if value is True)),
+            session.address or "")
+
+
+def sessionState(key: tuple) -> str:
+    """The state of L{sessionKey} as published (the presence serialised)."""
+    priority, available, presence, interested, flags, address = key
+    return json.dumps([priority, available, presence.toXml() if presence is not None else None,
+                       interested, flags, address], separators=(",", ":"))
+
+
+def applyState(session, state: list, slots: dict) -> None:
+    """
+    Set a session's state as a node published it (see
+    L{sessionState}): on a remote session, or on one
+    resumed here that another node handed over (its slots not set yet).
+    """
+    session.priority, session.available, presence, session.interested, flags, session.address = state
+    session.presence = parseStored(presence) if presence else None
+    session.slots = {slots[name]: True for name in flags if name in slots}
 
 
 class RemoteSession:
@@ -51,7 +77,7 @@ class RemoteSession:
         self.available = False
         self.presence = None
         self.interested = False
-        self.directed: set[str] = set()  # kept by its own node
+        self.directed = NOBODY  # kept by its own node
         self.address = ""
         self.closed = False
         self.slots: dict = {}
@@ -60,10 +86,8 @@ class RemoteSession:
         return f"<RemoteSession {self.full} on {self.node}>"
 
     def update(self, state: list, slots: dict) -> None:
-        """Take the state its node published (see L{invitesrv.cluster.node.sessionState})."""
-        self.priority, self.available, presence, self.interested, flags, self.address = state
-        self.presence = parseStored(presence) if presence else None
-        self.slots = {slots[name]: True for name in flags if name in slots}
+        """Take the state its node published (see L{sessionState})."""
+        applyState(self, state, slots)
 
     def send(self, element) -> None:
         """Forward a stanza to the session's node."""
@@ -114,6 +138,19 @@ class Directory:
 
     def session(self, full: jid.JID) -> RemoteSession | None:
         return self.byBare.get(full.userhost(), {}).get(full.resource)
+
+    def nodesOf(self, bare: str) -> set[str]:
+        """The other nodes with a session of C{bare}."""
+        return {session.node for session in self.byBare.get(bare, {}).values()}
+
+    def moved(self, node: str, full: str, state: list) -> None:
+        """
+        A session of this node was handed to C{node}: stanzas for it go
+        there from now on, before that node tells of it.
+        """
+        view = self.nodes.get(node)
+        if view is not None:
+            self._set(view, full, state)
 
     def routeElsewhere(self, local, stanza) -> bool:
         """

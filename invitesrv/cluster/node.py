@@ -41,9 +41,10 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from invitesrv.cluster.directory import Directory, RemoteSession
+from invitesrv.cluster.directory import Directory, RemoteSession, sessionKey, sessionState
 from invitesrv.cluster.limits import SharedLimits
 from invitesrv.cluster.redis import RedisClient, RedisError, RedisUnavailable, parseURL
+from invitesrv.cluster.resumption import Resumption
 from invitesrv.components.base import InternalComponent
 from invitesrv.services.slots import Slot
 from invitesrv.store.interfaces import ArchivePrefs
@@ -65,20 +66,6 @@ def nodeKey(node: str) -> str:
 
 def sessionsKey(node: str) -> str:
     return f"{PREFIX}sessions:{node}"
-
-
-def sessionKey(session) -> tuple:
-    """What other nodes need to know of a session, compared cheaply after each stanza."""
-    return (session.priority, session.available, session.presence, session.interested,
-            tuple(sorted(slot.name for slot, value in session.slots.items() if value is True)),
-            session.address or "")
-
-
-def sessionState(key: tuple) -> str:
-    """The state of L{sessionKey} as published (the presence serialised)."""
-    priority, available, presence, interested, flags, address = key
-    return json.dumps([priority, available, presence.toXml() if presence is not None else None,
-                       interested, flags, address], separators=(",", ":"))
 
 
 class StanzaReader:
@@ -140,7 +127,9 @@ class ClusterNode(service.Service):
         self.ready = False
         self.synced: tuple = (None, None)  # the connections the last _sync used
         self.pepUntold = False  # a PEP change made while Redis was away
+        self.resumption = Resumption(self)
         self.handlers = {b"d": self._deliver, b"c": self._close, b"r": self._route,
+                         b"q": self.resumption.onRequest, b"a": self.resumption.onAnswer,
                          b"p": self._pepPresence}
         self.since = reactor.seconds()  # the oldest node serves the internal components
         self.reader = StanzaReader()
@@ -179,6 +168,7 @@ class ClusterNode(service.Service):
             host.hooks.add("archive-prefs-changed", self.archivePrefsChanged)
             host.hooks.add("pep-changed", self.pepChanged)
             host.hooks.add("pep-presence", self.pepPresence)
+            self.resumption.attach(host)
         self.server.store.rosterObservers.append(self.rosterChanging)
         self.limits.attach()
 
@@ -190,6 +180,7 @@ class ClusterNode(service.Service):
             host.hooks.remove("archive-prefs-changed", self.archivePrefsChanged)
             host.hooks.remove("pep-changed", self.pepChanged)
             host.hooks.remove("pep-presence", self.pepPresence)
+            self.resumption.detach(host)
         self.server.store.rosterObservers.remove(self.rosterChanging)
         self.limits.detach()
 
@@ -316,12 +307,14 @@ class ClusterNode(service.Service):
 
     def sessionBound(self, session) -> None:
         """Publish a new session, and watch what it sends for changes of its state."""
-        def watch(element, forward):
-            forward(element)
-            if not session.closed and self.published.get(session) != sessionKey(session):
-                self._publish(session)
-        session.addInput(watch)
+        session.addInput(self.watch)
         self._publish(session)
+
+    def watch(self, session, element, forward) -> None:
+        """After each stanza a session sends: publish its state again if that changed it."""
+        forward(element)
+        if not session.closed and self.published.get(session) != sessionKey(session):
+            self._publish(session)
 
     def sessionClosed(self, session) -> None:
         if self.published.pop(session, None) is not None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid, xmlstream
 from twisted.words.xish import domish
@@ -39,7 +38,15 @@ from wokkel import disco
 from invitesrv.components.base import Component
 from invitesrv.xmpp.router import bounce
 from invitesrv.xmpp.s2s.stream import domainOf, retarget, streamErrorCondition
-from invitesrv.xmpp.stream import NS_CLIENT, NS_STREAMS, STANZAS, RestrictedStream, badIQ, peerSender
+from invitesrv.xmpp.stream import (
+    NS_CLIENT,
+    NS_STREAMS,
+    STANZAS,
+    ListeningFactory,
+    RestrictedStream,
+    badIQ,
+    peerSender,
+)
 from invitesrv.xmpp.xmlparser import StreamViolation
 
 log = Logger()
@@ -205,13 +212,8 @@ class ComponentAuthenticator(xmlstream.ListenAuthenticator):
         self.router.route(stanza)
 
 
-class ComponentFactory(protocol.ServerFactory):
-    """Builds component streams; keeps the live ones so that a shutdown can say goodbye."""
-
-    def __init__(self, server):
-        self.server = server
-        self.streams: set[RestrictedStream] = set()
-        self.noisy = False
+class ComponentFactory(ListeningFactory):
+    """Builds external components' streams."""
 
     def buildProtocol(self, addr):
         stream = RestrictedStream(ComponentAuthenticator(self.server), self.server)

@@ -93,15 +93,16 @@ class CarbonsModule(HostModule):
             ENABLED.set(session, True)
 
     def onSessionBound(self, session) -> None:
-        """Watch what the session sends, to copy its messages once they are routed."""
-        def sent(element, forward):
-            others = self._enabled(session.bare, (session,)) if element.name == "message" else ()
-            copied = bool(others) and isCopied(element)  # before routing takes <private/> off
-            forward(element)
-            if (copied and not session.closed and element.getAttribute("from") == session.full
-                    and _bare(element.getAttribute("to")) != session.bare):
-                self._copy("sent", element, others)
-        session.addInput(sent)
+        session.addInput(self.sent)
+
+    def sent(self, session, element, forward) -> None:
+        """What a session sends passes here: its messages are copied once they are routed."""
+        others = self._enabled(session.bare, (session,)) if element.name == "message" else ()
+        copied = bool(others) and isCopied(element)  # before routing takes <private/> off
+        forward(element)
+        if (copied and not session.closed and element.getAttribute("from") == session.full
+                and _bare(element.getAttribute("to")) != session.bare):
+            self._copy("sent", element, others)
 
     def onInbound(self, stanza, target) -> None:
         """A message marked C{<private/>} reaches a local account with C{<no-copy/>} instead."""

@@ -87,24 +87,25 @@ class CSIModule(HostModule):
             HELD.set(session, {})
 
     def onSessionBound(self, session) -> None:
-        """Every stanza to the session passes here: held while it is inactive and may wait."""
-        def output(element, forward):
-            held = HELD.get(session)
-            if held is None:
-                forward(element)
-                return
-            key = holdKey(element)
-            if key is None:
-                self.flush(session)
-                forward(element)
-                return
-            held.pop(key, None)  # the newer one replaces it, at the end
-            held[key] = (element, forward)
-            if len(held) > self.options.max_held:
-                log.info("{jid}: more than {count} stanzas held for an inactive client; sending them",
-                         jid=session.full, count=self.options.max_held)
-                self.flush(session)
-        session.addOutput(output)
+        session.addOutput(self.output)
+
+    def output(self, session, element, forward) -> None:
+        """Every stanza to a session passes here: held while it is inactive and may wait."""
+        held = HELD.get(session)
+        if held is None:
+            forward(element)
+            return
+        key = holdKey(element)
+        if key is None:
+            self.flush(session)
+            forward(element)
+            return
+        held.pop(key, None)  # the newer one replaces it, at the end
+        held[key] = (element, forward)
+        if len(held) > self.options.max_held:
+            log.info("{jid}: more than {count} stanzas held for an inactive client; sending them",
+                     jid=session.full, count=self.options.max_held)
+            self.flush(session)
 
     def onInactive(self, stream, element) -> None:
         session = stream.session

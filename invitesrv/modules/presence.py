@@ -44,6 +44,7 @@ from twisted.words.xish.domish import escapeToXml
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.roster import FROM, TO, RosterModule
 from invitesrv.store.interfaces import RosterItem, StoreUnavailable
+from invitesrv.xmpp.c2s import NOBODY
 from invitesrv.xmpp.router import bounce, parseJID
 from invitesrv.xmpp.xmlparser import RestrictedElementStream
 
@@ -301,16 +302,16 @@ class PresenceModule(HostModule):
         session (RFC 6121 4.5.2): to subscribers, to the user's available
         resources, and to whoever got directed presence and no broadcast.
         """
-        directed = set(session.directed)
+        directed = session.directed
         wasAvailable = self.parent.resources.setUnavailable(session)
-        session.directed.clear()
+        session.directed = NOBODY
         if not wasAvailable and not directed:
             return
         d = self.roster.getRoster(session.user) if wasAvailable else defer.succeed(None)
         d.addCallback(self._broadcastUnavailable, session, presence, directed)
         self._watch(d, "Unavailable broadcast for {session} failed", session=session)
 
-    def _broadcastUnavailable(self, roster, session, presence, directed: set[str]) -> None:
+    def _broadcastUnavailable(self, roster, session, presence, directed: frozenset[str]) -> None:
         subscribers = set()
         if roster is not None:
             for item in roster.items:
@@ -334,9 +335,9 @@ class PresenceModule(HostModule):
         if target.userhost() == session.bare:
             return
         if presence.getAttribute("type") == "unavailable":
-            session.directed.discard(target.full())
+            session.directed -= {target.full()}
         else:
-            session.directed.add(target.full())
+            session.directed |= {target.full()}
 
     @defer.inlineCallbacks
     def _outbound(self, username: str, contact: str, kind: str, presence=None, force: bool = False):

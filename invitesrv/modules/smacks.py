@@ -185,6 +185,7 @@ class SmacksModule(HostModule):
         self.ended: OrderedDict[str, tuple[str, int]] = OrderedDict()  # token -> (user, h)
         self.managed: set = set()  # the sessions with stream management on
         self.keeping: set[defer.Deferred] = set()  # offline storage of what sessions handed on
+        self.leaving: set = set()  # sessions being handed to another node (cluster mode)
         self.stopping = False
 
     def connectionInitialized(self) -> None:
@@ -210,13 +211,22 @@ class SmacksModule(HostModule):
             features.addElement((NS_SM, "sm"))
 
     def onSessionBound(self, session) -> None:
-        """Every stanza to the session passes here: counted and kept once management is on."""
-        def output(element, forward):
-            state = STATE.get(session)
-            if state is not None:
-                self._queue(session, state, element)
-            forward(element)
-        session.addOutput(output)
+        session.addOutput(self.output)
+
+    def output(self, session, element, forward) -> None:
+        """Every stanza to a session passes here: counted and kept once management is on."""
+        state = STATE.get(session)
+        if state is not None:
+            self._queue(session, state, element)
+        forward(element)
+
+    @staticmethod
+    def counted(session, stanza, forward) -> None:
+        """Every stanza from a managed session passes here: counted for the client's <a/>."""
+        state = STATE.get(session)
+        if state is not None:
+            state.handled = (state.handled + 1) % MODULUS
+        forward(stanza)
 
     def onEnable(self, stream, element) -> None:
         stream.xmlstream.send(self._enable(stream.session, element))
@@ -225,14 +235,7 @@ class SmacksModule(HostModule):
         """Manage C{session} (None: not bound yet); C{<enabled/>} or C{<failed/>}."""
         if session is None or STATE.get(session) is not None:
             return failed("unexpected-request")
-        state = Managed()
-        STATE.set(session, state)
-        self.managed.add(session)
-
-        def counted(stanza, forward):
-            state.handled = (state.handled + 1) % MODULUS
-            forward(stanza)
-        session.addInput(counted)
+        state = self._manage(session)
         enabled = sm("enabled")
         if element.getAttribute("resume") in ("true", "1"):
             state.token = secrets.token_urlsafe(24)
@@ -241,6 +244,14 @@ class SmacksModule(HostModule):
             enabled["resume"] = "true"
             enabled["max"] = str(int(self.options.hibernation_time))
         return enabled
+
+    def _manage(self, session) -> Managed:
+        """Count and keep from now on what C{session} is sent, and count what it sends."""
+        state = Managed()
+        STATE.set(session, state)
+        self.managed.add(session)
+        session.addInput(self.counted)
+        return state
 
     # -- acknowledgements -------------------------------------------------------
 
@@ -404,18 +415,36 @@ class SmacksModule(HostModule):
         if not stream.authenticated or stream.session is not None:
             stream.xmlstream.send(failed("unexpected-request"))
             return
-        answer = self._resume(stream, element)
+        d = defer.maybeDeferred(self._resume, stream, element)
+        d.addCallback(self._answerResume, stream)
+        d.addErrback(self._resumeError, stream)
+
+    def _answerResume(self, answer, stream) -> None:
         if answer is not None:
             stream.xmlstream.send(answer)
             self._resend(stream)
 
-    def _resume(self, stream, element) -> domish.Element | None:
+    def _resumeError(self, failure, stream) -> None:
+        log.failure("{label}: resumption failed", failure, label=stream.label)
+        stream.xmlstream.send(failed("internal-server-error"))
+
+    def _resume(self, stream, element):
         """
-        Take over the session C{element} names: fire with C{<resumed/>} (then
-        L{_resend}), C{<failed/>}, or None when a wrong C{h} ended the stream.
+        Take over the session C{element} names: C{<resumed/>} (then
+        L{_resend}), C{<failed/>}, or None when a wrong C{h} ended the
+        stream; or a Deferred firing with one of them when another node of
+        a cluster may hold the session (the C{resume-elsewhere} hook).
         """
         token = element.getAttribute("previd") or ""
         session = self.resumable.get(token)
+        if session is None:
+            elsewhere = self.host.hooks.first("resume-elsewhere", stream, token)
+            if elsewhere is not None:
+                return elsewhere.addCallback(self._takeUp, stream, element, token)
+        return self._takeUp(session, stream, element, token)
+
+    def _takeUp(self, session, stream, element, token: str) -> domish.Element | None:
+        """Resume C{session} (held here, or adopted from another node) on C{stream}."""
         if session is None or session.user != stream.username:
             ended = self.ended.pop(token, None)
             known = ended[1] if ended is not None and ended[0] == stream.username else None
@@ -430,7 +459,8 @@ class SmacksModule(HostModule):
             return None
         state.cancelTimers()
         state.awaiting = False
-        stream.takeOver(session)
+        if stream.session is not session:  # one adopted from another node is bound already
+            stream.takeOver(session)
         self.host.metrics["smacks.resumed"] += 1
         log.info("{jid} resumed from {address}; {count} stanzas sent again", jid=session.full,
                  address=stream.address, count=len(state.queue))
@@ -448,6 +478,45 @@ class SmacksModule(HostModule):
         if state.queue:
             self._requestAck(session, state)
 
+    # -- resumption on another node of a cluster (invitesrv.cluster.resumption) ------
+
+    def heldFor(self, user: str, token: str):
+        """The session of C{user} that C{token} resumes, if this node holds it, else None."""
+        session = self.resumable.get(token)
+        return session if session is not None and session.user == user else None
+
+    def handOver(self, session) -> Managed:
+        """
+        Another node resumes C{session}: end it here with its old stream
+        (C{<conflict/>}), handing nothing on (what it held for an inactive
+        client is queued first), and return its state for that node. What
+        offline delivery waits for counts as delivered: the other node has it.
+        """
+        state = STATE.get(session)
+        self.leaving.add(session)
+        try:
+            session.close("conflict", "Resumed on another connection")
+        finally:
+            self.leaving.discard(session)
+        for entry in state.queue:
+            for d in entry.waiters or ():
+                d.callback(True)
+            entry.waiters = None
+        self.host.metrics["smacks.handed-over"] += 1
+        return state
+
+    def adopt(self, session, token: str, acked: int, handled: int, queue) -> None:
+        """
+        Take on C{session}, handed over by another node with its counts and
+        what the client has not acknowledged (C{queue}: element and the
+        time it was first sent); it may be resumed again with C{token}.
+        """
+        state = self._manage(session)
+        state.acked, state.handled = acked, handled
+        state.queue.extend(Unacked(element, stamp, False) for element, stamp in queue)
+        state.token = token
+        self.resumable[token] = session
+
     # -- inline in SASL2 (XEP-0388) and Bind2 (XEP-0386) ---------------------------
 
     def onSASL2Features(self, stream, inline) -> None:
@@ -458,11 +527,13 @@ class SmacksModule(HostModule):
         resume = next(request.elements(NS_SM, "resume"), None)
         if resume is None:
             return None
-        answer = self._resume(stream, resume)
-        if answer is None:
-            return None
-        success.addChild(answer)
-        return lambda: self._resend(stream)
+
+        def answered(answer):
+            if answer is None:
+                return None
+            success.addChild(answer)
+            return lambda: self._resend(stream)
+        return defer.maybeDeferred(self._resume, stream, resume).addCallback(answered)
 
     def bind2Feature(self, stream) -> str:
         """Stream management can be enabled inside XEP-0386's bind."""
@@ -483,6 +554,9 @@ class SmacksModule(HostModule):
             return
         self.managed.discard(session)
         state.cancelTimers()
+        if session in self.leaving:  # resumed on another node, which has its state
+            self._forgetToken(state)
+            return
         self._forgetToken(state, session.user)
         session.stream.send(sm("a", h=state.handled))  # XEP-0198 1.5.2; dropped if the stream is gone
         entries = list(state.queue)

@@ -10,9 +10,9 @@ that forgot the connection, a half-open TCP connection): its session should
 not linger as "available", swallowing the messages that offline storage
 would keep for it. Clients learn the idle time from XEP-0478's
 C{<idle-seconds/>} in the stream features and may send whitespace keepalives
-instead of waiting for pings. One timer per session, rescheduled only when it
-fires: a busy session costs nothing per stanza but a timestamp in its stream
-(C{C2SStream.lastReceived}).
+instead of waiting for pings. One timer looks at every session, four times
+per the shorter timeout: a session costs a dict entry, and a busy one
+nothing per stanza but a timestamp in its stream (C{C2SStream.lastReceived}).
 
 The admins of a host read the server's counters (L{invitesrv.limits.Metrics}:
 refused connections, timeouts, failed logins, throttled reads...) with the
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import secrets
 
+from twisted.internet import task
 from twisted.logger import Logger
 from twisted.words.xish import domish
 from wokkel import data_form
@@ -67,8 +68,9 @@ class WatchdogModule(CommandProvider):
     def __init__(self) -> None:
         CommandProvider.__init__(self)
         self.commands = (CountersCommand(),)
-        # session -> [its timer, stream.lastReceived when pinged (None: not pinged)]
-        self.watched: dict[object, list] = {}
+        # session -> None, or (stream.lastReceived, clock time) when it was pinged
+        self.watched: dict[object, tuple | None] = {}
+        self._sweeper: task.LoopingCall | None = None
 
     def adhocCommands(self):
         return self.commands
@@ -77,12 +79,24 @@ class WatchdogModule(CommandProvider):
     def limits(self):
         return self.parent.config.limits
 
+    def connectionInitialized(self):
+        CommandProvider.connectionInitialized(self)
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = self.parent.clock
+        self._sweeper.start(self._interval(), now=False)
+
     def connectionLost(self, reason):
-        for timer, _ in self.watched.values():
-            if timer.active():
-                timer.cancel()
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
         self.watched.clear()
         CommandProvider.connectionLost(self, reason)
+
+    def _interval(self) -> float:
+        """A quarter of the shorter timeout: a ping or a close comes at most that late."""
+        limits = self.limits
+        timeouts = [float(t) for t in (limits.idle_timeout, limits.ping_timeout) if t > 0]
+        return min(timeouts) / 4 if timeouts else 60.0
 
     def onStreamFeatures(self, session, features) -> None:
         """XEP-0478: after authentication, say how long silence may last before a ping."""
@@ -95,42 +109,49 @@ class WatchdogModule(CommandProvider):
         limits.addElement("idle-seconds", content=str(idle))
 
     def onSessionBound(self, session) -> None:
-        idle = self.limits.idle_timeout
-        if idle and getattr(session.stream, "lastReceived", None) is not None:
-            self.watched[session] = [self.parent.clock.callLater(idle, self.check, session), None]
+        if getattr(session.stream, "lastReceived", None) is not None:
+            self.watched[session] = None
 
     def onSessionClosed(self, session) -> None:
-        watch = self.watched.pop(session, None)
-        if watch is not None and watch[0].active():
-            watch[0].cancel()
+        self.watched.pop(session, None)
 
-    def check(self, session) -> None:
-        """The session's timer: ping it, close it, or look again later."""
-        watch = self.watched.get(session)
-        if watch is None:
+    def sweep(self) -> None:
+        """
+        Look at every session: ping those silent for C{idle_timeout}, close
+        those that did not answer within C{ping_timeout}. One timer for all
+        rather than one per session: a watched session costs a dict entry.
+        """
+        limits = self.limits
+        idle = limits.idle_timeout
+        if self._sweeper is not None:
+            self._sweeper.interval = self._interval()
+        if not idle:
             return
-        clock = self.parent.clock
-        stream = session.stream
-        idle = self.limits.idle_timeout
-        if stream.ended:  # a session kept for resumption (XEP-0198): its next stream is watched
-            watch[:] = [clock.callLater(idle, self.check, session), None]
-            return
-        received = stream.lastReceived
-        if watch[1] is not None and watch[1] == received:
-            self.parent.metrics["sessions.ping-timeout"] += 1
-            log.info("Closing the session of {jid} from {address}: no answer to a ping in"
-                     " {seconds:.0f} s", jid=session.full, address=session.address,
-                     seconds=self.limits.ping_timeout)
-            watch[:] = [clock.callLater(idle, self.check, session), None]
-            stream.authenticator.connectionDead("connection-timeout", "No answer to a ping")
-            return
-        silent = clock.seconds() - received
-        if silent < idle:
-            watch[:] = [clock.callLater(idle - silent, self.check, session), None]
-            return
-        self.parent.metrics["sessions.pinged"] += 1
-        session.send(self.ping(session.full))
-        watch[:] = [clock.callLater(self.limits.ping_timeout, self.check, session), received]
+        now = self.parent.clock.seconds()
+        for session, pinged in list(self.watched.items()):
+            stream = session.stream
+            if stream.ended:  # a session kept for resumption (XEP-0198): its next stream is watched
+                self.watched[session] = None
+                continue
+            received = stream.lastReceived
+            if pinged is not None and pinged[0] == received:
+                if now - pinged[1] >= limits.ping_timeout:
+                    self.timedOut(session)
+            elif now - received >= idle:
+                self.parent.metrics["sessions.pinged"] += 1
+                self.watched[session] = (received, now)
+                session.send(self.ping(session.full))
+            elif pinged is not None:
+                self.watched[session] = None
+
+    def timedOut(self, session) -> None:
+        """No answer to a ping: the connection is dead (a kept session waits for its next)."""
+        self.parent.metrics["sessions.ping-timeout"] += 1
+        log.info("Closing the session of {jid} from {address}: no answer to a ping in"
+                 " {seconds:.0f} s", jid=session.full, address=session.address,
+                 seconds=self.limits.ping_timeout)
+        self.watched[session] = None
+        session.stream.authenticator.connectionDead("connection-timeout", "No answer to a ping")
 
     def ping(self, to: str) -> domish.Element:
         iq = domish.Element((NS_CLIENT, "iq"))

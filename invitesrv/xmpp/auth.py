@@ -335,7 +335,18 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             xs.closeWithError("unsupported-version")
             return
         xs.sendHeader()
-        xs.send(self.features())
+        xs.send(self.host.streamFeatures(self.featuresStage(), self.serialisedFeatures))
+
+    def featuresStage(self) -> tuple:
+        """What the features offered to this stream depend on (L{VirtualHost.streamFeatures})."""
+        return (self.authenticated, self.encrypted, self.server.tls is not None,
+                tuple(self.channelBindings()), self.host.scramMechanisms, self.xmlstream.namespace)
+
+    def serialisedFeatures(self) -> bytes:
+        """L{features} as this stream would send them."""
+        xs = self.xmlstream
+        return self.features().toXml(prefixes=xs.prefixes, defaultUri=xs.namespace,
+                                     prefixesInScope=list(xs.prefixes.values())).encode("utf-8")
 
     def features(self):
         features = domish.Element((NS_STREAMS, "features"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet import defer
+from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
@@ -59,6 +59,10 @@ def peerSender(stanza) -> jid.JID:
 # closing tag) before the connection is dropped: a peer that stopped reading
 # cannot keep its socket by never taking our last bytes.
 CLOSE_TIMEOUT = 10.0
+
+# A listening stream that has received nothing for this long (seconds, at
+# most twice as long) lets its parser rest (L{RestrictedElementStream.rest}).
+PARSER_REST = 2.0
 
 # Why a stream is not reading from its peer (bits of RestrictedStream._pauses).
 _RATE = 1  # over a budget: its read rate, or a stanza rate (L{RestrictedStream.throttle})
@@ -281,6 +285,11 @@ class RestrictedStream(xmlstream.XmlStream):
                      condition=e.condition, text=e.text)
             self.closeWithError(e.condition, e.text)
 
+    def rest(self) -> None:
+        """The peer is quiet: free the parser's memory until it sends again (nothing is lost)."""
+        if self.stream is not None and self._held is None and not self.ended:
+            self.stream.rest()
+
     def _throttleEnded(self) -> None:
         """The budgets are back: parse what was held, then read again unless that spent them."""
         self._resumeCall = None
@@ -485,3 +494,36 @@ class RestrictedStream(xmlstream.XmlStream):
         self.authenticator.connectionLost(reason)
         self._fireSent(False)  # the session is closed by now
         self.closed.callback(None)
+
+
+class ListeningFactory(protocol.ServerFactory):
+    """
+    Builds a listener's streams and keeps the live ones: a shutdown says
+    goodbye to each, and every L{PARSER_REST} seconds those that received
+    nothing meanwhile let their parsers rest. Most connections are idle
+    most of the time; this is most of what an idle one costs in memory.
+    """
+
+    noisy = False
+
+    def __init__(self, server):
+        self.server = server
+        self.streams: set[RestrictedStream] = set()
+        self._resting: task.LoopingCall | None = None
+
+    def startFactory(self) -> None:
+        self._resting = task.LoopingCall(self.restParsers)
+        self._resting.clock = self.server.clock
+        self._resting.start(PARSER_REST, now=False)
+
+    def stopFactory(self) -> None:
+        if self._resting is not None and self._resting.running:
+            self._resting.stop()
+        self._resting = None
+
+    def restParsers(self) -> None:
+        """Let the parsers of the streams quiet since the last time rest."""
+        quiet = self.server.clock.seconds() - PARSER_REST
+        for stream in self.streams:
+            if stream.lastReceived <= quiet:
+                stream.rest()

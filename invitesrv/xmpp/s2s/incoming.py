@@ -14,7 +14,7 @@ import binascii
 import secrets
 from typing import TYPE_CHECKING
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid, xmlstream
 from twisted.words.xish import domish
@@ -37,6 +37,7 @@ from invitesrv.xmpp.stream import (
     NS_STREAMS,
     NS_TLS,
     STANZAS,
+    ListeningFactory,
     badIQ,
     peerSender,
 )
@@ -381,14 +382,12 @@ class IncomingAuthenticator(xmlstream.ListenAuthenticator):
         self.xmlstream.throttle(wait)
 
 
-class S2SListenFactory(protocol.ServerFactory):
-    """Builds incoming streams; keeps the live ones so that a shutdown can say goodbye."""
+class S2SListenFactory(ListeningFactory):
+    """Builds incoming server-to-server streams."""
 
     def __init__(self, federation: S2SService):
+        ListeningFactory.__init__(self, federation.server)
         self.federation = federation
-        self.server = federation.server
-        self.streams: set[S2SStream] = set()
-        self.noisy = False
 
     def buildProtocol(self, addr):
         stream = S2SStream(IncomingAuthenticator(self.federation), self.federation)
