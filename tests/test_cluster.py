@@ -604,3 +604,22 @@ def test_pepChangesMadeWithoutRedis(pepNode):
     cluster._received(b"invitesrv:events:0", json.dumps(
         {"k": "r", "n": "n2", "e": "y", "pep": True}).encode())
     assert pep.pep.loaded("alice") is None
+
+
+def test_pepInterestOfASessionGoneElsewhere(pepNode):
+    """
+    The interest this node kept for bob's session, resumed since on node 2
+    (it left without its unavailable presence passing here), is not used: a
+    publication is not forwarded to it from here (node 2 tells it, so it
+    would hear twice), and the entry is forgotten.
+    """
+    from test_pep import AVATAR, NS_AVATAR_META, publish
+    cluster, pep = pepNode
+    cluster.directory.load("n2", {b"~epoch": b"e", b"~seq": b"1",
+                                  b"bob@localhost/desk": json.dumps(state())})
+    pep.pep.interest["alice"] = {"bob@localhost/desk": frozenset({NS_AVATAR_META})}
+    cluster.commands.answers["PUBLISH"] = 1
+    alice = Client(pep.server, "alice", "phone")
+    assert publish(alice, NS_AVATAR_META, AVATAR, "abc")["type"] == "result"
+    assert cluster.commands.published("invitesrv:to:0:n2") == []
+    assert "alice" not in pep.pep.interest

@@ -657,11 +657,26 @@ class PepModule(HostModule):
 
     @defer.inlineCallbacks
     def deliver(self, username: str, node: Node, interested: list[str], eventXML: str):
-        """Send an event of C{node} to those of C{interested} that may read it."""
+        """
+        Send an event of C{node} to those of C{interested} that may read it
+        and are still bound here (or belong to another server). The interest
+        of a session that left without its unavailable presence passing here
+        (resumed on another node of a cluster) is forgotten: its new node
+        tells it, once its next presence says what it wants.
+        """
         allowed = yield self._readers(username, node, interested)
         for full in interested:
-            if bareOf(full) in allowed:
+            if not self.boundHere(full):
+                self.forget(username, full)
+            elif bareOf(full) in allowed:
                 self.send(self.event(username, full, eventXML))
+
+    def boundHere(self, full: str) -> bool:
+        """Whether C{full} is a session bound on this node, or an address of another server."""
+        bare, _, resource = full.partition("/")
+        if bare.rpartition("@")[2] not in self.parent.router.hosts:
+            return True
+        return resource in self.parent.router.sessions.get(bare, ())
 
     @defer.inlineCallbacks
     def _readers(self, username: str, node: Node, fulls) -> set[str]:
