@@ -80,7 +80,7 @@ def cluster(tmp_path_factory, redis, postgresql):
     """Two nodes on a database of their own, with accounts made through the first."""
     database = postgresql.createDatabase()
     nodes = Cluster(tmp_path_factory.mktemp("cluster"), redis, postgresql.dsn(database))
-    for user in ("alice", "bob", "carol", "dave", "eve", "frank", "grace", "heidi", "ivan", "judy",
+    for user in ("alice", "bob", "carol", "dave", "eve", "frank", "grace", "heidi", "paul", "quinn",
                  "kate", "liam"):
         nodes.nodes[0].adduser(f"{user}@{HOST}", PASSWORD)
     yield nodes
@@ -363,43 +363,43 @@ async def pepEvent(events: asyncio.Queue, node: str, timeout: float = 15.0):
 
 def test_pepAcrossNodes(cluster):
     """
-    Ivan publishes on node 1; Judy, his contact on node 2, whose caps ask
+    Paul publishes on node 1; Quinn, his contact on node 2, whose caps ask
     for OMEMO device lists and avatar metadata (+notify), hears of each
     publication, retraction and deletion, and what she reads through node 2
-    is what node 1 wrote (node 2 forgets its copy of Ivan's nodes when node
+    is what node 1 wrote (node 2 forgets its copy of Paul's nodes when node
     1 changes them). Logging in again on node 2, she gets his last avatar.
     """
     n1, n2 = cluster.nodes
-    run(befriend(("ivan", n1), ("judy", n2)))
+    run(befriend(("paul", n1), ("quinn", n2)))
     plugins = ("xep_0030", "xep_0060", "xep_0084", "xep_0115", "xep_0163")
 
     def contact() -> tuple[SlixClient, asyncio.Queue]:
-        """Judy's client (its caps say devicelist+notify and metadata+notify) and Ivan's events."""
-        judy = SlixClient(f"judy@{HOST}/phone", PASSWORD, plugins=plugins)
-        judy.plugin["xep_0163"].add_interest(DEVICES)
+        """Quinn's client (its caps say devicelist+notify and metadata+notify) and Paul's events."""
+        quinn = SlixClient(f"quinn@{HOST}/phone", PASSWORD, plugins=plugins)
+        quinn.plugin["xep_0163"].add_interest(DEVICES)
         events: asyncio.Queue = asyncio.Queue()
         for kind in ("publish", "retract", "delete"):
-            judy.add_event_handler(f"pubsub_{kind}", lambda m, kind=kind: m["from"].bare == f"ivan@{HOST}"
+            quinn.add_event_handler(f"pubsub_{kind}", lambda m, kind=kind: m["from"].bare == f"paul@{HOST}"
                                    and events.put_nowait((kind, m)))
-        return judy, events
+        return quinn, events
 
     async def scenario():
-        judy, events = contact()
-        ivan = SlixClient(f"ivan@{HOST}/desk", PASSWORD, plugins=plugins)
-        assert await judy.login(n2.port)
-        assert await ivan.login(n1.port)
+        quinn, events = contact()
+        paul = SlixClient(f"paul@{HOST}/desk", PASSWORD, plugins=plugins)
+        assert await quinn.login(n2.port)
+        assert await paul.login(n1.port)
         await asyncio.sleep(1)  # caps announced and checked
-        pubsub = ivan.plugin["xep_0060"]
-        owner = f"ivan@{HOST}"
+        pubsub = paul.plugin["xep_0060"]
+        owner = f"paul@{HOST}"
 
         await pubsub.publish(owner, DEVICES, id="current", payload=deviceList(1))
         kind, event = await pepEvent(events, DEVICES)
         assert kind == "publish" and devicesOf(event["pubsub_event"]["items"]) == {1}
-        read = await judy.plugin["xep_0060"].get_items(owner, DEVICES)
+        read = await quinn.plugin["xep_0060"].get_items(owner, DEVICES)
         assert devicesOf(read["pubsub"]["items"]) == {1}
 
         await pubsub.publish(owner, DEVICES, id="current", payload=deviceList(1, 2))
-        read = await judy.plugin["xep_0060"].get_items(owner, DEVICES)
+        read = await quinn.plugin["xep_0060"].get_items(owner, DEVICES)
         assert devicesOf(read["pubsub"]["items"]) == {1, 2}  # not node 2's copy from before
         kind, event = await pepEvent(events, DEVICES)
         assert kind == "publish" and devicesOf(event["pubsub_event"]["items"]) == {1, 2}
@@ -407,7 +407,7 @@ def test_pepAcrossNodes(cluster):
         await pubsub.retract(owner, DEVICES, "current", notify=True)
         kind, event = await pepEvent(events, DEVICES)
         assert kind == "retract" and event["pubsub_event"]["items"]["retract"]["id"] == "current"
-        read = await judy.plugin["xep_0060"].get_items(owner, DEVICES)
+        read = await quinn.plugin["xep_0060"].get_items(owner, DEVICES)
         assert list(read["pubsub"]["items"]) == []
 
         await pubsub.publish(owner, DEVICES, id="current", payload=deviceList(3))
@@ -415,19 +415,19 @@ def test_pepAcrossNodes(cluster):
         await pubsub.delete_node(owner, DEVICES)
         assert (await pepEvent(events, DEVICES))[0] == "delete"
         with pytest.raises(IqError) as missing:
-            await judy.plugin["xep_0060"].get_items(owner, DEVICES)
+            await quinn.plugin["xep_0060"].get_items(owner, DEVICES)
         assert missing.value.iq["error"]["condition"] == "item-not-found"
 
-        await ivan.plugin["xep_0084"].publish_avatar_metadata([{"id": "a1", "type": "image/png", "bytes": 3}])
+        await paul.plugin["xep_0084"].publish_avatar_metadata([{"id": "a1", "type": "image/png", "bytes": 3}])
         kind, event = await pepEvent(events, AVATAR_METADATA)
         assert event["pubsub_event"]["items"]["item"]["id"] == "a1"
-        await judy.logout()
-        await ivan.plugin["xep_0084"].publish_avatar_metadata([{"id": "a2", "type": "image/png", "bytes": 4}])
-        judy, events = contact()
-        assert await judy.login(n2.port)  # her presence: his last items, read on node 2
+        await quinn.logout()
+        await paul.plugin["xep_0084"].publish_avatar_metadata([{"id": "a2", "type": "image/png", "bytes": 4}])
+        quinn, events = contact()
+        assert await quinn.login(n2.port)  # her presence: his last items, read on node 2
         kind, event = await pepEvent(events, AVATAR_METADATA)
         assert event["pubsub_event"]["items"]["item"]["id"] == "a2"
-        for client in (judy, ivan):
+        for client in (quinn, paul):
             await client.logout()
     run(scenario(), 90)
 
@@ -479,7 +479,7 @@ def test_avatarAcrossNodesWithAioxmpp(cluster):
 
 def test_ownResourcesAcrossNodesRaw(cluster):
     """
-    In raw XML: Ivan's tablet on node 2 announces caps with bookmarks
+    In raw XML: Paul's tablet on node 2 announces caps with bookmarks
     +notify and answers the server's caps query; a bookmark his desk
     publishes on node 1 reaches the tablet.
     """
@@ -494,18 +494,18 @@ def test_ownResourcesAcrossNodesRaw(cluster):
     query.addElement("feature")["var"] = f"{BOOKMARKS}+notify"
     ver = capsHash(query)
     with RawClient(n2.port) as tablet, RawClient(n1.port) as desk:
-        tablet.login("ivan", PASSWORD, "tablet")
+        tablet.login("paul", PASSWORD, "tablet")
         tablet.send(f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1'"
                     f" node='https://example.org/raw' ver='{ver}'/></presence>")
         asked = tablet.recvUntil(r"<iq [^>]*type='get'.*?</iq>")
         iqid = re.search(r"id='([^']+)'", re.search(r"<iq [^>]*>", asked).group(0)).group(1)
-        tablet.send(f"<iq type='result' id='{iqid}' to='ivan@{HOST}'>"
+        tablet.send(f"<iq type='result' id='{iqid}' to='paul@{HOST}'>"
                     f"<query xmlns='http://jabber.org/protocol/disco#info'"
                     f" node='https://example.org/raw#{ver}'>"
                     "<identity category='client' type='pc' name='raw'/>"
                     f"<feature var='{BOOKMARKS}+notify'/></query></iq>")
         time.sleep(0.5)  # the answer checked
-        desk.login("ivan", PASSWORD, "desk")
+        desk.login("paul", PASSWORD, "desk")
         desk.send(f"<iq type='set' id='p1'><pubsub xmlns='{NS_PUBSUB}'><publish node='{BOOKMARKS}'>"
                   "<item id='tea@groups.localhost'><conference xmlns='urn:xmpp:bookmarks:1'"
                   " name='Tea' autojoin='true'/></item></publish></pubsub></iq>")
