@@ -562,7 +562,6 @@ class ClusterNode(service.Service):
         finally:
             self.relaying = False
 
-
     # -- PEP ------------------------------------------------------------------------
 
     def _pep(self, hostname: str):
