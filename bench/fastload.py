@@ -17,6 +17,11 @@ without a word, as a phone's network does, and the session waits again.
     python fastload.py --port 5222 fast --prefix bp -n 2000 -c 50 --token-file t.json --setup
     python fastload.py --port 5222 fast --prefix bp -n 2000 -c 50 --token-file t.json
     python fastload.py --port 5222 fastsm --prefix bp -n 2000 -c 50 --token-file s.json --setup
+    python fastload.py --port 5222 connect -n 2000 -c 50
+
+The C{connect} workload is what any reconnect over a new connection pays
+before it authenticates: TCP, STARTTLS, the stream restarted over TLS and
+its features read, then the stream closed.
 
 With C{--setup} it first gets each user's token (an untimed SASL2 PLAIN
 login with C{<request-token/>}; for C{fastsm} with Bind2, resumable stream
@@ -223,7 +228,38 @@ async def measure(o, users) -> dict:
     return r
 
 
+async def connections(o) -> dict:
+    """The C{connect} workload: connections opened, encrypted and closed."""
+    st = Stats()
+
+    async def job(k):
+        c = Client(o)
+        t0 = now()
+        try:
+            await c.connect()
+            st.lat.append(now() - t0)
+            st.ok += 1
+        except XMPPError as e:
+            st.fail(e)
+        finally:
+            c.close()
+
+    m = Meter(o.server_pid).start()
+    await run_pool(o.n, o.c, job, now() + o.max_seconds)
+    m.stop()
+    r = base_result(o, "connect")
+    r.update({"n": o.n, "concurrency": o.c, "ok": st.ok, "errors": st.err, "error_kinds": st.errs,
+              "per_s": round(st.ok / max(m.elapsed, 1e-9), 1), "tls": sorted(TLS_SEEN)})
+    r.update(latency_fields(st.lat))
+    r.update(m.fields())
+    return r
+
+
 async def amain(o) -> dict:
+    if o.scenario == "connect":
+        r = await connections(o)
+        await asyncio.sleep(0.2)
+        return r
     users = [user_name(o, o.start + k) for k in range(o.n)]
     r = await (setup(o, users) if o.setup else measure(o, users))
     await asyncio.sleep(0.2)  # let the closes flush
@@ -233,13 +269,15 @@ async def amain(o) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
     add_common(ap)
-    ap.add_argument("scenario", choices=["fast", "fastsm"])
+    ap.add_argument("scenario", choices=["fast", "fastsm", "connect"])
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("-c", type=int, default=50)
-    ap.add_argument("--token-file", required=True,
+    ap.add_argument("--token-file", default="",
                     help="JSON: each user's FAST token (fastsm: and its waiting session)")
     ap.add_argument("--setup", action="store_true", help="get the tokens (untimed) into --token-file")
     o = ap.parse_args(argv)
+    if o.scenario != "connect" and not o.token_file:
+        ap.error(f"{o.scenario} needs --token-file")
     o.nofile = raise_nofile(o.c + 256)
     if xmppload.uvloop is not None and not o.no_uvloop:
         asyncio.set_event_loop_policy(xmppload.uvloop.EventLoopPolicy())

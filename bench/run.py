@@ -48,9 +48,9 @@ MUC_GENERATOR = HERE / "mucload.py"  # group chat workloads, on xmppload's code
 PROVISION = HERE / "provision.py"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
-SCENARIOS = ("register", "invite", "login", "plain", "login1", "fast", "fast1", "fastsm", "fastsm1",
-             "messages", "smmessages", "smarchive", "resume", "roster", "mam", "pep", "idle", "idle10k",
-             "idlesm", "upload", "download", "bigupload", "mucmsg", "mucjoin")
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "connect", "fast", "fast1", "fastsm",
+             "fastsm1", "messages", "smmessages", "smarchive", "resume", "roster", "mam", "pep", "idle",
+             "idle10k", "idlesm", "upload", "download", "bigupload", "mucmsg", "mucjoin")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 # The rows of the tables: the pep scenario measures two things.
 TAGS = tuple(tag for scenario in SCENARIOS
@@ -597,6 +597,12 @@ class Bench:
             self.gen("fast1", run, "fast", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL,
                      "--token-file", str(tokens), generator=FASTLOAD)
 
+    def scenario_connect(self) -> None:
+        s = self.sizes
+        for run in self.runs():
+            self.gen("connect", run, "connect", "-n", str(s.login_n), "-c", str(s.login_c),
+                     generator=FASTLOAD)
+
     def scenario_fastsm(self) -> None:
         s = self.sizes
         tokens = self.fastTokens("fastsm")
@@ -761,7 +767,8 @@ def figures(r: dict) -> dict:
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
          "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s",
-         "fastsm": "reconnects/s", "fastsm1": "reconnects/s", "messages": "msgs/s",
+         "fastsm": "reconnects/s", "fastsm1": "reconnects/s", "connect": "connections/s",
+         "messages": "msgs/s",
          "roster": "gets/s", "mam": "pages/s", "pep-publish": "publishes/s",
          "pep-login": "logins/s", "smmessages": "msgs/s", "smarchive": "msgs/s",
          "resume": "resumes/s",

@@ -67,12 +67,17 @@ class DeleteUser(amp.Command):
 
 
 class ListSessions(amp.Command):
-    """The bound sessions, optionally of one host."""
+    """
+    The bound sessions, optionally of one host; in cluster mode those of
+    every node, each with its node, and the nodes found gone meanwhile.
+    """
 
     arguments = [(b"host", amp.Unicode(optional=True))]
     response = [(b"sessions", amp.AmpList([(b"jid", amp.Unicode()), (b"address", amp.Unicode()),
                                             (b"available", amp.Boolean()),
-                                            (b"priority", amp.Integer())]))]
+                                            (b"priority", amp.Integer()),
+                                            (b"node", amp.Unicode())])),
+                (b"gone", amp.ListOf(amp.Unicode())), (b"unsure", amp.Boolean())]
     errors = _ERRORS
 
 
@@ -85,10 +90,11 @@ class Kick(amp.Command):
 
 
 class Announce(amp.Command):
-    """Send a headline message from a host to everyone online there."""
+    """Send a headline message from a host to everyone online there (on every node)."""
 
     arguments = [(b"host", amp.Unicode()), (b"text", amp.Unicode())]
-    response = [(b"sent", amp.Integer())]
+    response = [(b"sent", amp.Integer()), (b"gone", amp.ListOf(amp.Unicode())),
+                (b"unsure", amp.Boolean())]
     errors = _ERRORS
 
 
@@ -166,17 +172,41 @@ class ControlProtocol(amp.AMP):
         deleted = yield host.registrar.deleteAccount(username)
         return {"deleted": bool(deleted)}
 
+    @defer.inlineCallbacks
+    def _everySession(self):
+        """
+        (node, session) for every bound session: this node's, and in cluster
+        mode the other nodes' as this node's copy of the directory has them,
+        once Redis said which nodes are gone (a bounded wait); with the names
+        of those, and whether Redis did not answer (the copy is then as last
+        known).
+        """
+        router = self.server.router
+        here, gone, unsure = "", [], False
+        if router.directory is not None:
+            cluster = router.directory.cluster
+            here = cluster.node
+            gone = yield cluster.checkPeers()
+            unsure, gone = gone is None, gone or []
+        found = [(here, session) for resources in list(router.sessions.values())
+                 for session in list(resources.values())]
+        if router.directory is not None:
+            found += [(name, session) for name, view in sorted(router.directory.nodes.items())
+                      for session in list(view.sessions.values())]
+        return found, gone, unsure
+
     @ListSessions.responder
+    @defer.inlineCallbacks
     def listSessions(self, host=None):
         if host is not None and host not in self.server.hosts:
             raise ControlError(f"unknown host {host!r}")
+        found, gone, unsure = yield self._everySession()
         sessions = [{"jid": session.full, "address": session.address or "",
-                     "available": session.available, "priority": session.priority}
-                    for resources in self.server.router.sessions.values()
-                    for session in resources.values()
+                     "available": session.available, "priority": session.priority, "node": node}
+                    for node, session in found
                     if host is None or session.host.name == host]
         sessions.sort(key=lambda entry: entry["jid"])
-        return {"sessions": sessions}
+        return {"sessions": sessions, "gone": gone, "unsure": unsure}
 
     @Kick.responder
     def kick(self, jid, text=None):
@@ -192,23 +222,24 @@ class ControlProtocol(amp.AMP):
         return {"closed": len(chosen)}
 
     @Announce.responder
+    @defer.inlineCallbacks
     def announce(self, host, text):
         served = self.server.hosts.get(host)
         if served is None:
             raise ControlError(f"unknown host {host!r}")
+        found, gone, unsure = yield self._everySession()
         sent = 0
-        for resources in list(self.server.router.sessions.values()):
-            for session in list(resources.values()):
-                if session.host is served:
-                    message = domish.Element(("jabber:client", "message"))
-                    message["type"] = "headline"
-                    message["from"] = host
-                    message["to"] = session.full
-                    message.addElement("body", content=text)
-                    session.send(message)
-                    sent += 1
+        for _, session in found:
+            if session.host is served and not session.closed:
+                message = domish.Element(("jabber:client", "message"))
+                message["type"] = "headline"
+                message["from"] = host
+                message["to"] = session.full
+                message.addElement("body", content=text)
+                session.send(message)
+                sent += 1
         log.info("Announcement sent to {count} session(s) on {host}", count=sent, host=host)
-        return {"sent": sent}
+        return {"sent": sent, "gone": gone, "unsure": unsure}
 
 
     @ChangeCircle.responder

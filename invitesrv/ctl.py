@@ -132,7 +132,19 @@ def sessions(server, args):
     answer = yield remote(args, control.ListSessions, host=args.host)
     for entry in answer["sessions"]:
         state = f"available, priority {entry['priority']}" if entry["available"] else "not available"
-        print(f"{entry['jid']}\t{entry['address']}\t{state}")
+        node = f"\t{entry['node']}" if entry["node"] else ""  # cluster mode: the node it is on
+        print(f"{entry['jid']}\t{entry['address']}\t{state}{node}")
+    clusterNotes(answer)
+
+
+def clusterNotes(answer: dict) -> None:
+    """Say on standard error which nodes were found gone, or that Redis could not tell."""
+    for node in answer["gone"]:
+        print(f"Node {node} is gone (nobody listens on its channel): its sessions are not"
+              " included", file=sys.stderr)
+    if answer["unsure"]:
+        print("Redis did not say which nodes are alive: the other nodes' sessions are as last"
+              " known", file=sys.stderr)
 
 
 @defer.inlineCallbacks
@@ -150,6 +162,7 @@ def announce(server, args):
         raise CommandError("no text to announce")
     answer = yield remote(args, control.Announce, host=args.host, text=text)
     print(f"Sent to {answer['sent']} session(s)")
+    clusterNotes(answer)
 
 
 @defer.inlineCallbacks
@@ -209,14 +222,17 @@ def buildParser() -> argparse.ArgumentParser:
     command = commands.add_parser("reload", help="re-read the certificates and the config's live"
                                   " parts; print the changes (running server)")
     command.set_defaults(run=reload)
-    command = commands.add_parser("sessions", help="who is online, from where (running server)")
+    command = commands.add_parser("sessions", help="who is online, from where, on which node"
+                                  " (running server; every node of a cluster)")
     command.add_argument("host", nargs="?", metavar="HOST", help="only this host")
     command.set_defaults(run=sessions)
-    command = commands.add_parser("kick", help="disconnect an account's sessions (running server)")
+    command = commands.add_parser("kick", help="disconnect an account's sessions (running server;"
+                                  " on every node of a cluster)")
     command.add_argument("jid", metavar="JID", help="user@host (every session) or user@host/resource")
     command.add_argument("--text", default=None, help="the reason the client is shown")
     command.set_defaults(run=kick)
-    command = commands.add_parser("announce", help="send a message to everyone online on a host")
+    command = commands.add_parser("announce", help="send a message to everyone online on a host"
+                                  " (on every node of a cluster)")
     command.add_argument("host", metavar="HOST")
     command.add_argument("text", nargs="?", help="the message (default: standard input)")
     command.set_defaults(run=announce)

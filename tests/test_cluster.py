@@ -464,6 +464,27 @@ def test_archivePrefsTold(servers):
         cluster.detach()
 
 
+def test_checkPeersBounded(node):
+    """
+    The admin's views ask Redis which nodes listen: one that does not is
+    dropped and named; a Redis that does not answer is waited for no longer
+    than PEERS_TIMEOUT, and the answer is then "unsure" (None).
+    """
+    bobOnN2(node)
+    node.directory.load("n3", {b"~epoch": b"e", b"~seq": b"1",
+                               b"alice@localhost/desk": json.dumps(state())})
+    node.commands.answers["PUBSUB"] = [b"invitesrv:to:0:n2", 1, b"invitesrv:to:0:n3", 0]
+    assert result(node.checkPeers()) == ["n3"]
+    assert node.commands.sent[-1] == ("PUBSUB", "NUMSUB", "invitesrv:to:0:n2", "invitesrv:to:0:n3")
+    assert sorted(node.directory.nodes) == ["n2"]
+    node.commands.execute = lambda *args: defer.Deferred()  # Redis says nothing
+    d = node.checkPeers()
+    node.reactor.advance(1.9)
+    assert not d.called
+    node.reactor.advance(0.2)
+    assert result(d) is None and "n2" in node.directory.nodes
+
+
 # -- PEP across nodes ---------------------------------------------------------------
 
 

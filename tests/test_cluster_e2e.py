@@ -35,7 +35,7 @@ class Cluster:
     """Nodes n1, n2, ... of one cluster: one Redis, one PostgreSQL database, one server secret."""
 
     def __init__(self, root, redis: RedisServer, dsn: str, count: int = 2, db: int = 0,
-                 extra: str = ""):
+                 extra: str = "", ttl: int = 3):
         self.dsn = dsn
         self.nodes: list[RunningServer] = []
         for index in range(1, count + 1):
@@ -44,7 +44,7 @@ class Cluster:
             self.nodes.append(RunningServer(directory, (
                 f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
                 f'[cluster]\nenabled = true\nredis = "{redis.url}{db}"\nnode = "n{index}"\n'
-                'ttl = 3\n' + extra)))
+                f'ttl = {ttl}\n' + extra)))
         self.nodes[0].start()  # upgrades the database and makes the secret the others need
         secret = self.nodes[0].dataDir / "server.secret"
         for node in self.nodes[1:]:
@@ -950,6 +950,85 @@ def test_sasl2InlineResumeOnTheOtherNode(cluster):
             assert resumed.ok and f"previd='{token}'" in resumed.xml, resumed.xml
             assert "<bound" not in resumed.xml and resumed.identifier == result.identifier
             assert allBodies(again.recvUntil(r"two</body>")) == ["one", "two"]
+
+
+def sessionLines(node: RunningServer, *users: str) -> list[list[str]]:
+    """
+    C{invitesrvctl sessions} on C{node}: each line's JID and node; with
+    C{users}, theirs only (a shared cluster may hold other tests' sessions).
+    """
+    lines = [[line.split("\t")[0], line.split("\t")[-1]]
+             for line in node.ctl("sessions").stdout.splitlines()]
+    return [line for line in lines if not users or line[0].split("@")[0] in users]
+
+
+def test_adminViewsAcrossNodes(cluster):
+    """
+    Asked on node 1, C{invitesrvctl sessions} lists the sessions of both
+    nodes with the node of each, C{announce} reaches them all, and C{kick}
+    ends an account's sessions on the other node.
+    """
+    n1, n2 = cluster.nodes
+    with RawClient(n1.port) as grace, RawClient(n2.port) as heidi, RawClient(n2.port) as phone:
+        grace.login("grace", PASSWORD, "phone")
+        heidi.login("heidi", PASSWORD, "desk")
+        phone.login("heidi", PASSWORD, "phone")
+        expected = [[f"grace@{HOST}/phone", "n1"], [f"heidi@{HOST}/desk", "n2"],
+                    [f"heidi@{HOST}/phone", "n2"]]
+        deadline = time.monotonic() + 10
+        while (lines := sessionLines(n1, "grace", "heidi")) != expected:  # node 1 hears of node 2's
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.1)
+        assert sessionLines(n2, "grace", "heidi") == expected
+
+        everyone = len(sessionLines(n1))
+        result = n1.ctl("announce", HOST, "Maintenance at noon")
+        assert result.stdout.strip() == f"Sent to {everyone} session(s)", result.stderr
+        for client in (grace, heidi, phone):
+            client.recvUntil("<body>Maintenance at noon</body>")
+
+        result = n1.ctl("kick", f"heidi@{HOST}", "--text", "bye")
+        assert result.stdout.strip() == "Disconnected 2 session(s)", result.stderr
+        for client in (heidi, phone):
+            assert "policy-violation" in client.recvUntil("</stream:stream>")
+        deadline = time.monotonic() + 10
+        while (lines := sessionLines(n1, "grace", "heidi")) != expected[:1]:
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.1)
+
+
+def test_deadNodeReportedByAdminViews(tmp_path, redis, postgresqlDSN):
+    """
+    Node 2 is killed (SIGKILL) while its registration has long to live:
+    C{sessions} asked on node 1 answers at once, says node 2 is gone and
+    lists only node 1's sessions, and node 2's are dropped on node 1.
+    """
+    nodes = Cluster(tmp_path, redis, postgresqlDSN, db=3, ttl=120)
+    try:
+        n1, n2 = nodes.nodes
+        for user in ("alice", "bob"):
+            n1.adduser(f"{user}@{HOST}", PASSWORD)
+        with RawClient(n1.port) as alice, RawClient(n2.port) as bob:
+            alice.login("alice", PASSWORD, "desk")
+            bob.login("bob", PASSWORD, "desk")
+            deadline = time.monotonic() + 10
+            while len(lines := sessionLines(n1)) != 2:
+                assert time.monotonic() < deadline, lines
+                time.sleep(0.1)
+            n2.process.send_signal(signal.SIGKILL)
+            n2.process.wait(10)
+            time.sleep(0.2)  # Redis sees node 2's connections closed
+            started = time.monotonic()
+            result = n1.ctl("sessions")
+            assert time.monotonic() - started < 30
+            assert result.stdout.splitlines() == [f"alice@{HOST}/desk\t127.0.0.1\tnot available\tn1"]
+            assert "Node n2 is gone" in result.stderr
+            assert "Cluster node n2 is gone (nobody listens on its channel)" in n1.log()
+            result = n1.ctl("announce", HOST, "still here")
+            assert result.stdout.strip() == "Sent to 1 session(s)", result.stderr
+            alice.recvUntil("<body>still here</body>")
+    finally:
+        nodes.stop()
 
 
 def test_noFailuresLogged(cluster):

@@ -96,6 +96,33 @@ def test_twoStoresOneFile(path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_readsAnsweredAtOnce(path):
+    """
+    On a file, a read with nothing before it in the worker's queue is
+    answered at once in the reactor's thread, also while another process
+    holds the write lock; a read asked right after a write waits behind it
+    and sees it.
+    """
+    store = SQLiteStore(path)
+    store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield store.createAccount(account("alice"))
+        other.execute("BEGIN IMMEDIATE")
+        now = store.getRoster(HOST, "alice")
+        assert now.called and (yield now).items == ()
+        other.execute("ROLLBACK")
+        written = store.setRosterItem(HOST, "alice", RosterItem("bob@example.org"))
+        after = store.getRoster(HOST, "alice")
+        assert not after.called
+        yield written
+        assert [item.contact for item in (yield after).items] == ["bob@example.org"]
+    finally:
+        other.close()
+        store.close()
+
+
+@pytest_twisted.inlineCallbacks
 def test_reservationsFreedAtStart(path):
     """A reservation left by a crash is freed when the store opens again."""
     store = SQLiteStore(path)

@@ -58,6 +58,8 @@ PREFIX = "invitesrv:"
 # forwarded stanza is answered, and reading the answers in batches spares a
 # wake-up per stanza (bench/cluster.py); a node found gone is found so much later.
 READ_EVERY = 0.02
+# How long the admin's cluster-wide views wait for Redis to say which nodes are alive.
+PEERS_TIMEOUT = 2.0
 
 
 def nodeKey(node: str) -> str:
@@ -295,6 +297,35 @@ class ClusterNode(service.Service):
         for node, epoch in zip(peers, alive, strict=True):
             if epoch is None:
                 self.nodeGone(node, "its registration expired")
+
+    def checkPeers(self, timeout: float = PEERS_TIMEOUT) -> defer.Deferred:
+        """
+        Ask Redis which other nodes still listen on their channels (one
+        C{PUBSUB NUMSUB}, waited for C{timeout} seconds at most), for the
+        admin's views of the whole cluster: those that do not are dropped at
+        once, as when a stanza forwarded to them found nobody. Fires with the
+        names of the nodes found gone, or None when Redis did not answer.
+        """
+        peers = sorted(self.directory.nodes)
+        if not peers:
+            return defer.succeed([])
+        if not self.ready:
+            return defer.succeed(None)
+        d = self.commands.execute("PUBSUB", "NUMSUB", *map(self.channelOf, peers))
+        d.addTimeout(timeout, self.reactor)
+
+        def counted(reply):
+            gone = [node for node, listeners in zip(peers, reply[1::2], strict=True)
+                    if not listeners]
+            for node in gone:
+                self.nodeGone(node, "nobody listens on its channel")
+            return gone
+
+        def unanswered(failure):
+            log.warn("Cluster: Redis did not say which nodes are alive ({error})",
+                     error=failure.value)
+            return None
+        return d.addCallbacks(counted, unanswered)
 
     def nodeGone(self, node: str, why: str) -> None:
         self.limits.drop(node)

@@ -108,6 +108,7 @@ class SQLStore(GroupsSQL, RosterObservers):
         self._pool = threadpool
         self._fault = EpisodeLog(reactor)
         self._failFast = False  # set in the reactor thread, read by the worker
+        self._pending = 0  # calls given to the worker and not answered yet
         self.observeLatency = None  # called with each call's seconds (the metrics endpoint's)
         RosterObservers.__init__(self)
 
@@ -132,11 +133,24 @@ class SQLStore(GroupsSQL, RosterObservers):
 
     def _run(self, fn, *args):
         """Run C{fn(conn, *args)} in one transaction on a worker thread."""
+        self._pending += 1
         d = threads.deferToThreadPool(self._reactor, self._pool, self._transaction, fn, args)
+        d.addBoth(self._answered)
         d.addCallbacks(self._available, self._unavailable)
         if self.observeLatency is not None:
             d.addBoth(self._observed, self._reactor.seconds())
         return d
+
+    def _answered(self, result):
+        self._pending -= 1
+        return result
+
+    def _read(self, fn, *args):
+        """
+        Run C{fn(conn, *args)}, which only reads, in one transaction: as
+        L{_run} does, unless the backend can answer at once.
+        """
+        return self._run(fn, *args)
 
     def _observed(self, result, started: float):
         """Report how long a call took, as its caller waited for it (the thread hop included)."""
@@ -255,7 +269,7 @@ class SQLStore(GroupsSQL, RosterObservers):
         return Credentials(mechanism, *row) if row else None
 
     def getCredentials(self, host, username, mechanism):
-        return self._run(self._getCredentials, host, username, mechanism)
+        return self._read(self._getCredentials, host, username, mechanism)
 
     def countAccountsWithout(self, host, mechanism):
         return self._run(lambda conn: conn.execute(
@@ -316,10 +330,10 @@ class SQLStore(GroupsSQL, RosterObservers):
         return Roster(version[0] if version else 0, tuple(_item(row) for row in rows))
 
     def getRoster(self, host, username):
-        return self._run(self._getRoster, host, username)
+        return self._read(self._getRoster, host, username)
 
     def getRosterAndPendingIn(self, host, username):
-        return self._run(lambda conn: (self._getRoster(conn, host, username),
+        return self._read(lambda conn: (self._getRoster(conn, host, username),
                                        self._getPendingIn(conn, host, username)))
 
     def getRosterChanges(self, host, username, since):
@@ -430,7 +444,7 @@ class SQLStore(GroupsSQL, RosterObservers):
         return self._run(store)
 
     def getOffline(self, host, username, after=0, limit=20):
-        return self._run(lambda conn: [OfflineMessage(*row) for row in conn.execute(
+        return self._read(lambda conn: [OfflineMessage(*row) for row in conn.execute(
             "SELECT stamp, stanza, id FROM offline_messages WHERE host = ? AND username = ? AND id > ?"
             " ORDER BY id LIMIT ?", (host, username, after, limit))])
 
@@ -462,15 +476,20 @@ class SQLStore(GroupsSQL, RosterObservers):
                     " ON CONFLICT (host, username) DO UPDATE SET items = archive_sizes.items + excluded.items"
                     " RETURNING items",
                     (host, username, count)).fetchone()[0]
-                if items > maxItems:
-                    conn.execute(
-                        "DELETE FROM archive WHERE host = ? AND username = ? AND id IN (SELECT id"
-                        " FROM archive WHERE host = ? AND username = ? ORDER BY id LIMIT ?)",
-                        (host, username, host, username, items - maxItems))
-                    conn.execute("UPDATE archive_sizes SET items = ? WHERE host = ? AND username = ?",
-                                 (maxItems, host, username))
+                self._trimArchive(conn, host, username, items, maxItems)
             return sum(added.values())
         return self._run(append)
+
+    @staticmethod
+    def _trimArchive(conn, host: str, username: str, items: int, maxItems: int) -> None:
+        """A user's archive holding C{items} messages loses its oldest beyond C{maxItems}."""
+        if items > maxItems:
+            conn.execute(
+                "DELETE FROM archive WHERE host = ? AND username = ? AND id IN (SELECT id"
+                " FROM archive WHERE host = ? AND username = ? ORDER BY id LIMIT ?)",
+                (host, username, host, username, items - maxItems))
+            conn.execute("UPDATE archive_sizes SET items = ? WHERE host = ? AND username = ?",
+                         (maxItems, host, username))
 
     def queryArchive(self, host, username, query: ArchiveQuery):
         def read(conn):
@@ -637,7 +656,7 @@ class SQLStore(GroupsSQL, RosterObservers):
         return self._run(self._getDevice, host, username, deviceId)
 
     def getTokenLogin(self, host, username, deviceId, mechanism):
-        return self._run(lambda conn: (self._getDevice(conn, host, username, deviceId),
+        return self._read(lambda conn: (self._getDevice(conn, host, username, deviceId),
                                        self._getCredentials(conn, host, username, mechanism)))
 
     def issueToken(self, host, username, deviceId, token):
