@@ -13,8 +13,15 @@ each node at once. And how long a stream management resumption takes
 (C{<resume/>} to C{<resumed/>}) of a session held by node 1, resumed on
 node 1 and on node 2 (handed over).
 
+With --pep, the PEP workload of C{bench/pepload.py} instead (a hub user and
+its contacts, avatar publications and logins that get the contacts' last
+items), all on node 1, then the hub on node 1 and its contacts on node 2:
+the CPU per publication (and its notification to every contact) and per
+login, of both nodes, Redis and PostgreSQL together.
+
     python bench/cluster.py                 # 20 pairs x 200 messages per side, K = 1000
     python bench/cluster.py --quick         # 2 pairs x 20, K = 50
+    python bench/cluster.py --pep           # 100 contacts, 200 publications, 50 logins
     python bench/cluster.py --resume-only   # the resumptions alone
 
 The nodes and Redis share CPU 0; the generator and PostgreSQL have CPU 1
@@ -164,6 +171,37 @@ def messages(nodes, redis: Redis, pgPids: list[int], pairs: int, per: int, cross
     return record
 
 
+PEP_GENERATOR = HERE / "pepload.py"
+
+
+def pep(nodes, redis: Redis, pgPids: list[int], sizes: tuple[int, int, int], crossNode: bool,
+        genCPU, work: Path, start: int) -> dict:
+    """The pep workload, its contacts on node 1 or (C{crossNode}) on node 2; its record."""
+    n1, n2 = nodes
+    contacts, publishes, logins = sizes
+    command = [sys.executable, str(PEP_GENERATOR), "--host", "127.0.0.1", "--port", str(n1.port),
+               "--domain", DOMAIN, "--server-pid", str(n1.pid),
+               "--also-pids", ",".join(map(str, [n2.pid, redis.process.pid, *pgPids])),
+               "--scram-cache", str(work / "scram-pep"), "--prefix", POOL, "--start", str(start),
+               "pep", "-k", str(contacts), "--publishes", str(publishes), "--logins", str(logins)]
+    if crossNode:
+        command += ["--port2", str(n2.port)]
+    if genCPU is not None:
+        command = ["taskset", "-c", genCPU, *command]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
+    lines = result.stdout.strip().splitlines()
+    if not lines:
+        raise BenchError(f"the PEP generator failed: {result.stderr[-500:]}")
+    record = json.loads(lines[-1])
+    record["layout"] = "pep-cross-node" if crossNode else "pep-same-node"
+    for part in ("publish", "login"):
+        done = record.get(f"{part}_ok") or 0
+        cpu = record.get(f"{part}_server_cpu_s")
+        record[f"{part}_cpu_ms"] = round(1000 * cpu / done, 2) if done and cpu is not None else None
+    record["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    return record
+
+
 def idle(servers, k: int, genCPU, work: Path, start: int) -> list[dict]:
     """K idle logins held on each of C{servers} at once (a generator each); their records."""
     commands = []
@@ -229,6 +267,8 @@ def main(argv=None) -> int:
     parser.add_argument("-m", type=int, default=200, help="messages sent by each side of a pair")
     parser.add_argument("-k", type=int, default=1000, help="idle logins held per node")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--pep", action="store_true",
+                        help="the PEP workload on one node, then across the two (see above)")
     parser.add_argument("--resumptions", type=int, default=20, help="of each kind")
     parser.add_argument("--resume-only", action="store_true",
                         help="only the stream management resumptions")
@@ -239,6 +279,7 @@ def main(argv=None) -> int:
     if missing() is not None:
         raise SystemExit(missing())
     pairs, per, k = (2, 20, 50) if options.quick else (options.pairs, options.m, options.k)
+    pepSizes = (5, 10, 5) if options.quick else (100, 200, 50)
     serverCPU, genCPU = cpuPlan()
     work = Path(tempfile.mkdtemp(prefix="invitesrv-cluster-bench-"))
     redis = postgresql = None
@@ -251,13 +292,29 @@ def main(argv=None) -> int:
         dsn = postgresql.dsn(postgresql.createDatabase())
         log(f"PostgreSQL: a private cluster in {postgresql.directory}, CPU {genCPU}")
         nodes = [node(work, index, serverCPU, certificate, redis, dsn) for index in (1, 2)]
-        nodes[0].provision(1 if options.resume_only else max(2 * pairs, 3 * k))
+        nodes[0].provision(2 * (pepSizes[0] + 1) if options.pep
+                           else 1 if options.resume_only else max(2 * pairs, 3 * k))
         nodes[0].start()  # makes the server secret, which the other node must share
         secret = work / "n1" / "data" / "server.secret"
         (work / "n2" / "data").mkdir(mode=0o700)
         shutil.copy2(secret, work / "n2" / "data" / "server.secret")
         nodes[1].start()
         time.sleep(1)  # both joined
+        if options.pep:
+            results = []
+            for crossNode in (False, True):  # fresh users for each layout
+                record = pep(nodes, redis, postgresqlPids(postgresql), pepSizes, crossNode, genCPU,
+                             work, start=(pepSizes[0] + 1) if crossNode else 0)
+                log(f"{record['layout']}: {record.get('publish_per_s')} publications/s"
+                    f" ({record.get('notifications_per_s')} notifications/s), p50"
+                    f" {record.get('publish_p50_ms')} ms, {record['publish_cpu_ms']} CPU ms per"
+                    f" publication to {pepSizes[0]} contacts; {record.get('login_per_s')} logins/s, p50"
+                    f" {record.get('login_p50_ms')} ms, {record['login_cpu_ms']} CPU ms per login"
+                    f" (both nodes, Redis and PostgreSQL); errors {record.get('errors')}, load"
+                    f" {' '.join(record['loadavg'])}")
+                results.append(record)
+            print(json.dumps({"machine": machineInfo(), "results": results}))
+            return 0 if not any(r.get("errors") for r in results) else 1
         results = resumptions(nodes, 5 if options.quick else options.resumptions)
         for record in results:
             log(f"{record['layout']}: median {record['ms_median']} ms, max {record['ms_max']} ms"

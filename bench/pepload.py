@@ -13,6 +13,9 @@ and options; xmppload itself stays byte-for-byte the reference generator).
          counts once the last item of both nodes of every contact arrived
          -> logins/s, latency.
 
+With --port2 (two nodes of a cluster) the contacts are on the second node
+and the hub on the first: every notification and last item crosses nodes.
+
 Prints ONE JSON line on stdout, like xmppload. Every loop is bounded in count
 and in time (--max-seconds, --op-timeout); only --host is contacted.
 """
@@ -134,8 +137,28 @@ async def loginAll(o, cache, idxs, deadline, onEvent, resource="pep"):
     return clients
 
 
+def contactOptions(o):
+    """The options the contacts log in with: on --port2 if given (another node of a cluster)."""
+    return argparse.Namespace(**{**vars(o), "port": o.port2}) if o.port2 else o
+
+
+async def loginHubAndContacts(o, cache, hub, contacts, deadline, onEvent):
+    """The hub on --port, the contacts on --port2 if given; {index: Client}."""
+    clients = await loginAll(o, cache, [hub], deadline, onEvent)
+    try:
+        clients.update(await loginAll(contactOptions(o), cache, contacts, deadline, onEvent))
+    except XMPPError:
+        close_all(clients)
+        raise
+    return clients
+
+
 async def subscribeAll(o, cache, hub, contacts, deadline):
-    """Untimed setup: the hub and each contact subscribe to each other, until the hub's roster says both."""
+    """
+    Untimed setup: the hub and each contact subscribe to each other, until
+    the hub's roster says both (all on --port: with --port2, the two sides of
+    each mutual request would write both rosters on both nodes at once).
+    """
     clients = await loginAll(o, cache, [hub] + contacts, deadline, lambda *_: None)
     try:
         hubJID = f"{user_name(o, hub)}@{o.domain}"
@@ -236,7 +259,7 @@ async def scenarioPep(o, cache) -> dict:
     hub, contacts = o.start, [o.start + 1 + j for j in range(o.k)]
     result = base_result(o, "pep")
     result.update({"contacts": o.k, "publishes": o.publishes, "window": o.window, "logins": o.logins,
-                   "concurrency": o.c})
+                   "concurrency": o.c, "port2": o.port2})
     await subscribeAll(o, cache, hub, contacts, deadline)
     seen, done, clients = {}, {}, {}
 
@@ -247,7 +270,7 @@ async def scenarioPep(o, cache) -> dict:
             if len(got) == o.k and not done[itemId].done():
                 done[itemId].set_result(now())
 
-    clients.update(await loginAll(o, cache, [hub] + contacts, deadline, onEvent))
+    clients.update(await loginHubAndContacts(o, cache, hub, contacts, deadline, onEvent))
     try:
         await asyncio.sleep(2.0)  # caps asked and answered, the contacts' presence seen by the hub
         result.update(await publishPhase(o, clients, hub, done, deadline))
@@ -280,6 +303,8 @@ def parseArgs(argv=None):
     scenario.add_argument("-w", "--window", type=int, default=10, help="publications in flight")
     scenario.add_argument("--logins", type=int, default=100, help="logins of the hub")
     scenario.add_argument("-c", type=int, default=5, help="login concurrency")
+    scenario.add_argument("--port2", type=int, default=0,
+                          help="the contacts on this port (another node of a cluster); the hub on --port")
     return parser.parse_args(argv)
 
 
@@ -294,6 +319,7 @@ async def run(o) -> dict:
 
 def main(argv=None) -> int:
     o = parseArgs(argv)
+    Meter.also = tuple(int(pid) for pid in o.also_pids.split(",") if pid)
     want = o.k + o.c + 256
     o.nofile = raise_nofile(want)
     if o.nofile < want:

@@ -151,6 +151,22 @@ C{blocklist-changed} (host, username)
     Synchronous. The user's blocklist (XEP-0191) was changed in the store by
     a block or an unblock; cluster mode has the other nodes read it again
     (L{invitesrv.modules.blocking.BlockingModule.refresh}).
+C{pep-changed} (host, username, node, options, eventXML)
+    Synchronous. The user's PEP nodes (XEP-0163) were changed in the store:
+    C{node} (None: the account went, or a change with nothing to tell) was
+    published to, retracted from, purged, deleted or configured, and
+    C{eventXML}, if not None, is the serialised C{<event/>} for the
+    resources interested in C{node} that its C{options} let read it. Cluster
+    mode has the other nodes forget their copy of the user's nodes and tell
+    their interested resources
+    (L{invitesrv.modules.pep.PepModule.changedElsewhere}).
+C{pep-presence} (host, sender, presence) -> True or None
+    Run with L{Hooks.first} for an available or unavailable presence of
+    C{sender} (a full JID) to an account's bare JID, before PEP reads the
+    interest its caps say. True: it is not read here (cluster mode: the
+    session of C{sender} is on another node, which is handed the presence:
+    each node keeps the interest of its own sessions and asks them for
+    their caps, L{invitesrv.modules.pep.PepModule.contactPresence}).
 C{invite-created} (invite, links)
     After an invite is stored; C{links} is a dict (C{uri}, C{landing}, C{token})
     a callback may change, e.g. to point C{landing} elsewhere.

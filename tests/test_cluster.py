@@ -483,3 +483,164 @@ def test_checkPeersBounded(node):
     assert not d.called
     node.reactor.advance(0.2)
     assert result(d) is None and "n2" in node.directory.nodes
+
+
+# -- PEP across nodes ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pepNode(servers):
+    """A node 'n1' with PEP (alice, bob and carol, alice and bob mutual contacts) on a Clock."""
+    from test_pep import Pep
+    made = Pep(servers)
+    made.accounts("alice", "bob", "carol")
+    made.friends("alice", "bob")
+    cluster = ClusterNode(made.server, ClusterOptions(enabled=True, node="n1", ttl=6), task.Clock())
+    cluster.commands = FakeRedis()
+    cluster.attach()
+    cluster.ready = True
+    yield cluster, made
+    cluster.detach()
+
+
+def pepEvents(cluster) -> list[dict]:
+    return [event for event in map(json.loads, cluster.commands.published("invitesrv:events:0"))
+            if event["k"] == "pep"]
+
+
+def test_pepChangesTold(pepNode):
+    """
+    Each change of an account's PEP nodes here is told to the other nodes
+    in one message, a publication with its event (for the interested
+    resources they hold), whether or not anyone here is interested.
+    """
+    from test_pep import AVATAR, NS_AVATAR_META, publish
+    cluster, pep = pepNode
+    alice = Client(pep.server, "alice", "phone")
+    assert publish(alice, NS_AVATAR_META, AVATAR, "abc")["type"] == "result"
+    [told] = pepEvents(cluster)
+    assert (told["n"], told["h"], told["u"], told["pn"]) == ("n1", "localhost", "alice", NS_AVATAR_META)
+    assert told["o"]["access_model"] == "presence"
+    assert "<item id='abc'><metadata" in told["x"] and told["x"].startswith("<event")
+    reply = alice.request(f"<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'>"
+                          f"<purge node='{NS_AVATAR_META}'/></pubsub>", "set")
+    assert reply["type"] == "result"
+    assert "<purge node=" in pepEvents(cluster)[-1]["x"]
+    alice.request("<pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='quiet'/></pubsub>",
+                  "set")
+    assert pepEvents(cluster)[-1]["x"] is None and len(pepEvents(cluster)) == 3
+
+
+def test_pepChangedElsewhere(pepNode):
+    """
+    A change told by another node: this node's copy of the account's nodes
+    goes (its next read is the store's), its interested resources get the
+    event, subject to the node's access model, and nothing is told back.
+    """
+    from test_pep import AVATAR, NS_AVATAR_META, isEvent, itemIds, items
+
+    from invitesrv.pubsub import DEFAULTS, dumpOptions
+    cluster, pep = pepNode
+    bob, carol = pep.online("bob"), pep.online("carol")
+    assert result(pep.pep.items("alice", NS_AVATAR_META)) is None  # read, and kept
+    result(pep.store.publishPepItem("localhost", "alice", NS_AVATAR_META, dumpOptions(DEFAULTS),
+                                    "abc", AVATAR, 1))  # as node 2 did
+    assert result(pep.pep.items("alice", NS_AVATAR_META)) is None  # the copy
+    event = (f"<event xmlns='http://jabber.org/protocol/pubsub#event'><items node='{NS_AVATAR_META}'>"
+             f"<item id='abc'>{AVATAR}</item></items></event>")
+    for client in (bob, carol):
+        client.discard()
+    cluster._received(b"invitesrv:events:0", json.dumps(
+        {"k": "pep", "n": "n2", "h": "localhost", "u": "alice", "pn": NS_AVATAR_META,
+         "o": DEFAULTS, "x": event}).encode())
+    assert itemIds(items(bob, "alice@localhost", NS_AVATAR_META)) == ["abc"]
+    bob.expect(isEvent("alice@localhost", NS_AVATAR_META, "abc"))
+    carol.absent(lambda e: e.name == "message")  # interested, but not a contact
+    assert pepEvents(cluster) == []
+
+
+def test_pepPresenceHandedOver(pepNode):
+    """
+    A presence of bob's session on node 2 that reaches alice here (a
+    probe's answer) goes to node 2, which keeps its sessions' interest:
+    nothing is kept or asked here. Handed one here for a session here, it
+    is read as if it came from the stream (its caps asked); for a session
+    gone, it is not.
+    """
+    from test_pep import NOTIFY, discoQuery
+
+    from invitesrv.caps import NS_CAPS, capsHash
+    cluster, pep = pepNode
+    cluster.directory.load("n2", {b"~epoch": b"e", b"~seq": b"1",
+                                  b"bob@localhost/desk": json.dumps(state())})
+    ver = capsHash(discoQuery(NOTIFY))
+    presence = (f"<presence from='bob@localhost/desk' to='alice@localhost'><c xmlns='{NS_CAPS}'"
+                f" hash='sha-1' node='https://example.org/test' ver='{ver}'/></presence>")
+    pep.server.router.route(cluster.reader.parse(
+        b"<presence type='probe' from='bob@localhost/desk' to='alice@localhost'/>"))
+    pep.server.router.route(cluster.reader.parse(presence.encode()))
+    [handed] = [m for m in cluster.commands.published("invitesrv:to:0:n2") if m[:1] == b"p"]
+    assert handed.startswith(b"p<presence") and b"bob@localhost/desk" in handed
+    assert pep.pep.interest == {} and pep.pep._queries == {}
+
+    cluster.directory.drop("n2")
+    bob = Client(pep.server, "bob", "desk")
+    bob.discard()
+    cluster._received(b"invitesrv:to:0:n1", b"p" + presence.encode())
+    bob.absent(lambda e: e.name == "iq")  # bound, but not available yet
+    bob.send("<presence/>")
+    bob.discard()
+    cluster._received(b"invitesrv:to:0:n1", b"p" + presence.encode())
+    asked = bob.expect(lambda e: e.name == "iq" and e.getAttribute("type") == "get")
+    assert asked["from"] == "alice@localhost"
+    bob.backlog.insert(0, asked)
+    pep.answerCaps(bob, discoQuery(NOTIFY))
+    assert set(pep.pep.interest["alice"]) == {"bob@localhost/desk"}
+
+
+def test_pepChangesMadeWithoutRedis(pepNode):
+    """
+    A PEP change made while Redis is away cannot be told: when this node
+    joins again, the others are told to read every account's nodes again,
+    and so does this node (it may have missed theirs).
+    """
+    from test_pep import AVATAR, NS_AVATAR_META, publish
+    cluster, pep = pepNode
+    alice = Client(pep.server, "alice", "phone")
+    cluster.ready = False
+    assert publish(alice, NS_AVATAR_META, AVATAR, "abc")["type"] == "result"
+    assert pepEvents(cluster) == [] and pep.pep.loaded("alice") is not None
+    cluster.subscriber = cluster.commands
+    cluster.commands.connection = object()  # Redis is back
+    cluster.synced = (object(), object())  # the connections before
+    cluster.commands.answers["SCAN"] = [b"0", []]
+    cluster._sync()
+    resets = [json.loads(e) for e in cluster.commands.published("invitesrv:events:0")
+              if json.loads(e)["k"] == "r"]
+    assert resets[-1]["pep"] is True and cluster.ready and not cluster.pepUntold
+    assert pep.pep.loaded("alice") is None  # read again when next needed
+    result(pep.pep.service("alice"))
+    cluster._received(b"invitesrv:events:0", json.dumps({"k": "r", "n": "n2", "e": "x"}).encode())
+    assert pep.pep.loaded("alice") is not None  # a node that told everything
+    cluster._received(b"invitesrv:events:0", json.dumps(
+        {"k": "r", "n": "n2", "e": "y", "pep": True}).encode())
+    assert pep.pep.loaded("alice") is None
+
+
+def test_pepInterestOfASessionGoneElsewhere(pepNode):
+    """
+    The interest this node kept for bob's session, resumed since on node 2
+    (it left without its unavailable presence passing here), is not used: a
+    publication is not forwarded to it from here (node 2 tells it, so it
+    would hear twice), and the entry is forgotten.
+    """
+    from test_pep import AVATAR, NS_AVATAR_META, publish
+    cluster, pep = pepNode
+    cluster.directory.load("n2", {b"~epoch": b"e", b"~seq": b"1",
+                                  b"bob@localhost/desk": json.dumps(state())})
+    pep.pep.interest["alice"] = {"bob@localhost/desk": frozenset({NS_AVATAR_META})}
+    cluster.commands.answers["PUBLISH"] = 1
+    alice = Client(pep.server, "alice", "phone")
+    assert publish(alice, NS_AVATAR_META, AVATAR, "abc")["type"] == "result"
+    assert cluster.commands.published("invitesrv:to:0:n2") == []
+    assert "alice" not in pep.pep.interest

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from xml.etree import ElementTree as ET
 
 import pytest
 from conftest import RunningServer, startAll
@@ -22,6 +23,7 @@ from rawxmpp import RawClient
 from redisserver import RedisServer, needRedis
 from slix import Client as SlixClient
 from slix import run
+from slixmpp.exceptions import IqError
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgresql]')")
 
@@ -78,7 +80,8 @@ def cluster(tmp_path_factory, redis, postgresql):
     """Two nodes on a database of their own, with accounts made through the first."""
     database = postgresql.createDatabase()
     nodes = Cluster(tmp_path_factory.mktemp("cluster"), redis, postgresql.dsn(database))
-    for user in ("alice", "bob", "carol", "dave", "eve", "frank", "grace", "heidi"):
+    for user in ("alice", "bob", "carol", "dave", "eve", "frank", "grace", "heidi", "paul", "quinn",
+                 "kate", "liam"):
         nodes.nodes[0].adduser(f"{user}@{HOST}", PASSWORD)
     yield nodes
     nodes.stop()
@@ -327,6 +330,189 @@ def test_blockHoldsOnTheOtherNode(cluster):
                    f"<item jid='dave@{HOST}'/></unblock></iq>")
         assert "type='result'" in carol.recvUntil(r"<iq [^>]*id='b2'[^>]*(/>|>.*?</iq>)")
         assert "hello?" not in carol.readAll(0.5)
+
+
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+NS_EVENT = NS_PUBSUB + "#event"
+NS_AXOLOTL = "eu.siacs.conversations.axolotl"
+DEVICES = NS_AXOLOTL + ".devicelist"
+AVATAR_METADATA = "urn:xmpp:avatar:metadata"
+BOOKMARKS = "urn:xmpp:bookmarks:1"
+
+
+def deviceList(*ids: int) -> ET.Element:
+    """A legacy OMEMO device list, as a client publishes it."""
+    return ET.fromstring(f"<list xmlns='{NS_AXOLOTL}'>"
+                         + "".join(f"<device id='{i}'/>" for i in ids) + "</list>")
+
+
+def devicesOf(items) -> set[int]:
+    """The device ids in the items of an event or an items answer."""
+    return {int(device.get("id")) for item in items for device in item["payload"]}
+
+
+async def pepEvent(events: asyncio.Queue, node: str, timeout: float = 15.0):
+    """The next event (kind, message) of C{node} among those queued, the others passed over."""
+    deadline = time.monotonic() + timeout
+    while True:
+        kind, message = await asyncio.wait_for(events.get(), max(0.1, deadline - time.monotonic()))
+        event = message["pubsub_event"]
+        if (event["delete"]["node"] if kind == "delete" else event["items"]["node"]) == node:
+            return kind, message
+
+
+def test_pepAcrossNodes(cluster):
+    """
+    Paul publishes on node 1; Quinn, his contact on node 2, whose caps ask
+    for OMEMO device lists and avatar metadata (+notify), hears of each
+    publication, retraction and deletion, and what she reads through node 2
+    is what node 1 wrote (node 2 forgets its copy of Paul's nodes when node
+    1 changes them). Logging in again on node 2, she gets his last avatar.
+    """
+    n1, n2 = cluster.nodes
+    run(befriend(("paul", n1), ("quinn", n2)))
+    plugins = ("xep_0030", "xep_0060", "xep_0084", "xep_0115", "xep_0163")
+
+    def contact() -> tuple[SlixClient, asyncio.Queue]:
+        """Quinn's client (its caps say devicelist+notify and metadata+notify) and Paul's events."""
+        quinn = SlixClient(f"quinn@{HOST}/phone", PASSWORD, plugins=plugins)
+        quinn.plugin["xep_0163"].add_interest(DEVICES)
+        events: asyncio.Queue = asyncio.Queue()
+        for kind in ("publish", "retract", "delete"):
+            quinn.add_event_handler(f"pubsub_{kind}", lambda m, kind=kind: m["from"].bare == f"paul@{HOST}"
+                                   and events.put_nowait((kind, m)))
+        return quinn, events
+
+    async def scenario():
+        quinn, events = contact()
+        paul = SlixClient(f"paul@{HOST}/desk", PASSWORD, plugins=plugins)
+        assert await quinn.login(n2.port)
+        assert await paul.login(n1.port)
+        await asyncio.sleep(1)  # caps announced and checked
+        pubsub = paul.plugin["xep_0060"]
+        owner = f"paul@{HOST}"
+
+        await pubsub.publish(owner, DEVICES, id="current", payload=deviceList(1))
+        kind, event = await pepEvent(events, DEVICES)
+        assert kind == "publish" and devicesOf(event["pubsub_event"]["items"]) == {1}
+        read = await quinn.plugin["xep_0060"].get_items(owner, DEVICES)
+        assert devicesOf(read["pubsub"]["items"]) == {1}
+
+        await pubsub.publish(owner, DEVICES, id="current", payload=deviceList(1, 2))
+        read = await quinn.plugin["xep_0060"].get_items(owner, DEVICES)
+        assert devicesOf(read["pubsub"]["items"]) == {1, 2}  # not node 2's copy from before
+        kind, event = await pepEvent(events, DEVICES)
+        assert kind == "publish" and devicesOf(event["pubsub_event"]["items"]) == {1, 2}
+
+        await pubsub.retract(owner, DEVICES, "current", notify=True)
+        kind, event = await pepEvent(events, DEVICES)
+        assert kind == "retract" and event["pubsub_event"]["items"]["retract"]["id"] == "current"
+        read = await quinn.plugin["xep_0060"].get_items(owner, DEVICES)
+        assert list(read["pubsub"]["items"]) == []
+
+        await pubsub.publish(owner, DEVICES, id="current", payload=deviceList(3))
+        assert (await pepEvent(events, DEVICES))[0] == "publish"
+        await pubsub.delete_node(owner, DEVICES)
+        assert (await pepEvent(events, DEVICES))[0] == "delete"
+        with pytest.raises(IqError) as missing:
+            await quinn.plugin["xep_0060"].get_items(owner, DEVICES)
+        assert missing.value.iq["error"]["condition"] == "item-not-found"
+
+        await paul.plugin["xep_0084"].publish_avatar_metadata([{"id": "a1", "type": "image/png", "bytes": 3}])
+        kind, event = await pepEvent(events, AVATAR_METADATA)
+        assert event["pubsub_event"]["items"]["item"]["id"] == "a1"
+        await quinn.logout()
+        await paul.plugin["xep_0084"].publish_avatar_metadata([{"id": "a2", "type": "image/png", "bytes": 4}])
+        quinn, events = contact()
+        assert await quinn.login(n2.port)  # her presence: his last items, read on node 2
+        kind, event = await pepEvent(events, AVATAR_METADATA)
+        assert event["pubsub_event"]["items"]["item"]["id"] == "a2"
+        for client in (quinn, paul):
+            await client.logout()
+    run(scenario(), 90)
+
+
+def test_avatarAcrossNodesWithAioxmpp(cluster):
+    """
+    aioxmpp on both sides: Kate on node 1 publishes an avatar; Liam, her
+    contact on node 2, is told (aioxmpp's AvatarService asks for metadata
+    +notify), and gets it as her vCard photo through node 2; so with her
+    next avatar (XEP-0398: node 2 reads her avatar again).
+    """
+    pytest.importorskip("aioxmpp", reason="aioxmpp (the [test] extra) is not installed")
+    import aioxmpp
+    import aioxmpp.avatar
+    import aioxmpp.connector
+    import aioxmpp.vcard
+    n1, n2 = cluster.nodes
+    run(befriend(("kate", n1), ("liam", n2)))
+
+    def client(name: str, port: int):
+        return aioxmpp.PresenceManagedClient(
+            aioxmpp.JID.fromstr(f"{name}@{HOST}"), aioxmpp.make_security_layer(PASSWORD, no_verify=True),
+            override_peer=[("127.0.0.1", port, aioxmpp.connector.STARTTLSConnector())])
+
+    async def scenario():
+        kate, liam = client("kate", n1.port), client("liam", n2.port)
+        changed: asyncio.Queue = asyncio.Queue()
+        liam.summon(aioxmpp.avatar.AvatarService).on_metadata_changed.connect(
+            lambda jid, metadata: jid.bare() == aioxmpp.JID.fromstr(f"kate@{HOST}")
+            and changed.put_nowait(list(metadata)))
+        avatars = kate.summon(aioxmpp.avatar.AvatarService)
+        async with kate.connected(), liam.connected():
+            kate.presence = aioxmpp.PresenceState(True)
+            liam.presence = aioxmpp.PresenceState(True)
+            await asyncio.sleep(1)  # caps announced and checked
+            for image in (b"\x89PNG\r\n\x1a\n" + bytes(range(100)), b"\x89PNG\r\n\x1a\n" + bytes(range(50))):
+                avatarSet = aioxmpp.avatar.AvatarSet()
+                avatarSet.add_avatar_image("image/png", image_bytes=image)
+                await avatars.publish_avatar_set(avatarSet)
+                descriptors = await asyncio.wait_for(changed.get(), 20)
+                assert [d.id_ for d in descriptors] == [avatarSet.png_id]
+                assert await descriptors[0].get_image_bytes() == image
+                vcard = await liam.summon(aioxmpp.vcard.VCardService).get_vcard(
+                    aioxmpp.JID.fromstr(f"kate@{HOST}"))
+                assert vcard.get_photo_data() == image
+
+    run(scenario(), 90)
+
+
+def test_ownResourcesAcrossNodesRaw(cluster):
+    """
+    In raw XML: Paul's tablet on node 2 announces caps with bookmarks
+    +notify and answers the server's caps query; a bookmark his desk
+    publishes on node 1 reaches the tablet.
+    """
+    from twisted.words.xish import domish
+
+    from invitesrv.caps import capsHash
+
+    n1, n2 = cluster.nodes
+    query = domish.Element(("http://jabber.org/protocol/disco#info", "query"))
+    identity = query.addElement("identity")
+    identity["category"], identity["type"], identity["name"] = "client", "pc", "raw"
+    query.addElement("feature")["var"] = f"{BOOKMARKS}+notify"
+    ver = capsHash(query)
+    with RawClient(n2.port) as tablet, RawClient(n1.port) as desk:
+        tablet.login("paul", PASSWORD, "tablet")
+        tablet.send(f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1'"
+                    f" node='https://example.org/raw' ver='{ver}'/></presence>")
+        asked = tablet.recvUntil(r"<iq [^>]*type='get'.*?</iq>")
+        iqid = re.search(r"id='([^']+)'", re.search(r"<iq [^>]*>", asked).group(0)).group(1)
+        tablet.send(f"<iq type='result' id='{iqid}' to='paul@{HOST}'>"
+                    f"<query xmlns='http://jabber.org/protocol/disco#info'"
+                    f" node='https://example.org/raw#{ver}'>"
+                    "<identity category='client' type='pc' name='raw'/>"
+                    f"<feature var='{BOOKMARKS}+notify'/></query></iq>")
+        time.sleep(0.5)  # the answer checked
+        desk.login("paul", PASSWORD, "desk")
+        desk.send(f"<iq type='set' id='p1'><pubsub xmlns='{NS_PUBSUB}'><publish node='{BOOKMARKS}'>"
+                  "<item id='tea@groups.localhost'><conference xmlns='urn:xmpp:bookmarks:1'"
+                  " name='Tea' autojoin='true'/></item></publish></pubsub></iq>")
+        assert "type='result'" in desk.recvUntil(r"<iq [^>]*id='p1'.*?(/>|</iq>)")
+        event = tablet.recvUntil(r"<message [^>]*>.*?</message>")
+        assert f"<items node='{BOOKMARKS}'>" in event and "id='tea@groups.localhost'" in event
+        assert f"xmlns='{NS_EVENT}'" in event
 
 
 def preauth(client: RawClient, token: str) -> str:
@@ -845,3 +1031,10 @@ def test_deadNodeReportedByAdminViews(tmp_path, redis, postgresqlDSN):
             alice.recvUntil("<body>still here</body>")
     finally:
         nodes.stop()
+
+
+def test_noFailuresLogged(cluster):
+    """Everything the two nodes of the module's cluster did ran without a failure in their logs."""
+    for node in cluster.nodes:
+        log = node.log()
+        assert "Traceback" not in log and "Unhandled" not in log, log

@@ -11,12 +11,13 @@ import pytest
 from streamharness import Client, addAccounts
 from synchronous import result
 from test_presence import isPresence
+from twisted.internet import defer
 from twisted.words.xish import domish
 
 from invitesrv.caps import NS_CAPS, NS_DISCO_INFO, capsHash
 from invitesrv.modules.pep import PepOptions
 from invitesrv.pubsub import NS_ERRORS, NS_EVENT, NS_OWNER, NS_PUBSUB
-from invitesrv.store.interfaces import RosterItem
+from invitesrv.store.interfaces import PepNode, RosterItem
 
 NS_VCARD = "vcard-temp"
 NS_PRIVATE = "jabber:iq:private"
@@ -508,3 +509,26 @@ def test_storeFaultChangesNothing(pep):
     bob.absent(lambda e: e.name == "message")
     pep.store.recover()
     assert itemIds(items(bob, "alice@localhost", NS_AVATAR_META)) == ["kept"]
+
+
+def test_readBeforeAChangeElsewhereNotKept(pep):
+    """
+    A read of an account's nodes under way when another node's change is
+    told may be older than the change: it is handed to who waits for it,
+    not kept, and the next request reads again.
+    """
+    reads = []
+
+    def getPep(host, username):
+        reads.append(defer.Deferred())
+        return reads[-1]
+    pep.store.getPep = getPep
+    first = pep.pep.service("alice")
+    pep.pep.changedElsewhere("alice", NS_AVATAR_META, None, None)
+    second = pep.pep.service("alice")
+    assert len(reads) == 2
+    reads[0].callback([])
+    assert result(first).nodes == {} and pep.pep.loaded("alice") is None
+    reads[1].callback([PepNode(NS_AVATAR_META, "{}", (("abc", AVATAR),))])
+    service = result(second)
+    assert list(service.nodes) == [NS_AVATAR_META] and pep.pep.loaded("alice") is service

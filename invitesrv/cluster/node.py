@@ -21,8 +21,12 @@ with an error. Stanzas for an internal component (the group chats) go the
 same way to the node running longest, which serves them for the cluster.
 
 The same channel of events carries what keeps the nodes' memories right:
-roster changes (the roster module's copies of online users' rosters), and
-the per-address counters of L{invitesrv.cluster.limits}.
+roster changes (the roster module's copies of online users' rosters),
+blocklists, archive preferences, PEP changes (each with its notification,
+for the interested resources every node holds), and the per-address
+counters of L{invitesrv.cluster.limits}. A contact's presence that reaches
+an account's PEP here for a session of another node goes to that node
+(C{p} on its channel): each node keeps the PEP interest of its own sessions.
 """
 
 from __future__ import annotations
@@ -124,15 +128,18 @@ class ClusterNode(service.Service):
         self.heartbeat.clock = reactor
         self.ready = False
         self.synced: tuple = (None, None)  # the connections the last _sync used
+        self.pepUntold = False  # a PEP change made while Redis was away
         self.resumption = Resumption(self)
         self.handlers = {b"d": self._deliver, b"c": self._close, b"r": self._route,
-                         b"q": self.resumption.onRequest, b"a": self.resumption.onAnswer}
+                         b"q": self.resumption.onRequest, b"a": self.resumption.onAnswer,
+                         b"p": self._pepPresence}
         self.since = reactor.seconds()  # the oldest node serves the internal components
         self.reader = StanzaReader()
         self.limits = SharedLimits(self)
         self.eventHandlers = {"s": self._sessionEvent, "r": self._resetEvent,
                               "roster": self._rosterEvent, "blocklist": self._blocklistEvent,
                               "archive-prefs": self._archivePrefsEvent,
+                              "pep": self._pepEvent,
                               "failures": self.limits.onFailures,
                               "connections": self.limits.onConnections,
                               "registered": self.limits.onRegistered}
@@ -161,6 +168,8 @@ class ClusterNode(service.Service):
             host.hooks.add("session-closed", self.sessionClosed, -100)
             host.hooks.add("blocklist-changed", self.blocklistChanged)
             host.hooks.add("archive-prefs-changed", self.archivePrefsChanged)
+            host.hooks.add("pep-changed", self.pepChanged)
+            host.hooks.add("pep-presence", self.pepPresence)
             self.resumption.attach(host)
         self.server.store.rosterObservers.append(self.rosterChanging)
         self.limits.attach()
@@ -171,6 +180,8 @@ class ClusterNode(service.Service):
             host.hooks.remove("session-closed", self.sessionClosed)
             host.hooks.remove("blocklist-changed", self.blocklistChanged)
             host.hooks.remove("archive-prefs-changed", self.archivePrefsChanged)
+            host.hooks.remove("pep-changed", self.pepChanged)
+            host.hooks.remove("pep-presence", self.pepPresence)
             self.resumption.detach(host)
         self.server.store.rosterObservers.remove(self.rosterChanging)
         self.limits.detach()
@@ -208,6 +219,7 @@ class ClusterNode(service.Service):
         connections = (self.subscriber.connection, self.commands.connection)
         if None in connections or (connections == self.synced and not again):
             return
+        rejoined = self.synced != (None, None)
         self.synced = connections
         self.epoch = secrets.token_hex(6)
         self.seq = 0
@@ -225,9 +237,15 @@ class ClusterNode(service.Service):
         execute("SET", nodeKey(self.node), self.epoch, "EX", self.ttl)
         for command in self.limits.snapshot():
             execute(*command)
-        execute("PUBLISH", self.events, json.dumps({"k": "r", "n": self.node, "e": self.epoch}))
+        reset = {"k": "r", "n": self.node, "e": self.epoch}
+        if self.pepUntold:
+            reset["pep"] = True
+        execute("PUBLISH", self.events, json.dumps(reset))
         yield execute("EXEC")
         self.ready = True
+        self.pepUntold = False
+        if rejoined:
+            self._forgetPep()  # what the others changed while this node was away
         cursor = b"0"
         while True:
             cursor, keys = yield execute("SCAN", cursor, "MATCH", sessionsKey("*"), "COUNT", 1000)
@@ -392,6 +410,8 @@ class ClusterNode(service.Service):
 
     def _resetEvent(self, event: dict) -> None:
         self._loadNode(event["n"]).addErrback(self._unread, event["n"])
+        if event.get("pep"):
+            self._forgetPep()  # that node changed PEP nodes while away from Redis
 
     def _unread(self, failure, node: str) -> None:
         log.failure("Cluster: cannot read the sessions of node {node}", failure, node=node)
@@ -573,3 +593,63 @@ class ClusterNode(service.Service):
         finally:
             self.relaying = False
 
+    # -- PEP ------------------------------------------------------------------------
+
+    def _pep(self, hostname: str):
+        host = self.server.hosts.get(hostname)
+        return host.modules.get("pep") if host is not None else None
+
+    def pepChanged(self, host, username: str, node: str | None, options: dict | None,
+                   eventXML: str | None) -> None:
+        """
+        Hook C{pep-changed}: one message for every other node, which forgets
+        its copy of the account's nodes and tells its interested resources.
+        """
+        if not self.ready:
+            self.pepUntold = True  # the others forget every copy when Redis is back
+            return
+        self._write(("PUBLISH", self.events, json.dumps(
+            {"k": "pep", "n": self.node, "h": host.name, "u": username, "pn": node,
+             "o": options, "x": eventXML})))
+
+    def _pepEvent(self, event: dict) -> None:
+        pep = self._pep(event["h"])
+        if pep is not None:
+            pep.changedElsewhere(event["u"], event["pn"], event["o"], event["x"])
+
+    def pepPresence(self, host, sender, presence) -> bool | None:
+        """
+        Hook C{pep-presence}: a presence of a session of another node (a
+        probe's answer made here) goes to that node's PEP, which keeps its
+        sessions' interest and asks them their caps; True when not read here.
+        """
+        remote = self.server.router.session(sender)
+        if not isinstance(remote, RemoteSession):
+            return None
+        if self.ready:
+            self._write(("PUBLISH", self.channelOf(remote.node), b"p" + presence.toXml().encode()))
+        return True
+
+    def _pepPresence(self, data: bytes) -> None:
+        """
+        A presence of a session here that another node had for an account:
+        C{p}, presence. Read here whatever this node thinks (not handed back);
+        an available one only while the session is still bound and available.
+        """
+        presence = self.reader.parse(data[1:])
+        target, sender = parseJID(presence["to"]), parseJID(presence["from"])
+        pep = self._pep(target.host)
+        if pep is None or target.user is None:
+            return
+        if presence.getAttribute("type") is None:
+            _, session = self._local(sender.full())
+            if session is None or session.closed or not session.available:
+                return
+        pep.contactPresence(target.user, sender.full(), presence)
+
+    def _forgetPep(self) -> None:
+        """PEP changes may have been missed: every account's nodes are read again when needed."""
+        for host in self.server.hosts.values():
+            pep = host.modules.get("pep")
+            if pep is not None:
+                pep.forgetAll()

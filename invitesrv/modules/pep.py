@@ -23,10 +23,20 @@ date at once. The access model is checked again for every notification.
 An account's nodes are read from the store once and kept in memory while
 used (at most L{LOADED} accounts; the least recently used one goes first);
 every change is written to the store before it is made in memory, and
-before anyone hears of it. The limits (items per node, nodes per account,
-payload bytes, bytes per account) are C{[modules.pep]} options; what they
-refuse is answered C{not-acceptable} or C{resource-constraint} with a text
-(docs/limits.md).
+before anyone hears of it.
+
+In cluster mode every node keeps the interest of the resources bound on it,
+and only those: a presence of another node's resource that reaches an
+account here (a probe's answer) is handed to that node (hook
+C{pep-presence}), where its caps query is answered. Each change is told to
+the other nodes with its event (hook C{pep-changed}): they forget their
+copy of the account's nodes, and tell the interested resources they hold
+(L{PepModule.changedElsewhere}). A publication costs one message to Redis,
+whatever the number of nodes and contacts.
+
+The limits (items per node, nodes per account, payload bytes, bytes per
+account) are C{[modules.pep]} options; what they refuse is answered
+C{not-acceptable} or C{resource-constraint} with a text (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -174,20 +184,28 @@ class PepModule(HostModule):
         if waiting is not None:
             waiting.append(d)
         else:
-            self._loading[username] = [d]
-            self.parent.store.getPep(self.parent.name, username).addBoth(self._loaded, username)
+            waiting = self._loading[username] = [d]
+            self.parent.store.getPep(self.parent.name, username).addBoth(self._loaded, username, waiting)
         return d
 
-    def _loaded(self, result, username: str) -> None:
-        """Keep what the store gave and hand it out (a failure is not kept: the next request reads again)."""
-        waiting = self._loading.pop(username)
+    def _loaded(self, result, username: str, waiting: list) -> None:
+        """
+        Keep what the store gave and hand it out (a failure is not kept: the
+        next request reads again; nor is a read begun before another node
+        changed the account's nodes, L{forgetService}).
+        """
+        current = self._loading.get(username) is waiting
+        if current:
+            del self._loading[username]
         if isinstance(result, list):
             service = Service(username)
             for stored in result:
                 node = Node(stored.node, loadOptions(stored.config))
                 node.items.update(stored.items)
                 service.nodes[stored.node] = node
-            self.services[username] = result = service
+            result = service
+            if current:
+                self.services[username] = service
             while len(self.services) > LOADED:
                 oldest = next((name for name in self.services if name not in self._locks), None)
                 if oldest is None:
@@ -198,6 +216,16 @@ class PepModule(HostModule):
                 d.callback(result)
             else:
                 d.errback(result)
+
+    def forgetService(self, username: str) -> None:
+        """Another node changed the account's nodes: read them again when next needed."""
+        self.services.pop(username, None)
+        self._loading.pop(username, None)  # a read under way may be older than the change
+
+    def forgetAll(self) -> None:
+        """Changes of other nodes may have been missed (Redis was away): read every account again."""
+        self.services.clear()
+        self._loading.clear()
 
     def maxItems(self, node: Node) -> int:
         """How many items C{node} keeps."""
@@ -431,8 +459,8 @@ class PepModule(HostModule):
         node.items[itemId] = payload
         while len(node.items) > max(keep, 1):  # an item not kept is still the last one
             node.items.popitem(last=False)
-        self._background(self.notify(username, node, itemElement(itemId, payload)
-                                     if node.options["deliver_payloads"] else itemElement(itemId, None)))
+        self.changed(username, node,
+                     itemElement(itemId, payload if node.options["deliver_payloads"] else None))
         return itemId
 
     @defer.inlineCallbacks
@@ -459,14 +487,20 @@ class PepModule(HostModule):
         node = service.nodes.get(name)
         if node is None or any(i not in node.items for i in ids):
             raise pubsubError("item-not-found", text="No such item")
-        for itemId in ids:
-            yield self.parent.store.retractPepItem(self.parent.name, username, name, itemId)
-            node.items.pop(itemId, None)
+        try:
+            for itemId in ids:
+                yield self.parent.store.retractPepItem(self.parent.name, username, name, itemId)
+                node.items.pop(itemId, None)
+        except Exception:
+            self.changed(username)  # some went from the store: the other nodes read again
+            raise
         if notify or (notify is None and node.options["notify_retract"]):
             for itemId in ids:
                 retract = domish.Element((NS_EVENT, "retract"))
                 retract["id"] = itemId
-                self._background(self.notify(username, node, retract))
+                self.changed(username, node, retract)
+        else:
+            self.changed(username)
 
     @defer.inlineCallbacks
     def sharedItems(self, username: str, name: str):
@@ -509,6 +543,7 @@ class PepModule(HostModule):
         yield self.parent.store.setPepNode(self.parent.name, service.username, name,
                                            dumpOptions(node.options))
         service.nodes[name] = node
+        self.changed(service.username)
         return xmlstream.toResponse(iq, "result")
 
     @defer.inlineCallbacks
@@ -523,9 +558,13 @@ class PepModule(HostModule):
                                            dumpOptions(options))
         node.options = options
         keep = self.maxItems(node) if options["persist_items"] else 0
-        while len(node.items) > keep:
-            itemId, _ = node.items.popitem(last=False)
-            yield self.parent.store.retractPepItem(self.parent.name, service.username, node.name, itemId)
+        try:
+            while len(node.items) > keep:
+                itemId, _ = node.items.popitem(last=False)
+                yield self.parent.store.retractPepItem(self.parent.name, service.username, node.name,
+                                                       itemId)
+        finally:
+            self.changed(service.username)
         return xmlstream.toResponse(iq, "result")
 
     @defer.inlineCallbacks
@@ -535,8 +574,7 @@ class PepModule(HostModule):
         yield self.parent.store.deletePepNode(self.parent.name, service.username, node.name)
         service.nodes.pop(node.name, None)
         self.send(xmlstream.toResponse(iq, "result"))
-        if node.options["notify_delete"]:
-            self._background(self.notify(service.username, node, None, "delete"))
+        self.changed(service.username, node, None, "delete" if node.options["notify_delete"] else None)
         return None
 
     @defer.inlineCallbacks
@@ -546,7 +584,7 @@ class PepModule(HostModule):
         yield self.parent.store.purgePepNode(self.parent.name, service.username, node.name)
         node.items.clear()
         self.send(xmlstream.toResponse(iq, "result"))
-        self._background(self.notify(service.username, node, None, "purge"))
+        self.changed(service.username, node, None, "purge")
         return None
 
     # -- notifications ---------------------------------------------------------
@@ -578,17 +616,67 @@ class PepModule(HostModule):
         message.addRawXml(eventXML)
         return message
 
+    def changed(self, username: str, node: Node | None = None, child=None,
+                wrapper: str | None = "items") -> None:
+        """
+        The account's nodes changed in the store. Tell the resources here
+        that are interested in C{node} and may read it, with an event
+        C{wrapper} (C{items}, C{purge}, C{delete}; None: nothing to tell)
+        holding C{child}; and tell the other nodes of a cluster (hook
+        C{pep-changed}), which forget their copy and tell their own. The
+        event is made only if someone may hear it.
+        """
+        tell = node is not None and wrapper is not None and node.options["deliver_notifications"]
+        here = self.interested(username, node.name) if tell else []
+        eventXML = None
+        if here or (tell and self.parent.hooks.callbacks("pep-changed")):
+            eventXML = self.eventXML(node.name, child, wrapper)
+        self.parent.hooks.run("pep-changed", self.parent, username, node and node.name,
+                              node and node.options, eventXML)
+        if here:
+            self._background(self.deliver(username, node, here, eventXML))
+
+    def changedElsewhere(self, username: str, name: str | None, options: dict | None,
+                         eventXML: str | None) -> None:
+        """
+        Another node of the cluster changed the account's nodes: forget this
+        node's copy (read again at once if the account is online here), and
+        tell the resources here interested in node C{name} (with C{options})
+        of C{eventXML}, if any.
+        """
+        self.forgetService(username)
+        if self.parent.router.sessions.get(self._bare(username)):
+            self._background(self.service(username))
+        here = self.interested(username, name) if eventXML is not None else []
+        if here:  # (options a node of another version left out: their defaults)
+            self._background(self.deliver(username, Node(name, {**DEFAULTS, **options}), here, eventXML))
+
+    def interested(self, username: str, name: str) -> list[str]:
+        """The full JIDs here interested in node C{name} of C{username}."""
+        return [full for full, nodes in self.interest.get(username, {}).items() if name in nodes]
+
     @defer.inlineCallbacks
-    def notify(self, username: str, node: Node, child, wrapper: str = "items"):
-        """Send an event of C{node} to every resource interested in it that may read it."""
-        interested = [full for full, nodes in self.interest.get(username, {}).items() if node.name in nodes]
-        if not interested or not node.options["deliver_notifications"]:
-            return
+    def deliver(self, username: str, node: Node, interested: list[str], eventXML: str):
+        """
+        Send an event of C{node} to those of C{interested} that may read it
+        and are still bound here (or belong to another server). The interest
+        of a session that left without its unavailable presence passing here
+        (resumed on another node of a cluster) is forgotten: its new node
+        tells it, once its next presence says what it wants.
+        """
         allowed = yield self._readers(username, node, interested)
-        eventXML = self.eventXML(node.name, child, wrapper)
         for full in interested:
-            if bareOf(full) in allowed:
+            if not self.boundHere(full):
+                self.forget(username, full)
+            elif bareOf(full) in allowed:
                 self.send(self.event(username, full, eventXML))
+
+    def boundHere(self, full: str) -> bool:
+        """Whether C{full} is a session bound on this node, or an address of another server."""
+        bare, _, resource = full.partition("/")
+        if bare.rpartition("@")[2] not in self.parent.router.hosts:
+            return True
+        return resource in self.parent.router.sessions.get(bare, ())
 
     @defer.inlineCallbacks
     def _readers(self, username: str, node: Node, fulls) -> set[str]:
@@ -655,17 +743,28 @@ class PepModule(HostModule):
             sender = parseJID(presence["from"])
         except (KeyError, jid.InvalidFormat, UnicodeError):
             return
-        if target.user is None or target.resource is not None or target.host != self.parent.name:
+        if (target.user is None or target.resource is not None or target.host != self.parent.name
+                or presence.getAttribute("type") not in (None, "unavailable")):
             return
+        if self.parent.hooks.first("pep-presence", self.parent, sender, presence):
+            return  # a resource of another node: that node reads it
+        self.contactPresence(target.user, sender.full(), presence)
+
+    def contactPresence(self, username: str, full: str, presence) -> None:
+        """
+        The presence of C{full} reached C{username}: what it wants, if it is
+        subscribed to the account (from this node's stream, or handed over
+        by another node for a resource bound here).
+        """
         if presence.getAttribute("type") is None:
-            if self._unchanged(target.user, sender.full(), presence):
+            if self._unchanged(username, full, presence):
                 return  # a presence again (a probe's answer, say): nothing to read or send
-            d = self.parent.modules["roster"].getItem(target.user, sender.userhost())
+            d = self.parent.modules["roster"].getItem(username, bareOf(full))
             d.addCallback(lambda item: item is not None and item.subscription in FROM
-                          and self._presence(target.user, sender.full(), presence, item))
+                          and self._presence(username, full, presence, item))
             self._background(d)
         elif presence.getAttribute("type") == "unavailable":
-            self.forget(target.user, sender.full())
+            self.forget(username, full)
 
     def _unchanged(self, username: str, full: str, presence) -> bool:
         """Whether C{full} already has the interest its presence's caps say."""
@@ -759,6 +858,7 @@ class PepModule(HostModule):
         """Hook C{user-deleted}: the store deleted the nodes with the account; forget them here."""
         self.services.pop(username, None)
         self.interest.pop(username, None)
+        self.changed(username)
 
     def getDiscoItems(self, requestor, target, nodeIdentifier=""):
         """The owner's nodes, listed to the owner on its bare JID."""
