@@ -211,8 +211,9 @@ def test_idleStreamsParserRests(servers):
     """
     A bound client quiet for L{PARSER_REST} seconds no longer holds an expat
     parser (about 15 KB); what it sends next is read and answered as before,
-    and a client that keeps talking keeps its parser. The listener's sweep
-    stops with the listener.
+    and a client that keeps talking keeps its parser. The sweep looks only
+    at the streams that read since their parser rested, and stops with the
+    listener.
     """
     clock = task.Clock()
     server = servers(clock, modules=DEFAULT_MODULES)
@@ -230,8 +231,10 @@ def test_idleStreamsParserRests(servers):
         clock.advance(PARSER_REST / 2)
         busy.send(" ")
     assert quiet.stream.stream.resting and not busy.stream.stream.resting
+    assert quiet.stream not in quiet.factory.awake  # the sweep looks at it no more
     answer = quiet.request(f"<ping xmlns='{NS_PING}'/>", to="localhost")
     assert answer["type"] == "result" and not quiet.stream.stream.resting
+    assert quiet.stream in quiet.factory.awake
     clock.advance(2 * PARSER_REST)
     assert quiet.stream.stream.resting
     for client in quiet, busy:
