@@ -14,6 +14,7 @@ costs memory once, not without end.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
@@ -27,15 +28,29 @@ log = Logger()
 MAX_ENTRIES = 100_000
 
 
-def addressKey(address: str) -> str:
-    """The key an address is counted under: itself for IPv4, its /64 for IPv6."""
+@functools.lru_cache(maxsize=4096)
+def parseAddress(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """
+    The IP address C{address} names (without a scope id; an IPv4-mapped IPv6
+    address as IPv4), None if it names none. Kept for the addresses seen
+    last: each connection's is looked at several times.
+    """
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+@functools.lru_cache(maxsize=4096)
+def addressKey(address: str) -> str:
+    """The key an address is counted under: itself for IPv4, its /64 for IPv6."""
+    ip = parseAddress(address)
+    if ip is None:
         return address
     if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
 
@@ -47,13 +62,8 @@ class AddressList:
         self.networks = tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
     def __contains__(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.networks)
+        ip = parseAddress(address)
+        return ip is not None and any(ip in network for network in self.networks)
 
 
 class TokenBucket:
