@@ -24,6 +24,8 @@ from redisserver import RedisServer, needRedis
 from slix import Client as SlixClient
 from slix import run
 from slixmpp.exceptions import IqError
+from test_smacks_e2e import bodies as allBodies
+from test_smacks_e2e import chat, settled
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgresql]')")
 
@@ -758,20 +760,6 @@ def authenticated(port: int, user: str) -> RawClient:
     return client
 
 
-def chatTo(sender: RawClient, to: str, body: str) -> None:
-    sender.send(f"<message to='{to}' type='chat' id='{body}'><body>{body}</body></message>")
-
-
-def settledOn(client: RawClient) -> str:
-    """Wait until the node has handled what C{client} sent; what came until then."""
-    client.send("<iq type='get' id='settled'><ping xmlns='urn:xmpp:ping'/></iq>")
-    return client.recvUntil(r"<iq[^>]*id='settled'[^>]*/?>")
-
-
-def allBodies(text: str) -> list[str]:
-    return re.findall(r"<body>([^<]*)</body>", text)
-
-
 def test_frozenLinkResumedOnTheOtherNode(cluster):
     """
     Ivan's phone on node 1 with stream management; its link freezes (the
@@ -792,22 +780,22 @@ def test_frozenLinkResumedOnTheOtherNode(cluster):
             me = phone.login("ivan", PASSWORD, "phone")
             judy.login("judy", PASSWORD, "desk")
             judy.send("<presence/>")
-            settledOn(judy)
+            settled(judy)
             phone.send("<presence/>")
             judy.recvUntil(r"<presence [^>]*from='ivan@localhost/phone'")
             phone.recvUntil(r"<presence [^>]*from='judy@localhost/desk'")
-            settledOn(phone)  # before management: not counted
+            settled(phone)  # before management: not counted
             token = enableSM(phone)
-            chatTo(judy, me, "before")
+            chat(judy, me, "before")
             assert allBodies(phone.recvUntil(r"before</body>.*?</message>")) == ["before"]
             # The acknowledgement is read before the link freezes: the answer
             # to the <r/> behind it says so.
             phone.send(f"<a xmlns='{NS_SM}' h='1'/><r xmlns='{NS_SM}'/>")
             phone.recvUntil(r"<a [^>]*h='\d+'[^>]*/>")
             proxy.freeze()
-            chatTo(judy, me, "frozen 1")
-            chatTo(judy, me, "frozen 2")
-            settledOn(judy)
+            chat(judy, me, "frozen 1")
+            chat(judy, me, "frozen 2")
+            settled(judy)
             time.sleep(0.3)  # node 1 has them
             with authenticated(n2.port, "ivan") as again:
                 again.send(f"<resume xmlns='{NS_SM}' previd='{token}' h='1'/>")
@@ -815,10 +803,10 @@ def test_frozenLinkResumedOnTheOtherNode(cluster):
                 assert f"previd='{token}'" in resumed and "h='0'" in resumed, resumed
                 text = again.recvUntil(r"frozen 2</body>.*?</message>")
                 assert allBodies(text) == ["frozen 1", "frozen 2"]
-                chatTo(judy, me, "after")
+                chat(judy, me, "after")
                 text = again.recvUntil(r"after</body>.*?</message>") + again.readAll(1.0)
                 assert allBodies(text) == ["after"]
-                chatTo(again, "judy@localhost", "back")
+                chat(again, "judy@localhost", "back")
                 seen = judy.recvUntil(r"back</body>.*?</message>") + judy.readAll(0.5)
                 assert "<presence" not in seen, seen
         assert "ivan@localhost/phone: handed over to node n2" in n1.log()
@@ -851,14 +839,14 @@ def test_slixmppResumesOnTheOtherNode(cluster):
         leo = RawClient(n2.port)
         try:
             leo.login("leo", PASSWORD)
-            chatTo(leo, f"kim@{HOST}/slix", "one")
+            chat(leo, f"kim@{HOST}/slix", "one")
             assert await asyncio.wait_for(got.get(), 10) == "one"
             lost = kim.disconnected
             kim.abort()
             await asyncio.wait_for(lost, 10)
             await asyncio.sleep(0.5)  # node 1 notices the connection is gone
-            chatTo(leo, f"kim@{HOST}/slix", "two")
-            settledOn(leo)
+            chat(leo, f"kim@{HOST}/slix", "two")
+            settled(leo)
             kim.connect("127.0.0.1", n2.port)
             await asyncio.wait_for(resumed, 15)
             assert await asyncio.wait_for(got.get(), 10) == "two"
@@ -889,14 +877,14 @@ def test_resumeFailsWhenTheNodeWasKilled(tmp_path, redis, postgresqlDSN):
         token = enableSM(phone)
         with RawClient(n2.port) as mike:
             mike.login("mike", PASSWORD)
-            settledOn(mike)
+            settled(mike)
             time.sleep(0.3)  # node 2 knows of Lena's session
-            chatTo(mike, me, "m1")
+            chat(mike, me, "m1")
             phone.recvUntil(r"m1</body>")
             phone.close()  # cut, no acknowledgement
             time.sleep(0.5)
-            chatTo(mike, me, "m2")
-            settledOn(mike)
+            chat(mike, me, "m2")
+            settled(mike)
             time.sleep(0.3)
             n1.process.send_signal(signal.SIGKILL)
             n1.process.wait(10)
@@ -937,12 +925,12 @@ def test_sasl2InlineResumeOnTheOtherNode(cluster):
         assert result.ok, result
         token = re.search(r"<enabled [^>]*id=.([^'\"]+)", result.xml).group(1)
         time.sleep(0.3)  # node 2 knows of the session
-        chatTo(omar, result.identifier, "one")
+        chat(omar, result.identifier, "one")
         phone.recvUntil(r"one</body>")
         phone.close()
         time.sleep(0.5)
-        chatTo(omar, result.identifier, "two")
-        settledOn(omar)
+        chat(omar, result.identifier, "two")
+        settled(omar)
         time.sleep(0.3)
         with SASLClient(n2.port) as again:
             again.startTLS()
