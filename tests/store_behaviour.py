@@ -527,7 +527,7 @@ class StoreBehaviour:
         """Archive C{count} messages for C{username}, ids C{first}.., peers in turn."""
         entries = [(username, ArchivedMessage(first + n, peers[n % len(peers)], f"<m{first + n}/>"), False)
                    for n in range(count)]
-        assert (yield store.appendArchive(HOST, entries, 1000)) == count
+        assert (yield store.appendArchive(HOST, entries, 1000)) == (count, [])
 
     @staticmethod
     def ids(page) -> list[int]:
@@ -597,10 +597,29 @@ class StoreBehaviour:
             ("alice", ArchivedMessage(2, "bob@example.org", "<m/>"), True),
             ("alice", ArchivedMessage(3, "carol@example.org", "<m/>"), True),
             ("alice", ArchivedMessage(4, "bob@example.org", "<m/>"), False)], 1000)
-        assert added == 2
+        assert added == (2, [])
         assert self.ids((yield store.queryArchive(HOST, "alice", ArchiveQuery()))) == [3, 4]
         assert (yield store.lastArchiveId(HOST)) == 4
         assert (yield store.lastArchiveId("other.example")) == 0
+
+    @pytest_twisted.inlineCallbacks
+    def test_archiveIdTaken(self, store):
+        """
+        An entry whose id the account's archive already holds (another node
+        gave it) is given back to be archived again, not dropped; the
+        message that had the id keeps it, and other archives may hold it too.
+        """
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        yield self.archive(store, "alice", 2, first=10)
+        again = ("alice", ArchivedMessage(11, "carol@example.org", "<again/>"), False)
+        added = yield store.appendArchive(HOST, [
+            again, ("bob", ArchivedMessage(11, "carol@example.org", "<m/>"), False),
+            ("ghost", ArchivedMessage(11, "carol@example.org", "<m/>"), False)], 1000)
+        assert added == (1, [again])
+        page = yield store.queryArchive(HOST, "alice", ArchiveQuery())
+        assert [(m.id, m.stanza) for m in page.messages] == [(10, "<m10/>"), (11, "<m11/>")]
+        assert self.ids((yield store.queryArchive(HOST, "bob", ArchiveQuery()))) == [11]
 
     @pytest_twisted.inlineCallbacks
     def test_archiveLimitAndSweep(self, store):
@@ -612,7 +631,7 @@ class StoreBehaviour:
         yield store.createAccount(account("alice"))
         yield store.createAccount(account("bob"))
         entries = [("alice", ArchivedMessage(n, "bob@example.org", "<m/>"), False) for n in range(1, 8)]
-        assert (yield store.appendArchive(HOST, entries, 5)) == 7
+        assert (yield store.appendArchive(HOST, entries, 5)) == (7, [])
         page = yield store.queryArchive(HOST, "alice", ArchiveQuery())
         assert (self.ids(page), page.count) == ([3, 4, 5, 6, 7], 5)
         yield store.appendArchive(HOST, [("bob", ArchivedMessage(n, "a@example.org", "<m/>"), False)

@@ -16,7 +16,7 @@ from twisted.words.xish import domish
 from invitesrv.config import HostOptions
 from invitesrv.modules.mam import ArchiveIds, decodeId, encodeId, shouldArchive
 from invitesrv.modules.offline import parseStanza
-from invitesrv.store.interfaces import ArchiveQuery
+from invitesrv.store.interfaces import ArchivedMessage, ArchiveQuery
 
 NS_MAM = "urn:xmpp:mam:2"
 NS_SID = "urn:xmpp:sid:0"
@@ -137,6 +137,27 @@ def test_idsIncreaseAndAreOpaque():
     assert len(text) == 11 and str(first) not in text and decodeId(text) == first
 
 
+def test_takenIdArchivedAgain(makeServer):
+    """
+    A message whose id another node gave first (already in the archive) is
+    archived under the next id this node gives, not dropped; the messages
+    that had those ids keep them.
+    """
+    server = makeServer()
+    alice = available(Client(server, "alice", "laptop"))
+    bob = available(Client(server, "bob", "desk"))
+    first = int(START * 1_000_000)  # bob's copy; alice's would be the next two
+    result(server.store.appendArchive("localhost", [
+        ("alice", ArchivedMessage(first + n, "carol@localhost", f"<m{n}/>"), False)
+        for n in range(3)], 100))
+    bob.send(message("alice@localhost", "hello"))
+    alice.expect(isMessage("hello"))
+    results, _ = query(alice)
+    assert [decodeId(next(r.elements(NS_MAM, "result"))["id"]) for r in results] == [
+        first, first + 1, first + 2, first + 3]
+    assert forwardedBodies(results[3:]) == ["hello"]
+
+
 def test_receivedAndSentAreArchivedWithIds(makeServer):
     """
     A message is archived for its sender and its recipient: the recipient
@@ -246,8 +267,7 @@ def test_writesBatchedAndQueriesWaitForThem(makeServer, monkeypatch):
 
     def finishWrite(number: int) -> None:
         d, *args = writes[number]
-        result(append(*args))
-        d.callback(None)
+        d.callback(result(append(*args)))
 
     for number in range(3):
         bob.send(message("alice@localhost", f"m{number}"))

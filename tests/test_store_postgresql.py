@@ -344,11 +344,12 @@ def test_archiveBatchInOneStatement(dsn, monkeypatch):
         monkeypatch.setattr(psycopg.Cursor, "executemany", countedMany)
         entries = [(name, ArchivedMessage(n, "dave@example.org", f"<m{n}/>"), False)
                    for n in range(1, 41) for name in ("alice", "bob", "carol", "ghost")]
-        assert (yield store.appendArchive(HOST, entries, 1000)) == 120
+        assert (yield store.appendArchive(HOST, entries, 1000)) == (120, [])
         assert statements == [True]
         del statements[:]
         assert (yield store.appendArchive(HOST, entries[:8] + [
-            ("alice", ArchivedMessage(50, "dave@example.org", "<m/>"), False)], 40)) == 1
+            ("alice", ArchivedMessage(50, "dave@example.org", "<m/>"), False)], 40)) == (
+                1, [entry for entry in entries[:8] if entry[0] != "ghost"])  # their ids taken
         assert statements == [True, False, False]  # alice's oldest deleted, her size set
         page = yield store.queryArchive(HOST, "alice", ArchiveQuery(limit=2))
         assert ([m.id for m in page.messages], page.count) == ([2, 3], 40)

@@ -20,7 +20,8 @@ the recipient. A C{<stanza-id/>} that claims to be by the user, from
 anywhere else, is removed first. Ids are microseconds since the epoch,
 increasing on each host, written opaquely (11 characters); an id is also
 the message's archived time, so time ranges, pages and the retention sweep
-are ranges of one index.
+are ranges of one index. A message whose id the archive already holds is
+archived under a new one.
 
 Writes are batched without delay: while one batch is on its way to the
 store, the next gathers, and a query waits for the writes queued before it.
@@ -31,6 +32,7 @@ the live message carries no stanza id. See C{docs/archive.md}.
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from datetime import datetime
 
 from twisted.internet import defer, task
@@ -147,10 +149,13 @@ class ArchiveWriter:
     """
     Writes archived messages in batches without waiting: the first goes at
     once; those that come while it is being written go together once it is.
+    A message whose id the archive already held gets a new one from C{ids}
+    and goes with the next batch: it is never dropped.
     """
 
-    def __init__(self, host) -> None:
+    def __init__(self, host, ids: ArchiveIds) -> None:
         self.host = host
+        self.ids = ids
         self.pending: list[tuple[str, ArchivedMessage, bool]] = []
         self.waiting: list[defer.Deferred] = []  # queries waiting for the pending batch
         self.busy = False
@@ -177,16 +182,31 @@ class ArchiveWriter:
         self.busy = True
         host = self.host
         d = host.store.appendArchive(host.name, batch, host.options.archive_max_items)
-        d.addErrback(self._failed, len(batch))
+        d.addCallbacks(self._taken, self._failed, errbackArgs=(len(batch),))
         d.addCallback(self._done, waiting)
 
-    def _failed(self, failure, count: int) -> None:
+    def _taken(self, appended: tuple[int, list]) -> bool:
+        """Give the messages whose ids were taken new ids, for the next batch; whether any were."""
+        _, taken = appended
+        for username, message, rosterOnly in taken:
+            number = self.ids.next(self.host.now())
+            log.warn("Archive id {old} of {user}@{host} was taken (by another node?):"
+                     " archived as {new}", old=encodeId(message.id), user=username,
+                     host=self.host.name, new=encodeId(number))
+            self.pending.append((username, replace(message, id=number), rosterOnly))
+        return bool(taken)
+
+    def _failed(self, failure, count: int) -> bool:
         if not failure.check(StoreUnavailable):  # the store logs those once per episode
             log.failure("Cannot archive {count} messages on {host}", failure, count=count,
                         host=self.host.name)
+        return False
 
-    def _done(self, _, waiting: list[defer.Deferred]) -> None:
+    def _done(self, retried: bool, waiting: list[defer.Deferred]) -> None:
         self.busy = False
+        if retried:  # the queries waiting for those messages wait for their new batch
+            self.waiting[:0] = waiting
+            waiting = []
         if self.pending:
             self._write()
         for d in waiting:
@@ -218,7 +238,7 @@ class MAMModule(HostModule):
     def connectionInitialized(self) -> None:
         HostModule.connectionInitialized(self)
         host = self.parent
-        self.writer = ArchiveWriter(host)
+        self.writer = ArchiveWriter(host, self.ids)
         d = host.store.lastArchiveId(host.name)
         d.addCallback(lambda last: setattr(self.ids, "last", max(self.ids.last, last)))
         d.addCallback(lambda _: host.store.getArchivePrefs(host.name))

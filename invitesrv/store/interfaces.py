@@ -356,7 +356,11 @@ class IArchives(Interface):
         triples, in one transaction; an entry for an account that does not
         exist, or with C{rosterOnly} whose peer is not on the account's
         roster, is skipped. An archive over C{maxItems} loses its oldest
-        messages. Fire with how many were archived.
+        messages. Fire with how many were archived, and the list of the
+        entries not archived because the account's archive already holds
+        their ids: the caller archives them again under new ids (two nodes
+        of a cluster must never give one id twice, but a message would
+        rather change its id than be lost).
         """
 
     def queryArchive(host: str, username: str, query: ArchiveQuery):

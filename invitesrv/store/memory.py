@@ -416,8 +416,12 @@ class MemoryStore(RosterObservers):
     def appendArchive(self, host, entries, maxItems):
         def append(t):
             added: dict[str, int] = {}
+            taken = []
             for username, message, rosterOnly in entries:
-                if (host, username) not in t.accounts or (host, username, message.id) in t.archive:
+                if (host, username, message.id) in t.archive:
+                    taken.append((username, message, rosterOnly))
+                    continue
+                if (host, username) not in t.accounts:
                     continue
                 item = t.roster.get((host, username, message.peer), (None,))[0]
                 if rosterOnly and item is None:
@@ -427,7 +431,7 @@ class MemoryStore(RosterObservers):
             for username in added:
                 for old in self._archive(t, host, username)[:-maxItems or None]:
                     del t.archive[host, username, old.id]
-            return sum(added.values())
+            return sum(added.values()), taken
         return self._run(append)
 
     def queryArchive(self, host, username, query: ArchiveQuery):

@@ -275,7 +275,9 @@ class PostgreSQLStore(SQLStore):
         archives thousands of messages a second: a statement per message and
         per user fell seconds behind, bench/cluster.py); an archive it takes
         over its limit is trimmed in a second transaction, before the call's
-        result.
+        result. The entries whose ids were taken are those that qualified
+        but were not inserted: what PostgreSQL returns, not a read of the
+        archive, which would miss another node's insert not yet committed.
         """
         columns = [list(column) for column in zip(
             *((username, m.id, m.peer, m.resource, m.stanza, rosterOnly)
@@ -286,19 +288,23 @@ class PostgreSQLStore(SQLStore):
                 "WITH e AS (SELECT * FROM unnest(?::text[], ?::bigint[], ?::text[], ?::text[],"
                 " ?::text[], ?::boolean[]) WITH ORDINALITY"
                 " AS e(username, id, peer, resource, stanza, roster_only, n)),"
-                " stored AS (INSERT INTO archive (host, username, id, peer, resource, stanza)"
-                " SELECT ?, e.username, e.id, e.peer, e.resource, e.stanza FROM e"
+                " q AS (SELECT * FROM e"
                 " WHERE EXISTS (SELECT 1 FROM accounts a WHERE a.host = ? AND a.username = e.username)"
                 " AND (NOT e.roster_only OR EXISTS (SELECT 1 FROM roster_items r WHERE r.host = ?"
-                " AND r.username = e.username AND r.contact = e.peer AND r.subscription != 'remove'))"
-                " ORDER BY e.n ON CONFLICT DO NOTHING RETURNING username),"
+                " AND r.username = e.username AND r.contact = e.peer AND r.subscription != 'remove'))),"
+                " stored AS (INSERT INTO archive (host, username, id, peer, resource, stanza)"
+                " SELECT ?, q.username, q.id, q.peer, q.resource, q.stanza FROM q"
+                " ORDER BY q.n ON CONFLICT DO NOTHING RETURNING username, id),"
                 " added AS (SELECT username, COUNT(*) AS items FROM stored GROUP BY username),"
                 # In the order of the usernames, as every node locks the sizes.
                 " sizes AS (INSERT INTO archive_sizes (host, username, items)"
                 " SELECT ?, username, items FROM added ORDER BY username"
                 " ON CONFLICT (host, username) DO UPDATE SET items = archive_sizes.items + excluded.items"
                 " RETURNING username, items)"
-                " SELECT added.items, sizes.username, sizes.items FROM added JOIN sizes USING (username)",
+                " SELECT added.items, sizes.username, sizes.items, NULL::bigint"
+                " FROM added JOIN sizes USING (username)"
+                " UNION ALL SELECT NULL, NULL, NULL, q.n FROM q WHERE NOT EXISTS"
+                " (SELECT 1 FROM stored s WHERE s.username = q.username AND s.id = q.id)",
                 (*columns, host, host, host, host))
 
         def trim(conn, over):
@@ -306,9 +312,11 @@ class PostgreSQLStore(SQLStore):
                 self._trimArchive(conn, host, username, items, maxItems)
 
         def appended(rows):
-            added = sum(count for count, _, _ in rows)
-            over = [(username, items) for _, username, items in rows if items > maxItems]
+            sizes = [row[:3] for row in rows if row[3] is None]
+            taken = [entries[row[3] - 1] for row in rows if row[3] is not None]
+            added = sum(count for count, _, _ in sizes)
+            over = [(username, items) for _, username, items in sizes if items > maxItems]
             if not over:
-                return added
-            return self._run(trim, over).addCallback(lambda _: added)
+                return added, taken
+            return self._run(trim, over).addCallback(lambda _: (added, taken))
         return self._run(append).addCallback(appended)

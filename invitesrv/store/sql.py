@@ -458,6 +458,7 @@ class SQLStore(GroupsSQL, RosterObservers):
     def appendArchive(self, host, entries, maxItems):
         def append(conn):
             added: dict[str, int] = {}
+            taken = []
             for username, m, rosterOnly in entries:
                 stored = conn.execute(
                     "INSERT INTO archive (host, username, id, peer, resource, stanza)"
@@ -470,6 +471,9 @@ class SQLStore(GroupsSQL, RosterObservers):
                      rosterOnly, host, username, m.peer)).rowcount
                 if stored:
                     added[username] = added.get(username, 0) + 1
+                elif conn.execute("SELECT 1 FROM archive WHERE host = ? AND username = ? AND id = ?",
+                                  (host, username, m.id)).fetchone():
+                    taken.append((username, m, rosterOnly))
             for username, count in added.items():
                 items = conn.execute(
                     "INSERT INTO archive_sizes (host, username, items) VALUES (?, ?, ?)"
@@ -477,7 +481,7 @@ class SQLStore(GroupsSQL, RosterObservers):
                     " RETURNING items",
                     (host, username, count)).fetchone()[0]
                 self._trimArchive(conn, host, username, items, maxItems)
-            return sum(added.values())
+            return sum(added.values()), taken
         return self._run(append)
 
     @staticmethod
