@@ -22,6 +22,7 @@ from invitesrv.cluster.node import ClusterNode
 from invitesrv.cluster.redis import RedisError, RedisProtocol, RedisUnavailable, parseURL
 from invitesrv.config import ClusterOptions, ConfigError, parseConfig
 from invitesrv.modules.carbons import ENABLED
+from invitesrv.modules.mam import ARCHIVE_SLOTS
 from invitesrv.services.slots import Slot
 from invitesrv.xmpp.router import parseJID
 
@@ -218,7 +219,7 @@ class FakeRedis:
 
     def __init__(self):
         self.sent: list[tuple] = []
-        self.answers: dict = {}
+        self.answers: dict = {"EVAL": 0}  # the script that claims an archive slot: slot 0
         self.db = 0
         self.url = "redis://fake/0"
 
@@ -462,6 +463,27 @@ def test_archivePrefsTold(servers):
         assert mam.policy("carol", "bob@localhost") is False
     finally:
         cluster.detach()
+
+
+def test_archiveSlotHeld(servers):
+    """
+    At each heartbeat the node holds its archive slot in Redis, asking for
+    the one it had, and the host's archive gives its ids in it; with every
+    slot held by other nodes, the archive gives them as a single node does.
+    """
+    clock = task.Clock()
+    server = servers(clock=clock, modules=("roster", "presence", "mam"))
+    cluster = ClusterNode(server, ClusterOptions(enabled=True, node="n1", ttl=6), clock)
+    cluster.commands = FakeRedis()
+    cluster.ready = True
+    ids = server.hosts["localhost"].modules["mam"].ids
+    for answer, slot in ((7, 7), (7, 7), (-1, None), (2, 2)):
+        cluster.commands.answers["EVAL"] = answer
+        cluster.beat()
+        assert ids.slot == slot
+    claims = [args[2:] for args in cluster.commands.sent if args[0] == "EVAL"]
+    assert claims == [(1, "invitesrv:archive-slot:", "n1", 6, ARCHIVE_SLOTS, had)
+                      for had in (-1, 7, 7, -1)]
 
 
 def test_checkPeersBounded(node):

@@ -9,12 +9,14 @@ before they start, as docs/cluster.md tells an admin to.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -27,6 +29,8 @@ from slixmpp.exceptions import IqError
 from test_smacks_e2e import bodies as allBodies
 from test_smacks_e2e import chat, settled
 
+from invitesrv.cluster.node import CLAIM_SLOT
+
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgresql]')")
 
 HOST = "localhost"
@@ -37,7 +41,7 @@ class Cluster:
     """Nodes n1, n2, ... of one cluster: one Redis, one PostgreSQL database, one server secret."""
 
     def __init__(self, root, redis: RedisServer, dsn: str, count: int = 2, db: int = 0,
-                 extra: str = "", ttl: int = 3):
+                 extra: str = "", ttl: int = 3, env: dict[str, str] | None = None):
         self.dsn = dsn
         self.nodes: list[RunningServer] = []
         for index in range(1, count + 1):
@@ -46,7 +50,7 @@ class Cluster:
             self.nodes.append(RunningServer(directory, (
                 f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
                 f'[cluster]\nenabled = true\nredis = "{redis.url}{db}"\nnode = "n{index}"\n'
-                f'ttl = {ttl}\n' + extra)))
+                f'ttl = {ttl}\n' + extra), env=env))
         self.nodes[0].start()  # upgrades the database and makes the secret the others need
         secret = self.nodes[0].dataDir / "server.secret"
         for node in self.nodes[1:]:
@@ -660,6 +664,68 @@ def test_killedNodeLosesNoMessage(tmp_path, redis, postgresqlDSN):
         n2.start()
         with RawClient(n1.port) as client:
             assert "type='result'" in preauth(client, token)
+    finally:
+        nodes.stop()
+
+
+def test_archiveSlotsClaimed(redis):
+    """
+    The script nodes claim their archive slots with, on the real Redis (four
+    slots here): each node gets one of its own, a node finds its own again
+    (restarted), keeps the one it had when Redis forgot it and nobody took
+    it, and gets none (-1) when every slot is held.
+    """
+    prefix = "test:archive-slot:"
+
+    def claim(node: str, had: int = -1) -> int:
+        return int(redis.command("EVAL", CLAIM_SLOT, "1", prefix, node, "15", "4", str(had))[1:])
+
+    assert [claim(node) for node in ("n1", "n2", "n3")] == [0, 1, 2]
+    assert claim("n2") == 1
+    assert int(redis.command("TTL", f"{prefix}1")[1:]) > 0
+    redis.command("DEL", f"{prefix}0", f"{prefix}2")  # Redis restarted, say: n1 and n3 forgotten
+    assert claim("n3", 2) == 2
+    assert claim("n4") == 0
+    assert claim("n1", 0) == 3  # n4 took slot 0 first
+    assert claim("n5") == -1
+
+
+def test_archiveIdsOfTwoNodesNeverMeet(tmp_path, redis, postgresqlDSN):
+    """
+    Alice on node 1 and Bob on node 2 write to Carol at once, on nodes
+    whose clocks read the same microsecond (tests/steppedclock): each node
+    archives every message for Carol, and none is lost from her archive
+    for an id the other node gave one of its own (each node ends its ids
+    with its slot); the stanza ids she gets are all different.
+    """
+    paths = [str(Path(__file__).parent / "steppedclock"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    nodes = Cluster(tmp_path, redis, postgresqlDSN, db=4, env=env)
+    try:
+        n1, n2 = nodes.nodes
+        for user in ("alice", "bob", "carol"):
+            n1.adduser(f"{user}@{HOST}", PASSWORD)
+        alice, bob = RawClient(n1.port), RawClient(n2.port)
+        alice.login("alice", PASSWORD, "desk")
+        bob.login("bob", PASSWORD, "desk")
+        sent = {client: [f"m{first + index}" for index in range(40)]
+                for client, first in ((alice, 0), (bob, 100))}
+        for client, texts in sent.items():  # each burst in one write, the two at once
+            client.send("".join(f"<message to='carol@{HOST}' type='chat'><body>{text}</body>"
+                                "</message>" for text in texts))
+        everything = set(sent[alice] + sent[bob])
+        _, archived = stored(postgresqlDSN, "carol", lambda _, archived: everything <= set(archived))
+        assert not everything - set(archived), f"lost: {sorted(everything - set(archived))}"
+        assert len(archived) == len(everything)
+        assert "was taken" not in n1.log() + n2.log()  # no id met another: none archived again
+        with RawClient(n2.port) as carol:
+            carol.login("carol", PASSWORD, "phone")
+            carol.send("<presence/>")
+            text = "".join(carol.recvUntil("</message>") for _ in range(80))
+        ids = re.findall(r"<stanza-id [^>]*id='([^']+)'", text)
+        assert len(ids) == len(set(ids)) == 80
+        alice.close()
+        bob.close()
     finally:
         nodes.stop()
 

@@ -14,7 +14,7 @@ from twisted.internet import defer, task
 from twisted.words.xish import domish
 
 from invitesrv.config import HostOptions
-from invitesrv.modules.mam import ArchiveIds, decodeId, encodeId, shouldArchive
+from invitesrv.modules.mam import ARCHIVE_SLOTS, ArchiveIds, decodeId, encodeId, shouldArchive
 from invitesrv.modules.offline import parseStanza
 from invitesrv.store.interfaces import ArchivedMessage, ArchiveQuery
 
@@ -135,6 +135,44 @@ def test_idsIncreaseAndAreOpaque():
     assert ids.next(START + 1) == first + 1_000_000
     text = encodeId(first)
     assert len(text) == 11 and str(first) not in text and decodeId(text) == first
+
+
+def test_idsOfTwoSlotsNeverMeet(clock):
+    """
+    Two nodes of a cluster, each with its slot, reading the same microsecond
+    on their clocks give different ids; each node's ids increase, end with
+    its slot and read back as their time (at most ARCHIVE_SLOTS microseconds
+    late), and keep increasing when its clock goes back.
+    """
+    one, other = ArchiveIds(), ArchiveIds()
+    one.slot, other.slot = 5, 6
+    given, times = {one: [], other: []}, []
+    for _ in range(100):
+        times.append(int(clock.seconds() * 1_000_000))
+        for _ in range(3):  # a burst within one microsecond
+            for ids, numbers in given.items():
+                numbers.append(ids.next(clock.seconds()))
+        clock.advance(0.000_2)
+    given[one].append(one.next(clock.seconds() - 60))
+    assert not set(given[one]) & set(given[other])
+    for ids, numbers in given.items():
+        assert numbers == sorted(set(numbers))
+        assert {number % ARCHIVE_SLOTS for number in numbers} == {ids.slot}
+        firsts = zip(numbers[:300:3], times, strict=True)  # the first id of each burst
+        assert all(0 <= number - time < ARCHIVE_SLOTS for number, time in firsts)
+
+
+def test_slotTakenAfterOtherIds():
+    """
+    A node that takes a slot after ids of the store (another node's, or its
+    own from before it had one) goes on above them, in its slot.
+    """
+    ids = ArchiveIds()
+    ids.last = 1_700_000_000_000_107
+    ids.slot = 3
+    assert ids.next(START) == 1_700_000_000_000_131  # 131 = 2 * 64 + 3
+    ids.slot = None
+    assert ids.next(START) == 1_700_000_000_000_132
 
 
 def test_takenIdArchivedAgain(makeServer):

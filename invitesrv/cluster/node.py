@@ -6,9 +6,11 @@ Redis holds, for each node, the key C{invitesrv:node:NAME} (its incarnation)
 and the hash C{invitesrv:sessions:NAME} (full JID -> the session's state, with
 the node's C{~epoch}, C{~seq} and C{~since}), both with a TTL that the node refreshes
 every third of it: a node that dies leaves nothing behind once the TTL
-passes. Each change is also published on C{invitesrv:events:DB}, numbered, so
-that every node keeps a mirror (L{invitesrv.cluster.directory}) and reads a
-node's hash again when it missed a number.
+passes. So does C{invitesrv:archive-slot:N}, the slot (one of 64) that the
+node's archive ids end with, so that no two nodes give one id. Each change
+is also published on C{invitesrv:events:DB}, numbered, so that every node
+keeps a mirror (L{invitesrv.cluster.directory}) and reads a node's hash
+again when it missed a number.
 
 Stanzas for a session of another node are published on that node's channel
 C{invitesrv:to:DB:NAME} (channels, unlike keys, are not kept apart by the
@@ -46,6 +48,7 @@ from invitesrv.cluster.limits import SharedLimits
 from invitesrv.cluster.redis import RedisClient, RedisError, RedisUnavailable, parseURL
 from invitesrv.cluster.resumption import Resumption
 from invitesrv.components.base import InternalComponent
+from invitesrv.modules.mam import ARCHIVE_SLOTS
 from invitesrv.services.slots import Slot
 from invitesrv.store.interfaces import ArchivePrefs
 from invitesrv.xmpp.router import bounce, parseJID
@@ -60,6 +63,21 @@ PREFIX = "invitesrv:"
 READ_EVERY = 0.02
 # How long the admin's cluster-wide views wait for Redis to say which nodes are alive.
 PEERS_TIMEOUT = 2.0
+# Hold an archive slot for node ARGV[1] (for ARGV[2] seconds, out of the
+# ARGV[3] slots KEYS[1]0, KEYS[1]1, ...): the one it holds, else the one it
+# held (ARGV[4]) if Redis forgot it and nobody took it, else the first free;
+# -1 when every slot is held. One script, so that two nodes never take one.
+CLAIM_SLOT = """
+local held
+for slot = 0, tonumber(ARGV[3]) - 1 do
+  local holder = redis.call('GET', KEYS[1] .. slot)
+  if holder == ARGV[1] then held = slot break end
+  if not holder and (not held or slot == tonumber(ARGV[4])) then held = slot end
+end
+if not held then return -1 end
+redis.call('SET', KEYS[1] .. held, ARGV[1], 'EX', ARGV[2])
+return held
+"""
 
 
 def nodeKey(node: str) -> str:
@@ -129,6 +147,7 @@ class ClusterNode(service.Service):
         self.ready = False
         self.synced: tuple = (None, None)  # the connections the last _sync used
         self.pepUntold = False  # a PEP change made while Redis was away
+        self.archiveSlot: int | None = None  # what the last claim gave (-1: none free)
         self.resumption = Resumption(self)
         self.handlers = {b"d": self._deliver, b"c": self._close, b"r": self._route,
                          b"q": self.resumption.onRequest, b"a": self.resumption.onAnswer,
@@ -242,6 +261,7 @@ class ClusterNode(service.Service):
             reset["pep"] = True
         execute("PUBLISH", self.events, json.dumps(reset))
         yield execute("EXEC")
+        self.useSlot((yield self.claimSlot()))
         self.ready = True
         self.pepUntold = False
         if rejoined:
@@ -281,15 +301,17 @@ class ClusterNode(service.Service):
         execute = self.commands.execute
         peers = list(self.directory.nodes)
         try:
-            registered, kept, _, alive = yield defer.gatherResults([
+            registered, kept, _, alive, slot = yield defer.gatherResults([
                 execute("SET", nodeKey(self.node), self.epoch, "EX", self.ttl),
                 execute("EXPIRE", sessionsKey(self.node), self.ttl),
                 execute("EXPIRE", self.limits.connectionsKey(self.node), self.ttl),
-                execute("MGET", *map(nodeKey, peers)) if peers else defer.succeed([])],
+                execute("MGET", *map(nodeKey, peers)) if peers else defer.succeed([]),
+                self.claimSlot()],
                 consumeErrors=True)
         except defer.FirstError as e:
             log.warn("Cluster heartbeat failed: {error}", error=e.subFailure.value)
             return
+        self.useSlot(slot)
         if not kept:  # our entries expired (the process was stopped longer than the TTL)
             log.warn("Cluster node {node}: its registration had expired; writing it again",
                      node=self.node)
@@ -297,6 +319,35 @@ class ClusterNode(service.Service):
         for node, epoch in zip(peers, alive, strict=True):
             if epoch is None:
                 self.nodeGone(node, "its registration expired")
+
+    def claimSlot(self) -> defer.Deferred:
+        """
+        Hold this node's archive slot (L{invitesrv.modules.mam.ArchiveIds}),
+        at each heartbeat: a node that restarts within its TTL finds its own
+        again, one that was away past it keeps it if nobody took it. It is
+        not given back when the node stops, only left to expire: the node
+        finds it again if it comes back at once.
+        """
+        return self.commands.execute(
+            "EVAL", CLAIM_SLOT, 1, f"{PREFIX}archive-slot:", self.node, self.ttl, ARCHIVE_SLOTS,
+            -1 if self.archiveSlot is None else self.archiveSlot)
+
+    def useSlot(self, slot: int) -> None:
+        """Have every host's archive give its ids in C{slot} (-1: none, which may meet another's)."""
+        if slot == self.archiveSlot:
+            return
+        if slot < 0:
+            log.error("Cluster node {node}: all {count} archive slots are held by other nodes:"
+                      " its archive ids may be another node's, and those messages then archived"
+                      " again under new ids", node=self.node, count=ARCHIVE_SLOTS)
+        else:
+            log.info("Cluster node {node} gives archive ids in slot {slot}", node=self.node,
+                     slot=slot)
+        self.archiveSlot = slot
+        for host in self.server.hosts.values():
+            module = host.modules.get("mam")
+            if module is not None:
+                module.setSlot(slot if slot >= 0 else None)
 
     def checkPeers(self, timeout: float = PEERS_TIMEOUT) -> defer.Deferred:
         """

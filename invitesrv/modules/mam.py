@@ -20,8 +20,9 @@ the recipient. A C{<stanza-id/>} that claims to be by the user, from
 anywhere else, is removed first. Ids are microseconds since the epoch,
 increasing on each host, written opaquely (11 characters); an id is also
 the message's archived time, so time ranges, pages and the retention sweep
-are ranges of one index. A message whose id the archive already holds is
-archived under a new one.
+are ranges of one index. The nodes of a cluster each end their ids with a
+slot of their own (L{ArchiveIds}), so that they never give one id twice; a
+message whose id was taken all the same is archived under a new one.
 
 Writes are batched without delay: while one batch is on its way to the
 store, the next gathers, and a query waits for the writes queued before it.
@@ -70,6 +71,8 @@ ARCHIVED_PAYLOADS = frozenset((
 FORM_FIELDS = ("with", "start", "end", "before-id", "after-id", "ids")
 DEFAULT_PAGE = 20  # messages in a page when the query gives no <max/> (Prosody's)
 SWEEP_BATCH = 1000  # messages the retention sweep deletes per transaction
+# Nodes of a cluster that allocate archive ids of their own: the low 6 bits of an id.
+ARCHIVE_SLOTS = 64
 QUERIED = Slot("mam.queried", bool, default=False)  # the session's client read the archive
 
 
@@ -135,14 +138,24 @@ def _bareOf(address: str) -> str | None:
 
 
 class ArchiveIds:
-    """Allocates a host's archive ids: microseconds since the epoch, always increasing."""
+    """
+    Allocates a host's archive ids: microseconds since the epoch, always
+    increasing. A node of a cluster has a C{slot} of its own, which every id
+    it gives ends with (the id modulo L{ARCHIVE_SLOTS}): two nodes archiving
+    for one account in the same microsecond still give two ids, each at most
+    L{ARCHIVE_SLOTS} microseconds after its time.
+    """
 
     def __init__(self) -> None:
         self.last = 0
+        self.slot: int | None = None  # None: every microsecond is this process's
 
     def next(self, now: float) -> int:
-        self.last = max(self.last + 1, int(now * 1_000_000))
-        return self.last
+        number = max(self.last + 1, int(now * 1_000_000))
+        if self.slot is not None:
+            number += (self.slot - number) % ARCHIVE_SLOTS
+        self.last = number
+        return number
 
 
 class ArchiveWriter:
@@ -334,6 +347,13 @@ class MAMModule(HostModule):
     def onHostStopping(self, host) -> defer.Deferred:
         """Hook C{host-stopping}: the store closes once what was archived so far is written."""
         return self.writer.written()
+
+    def setSlot(self, slot: int | None) -> None:
+        """
+        Give ids in C{slot} from now on: the one this node of a cluster
+        holds (L{invitesrv.cluster.node}), or None when it holds none.
+        """
+        self.ids.slot = slot
 
     def onUserDeleted(self, host: str, username: str) -> None:
         """Hook C{user-deleted}: the store deleted the archive and preferences with the account."""
