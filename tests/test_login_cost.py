@@ -80,7 +80,7 @@ def test_fastReconnectReadsOnce(server):
     token = next(success.elements(NS_FAST, "token"))["token"]
     store = server.store
     calls = []
-    for name in ("getTokenLogin", "getDevice", "getCredentials", "recordDevice", "useToken"):
+    for name in ("getTokenLogin", "getDevice", "getCredentials", "recordDevices", "useToken"):
         method = getattr(store, name)
         setattr(store, name, lambda *args, method=method, name=name, **kwargs:
                 calls.append(name) or method(*args, **kwargs))
@@ -91,7 +91,7 @@ def test_fastReconnectReadsOnce(server):
                                            "<bind xmlns='urn:xmpp:bind:0'><tag>load</tag></bind>")
         assert success.name == "success", success.toXml()
         connection.send("</stream:stream>")
-    assert calls == ["getTokenLogin", "recordDevice"]
+    assert calls == ["getTokenLogin", "recordDevices"]
 
 
 def test_initialPresenceReadsOnce(server):

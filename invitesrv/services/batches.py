@@ -1,0 +1,67 @@
+"""
+Store writes nobody waits for, made in batches: under load many become one
+transaction (one hand-off to the store's thread); when quiet each goes at
+once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from invitesrv.store.interfaces import StoreUnavailable
+
+log = Logger()
+
+
+class BatchWriter:
+    """
+    Hands items to C{write} (a list of them -> Deferred) without waiting:
+    the first at once; those that come while a batch is being written go
+    together once it is. A batch that fails is logged with C{what} (the
+    store logs its unavailability itself, once per episode).
+    """
+
+    def __init__(self, write: Callable[[list], defer.Deferred], what: str) -> None:
+        self.write = write
+        self.what = what
+        self.pending: list = []
+        self.waiting: list[defer.Deferred] = []  # callers waiting for the pending batch
+        self.busy = False
+
+    def add(self, item) -> None:
+        self.pending.append(item)
+        if not self.busy:
+            self._write()
+
+    def written(self) -> defer.Deferred:
+        """
+        Fire once what was added so far is written, or will be before any
+        store call made now (the store runs its calls in order).
+        """
+        if not self.pending:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+    def _write(self) -> None:
+        batch, self.pending = self.pending, []
+        waiting, self.waiting = self.waiting, []
+        self.busy = True
+        d = defer.maybeDeferred(self.write, batch)
+        d.addErrback(self._failed, len(batch))
+        d.addCallback(self._done, waiting)
+
+    def _failed(self, failure, count: int) -> None:
+        if not failure.check(StoreUnavailable):
+            log.failure("Cannot {what} ({count} at once)", failure, what=self.what, count=count)
+
+    def _done(self, _, waiting: list[defer.Deferred]) -> None:
+        self.busy = False
+        if self.pending:
+            self._write()
+        for d in waiting:
+            d.callback(None)
