@@ -65,3 +65,22 @@ def test_failureLoggedAndWritingGoesOn():
     failures = [e for e in events if e.get("log_failure") is not None]
     assert [e["what"] for e in failures] == ["write things"]
     assert [batch for batch, _ in store.calls] == [[1], [2], [3]]
+
+
+def test_itemsHandedBackGoFirstInTheNextBatch():
+    """
+    What a write hands back is written again first in the next batch, and
+    who waited for it waits for that batch.
+    """
+    store = Store()
+    writer = BatchWriter(store.write, "write things")
+    writer.add(1)
+    writer.add(2)
+    waited = writer.written()
+    store.calls[0][1].callback(None)
+    writer.add(3)
+    store.calls[1][1].callback(["2 again"])
+    assert not waited.called
+    assert [batch for batch, _ in store.calls][-1] == ["2 again", 3]
+    store.calls[2][1].callback(None)
+    assert waited.called

@@ -20,8 +20,10 @@ class BatchWriter:
     """
     Hands items to C{write} (a list of them -> Deferred) without waiting:
     the first at once; those that come while a batch is being written go
-    together once it is. A batch that fails is logged with C{what} (the
-    store logs its unavailability itself, once per episode).
+    together once it is. C{write} may fire with items to write again
+    (changed: an archive id another node took), which go first in the next
+    batch. A batch that fails is logged with C{what} (the store logs its
+    unavailability itself, once per episode).
     """
 
     def __init__(self, write: Callable[[list], defer.Deferred], what: str) -> None:
@@ -52,15 +54,25 @@ class BatchWriter:
         waiting, self.waiting = self.waiting, []
         self.busy = True
         d = defer.maybeDeferred(self.write, batch)
-        d.addErrback(self._failed, len(batch))
+        d.addCallbacks(self._again, self._failed, errbackArgs=(len(batch),))
         d.addCallback(self._done, waiting)
 
-    def _failed(self, failure, count: int) -> None:
+    def _again(self, items) -> bool:
+        """Put what the write handed back first in the next batch; whether there was any."""
+        if items:
+            self.pending[:0] = items
+        return bool(items)
+
+    def _failed(self, failure, count: int) -> bool:
         if not failure.check(StoreUnavailable):
             log.failure("Cannot {what} ({count} at once)", failure, what=self.what, count=count)
+        return False
 
-    def _done(self, _, waiting: list[defer.Deferred]) -> None:
+    def _done(self, again: bool, waiting: list[defer.Deferred]) -> None:
         self.busy = False
+        if again:  # who waited for those items waits for the next batch
+            self.waiting[:0] = waiting
+            waiting = []
         if self.pending:
             self._write()
         for d in waiting:
