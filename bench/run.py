@@ -48,18 +48,19 @@ MUC_GENERATOR = HERE / "mucload.py"  # group chat workloads, on xmppload's code
 PROVISION = HERE / "provision.py"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
-SCENARIOS = ("register", "invite", "login", "plain", "login1", "connect", "fast", "fast1", "fastsm",
-             "fastsm1", "reconnect", "reconnect1", "messages", "smmessages", "smarchive", "resume",
-             "roster", "mam", "pep", "idle", "idle10k", "idlesm", "upload", "download", "bigupload",
-             "mucmsg", "mucjoin")
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "connect", "connectresumed", "fast",
+             "fast1", "fastsm", "fastsm1", "reconnect", "reconnect1", "messages", "smmessages",
+             "smarchive", "resume", "roster", "mam", "pep", "idle", "idle10k", "idlesm", "upload",
+             "download", "bigupload", "mucmsg", "mucjoin")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 # The rows of the tables: the pep scenario measures two things.
 TAGS = tuple(tag for scenario in SCENARIOS
              for tag in (("pep-publish", "pep-login") if scenario == "pep" else (scenario,)))
 IDLE_SCENARIOS = ("idle", "idle10k", "idlesm")  # each run on a freshly started server
 UPLOAD_SCENARIOS = ("upload", "download", "bigupload")  # XEP-0363, on the HTTP listener
-# SASL2 + FAST: not in Prosody 0.12
-FAST_SCENARIOS = ("fast", "fast1", "fastsm", "fastsm1", "reconnect", "reconnect1")
+# Not run on the reference servers: SASL2 + FAST (not in Prosody 0.12 or ejabberd 23.01), and
+# direct TLS (no such listener in their configs).
+OURS_ONLY = ("fast", "fast1", "fastsm", "fastsm1", "reconnect", "reconnect1", "connectresumed")
 DOMAIN = "localhost"
 POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
 LISTENING = re.compile(r"Clients listening on [\d.]+:(\d+)")
@@ -607,6 +608,16 @@ class Bench:
             self.gen("connect", run, "connect", "-n", str(s.login_n), "-c", str(s.login_c),
                      generator=FASTLOAD)
 
+    def scenario_connectresumed(self) -> None:
+        """What C{reconnect} pays before it authenticates: direct TLS, the TLS session resumed."""
+        s = self.sizes
+        if isinstance(self.server, ReferenceServer):
+            log(f"{self.server.label}: no direct TLS listener configured: skipped")
+            return
+        for run in self.runs():
+            self.gen("connectresumed", run, "connect", "-n", str(s.login_n), "-c", str(s.login_c),
+                     "--direct-port", str(self.server.directPort), generator=FASTLOAD)
+
     def scenario_fastsm(self) -> None:
         s = self.sizes
         tokens = self.fastTokens("fastsm")
@@ -789,7 +800,7 @@ def figures(r: dict) -> dict:
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
          "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s",
          "fastsm": "reconnects/s", "fastsm1": "reconnects/s", "reconnect": "reconnects/s",
-         "reconnect1": "reconnects/s", "connect": "connections/s",
+         "reconnect1": "reconnects/s", "connect": "connections/s", "connectresumed": "connections/s",
          "messages": "msgs/s",
          "roster": "gets/s", "mam": "pages/s", "pep-publish": "publishes/s",
          "pep-login": "logins/s", "smmessages": "msgs/s", "smarchive": "msgs/s",
@@ -1095,7 +1106,7 @@ def main(argv=None) -> int:
     missing = len(servers) > len(everything) or any(
         not any(r.get("tag") == sc or r.get("scenario") == sc for r in results)
         for server, results in everything for sc in args.scenarios
-        if not (isinstance(server, ReferenceServer) and sc in FAST_SCENARIOS))
+        if not (isinstance(server, ReferenceServer) and sc in OURS_ONLY))
     if failed or missing:
         print("Some runs failed or gave errors (see the note column); errors are not figures.")
         return 3
