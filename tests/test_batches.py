@@ -1,6 +1,7 @@
 """BatchWriter: store writes nobody waits for, one at a time and together under load."""
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from invitesrv.services.batches import BatchWriter
@@ -83,4 +84,25 @@ def test_itemsHandedBackGoFirstInTheNextBatch():
     assert not waited.called
     assert [batch for batch, _ in store.calls][-1] == ["2 again", 3]
     store.calls[2][1].callback(None)
+    assert waited.called
+
+
+def test_delay():
+    """
+    With a delay, a batch waits that long for more items; one asked for
+    (C{written}) goes at once.
+    """
+    store, clock = Store(), Clock()
+    writer = BatchWriter(store.write, "write things", clock, delay=1.0)
+    writer.add(1)
+    clock.advance(0.5)
+    writer.add(2)
+    assert store.calls == []
+    clock.advance(0.5)
+    assert [batch for batch, _ in store.calls] == [[1, 2]]
+    store.calls[0][1].callback(None)
+    writer.add(3)
+    waited = writer.written()
+    assert [batch for batch, _ in store.calls][-1] == [3] and not clock.getDelayedCalls()
+    store.calls[1][1].callback(None)
     assert waited.called

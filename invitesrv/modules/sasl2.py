@@ -38,6 +38,10 @@ from invitesrv.xmpp.stream import NS_SASL
 
 log = Logger()
 
+# A login's device and time wait this long (seconds) for other logins' to be
+# recorded with them: under load one transaction a second, not one a login.
+DEVICE_RECORD_DELAY = 1.0
+
 NS_SASL2 = "urn:xmpp:sasl:2"
 NODE_DEVICES = "urn:invitesrv:devices"
 MAX_AGENT_ID = 128  # a UUID is 36 characters
@@ -113,7 +117,7 @@ class SASL2Module(CommandProvider):
         host = self.host
         self.devices = BatchWriter(
             lambda batch: host.store.recordDevices(host.name, batch, self.options.max_devices),
-            f"record the devices that logged in to {host.name}")
+            f"record the devices that logged in to {host.name}", host.clock, DEVICE_RECORD_DELAY)
 
     def onHostStopping(self, host) -> defer.Deferred:
         """Hook C{host-stopping}: the store closes once the devices recorded so far are written."""

@@ -19,37 +19,51 @@ log = Logger()
 class BatchWriter:
     """
     Hands items to C{write} (a list of them -> Deferred) without waiting:
-    the first at once; those that come while a batch is being written go
+    the first at once, or C{delay} seconds on C{clock} later with those
+    that came meanwhile; those that come while a batch is being written go
     together once it is. C{write} may fire with items to write again
     (changed: an archive id another node took), which go first in the next
     batch. A batch that fails is logged with C{what} (the store logs its
     unavailability itself, once per episode).
     """
 
-    def __init__(self, write: Callable[[list], defer.Deferred], what: str) -> None:
+    def __init__(self, write: Callable[[list], defer.Deferred], what: str, clock=None,
+                 delay: float = 0.0) -> None:
         self.write = write
         self.what = what
+        self.clock = clock
+        self.delay = delay
         self.pending: list = []
         self.waiting: list[defer.Deferred] = []  # callers waiting for the pending batch
         self.busy = False
+        self._timer = None
 
     def add(self, item) -> None:
         self.pending.append(item)
-        if not self.busy:
+        if self.busy or self._timer is not None:
+            return
+        if self.delay:
+            self._timer = self.clock.callLater(self.delay, self._write)
+        else:
             self._write()
 
     def written(self) -> defer.Deferred:
         """
         Fire once what was added so far is written, or will be before any
-        store call made now (the store runs its calls in order).
+        store call made now (the store runs its calls in order): a batch
+        waiting for its delay goes now.
         """
         if not self.pending:
             return defer.succeed(None)
         d = defer.Deferred()
         self.waiting.append(d)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._write()
         return d
 
     def _write(self) -> None:
+        self._timer = None
         batch, self.pending = self.pending, []
         waiting, self.waiting = self.waiting, []
         self.busy = True
