@@ -23,6 +23,13 @@ The C{connect} workload is what any reconnect over a new connection pays
 before it authenticates: TCP, STARTTLS, the stream restarted over TLS and
 its features read, then the stream closed.
 
+With C{--direct-port}, connections use that direct-TLS listener (XEP-0368)
+and each user resumes the TLS session of its previous connection, as a
+phone's TLS stack does: before the measured phase, an untimed connection
+per user that says nothing but the stream header gets its session.
+
+    python fastload.py --port 5222 fastsm --direct-port 5223 --prefix bp -n 2000 -c 50 --token-file s.json
+
 With C{--setup} it first gets each user's token (an untimed SASL2 PLAIN
 login with C{<request-token/>}; for C{fastsm} with Bind2, resumable stream
 management and presence, then the connection cut) into C{--token-file};
@@ -36,8 +43,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextvars
 import hmac
 import json
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -70,9 +79,57 @@ NS_BIND2 = "urn:xmpp:bind:0"
 NS_FAST = "urn:xmpp:fast:0"
 MECHANISM = "HT-SHA-256-NONE"
 
+TLS_SESSION: contextvars.ContextVar[ssl.SSLSession | None] = contextvars.ContextVar(
+    "TLS_SESSION", default=None)
+
+
+class ResumingContext(ssl.SSLContext):
+    """
+    A client context whose connections resume the TLS session their task
+    set in L{TLS_SESSION}: the event loop opens TLS with no way to pass one.
+    """
+
+    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname,
+                                session or TLS_SESSION.get())
+
+
+def resumingContext() -> ResumingContext:
+    context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # self-signed test certificates
+    return context
+
 
 class FastClient(Client):
-    """A generator client that also speaks SASL2 with FAST tokens and Bind2."""
+    """
+    A generator client that also speaks SASL2 with FAST tokens and Bind2,
+    and, given C{--direct-port}, connects with direct TLS resuming the
+    session in C{tlsSession}.
+    """
+
+    context = None
+    tlsSession = None
+    resumed = False
+
+    async def connect(self):
+        if not self.o.direct_port:
+            return await super().connect()
+        if FastClient.context is None:
+            FastClient.context = resumingContext()
+        TLS_SESSION.set(self.tlsSession)
+        try:
+            transport, self.proto = await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+                xmppload.XMPPProto, self.o.host, self.o.direct_port, ssl=self.context,
+                server_hostname=self.o.domain), self.o.op_timeout)
+        except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
+            raise XMPPError(f"connect:{type(e).__name__}") from None
+        transport.get_extra_info("socket").setsockopt(6, 1, 1)  # TCP_NODELAY
+        await self._restart()
+        tls = transport.get_extra_info("ssl_object")
+        TLS_SEEN.add(f"{tls.version()} {tls.cipher()[0]}")
+        self.resumed = tls.session_reused
+        self.tlsSession = tls.session
 
     def fastOffered(self) -> bool:
         fast = self.features.find(f"{{{NS_SASL2}}}authentication/{{{NS_SASL2}}}inline/{{{NS_FAST}}}fast")
@@ -193,12 +250,32 @@ async def setup(o, users) -> dict:
     return r
 
 
-async def measure(o, users) -> dict:
-    tokens = json.loads(Path(o.token_file).read_text())
-    st = Stats()
+async def tlsSessions(o, users) -> dict:
+    """Untimed: each user's TLS session from a connection that says only the stream header."""
+    sessions = {}
 
     async def job(k):
         c = FastClient(o)
+        try:
+            await c.connect()
+            sessions[users[k]] = c.tlsSession
+        finally:
+            c.close()
+
+    await run_pool(len(users), o.c, job, now() + o.max_seconds)
+    await asyncio.sleep(0.5)  # the server's closes, before the measured phase
+    return sessions
+
+
+async def measure(o, users) -> dict:
+    tokens = json.loads(Path(o.token_file).read_text())
+    sessions = await tlsSessions(o, users) if o.direct_port else {}
+    st = Stats()
+    resumed = [0]
+
+    async def job(k):
+        c = FastClient(o)
+        c.tlsSession = sessions.get(users[k])
         t0 = now()
         try:
             if o.scenario == "fastsm":
@@ -208,6 +285,7 @@ async def measure(o, users) -> dict:
             st.lat.append(now() - t0)
             st.phases.append(c.phases)
             st.ok += 1
+            resumed[0] += c.resumed
         except XMPPError as e:
             st.fail(e)
         except Exception as e:  # noqa: BLE001 -- counted, as xmppload does
@@ -221,7 +299,7 @@ async def measure(o, users) -> dict:
     r = base_result(o, o.scenario)
     r.update({"n": o.n, "concurrency": o.c, "ok": st.ok, "errors": st.err, "error_kinds": st.errs,
               "per_s": round(st.ok / max(m.elapsed, 1e-9), 1), "mechanism": MECHANISM,
-              "tls": sorted(TLS_SEEN)})
+              "tls": sorted(TLS_SEEN), "direct_tls": bool(o.direct_port), "tls_resumed": resumed[0]})
     r.update(latency_fields(st.lat))
     r.update(st.phase_fields())
     r.update(m.fields())
@@ -229,11 +307,16 @@ async def measure(o, users) -> dict:
 
 
 async def connections(o) -> dict:
-    """The C{connect} workload: connections opened, encrypted and closed."""
+    """
+    The C{connect} workload: connections opened, encrypted and closed
+    (with C{--direct-port}: direct TLS, each resuming a session got untimed).
+    """
     st = Stats()
+    sessions = await tlsSessions(o, range(o.n)) if o.direct_port else {}
 
     async def job(k):
-        c = Client(o)
+        c = FastClient(o)
+        c.tlsSession = sessions.get(k)
         t0 = now()
         try:
             await c.connect()
@@ -249,7 +332,8 @@ async def connections(o) -> dict:
     m.stop()
     r = base_result(o, "connect")
     r.update({"n": o.n, "concurrency": o.c, "ok": st.ok, "errors": st.err, "error_kinds": st.errs,
-              "per_s": round(st.ok / max(m.elapsed, 1e-9), 1), "tls": sorted(TLS_SEEN)})
+              "per_s": round(st.ok / max(m.elapsed, 1e-9), 1), "tls": sorted(TLS_SEEN),
+              "direct_tls": bool(o.direct_port)})
     r.update(latency_fields(st.lat))
     r.update(m.fields())
     return r
@@ -275,6 +359,8 @@ def main(argv=None) -> int:
     ap.add_argument("--token-file", default="",
                     help="JSON: each user's FAST token (fastsm: and its waiting session)")
     ap.add_argument("--setup", action="store_true", help="get the tokens (untimed) into --token-file")
+    ap.add_argument("--direct-port", type=int, default=0,
+                    help="measure over this direct-TLS listener, each user resuming its TLS session")
     o = ap.parse_args(argv)
     if o.scenario != "connect" and not o.token_file:
         ap.error(f"{o.scenario} needs --token-file")

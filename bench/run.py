@@ -48,16 +48,19 @@ MUC_GENERATOR = HERE / "mucload.py"  # group chat workloads, on xmppload's code
 PROVISION = HERE / "provision.py"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
-SCENARIOS = ("register", "invite", "login", "plain", "login1", "connect", "fast", "fast1", "fastsm",
-             "fastsm1", "messages", "smmessages", "smarchive", "resume", "roster", "mam", "pep", "idle",
-             "idle10k", "idlesm", "upload", "download", "bigupload", "mucmsg", "mucjoin")
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "connect", "connectresumed", "fast",
+             "fast1", "fastsm", "fastsm1", "reconnect", "reconnect1", "messages", "smmessages",
+             "smarchive", "resume", "roster", "mam", "pep", "idle", "idle10k", "idlesm", "upload",
+             "download", "bigupload", "mucmsg", "mucjoin")
 DEFAULT_SCENARIOS = ("register", "login", "messages", "roster", "idle")
 # The rows of the tables: the pep scenario measures two things.
 TAGS = tuple(tag for scenario in SCENARIOS
              for tag in (("pep-publish", "pep-login") if scenario == "pep" else (scenario,)))
 IDLE_SCENARIOS = ("idle", "idle10k", "idlesm")  # each run on a freshly started server
 UPLOAD_SCENARIOS = ("upload", "download", "bigupload")  # XEP-0363, on the HTTP listener
-FAST_SCENARIOS = ("fast", "fast1", "fastsm", "fastsm1")  # SASL2 + FAST: not in Prosody 0.12
+# Not run on the reference servers: SASL2 + FAST (not in Prosody 0.12 or ejabberd 23.01), and
+# direct TLS (no such listener in their configs).
+OURS_ONLY = ("fast", "fast1", "fastsm", "fastsm1", "reconnect", "reconnect1", "connectresumed")
 DOMAIN = "localhost"
 POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
 LISTENING = re.compile(r"Clients listening on [\d.]+:(\d+)")
@@ -241,6 +244,7 @@ class Invitesrv:
         cert, key = certificate
         directory.mkdir(parents=True, exist_ok=True)
         self.httpPort = freePort()
+        self.directPort = freePort()
         # Open registration for the register scenario; the generator's
         # passwords (pw-<user>) are short, hence the low minimum length.
         # Uploads (XEP-0363) on the HTTP listener, without quotas. No
@@ -249,6 +253,7 @@ class Invitesrv:
             f'[server]\ndata_dir = "{directory / "data"}"\n'
             f'public_url = "http://127.0.0.1:{self.httpPort}"\n'
             '[listen]\nc2s = ["tcp:0:interface=127.0.0.1"]\n'
+            f'c2s_direct_tls = ["tcp:{self.directPort}:interface=127.0.0.1"]\n'
             f'http = ["tcp:{self.httpPort}:interface=127.0.0.1"]\n'
             f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
             '[host_defaults]\nallow_registration = true\nregistration_invite_only = false\n'
@@ -603,6 +608,16 @@ class Bench:
             self.gen("connect", run, "connect", "-n", str(s.login_n), "-c", str(s.login_c),
                      generator=FASTLOAD)
 
+    def scenario_connectresumed(self) -> None:
+        """What C{reconnect} pays before it authenticates: direct TLS, the TLS session resumed."""
+        s = self.sizes
+        if isinstance(self.server, ReferenceServer):
+            log(f"{self.server.label}: no direct TLS listener configured: skipped")
+            return
+        for run in self.runs():
+            self.gen("connectresumed", run, "connect", "-n", str(s.login_n), "-c", str(s.login_c),
+                     "--direct-port", str(self.server.directPort), generator=FASTLOAD)
+
     def scenario_fastsm(self) -> None:
         s = self.sizes
         tokens = self.fastTokens("fastsm")
@@ -616,6 +631,23 @@ class Bench:
         for run in self.runs() if tokens else ():
             self.gen("fastsm1", run, "fastsm", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL,
                      "--token-file", str(tokens), generator=FASTLOAD)
+
+    def scenario_reconnect(self) -> None:
+        """C{fastsm} as a phone does it: direct TLS, resuming its TLS session too."""
+        s = self.sizes
+        tokens = self.fastTokens("fastsm")
+        for run in self.runs() if tokens else ():
+            self.gen("reconnect", run, "fastsm", "-n", str(s.login_n), "-c", str(s.login_c),
+                     "--prefix", POOL, "--token-file", str(tokens), "--direct-port",
+                     str(self.server.directPort), generator=FASTLOAD)
+
+    def scenario_reconnect1(self) -> None:
+        s = self.sizes
+        tokens = self.fastTokens("fastsm")
+        for run in self.runs() if tokens else ():
+            self.gen("reconnect1", run, "fastsm", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL,
+                     "--token-file", str(tokens), "--direct-port", str(self.server.directPort),
+                     generator=FASTLOAD)
 
     def scenario_messages(self) -> None:
         s = self.sizes
@@ -767,7 +799,8 @@ def figures(r: dict) -> dict:
 
 UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", "plain": "logins/s",
          "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s",
-         "fastsm": "reconnects/s", "fastsm1": "reconnects/s", "connect": "connections/s",
+         "fastsm": "reconnects/s", "fastsm1": "reconnects/s", "reconnect": "reconnects/s",
+         "reconnect1": "reconnects/s", "connect": "connections/s", "connectresumed": "connections/s",
          "messages": "msgs/s",
          "roster": "gets/s", "mam": "pages/s", "pep-publish": "publishes/s",
          "pep-login": "logins/s", "smmessages": "msgs/s", "smarchive": "msgs/s",
@@ -1073,7 +1106,7 @@ def main(argv=None) -> int:
     missing = len(servers) > len(everything) or any(
         not any(r.get("tag") == sc or r.get("scenario") == sc for r in results)
         for server, results in everything for sc in args.scenarios
-        if not (isinstance(server, ReferenceServer) and sc in FAST_SCENARIOS))
+        if not (isinstance(server, ReferenceServer) and sc in OURS_ONLY))
     if failed or missing:
         print("Some runs failed or gave errors (see the note column); errors are not figures.")
         return 3

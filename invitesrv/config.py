@@ -322,6 +322,7 @@ class Config:
     tls_certificates: Path | None = None
     tls_ciphers: str = TLS_CIPHERS
     tls_groups: str = TLS_GROUPS
+    tls_resumption: Duration = Duration(12 * 3600)
     require_encryption: bool = True
     scram_iterations: int = 4096
     modules: tuple[str, ...] = DEFAULT_MODULES
@@ -361,7 +362,8 @@ _SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules",
                 "trusted_proxies", "app_catalogue", "hide_apps", "hsts_max_age"}
 _LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https", "metrics", "component"}
 _TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key", "ciphers": "tls_ciphers",
-             "groups": "tls_groups", "certificates": "tls_certificates"}
+             "groups": "tls_groups", "certificates": "tls_certificates",
+             "resumption": "tls_resumption"}
 
 
 def _convert(value: object, annotation: object, key: str) -> object:

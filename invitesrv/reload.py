@@ -27,7 +27,7 @@ log = Logger()
 RESTART_LIMITS = {"store_busy_timeout", "metrics_interval"}
 RESTART_HOST_OPTIONS = {"registration_allowlist", "registration_blocklist"}
 LIVE = {"limits", "hosts", "tls_certificate", "tls_key", "tls_certificates", "tls_ciphers",
-        "tls_groups", "require_encryption", "scram_iterations", "module_options",
+        "tls_groups", "tls_resumption", "require_encryption", "scram_iterations", "module_options",
         "host_module_options"}
 
 

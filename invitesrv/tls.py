@@ -5,12 +5,21 @@ TLS, server-to-server in both directions, HTTPS): TLS 1.2 or newer, and by
 default Mozilla's "intermediate" configuration restricted to forward-secret
 AEAD suites: ECDHE with AES-GCM or ChaCha20-Poly1305 for TLS 1.2 (no CBC, no
 CCM) and the groups X25519, P-256 and P-384 (C{[tls] ciphers} and C{groups}).
+
+Clients may resume their TLS session (C{[tls] resumption}): a phone back on
+the network skips the certificate and its signature, the costliest part of
+a handshake. OpenSSL's stateless tickets are used, encrypted with a random
+key held in memory only, replaced with the context when the lifetime is
+over and at each reload; in TLS 1.3 a resumption still makes a new ECDHE
+key, so it stays forward secret. Server-to-server streams never resume:
+their certificates are checked at every handshake.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -99,27 +108,47 @@ class ServerContextFactory(ssl.CertificateOptions):
         (a host, a subdomain, C{*.host}), chosen by the name a client asks
         for (SNI); these options are the default, for clients that ask for
         none or for another name.
+    @ivar resumption: seconds a session ticket is good for; 0: no tickets.
+    @ivar seconds: the clock the ticket key's lifetime is counted on.
     """
+
+    seconds = staticmethod(time.monotonic)
 
     def __init__(self, privateKey, certificate, extraCertChain=None, ciphers: str = TLS_CIPHERS,
                  groups: str = TLS_GROUPS, selectALPN=_selectClientALPN,
-                 byName: dict[str, ServerContextFactory] | None = None, **options):
+                 byName: dict[str, ServerContextFactory] | None = None, resumption: float = 0,
+                 **options):
         try:
             acceptable = ssl.AcceptableCiphers.fromOpenSSLCipherString(ciphers)
             ssl.CertificateOptions.__init__(
                 self, privateKey=privateKey, certificate=certificate,
                 extraCertChain=extraCertChain, raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-                acceptableCiphers=acceptable, **options)
+                acceptableCiphers=acceptable, enableSessionTickets=bool(resumption), **options)
         except ValueError as e:
             raise ValueError(f"tls.ciphers: {ciphers!r}: {e}") from None
         self.ciphers = ciphers
         self.groups = groups
         self.selectALPN = selectALPN
         self.byName = byName or {}
+        self.resumption = resumption
+        self._ticketKeyExpires = 0.0
         self._extra = options
+
+    def getContext(self) -> SSL.Context:
+        """
+        The context, made once; with resumption, made again when its ticket
+        key has lived C{resumption} seconds, so that no ticket outlives it.
+        Connections already made keep the context they have.
+        """
+        if self.resumption and self._context is not None and self.seconds() >= self._ticketKeyExpires:
+            self._context = None
+        return ssl.CertificateOptions.getContext(self)
 
     def _makeContext(self):
         context = ssl.CertificateOptions._makeContext(self)
+        if self.resumption:
+            context.set_timeout(max(1, int(self.resumption)))
+            self._ticketKeyExpires = self.seconds() + self.resumption
         context.set_tls13_ciphersuites(TLS13_CIPHERSUITES)
         setGroups(context, self.groups)
         context.set_mode(SSL.MODE_RELEASE_BUFFERS)
@@ -153,7 +182,7 @@ class ServerContextFactory(ssl.CertificateOptions):
         derived = {id(options): options.derive(**perName) for options in _unique(self.byName)}
         arguments = dict(privateKey=self.privateKey, certificate=self.certificate,
                          extraCertChain=self.extraCertChain or None, ciphers=self.ciphers,
-                         groups=self.groups, selectALPN=self.selectALPN,
+                         groups=self.groups, selectALPN=self.selectALPN, resumption=self.resumption,
                          byName={name: derived[id(options)] for name, options in self.byName.items()},
                          **self._extra)
         arguments.update(changes)
@@ -254,7 +283,8 @@ def _loadPEM(certPath: Path, keyPath: Path) -> tuple[crypto.X509, crypto.PKey, l
 
 
 def loadContextFactory(certPath: Path, keyPath: Path, hosts: list[str], generate: bool,
-                       ciphers: str = TLS_CIPHERS, groups: str = TLS_GROUPS):
+                       ciphers: str = TLS_CIPHERS, groups: str = TLS_GROUPS,
+                       resumption: float = 0):
     """
     Load the certificate and key; if C{generate} and they do not exist yet,
     create a self-signed pair first and say so in the log. A C{ciphers} or
@@ -269,7 +299,8 @@ def loadContextFactory(certPath: Path, keyPath: Path, hosts: list[str], generate
                  hosts=", ".join(hosts), path=str(certPath))
     certificate, key, chain = _loadPEM(certPath, keyPath)
     options = ServerContextFactory(privateKey=key, certificate=certificate,
-                                   extraCertChain=chain or None, ciphers=ciphers, groups=groups)
+                                   extraCertChain=chain or None, ciphers=ciphers, groups=groups,
+                                   resumption=resumption)
     try:
         options.getContext()
     except SSL.Error as e:
@@ -297,12 +328,13 @@ def loadServerTLS(config, hosts: list[str], previous: ServerContextFactory | Non
     for name, (certPath, keyPath) in hostCertificates(config.certificatesDir, hosts).items():
         try:
             options = loadContextFactory(certPath, keyPath, hosts, False, config.tls_ciphers,
-                                         config.tls_groups)
+                                         config.tls_groups, config.tls_resumption)
         except ValueError as e:
             kept = previous.byName.get(name) if previous is not None else None
             if kept is None or problems is None:
                 raise
-            options = kept.derive(ciphers=config.tls_ciphers, groups=config.tls_groups)
+            options = kept.derive(ciphers=config.tls_ciphers, groups=config.tls_groups,
+                                  resumption=config.tls_resumption)
             problems.append(f"tls: certificate of {name} does not load, keeping the one in use: {e}")
         first = first or options
         byName[name] = options
@@ -312,7 +344,7 @@ def loadServerTLS(config, hosts: list[str], previous: ServerContextFactory | Non
     if config.tls_certificate is not None or first is None:
         default = loadContextFactory(config.certificatePath, config.keyPath, hosts,
                                      config.tls_certificate is None, config.tls_ciphers,
-                                     config.tls_groups)
+                                     config.tls_groups, config.tls_resumption)
     else:
         default = first
     return default.derive(byName=byName) if byName else default

@@ -386,13 +386,13 @@ class StoreBehaviour:
     def test_devices(self, store):
         """Devices are kept per account, most recent first, at most C{keep}, and go with it."""
         yield store.createAccount(account("alice"))
-        yield store.recordDevice(HOST, "alice", Device("phone", "Conv", "Pixel", NOW), keep=2)
-        yield store.recordDevice(HOST, "alice", Device("laptop", "Dino", "", NOW + 1), keep=2)
+        yield store.recordDevices(HOST, [("alice", Device("phone", "Conv", "Pixel", NOW))], keep=2)
+        yield store.recordDevices(HOST, [("alice", Device("laptop", "Dino", "", NOW + 1))], keep=2)
         assert [d.id for d in (yield store.getDevices(HOST, "alice"))] == ["laptop", "phone"]
-        yield store.recordDevice(HOST, "alice", Device("phone", "Conv 2", "Pixel", NOW + 2), keep=2)
+        yield store.recordDevices(HOST, [("alice", Device("phone", "Conv 2", "Pixel", NOW + 2))], keep=2)
         assert (yield store.getDevice(HOST, "alice", "phone")) == Device("phone", "Conv 2", "Pixel",
                                                                          NOW + 2)
-        yield store.recordDevice(HOST, "alice", Device("tablet", "", "", NOW + 3), keep=2)
+        yield store.recordDevices(HOST, [("alice", Device("tablet", "", "", NOW + 3))], keep=2)
         assert [d.id for d in (yield store.getDevices(HOST, "alice"))] == ["tablet", "phone"]
         assert (yield store.forgetDevice(HOST, "alice", "phone"))
         assert not (yield store.forgetDevice(HOST, "alice", "phone"))
@@ -400,6 +400,23 @@ class StoreBehaviour:
         yield store.deleteAccount(HOST, "alice")
         yield store.createAccount(account("alice"))
         assert (yield store.getDevices(HOST, "alice")) == []
+
+    @pytest_twisted.inlineCallbacks
+    def test_devicesInABatch(self, store):
+        """
+        One call records several accounts' logins; an account deleted since
+        its login is skipped without losing the others'; each account keeps
+        its C{keep} most recent devices.
+        """
+        yield store.createAccount(account("alice"))
+        yield store.createAccount(account("bob"))
+        yield store.recordDevices(HOST, [
+            ("alice", Device("phone", "Conv", "", NOW)), ("gone", Device("phone", "", "", NOW)),
+            ("bob", Device("laptop", "Dino", "", NOW)), ("alice", Device("tablet", "", "", NOW + 1)),
+            ("alice", Device("laptop", "Gajim", "", NOW + 2))], keep=2)
+        assert [d.id for d in (yield store.getDevices(HOST, "alice"))] == ["laptop", "tablet"]
+        assert (yield store.getDevices(HOST, "bob")) == [Device("laptop", "Dino", "", NOW)]
+        assert (yield store.getDevices(HOST, "gone")) == []
 
     @pytest_twisted.inlineCallbacks
     def test_fastTokens(self, store):
@@ -412,7 +429,7 @@ class StoreBehaviour:
         yield store.issueToken(HOST, "alice", "phone", first)  # a new device: added
         assert (yield store.getDevice(HOST, "alice", "phone")) == Device("phone", lastLogin=NOW,
                                                                          pending=first)
-        yield store.recordDevice(HOST, "alice", Device("phone", "Conv", lastLogin=NOW + 1), keep=5)
+        yield store.recordDevices(HOST, [("alice", Device("phone", "Conv", lastLogin=NOW + 1))], keep=5)
         assert (yield store.getDevice(HOST, "alice", "phone")).pending == first
         assert (yield store.useToken(HOST, "alice", "phone", b"salt1", 1))
         device = yield store.getDevice(HOST, "alice", "phone")

@@ -23,7 +23,7 @@ def quickRun(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results.jsonl"
     result = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--scenarios",
-         "login,fast,fastsm,idle,upload,download,bigupload", "--out", str(out)],
+         "login,fast,fastsm,reconnect,idle,upload,download,bigupload", "--out", str(out)],
         capture_output=True, text=True, timeout=120, check=False)
     lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     return result, lines
@@ -86,6 +86,15 @@ def test_fastResumeFigures(quickRun):
     [resumed] = measured(lines, "fastsm")
     assert resumed["errors"] == 0, resumed.get("error_kinds")
     assert resumed["ok"] == resumed["n"] > 0 and resumed["server_cpu_s"] is not None
+
+
+def test_phoneReconnectFigures(quickRun):
+    """The reconnect over direct TLS resumed every TLS session as well as every waiting session."""
+    _, lines = quickRun
+    [reconnect] = measured(lines, "reconnect")
+    assert reconnect["errors"] == 0, reconnect.get("error_kinds")
+    assert reconnect["ok"] == reconnect["n"] == reconnect["tls_resumed"] > 0
+    assert reconnect["direct_tls"] and reconnect["server_cpu_s"] is not None
 
 
 def test_uploadFigures(quickRun):

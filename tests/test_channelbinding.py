@@ -10,6 +10,7 @@ import re
 
 import pytest
 from OpenSSL import SSL
+from OpenSSL._util import lib
 from saslclient import SASLClient, ScramClient
 
 PASSWORD = "correct horse"
@@ -110,3 +111,24 @@ def test_noBindingStillLogsIn(server):
         scram = ScramClient("SCRAM-SHA-1", "alice", PASSWORD)
         assert "<success" in client.scramPlus(scram, "SCRAM-SHA-1")
         assert scram.attributes["d"] == scram.downgradeHash(mechanisms, bindings)
+
+
+@pytest.mark.parametrize("version, binding", [(SSL.TLS1_3_VERSION, "tls-exporter"),
+                                              (SSL.TLS1_3_VERSION, "tls-server-end-point"),
+                                              (SSL.TLS1_2_VERSION, "tls-server-end-point")])
+def test_plusLoginOnResumedSession(server, version, binding):
+    """
+    A phone that resumed its TLS session still binds its login to it: the
+    server's certificate hash is the same without a certificate sent, and
+    the exporter is the new connection's own.
+    """
+    with SASLClient(server.port) as first:
+        first.startTLS(version)  # the stream's features follow the session ticket
+        session, earlier = first.tls.get_session(), first.bindings()[binding]
+    with SASLClient(server.port) as client:
+        mechanisms, bindings = offered(client.startTLS(version, session))
+        assert lib.SSL_session_reused(client.tls._ssl) == 1  # pyOpenSSL has no public call
+        data = client.bindings()[binding]
+        assert (data != earlier) if binding == "tls-exporter" else (data == earlier)
+        scram = ScramClient("SCRAM-SHA-256-PLUS", "alice", PASSWORD, f"p={binding},,", data)
+        assert "<success" in client.scramPlus(scram, "SCRAM-SHA-256-PLUS")

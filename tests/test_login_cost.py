@@ -21,6 +21,7 @@ from twisted.internet import task
 from twisted.words.protocols.jabber import jid
 
 from invitesrv.config import DEFAULT_MODULES
+from invitesrv.modules.sasl2 import DEVICE_RECORD_DELAY
 from invitesrv.xmpp.stream import PARSER_REST
 
 NS_PING = "urn:xmpp:ping"
@@ -30,8 +31,13 @@ AGENT = "<user-agent id='phone-1'><software>unit</software></user-agent>"
 
 
 @pytest.fixture
-def server(servers):
-    server = servers(modules=DEFAULT_MODULES)
+def clock():
+    return task.Clock()
+
+
+@pytest.fixture
+def server(servers, clock):
+    server = servers(clock, modules=DEFAULT_MODULES)
     addAccounts(server, "ann")
     return server
 
@@ -69,18 +75,18 @@ def authenticate(server, mechanism: str, initial: bytes, inline: str):
     return connection, connection.next()
 
 
-def test_fastReconnectReadsOnce(server):
+def test_fastReconnectReadsOnce(server, clock):
     """
     A reconnect with a FAST token and Bind2 reads the store once before
     C{<success/>} (the device's tokens and the password key together), then
-    records the device.
+    records the device, with other logins' that came meanwhile.
     """
     _, success = authenticate(server, "PLAIN", f"\0ann\0{PASSWORD}".encode(),
                               f"<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-NONE'/>")
     token = next(success.elements(NS_FAST, "token"))["token"]
     store = server.store
     calls = []
-    for name in ("getTokenLogin", "getDevice", "getCredentials", "recordDevice", "useToken"):
+    for name in ("getTokenLogin", "getDevice", "getCredentials", "recordDevices", "useToken"):
         method = getattr(store, name)
         setattr(store, name, lambda *args, method=method, name=name, **kwargs:
                 calls.append(name) or method(*args, **kwargs))
@@ -91,7 +97,10 @@ def test_fastReconnectReadsOnce(server):
                                            "<bind xmlns='urn:xmpp:bind:0'><tag>load</tag></bind>")
         assert success.name == "success", success.toXml()
         connection.send("</stream:stream>")
-    assert calls == ["getTokenLogin", "recordDevice"]
+        recorded = calls.count("recordDevices")
+        clock.advance(DEVICE_RECORD_DELAY)
+    assert recorded == 0
+    assert calls == ["getTokenLogin", "recordDevices"]
 
 
 def test_initialPresenceReadsOnce(server):

@@ -54,7 +54,7 @@ def populate(path) -> None:
             lambda: store.storeOffline(HOST, "bob", OfflineMessage(NOW, "<message>hi</message>"), 10),
             lambda: store.createApiKey("k1", b"secret-hash", HOST, "ops", NOW),
             lambda: store.block(HOST, "alice", ["spam@example.net"]),
-            lambda: store.recordDevice(HOST, "alice", Device("dev1", "Conversations", "phone", NOW), 5),
+            lambda: store.recordDevices(HOST, [("alice", Device("dev1", "Conversations", "phone", NOW))], 5),
             lambda: store.issueToken(HOST, "alice", "dev1", FastToken("HT-SHA-256-NONE", b"salt",
                                                                       NOW, NOW + 3600)),
             lambda: store.appendArchive(HOST, [("alice", ArchivedMessage(

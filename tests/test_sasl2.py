@@ -315,6 +315,25 @@ def test_myDevicesLogsOut(serverFactory):
     assert not fastLogin(server, "ivy", laptop, token).ok
 
 
+def test_devicesRecordedBeforeShutdown(serverFactory):
+    """
+    A device recorded in a batch that had not gone yet when the server was
+    stopped is written before the store closes: it is in "My devices" after
+    the restart.
+    """
+    server = serverFactory()
+    server.adduser("jan@localhost", PASSWORD)
+    with SASLClient(server.port) as client:
+        client.startTLS()
+        assert client.scram2(scramPlus(client, "jan"), "SCRAM-SHA-256-PLUS",
+                             userAgent(str(uuid.uuid4()), "Monal", "iPhone")).ok
+    server.stop()
+    server.start()
+    with RawClient(server.port) as desk:
+        desk.login("jan", PASSWORD, "desk")
+        assert "iPhone — Monal (last login" in command(desk, "c1", "action='execute'/>")
+
+
 # -- invites -----------------------------------------------------------------------
 
 

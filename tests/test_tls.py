@@ -6,7 +6,8 @@ only. A client restricted to a CBC suite, a CCM suite, TLS 1.1, X448 or
 secp521r1 is refused; an ordinary client gets an ECDHE AEAD suite. A server
 configured with a wider C{[tls] ciphers} and C{groups = ""} lets the same
 restricted clients in, which shows both that the option works and that each
-client really offers what it is restricted to.
+client really offers what it is restricted to. Clients resume their TLS
+sessions, servers never do, and no ticket outlives its key.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import warnings
 import pytest
 from conftest import RunningServer
 from cryptography import x509
+from twisted.internet.task import Clock
 
 from invitesrv.config import ConfigError, parseConfig
-from invitesrv.tls import generateSelfSigned
+from invitesrv.tls import generateSelfSigned, loadContextFactory
 
 C2S_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
               "xmlns:stream='http://etherx.jabber.org/streams' to='a.test' version='1.0'>")
@@ -50,18 +52,21 @@ def listeners(tmp_path_factory):
                            f'https = ["tcp:{https}:interface=127.0.0.1"]\n', ("--domain", "a.test"))
     server.start()
     yield {"c2s": (server.port, C2S_HEADER), "direct": (direct, None),
-           "s2s": (server.ports["Servers"], S2S_HEADER), "https": (https, None)}
+           "s2s": (server.ports["Servers"], S2S_HEADER), "https": (https, None), "server": server}
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def permissive(tmp_path_factory):
-    """A server whose [tls] options allow CBC and CCM suites and OpenSSL's default groups."""
+    """
+    A server whose [tls] options allow CBC and CCM suites and OpenSSL's
+    default groups, and resume no session.
+    """
     direct = freePort()
     server = RunningServer(tmp_path_factory.mktemp("tls-permissive"),
                            f'c2s_direct_tls = ["tcp:{direct}:interface=127.0.0.1"]\n'
-                           '[tls]\nciphers = "ECDHE+AESGCM:ECDHE+AES:ECDHE+AESCCM"\ngroups = ""\n',
-                           ("--domain", "a.test"))
+                           '[tls]\nciphers = "ECDHE+AESGCM:ECDHE+AES:ECDHE+AESCCM"\ngroups = ""\n'
+                           'resumption = 0\n', ("--domain", "a.test"))
     server.start()
     yield direct
     server.stop()
@@ -93,8 +98,12 @@ RESTRICTED = {
 }
 
 
-def handshake(port: int, header: str | None, context: ssl.SSLContext) -> ssl.SSLSocket:
-    """Connect, do STARTTLS first when C{header} is a stream header, and the TLS handshake."""
+def handshake(port: int, header: str | None, context: ssl.SSLContext,
+              session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+    """
+    Connect, do STARTTLS first when C{header} is a stream header, and the
+    TLS handshake, resuming C{session} if given.
+    """
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
         if header is not None:
@@ -107,7 +116,7 @@ def handshake(port: int, header: str | None, context: ssl.SSLContext) -> ssl.SSL
             sock.sendall(STARTTLS)
             while b"<proceed" not in received:
                 received += sock.recv(65536)
-        return context.wrap_socket(sock, server_hostname="a.test")
+        return context.wrap_socket(sock, server_hostname="a.test", session=session)
     except BaseException:
         sock.close()
         raise
@@ -147,6 +156,83 @@ def test_aeadClientsAccepted(listeners, listener, maximum):
     with handshake(port, header, clientContext(maximum=maximum)) as accepted:
         assert accepted.cipher()[0] in AEAD, accepted.cipher()
         assert accepted.version() == ("TLSv1.3" if maximum == ssl.TLSVersion.TLSv1_3 else "TLSv1.2")
+
+
+FIRST_WORDS = {"c2s": C2S_HEADER, "direct": C2S_HEADER, "s2s": S2S_HEADER,
+               "https": "GET / HTTP/1.0\r\n\r\n"}
+
+
+def sessionOf(listeners, listener: str, context: ssl.SSLContext) -> ssl.SSLSession:
+    """
+    A new TLS session with C{listener}, once the server has answered: a
+    TLS 1.3 server sends its tickets after the handshake.
+    """
+    with handshake(*listeners[listener], context) as connection:
+        connection.sendall(FIRST_WORDS[listener].encode())
+        assert connection.recv(65536)
+        return connection.session
+
+
+def resumes(listeners, listener: str, maximum=ssl.TLSVersion.TLSv1_3,
+            earlier: tuple[ssl.SSLContext, ssl.SSLSession] | None = None) -> bool:
+    """
+    Whether a second connection resumes the first's TLS session, or the
+    C{earlier} session (with the client context it was made in).
+    """
+    context = earlier[0] if earlier else clientContext(maximum=maximum)
+    session = earlier[1] if earlier else sessionOf(listeners, listener, context)
+    with handshake(*listeners[listener], context, session) as again:
+        return again.session_reused
+
+
+@pytest.mark.parametrize("maximum", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("listener", ["c2s", "direct", "https"])
+def test_clientsResume(listeners, listener, maximum):
+    """A client back on the network resumes its TLS session, over TLS 1.2 and 1.3."""
+    assert resumes(listeners, listener, maximum)
+
+
+@pytest.mark.parametrize("maximum", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_serversNeverResume(listeners, maximum):
+    """A server-to-server stream gets no ticket: its peer's certificate is checked every time."""
+    assert not resumes(listeners, "s2s", maximum)
+
+
+def test_resumptionOff(permissive):
+    """C{[tls] resumption = 0}: no session is resumed."""
+    assert not resumes({"direct": (permissive, None)}, "direct")
+
+
+def test_reloadEndsTickets(listeners):
+    """A reload makes a new ticket key: tickets issued before it no longer resume."""
+    context = clientContext()
+    before = (context, sessionOf(listeners, "c2s", context))
+    assert resumes(listeners, "c2s", earlier=before)
+    listeners["server"].ctl("reload")
+    assert not resumes(listeners, "c2s", earlier=before)
+    assert resumes(listeners, "c2s")
+
+
+def test_ticketKeyLifetime(tmp_path):
+    """
+    The context, and with it the ticket key, is replaced once C{resumption}
+    seconds have passed; tickets say they last that long.
+    """
+    options = loadContextFactory(tmp_path / "c.pem", tmp_path / "k.pem", ["a.test"], True)
+    options = options.derive(resumption=3600)
+    clock = Clock()
+    options.seconds = clock.seconds
+    first = options.getContext()
+    assert first.get_timeout() == 3600
+    clock.advance(3599)
+    assert options.getContext() is first
+    clock.advance(1)
+    assert options.getContext() is not first
+    unending = options.derive(resumption=0)
+    unending.seconds = clock.seconds
+    context = unending.getContext()
+    clock.advance(10 ** 6)
+    assert unending.getContext() is context
 
 
 def test_tlsOptionsChecked(tmp_path):

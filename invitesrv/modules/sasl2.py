@@ -30,12 +30,17 @@ from twisted.words.xish import domish
 from wokkel import data_form
 
 from invitesrv.modules.adhoc import CommandProvider, CommandResult, FormCommand
+from invitesrv.services.batches import BatchWriter
 from invitesrv.services.slots import Slot
-from invitesrv.store.interfaces import Device, StoreUnavailable
+from invitesrv.store.interfaces import Device
 from invitesrv.xmpp.auth import SASLFailure, Success, decodeSASL
 from invitesrv.xmpp.stream import NS_SASL
 
 log = Logger()
+
+# A login's device and time wait this long (seconds) for other logins' to be
+# recorded with them: under load one transaction a second, not one a login.
+DEVICE_RECORD_DELAY = 1.0
 
 NS_SASL2 = "urn:xmpp:sasl:2"
 NODE_DEVICES = "urn:invitesrv:devices"
@@ -103,9 +108,20 @@ class SASL2Module(CommandProvider):
     Options = SASL2Options
     features = (NS_SASL2,)
     hooks = (("stream-features", "onFeatures"), ("session-bound", "onSessionBound"),
-             ("adhoc-commands", "offeredCommands"))
+             ("adhoc-commands", "offeredCommands"), ("host-stopping", "onHostStopping"))
     nonzas = {(NS_SASL2, "authenticate"): "onAuthenticate", (NS_SASL2, "response"): "onResponse",
               (NS_SASL2, "abort"): "onAbort"}
+
+    def connectionInitialized(self) -> None:
+        CommandProvider.connectionInitialized(self)
+        host = self.host
+        self.devices = BatchWriter(
+            lambda batch: host.store.recordDevices(host.name, batch, self.options.max_devices),
+            f"record the devices that logged in to {host.name}", host.clock, DEVICE_RECORD_DELAY)
+
+    def onHostStopping(self, host) -> defer.Deferred:
+        """Hook C{host-stopping}: the store closes once the devices recorded so far are written."""
+        return self.devices.written()
 
     def adhocCommands(self):
         return (DevicesCommand(self),)
@@ -196,7 +212,8 @@ class SASL2Module(CommandProvider):
     def _succeeded(self, stream, request, result: Success):
         """
         Authenticate the stream, let modules act inline, say so, then record
-        the device (not on the way of the answer: a failure there is logged).
+        the device (not on the way of the answer, in a batch with other
+        logins' under load; a failure there is logged).
         """
         host = self.host
         PENDING.pop(stream)
@@ -215,11 +232,8 @@ class SASL2Module(CommandProvider):
                 callback()
         agent = AGENT.get(stream)
         if agent is not None:
-            d = host.store.recordDevice(host.name, result.username, Device(
-                agent.id, agent.software, agent.name, host.now()), keep=self.options.max_devices)
-            d.addErrback(lambda failure: log.failure("Cannot record the device of {user}", failure,
-                                                     user=result.username)
-                         if not failure.check(StoreUnavailable) else None)
+            self.devices.add((result.username, Device(agent.id, agent.software, agent.name,
+                                                      host.now())))
 
     # -- devices ------------------------------------------------------------
 
@@ -227,6 +241,7 @@ class SASL2Module(CommandProvider):
     def logOut(self, username: str, deviceIds) -> defer.Deferred:
         """Forget the devices (their FAST tokens with them) and end their sessions."""
         host = self.host
+        yield self.devices.written()  # a login recorded just before would bring one back
         for deviceId in deviceIds:
             yield host.store.forgetDevice(host.name, username, deviceId)
         for session in list(host.router.resourcesOf(f"{username}@{host.name}").values()):
@@ -250,6 +265,7 @@ class DevicesCommand(FormCommand):
     @defer.inlineCallbacks
     def makeForm(self, requester: jid.JID, session):
         host = self.module.host
+        yield self.module.devices.written()
         devices = yield host.store.getDevices(host.name, requester.user)
         form = data_form.Form("form", title="My devices", instructions=[
             "The devices that logged in to your account. Choose those to log out: their"

@@ -454,10 +454,12 @@ class Device:
 class IDevices(Interface):
     """The devices of each account (XEP-0388 user agents) and their FAST tokens."""
 
-    def recordDevice(host: str, username: str, device: Device, keep: int):
+    def recordDevices(host: str, devices, keep: int):
         """
-        Add or update the device's software, name and last login (its tokens
-        stay); forget the account's least recently used devices beyond C{keep}.
+        For each C{(username, device)} of C{devices}: add or update the
+        device's software, name and last login (its tokens stay), unless the
+        account is gone; forget the account's least recently used devices
+        beyond C{keep}.
         """
 
     def getDevices(host: str, username: str):

@@ -531,18 +531,20 @@ class MemoryStore(RosterObservers):
 
     # -- devices and FAST tokens ----------------------------------------------
 
-    def recordDevice(self, host, username, device, keep):
+    def recordDevices(self, host, devices, keep):
         def record(t):
-            if (host, username) not in t.accounts:
-                raise KeyError(f"no account {username}@{host}")  # SQLite's foreign key
-            key = (host, username, device.id)
-            old = t.devices.get(key)
-            t.devices[key] = device if old is None else replace(
-                old, software=device.software, name=device.name, lastLogin=device.lastLogin)
-            mine = sorted((d for k, d in t.devices.items() if k[:2] == (host, username)),
-                          key=lambda d: (-d.lastLogin, d.id))
-            for gone in mine[keep:]:
-                del t.devices[host, username, gone.id]
+            for username, device in devices:
+                if (host, username) not in t.accounts:
+                    continue
+                key = (host, username, device.id)
+                old = t.devices.get(key)
+                t.devices[key] = device if old is None else replace(
+                    old, software=device.software, name=device.name, lastLogin=device.lastLogin)
+            for username in {username for username, _ in devices}:
+                mine = sorted((d for k, d in t.devices.items() if k[:2] == (host, username)),
+                              key=lambda d: (-d.lastLogin, d.id))
+                for gone in mine[keep:]:
+                    del t.devices[host, username, gone.id]
         return self._run(record)
 
     def getDevices(self, host, username):

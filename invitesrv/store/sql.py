@@ -632,17 +632,21 @@ class SQLStore(GroupsSQL, RosterObservers):
 
     # -- devices and FAST tokens ----------------------------------------------
 
-    def recordDevice(self, host, username, device, keep):
+    def recordDevices(self, host, devices, keep):
         def record(conn):
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO devices (host, username, device, software, name, last_login)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host, username, device) DO UPDATE SET"
+                " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts"
+                " WHERE host = ? AND username = ?) ON CONFLICT (host, username, device) DO UPDATE SET"
                 " software = excluded.software, name = excluded.name, last_login = excluded.last_login",
-                (host, username, device.id, device.software, device.name, device.lastLogin))
-            conn.execute(
+                [(host, username, device.id, device.software, device.name, device.lastLogin, host,
+                  username) for username, device in devices])
+            conn.executemany(
                 "DELETE FROM devices WHERE host = ? AND username = ? AND device NOT IN ("
                 " SELECT device FROM devices WHERE host = ? AND username = ?"
-                " ORDER BY last_login DESC, device LIMIT ?)", (host, username, host, username, keep))
+                " ORDER BY last_login DESC, device LIMIT ?)",
+                [(host, username, host, username, keep)
+                 for username in dict.fromkeys(username for username, _ in devices)])
         return self._run(record)
 
     def getDevices(self, host, username):

@@ -34,7 +34,7 @@ class PeerTLS:
     def _options(options, trust: str):
         # Peers (Prosody) offer ALPN "xmpp-server"; the default selection,
         # made for HTTP, would end the handshake with an internal error.
-        options = options.derive(selectALPN=_selectALPN)
+        options = options.derive(selectALPN=_selectALPN, resumption=0)
         for context in options.contexts():  # each host's too: SNI switches to them
             if trust:
                 context.load_verify_locations(trust)
