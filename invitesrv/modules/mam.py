@@ -24,8 +24,9 @@ are ranges of one index. The nodes of a cluster each end their ids with a
 slot of their own (L{ArchiveIds}), so that they never give one id twice; a
 message whose id was taken all the same is archived under a new one.
 
-Writes are batched without delay: while one batch is on its way to the
-store, the next gathers, and a query waits for the writes queued before it.
+Writes are batched without delay (L{BatchWriter}): while one batch is on
+its way to the store, the next gathers, and a query waits for the writes
+queued before it.
 With the C{roster} policy the store decides (in the same transaction) and
 the live message carries no stanza id. See C{docs/archive.md}.
 """
@@ -44,6 +45,7 @@ from twisted.words.xish import domish
 from invitesrv.config import ARCHIVE_POLICIES
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.offline import NS_CHATSTATES, NS_CLIENT, NS_DELAY, NS_HINTS, delayStamp
+from invitesrv.services.batches import BatchWriter
 from invitesrv.services.slots import Slot
 from invitesrv.store.interfaces import (
     ArchivedMessage,
@@ -158,74 +160,6 @@ class ArchiveIds:
         return number
 
 
-class ArchiveWriter:
-    """
-    Writes archived messages in batches without waiting: the first goes at
-    once; those that come while it is being written go together once it is.
-    A message whose id the archive already held gets a new one from C{ids}
-    and goes with the next batch: it is never dropped.
-    """
-
-    def __init__(self, host, ids: ArchiveIds) -> None:
-        self.host = host
-        self.ids = ids
-        self.pending: list[tuple[str, ArchivedMessage, bool]] = []
-        self.waiting: list[defer.Deferred] = []  # queries waiting for the pending batch
-        self.busy = False
-
-    def add(self, username: str, message: ArchivedMessage, rosterOnly: bool) -> None:
-        self.pending.append((username, message, rosterOnly))
-        if not self.busy:
-            self._write()
-
-    def written(self) -> defer.Deferred:
-        """
-        Fire once what was added so far is written, or will be before any
-        store call made now (the store runs its calls in order).
-        """
-        if not self.pending:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self.waiting.append(d)
-        return d
-
-    def _write(self) -> None:
-        batch, self.pending = self.pending, []
-        waiting, self.waiting = self.waiting, []
-        self.busy = True
-        host = self.host
-        d = host.store.appendArchive(host.name, batch, host.options.archive_max_items)
-        d.addCallbacks(self._taken, self._failed, errbackArgs=(len(batch),))
-        d.addCallback(self._done, waiting)
-
-    def _taken(self, appended: tuple[int, list]) -> bool:
-        """Give the messages whose ids were taken new ids, for the next batch; whether any were."""
-        _, taken = appended
-        for username, message, rosterOnly in taken:
-            number = self.ids.next(self.host.now())
-            log.warn("Archive id {old} of {user}@{host} was taken (by another node?):"
-                     " archived as {new}", old=encodeId(message.id), user=username,
-                     host=self.host.name, new=encodeId(number))
-            self.pending.append((username, replace(message, id=number), rosterOnly))
-        return bool(taken)
-
-    def _failed(self, failure, count: int) -> bool:
-        if not failure.check(StoreUnavailable):  # the store logs those once per episode
-            log.failure("Cannot archive {count} messages on {host}", failure, count=count,
-                        host=self.host.name)
-        return False
-
-    def _done(self, retried: bool, waiting: list[defer.Deferred]) -> None:
-        self.busy = False
-        if retried:  # the queries waiting for those messages wait for their new batch
-            self.waiting[:0] = waiting
-            waiting = []
-        if self.pending:
-            self._write()
-        for d in waiting:
-            d.callback(None)
-
-
 class MAMModule(HostModule):
     """Archives the messages of a host's accounts and answers their archive queries."""
 
@@ -245,13 +179,13 @@ class MAMModule(HostModule):
         HostModule.__init__(self)
         self.prefs: dict[str, ArchivePrefs] = {}  # username: preferences, of those who set any
         self.ids = ArchiveIds()
-        self.writer: ArchiveWriter | None = None
+        self.writer: BatchWriter | None = None
         self._sweeper: task.LoopingCall | None = None
 
     def connectionInitialized(self) -> None:
         HostModule.connectionInitialized(self)
         host = self.parent
-        self.writer = ArchiveWriter(host, self.ids)
+        self.writer = BatchWriter(self._append, f"archive messages on {host.name}")
         d = host.store.lastArchiveId(host.name)
         d.addCallback(lambda last: setattr(self.ids, "last", max(self.ids.last, last)))
         d.addCallback(lambda _: host.store.getArchivePrefs(host.name))
@@ -288,9 +222,26 @@ class MAMModule(HostModule):
         if decision is False:
             return None
         number = self.ids.next(self.parent.now())
-        self.writer.add(username, ArchivedMessage(number, other.userhost(), archivedForm(message),
-                                                  other.resource or ""), decision is None)
+        self.writer.add((username, ArchivedMessage(number, other.userhost(), archivedForm(message),
+                                                   other.resource or ""), decision is None))
         return encodeId(number) if decision else None
+
+    def _append(self, batch: list) -> defer.Deferred:
+        """
+        Write a batch of the writer's; fire with the messages whose ids the
+        archive already held (another node gave them), under new ids, for
+        the writer to write again: none is dropped.
+        """
+        host = self.parent
+        d = host.store.appendArchive(host.name, batch, host.options.archive_max_items)
+        return d.addCallback(lambda appended: [self._renumber(*entry) for entry in appended[1]])
+
+    def _renumber(self, username: str, message: ArchivedMessage, rosterOnly: bool) -> tuple:
+        """The entry under this node's next id, logged: the id it was delivered with is another's."""
+        number = self.ids.next(self.parent.now())
+        log.warn("Archive id {old} of {user}@{host} was taken (by another node?): archived as {new}",
+                 old=encodeId(message.id), user=username, host=self.parent.name, new=encodeId(number))
+        return username, replace(message, id=number), rosterOnly
 
     def _stamp(self, message: domish.Element, owner: str, archiveId: str) -> None:
         stanzaId = message.addElement((NS_SID, "stanza-id"))
