@@ -271,6 +271,15 @@ class ConnectionLimiter:
             self.shared.counted(key, self.open[key])
         return None
 
+    def admittedElsewhere(self, key: str) -> None:
+        """
+        Another node of the cluster admitted a new connection from address
+        C{key}: it spends this node's budget of new connections too (into
+        debt if need be), so that the rate holds for the cluster.
+        """
+        if self.rate:
+            self._buckets[key].take(1)
+
     def release(self, address: str) -> None:
         """An admitted connection from C{address} has ended."""
         self.total -= 1

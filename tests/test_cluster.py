@@ -382,6 +382,25 @@ def test_connectionsPerAddressAcrossNodes(node):
     assert ("HDEL", "invitesrv:connections:n1", "192.0.2.5") in node.commands.sent
 
 
+def test_newConnectionsRateAcrossNodes(node):
+    """
+    New connections from one address to another node spend this node's
+    budget (connection_rate) too: the rate holds for the cluster. Counts
+    that fall (connections ended) give nothing back; time refills.
+    """
+    connections = node.server.limiter.connections
+    connections.configure(100, 0, 1.0, 3, connections.allowlist)
+    for count in (1, 2, 1):
+        node._received(b"invitesrv:events:0", json.dumps(
+            {"k": "connections", "a": "192.0.2.6", "v": count, "n": "n2"}).encode())
+    assert connections.admit("192.0.2.6") is None
+    refused = connections.admit("192.0.2.6")
+    assert refused is not None and "Too many new connections" in refused.text
+    assert connections.admit("192.0.2.7") is None  # another address has its own budget
+    node.server.clock.advance(1.0)
+    assert connections.admit("192.0.2.6") is None
+
+
 def test_expiredEntriesWrittenAgain(node):
     """A node that finds its own entries expired (it was stopped past the TTL) writes them all again."""
     node.commands.connection = object()

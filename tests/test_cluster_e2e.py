@@ -21,7 +21,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 from conftest import RunningServer, startAll
-from rawxmpp import RawClient
+from rawxmpp import NS_STREAM_HEADER, RawClient
 from redisserver import RedisServer, needRedis
 from slix import Client as SlixClient
 from slix import run
@@ -752,6 +752,27 @@ def test_failedLoginsCountedAcrossNodes(tmp_path, redis, postgresqlDSN):
             client.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
                         "AG1hbGxvcnkAd3JvbmcgcGFzc3dvcmQ=</auth>")
             assert "policy-violation" in client.readAll(5)
+    finally:
+        nodes.stop()
+
+
+def test_newConnectionsCountedAcrossNodes(tmp_path, redis, postgresqlDSN):
+    """
+    New connections from one address spend one budget for the cluster
+    (connection_burst 4, refilled at one a second): after four on node 1,
+    node 2 refuses the next, which on its own it would have taken.
+    """
+    limits = "[limits]\nallowlist = []\nconnection_rate = 1\nconnection_burst = 4\n"
+    nodes = Cluster(tmp_path, redis, postgresqlDSN, db=5, extra=limits)
+    try:
+        n1, n2 = nodes.nodes
+        for _ in range(4):
+            with RawClient(n1.port) as client:
+                assert "<stream:features" in client.openStream()
+        time.sleep(0.3)  # the counts travel through Redis (well under the second a token takes)
+        with RawClient(n2.port) as client:
+            client.send(NS_STREAM_HEADER.format(host=HOST))
+            assert "Too many new connections from your address" in client.readAll(5)
     finally:
         nodes.stop()
 

@@ -12,7 +12,9 @@ every login asks them; what changes is what they count:
   knew; a successful login's reset is a C{DEL}, told the same way;
 - open connections per address: each node keeps its own in the hash
   C{invitesrv:connections:NODE} (with the node's TTL, so a dead node's
-  connections stop counting) and tells the others, who add them up;
+  connections stop counting) and tells the others, who add them up; a
+  count that grew is a new connection, which spends the others' budget of
+  new connections from that address (C{connection_rate}) too;
 - registrations per address (C{register_limits}): each one is told to the
   other nodes, which count it as their own (a node started later does not
   know of the earlier ones).
@@ -108,6 +110,8 @@ class SharedLimits:
 
     def onConnections(self, event: dict) -> None:
         counts = self.remote.setdefault(event["n"], {})
+        for _ in range(event["v"] - counts.get(event["a"], 0)):
+            self.connections.admittedElsewhere(event["a"])
         if event["v"]:
             counts[event["a"]] = event["v"]
         else:
