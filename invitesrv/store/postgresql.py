@@ -119,6 +119,19 @@ class _Connection:
             cursor.executemany(translate(sql), rows)
         return cursor
 
+    def alone(self, fn, *args):
+        """
+        Run C{fn(self, *args)} with each statement its own transaction: for
+        reads, whose statements see what was committed before each of them
+        either way (READ COMMITTED), C{BEGIN} and C{COMMIT} would only add
+        two round trips to the server.
+        """
+        self._conn.autocommit = True
+        try:
+            return fn(self, *args)
+        finally:
+            self._conn.autocommit = False
+
     def executeAlone(self, sql: str, params=()):
         """
         Run a call's only statement as its own transaction: one round trip
@@ -265,6 +278,10 @@ class PostgreSQLStore(SQLStore):
             except psycopg.OperationalError as e:
                 self._release()
                 raise StoreUnavailable(str(e).strip()) from e
+
+    def _read(self, fn, *args):
+        """A read, behind the calls before it, without a transaction around it (L{_Connection.alone})."""
+        return self._run(lambda conn: conn.alone(fn, *args))
 
     def _lockName(self, conn, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))

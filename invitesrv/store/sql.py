@@ -321,13 +321,14 @@ class SQLStore(GroupsSQL, RosterObservers):
 
     @staticmethod
     def _getRoster(conn, host, username) -> Roster:
-        version = conn.execute("SELECT roster_version FROM accounts WHERE host = ? AND username = ?",
-                               (host, username)).fetchone()
+        # One statement: the version and the items it numbers, read together.
         rows = conn.execute(
-            "SELECT contact, name, subscription, ask, approved, groups FROM roster_items"
-            " WHERE host = ? AND username = ? AND subscription != 'remove' ORDER BY contact",
-            (host, username))
-        return Roster(version[0] if version else 0, tuple(_item(row) for row in rows))
+            "SELECT a.roster_version, r.contact, r.name, r.subscription, r.ask, r.approved, r.groups"
+            " FROM accounts a LEFT JOIN roster_items r ON r.host = a.host AND r.username = a.username"
+            " AND r.subscription != 'remove' WHERE a.host = ? AND a.username = ? ORDER BY r.contact",
+            (host, username)).fetchall()
+        return Roster(rows[0][0] if rows else 0,
+                      tuple(_item(row[1:]) for row in rows if row[1] is not None))
 
     def getRoster(self, host, username):
         return self._read(self._getRoster, host, username)
@@ -415,7 +416,7 @@ class SQLStore(GroupsSQL, RosterObservers):
             (host, username)).fetchall()
 
     def getPendingIn(self, host, username):
-        return self._run(self._getPendingIn, host, username)
+        return self._read(self._getPendingIn, host, username)
 
     def setPendingIn(self, host, username, contact, stanza):
         return self._run(lambda conn: conn.execute(
@@ -709,15 +710,16 @@ class SQLStore(GroupsSQL, RosterObservers):
 
     def getPep(self, host, username):
         def read(conn):
-            items: dict[str, list] = {}
-            for node, itemId, xml in conn.execute(
-                    "SELECT node, item_id, xml FROM pep_items WHERE host = ? AND username = ?"
-                    " ORDER BY node, seq", (host, username)):
-                items.setdefault(node, []).append((itemId, xml))
-            return [PepNode(node, config, tuple(items.get(node, ()))) for node, config in conn.execute(
-                "SELECT node, config FROM pep_nodes WHERE host = ? AND username = ? ORDER BY node",
-                (host, username))]
-        return self._run(read)
+            nodes: dict[str, tuple[str, list]] = {}
+            for node, config, itemId, xml in conn.execute(
+                    "SELECT n.node, n.config, i.item_id, i.xml FROM pep_nodes n LEFT JOIN pep_items i"
+                    " ON i.host = n.host AND i.username = n.username AND i.node = n.node"
+                    " WHERE n.host = ? AND n.username = ? ORDER BY n.node, i.seq", (host, username)):
+                items = nodes.setdefault(node, (config, []))[1]
+                if itemId is not None:
+                    items.append((itemId, xml))
+            return [PepNode(node, config, tuple(items)) for node, (config, items) in nodes.items()]
+        return self._read(read)
 
     def setPepNode(self, host, username, node, config):
         return self._run(lambda conn: conn.execute(
