@@ -588,19 +588,40 @@ class Bench:
                      "--setup", generator=FASTLOAD)
         return tokens
 
-    def scenario_fast(self) -> None:
+    def reconnects(self, tag: str, workload: str, one: bool = False, direct: bool = False) -> None:
+        """
+        A FAST workload of C{bench/fastload.py} (C{fast} or C{fastsm}): at the
+        logins' concurrency, or C{one} at a time; over direct TLS, resuming
+        each user's TLS session, if C{direct}.
+        """
         s = self.sizes
-        tokens = self.fastTokens()
-        for run in self.runs() if tokens else ():
-            self.gen("fast", run, "fast", "-n", str(s.login_n), "-c", str(s.login_c), "--prefix", POOL,
-                     "--token-file", str(tokens), generator=FASTLOAD)
+        tokens = self.fastTokens(workload)
+        if tokens is None:  # a reference server: no SASL2
+            return
+        size = ("-n", str(s.login1_n), "-c", "1") if one else ("-n", str(s.login_n), "-c", str(s.login_c))
+        extra = ("--direct-port", str(self.server.directPort)) if direct else ()
+        for run in self.runs():
+            self.gen(tag, run, workload, *size, "--prefix", POOL, "--token-file", str(tokens), *extra,
+                     generator=FASTLOAD)
+
+    def scenario_fast(self) -> None:
+        self.reconnects("fast", "fast")
 
     def scenario_fast1(self) -> None:
-        s = self.sizes
-        tokens = self.fastTokens()
-        for run in self.runs() if tokens else ():
-            self.gen("fast1", run, "fast", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL,
-                     "--token-file", str(tokens), generator=FASTLOAD)
+        self.reconnects("fast1", "fast", one=True)
+
+    def scenario_fastsm(self) -> None:
+        self.reconnects("fastsm", "fastsm")
+
+    def scenario_fastsm1(self) -> None:
+        self.reconnects("fastsm1", "fastsm", one=True)
+
+    def scenario_reconnect(self) -> None:
+        """C{fastsm} as a phone does it: direct TLS, resuming its TLS session too."""
+        self.reconnects("reconnect", "fastsm", direct=True)
+
+    def scenario_reconnect1(self) -> None:
+        self.reconnects("reconnect1", "fastsm", one=True, direct=True)
 
     def scenario_connect(self) -> None:
         s = self.sizes
@@ -617,37 +638,6 @@ class Bench:
         for run in self.runs():
             self.gen("connectresumed", run, "connect", "-n", str(s.login_n), "-c", str(s.login_c),
                      "--direct-port", str(self.server.directPort), generator=FASTLOAD)
-
-    def scenario_fastsm(self) -> None:
-        s = self.sizes
-        tokens = self.fastTokens("fastsm")
-        for run in self.runs() if tokens else ():
-            self.gen("fastsm", run, "fastsm", "-n", str(s.login_n), "-c", str(s.login_c),
-                     "--prefix", POOL, "--token-file", str(tokens), generator=FASTLOAD)
-
-    def scenario_fastsm1(self) -> None:
-        s = self.sizes
-        tokens = self.fastTokens("fastsm")
-        for run in self.runs() if tokens else ():
-            self.gen("fastsm1", run, "fastsm", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL,
-                     "--token-file", str(tokens), generator=FASTLOAD)
-
-    def scenario_reconnect(self) -> None:
-        """C{fastsm} as a phone does it: direct TLS, resuming its TLS session too."""
-        s = self.sizes
-        tokens = self.fastTokens("fastsm")
-        for run in self.runs() if tokens else ():
-            self.gen("reconnect", run, "fastsm", "-n", str(s.login_n), "-c", str(s.login_c),
-                     "--prefix", POOL, "--token-file", str(tokens), "--direct-port",
-                     str(self.server.directPort), generator=FASTLOAD)
-
-    def scenario_reconnect1(self) -> None:
-        s = self.sizes
-        tokens = self.fastTokens("fastsm")
-        for run in self.runs() if tokens else ():
-            self.gen("reconnect1", run, "fastsm", "-n", str(s.login1_n), "-c", "1", "--prefix", POOL,
-                     "--token-file", str(tokens), "--direct-port", str(self.server.directPort),
-                     generator=FASTLOAD)
 
     def scenario_messages(self) -> None:
         s = self.sizes
