@@ -105,24 +105,25 @@ class Result:
 class SASLClient(RawClient):
     """A raw XMPP client with TLS by pyOpenSSL and the mechanisms above."""
 
-    def startTLS(self, maxVersion: int = SSL.TLS1_3_VERSION, session: SSL.Session | None = None) -> str:
+    def startTLS(self, maxVersion: int = SSL.TLS1_3_VERSION,
+                 resume: SSL.Connection | None = None) -> str:
         """
         STARTTLS with pyOpenSSL (TLS 1.2 with C{maxVersion=SSL.TLS1_2_VERSION}),
-        resuming C{session} (an earlier connection's C{tls.get_session()}, in
-        that connection's context, as pyOpenSSL requires) if given.
+        resuming the session of the earlier connection C{resume} if given
+        (in its context, as pyOpenSSL requires).
         """
         self.openStream()
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         self.recvUntil(r"<proceed[^>]*/>")
-        if session is None:
+        if resume is None:
             context = SSL.Context(SSL.TLS_CLIENT_METHOD)
             context.set_max_proto_version(maxVersion)
         else:
-            context = session._context
+            context = resume.get_context()
         connection = SSL.Connection(context, self.sock)
         connection.set_tlsext_host_name(self.host.encode())
-        if session is not None:
-            connection.set_session(session)
+        if resume is not None:
+            connection.set_session(resume.get_session())
         connection.set_connect_state()
         self.sock.settimeout(None)
         connection.do_handshake()
