@@ -13,7 +13,7 @@ import time
 import pytest
 import pytest_twisted
 from store_behaviour import HOST, NOW, SQLAudit, StoreBehaviour, account, credentials, invite, token
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 
 from invitesrv.store.interfaces import (
     AccountExists,
@@ -28,7 +28,9 @@ from invitesrv.store.sqlite import openDatabase
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[postgresql]')")
 
-from invitesrv.store.postgresql import (  # noqa: E402 (psycopg first)
+from invitesrv.store import postgresql  # noqa: E402 (psycopg first)
+from invitesrv.store.pgreader import PipelinedReader  # noqa: E402
+from invitesrv.store.postgresql import (  # noqa: E402
     PostgreSQLStore,
     describe,
     schemaFiles,
@@ -275,8 +277,8 @@ def test_reservationsOfADeadServerFreedBesideOthers(dsn):
         with psycopg.connect(dsn, autocommit=True) as conn:
             deadline = time.monotonic() + 10
             while conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname ="
-                               " current_database() AND application_name LIKE 'invitesrv%'"
-                               ).fetchone()[0] > 1:  # the survivor's session only
+                               " current_database() AND application_name LIKE 'invitesrv%%'"
+                               " AND application_name != %s", (survivor.holder,)).fetchone()[0]:
                 assert time.monotonic() < deadline, "the closed store's session did not end"
                 time.sleep(0.02)
         assert (yield survivor.getInvite("i2")).reserved == 1
@@ -356,3 +358,140 @@ def test_archiveBatchInOneStatement(dsn, monkeypatch):
         assert (yield store.queryArchive(HOST, "bob", ArchiveQuery())).count == 40
     finally:
         store.close()
+
+
+# -- the reads' own connection ----------------------------------------------------------------
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def workerCalls(store) -> list:
+    """Record each call that runs on C{store}'s worker thread, from now on."""
+    calls = []
+    transaction = store._transaction
+    store._transaction = lambda fn, args: calls.append(fn) or transaction(fn, args)
+    return calls
+
+
+def until(condition, seconds: float = 5.0):
+    """Fire once C{condition()} is true, checking every 10 ms; fail after C{seconds}."""
+    deadline = time.monotonic() + seconds
+
+    @defer.inlineCallbacks
+    def wait():
+        while not condition():
+            assert time.monotonic() < deadline, f"not true within {seconds} s: {condition}"
+            yield sleep(0.01)
+    return wait()
+
+
+@pytest_twisted.inlineCallbacks
+def test_readsGoOnTheirOwnConnection(dsn):
+    """
+    Plain reads asked while nothing waits on the worker are answered from
+    the reads' connection, many in flight at once, each with its own rows;
+    the worker runs none of them.
+    """
+    store = openStore(dsn)
+    try:
+        for name in ("alice", "bob"):
+            yield store.createAccount(account(name))
+        yield store.setPendingIn(HOST, "bob", "carol@example.net", "<presence type='subscribe'/>")
+        calls = workerCalls(store)
+        answers = yield defer.gatherResults(
+            [store.getCredentials(HOST, name, "SCRAM-SHA-256") for name in ("alice", "bob", "zed")] * 20
+            + [store.getRosterAndPendingIn(HOST, "bob"), store.getOffline(HOST, "alice")])
+        secret = {c.mechanism: c for c in credentials()}["SCRAM-SHA-256"]
+        assert answers[:60] == [secret, secret, None] * 20
+        roster, pending = answers[60]
+        assert (roster.items, pending) == ((), [("carol@example.net", "<presence type='subscribe'/>")])
+        assert answers[61] == []
+        assert calls == []
+    finally:
+        store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_readAfterAWaitingWriteSeesIt(dsn):
+    """A read asked while a write still waits on the worker goes behind it, and sees it."""
+    store = openStore(dsn)
+    try:
+        yield store.createAccount(account("alice"))
+        calls = workerCalls(store)
+        written = store.setPendingIn(HOST, "alice", "bob@example.net", "<presence/>")
+        read = store.getPendingIn(HOST, "alice")
+        yield written
+        assert (yield read) == [("bob@example.net", "<presence/>")]
+        assert len(calls) == 2
+    finally:
+        store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_lostReadingConnectionIsMadeAgain(dsn, monkeypatch):
+    """
+    When the server ends the reads' connection, reads go to the worker,
+    then the connection is made again and reads go back to it.
+    """
+    monkeypatch.setattr(postgresql, "RECONNECT_DELAY", 0.05)
+    store = openStore(dsn)
+    try:
+        yield store.createAccount(account("alice"))
+        pid = store._reader._conn.info.backend_pid
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+        yield until(lambda: store._reader is None)
+        calls = workerCalls(store)
+        assert (yield store.getRoster(HOST, "alice")).version == 0
+        assert len(calls) == 1
+        yield sleep(0.1)
+        assert (yield store.getRoster(HOST, "alice")).version == 0  # on the worker; reconnects
+        yield until(lambda: store._reader is not None)
+        assert store._reader._conn.info.backend_pid != pid
+        assert (yield store.getPendingIn(HOST, "alice")) == []
+        assert len(calls) == 2
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def reader(dsn):
+    """A reader on its own connection to the test database, with a 0.3 s timeout; what it lost."""
+    lost = []
+    reader = PipelinedReader(reactor, psycopg.connect(dsn, autocommit=True), 0.3,
+                             lambda: lost.append(True))
+    yield reader, lost
+    reader.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_readerStatementErrorFailsItsCallOnly(reader):
+    """A failing statement fails its call; the calls after it, sent before the error came back, work."""
+    reader, lost = reader
+    failed = reader.select([(b"SELECT 1 / $1::int", (0,)), (b"SELECT 2", ())])
+    fine = reader.select([(b"SELECT $1::int + 1, $2::text", (41, "x")), (b"SELECT 3", ())])
+    with pytest.raises(psycopg.DatabaseError, match="division by zero"):
+        yield failed
+    assert (yield fine) == [[(42, "x")], [(3,)]]
+    assert lost == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_readerTimeoutFailsCallsAndCloses(reader):
+    """
+    A read not answered within the timeout fails with StoreUnavailable,
+    as does every call behind it; the connection is closed and reported lost.
+    """
+    reader, lost = reader
+    started = time.monotonic()
+    slow = reader.select([(b"SELECT pg_sleep(5)", ())])
+    behind = reader.select([(b"SELECT 1", ())])
+    for call in (slow, behind):
+        with pytest.raises(StoreUnavailable):
+            yield call
+    assert 0.25 < time.monotonic() - started < 2
+    assert lost == [True]
+    with pytest.raises(StoreUnavailable):
+        yield reader.select([(b"SELECT 1", ())])

@@ -6,6 +6,8 @@ The queries are the shared ones of L{invitesrv.store.sql}; this module gives
 them a connection and transactions, and speaks PostgreSQL where SQLite's SQL
 differs (L{translate}). Each store (each node) uses one connection from one
 worker thread, so its calls commit in the order they are made, as on SQLite;
+plain reads with no call before them waiting go on a second connection that
+the reactor drives (L{invitesrv.store.pgreader});
 what several nodes do at once is made safe by PostgreSQL: conditional
 updates for invites (C{... WHERE uses + reserved < uses_allowed}, atomic at
 any isolation level), and a transaction-scoped advisory lock where a check
@@ -28,10 +30,12 @@ import psycopg
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
+from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from invitesrv.store.interfaces import StoreUnavailable
+from invitesrv.store.pgreader import PipelinedReader
 from invitesrv.store.sql import SQLStore
 from invitesrv.store.sqlite import schemaScripts
 from invitesrv.usernames import skeleton
@@ -42,6 +46,7 @@ SERVING = "invitesrv"  # the application_name of a server's connections, with it
 TOOL = "invitesrvctl"  # and of a tool's, which holds no reservations
 SCHEMA_LOCK = 0x696E7673  # the advisory lock held while the schema is upgraded
 RETRIES = 3  # attempts of a transaction PostgreSQL rolled back (deadlock, serialization)
+RECONNECT_DELAY = 1.0  # seconds between attempts to connect the reads' connection again
 
 # Where SQLite's SQL is not PostgreSQL's: a parameter whose type only its
 # value would tell, IS NOT meaning "is distinct from", no limit as -1.
@@ -52,13 +57,24 @@ _REWRITES = (
 )
 
 
+def _rewritten(sql: str) -> str:
+    for pattern, replacement in _REWRITES:
+        sql = pattern.sub(replacement, sql)
+    return sql
+
+
 @functools.lru_cache(maxsize=2048)
 def translate(sql: str) -> str:
     """The shared SQL statement C{sql}, with C{?} parameters, as psycopg's PostgreSQL."""
-    sql = sql.replace("%", "%%")
-    for pattern, replacement in _REWRITES:
-        sql = pattern.sub(replacement, sql)
-    return sql.replace("?", "%s")
+    return _rewritten(sql.replace("%", "%%")).replace("?", "%s")
+
+
+@functools.lru_cache(maxsize=256)
+def numbered(sql: str) -> bytes:
+    """The shared SQL statement C{sql} as libpq takes it: C{$1}, C{$2}... for its C{?} parameters."""
+    parts = _rewritten(sql).split("?")
+    return "".join(part + (f"${n}" if n < len(parts) else "")
+                   for n, part in enumerate(parts, 1)).encode()
 
 
 def schemaFiles() -> list[tuple[int, str]]:
@@ -159,6 +175,8 @@ class PostgreSQLStore(SQLStore):
         self.path = describe(dsn)  # what the logs say the store is
         self._connections: ConnectionPool | None = None
         self._conn: psycopg.Connection | None = None  # held by the worker between calls
+        self._reader: PipelinedReader | None = None  # see _select
+        self._readerDue: float | None = None  # when to connect the reader again, if lost
         # This process's name for its reservations (invite_holds), and its connections'.
         self.holder = f"{SERVING} {secrets.token_hex(8)}"
 
@@ -184,6 +202,30 @@ class PostgreSQLStore(SQLStore):
             timeout=self.busyTimeout)
         self._connections.open(wait=True, timeout=max(self.busyTimeout, 1))
         self._pool.start()
+        if serving:
+            self._readerConnected(self._connectReader())
+
+    def _connectReader(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, autocommit=True, application_name=self.holder,
+                               connect_timeout=max(1, round(self.busyTimeout)))
+
+    def _readerConnected(self, conn: psycopg.Connection) -> None:
+        if self._connections is None:  # closed meanwhile
+            conn.close()
+            return
+        self._reader = PipelinedReader(self._reactor, conn, self.busyTimeout, self._readerLost)
+        self._readerDue = None
+
+    def _readerLost(self) -> None:
+        self._reader = None
+        self._readerDue = self._reactor.seconds() + RECONNECT_DELAY
+
+    def _reconnectReader(self) -> None:
+        """Connect the reads' connection again, on a thread; reads go to the worker meanwhile."""
+        self._readerDue = float("inf")  # until this attempt ends
+        d = threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                      self._connectReader)
+        d.addCallbacks(self._readerConnected, lambda _: self._readerLost())
 
     @staticmethod
     def _started(conn: psycopg.Connection) -> None:
@@ -240,6 +282,10 @@ class PostgreSQLStore(SQLStore):
         conn.commit()
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._readerDue = None
         self._pool.stop()
         self._release()
         if self._connections is not None:
@@ -278,6 +324,25 @@ class PostgreSQLStore(SQLStore):
             except psycopg.OperationalError as e:
                 self._release()
                 raise StoreUnavailable(str(e).strip()) from e
+
+    def _select(self, *statements):
+        """
+        On the reads' connection (L{PipelinedReader}), when no call is still
+        waiting on the worker: a read then sees every write asked before it,
+        as on the worker. Otherwise, or while that connection is being made
+        again, on the worker, behind the calls before it.
+        """
+        if self._reader is None:
+            if self._readerDue is not None and self._reactor.seconds() >= self._readerDue:
+                self._reconnectReader()
+            return SQLStore._select(self, *statements)
+        if self._pending:
+            return SQLStore._select(self, *statements)
+        d = self._reader.select([(numbered(sql), params) for sql, params in statements])
+        d.addCallbacks(self._available, self._unavailable)
+        if self.observeLatency is not None:
+            d.addBoth(self._observed, self._reactor.seconds())
+        return d
 
     def _read(self, fn, *args):
         """A read, behind the calls before it, without a transaction around it (L{_Connection.alone})."""

@@ -86,6 +86,31 @@ def _device(row) -> Device:
     return Device(*row[:4], current=current, pending=pending)
 
 
+_ONE_DEVICE = f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ? AND device = ?"
+
+_CREDENTIALS = ("SELECT salt, iterations, stored_key, server_key FROM credentials"
+                " WHERE host = ? AND username = ? AND mechanism = ?")
+
+
+def _credentials(mechanism: str, rows) -> Credentials | None:
+    """The L{Credentials} of the rows of C{_CREDENTIALS}."""
+    return Credentials(mechanism, *rows[0]) if rows else None
+
+
+# One statement: the version and the items it numbers, read together.
+_ROSTER = ("SELECT a.roster_version, r.contact, r.name, r.subscription, r.ask, r.approved, r.groups"
+           " FROM accounts a LEFT JOIN roster_items r ON r.host = a.host AND r.username = a.username"
+           " AND r.subscription != 'remove' WHERE a.host = ? AND a.username = ? ORDER BY r.contact")
+
+
+def _roster(rows) -> Roster:
+    """The L{Roster} of the rows of C{_ROSTER}."""
+    return Roster(rows[0][0] if rows else 0, tuple(_item(row[1:]) for row in rows if row[1] is not None))
+
+
+_PENDING_IN = "SELECT contact, stanza FROM pending_in WHERE host = ? AND username = ? ORDER BY contact"
+
+
 @implementer(IStore)
 class SQLStore(GroupsSQL, RosterObservers):
     """
@@ -151,6 +176,15 @@ class SQLStore(GroupsSQL, RosterObservers):
         L{_run} does, unless the backend can answer at once.
         """
         return self._run(fn, *args)
+
+    def _select(self, *statements):
+        """
+        Fire with the rows of each of C{statements} (SQL and its parameters),
+        reading statements run together in one transaction: as L{_read}
+        does, unless the backend has a faster way for plain reads.
+        """
+        return self._read(lambda conn: [conn.execute(sql, params).fetchall()
+                                        for sql, params in statements])
 
     def _observed(self, result, started: float):
         """Report how long a call took, as its caller waited for it (the thread hop included)."""
@@ -260,16 +294,9 @@ class SQLStore(GroupsSQL, RosterObservers):
         return self._run(lambda conn: [row[0] for row in conn.execute(
             "SELECT username FROM accounts WHERE host = ? ORDER BY username", (host,))])
 
-    @staticmethod
-    def _getCredentials(conn, host, username, mechanism):
-        row = conn.execute(
-            "SELECT salt, iterations, stored_key, server_key FROM credentials"
-            " WHERE host = ? AND username = ? AND mechanism = ?",
-            (host, username, mechanism)).fetchone()
-        return Credentials(mechanism, *row) if row else None
-
     def getCredentials(self, host, username, mechanism):
-        return self._read(self._getCredentials, host, username, mechanism)
+        return self._select((_CREDENTIALS, (host, username, mechanism))).addCallback(
+            lambda rows: _credentials(mechanism, rows[0]))
 
     def countAccountsWithout(self, host, mechanism):
         return self._run(lambda conn: conn.execute(
@@ -319,23 +346,12 @@ class SQLStore(GroupsSQL, RosterObservers):
 
     # -- rosters ------------------------------------------------------------
 
-    @staticmethod
-    def _getRoster(conn, host, username) -> Roster:
-        # One statement: the version and the items it numbers, read together.
-        rows = conn.execute(
-            "SELECT a.roster_version, r.contact, r.name, r.subscription, r.ask, r.approved, r.groups"
-            " FROM accounts a LEFT JOIN roster_items r ON r.host = a.host AND r.username = a.username"
-            " AND r.subscription != 'remove' WHERE a.host = ? AND a.username = ? ORDER BY r.contact",
-            (host, username)).fetchall()
-        return Roster(rows[0][0] if rows else 0,
-                      tuple(_item(row[1:]) for row in rows if row[1] is not None))
-
     def getRoster(self, host, username):
-        return self._read(self._getRoster, host, username)
+        return self._select((_ROSTER, (host, username))).addCallback(lambda rows: _roster(rows[0]))
 
     def getRosterAndPendingIn(self, host, username):
-        return self._read(lambda conn: (self._getRoster(conn, host, username),
-                                       self._getPendingIn(conn, host, username)))
+        return self._select((_ROSTER, (host, username)), (_PENDING_IN, (host, username))).addCallback(
+            lambda rows: (_roster(rows[0]), rows[1]))
 
     def getRosterChanges(self, host, username, since):
         def get(conn):
@@ -409,14 +425,8 @@ class SQLStore(GroupsSQL, RosterObservers):
         self.rosterChanging(host, username)
         return self._run(self._removeRosterItem, host, username, contact)
 
-    @staticmethod
-    def _getPendingIn(conn, host, username) -> list:
-        return conn.execute(
-            "SELECT contact, stanza FROM pending_in WHERE host = ? AND username = ? ORDER BY contact",
-            (host, username)).fetchall()
-
     def getPendingIn(self, host, username):
-        return self._read(self._getPendingIn, host, username)
+        return self._select((_PENDING_IN, (host, username))).addCallback(lambda rows: rows[0])
 
     def setPendingIn(self, host, username, contact, stanza):
         return self._run(lambda conn: conn.execute(
@@ -445,9 +455,10 @@ class SQLStore(GroupsSQL, RosterObservers):
         return self._run(store)
 
     def getOffline(self, host, username, after=0, limit=20):
-        return self._read(lambda conn: [OfflineMessage(*row) for row in conn.execute(
+        return self._select((
             "SELECT stamp, stanza, id FROM offline_messages WHERE host = ? AND username = ? AND id > ?"
-            " ORDER BY id LIMIT ?", (host, username, after, limit))])
+            " ORDER BY id LIMIT ?", (host, username, after, limit))).addCallback(
+                lambda rows: [OfflineMessage(*row) for row in rows[0]])
 
     def removeOffline(self, host, username, upTo):
         return self._run(lambda conn: conn.execute(
@@ -655,18 +666,14 @@ class SQLStore(GroupsSQL, RosterObservers):
             f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
             " ORDER BY last_login DESC, device", (host, username))])
 
-    @staticmethod
-    def _getDevice(conn, host, username, deviceId):
-        row = conn.execute(f"SELECT {_DEVICE} FROM devices WHERE host = ? AND username = ?"
-                           " AND device = ?", (host, username, deviceId)).fetchone()
-        return _device(row) if row else None
-
     def getDevice(self, host, username, deviceId):
-        return self._run(self._getDevice, host, username, deviceId)
+        return self._run(lambda conn: conn.execute(_ONE_DEVICE, (host, username, deviceId)).fetchall(
+            )).addCallback(lambda rows: _device(rows[0]) if rows else None)
 
     def getTokenLogin(self, host, username, deviceId, mechanism):
-        return self._read(lambda conn: (self._getDevice(conn, host, username, deviceId),
-                                       self._getCredentials(conn, host, username, mechanism)))
+        return self._select((_ONE_DEVICE, (host, username, deviceId)),
+                            (_CREDENTIALS, (host, username, mechanism))).addCallback(
+            lambda rows: (_device(rows[0][0]) if rows[0] else None, _credentials(mechanism, rows[1])))
 
     def issueToken(self, host, username, deviceId, token):
         return self._run(lambda conn: conn.execute(
@@ -709,17 +716,18 @@ class SQLStore(GroupsSQL, RosterObservers):
     # -- PEP and account XML --------------------------------------------------
 
     def getPep(self, host, username):
-        def read(conn):
-            nodes: dict[str, tuple[str, list]] = {}
-            for node, config, itemId, xml in conn.execute(
-                    "SELECT n.node, n.config, i.item_id, i.xml FROM pep_nodes n LEFT JOIN pep_items i"
-                    " ON i.host = n.host AND i.username = n.username AND i.node = n.node"
-                    " WHERE n.host = ? AND n.username = ? ORDER BY n.node, i.seq", (host, username)):
-                items = nodes.setdefault(node, (config, []))[1]
+        def nodes(rows):
+            found: dict[str, tuple[str, list]] = {}
+            for node, config, itemId, xml in rows[0]:
+                items = found.setdefault(node, (config, []))[1]
                 if itemId is not None:
                     items.append((itemId, xml))
-            return [PepNode(node, config, tuple(items)) for node, (config, items) in nodes.items()]
-        return self._read(read)
+            return [PepNode(node, config, tuple(items)) for node, (config, items) in found.items()]
+        return self._select((
+            "SELECT n.node, n.config, i.item_id, i.xml FROM pep_nodes n LEFT JOIN pep_items i"
+            " ON i.host = n.host AND i.username = n.username AND i.node = n.node"
+            " WHERE n.host = ? AND n.username = ? ORDER BY n.node, i.seq",
+            (host, username))).addCallback(nodes)
 
     def setPepNode(self, host, username, node, config):
         return self._run(lambda conn: conn.execute(
