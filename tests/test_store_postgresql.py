@@ -495,3 +495,13 @@ def test_readerTimeoutFailsCallsAndCloses(reader):
     assert lost == [True]
     with pytest.raises(StoreUnavailable):
         yield reader.select([(b"SELECT 1", ())])
+
+
+@pytest_twisted.inlineCallbacks
+def test_readerValueItCannotSendFailsItsCallOnly(reader):
+    """A parameter that cannot be converted fails its call before any of its statements is sent."""
+    reader, lost = reader
+    with pytest.raises(psycopg.ProgrammingError):
+        yield reader.select([(b"SELECT $1::int", (1,)), (b"SELECT $1::text", (object(),))])
+    assert (yield reader.select([(b"SELECT $1::int", (7,))])) == [[(7,)]]
+    assert lost == []

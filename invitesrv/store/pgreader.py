@@ -83,13 +83,20 @@ class PipelinedReader:
         """
         if self._pgconn is None:
             return defer.fail(StoreUnavailable("the store's reading connection is closed"))
-        loaders = []
+        # Every parameter is converted before anything is sent: a value that
+        # cannot be must not leave a call's statements in the pipeline half sent.
+        loaders, sends = [], []
         try:
             for sql, params in statements:
                 tx = Transformer(self._conn)
-                values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
-                self._pgconn.send_query_params(sql, values, tx.types, tx.formats)
+                sends.append((sql, tx.dump_sequence(params, [PyFormat.AUTO] * len(params)),
+                              tx.types, tx.formats))
                 loaders.append(tx)
+        except Exception:
+            return defer.fail()
+        try:
+            for send in sends:
+                self._pgconn.send_query_params(*send)
             self._pgconn.pipeline_sync()
         except psycopg.OperationalError as e:
             self._lose(str(e).strip())
