@@ -202,7 +202,7 @@ class PostgreSQLStore(SQLStore):
             timeout=self.busyTimeout)
         self._connections.open(wait=True, timeout=max(self.busyTimeout, 1))
         self._pool.start()
-        if serving:
+        if serving and psycopg.Pipeline.is_supported():  # (libpq 14 and later)
             self._readerConnected(self._connectReader())
 
     def _connectReader(self) -> psycopg.Connection:
