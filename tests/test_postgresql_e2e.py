@@ -66,3 +66,40 @@ def test_unreachableDatabaseStopsStartUp(tmp_path):
     log = server.log()
     assert "cannot connect to postgresql " in log and "stopping" in log
     assert "Traceback" not in log
+
+
+def serverSessions(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND application_name LIKE 'invitesrv %%'").fetchone()[0]
+
+
+def test_loginsGoOnWhenTheDatabaseEndsTheConnections(serverFactory, postgresqlDSN):
+    """
+    The database ends the server's connections (a restart, a failover):
+    a login meanwhile is at worst told to try again later, the next ones
+    work, and the server connects its writes' and its reads' connections again.
+    """
+    server = serverFactory(f'[store]\nbackend = "postgresql"\ndsn = "{postgresqlDSN}"\n')
+    server.adduser("alice@localhost", PASSWORD)
+    with RawClient(server.port) as alice:
+        alice.login("alice", PASSWORD, "desk")
+    assert serverSessions(postgresqlDSN) == 2  # the worker's connection and the reads'
+    with psycopg.connect(postgresqlDSN, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+                     " WHERE application_name LIKE 'invitesrv %%' AND datname = current_database()")
+    answers = []
+    deadline = time.monotonic() + 15
+    while serverSessions(postgresqlDSN) < 2:
+        assert time.monotonic() < deadline, f"the server did not connect again: {answers}"
+        with RawClient(server.port) as alice:
+            alice.startTLS()
+            answers.append(alice.scram("alice", PASSWORD, "SCRAM-SHA-256"))
+        time.sleep(0.2)
+    assert answers and all("<success" in answer or "<temporary-auth-failure/>" in answer
+                           for answer in answers), answers
+    for resource in ("phone", "laptop"):
+        with RawClient(server.port) as alice:
+            assert alice.login("alice", PASSWORD, resource) == f"alice@localhost/{resource}"
+    log = server.log()
+    assert "reading connection was lost" in log and "Traceback" not in log
