@@ -7,6 +7,7 @@ like a built-in module, and answers over the wire.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import subprocess
@@ -15,6 +16,8 @@ import textwrap
 import pytest
 from conftest import TWISTD, RunningServer
 from rawxmpp import RawClient
+
+from invitesrv.tap import GC_THRESHOLDS, TwistdService
 
 GREETER = '''\
 """A third-party invitesrv module: answers <greeting xmlns='urn:example:greeter'/>."""
@@ -140,3 +143,20 @@ def test_moduleNotInstalled(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "no module named 'greeter'" in output and str(config) in output, output
+
+
+def test_twistdServiceTunesTheCollector():
+    """
+    The server's own process (twistd) collects young objects less often
+    than Python's default does; building the service changes nothing yet.
+    """
+    default = gc.get_threshold()
+    assert default != GC_THRESHOLDS
+    server = TwistdService()
+    assert gc.get_threshold() == default
+    try:
+        server.startService()
+        assert gc.get_threshold() == GC_THRESHOLDS
+    finally:
+        server.stopService()
+        gc.set_threshold(*default)
