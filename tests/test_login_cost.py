@@ -1,7 +1,8 @@
 """
 What a login and a reconnect cost the server, counted rather than timed (in
 memory, on a Clock): work that is not needed is not done. A bound session's
-JID and the server's answers to it are not stringprepped again, a stream
+JID and the server's answers to it are not stringprepped again, nor the
+username and resource of a phone's next login, a stream
 that uses no channel binding computes none, the store is read once where
 once will do, a parser a restart replaced is freed at once, and an idle
 stream's parser rests.
@@ -22,6 +23,7 @@ from twisted.words.protocols.jabber import jid
 
 from invitesrv.config import DEFAULT_MODULES
 from invitesrv.modules.sasl2 import DEVICE_RECORD_DELAY
+from invitesrv.xmpp.router import prepareResource, prepareUsername
 from invitesrv.xmpp.stream import PARSER_REST
 
 NS_PING = "urn:xmpp:ping"
@@ -61,6 +63,21 @@ def test_noStringprepForBoundJIDs(server, monkeypatch):
     assert (session.jid.user, session.jid.host, session.jid.resource) == ("ann", "localhost", "phone")
     assert prepared == []
     client.close()
+
+
+def test_namesPreparedOnce(server):
+    """
+    A phone's next login stringpreps neither its username nor its resource
+    again; a name that nodeprep refuses is refused every time.
+    """
+    Client(server, "ann", "phone").close()
+    before = [(f.cache_info().hits, f.cache_info().misses) for f in (prepareUsername, prepareResource)]
+    Client(server, "ann", "phone").close()
+    after = [(f.cache_info().hits, f.cache_info().misses) for f in (prepareUsername, prepareResource)]
+    assert [(hits + 1, misses) for hits, misses in before] == after
+    for _ in range(2):
+        with pytest.raises(UnicodeError):
+            prepareUsername("ann@elsewhere")
 
 
 

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from twisted.internet import defer
-from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from invitesrv.config import Duration
 from invitesrv.modules.base import HostModule
@@ -43,6 +42,7 @@ from invitesrv.services.slots import Slot
 from invitesrv.store.interfaces import FastToken
 from invitesrv.xmpp.auth import SASLFailure, Success
 from invitesrv.xmpp.channelbinding import TLS_EXPORTER, TLS_SERVER_END_POINT
+from invitesrv.xmpp.router import prepareUsername
 
 NS_FAST = "urn:xmpp:fast:0"
 PASSWORD_KEY = "SCRAM-SHA-1"  # every account has keys of this mechanism (imported ones only these)
@@ -116,7 +116,7 @@ class FastExchange:
             raise SASLFailure("malformed-request", "A token login is one initial response")
         name, proof = data.split(b"\0", 1)
         try:
-            username = nodeprep.prepare(name.decode("utf-8"))
+            username = prepareUsername(name.decode("utf-8"))
         except UnicodeError:
             raise SASLFailure("not-authorized") from None
         stream.attempted = username

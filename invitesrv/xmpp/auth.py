@@ -27,14 +27,13 @@ import scramp
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
-from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep, resourceprep
 from twisted.words.xish import domish
 
 from invitesrv.credentials import fakeCredentials
 from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.xmpp.c2s import NS_SESSION, Session
 from invitesrv.xmpp.channelbinding import NS_SASL_CB, channelBindings
-from invitesrv.xmpp.router import parseJID, preparedJID
+from invitesrv.xmpp.router import parseJID, preparedJID, prepareResource, prepareUsername
 from invitesrv.xmpp.stream import NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS
 from invitesrv.xmpp.xmlparser import speaksXMPP1
 
@@ -150,7 +149,7 @@ class ScramExchange:
         gs2, name = scramUsername(text)
         binding = self.channelBinding(gs2)
         try:
-            self.username = nodeprep.prepare(name) or None
+            self.username = prepareUsername(name) or None
         except UnicodeError:
             self.username = None
         auth.attempted = self.username or ""
@@ -201,7 +200,7 @@ class PlainExchange:
             raise SASLFailure("malformed-request")
         try:
             authzid, authcid, password = (part.decode("utf-8") for part in parts)
-            username = nodeprep.prepare(authcid)
+            username = prepareUsername(authcid)
         except UnicodeError:
             raise SASLFailure("not-authorized") from None
         auth = self.authenticator
@@ -585,7 +584,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
     def _bind(self, iq, bind):
         requested = str(bind.resource or "").strip() if bind.resource else ""
         try:
-            resource = resourceprep.prepare(requested) if requested else ""
+            resource = prepareResource(requested) if requested else ""
         except UnicodeError:
             resource = None
         if resource is None or len(resource.encode("utf-8")) > 1023:
