@@ -10,6 +10,7 @@ handler ends only its own stream, with a stream error.
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
@@ -17,9 +18,11 @@ from streamharness import ClientConnection, addAccount, login
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.words.protocols.jabber import jid, xmlstream
 
-from invitesrv.config import FederationOptions
+from invitesrv.config import FederationOptions, Limits
 from invitesrv.xmpp.s2s.service import S2SService
+from invitesrv.xmpp.stream import RestrictedStream
 
 S2S_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
               "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
@@ -199,3 +202,32 @@ def test_handlerErrorTrapped(servers):
     assert broken.streamError() == "internal-server-error" and broken.closed
     other.openStream()
     assert other.features() is not None and not other.closed
+
+
+@pytest.mark.parametrize(("namespace", "dialback", "initiating", "sid", "to", "sender"), [
+    ("jabber:client", False, False, "c0ffee", None, "localhost"),
+    ("jabber:server", True, False, "abc'<&", "peer.test", "localhost"),
+    ("jabber:server", True, True, None, "peer.test", "localhost"),
+    ("jabber:server", False, True, "ignored", "peer.test", None),
+])
+def test_headerAsTwistedWritesIt(namespace, dialback, initiating, sid, to, sender):
+    """
+    The opening tag a stream writes as text is, byte for byte, the one
+    Twisted's C{sendHeader} builds as an element: client and server streams,
+    either side, with or without the dialback prefix, an id to escape.
+    """
+    written = []
+    for send in (RestrictedStream.sendHeader, xmlstream.XmlStream.sendHeader):
+        authenticator = xmlstream.Authenticator()
+        authenticator.namespace = namespace
+        stream = RestrictedStream(authenticator, SimpleNamespace(
+            config=SimpleNamespace(limits=Limits()), clock=task.Clock()))
+        stream.transport = StringTransport()
+        stream.initiating, stream.sid = initiating, sid
+        stream.otherEntity = jid.JID(to) if to else None
+        stream.thisEntity = jid.JID(sender) if sender else None
+        if dialback:
+            stream.prefixes["jabber:server:dialback"] = "db"
+        send(stream)
+        written.append(stream.transport.value())
+    assert written[0] == written[1]
