@@ -505,3 +505,34 @@ def test_readerValueItCannotSendFailsItsCallOnly(reader):
         yield reader.select([(b"SELECT $1::int", (1,)), (b"SELECT $1::text", (object(),))])
     assert (yield reader.select([(b"SELECT $1::int", (7,))])) == [[(7,)]]
     assert lost == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_readsWithoutTheirConnectionAtStart(dsn, monkeypatch):
+    """
+    A server whose reads' connection cannot be made at start (the database
+    takes no more clients) starts all the same; reads go to the worker
+    until that connection is made.
+    """
+    monkeypatch.setattr(postgresql, "RECONNECT_DELAY", 0.05)
+    connect = PostgreSQLStore._connectReader
+    refusals = [psycopg.OperationalError("sorry, too many clients already")]
+
+    def connectReader(store):
+        if refusals:
+            raise refusals.pop()
+        return connect(store)
+    monkeypatch.setattr(PostgreSQLStore, "_connectReader", connectReader)
+    store = openStore(dsn)
+    try:
+        assert store._reader is None
+        yield store.createAccount(account("alice"))
+        yield sleep(0.1)
+        calls = workerCalls(store)
+        assert (yield store.getRoster(HOST, "alice")).version == 0
+        assert len(calls) == 1
+        yield until(lambda: store._reader is not None)
+        assert (yield store.getPendingIn(HOST, "alice")) == []
+        assert len(calls) == 1
+    finally:
+        store.close()

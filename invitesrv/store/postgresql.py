@@ -203,7 +203,12 @@ class PostgreSQLStore(SQLStore):
         self._connections.open(wait=True, timeout=max(self.busyTimeout, 1))
         self._pool.start()
         if serving and psycopg.Pipeline.is_supported():  # (libpq 14 and later)
-            self._readerConnected(self._connectReader())
+            try:
+                self._readerConnected(self._connectReader())
+            except psycopg.OperationalError as e:
+                log.warn("No connection for the store's reads yet ({reason}); they go to its"
+                         " worker until there is", reason=str(e).strip())
+                self._readerLost()
 
     def _connectReader(self) -> psycopg.Connection:
         return psycopg.connect(self.dsn, autocommit=True, application_name=self.holder,
