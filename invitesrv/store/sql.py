@@ -179,9 +179,9 @@ class SQLStore(GroupsSQL, RosterObservers):
 
     def _select(self, *statements):
         """
-        Fire with the rows of each of C{statements} (SQL and its parameters),
-        reading statements run together in one transaction: as L{_read}
-        does, unless the backend has a faster way for plain reads.
+        Fire with the rows of each of C{statements} (SQL and its
+        parameters), which only read: run by L{_read}, unless the backend
+        has a faster way for plain reads.
         """
         return self._read(lambda conn: [conn.execute(sql, params).fetchall()
                                         for sql, params in statements])
@@ -667,8 +667,8 @@ class SQLStore(GroupsSQL, RosterObservers):
             " ORDER BY last_login DESC, device", (host, username))])
 
     def getDevice(self, host, username, deviceId):
-        return self._run(lambda conn: conn.execute(_ONE_DEVICE, (host, username, deviceId)).fetchall(
-            )).addCallback(lambda rows: _device(rows[0]) if rows else None)
+        return self._select((_ONE_DEVICE, (host, username, deviceId))).addCallback(
+            lambda rows: _device(rows[0][0]) if rows[0] else None)
 
     def getTokenLogin(self, host, username, deviceId, mechanism):
         return self._select((_ONE_DEVICE, (host, username, deviceId)),
