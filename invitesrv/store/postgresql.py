@@ -139,23 +139,13 @@ class _Connection:
         """
         Run C{fn(self, *args)} with each statement its own transaction: for
         reads, whose statements see what was committed before each of them
-        either way (READ COMMITTED), C{BEGIN} and C{COMMIT} would only add
-        two round trips to the server.
+        either way (READ COMMITTED), and for a call whose only statement is
+        its write, C{BEGIN} and C{COMMIT} would only add two round trips to
+        the server.
         """
         self._conn.autocommit = True
         try:
             return fn(self, *args)
-        finally:
-            self._conn.autocommit = False
-
-    def executeAlone(self, sql: str, params=()):
-        """
-        Run a call's only statement as its own transaction: one round trip
-        to the server, where C{BEGIN}, the statement and C{COMMIT} are three.
-        """
-        self._conn.autocommit = True
-        try:
-            return self._conn.execute(translate(sql), params).fetchall()
         finally:
             self._conn.autocommit = False
 
@@ -371,7 +361,7 @@ class PostgreSQLStore(SQLStore):
               for username, m, rosterOnly in entries), strict=True)] or [[]] * 6
 
         def append(conn):
-            return conn.executeAlone(
+            return conn.execute(
                 "WITH e AS (SELECT * FROM unnest(?::text[], ?::bigint[], ?::text[], ?::text[],"
                 " ?::text[], ?::boolean[]) WITH ORDINALITY"
                 " AS e(username, id, peer, resource, stanza, roster_only, n)),"
@@ -392,7 +382,7 @@ class PostgreSQLStore(SQLStore):
                 " FROM added JOIN sizes USING (username)"
                 " UNION ALL SELECT NULL, NULL, NULL, q.n FROM q WHERE NOT EXISTS"
                 " (SELECT 1 FROM stored s WHERE s.username = q.username AND s.id = q.id)",
-                (*columns, host, host, host, host))
+                (*columns, host, host, host, host)).fetchall()
 
         def trim(conn, over):
             for username, items in over:
@@ -406,4 +396,4 @@ class PostgreSQLStore(SQLStore):
             if not over:
                 return added, taken
             return self._run(trim, over).addCallback(lambda _: (added, taken))
-        return self._run(append).addCallback(appended)
+        return self._run(lambda conn: conn.alone(append)).addCallback(appended)
