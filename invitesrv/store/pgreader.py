@@ -177,23 +177,28 @@ class PipelinedReader:
     def _callRead(self) -> None:
         """A call's sync is in: every statement of it has been answered."""
         call = self._calls.popleft()
-        self._rearm()
+        if not self._calls and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if call.error is not None:
             call.deferred.errback(call.error)
         else:
             call.deferred.callback(call.rows)
 
-    def _rearm(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._calls:
-            left = self._calls[0].started + self._timeout - self._reactor.seconds()
-            self._timer = self._reactor.callLater(max(left, 0), self._timedOut)
-
     def _timedOut(self) -> None:
+        """
+        The timer, set when a call is sent with none waiting: the oldest
+        call waiting is late, or the timer goes on until it would be (one
+        timer for all the calls, rather than one set again per answer).
+        """
         self._timer = None
-        self._lose(f"PostgreSQL did not answer a read within {self._timeout:g} s")
+        if not self._calls:
+            return
+        left = self._calls[0].started + self._timeout - self._reactor.seconds()
+        if left > 0:
+            self._timer = self._reactor.callLater(left, self._timedOut)
+        else:
+            self._lose(f"PostgreSQL did not answer a read within {self._timeout:g} s")
 
     def _lose(self, reason: str, lost: bool = True) -> None:
         if self._pgconn is None:
