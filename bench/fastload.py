@@ -313,6 +313,7 @@ async def connections(o) -> dict:
     """
     st = Stats()
     sessions = await tlsSessions(o, range(o.n)) if o.direct_port else {}
+    resumed = [0]
 
     async def job(k):
         c = FastClient(o)
@@ -322,6 +323,7 @@ async def connections(o) -> dict:
             await c.connect()
             st.lat.append(now() - t0)
             st.ok += 1
+            resumed[0] += c.resumed
         except XMPPError as e:
             st.fail(e)
         finally:
@@ -333,7 +335,7 @@ async def connections(o) -> dict:
     r = base_result(o, "connect")
     r.update({"n": o.n, "concurrency": o.c, "ok": st.ok, "errors": st.err, "error_kinds": st.errs,
               "per_s": round(st.ok / max(m.elapsed, 1e-9), 1), "tls": sorted(TLS_SEEN),
-              "direct_tls": bool(o.direct_port)})
+              "direct_tls": bool(o.direct_port), "tls_resumed": resumed[0]})
     r.update(latency_fields(st.lat))
     r.update(m.fields())
     return r

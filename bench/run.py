@@ -46,9 +46,11 @@ FASTLOAD = HERE / "fastload.py"  # reconnects with FAST + Bind2, on the same gen
 UPLOAD_GENERATOR = HERE / "uploadload.py"
 MUC_GENERATOR = HERE / "mucload.py"  # group chat workloads, on xmppload's code
 PROVISION = HERE / "provision.py"
+TLSFLOOR = HERE / "tlsfloor.py"  # a bare Twisted TLS responder: the floor under connectresumed
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 PEP_GENERATOR = HERE / "pepload.py"  # the PEP workload, on top of xmppload
-SCENARIOS = ("register", "invite", "login", "plain", "login1", "connect", "connectresumed", "fast",
+SCENARIOS = ("register", "invite", "login", "plain", "login1", "connect", "connectresumed",
+             "tlsfloor", "fast",
              "fast1", "fastsm", "fastsm1", "reconnect", "reconnect1", "messages", "smmessages",
              "smarchive", "resume", "roster", "mam", "pep", "idle", "idle10k", "idlesm", "upload",
              "download", "bigupload", "mucmsg", "mucjoin")
@@ -60,7 +62,8 @@ IDLE_SCENARIOS = ("idle", "idle10k", "idlesm")  # each run on a freshly started 
 UPLOAD_SCENARIOS = ("upload", "download", "bigupload")  # XEP-0363, on the HTTP listener
 # Not run on the reference servers: SASL2 + FAST (not in Prosody 0.12 or ejabberd 23.01), and
 # direct TLS (no such listener in their configs).
-OURS_ONLY = ("fast", "fast1", "fastsm", "fastsm1", "reconnect", "reconnect1", "connectresumed")
+OURS_ONLY = ("fast", "fast1", "fastsm", "fastsm1", "reconnect", "reconnect1", "connectresumed",
+             "tlsfloor")
 DOMAIN = "localhost"
 POOL = "bp"  # accounts bp0, bp1, ... with password pw-bp<i>
 LISTENING = re.compile(r"Clients listening on [\d.]+:(\d+)")
@@ -241,6 +244,7 @@ class Invitesrv:
         self.process: subprocess.Popen | None = None
         self.port = 0
         self.label = f"invitesrv-{importlib.metadata.version('invitesrv')}"
+        self.certificate = certificate
         cert, key = certificate
         directory.mkdir(parents=True, exist_ok=True)
         self.httpPort = freePort()
@@ -457,12 +461,16 @@ class Bench:
         self.results: list[dict] = []
 
     def gen(self, tag: str, run: str, *args: str, quiet: bool = False,
-            generator: Path = GENERATOR) -> dict:
-        """One generator call; its JSON line, annotated, is kept and appended to the output."""
+            generator: Path = GENERATOR, serverPid: int | None = None) -> dict:
+        """
+        One generator call; its JSON line, annotated, is kept and appended to
+        the output. C{serverPid}: the process whose CPU is measured, if not
+        the server's.
+        """
         s = self.sizes
         command = [sys.executable, str(generator), "--host", "127.0.0.1",
                    "--port", str(self.server.port), "--domain", DOMAIN,
-                   "--server-pid", str(self.server.pid), "--scram-cache", str(self.cache),
+                   "--server-pid", str(serverPid or self.server.pid), "--scram-cache", str(self.cache),
                    "--max-seconds", str(s.max_seconds), "--op-timeout", str(s.op_timeout),
                    "--label", self.server.label, *args]
         if self.genCPU is not None:
@@ -639,6 +647,30 @@ class Bench:
             self.gen("connectresumed", run, "connect", "-n", str(s.login_n), "-c", str(s.login_c),
                      "--direct-port", str(self.server.directPort), generator=FASTLOAD)
 
+    def scenario_tlsfloor(self) -> None:
+        """
+        C{connectresumed} against L{TLSFLOOR}, with the server's certificate
+        and TLS options, on the server's CPU: what any reconnect costs in
+        Twisted and OpenSSL before invitesrv's own code.
+        """
+        s = self.sizes
+        if isinstance(self.server, ReferenceServer):
+            log(f"{self.server.label}: the TLS floor is measured once, with invitesrv: skipped")
+            return
+        command = [sys.executable, str(TLSFLOOR), "--cert", str(self.server.certificate[0]),
+                   "--key", str(self.server.certificate[1])]
+        if self.server.cpu is not None:
+            command = ["taskset", "-c", self.server.cpu, *command]
+        bare = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        try:
+            port = bare.stdout.readline().split()[-1]
+            for run in self.runs():
+                self.gen("tlsfloor", run, "connect", "-n", str(s.login_n), "-c", str(s.login_c),
+                         "--direct-port", port, generator=FASTLOAD, serverPid=bare.pid)
+        finally:
+            bare.terminate()
+            bare.wait()
+
     def scenario_messages(self) -> None:
         s = self.sizes
         for run in self.runs():
@@ -791,6 +823,7 @@ UNITS = {"register": "accounts/s", "invite": "accounts/s", "login": "logins/s", 
          "login1": "logins/s", "fast": "reconnects/s", "fast1": "reconnects/s",
          "fastsm": "reconnects/s", "fastsm1": "reconnects/s", "reconnect": "reconnects/s",
          "reconnect1": "reconnects/s", "connect": "connections/s", "connectresumed": "connections/s",
+         "tlsfloor": "connections/s",
          "messages": "msgs/s",
          "roster": "gets/s", "mam": "pages/s", "pep-publish": "publishes/s",
          "pep-login": "logins/s", "smmessages": "msgs/s", "smarchive": "msgs/s",

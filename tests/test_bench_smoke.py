@@ -1,7 +1,8 @@
 """
 The benchmark must keep working as the server changes: run C{bench/run.py
 --quick} for the login, FAST reconnect and idle workloads against a real
-server and check that it produced figures with zero errors. No timing is
+server (and the bare TLS responder of the floor under a reconnect) and
+check that it produced figures with zero errors. No timing is
 asserted: the machine may be busy.
 """
 
@@ -23,7 +24,7 @@ def quickRun(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results.jsonl"
     result = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--scenarios",
-         "login,fast,fastsm,reconnect,idle,upload,download,bigupload", "--out", str(out)],
+         "login,fast,fastsm,reconnect,tlsfloor,idle,upload,download,bigupload", "--out", str(out)],
         capture_output=True, text=True, timeout=120, check=False)
     lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     return result, lines
@@ -95,6 +96,20 @@ def test_phoneReconnectFigures(quickRun):
     assert reconnect["errors"] == 0, reconnect.get("error_kinds")
     assert reconnect["ok"] == reconnect["n"] == reconnect["tls_resumed"] > 0
     assert reconnect["direct_tls"] and reconnect["server_cpu_s"] is not None
+
+
+def test_tlsFloorFigures(quickRun):
+    """
+    The floor was measured on the bare responder, not on invitesrv: every
+    connection resumed its TLS session there, and its own CPU was read.
+    """
+    _, lines = quickRun
+    [floor] = measured(lines, "tlsfloor")
+    [login] = measured(lines, "login")
+    assert floor["errors"] == 0, floor.get("error_kinds")
+    assert floor["ok"] == floor["n"] == floor["tls_resumed"] > 0
+    assert floor["direct_tls"] and floor["server_cpu_s"] is not None
+    assert floor["server_pid"] not in (0, login["server_pid"])
 
 
 def test_uploadFigures(quickRun):
