@@ -9,12 +9,12 @@ blocklist's, upload slots) is answered.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid
 
+from invitesrv.logs import logger
 from invitesrv.xmpp.router import parseJID
 
-log = Logger()
+log = logger()
 
 
 def accountRequest(iq, host) -> tuple[jid.JID, str] | None:

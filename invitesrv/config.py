@@ -21,6 +21,8 @@ from pathlib import Path
 from twisted.internet import endpoints
 from twisted.words.protocols.jabber import jid
 
+from invitesrv.logs import LEVELS
+
 DEFAULT_MODULES = (
     "roster",
     "presence",
@@ -325,6 +327,7 @@ class Config:
     tls_resumption: Duration = Duration(12 * 3600)
     require_encryption: bool = True
     scram_iterations: int = 4096
+    log_level: str = "info"
     modules: tuple[str, ...] = DEFAULT_MODULES
     # [modules.NAME] tables, and [hosts."x".modules.NAME] by host: checked against the
     # module's options schema when it is loaded (invitesrv.host.moduleOptions).
@@ -358,8 +361,8 @@ class Config:
 
 
 # Keys of the top-level tables and where they go in Config.
-_SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "modules", "public_url",
-                "trusted_proxies", "app_catalogue", "hide_apps", "hsts_max_age"}
+_SERVER_KEYS = {"data_dir", "require_encryption", "scram_iterations", "log_level", "modules",
+                "public_url", "trusted_proxies", "app_catalogue", "hide_apps", "hsts_max_age"}
 _LISTEN_KEYS = {"c2s", "c2s_direct_tls", "s2s", "http", "https", "metrics", "component"}
 _TLS_KEYS = {"certificate": "tls_certificate", "key": "tls_key", "ciphers": "tls_ciphers",
              "groups": "tls_groups", "certificates": "tls_certificates",
@@ -635,6 +638,9 @@ def parseConfig(data: dict, source: str = "<config>") -> Config:
                                   " server.modules nor a component's modules")
     if config.scram_iterations < 4096:
         raise ConfigError(f"{source}: server.scram_iterations must be at least 4096")
+    if config.log_level not in LEVELS:
+        raise ConfigError(f"{source}: server.log_level: expected one of {', '.join(LEVELS)},"
+                          f" not {config.log_level!r}")
     for entry in config.limits.allowlist:
         try:
             ipaddress.ip_network(entry, strict=False)

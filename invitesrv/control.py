@@ -21,15 +21,15 @@ import os
 from pathlib import Path
 
 from twisted.internet import defer, endpoints, error, protocol
-from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 
+from invitesrv.logs import logger
 from invitesrv.registrar import RegistrationError, prepareUsername
 from invitesrv.reload import ReloadError
 
-log = Logger()
+log = logger()
 
 SOCKET_NAME = "control.sock"
 RECORD_NAME = "server.json"

@@ -16,7 +16,6 @@ import time
 from importlib.metadata import entry_points
 
 from twisted.internet import defer, threads
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish, utility
 from wokkel.subprotocols import XMPPHandlerCollection
@@ -25,11 +24,12 @@ from invitesrv.config import Config, ConfigError, HostOptions, buildTable
 from invitesrv.credentials import MECHANISMS
 from invitesrv.hooks import Hooks
 from invitesrv.limits import Metrics
+from invitesrv.logs import logger
 from invitesrv.modules.base import ModuleError
 from invitesrv.services.resources import Resources
 from invitesrv.xmpp.router import Router, bounce
 
-log = Logger()
+log = logger()
 
 NS_CLIENT = "jabber:client"
 ADMIN_ROLE = "admin"  # the role an admin invite grants

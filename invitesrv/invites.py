@@ -24,12 +24,12 @@ import secrets
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
+from invitesrv.logs import logger
 from invitesrv.store.interfaces import Invite
 from invitesrv.usernames import precisUsername
 
-log = Logger()
+log = logger()
 
 TOKEN_BYTES = 18  # 24 characters of base64url: what Prosody's util.id.medium() gives
 MAX_TOKEN_LENGTH = 64  # longer presented tokens are refused before any lookup

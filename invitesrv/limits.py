@@ -20,9 +20,9 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from twisted.logger import Logger
+from invitesrv.logs import logger
 
-log = Logger()
+log = logger()
 
 # Most entries each table keeps (addresses, accounts); beyond it the oldest go.
 MAX_ENTRIES = 100_000

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from invitesrv.credentials import MECHANISMS, checkPassword, fakeCredentials, makeCredentials
+from invitesrv.logs import logger
 from invitesrv.services.reservation import Reservations
 from invitesrv.store.interfaces import (
     AccountExists,
@@ -31,7 +31,7 @@ from invitesrv.store.interfaces import (
 )
 from invitesrv.usernames import precisUsername
 
-log = Logger()
+log = logger()
 
 INVITE_ONLY = "Registration on this server is through invitation only"
 PASSWORD_CHANGED = "Password changed"

@@ -2,7 +2,7 @@
 Reloading a running server (SIGHUP, C{invitesrvctl reload}): the
 certificates are read again, and so is the config file, whose live parts
 (C{[limits]}, the hosts' options, the modules' C{[modules.NAME]} tables,
-C{[tls]}, C{require_encryption}, C{scram_iterations}) apply to what happens
+C{[tls]}, C{require_encryption}, C{scram_iterations}, C{log_level}) apply to what happens
 next; the sessions already open
 stay. What a running server cannot change (listeners, hosts added or
 removed, the data dir and so the store, the modules, federation, the public
@@ -16,19 +16,19 @@ import dataclasses
 import signal
 
 from twisted.application import service
-from twisted.logger import Logger
 
 from invitesrv.config import _LISTEN_KEYS, _SERVER_KEYS, Config, ConfigError
+from invitesrv.logs import logger, setLevel
 
-log = Logger()
+log = logger()
 
 # What a running server cannot change in place: the limits read once at
 # start, and the hosts' options parsed when their modules start.
 RESTART_LIMITS = {"store_busy_timeout", "metrics_interval"}
 RESTART_HOST_OPTIONS = {"registration_allowlist", "registration_blocklist"}
 LIVE = {"limits", "hosts", "tls_certificate", "tls_key", "tls_certificates", "tls_ciphers",
-        "tls_groups", "tls_resumption", "require_encryption", "scram_iterations", "module_options",
-        "host_module_options"}
+        "tls_groups", "tls_resumption", "require_encryption", "scram_iterations", "log_level",
+        "module_options", "host_module_options"}
 
 
 class ReloadError(Exception):
@@ -133,6 +133,7 @@ def certificateChanges(old, new) -> list[str]:
 def applyConfig(server, config: Config) -> None:
     """Run C{server} with C{config} (the result of L{compareConfigs}) from now on."""
     server.config = config
+    setLevel(config.log_level)
     server.limiter.reconfigure(config.limits)
     for name, host in server.hosts.items():
         host.config = config

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import failure
 
@@ -37,6 +36,7 @@ from invitesrv.config import Config, ConfigError
 from invitesrv.control import SOCKET_NAME, ControlFactory, writeRecord
 from invitesrv.host import VirtualHost
 from invitesrv.limits import Limiter, Metrics
+from invitesrv.logs import logger, setLevel
 from invitesrv.metrics import MetricsService
 from invitesrv.reload import ReloadService, reloadServer
 from invitesrv.store.sqlite import SQLiteStore
@@ -47,7 +47,7 @@ from invitesrv.xmpp.c2s import C2SFactory
 from invitesrv.xmpp.router import Router
 from invitesrv.xmpp.s2s.service import S2SService
 
-log = Logger()
+log = logger()
 
 
 STOP_TIMEOUT = 10  # seconds the hosts' modules have at shutdown to write what they hold
@@ -372,6 +372,7 @@ class ServerService(service.MultiService):
 
     def startService(self):
         """Start every child; the log says when all of them (every listener) are up."""
+        setLevel(self.server.config.log_level)
         service.MultiService.startService(self)
         log.info("Ready: serving {hosts}", hosts=", ".join(self.server.hosts))
 

@@ -15,9 +15,10 @@ import socket
 
 from twisted.application import service
 from twisted.internet import task
-from twisted.logger import Logger
 
-log = Logger()
+from invitesrv.logs import logger
+
+log = logger()
 
 
 class Notifier:

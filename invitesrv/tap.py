@@ -13,16 +13,16 @@ import gc
 import sys
 
 from twisted.application import service
-from twisted.logger import Logger
 from twisted.python import usage
 
 from invitesrv.config import ConfigError, loadConfig, withOverrides
 from invitesrv.host import ModuleError, findModule, moduleOptions
+from invitesrv.logs import logger
 from invitesrv.service import ListenError
 from invitesrv.service import makeService as _makeService
 from invitesrv.store.interfaces import StoreUnavailable
 
-log = Logger()
+log = logger()
 
 
 def _stop(message: str) -> None:

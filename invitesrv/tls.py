@@ -29,12 +29,12 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from invitesrv.config import TLS_CIPHERS, TLS_GROUPS
+from invitesrv.logs import logger
 
-log = Logger()
+log = logger()
 
 
 def generateSelfSigned(certPath: Path, keyPath: Path, hosts: list[str]) -> None:

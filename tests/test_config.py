@@ -173,6 +173,8 @@ def test_adminsArePrepared(tmp_path):
 def test_otherChecks(tmp_path):
     """Rules across options, and files that are not TOML or not there."""
     assert "4096" in configError(tmp_path, "[server]\nscram_iterations = 1000\n")
+    assert "server.log_level: expected one of debug, info, warn, error, critical, not 'loud'" in \
+        configError(tmp_path, '[server]\nlog_level = "loud"\n')
     assert "go together" in configError(tmp_path, '[tls]\ncertificate = "a.pem"\n')
     assert "not valid TOML" in configError(tmp_path, "[server\n")
     with pytest.raises(ConfigError, match="nowhere.toml: cannot read"):

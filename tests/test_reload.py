@@ -143,6 +143,48 @@ def test_brokenConfigRefusedOnReload(tmp_path):
         server.stop()
 
 
+def wrongPassword(server: RunningServer, username: str) -> None:
+    with RawClient(server.port) as client:
+        client.startTLS()
+        assert "<failure" in client.scram(username, "wrong password")
+
+
+def test_logLevel(tmp_path):
+    """
+    C{[server] log_level}: at debug, set at the start, a stream-managed
+    session waiting for its client is logged (at the default, info, it is
+    not); reloaded to warn, a failed login is no longer logged; reloaded back
+    to info, it is again.
+    """
+    server = RunningServer(tmp_path)
+    server.configPath.write_text(server.configPath.read_text().replace(
+        "[listen]", 'log_level = "debug"\n[listen]'))
+    server.start()
+    try:
+        server.adduser("alice@localhost", "secret-password")
+        phone = RawClient(server.port)
+        phone.login("alice", "secret-password", "phone")
+        phone.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        phone.recvUntil("<enabled[^>]*/>")
+        phone.close()
+        waitForLog(server, "alice@localhost/phone: connection lost; the session waits")
+
+        wrongPassword(server, "before")
+        waitForLog(server, 'for user "before"')
+        text = server.configPath.read_text()
+        server.configPath.write_text(text.replace('log_level = "debug"', 'log_level = "warn"'))
+        assert "server.log_level: 'debug' -> 'warn'" in server.ctl("reload").stdout.splitlines()
+        wrongPassword(server, "muted")
+        server.configPath.write_text(text.replace('log_level = "debug"', 'log_level = "info"'))
+        server.ctl("reload")
+        wrongPassword(server, "after")
+        log = waitForLog(server, 'for user "after"')
+        assert 'for user "muted"' not in log
+        assert "Reload: server.log_level: 'warn' -> 'info'" in log
+    finally:
+        server.stop()
+
+
 def test_limiterReconfigureKeepsCounts():
     """
     A reload's new limits apply to the next connection while the open ones

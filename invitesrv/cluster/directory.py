@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 
+from invitesrv.logs import logger
 from invitesrv.modules.presence import parseStored
 from invitesrv.xmpp.c2s import NOBODY
 from invitesrv.xmpp.router import parseJID
 
-log = Logger()
+log = logger()
 
 
 def sessionKey(session) -> tuple:

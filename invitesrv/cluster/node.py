@@ -40,7 +40,6 @@ from weakref import WeakKeyDictionary
 
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from invitesrv.cluster.directory import Directory, RemoteSession, sessionKey, sessionState
@@ -48,13 +47,14 @@ from invitesrv.cluster.limits import SharedLimits
 from invitesrv.cluster.redis import RedisClient, RedisError, RedisUnavailable, parseURL
 from invitesrv.cluster.resumption import Resumption
 from invitesrv.components.base import InternalComponent
+from invitesrv.logs import logger
 from invitesrv.modules.mam import ARCHIVE_SLOTS
 from invitesrv.services.slots import Slot
 from invitesrv.store.interfaces import ArchivePrefs
 from invitesrv.xmpp.router import bounce, parseJID
 from invitesrv.xmpp.xmlparser import RestrictedElementStream
 
-log = Logger()
+log = logger()
 
 PREFIX = "invitesrv:"
 # How often the command connection reads Redis's answers: the PUBLISH of each

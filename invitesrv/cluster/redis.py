@@ -19,9 +19,10 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 from twisted.application.internet import ClientService
 from twisted.internet import defer, endpoints, protocol
-from twisted.logger import Logger
 
-log = Logger()
+from invitesrv.logs import logger
+
+log = logger()
 
 
 class RedisUnavailable(Exception):

@@ -36,16 +36,16 @@ import json
 import secrets
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from invitesrv.cluster.directory import applyState, sessionKey, sessionState
 from invitesrv.cluster.redis import RedisUnavailable
+from invitesrv.logs import logger
 from invitesrv.modules.csi import HELD
 from invitesrv.services.slots import Slot
 from invitesrv.xmpp.c2s import NOBODY, Session
 from invitesrv.xmpp.router import parseJID
 
-log = Logger()
+log = logger()
 
 REQUEST = b"q"
 ANSWER = b"a"

@@ -18,17 +18,17 @@ XEP-0114 kind is in L{invitesrv.components.external}.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from wokkel import disco
 from wokkel.subprotocols import XMPPHandlerCollection
 
 from invitesrv.hooks import Hooks
 from invitesrv.host import HostStream, VirtualHost
+from invitesrv.logs import logger
 from invitesrv.modules.disco import DiscoModule
 from invitesrv.xmpp.router import bounce
 
-log = Logger()
+log = logger()
 
 
 class Component:

@@ -30,12 +30,12 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid, xmlstream
 from twisted.words.xish import domish
 from wokkel import disco
 
 from invitesrv.components.base import Component
+from invitesrv.logs import logger
 from invitesrv.xmpp.router import bounce
 from invitesrv.xmpp.s2s.stream import domainOf, retarget, streamErrorCondition
 from invitesrv.xmpp.stream import (
@@ -49,7 +49,7 @@ from invitesrv.xmpp.stream import (
 )
 from invitesrv.xmpp.xmlparser import StreamViolation
 
-log = Logger()
+log = logger()
 
 NS_COMPONENT = "jabber:component:accept"
 

@@ -47,16 +47,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 from wokkel import data_form, disco
 from wokkel.subprotocols import IQHandlerMixin
 
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.xmpp.router import parseJID
 
-log = Logger()
+log = logger()
 
 NS_COMMANDS = "http://jabber.org/protocol/commands"
 COMMAND = f"/iq[@type='set']/command[@xmlns='{NS_COMMANDS}']"

@@ -35,18 +35,18 @@ from __future__ import annotations
 import itertools
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 
 from invitesrv.accountiq import answer
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.presence import addressed, makePresence
 from invitesrv.modules.roster import FROM, TO
 from invitesrv.services.slots import Slot
 from invitesrv.xmpp.router import bounce, parseJID
 
-log = Logger()
+log = logger()
 
 NS_CLIENT = "jabber:client"
 NS_BLOCKING = "urn:xmpp:blocking"

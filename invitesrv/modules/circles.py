@@ -27,7 +27,6 @@ import secrets
 import unicodedata
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 from wokkel import data_form
@@ -35,12 +34,13 @@ from wokkel import data_form
 from invitesrv.components.muc.room import RoomConfig
 from invitesrv.components.muc.service import GroupsModule
 from invitesrv.host import moduleOptions
+from invitesrv.logs import logger
 from invitesrv.modules.adhoc import CommandError, CommandResult, FormCommand
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.private import BOOKMARK_NODE, NS_BOOKMARKS
 from invitesrv.store.interfaces import Circle, CircleExists
 
-log = Logger()
+log = logger()
 
 MAX_NAME = 64
 NODE = "urn:invitesrv:circles#manage"

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.carbons import NS_CARBONS, NS_FORWARD
 from invitesrv.modules.offline import NS_CHATSTATES, NS_CLIENT, NS_HINTS
 from invitesrv.services.slots import Slot
 
-log = Logger()
+log = logger()
 
 NS_CSI = "urn:xmpp:csi:0"
 # What a held message may carry besides its chat state.

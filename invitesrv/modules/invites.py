@@ -12,12 +12,12 @@ XEP-0379) and C{invites_adhoc} (XEP-0050 commands).
 from __future__ import annotations
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
 
 from invitesrv.invites import InviteManager
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 
-log = Logger()
+log = logger()
 
 
 class InvitesModule(HostModule):

@@ -22,15 +22,15 @@ answered with a subscription of the user's own, so both sides end at C{both}.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error
 from twisted.words.protocols.jabber.xmlstream import toResponse
 
 from invitesrv.invites import InviteManager, creatorOf, hashToken
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.store.interfaces import InviteUnavailable, InviteUse
 
-log = Logger()
+log = logger()
 
 NS_INVITE = "urn:xmpp:invite"
 NS_IBR_TOKEN = "urn:xmpp:ibr-token:0"

@@ -38,11 +38,11 @@ from dataclasses import replace
 from datetime import datetime
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 
 from invitesrv.config import ARCHIVE_POLICIES
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.offline import NS_CHATSTATES, NS_CLIENT, NS_DELAY, NS_HINTS, delayStamp
 from invitesrv.services.batches import BatchWriter
@@ -56,7 +56,7 @@ from invitesrv.store.interfaces import (
 )
 from invitesrv.xmpp.router import parseJID
 
-log = Logger()
+log = logger()
 
 NS_MAM = "urn:xmpp:mam:2"
 NS_MAM_EXTENDED = "urn:xmpp:mam:2#extended"

@@ -36,14 +36,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.store.interfaces import OfflineMessage, StoreUnavailable
 from invitesrv.xmpp.router import bounce
 
-log = Logger()
+log = logger()
 
 NS_CLIENT = "jabber:client"
 NS_OFFLINE = "msgoffline"

@@ -47,7 +47,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid, xmlstream
 from twisted.words.xish import domish
 from wokkel import disco
@@ -55,6 +54,7 @@ from wokkel import disco
 from invitesrv.accountiq import accountRequest, answer
 from invitesrv.caps import NS_DISCO_INFO, Caps, CapsCache, features, parseCaps, verified
 from invitesrv.config import Duration
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.roster import FROM
 from invitesrv.pubsub import (
@@ -75,7 +75,7 @@ from invitesrv.pubsub import (
 from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.xmpp.router import parseJID
 
-log = Logger()
+log = logger()
 
 NS_CLIENT = "jabber:client"
 NOTIFY = "+notify"

@@ -36,11 +36,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 from twisted.words.xish.domish import escapeToXml
 
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.roster import FROM, TO, RosterModule
 from invitesrv.store.interfaces import RosterItem, StoreUnavailable
@@ -48,7 +48,7 @@ from invitesrv.xmpp.c2s import NOBODY
 from invitesrv.xmpp.router import bounce, parseJID
 from invitesrv.xmpp.xmlparser import RestrictedElementStream
 
-log = Logger()
+log = logger()
 
 NS_CLIENT = "jabber:client"
 NS_PREAPPROVAL = "urn:xmpp:features:pre-approval"

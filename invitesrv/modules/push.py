@@ -36,17 +36,17 @@ import itertools
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 
 from invitesrv.config import Duration
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.offline import parseStanza
 from invitesrv.store.interfaces import PushRegistration, StoreUnavailable
 
-log = Logger()
+log = logger()
 
 NS_PUSH = "urn:xmpp:push:0"
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"

@@ -20,18 +20,18 @@ from __future__ import annotations
 from typing import ClassVar
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 from wokkel import data_form
 from wokkel.subprotocols import IQHandlerMixin
 
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.registrar import RegistrationError, prepareUsername
 from invitesrv.xmpp.router import parseJID
 
-log = Logger()
+log = logger()
 
 NS_REGISTER = "jabber:iq:register"
 NS_FEATURE = "http://jabber.org/features/iq-register"

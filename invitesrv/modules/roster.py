@@ -30,15 +30,15 @@ import itertools
 from dataclasses import replace
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.store.interfaces import Roster, RosterItem
 from invitesrv.xmpp.router import parseJID
 
-log = Logger()
+log = logger()
 
 NS_CLIENT = "jabber:client"
 NS_ROSTER = "jabber:iq:roster"

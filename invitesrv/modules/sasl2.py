@@ -24,11 +24,11 @@ import base64
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 from wokkel import data_form
 
+from invitesrv.logs import logger
 from invitesrv.modules.adhoc import CommandProvider, CommandResult, FormCommand
 from invitesrv.services.batches import BatchWriter
 from invitesrv.services.slots import Slot
@@ -36,7 +36,7 @@ from invitesrv.store.interfaces import Device
 from invitesrv.xmpp.auth import SASLFailure, Success, decodeSASL
 from invitesrv.xmpp.stream import NS_SASL
 
-log = Logger()
+log = logger()
 
 # A login's device and time wait this long (seconds) for other logins' to be
 # recorded with them: under load one transaction a second, not one a login.

@@ -60,10 +60,10 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from invitesrv.config import Duration
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.carbons import NS_CARBONS, copyElement
 from invitesrv.modules.mam import NS_MAM
@@ -71,7 +71,7 @@ from invitesrv.modules.offline import NS_DELAY, delayStamp
 from invitesrv.services.slots import Slot
 from invitesrv.xmpp.router import bounce
 
-log = Logger()
+log = logger()
 
 NS_SM = "urn:xmpp:sm:3"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -383,7 +383,8 @@ class SmacksModule(HostModule):
         state.hibernation = self.host.clock.callLater(seconds, self._expire, session)
         state.hibernatedAt = self.host.now()
         self.host.metrics["smacks.hibernated"] += 1
-        log.info("{jid}: connection lost; the session waits {seconds:.0f} s to be resumed"
+        # A phone does this many times a day: at debug level, as Prosody has it (the metrics count it).
+        log.debug("{jid}: connection lost; the session waits {seconds:.0f} s to be resumed"
                  " ({count} stanzas unacknowledged)", jid=session.full, seconds=seconds,
                  count=len(state.queue))
         for entry in state.queue:
@@ -462,7 +463,7 @@ class SmacksModule(HostModule):
         if stream.session is not session:  # one adopted from another node is bound already
             stream.takeOver(session)
         self.host.metrics["smacks.resumed"] += 1
-        log.info("{jid} resumed from {address}; {count} stanzas sent again", jid=session.full,
+        log.debug("{jid} resumed from {address}; {count} stanzas sent again", jid=session.full,
                  address=stream.address, count=len(state.queue))
         return sm("resumed", previd=token, h=state.handled)
 

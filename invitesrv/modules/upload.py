@@ -36,7 +36,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
@@ -44,10 +43,11 @@ from wokkel import data_form, disco
 
 from invitesrv.accountiq import answer
 from invitesrv.config import Duration
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule, ModuleError
 from invitesrv.store.interfaces import QuotaExceeded, Upload
 
-log = Logger()
+log = logger()
 
 NS_UPLOAD = "urn:xmpp:http:upload:0"
 SLOT_REQUEST = f"/iq[@type='get']/request[@xmlns='{NS_UPLOAD}']"

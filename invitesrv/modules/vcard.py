@@ -26,15 +26,15 @@ import hashlib
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 
 from invitesrv.accountiq import accountRequest, answer
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule
 from invitesrv.modules.presence import parseStored
 
-log = Logger()
+log = logger()
 
 NS_VCARD = "vcard-temp"
 NS_VCARD_UPDATE = "vcard-temp:x:update"

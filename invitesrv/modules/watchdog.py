@@ -25,15 +25,15 @@ from __future__ import annotations
 import secrets
 
 from twisted.internet import task
-from twisted.logger import Logger
 from twisted.words.xish import domish
 from wokkel import data_form
 
+from invitesrv.logs import logger
 from invitesrv.modules.adhoc import AdHocCommand, CommandProvider, CommandResult
 from invitesrv.xmpp.auth import NS_LIMITS
 from invitesrv.xmpp.c2s import NS_CLIENT
 
-log = Logger()
+log = logger()
 
 NS_PING = "urn:xmpp:ping"
 NODE_COUNTERS = "urn:x-invitesrv:admin#counters"

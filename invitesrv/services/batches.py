@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
+from invitesrv.logs import logger
 from invitesrv.store.interfaces import StoreUnavailable
 
-log = Logger()
+log = logger()
 
 
 class BatchWriter:

@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
+from invitesrv.logs import logger
 from invitesrv.services.slots import Slot
 from invitesrv.store.interfaces import Invite
 
-log = Logger()
+log = logger()
 
 
 @dataclass

@@ -21,12 +21,12 @@ from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadWriteDescriptor
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from invitesrv.logs import logger
 from invitesrv.store.interfaces import StoreUnavailable
 
-log = Logger()
+log = logger()
 
 # SQLSTATE classes of a connection that is going away, or of a server that
 # cannot take the work: the store is unavailable, the statement is not wrong.

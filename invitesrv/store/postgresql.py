@@ -31,16 +31,16 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 from twisted.internet import threads
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from invitesrv.logs import logger
 from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.store.pgreader import PipelinedReader
 from invitesrv.store.sql import SQLStore
 from invitesrv.store.sqlite import schemaScripts
 from invitesrv.usernames import skeleton
 
-log = Logger()
+log = logger()
 
 SERVING = "invitesrv"  # the application_name of a server's connections, with its holder id
 TOOL = "invitesrvctl"  # and of a tool's, which holds no reservations

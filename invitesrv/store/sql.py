@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 
 from twisted.internet import threads
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from invitesrv.limits import EpisodeLog
+from invitesrv.logs import logger
 from invitesrv.store.interfaces import (
     AccountExists,
     ArchivedMessage,
@@ -50,7 +50,7 @@ from invitesrv.store.interfaces import (
 from invitesrv.store.sqlite_groups import GroupsSQL
 from invitesrv.usernames import looksAlike, skeleton
 
-log = Logger()
+log = logger()
 
 
 def _item(row) -> RosterItem:

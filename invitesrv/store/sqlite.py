@@ -19,14 +19,14 @@ import sqlite3
 from pathlib import Path
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from invitesrv.logs import logger
 from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.store.sql import SQLStore
 from invitesrv.usernames import skeleton
 
-log = Logger()
+log = logger()
 
 _TRANSIENT = ("locked", "busy", "full", "disk i/o", "readonly", "unable to open")
 

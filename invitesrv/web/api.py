@@ -46,7 +46,6 @@ import time
 from collections import OrderedDict
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -61,11 +60,12 @@ from invitesrv.invites import (
     isoTime,
     welcomeText,
 )
+from invitesrv.logs import logger
 from invitesrv.registrar import RegistrationError, prepareUsername
 from invitesrv.web.openapi import openAPIDocument
 from invitesrv.web.pages import BodyPolicy, Refused, finishWith, watchConnection
 
-log = Logger()
+log = logger()
 
 JSON = b"application/json"
 MAX_BODY = 64 * 1024

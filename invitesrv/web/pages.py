@@ -20,7 +20,6 @@ from urllib.parse import urlencode
 
 import segno
 from twisted.internet import defer, task
-from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from twisted.web import resource
 from twisted.web.error import FlattenerError
@@ -35,6 +34,7 @@ from twisted.web.template import (
     tags,
 )
 
+from invitesrv.logs import logger
 from invitesrv.web.i18n import (
     N_,
     Text,
@@ -47,7 +47,7 @@ from invitesrv.web.i18n import (
     templateText,
 )
 
-log = Logger()
+log = logger()
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 HTML = b"text/html; charset=utf-8"

@@ -21,11 +21,11 @@ import secrets
 from urllib.parse import parse_qs, quote
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.template import Element, renderer, tags
 
 from invitesrv.invites import creatorOf, hashToken
+from invitesrv.logs import logger
 from invitesrv.registrar import RegistrationError
 from invitesrv.web.apps import detectPlatform, recommended
 from invitesrv.web.i18n import Text
@@ -43,7 +43,7 @@ from invitesrv.web.pages import (
     template,
 )
 
-log = Logger()
+log = logger()
 
 CSRF_COOKIE = b"invitesrv_csrf"
 # The largest form body: a username and two passwords of password_max_length

@@ -30,14 +30,14 @@ import re
 from urllib.parse import parse_qs, quote
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.web import http, resource, static
 from twisted.web.server import NOT_DONE_YET
 
+from invitesrv.logs import logger
 from invitesrv.modules.upload import DEFAULT_TYPE, UploadFailed
 from invitesrv.web.pages import BodyPolicy, Refused, finishWith, watchConnection
 
-log = Logger()
+log = logger()
 
 TEXT = b"text/plain; charset=utf-8"
 # Nothing in a served file may load or run anything; images and media shown

@@ -22,19 +22,19 @@ from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import http, pages, resource, server, static
 
 from invitesrv.config import ConfigError
 from invitesrv.invites import InviteManager, hashToken
 from invitesrv.limits import EpisodeLog
+from invitesrv.logs import logger
 from invitesrv.tls import CurrentOptions
 from invitesrv.web.apps import CatalogueError, loadCatalogue
 from invitesrv.web.i18n import N_, Text
 from invitesrv.web.pages import BodyPolicy, MessageBody, Page, Refused, reason, rootOf, servePage
 
-log = Logger()
+log = logger()
 
 STATIC = Path(__file__).resolve().parent / "static"
 

@@ -25,11 +25,11 @@ from typing import NamedTuple
 
 import scramp
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 
 from invitesrv.credentials import fakeCredentials
+from invitesrv.logs import logger
 from invitesrv.store.interfaces import StoreUnavailable
 from invitesrv.xmpp.c2s import NS_SESSION, Session
 from invitesrv.xmpp.channelbinding import NS_SASL_CB, channelBindings
@@ -37,7 +37,7 @@ from invitesrv.xmpp.router import parseJID, preparedJID, prepareResource, prepar
 from invitesrv.xmpp.stream import NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS
 from invitesrv.xmpp.xmlparser import speaksXMPP1
 
-log = Logger()
+log = logger()
 
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_LIMITS = "urn:xmpp:stream-limits:0"

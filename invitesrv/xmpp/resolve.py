@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from twisted.internet import defer, endpoints, error
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IReactorPluggableNameResolver
-from twisted.logger import Logger
 from twisted.names import client, common, dns, hosts, resolve
 from twisted.names import error as dnsError
 from zope.interface import implementer
 
 from invitesrv.config import DEFAULT_S2S_PORT
+from invitesrv.logs import logger
 
-log = Logger()
+log = logger()
 
 RESOLV_CONF = "/etc/resolv.conf"
 HOSTS = b"/etc/hosts"

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep, resourceprep
 
-log = Logger()
+from invitesrv.logs import logger
+
+log = logger()
 
 
 @lru_cache(maxsize=8192)

@@ -17,15 +17,15 @@ import socket
 
 from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid, xmlstream
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from invitesrv.logs import logger
 from invitesrv.xmpp.router import parseJID
 from invitesrv.xmpp.xmlparser import RestrictedElementStream, StreamViolation
 
-log = Logger()
+log = logger()
 
 NS_STREAMS = xmlstream.NS_STREAMS
 NS_TLS = xmlstream.NS_XMPP_TLS

@@ -20,7 +20,6 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import error, jid
 from twisted.words.xish import domish
 from wokkel import disco
@@ -43,6 +42,7 @@ from invitesrv.components.muc.room import (
 )
 from invitesrv.host import moduleOptions
 from invitesrv.limits import BucketTable
+from invitesrv.logs import logger
 from invitesrv.modules.base import HostModule, ModuleError
 from invitesrv.modules.offline import delayStamp, parseStanza
 from invitesrv.store.interfaces import (
@@ -53,7 +53,7 @@ from invitesrv.store.interfaces import (
 )
 from invitesrv.xmpp.router import bounce, parseJID
 
-log = Logger()
+log = logger()
 
 NS_PING = "urn:xmpp:ping"
 NS_MODERATE = "urn:xmpp:message-moderate:1"

@@ -15,10 +15,10 @@ import secrets
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid, xmlstream
 from twisted.words.xish import domish
 
+from invitesrv.logs import logger
 from invitesrv.xmpp.dialback import NS_DIALBACK, NS_DIALBACK_FEATURE
 from invitesrv.xmpp.router import parseJID
 from invitesrv.xmpp.s2s.stream import (
@@ -46,7 +46,7 @@ from invitesrv.xmpp.xmlparser import StreamViolation, speaksXMPP1
 if TYPE_CHECKING:
     from invitesrv.xmpp.s2s.service import S2SService
 
-log = Logger()
+log = logger()
 
 MAX_PENDING_DIALBACK = 10  # dialback requests waiting for an answer on one incoming stream
 

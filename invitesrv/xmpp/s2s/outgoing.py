@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer, protocol
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid, xmlstream
 from twisted.words.xish import domish
 
+from invitesrv.logs import logger
 from invitesrv.xmpp.dialback import NS_DIALBACK, NS_DIALBACK_FEATURE
 from invitesrv.xmpp.resolve import DNSTimeout
 from invitesrv.xmpp.s2s.stream import RemoteUnavailable, S2SStream, retarget, streamErrorCondition
@@ -23,7 +23,7 @@ from invitesrv.xmpp.stream import NS_CLIENT, NS_SASL, NS_SERVER, NS_STREAMS, NS_
 if TYPE_CHECKING:
     from invitesrv.xmpp.s2s.service import S2SService
 
-log = Logger()
+log = logger()
 
 
 class OutgoingAuthenticator(xmlstream.ConnectAuthenticator):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 
 from invitesrv.limits import BucketTable
+from invitesrv.logs import logger
 from invitesrv.tls import CurrentOptions
 from invitesrv.xmpp.dialback import checkKey, dialbackKey, dialbackSecret
 from invitesrv.xmpp.resolve import Resolver
@@ -21,7 +21,7 @@ from invitesrv.xmpp.s2s.incoming import S2SListenFactory
 from invitesrv.xmpp.s2s.outgoing import OutgoingPeer
 from invitesrv.xmpp.s2s.tls import PeerTLS
 
-log = Logger()
+log = logger()
 
 
 class S2SService(service.Service):

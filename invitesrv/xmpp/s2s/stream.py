@@ -6,14 +6,14 @@ share: namespaces, the stanza namespace swap, domain parsing.
 
 from __future__ import annotations
 
-from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 
+from invitesrv.logs import logger
 from invitesrv.xmpp.router import parseJID
 from invitesrv.xmpp.stream import RestrictedStream
 
-log = Logger()
+log = logger()
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
