@@ -3,7 +3,8 @@ XEP-0160 offline messages. End to end, over real sockets: kept while the
 user is away and delivered with an XEP-0203 delay at the next available
 presence (also to slixmpp), handed over one at a time as the client reads
 (the audit's case of 200 KB messages) and forgotten only once sent, also
-when a client stops reading. The rest as unit tests on the in-memory
+when a client stops reading; to a phone with stream management, ten ahead
+of its acknowledgements. The rest as unit tests on the in-memory
 harness (the whole server on a StringTransport, a Clock and a MemoryStore):
 the exact stamp, C{offline_max_messages} and C{offline_max_message_size},
 what is kept and in which order, negative priority, a store fault, and the
@@ -54,7 +55,7 @@ def roomy(tmp_path_factory):
     """A server with the default offline limits; a client that reads nothing for SEND_TIMEOUT s is cut."""
     running = RunningServer(tmp_path_factory.mktemp("roomy"),
                             f"[limits]\nsend_timeout = {SEND_TIMEOUT}\n").start()
-    for user in ("alice", "greta", "hans"):
+    for user in ("alice", "greta", "hans", "ida"):
         running.adduser(f"{user}@localhost", f"{user} password")
     yield running
     running.stop()
@@ -139,6 +140,33 @@ def test_auditCaseAllDeliveredInOrder(roomy):
         assertServed(greta)
         waitStored(roomy, "greta", 0)
     assert "does not read what is sent to it" not in roomy.log()
+
+
+def test_phoneGetsTenAheadOfItsAcknowledgements(roomy):
+    """
+    A phone with stream management (XEP-0198) gets ten kept messages at
+    once, before it acknowledges any, not one per round trip; the rest come
+    as it acknowledges, and they are forgotten once all were acknowledged.
+    """
+    ids = sendOffline(roomy, "ida", 0, 15)
+    phone = RawClient(roomy.port)
+    try:
+        phone.login("ida", "ida password", "phone")
+        phone.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        phone.recvUntil("<enabled[^>]*/>")
+        phone.send("<presence/>")
+        assert receivedIds(phone, 10) == ids[:10]
+        assert "<message" not in phone.readAll(0.5)  # the eleventh waits for an acknowledgement
+        phone.send("<a xmlns='urn:xmpp:sm:3' h='4'/>")
+        assert receivedIds(phone, 4) == ids[10:14]
+        assert stored(roomy, "ida") == 15  # a batch (up to twenty) is forgotten once delivered
+        phone.send("<a xmlns='urn:xmpp:sm:3' h='15'/>")  # all so far, its presence too
+        assert receivedIds(phone, 1) == ids[14:]
+        phone.send("<a xmlns='urn:xmpp:sm:3' h='16'/>")
+        waitStored(roomy, "ida", 0)
+        assertServed(phone)
+    finally:
+        phone.close()
 
 
 def test_clientThatStopsReadingKeepsItsMessages(roomy):

@@ -12,6 +12,7 @@ import base64
 
 import pytest
 from streamharness import NS_SASL, PASSWORD, Client, ClientConnection, addAccounts
+from synchronous import result
 from twisted.internet import task
 
 from invitesrv.modules.smacks import MODULUS, STATE
@@ -401,15 +402,34 @@ def test_offlineDeliveryWaitsForAcks(server, clock):
     phone = Client(server, "alice", "phone")
     enable(phone)
     phone.send("<presence/>")
-    assert bodies(phone) == ["one"]  # the next waits for the acknowledgement
+    assert bodies(phone) == ["one", "two"]  # ahead of the acknowledgements
     phone.stream.pauseProducing()  # the client stops reading
-    phone.send(f"<a xmlns='{NS_SM}' h='2'/>")  # its presence and "one"
-    assert bodies(phone) == ["two"]
+    phone.send(f"<a xmlns='{NS_SM}' h='1'/>")  # "one" (its presence came after "two")
     phone.drop()
     clock.advance(600)
     again = Client(server, "alice", "laptop")
     again.send("<presence/>")
     assert bodies(again) == ["two"]
+
+
+def test_offlineDeliveryAheadOfAcks(server, clock):
+    """
+    A phone with stream management gets its kept messages ten at a time
+    ahead of its acknowledgements, not one per round trip: the next ones go
+    out as it acknowledges, and all are forgotten once it acknowledged all.
+    """
+    bob = Client(server, "bob")
+    for n in range(13):
+        chat(bob, "alice@localhost", f"m{n}")
+    assert len(result(server.store.getOffline("localhost", "alice"))) == 13
+    phone = Client(server, "alice", "phone")
+    enable(phone)
+    phone.send("<presence/>")
+    assert bodies(phone) == [f"m{n}" for n in range(10)]
+    phone.send(f"<a xmlns='{NS_SM}' h='3'/>")  # three (its presence came after the ten)
+    assert bodies(phone) == ["m10", "m11", "m12"]
+    phone.send(f"<a xmlns='{NS_SM}' h='14'/>")
+    assert result(server.store.getOffline("localhost", "alice")) == []
 
 
 def test_hibernatingSessionsPerAccountBounded(servers, clock):

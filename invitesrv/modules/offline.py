@@ -17,12 +17,15 @@ gets C{policy-violation} saying so. Stored messages go with their account:
 the store deletes them with it.
 
 They are delivered on the hook C{initial-presence}, to the first session
-that becomes available with a non-negative priority, one at a time: each
-is sent only once the stream has taken the one before
-(L{invitesrv.xmpp.c2s.Session.whenSent}), so a few large messages never
-pile up unsent in the server, and one is forgotten only once it was sent.
-A client that stops reading, or goes away, in the middle finds what it did
-not get at its next login.
+that becomes available with a non-negative priority, in order. Each is sent
+only once the connection has taken the one before
+(L{invitesrv.xmpp.c2s.Session.whenTaken}), so a few large messages never
+pile up unsent in the server. One is forgotten only once it was delivered
+(L{invitesrv.xmpp.c2s.Session.whenSent}: with stream management, once the
+client acknowledged it); up to C{WINDOW} go out ahead of those
+acknowledgements, so a phone gets its messages in one round trip rather
+than one round trip each. A client that stops reading, or goes away, in the
+middle finds what it did not get at its next login.
 
 With the message archive (L{invitesrv.modules.mam}), a message is archived
 and stamped with its archive's C{<stanza-id/>} before it reaches this hook,
@@ -56,6 +59,8 @@ STORED_TYPES = frozenset(("normal", "chat"))
 NOT_CONTENT = frozenset((NS_CHATSTATES, NS_HINTS, NS_STANZA_ID))
 # Kept messages read from the store at a time while delivering.
 BATCH = 20
+# Kept messages sent to a session ahead of its acknowledgements.
+WINDOW = 10
 
 
 def isWorthKeeping(message: domish.Element) -> bool:
@@ -160,24 +165,46 @@ class OfflineModule(HostModule):
     @defer.inlineCallbacks
     def _send(self, session, batch: list[OfflineMessage]):
         """
-        Send a batch one message at a time, each once the stream took the one
-        before; fire with the id of the last one sent (0: none). A message
-        whose session goes away before the stream took it goes to another
-        available resource of the user, if there is one.
+        Send a batch in order; fire with the id of the last message
+        delivered (0: none). What a session did not get before it went away
+        goes, still in order, to another available resource of the user, if
+        there is one.
         """
-        sent = 0
-        for entry in batch:
-            tried: set = set()
-            while True:
-                session = self._recipient(session, tried)
-                if session is None:
-                    return sent
-                tried.add(session)
-                session.send(self._stamped(entry))
-                if (yield session.whenSent()):
-                    break
-            sent = entry.id
+        sent, tried = 0, set()
+        while batch:
+            session = self._recipient(session, tried)
+            if session is None:
+                return sent
+            tried.add(session)
+            delivered = yield self._sendTo(session, batch)
+            if delivered:
+                sent = batch[delivered - 1].id
+                batch = batch[delivered:]
         return sent
+
+    @defer.inlineCallbacks
+    def _sendTo(self, session, batch: list[OfflineMessage]):
+        """
+        How many of C{batch}, from the first, C{session} was delivered: each
+        is sent once the connection took the one before, with at most
+        C{WINDOW} not yet delivered.
+        """
+        deliveries: list[defer.Deferred] = []
+        delivered = 0
+        for entry in batch:
+            while len(deliveries) - delivered >= WINDOW:
+                if not (yield deliveries[delivered]):
+                    return delivered
+                delivered += 1
+            if deliveries and not (yield session.whenTaken()):
+                break
+            session.send(self._stamped(entry))
+            deliveries.append(session.whenSent())
+        for delivery in deliveries[delivered:]:
+            if not (yield delivery):
+                break
+            delivered += 1
+        return delivered
 
     def _recipient(self, session, tried: set):
         """

@@ -143,6 +143,18 @@ class Session:
         d = self.host.hooks.first("when-sent", self)
         return self.stream.whenSent() if d is None else d
 
+    def whenTaken(self) -> defer.Deferred:
+        """
+        Fire True once the connection has taken what was sent to this
+        session so far (at once while the client reads), False if the
+        session or its connection ends first, whatever stream management
+        says: a sender of many stanzas waits on this between them instead
+        of piling them up.
+        """
+        if self.closed:
+            return defer.succeed(False)
+        return self.stream.whenSent()
+
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """End the session: unavailable to everyone at once, then the stream."""
         if self.closed:
