@@ -663,7 +663,10 @@ class Bench:
             command = ["taskset", "-c", self.server.cpu, *command]
         bare = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         try:
-            port = bare.stdout.readline().split()[-1]
+            started = bare.stdout.readline()
+            if not started.startswith("listening on "):
+                raise BenchError(f"bench/tlsfloor.py did not start (status {bare.poll()})")
+            port = started.split()[-1]
             for run in self.runs():
                 self.gen("tlsfloor", run, "connect", "-n", str(s.login_n), "-c", str(s.login_c),
                          "--direct-port", port, generator=FASTLOAD, serverPid=bare.pid)
