@@ -30,16 +30,26 @@ from twisted.protocols.tls import TLSMemoryBIOFactory  # noqa: E402
 from invitesrv.config import Config  # noqa: E402
 from invitesrv.tls import loadContextFactory  # noqa: E402
 
-# What invitesrv's direct-TLS listener sends before authentication, in size and shape.
-HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client'"
-          b" xmlns:stream='http://etherx.jabber.org/streams' from='localhost'"
-          b" id='5f3c1e0a9b7d4c2e' version='1.0' xml:lang='en'><stream:features>"
-          b"<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256-PLUS"
-          b"</mechanism><mechanism>SCRAM-SHA-256</mechanism><mechanism>PLAIN</mechanism>"
-          b"</mechanisms><authentication xmlns='urn:xmpp:sasl:2'><mechanism>SCRAM-SHA-256"
-          b"</mechanism><inline><bind xmlns='urn:xmpp:bind:0'/><fast xmlns='urn:xmpp:fast:0'>"
-          b"<mechanism>HT-SHA-256-NONE</mechanism></fast><sm xmlns='urn:xmpp:sm:3'/></inline>"
-          b"</authentication></stream:features>")
+# What invitesrv's direct-TLS listener sends before authentication, byte for byte
+# (the default modules, one host, on localhost).
+HEADER = (b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client'"
+          b" from='localhost' id='c276d66ea481c20d' version='1.0'>"
+          b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+          b"<mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism>"
+          b"<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>"
+          b"<mechanism>PLAIN</mechanism></mechanisms><sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>"
+          b"<channel-binding type='tls-exporter'/><channel-binding type='tls-server-end-point'/>"
+          b"</sasl-channel-binding><limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>10000</max-bytes>"
+          b"</limits><register xmlns='http://jabber.org/features/iq-register'/>"
+          b"<register xmlns='urn:xmpp:invite'/><register xmlns='urn:xmpp:ibr-token:0'/>"
+          b"<authentication xmlns='urn:xmpp:sasl:2'><mechanism>SCRAM-SHA-256-PLUS</mechanism>"
+          b"<mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>SCRAM-SHA-256</mechanism>"
+          b"<mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism><inline>"
+          b"<bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:carbons:2'/>"
+          b"<feature var='urn:xmpp:csi:0'/><feature var='urn:xmpp:sm:3'/></inline></bind>"
+          b"<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-EXPR</mechanism>"
+          b"<mechanism>HT-SHA-256-ENDP</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast>"
+          b"<sm xmlns='urn:xmpp:sm:3'/></inline></authentication></stream:features>")
 
 
 class Bare(protocol.Protocol):

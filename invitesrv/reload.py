@@ -2,11 +2,11 @@
 Reloading a running server (SIGHUP, C{invitesrvctl reload}): the
 certificates are read again, and so is the config file, whose live parts
 (C{[limits]}, the hosts' options, the modules' C{[modules.NAME]} tables,
-C{[tls]}, C{require_encryption}, C{scram_iterations}, C{log_level}) apply to what happens
-next; the sessions already open
-stay. What a running server cannot change (listeners, hosts added or
-removed, the data dir and so the store, the modules, federation, the public
-URL) is reported as needing a restart and left as it is. A config that does
+C{[tls]}, C{require_encryption}, C{scram_iterations}, C{log_level}) apply
+to what happens next; the sessions already open stay. What a running
+server cannot change (listeners, hosts added or removed, the data dir and
+so the store, the modules, federation, the public URL) is reported as
+needing a restart and left as it is. A config that does
 not load is refused with one log line: the server keeps the one it has.
 """
 
